@@ -1,0 +1,32 @@
+"""Language-modelling losses: pretraining and SFT share one masked cross-entropy.
+
+Pure functions of arrays. SFT differs from pretraining only in its weights (1 on response
+tokens, 0 on the prompt), so the prompt never contributes to the loss or its gradient.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """log p(targets[b, t] | logits[b, t]), shape [batch, time]."""
+  return -optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
+def next_token_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array, normalizer=None):
+  """Weighted mean cross-entropy: sum_t w_t * -log p(y_t) / normalizer.
+
+  Args:
+    logits: [batch, time, vocab]. targets, weights: [batch, time].
+    normalizer: what to divide by; defaults to sum(weights). Gradient accumulation passes the
+      whole batch's token count so microbatches add up to the full-batch loss exactly.
+  Returns:
+    (loss, metrics) with summed `nll`, `correct` and `tokens` for exact averaging across steps.
+  """
+  weights = weights.astype(jnp.float32)
+  nll = -token_logprobs(logits, targets) * weights
+  if normalizer is None:
+    normalizer = jnp.maximum(weights.sum(), 1.0)
+  correct = (jnp.argmax(logits, axis=-1) == targets) * weights
+  return nll.sum() / normalizer, {"nll": nll.sum(), "correct": correct.sum(), "tokens": weights.sum()}

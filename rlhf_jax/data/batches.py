@@ -1,0 +1,115 @@
+"""Batches as pure functions of (seed, step): resuming at step s replays exactly batch s.
+
+A batch is a dict of numpy arrays [batch, seq_len]:
+  inputs     token ids fed to the model
+  targets    the next token at each position
+  mask       1 where `inputs` is a real token (attention and positions)
+  loss_mask  1 where `targets` is trained on (everything for pretraining, the response for SFT)
+Each process builds only its own rows (`process_index` of `process_count`).
+"""
+
+import numpy as np
+
+from rlhf_jax.errors import UserError
+
+
+def token_stream(docs, tokenizer) -> np.ndarray:
+  """BOS doc EOS BOS doc EOS ...: documents packed back to back for pretraining."""
+  pieces = [np.array([tokenizer.bos_id, *tokenizer.encode(d), tokenizer.eos_id], np.int32) for d in docs]
+  return np.concatenate(pieces) if pieces else np.zeros((0,), np.int32)
+
+
+def sft_sequence(prompt_ids, response_ids, tokenizer, seq_len: int):
+  """BOS prompt response EOS, cut to seq_len + 1 tokens; returns (tokens, response start, truncated).
+
+  Too long: prompt tokens go first, from the left (the end of the prompt matters most),
+  then the response is cut on the right.
+  """
+  room = seq_len + 1 - 1 - len(response_ids) - 1  # what is left for the prompt
+  truncated = room < len(prompt_ids)
+  prompt_ids = list(prompt_ids)[len(prompt_ids) - max(room, 1):] if truncated else list(prompt_ids)
+  tokens = [tokenizer.bos_id, *prompt_ids, *response_ids, tokenizer.eos_id][:seq_len + 1]
+  return np.array(tokens, np.int32), 1 + len(prompt_ids), truncated
+
+
+class Batcher:
+  """Fixed-length rows, reshuffled every epoch by a permutation seeded with (seed, epoch)."""
+
+  def __init__(self, num_rows: int, batch_size: int, seed: int, shuffle: bool = True,
+               process_index: int = 0, process_count: int = 1):
+    if num_rows < 1:
+      raise UserError("the dataset yields no training sequences: add data or lower data.seq_len")
+    if batch_size % process_count:
+      raise UserError(f"batch size {batch_size} is not divisible by {process_count} processes")
+    self.num_rows, self.batch_size, self.seed, self.shuffle = num_rows, batch_size, seed, shuffle
+    self.local_size = batch_size // process_count
+    self.first_row = process_index * self.local_size
+
+  def row_ids(self, step: int) -> np.ndarray:
+    """Dataset rows of this process's part of global batch `step`."""
+    flat = step * self.batch_size + self.first_row + np.arange(self.local_size)
+    epochs, offsets = np.divmod(flat, self.num_rows)
+    if not self.shuffle:
+      return offsets
+    return np.array([self._permutation(e)[o] for e, o in zip(epochs, offsets)])
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if getattr(self, "_epoch", None) != epoch:
+      self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+    return self._perm
+
+
+class PretrainData(Batcher):
+  """Non-overlapping windows of seq_len + 1 tokens from one packed stream."""
+
+  def __init__(self, stream: np.ndarray, seq_len: int, batch_size: int, seed: int, **kwargs):
+    self.stream, self.seq_len = stream, seq_len
+    super().__init__((len(stream) - 1) // seq_len, batch_size, seed, **kwargs)
+
+  def rows(self, ids) -> dict:
+    windows = np.stack([self.stream[i * self.seq_len:(i + 1) * self.seq_len + 1] for i in ids])
+    ones = np.ones(windows[:, 1:].shape, np.int32)
+    return {"inputs": windows[:, :-1], "targets": windows[:, 1:], "mask": ones, "loss_mask": ones}
+
+  def batch(self, step: int) -> dict:
+    return self.rows(self.row_ids(step))
+
+
+class SFTData(Batcher):
+  """Prompt/response rows, right-padded; the loss covers the response and its EOS only."""
+
+  def __init__(self, pairs_ids, tokenizer, seq_len: int, batch_size: int, seed: int, **kwargs):
+    built = [sft_sequence(p, r, tokenizer, seq_len) for p, r in pairs_ids]
+    self.sequences = [tokens for tokens, _, _ in built]
+    self.response_starts = np.array([start for _, start, _ in built])
+    self.num_truncated = sum(t for _, _, t in built)
+    self.seq_len, self.pad_id = seq_len, tokenizer.pad_id
+    super().__init__(len(built), batch_size, seed, **kwargs)
+
+  def rows(self, ids) -> dict:
+    full = np.full((len(ids), self.seq_len + 1), self.pad_id, np.int32)
+    lengths = np.zeros((len(ids),), np.int32)
+    for row, i in enumerate(ids):
+      full[row, :len(self.sequences[i])] = self.sequences[i]
+      lengths[row] = len(self.sequences[i])
+    position = np.arange(self.seq_len)[None, :]
+    target_position = position + 1
+    starts = self.response_starts[np.asarray(ids)][:, None]
+    loss_mask = (target_position >= starts) & (target_position < lengths[:, None])
+    return {"inputs": full[:, :-1], "targets": full[:, 1:],
+            "mask": (position < lengths[:, None]).astype(np.int32), "loss_mask": loss_mask.astype(np.int32)}
+
+  def batch(self, step: int) -> dict:
+    return self.rows(self.row_ids(step))
+
+
+def eval_batches(data: Batcher, max_batches: int):
+  """Every held-out row once (up to max_batches), in order; the last batch is padded with
+  rows whose loss_mask is 0, so averages are exact."""
+  n_batches = min(max_batches, -(-data.num_rows // data.batch_size))
+  for step in range(n_batches):
+    ids = step * data.batch_size + data.first_row + np.arange(data.local_size)
+    valid = ids < data.num_rows
+    batch = data.rows(np.where(valid, ids, 0))
+    batch["loss_mask"] = batch["loss_mask"] * valid[:, None].astype(np.int32)
+    yield batch

@@ -1,0 +1,69 @@
+"""Entry point: python -m rlhf_jax.main --config=configs/STAGE.py:PRESET --workdir=DIR.
+
+Any config field can be overridden: --config.optim.lr=3e-4. Running the same command with
+the same workdir again resumes from the last checkpoint; a finished run is not redone.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from rlhf_jax import stages
+from rlhf_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py:tiny.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples and summaries.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def quiet_libraries() -> None:
+  """Orbax logs every file it writes at INFO; keep its warnings, drop the rest."""
+  library_info = lambda r: r.levelno < logging.WARNING and "/orbax/" in r.pathname
+  logging.get_absl_handler().addFilter(lambda record: not library_info(record))
+
+
+def fail(message) -> None:
+  """One line naming the problem, exit status 2, no traceback."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def last_line(error: Exception) -> str:
+  """The line of a (possibly wrapped, multi-line) error message that names the problem."""
+  lines = [l.strip(" '\"") for l in str(error).replace("\\n", "\n").splitlines() if l.strip(" '\"")]
+  return lines[-1] if lines else type(error).__name__
+
+
+def parse_flags(argv):
+  """absl's parsing, but a bad override (--config.optim.lrr=1) is one line, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    fail(f"unknown config field in the --config.* overrides: {last_line(e)}")
+  except (flags.Error, TypeError, ValueError, OSError) as e:
+    fail(f"bad command line: {last_line(e)}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  quiet_libraries()
+  try:
+    config = FLAGS.config
+    config.get("stage")  # a config file that failed to load raises here
+  except (OSError, AttributeError, ValueError) as e:
+    fail(f"cannot load --config: {last_line(e)}")
+  try:
+    stages.run(config, FLAGS.workdir)
+  except UserError as e:
+    fail(e)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,102 @@
+"""The model's hyperparameters as one frozen (hashable, jit-static) dataclass."""
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+_CHOICES = {
+    "position": ("learned", "rope"),
+    "norm": ("layernorm", "rmsnorm"),
+    "mlp": ("gelu", "swiglu"),
+    "bias": ("all", "none", "qkv"),
+    "dtype": ("float32", "bfloat16", "float16"),
+    "param_dtype": ("float32", "bfloat16"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Decoder-only Transformer. GPT-2 and Llama blocks differ only in these switches.
+
+  GPT-2: position=learned, norm=layernorm, mlp=gelu, bias=all, tie_embeddings=True.
+  Llama: position=rope, norm=rmsnorm, mlp=swiglu, bias=none, tie_embeddings=False,
+  n_kv_heads < n_heads for grouped-query attention. Qwen2 is Llama with bias=qkv.
+  """
+  vocab_size: int
+  d_model: int = 128
+  n_layers: int = 4
+  n_heads: int = 4
+  n_kv_heads: int = 0  # 0 means n_heads (plain multi-head attention)
+  head_dim: int = 0  # 0 means d_model // n_heads
+  d_ff: int = 512
+  max_len: int = 128
+  position: str = "learned"
+  rope_theta: float = 10000.0
+  norm: str = "layernorm"
+  norm_eps: float = 1e-5
+  mlp: str = "gelu"
+  bias: str = "all"
+  tie_embeddings: bool = True
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+  remat: bool = False
+  dropout: float = 0.0
+  init_std: float = 0.02
+  heads: tuple[str, ...] = ()  # scalar heads on the final hidden state, e.g. ("value",)
+
+  def __post_init__(self):
+    for field, choices in _CHOICES.items():
+      if getattr(self, field) not in choices:
+        raise ValueError(f"model.{field}={getattr(self, field)!r}: choose one of {choices}")
+    if self.n_heads % self.kv_heads:
+      raise ValueError(f"model.n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+    if not self.head_dim and self.d_model % self.n_heads:
+      raise ValueError(f"model.d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+    if self.vocab_size <= 0:
+      raise ValueError(f"model.vocab_size={self.vocab_size} must be positive")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.n_kv_heads or self.n_heads
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.d_model // self.n_heads
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def weight_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any], **overrides) -> "ModelConfig":
+    """Builds from a config mapping, rejecting keys this dataclass does not know."""
+    values = {**dict(values), **overrides}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+    values["heads"] = tuple(values.get("heads", ()))
+    return cls(**values)
+
+  def num_params(self) -> int:
+    """Parameter count, from shapes alone (no arrays are made)."""
+    d, h, kv, hd, f = self.d_model, self.n_heads, self.kv_heads, self.dim_per_head, self.d_ff
+    attn = d * (h + 2 * kv) * hd + h * hd * d
+    mlp = d * f * (3 if self.mlp == "swiglu" else 2)
+    norms = 2 * d * (2 if self.norm == "layernorm" else 1)
+    biases = 0
+    if self.bias in ("all", "qkv"):
+      biases += (h + 2 * kv) * hd
+    if self.bias == "all":
+      biases += d + f * (2 if self.mlp == "swiglu" else 1) + d
+    per_layer = attn + mlp + norms + biases
+    embed = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+    positions = self.max_len * d if self.position == "learned" else 0
+    final_norm = d * (2 if self.norm == "layernorm" else 1)
+    heads = len(self.heads) * (d + 1)
+    return self.n_layers * per_layer + embed + positions + final_norm + heads

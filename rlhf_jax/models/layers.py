@@ -1,0 +1,116 @@
+"""Transformer building blocks. Every parameter names its logical axes, never mesh axes.
+
+Logical axis names: vocab, embed, mlp, heads, kv_heads, head_dim, positions.
+`rlhf_jax.sharding` maps them to mesh axes through rules in the config.
+"""
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from rlhf_jax.models.config import ModelConfig
+
+partitioned = nn.with_logical_partitioning
+
+
+def dense(cfg: ModelConfig, features, axes, *, in_axes=-1, use_bias, std=None, name=None):
+  """A DenseGeneral with logical axes on kernel (in-axes + out-axes) and bias (out-axes)."""
+  features = features if isinstance(features, tuple) else (features,)
+  return nn.DenseGeneral(
+      features=features,
+      axis=in_axes,
+      use_bias=use_bias,
+      dtype=cfg.compute_dtype,
+      param_dtype=cfg.weight_dtype,
+      kernel_init=partitioned(nn.initializers.normal(std or cfg.init_std), axes),
+      bias_init=partitioned(nn.initializers.zeros, axes[-len(features):]),
+      name=name,
+  )
+
+
+def norm(cfg: ModelConfig, name=None):
+  if cfg.norm == "rmsnorm":
+    return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                      scale_init=partitioned(nn.initializers.ones, ("embed",)), name=name)
+  return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                      scale_init=partitioned(nn.initializers.ones, ("embed",)),
+                      bias_init=partitioned(nn.initializers.zeros, ("embed",)), name=name)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding, "rotate half" layout (as in Llama's reference code).
+
+  x: [batch, time, heads, head_dim]; positions: [batch, time] integer positions.
+  """
+  half = x.shape[-1] // 2
+  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions[..., None].astype(jnp.float32) * freqs  # [b, t, half]
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Causal self-attention with optional grouped-query heads and a per-layer KV cache.
+
+  `kv_cache` is None (full forward) or (keys, values, index): keys/values
+  [batch, cache_len, kv_heads, head_dim], and the slot `index` where this call's
+  tokens are written. `mask` is the boolean attention mask [batch, 1, q_len, k_len].
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, kv_cache=None):
+    cfg = self.cfg
+    qkv_bias = cfg.bias in ("all", "qkv")
+    hd = cfg.dim_per_head
+    q = dense(cfg, (cfg.n_heads, hd), ("embed", "heads", "head_dim"), use_bias=qkv_bias, name="query")(x)
+    k = dense(cfg, (cfg.kv_heads, hd), ("embed", "kv_heads", "head_dim"), use_bias=qkv_bias, name="key")(x)
+    v = dense(cfg, (cfg.kv_heads, hd), ("embed", "kv_heads", "head_dim"), use_bias=qkv_bias, name="value")(x)
+    if cfg.position == "rope":
+      q, k = apply_rope(q, positions, cfg.rope_theta), apply_rope(k, positions, cfg.rope_theta)
+    new_cache = None
+    if kv_cache is not None:
+      cached_k, cached_v, index = kv_cache
+      k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), (0, index, 0, 0))
+      v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), (0, index, 0, 0))
+      new_cache = (k, v)
+    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+    out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # GPT-2's scaled residual init
+    out = dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), in_axes=(-2, -1),
+                use_bias=cfg.bias == "all", std=out_std, name="out")(out)
+    return out, new_cache
+
+
+class Mlp(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    use_bias = cfg.bias == "all"
+    out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    if cfg.mlp == "swiglu":
+      gate = dense(cfg, cfg.d_ff, ("embed", "mlp"), use_bias=use_bias, name="gate")(x)
+      up = dense(cfg, cfg.d_ff, ("embed", "mlp"), use_bias=use_bias, name="up")(x)
+      h = nn.silu(gate) * up
+    else:
+      h = nn.gelu(dense(cfg, cfg.d_ff, ("embed", "mlp"), use_bias=use_bias, name="up")(x),
+                  approximate=True)  # GPT-2 uses the tanh approximation
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    return dense(cfg, cfg.d_model, ("mlp", "embed"), use_bias=use_bias, std=out_std, name="down")(h)
+
+
+class Block(nn.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  cfg: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, positions, mask, kv_cache=None):
+    drop = nn.Dropout(self.cfg.dropout, deterministic=self.deterministic)
+    h, new_cache = Attention(self.cfg, name="attn")(norm(self.cfg, "attn_norm")(x), positions, mask, kv_cache)
+    x = x + drop(h)
+    x = x + drop(Mlp(self.cfg, name="mlp")(norm(self.cfg, "mlp_norm")(x)))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), new_cache

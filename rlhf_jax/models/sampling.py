@@ -1,0 +1,99 @@
+"""Autoregressive sampling with a KV cache, compiled as one program.
+
+The prompt is prefilled once; then one token per step inside `lax.while_loop`, with no host
+round trip per token. Temperature, top-k, top-p and greedy are traced values (a
+`SamplingParams` of arrays), so changing them never recompiles.
+"""
+
+from typing import NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.transformer import KVCache, Transformer
+
+
+@flax.struct.dataclass
+class SamplingParams:
+  temperature: jax.Array  # > 0; logits are divided by it
+  top_k: jax.Array  # int; 0 disables
+  top_p: jax.Array  # float in (0, 1]; 1 disables
+  greedy: jax.Array  # bool; argmax instead of sampling
+
+  @classmethod
+  def make(cls, temperature=1.0, top_k=0, top_p=1.0, greedy=False) -> "SamplingParams":
+    return cls(jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), jnp.bool_(greedy))
+
+
+class SampleOutput(NamedTuple):
+  tokens: jax.Array  # [batch, max_new_tokens] response tokens, pad after EOS
+  logprobs: jax.Array  # [batch, max_new_tokens] log-prob of each token under logits / temperature
+  mask: jax.Array  # [batch, max_new_tokens] 1 on generated tokens up to and including EOS
+
+
+def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+  """Sets to -inf every logit outside the top-k, then outside the top-p nucleus.
+
+  As in Hugging Face's order: the nucleus is taken over the top-k renormalised distribution.
+  Works on traced k and p by thresholding against one descending sort.
+  """
+  vocab = logits.shape[-1]
+  ranked = jnp.sort(logits, axis=-1)[..., ::-1]
+  k = jnp.where(top_k > 0, jnp.clip(top_k, 1, vocab), vocab)
+  ranked = jnp.where(jnp.arange(vocab) < k, ranked, -jnp.inf)
+  probs = jax.nn.softmax(ranked, axis=-1)
+  mass_before = jnp.cumsum(probs, axis=-1) - probs
+  keep = (mass_before < top_p) | (top_p >= 1.0)
+  keep = keep & (jnp.arange(vocab) < k)
+  n_keep = jnp.maximum(jnp.sum(keep, axis=-1, keepdims=True), 1)
+  threshold = jnp.take_along_axis(ranked, n_keep - 1, axis=-1)
+  return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def choose_tokens(logits: jax.Array, rng: jax.Array, params: SamplingParams):
+  """Picks one token per row; returns (tokens, log-probs under logits / temperature)."""
+  scaled = logits.astype(jnp.float32) / jnp.maximum(params.temperature, 1e-6)
+  filtered = filter_logits(scaled, params.top_k, params.top_p)
+  sampled = jax.random.categorical(rng, filtered, axis=-1)
+  tokens = jnp.where(params.greedy, jnp.argmax(scaled, axis=-1), sampled).astype(jnp.int32)
+  logprobs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], axis=-1)
+  return tokens, logprobs[:, 0]
+
+
+def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
+           sampling: SamplingParams, *, max_new_tokens: int, eos_id: int, pad_id: int) -> SampleOutput:
+  """Samples continuations of left-padded prompts [batch, prompt_len].
+
+  Stops each row at its first EOS (included, mask 1) and the whole loop when every row has
+  stopped. Jit with `model`, `max_new_tokens`, `eos_id` and `pad_id` static (closed over).
+  """
+  batch, prompt_len = prompts.shape
+  cache_len = prompt_len + max_new_tokens
+  if model.cfg.position == "learned" and cache_len > model.cfg.max_len:
+    raise ValueError(f"prompt {prompt_len} + {max_new_tokens} new tokens exceed max_len {model.cfg.max_len}")
+  cache = KVCache.empty(model.cfg, batch, cache_len)
+  out = model.apply({"params": params}, prompts, prompt_mask, cache=cache)
+
+  def cond(carry):
+    step, _, _, _, done, _ = carry
+    return (step < max_new_tokens) & ~jnp.all(done)
+
+  def body(carry):
+    step, cache, logits, result, done, rng = carry
+    rng, key = jax.random.split(rng)
+    token, logprob = choose_tokens(logits, key, sampling)
+    token = jnp.where(done, pad_id, token)
+    alive = ~done
+    result = SampleOutput(result.tokens.at[:, step].set(token),
+                          result.logprobs.at[:, step].set(jnp.where(alive, logprob, 0.0)),
+                          result.mask.at[:, step].set(alive.astype(jnp.int32)))
+    done = done | (token == eos_id)
+    out = model.apply({"params": params}, token[:, None], alive[:, None], cache=cache)
+    return step + 1, out.cache, out.logits[:, -1], result, done, rng
+
+  empty = SampleOutput(jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
+                       jnp.zeros((batch, max_new_tokens), jnp.float32),
+                       jnp.zeros((batch, max_new_tokens), jnp.int32))
+  carry = (jnp.int32(0), out.cache, out.logits[:, -1], empty, jnp.zeros((batch,), bool), rng)
+  return jax.lax.while_loop(cond, body, carry)[3]

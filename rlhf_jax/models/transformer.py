@@ -1,0 +1,126 @@
+"""Decoder-only Transformer LM with optional scalar heads and a KV cache.
+
+`Transformer.apply({"params": p}, tokens, mask)` is pure. Padding may be on either side:
+positions come from the mask (exclusive cumulative sum), so a left-padded prompt and the
+same prompt unpadded see the same positions.
+"""
+
+from typing import NamedTuple, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.models.layers import Block, norm, partitioned
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer, and which slots hold real (attendable) tokens."""
+  keys: tuple  # per layer [batch, length, kv_heads, head_dim]
+  values: tuple
+  mask: jax.Array  # [batch, length] bool
+  index: jax.Array  # int32 scalar: the next slot to write
+
+  @classmethod
+  def empty(cls, cfg: ModelConfig, batch: int, length: int, dtype=None) -> "KVCache":
+    shape = (batch, length, cfg.kv_heads, cfg.dim_per_head)
+    dtype = dtype or cfg.compute_dtype
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
+    return cls(keys=zeros, values=zeros, mask=jnp.zeros((batch, length), bool),
+               index=jnp.zeros((), jnp.int32))
+
+
+class ModelOutput(NamedTuple):
+  logits: Optional[jax.Array]  # [batch, time, vocab], float32
+  hidden: jax.Array  # [batch, time, d_model], after the final norm
+  scalars: dict  # head name -> [batch, time], float32
+  cache: Optional[KVCache]
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+  """Position of each token = number of real tokens before it (pads get the next one)."""
+  mask = mask.astype(jnp.int32)
+  return jnp.cumsum(mask, axis=-1) - mask
+
+
+def attention_mask(mask: jax.Array, cache: Optional[KVCache]):
+  """Boolean [batch, 1, q_len, k_len] causal mask over real keys, and the cache's new mask."""
+  q_len = mask.shape[1]
+  if cache is None:
+    key_valid, q_index = mask, jnp.arange(q_len)
+  else:
+    key_valid = jax.lax.dynamic_update_slice(cache.mask, mask, (0, cache.index))
+    q_index = cache.index + jnp.arange(q_len)
+  k_index = jnp.arange(key_valid.shape[1])
+  causal = k_index[None, :] <= q_index[:, None]
+  return causal[None, None] & key_valid[:, None, None, :], key_valid
+
+
+class Transformer(nn.Module):
+  cfg: ModelConfig
+  deterministic: bool = True  # False turns dropout on (needs a "dropout" rng)
+
+  @nn.compact
+  def __call__(self, tokens, mask=None, *, cache: Optional[KVCache] = None, positions=None,
+               with_logits: bool = True) -> ModelOutput:
+    """tokens, mask: [batch, time]. With a cache, tokens are written at slot cache.index."""
+    cfg = self.cfg
+    mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
+    if positions is None:
+      offset = 0 if cache is None else jnp.sum(cache.mask, axis=-1, keepdims=True)
+      positions = offset + positions_from_mask(mask)
+    attn_mask, cache_mask = attention_mask(mask, cache)
+
+    embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                     embedding_init=partitioned(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),
+                     name="embed")
+    x = embed(tokens)
+    if cfg.position == "learned":
+      x = x + nn.Embed(cfg.max_len, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                       embedding_init=partitioned(nn.initializers.normal(0.01), ("positions", "embed")),
+                       name="pos_embed")(positions)
+    x = nn.Dropout(cfg.dropout, deterministic=self.deterministic)(x)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+    block = nn.remat(Block) if cfg.remat else Block
+    new_keys, new_values = [], []
+    for i in range(cfg.n_layers):
+      layer_cache = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
+      x, kv = block(cfg, self.deterministic, name=f"layer_{i}")(x, positions, attn_mask, layer_cache)
+      if kv is not None:
+        new_keys.append(kv[0])
+        new_values.append(kv[1])
+    hidden = norm(cfg, "final_norm")(x)
+
+    new_cache = None
+    if cache is not None:
+      new_cache = KVCache(tuple(new_keys), tuple(new_values), cache_mask, cache.index + tokens.shape[1])
+    logits = self._logits(hidden, embed) if with_logits else None
+    return ModelOutput(logits, hidden, self._scalar_heads(hidden), new_cache)
+
+  def _logits(self, hidden, embed):
+    cfg = self.cfg
+    if cfg.tie_embeddings:
+      logits = embed.attend(hidden)
+    else:
+      logits = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+                               param_dtype=cfg.weight_dtype, name="lm_head",
+                               kernel_init=partitioned(nn.initializers.normal(cfg.init_std),
+                                                       ("embed", "vocab")))(hidden)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    return logits.astype(jnp.float32)
+
+  def _scalar_heads(self, hidden):
+    """Scalar heads (reward, value): N(0, 1/sqrt(d+1)) init as in Huang et al. 2024."""
+    d = self.cfg.d_model
+    scalars = {}
+    for head in self.cfg.heads:
+      out = nn.DenseGeneral(1, dtype=jnp.float32, param_dtype=self.cfg.weight_dtype, name=f"{head}_head",
+                            kernel_init=partitioned(nn.initializers.normal(1 / (d + 1) ** 0.5),
+                                                    ("embed", None)),
+                            bias_init=partitioned(nn.initializers.zeros, (None,)))(hidden)
+      scalars[head] = out[..., 0]
+    return scalars

@@ -1,0 +1,65 @@
+"""The one place that maps logical axis names to a device mesh.
+
+Models name logical axes only (`embed`, `mlp`, `heads`, ...). The config's `mesh` gives the
+mesh shape over axes (data, fsdp, tensor), and `sharding_rules` maps each logical name to
+mesh axes. Everything placed on devices gets its `NamedSharding` from here.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rlhf_jax.errors import UserError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
+  """Sizes of (data, fsdp, tensor); one -1 takes the devices the others leave."""
+  sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise UserError(f"config.mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    sizes[sizes.index(-1)] = num_devices // known if known and num_devices % known == 0 else 0
+  if math.prod(sizes) != num_devices or 0 in sizes:
+    raise UserError(f"config.mesh {dict(zip(MESH_AXES, [int(mesh_cfg[a]) for a in MESH_AXES]))} "
+                    f"does not divide the {num_devices} available devices")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_cfg, len(devices))
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def rules_of(config) -> tuple:
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in config.sharding_rules)
+
+
+def logical_shardings(boxed_tree, mesh: Mesh, rules):
+  """NamedShardings for a tree whose leaves carry logical names (flax Partitioned boxes).
+
+  Leaves without names (step counters, optimizer counts) are replicated.
+  """
+  specs = nn.get_partition_spec(boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches split their leading axis over every data-parallel axis."""
+  return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def put_batch(batch: dict, mesh: Mesh) -> dict:
+  """Host numpy rows of this process -> one global array per field."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

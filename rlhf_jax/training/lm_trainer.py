@@ -1,0 +1,174 @@
+"""Pretraining and SFT: the host loop around the compiled steps.
+
+The loop only moves batches in and metrics out; everything numeric happens in the compiled
+`train` step. Batches are a pure function of the step, so a resumed run replays exactly the
+batches it would have seen.
+"""
+
+import dataclasses
+import os
+import random
+import time
+from typing import NamedTuple
+
+from absl import logging
+import jax
+import numpy as np
+
+from rlhf_jax import sharding
+from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.data import batches, sources
+from rlhf_jax.metrics_log import MetricsLog
+from rlhf_jax.models.sampling import SamplingParams
+from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.training import setup
+from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
+from rlhf_jax.training.steps import compile_lm_steps
+from rlhf_jax.workdir import RunDir
+
+
+class Prompts(NamedTuple):
+  texts: list  # the prompt strings
+  tokens: np.ndarray  # [n, len] left-padded, BOS first
+  mask: np.ndarray
+
+
+class LMData(NamedTuple):
+  train: batches.Batcher
+  eval: batches.Batcher
+  prompts: Prompts
+
+
+def run(cfg, workdir: str) -> dict:
+  """Trains one pretraining or SFT stage in `workdir`; returns its summary."""
+  run_dir = RunDir(workdir)
+  if run_dir.finished:
+    logging.info("%s already finished; not redone", run_dir.path)
+    return run_dir.read_json("summary.json")
+  source = setup.source_run(cfg)
+  tokenizer = setup.prepare_tokenizer(cfg, run_dir, source)
+  model_cfg = setup.model_config(cfg, tokenizer, source)
+  data = prepare_data(cfg, tokenizer)
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  # Written only once the config, tokenizer and data have proved usable.
+  run_dir.record_config(cfg)
+  setup.save_run_files(run_dir, tokenizer, model_cfg)
+  logging.info("model: %s, %.2fM parameters", model_cfg, model_cfg.num_params() / 1e6)
+  model = Transformer(model_cfg)
+  tx = make_optimizer(cfg.optim, cfg.train.num_steps)
+  state, shardings = setup.init_state(model, tx, mesh, rules, cfg.seed)
+  checkpointer = Checkpointer(run_dir.file("checkpoints"), setup.STATE_ITEMS, cfg.train.keep_checkpoints)
+  restored = setup.resume(state, shardings, checkpointer)
+  if restored:
+    state = restored[0]
+  elif source:
+    state = state.replace(params=setup.load_source_params(source, state.params, shardings.params, mesh, rules))
+  steps = compile_lm_steps(model, tx, learning_rate_schedule(cfg.optim, cfg.train.num_steps),
+                           shardings, mesh, cfg, tokenizer)
+  loop = Loop(cfg, run_dir, steps, data, mesh, tokenizer, checkpointer)
+  summary = loop.train(state)
+  run_dir.write_json("summary.json", summary)
+  return summary
+
+
+def prepare_data(cfg, tokenizer) -> LMData:
+  d = cfg.data
+  where = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  if cfg.stage == "sft":
+    encode = lambda pairs: [(tokenizer.encode(p), tokenizer.encode(r)) for p, r in pairs]
+    eval_pairs = sources.load_pairs(d, "eval")
+    train = batches.SFTData(encode(sources.load_pairs(d, "train")), tokenizer, d.seq_len, d.batch_size,
+                            cfg.seed, **where)
+    evaluation = batches.SFTData(encode(eval_pairs), tokenizer, d.seq_len, d.batch_size, cfg.seed,
+                                 shuffle=False, **where)
+    logging.info("SFT: %d train pairs (%d truncated)", train.num_rows, train.num_truncated)
+    prompt_texts = [p for p, _ in eval_pairs]
+  else:
+    eval_docs = sources.load_documents(d, "eval")
+    train = batches.PretrainData(batches.token_stream(sources.load_documents(d, "train"), tokenizer),
+                                 d.seq_len, d.batch_size, cfg.seed, **where)
+    evaluation = batches.PretrainData(batches.token_stream(eval_docs, tokenizer), d.seq_len, d.batch_size,
+                                      cfg.seed, shuffle=False, **where)
+    logging.info("pretraining: %d windows of %d tokens", train.num_rows, d.seq_len)
+    prompt_texts = [sources.split_opening(doc, d, _rng(cfg.seed, i))[0] for i, doc in enumerate(eval_docs)]
+  max_prompt = max(1, min(d.seq_len, cfg.model.max_len) - cfg.sample.max_new_tokens)
+  return LMData(train, evaluation, encode_prompts(prompt_texts[:cfg.sample.num_prompts], tokenizer, max_prompt))
+
+
+def _rng(seed, i):
+  return random.Random(f"prompt:{seed}:{i}")
+
+
+def encode_prompts(texts, tokenizer, max_len: int) -> Prompts:
+  """BOS + prompt, cut from the left to max_len, left-padded (as the sampler expects)."""
+  ids = [[tokenizer.bos_id, *tokenizer.encode(t)][-max_len:] for t in texts]
+  width = max(len(x) for x in ids)
+  tokens = np.full((len(ids), width), tokenizer.pad_id, np.int32)
+  mask = np.zeros((len(ids), width), np.int32)
+  for row, x in enumerate(ids):
+    tokens[row, width - len(x):] = x
+    mask[row, width - len(x):] = 1
+  return Prompts(list(texts), tokens, mask)
+
+
+@dataclasses.dataclass
+class Loop:
+  cfg: object
+  run_dir: RunDir
+  steps: object
+  data: LMData
+  mesh: object
+  tokenizer: object
+  checkpointer: Checkpointer
+
+  def train(self, state) -> dict:
+    t = self.cfg.train
+    start = int(jax.device_get(state.step))
+    log = MetricsLog(self.run_dir, start, t.num_steps)
+    started = time.time()
+    try:
+      for step in range(start + 1, t.num_steps + 1):
+        state, metrics = self.steps.train(state, sharding.put_batch(self.data.train.batch(step - 1), self.mesh))
+        last = step == t.num_steps
+        if step % t.log_every == 0 or last:
+          log.write(step, jax.device_get(metrics))
+        if step % t.eval_every == 0 or last:
+          eval_metrics = self.evaluate(state.params, step, log)
+        if step % t.checkpoint_every == 0 or last:
+          self.checkpointer.save(step, {n: getattr(state, n) for n in setup.STATE_ITEMS},
+                                 {"step": step, "data_position": step})
+        log.advance(step)
+      if start == t.num_steps:  # killed after the last checkpoint but before the summary
+        eval_metrics = self.evaluate(state.params, start, log)
+    finally:
+      self.checkpointer.wait()
+      log.close()
+    return {**eval_metrics, "step": t.num_steps, "train_seconds_this_session": time.time() - started}
+
+  def evaluate(self, params, step: int, log: MetricsLog) -> dict:
+    sums = None
+    for batch in batches.eval_batches(self.data.eval, self.cfg.train.eval_batches):
+      out = jax.device_get(self.steps.eval(params, sharding.put_batch(batch, self.mesh)))
+      sums = out if sums is None else {k: sums[k] + out[k] for k in out}
+    tokens = max(float(sums["tokens"]), 1.0)
+    metrics = {"eval/loss": float(sums["nll"]) / tokens, "eval/accuracy": float(sums["correct"]) / tokens}
+    metrics["eval/perplexity"] = float(np.exp(metrics["eval/loss"]))
+    metrics.update(self.write_samples(params, step, log))
+    log.write(step, metrics)
+    return metrics
+
+  def write_samples(self, params, step: int, log: MetricsLog) -> dict:
+    """Samples continuations of held-out prompts; writes samples/step_N.txt and TensorBoard."""
+    s, prompts = self.cfg.sample, self.data.prompts
+    sampling = SamplingParams.make(s.temperature, s.top_k, s.top_p, s.greedy)
+    rng = jax.random.fold_in(jax.random.key(self.cfg.seed + 1), step)
+    out = jax.device_get(self.steps.sample(params, prompts.tokens, prompts.mask, rng, sampling))
+    texts = [self.tokenizer.decode(t[m > 0]) for t, m in zip(out.tokens, out.mask)]
+    lines = [f"{p!r} -> {c!r}" for p, c in zip(prompts.texts, texts)]
+    if jax.process_index() == 0:
+      os.makedirs(self.run_dir.file("samples"), exist_ok=True)
+      with open(self.run_dir.file("samples", f"step_{step:06d}.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+      log.text(step, "samples", "\n\n".join(lines))
+    ended = (out.tokens == self.tokenizer.eos_id).any(axis=1)
+    return {"eval/sample_length": float(out.mask.sum(axis=1).mean()), "eval/sample_eos_fraction": float(ended.mean())}

@@ -1,0 +1,83 @@
+"""Pure training and eval steps for pretraining and SFT: (state, batch) -> (state, metrics).
+
+`compile_lm_steps` is the one place they are jitted, with shardings and a donated state.
+"""
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlhf_jax import sharding
+from rlhf_jax.algorithms.lm import next_token_loss
+from rlhf_jax.models.sampling import sample
+from rlhf_jax.training.state import TrainState
+
+
+def lm_loss(params, batch, normalizer, *, model, dropout_rng):
+  out = model.apply({"params": params}, batch["inputs"], batch["mask"], rngs={"dropout": dropout_rng})
+  return next_token_loss(out.logits, batch["targets"], batch["loss_mask"], normalizer)
+
+
+def accumulate_gradients(loss_fn: Callable, params, batch: dict, accum_steps: int):
+  """Gradients of the full-batch loss, computed over `accum_steps` microbatches in a scan.
+
+  loss_fn(params, microbatch, normalizer) -> (loss, metrics); every microbatch divides by the
+  whole batch's token count, so the summed losses and gradients equal the full-batch ones.
+  """
+  normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accum_steps == 1:
+    (loss, metrics), grads = grad_fn(params, batch, normalizer)
+    return grads, {"loss": loss, **metrics}
+  micro = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
+
+  def add(total, microbatch):
+    (loss, metrics), grads = grad_fn(params, microbatch, normalizer)
+    return jax.tree.map(jnp.add, total, (grads, {"loss": loss, **metrics})), None
+
+  first = jax.tree.map(lambda x: x[0], micro)
+  (loss, metrics), grads = jax.eval_shape(grad_fn, params, first, normalizer)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grads, {"loss": loss, **metrics}))
+  (grads, metrics), _ = jax.lax.scan(add, zeros, micro)
+  return grads, metrics
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_steps: int, seed: int):
+  dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
+  loss_fn = functools.partial(lm_loss, model=model, dropout_rng=dropout_rng)
+  grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / jnp.maximum(sums["tokens"], 1),
+             "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
+             "tokens": sums["tokens"]}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch: dict, *, model) -> dict:
+  """Summed nll / correct / tokens, so the host averages exactly over any number of batches."""
+  out = model.apply({"params": params}, batch["inputs"], batch["mask"])
+  return next_token_loss(out.logits, batch["targets"], batch["loss_mask"])[1]
+
+
+class LMSteps(NamedTuple):
+  train: Callable  # (state, batch) -> (state, metrics)
+  eval: Callable  # (params, batch) -> summed metrics
+  sample: Callable  # (params, prompts, prompt_mask, rng, SamplingParams) -> SampleOutput
+
+
+def compile_lm_steps(model, tx, schedule, state_shardings, mesh, cfg, tokenizer) -> LMSteps:
+  data = sharding.batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
+  train = jax.jit(
+      functools.partial(train_step, model=model.clone(deterministic=cfg.model.dropout == 0), tx=tx,
+                        schedule=schedule, accum_steps=cfg.optim.accum_steps, seed=cfg.seed),
+      in_shardings=(state_shardings, data), out_shardings=(state_shardings, repl), donate_argnums=0)
+  evaluate = jax.jit(functools.partial(eval_step, model=model),
+                     in_shardings=(state_shardings.params, data), out_shardings=repl)
+  sampler = jax.jit(functools.partial(sample, model, max_new_tokens=cfg.sample.max_new_tokens,
+                                      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
+  return LMSteps(train, evaluate, sampler)

@@ -1,0 +1,63 @@
+"""The files of a run directory, in one place.
+
+  config.json      the resolved config          metrics.jsonl  one JSON object per logged step
+  tb/              TensorBoard event files      checkpoints/   orbax checkpoints
+  tokenizer/       the tokenizer, saved         samples/       sampled texts at eval time
+  summary.json     final eval metrics; its presence marks the run finished
+"""
+
+import json
+import os
+
+from absl import logging
+import jax
+import ml_collections
+
+from rlhf_jax.errors import UserError
+
+
+class RunDir:
+
+  def __init__(self, path: str):
+    self.path = os.path.abspath(path)
+
+  def file(self, *parts) -> str:
+    return os.path.join(self.path, *parts)
+
+  @property
+  def finished(self) -> bool:
+    return os.path.isfile(self.file("summary.json"))
+
+  def read_json(self, name: str) -> dict:
+    path = self.file(name)
+    if not os.path.isfile(path):
+      raise UserError(f"{path} not found: is {self.path} a finished run directory?")
+    with open(path) as f:
+      return json.load(f)
+
+  def write_json(self, name: str, value: dict) -> None:
+    """Written to a temporary file and renamed, so a kill never leaves half a file."""
+    if jax.process_index() != 0:
+      return
+    os.makedirs(self.path, exist_ok=True)
+    tmp = self.file(name + ".tmp")
+    with open(tmp, "w") as f:
+      json.dump(value, f, indent=2, sort_keys=True)
+    os.replace(tmp, self.file(name))
+
+  def record_config(self, config: ml_collections.ConfigDict) -> None:
+    """Writes config.json; on a resume, warns about fields that changed since the first start."""
+    new = json.loads(config.to_json_best_effort())
+    if os.path.isfile(self.file("config.json")):
+      changed = sorted(_diff(self.read_json("config.json"), new))
+      if changed:
+        logging.warning("resuming %s with changed config fields: %s", self.path, ", ".join(changed))
+    self.write_json("config.json", new)
+
+
+def _diff(old, new, prefix=""):
+  if isinstance(old, dict) and isinstance(new, dict):
+    for key in set(old) | set(new):
+      yield from _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+  elif old != new:
+    yield prefix.rstrip(".")

@@ -1,0 +1,34 @@
+"""rlhf_jax: scalable RLHF in JAX/Flax (pretrain, SFT, reward models, PPO, REINFORCE, DPO)."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.9",
+    "flax>=0.12",
+    "optax>=0.2.5",
+    "orbax-checkpoint>=0.11",
+    "chex>=0.1.90",
+    "ml-collections>=1.0",
+    "absl-py>=2.0",
+    "numpy>=1.26",
+    "sentencepiece>=0.2",
+    "tensorboardX>=2.6",
+    "tqdm>=4.66",
+]
+
+EXTRAS = {
+    # TFDS datasets (tiny_shakespeare, imdb_reviews, ...) are optional: the default data is embedded.
+    "tfds": ["tensorflow-datasets>=4.9", "tensorflow-cpu>=2.16"],
+    "test": ["pytest>=8", "pytest-xdist>=3"],
+}
+EXTRAS["test"] += EXTRAS["tfds"]
+
+setup(
+    name="rlhf_jax",
+    version="0.1.0",
+    description=__doc__,
+    packages=find_packages(include=["rlhf_jax", "rlhf_jax.*", "configs"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)

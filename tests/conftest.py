@@ -1,0 +1,38 @@
+"""Shared test helpers: a small model config and a tiny, fast stage config."""
+
+import pytest
+
+from configs import pretrain, sft
+from rlhf_jax.models.config import ModelConfig
+
+GPT2 = dict(position="learned", norm="layernorm", mlp="gelu", bias="all", tie_embeddings=True)
+LLAMA = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias="none", tie_embeddings=False, n_kv_heads=2)
+
+
+def small_model(**overrides) -> ModelConfig:
+  values = dict(vocab_size=259, d_model=64, n_layers=2, n_heads=4, d_ff=128, max_len=64, **GPT2)
+  values.update(overrides)
+  return ModelConfig(**values)
+
+
+def shrink(config, steps=20):
+  """A stage config small enough to train in seconds on 2 CPU cores."""
+  config.model.update(dict(d_model=64, n_layers=2, n_heads=4, d_ff=128, max_len=64))
+  config.data.update(dict(seq_len=64, batch_size=8, embedded_docs=400, eval_docs=40))
+  config.train.update(dict(num_steps=steps, log_every=5, eval_every=steps // 2, checkpoint_every=steps // 2,
+                           eval_batches=2))
+  config.optim.warmup_steps = 5
+  config.sample.update(dict(num_prompts=4, max_new_tokens=16))
+  return config
+
+
+@pytest.fixture
+def tiny_pretrain():
+  return shrink(pretrain.get_config("tiny"))
+
+
+@pytest.fixture
+def tiny_sft():
+  config = shrink(sft.get_config("tiny"), steps=10)
+  shrink(config.upstream.pretrain)
+  return config

@@ -1,0 +1,104 @@
+"""The KV-cache sampler: agrees with full forward passes, stops at EOS, filters, no recompiles."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.models.sampling import SamplingParams, filter_logits, sample
+from rlhf_jax.models.transformer import Transformer
+from tests.conftest import small_model
+from tests.models.test_transformer import init, left_padded_batch
+
+EOS, PAD = 258, 256
+
+
+def make_sampler(cfg, max_new_tokens=10, eos_id=EOS):
+  return jax.jit(functools.partial(sample, Transformer(cfg), max_new_tokens=max_new_tokens, eos_id=eos_id,
+                                   pad_id=PAD))
+
+
+def rescore(cfg, params, prompts, prompt_mask, out, temperature=1.0):
+  """Log-probs of the sampled tokens by one full forward pass over prompt + response."""
+  tokens = jnp.concatenate([prompts, out.tokens], axis=1)
+  mask = jnp.concatenate([prompt_mask, out.mask.astype(bool)], axis=1)
+  logits = Transformer(cfg).apply({"params": params}, tokens, mask).logits
+  logits = logits[:, prompts.shape[1] - 1:-1] / temperature
+  return logits, jnp.take_along_axis(jax.nn.log_softmax(logits), out.tokens[..., None], -1)[..., 0]
+
+
+def test_greedy_and_logprobs_match_full_forward():
+  cfg = small_model()
+  _, params = init(cfg)
+  prompts, mask = left_padded_batch()
+  out = make_sampler(cfg)(params, prompts, mask, jax.random.key(0), SamplingParams.make(greedy=True))
+  logits, logprobs = rescore(cfg, params, prompts, mask, out)
+  live = np.asarray(out.mask) > 0
+  np.testing.assert_array_equal(np.argmax(logits, -1)[live], np.asarray(out.tokens)[live])
+  np.testing.assert_allclose(np.asarray(out.logprobs)[live], np.asarray(logprobs)[live], atol=1e-5)
+
+
+def test_sampled_logprobs_use_the_temperature():
+  cfg = small_model()
+  _, params = init(cfg)
+  prompts, mask = left_padded_batch()
+  out = make_sampler(cfg)(params, prompts, mask, jax.random.key(3), SamplingParams.make(temperature=0.7))
+  _, logprobs = rescore(cfg, params, prompts, mask, out, temperature=0.7)
+  live = np.asarray(out.mask) > 0
+  np.testing.assert_allclose(np.asarray(out.logprobs)[live], np.asarray(logprobs)[live], atol=1e-5)
+
+
+def test_stops_at_eos_and_pads_after():
+  cfg = small_model()
+  _, params = init(cfg)
+  prompts, mask = left_padded_batch()
+  key, settings = jax.random.key(4), SamplingParams.make(temperature=1.5)
+  free = make_sampler(cfg)(params, prompts, mask, key, settings)
+  row = [int(t) for t in free.tokens[0]]
+  stop = next(j for j in range(1, 10) if row[j] not in row[:j])  # a token first seen at step j
+  out = make_sampler(cfg, eos_id=row[stop])(params, prompts, mask, key, settings)
+  np.testing.assert_array_equal(out.tokens[0, :stop + 1], row[:stop + 1])  # same draws up to EOS
+  np.testing.assert_array_equal(out.mask[0], [1] * (stop + 1) + [0] * (9 - stop))
+  np.testing.assert_array_equal(out.tokens[0, stop + 1:], [PAD] * (9 - stop))
+  np.testing.assert_array_equal(out.logprobs[0, stop + 1:], np.zeros(9 - stop))
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+  cfg = small_model()
+  _, params = init(cfg)
+  prompts, mask = left_padded_batch()
+  sampler = make_sampler(cfg)
+  greedy = sampler(params, prompts, mask, jax.random.key(0), SamplingParams.make(greedy=True))
+  top_k = sampler(params, prompts, mask, jax.random.key(5), SamplingParams.make(temperature=2.0, top_k=1))
+  top_p = sampler(params, prompts, mask, jax.random.key(6), SamplingParams.make(temperature=2.0, top_p=1e-6))
+  np.testing.assert_array_equal(top_k.tokens, greedy.tokens)
+  np.testing.assert_array_equal(top_p.tokens, greedy.tokens)
+
+
+def test_filter_logits_hand_cases():
+  logits = jnp.log(jnp.array([[0.5, 0.05, 0.3, 0.15]]))
+  kept = lambda k, p: np.isfinite(np.asarray(filter_logits(logits, jnp.int32(k), jnp.float32(p))))[0]
+  np.testing.assert_array_equal(kept(0, 1.0), [1, 1, 1, 1])
+  np.testing.assert_array_equal(kept(2, 1.0), [1, 0, 1, 0])
+  np.testing.assert_array_equal(kept(0, 0.7), [1, 0, 1, 0])  # 0.5 alone < 0.7, 0.5 + 0.3 covers it
+  np.testing.assert_array_equal(kept(0, 0.5), [1, 0, 0, 0])
+  # The nucleus is taken over the renormalised top-k: 0.5/0.95 + 0.3/0.95 = 0.84 >= 0.83.
+  np.testing.assert_array_equal(kept(0, 0.83), [1, 0, 1, 1])
+  np.testing.assert_array_equal(kept(3, 0.83), [1, 0, 1, 0])
+
+
+def test_changing_sampling_settings_does_not_recompile():
+  cfg = small_model()
+  _, params = init(cfg)
+  prompts, mask = left_padded_batch()
+  model = Transformer(cfg)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def sampler(params, prompts, mask, rng, settings):
+    return sample(model, params, prompts, mask, rng, settings, max_new_tokens=6, eos_id=EOS, pad_id=PAD)
+
+  for settings in [dict(greedy=True), dict(temperature=0.5, top_k=3), dict(temperature=1.3, top_p=0.8)]:
+    sampler(params, prompts, mask, jax.random.key(1), SamplingParams.make(**settings)).tokens.block_until_ready()

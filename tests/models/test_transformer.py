@@ -1,0 +1,110 @@
+"""The Transformer: cached decoding, padding, logical axes, heads, both block styles."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax.models.transformer import KVCache, Transformer, positions_from_mask
+from tests.conftest import LLAMA, small_model
+
+STYLES = {"gpt2": {}, "llama_gqa": LLAMA}
+
+
+def init(cfg, seed=0):
+  boxed = Transformer(cfg).init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))["params"]
+  return boxed, nn.meta.unbox(boxed)
+
+
+def left_padded_batch(seed=1, batch=3, length=12, vocab=256):
+  tokens = jax.random.randint(jax.random.key(seed), (batch, length), 0, vocab)
+  pads = np.array([0, 3, 7])[:batch]
+  mask = np.arange(length)[None, :] >= pads[:, None]
+  return tokens, jnp.asarray(mask)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_cached_decoding_matches_full_forward(style):
+  cfg = small_model(**STYLES[style])
+  _, params = init(cfg)
+  model = Transformer(cfg)
+  tokens, mask = left_padded_batch()
+  full = model.apply({"params": params}, tokens, mask).logits
+  out = model.apply({"params": params}, tokens[:, :8], mask[:, :8], cache=KVCache.empty(cfg, 3, 16))
+  pieces, cache = [out.logits], out.cache
+  for t in range(8, 12):  # one token at a time, as the sampler does
+    out = model.apply({"params": params}, tokens[:, t:t + 1], mask[:, t:t + 1], cache=cache)
+    pieces.append(out.logits)
+    cache = out.cache
+  cached = jnp.concatenate(pieces, axis=1)
+  real = np.asarray(mask)[..., None]
+  np.testing.assert_allclose(np.where(real, cached, 0), np.where(real, full, 0), atol=1e-5, rtol=1e-5)
+  assert int(cache.index) == 12
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_left_padding_does_not_change_logits(style):
+  cfg = small_model(**STYLES[style])
+  _, params = init(cfg)
+  model = Transformer(cfg)
+  tokens, mask = left_padded_batch()
+  padded = model.apply({"params": params}, tokens, mask).logits
+  for row, pad in enumerate([0, 3, 7]):
+    alone = model.apply({"params": params}, tokens[row:row + 1, pad:]).logits
+    np.testing.assert_allclose(padded[row, pad:], alone[0], atol=1e-5, rtol=1e-5)
+  assert bool(jnp.isfinite(padded).all())  # fully masked pad rows must not produce NaN
+
+
+def test_positions_count_real_tokens_only():
+  mask = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]])
+  np.testing.assert_array_equal(positions_from_mask(mask), [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]])
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_every_parameter_names_its_logical_axes(style):
+  cfg = small_model(**STYLES[style], heads=("value",))
+  boxed, params = init(cfg)
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert all(isinstance(x, nn.Partitioned) for x in leaves)
+  assert all(len(x.names) == x.value.ndim for x in leaves)
+  assert sum(p.size for p in jax.tree.leaves(params)) == cfg.num_params()
+
+
+def test_block_styles_have_their_parameters():
+  _, gpt2 = init(small_model())
+  _, llama = init(small_model(**LLAMA))
+  assert "pos_embed" in gpt2 and "lm_head" not in gpt2 and "bias" in gpt2["layer_0"]["attn"]["query"]
+  assert "pos_embed" not in llama and "lm_head" in llama and "gate" in llama["layer_0"]["mlp"]
+  assert llama["layer_0"]["attn"]["key"]["kernel"].shape == (64, 2, 16)  # 2 kv heads of 4
+  assert "bias" not in llama["layer_0"]["attn"]["query"]
+
+
+def test_scalar_heads_and_logits_off():
+  cfg = small_model(heads=("reward", "value"))
+  _, params = init(cfg)
+  tokens, mask = left_padded_batch()
+  out = Transformer(cfg).apply({"params": params}, tokens, mask, with_logits=False)
+  assert out.logits is None
+  assert out.scalars["reward"].shape == (3, 12) and out.scalars["value"].shape == (3, 12)
+  std = float(np.std(params["reward_head"]["kernel"]))
+  assert abs(std - 1 / np.sqrt(65)) < 0.05  # N(0, 1/sqrt(d+1)) init
+
+
+def test_remat_and_bfloat16():
+  cfg = small_model()
+  _, params = init(cfg)
+  tokens, mask = left_padded_batch()
+  base = Transformer(cfg).apply({"params": params}, tokens, mask).logits
+  remat = Transformer(small_model(remat=True)).apply({"params": params}, tokens, mask).logits
+  np.testing.assert_allclose(remat, base, atol=1e-6)
+  bf16 = Transformer(small_model(dtype="bfloat16")).apply({"params": params}, tokens, mask).logits
+  assert bf16.dtype == jnp.float32  # logits come out in f32 for the loss
+  assert float(jnp.abs(bf16 - base).max()) < 0.1
+
+
+def test_bad_model_config_is_rejected():
+  with pytest.raises(ValueError, match="n_kv_heads"):
+    small_model(n_kv_heads=3)
+  with pytest.raises(ValueError, match="position"):
+    small_model(position="alibi")

@@ -1,0 +1,107 @@
+"""End to end through the entry point: training, resuming, the pipeline, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rlhf_jax import stages
+from rlhf_jax.errors import UserError
+from rlhf_jax.metrics_log import MetricsLog
+from tests.conftest import shrink
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_pretraining_loss_falls_on_the_embedded_corpus(tiny_pretrain, tmp_path):
+  tiny_pretrain.train.update(dict(num_steps=60, eval_every=60, checkpoint_every=60))
+  tiny_pretrain.optim.lr = 3e-3
+  summary = stages.run(tiny_pretrain, str(tmp_path))
+  train = [m for m in read_metrics(tmp_path) if "loss" in m]
+  assert train[0]["loss"] > 4.0  # ~ln(259) = 5.6 at the start
+  assert summary["eval/loss"] < 3.2 and train[-1]["loss"] < 0.6 * train[0]["loss"]
+  for name in ("config.json", "model.json", "summary.json", "tokenizer/tokenizer.json", "samples/step_000060.txt"):
+    assert os.path.exists(tmp_path / name), name
+  assert os.listdir(tmp_path / "tb") and os.listdir(tmp_path / "checkpoints")
+
+
+class Crash(Exception):
+  pass
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(tiny_pretrain, tmp_path, monkeypatch):
+  whole = stages.run(tiny_pretrain.copy_and_resolve_references(), str(tmp_path / "whole"))
+
+  original = MetricsLog.write
+
+  def crash_at_15(self, step, metrics):
+    if step == 15:
+      raise Crash()  # after the checkpoint at step 10, before the one at 20
+    original(self, step, metrics)
+
+  monkeypatch.setattr(MetricsLog, "write", crash_at_15)
+  with pytest.raises(Crash):
+    stages.run(tiny_pretrain.copy_and_resolve_references(), str(tmp_path / "resumed"))
+  assert not os.path.exists(tmp_path / "resumed" / "summary.json")
+  monkeypatch.setattr(MetricsLog, "write", original)
+  resumed = stages.run(tiny_pretrain.copy_and_resolve_references(), str(tmp_path / "resumed"))
+
+  assert read_metrics(tmp_path / "resumed") == read_metrics(tmp_path / "whole")
+  for key in ("eval/loss", "eval/accuracy", "eval/sample_length"):
+    assert resumed[key] == whole[key]
+
+
+def test_finished_run_is_not_redone(tiny_pretrain, tmp_path, monkeypatch):
+  first = stages.run(tiny_pretrain, str(tmp_path))
+  monkeypatch.setattr(MetricsLog, "write", lambda *a: pytest.fail("a finished run trained again"))
+  assert stages.run(tiny_pretrain, str(tmp_path)) == first
+
+
+def test_sft_runs_its_upstream_pretraining_then_reuses_it(tiny_sft, tmp_path):
+  summary = stages.run(tiny_sft, str(tmp_path))
+  assert os.path.exists(tmp_path / "upstream" / "pretrain" / "summary.json")
+  assert summary["step"] == 10 and summary["eval/loss"] < 5.0
+  samples = open(tmp_path / "samples" / "step_000010.txt").read().splitlines()
+  assert len(samples) == 4 and all(" -> " in line for line in samples)
+
+
+def test_checkpoint_that_does_not_fit_the_model_is_a_clear_error(tiny_pretrain, tmp_path, monkeypatch):
+  monkeypatch.setattr(MetricsLog, "write", lambda self, step, m: (_ for _ in ()).throw(Crash()) if step == 15 else None)
+  with pytest.raises(Crash):
+    stages.run(tiny_pretrain.copy_and_resolve_references(), str(tmp_path))
+  tiny_pretrain.model.d_model = 32
+  with pytest.raises(UserError, match=r"does not fit the model: embed/embedding has shape"):
+    stages.run(tiny_pretrain, str(tmp_path))
+  assert os.path.isdir(tmp_path / "checkpoints" / "10")  # the earlier work is still there
+
+
+def run_main(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, "-m", "rlhf_jax.main", *args], cwd=cwd, capture_output=True,
+                        text=True, timeout=300)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.optim.lrr=1", 'unknown config field in the --config.* overrides: Did you mean "lr"'),
+    ("--config.data.source=jsonl:/no/such/file.jsonl", "data file not found: /no/such/file.jsonl"),
+    ("--config.mesh.data=3", "does not divide the 1 available devices"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, override, message):
+  result = run_main("--config=configs/pretrain.py:tiny", f"--workdir={tmp_path}", override)
+  assert result.returncode == 2
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert not os.path.exists(tmp_path / "config.json")  # nothing written for a run that never started
+
+
+def test_missing_config_file_is_one_clear_line(tmp_path):
+  result = run_main("--config=configs/no_such_stage.py:tiny", f"--workdir={tmp_path}")
+  assert result.returncode == 2 and "No such file or directory" in result.stderr
+  assert "Traceback" not in result.stderr
