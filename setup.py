@@ -19,7 +19,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # TFDS datasets (tiny_shakespeare, imdb_reviews, ...) are optional: the default data is embedded.
     "tfds": ["tensorflow-datasets>=4.9", "tensorflow-cpu>=2.16"],
-    "test": ["pytest>=8", "pytest-xdist>=3"],
+    "test": ["pytest>=8", "pytest-xdist>=3", "vaderSentiment>=3.3"],
 }
 EXTRAS["test"] += EXTRAS["tfds"]
 

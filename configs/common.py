@@ -12,9 +12,9 @@ LLAMA_BLOCK = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias="none", t
 
 MODELS = {
     # 4 layers, d_model 128: learns the embedded corpus in minutes on 2 CPU cores.
-    "tiny": dict(GPT2_BLOCK, vocab_size=0, d_model=128, n_layers=4, n_heads=4, d_ff=512, max_len=128),
+    "tiny": dict(GPT2_BLOCK, vocab_size=0, d_model=128, n_layers=4, n_heads=4, d_ff=512, max_len=256),
     "llama_tiny": dict(LLAMA_BLOCK, vocab_size=0, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
-                       d_ff=384, max_len=128),
+                       d_ff=384, max_len=256),
     # GPT-2 small's shape (124M with vocab 50304 = 50257 rounded up for the accelerator's tiles).
     "gpt2_small": dict(GPT2_BLOCK, vocab_size=50304, d_model=768, n_layers=12, n_heads=12, d_ff=3072,
                        max_len=1024, dtype="bfloat16"),
@@ -22,7 +22,7 @@ MODELS = {
 
 
 def model_config(preset: str) -> ml_collections.ConfigDict:
-  """vocab_size 0 means: the tokenizer's vocabulary size."""
+  """vocab_size 0 means: the tokenizer's vocabulary, rounded up to a multiple of 128."""
   base = dict(n_kv_heads=0, head_dim=0, rope_theta=10000.0, norm_eps=1e-5, dtype="float32",
               param_dtype="float32", remat=False, dropout=0.0, init_std=0.02, heads=())
   return ml_collections.ConfigDict({**base, **MODELS[preset]})
@@ -43,17 +43,18 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       source="embedded", text_field="text", embedded_docs=20000, eval_docs=500, seed=0,
       eval_fraction=0.05, train_split="train", eval_split="test", tfds_data_dir="",
-      seq_len=128 if small else 1024, batch_size=32 if small else 64,
+      # 256 bytes hold a whole embedded review, so SFT sees every response end with EOS.
+      seq_len=256 if small else 1024, batch_size=16 if small else 64,
       prompt_words_min=2, prompt_words_max=6))
   c.optim = ml_collections.ConfigDict(dict(
       lr=3e-3 if small else 6e-4, warmup_steps=50 if small else 1000, final_lr_ratio=0.1,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0, accum_steps=1))
   c.train = ml_collections.ConfigDict(dict(
-      num_steps=500 if small else 20000, log_every=25 if small else 100,
-      eval_every=250 if small else 2000, eval_batches=4 if small else 20,
-      checkpoint_every=250 if small else 2000, keep_checkpoints=2))
+      num_steps=300 if small else 20000, log_every=25 if small else 100,
+      eval_every=150 if small else 2000, eval_batches=8 if small else 20,
+      checkpoint_every=150 if small else 2000, keep_checkpoints=2))
   c.sample = ml_collections.ConfigDict(dict(
-      num_prompts=8, max_new_tokens=64 if small else 128, temperature=0.7, top_k=0, top_p=1.0,
+      num_prompts=8, max_new_tokens=192 if small else 256, temperature=0.7, top_k=0, top_p=1.0,
       greedy=False))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = DEFAULT_RULES

@@ -16,8 +16,8 @@ def get_config(preset: str = "tiny"):
   small = preset != "gpt2_small"
   c.optim.lr = 1e-3 if small else 1e-4
   c.optim.warmup_steps = 20 if small else 200
-  c.train.num_steps = 300 if small else 5000
-  c.train.eval_every = 150 if small else 1000
-  c.train.checkpoint_every = 150 if small else 1000
+  c.train.num_steps = 200 if small else 5000
+  c.train.eval_every = 100 if small else 1000
+  c.train.checkpoint_every = 100 if small else 1000
   c.upstream = {"pretrain": pretrain.get_config(preset)}
   return c

@@ -15,6 +15,12 @@ _CHOICES = {
 }
 
 
+def padded_vocab(tokenizer_vocab: int, multiple: int = 128) -> int:
+  """Vocabulary rounded up so the embedding splits evenly over tensor-parallel devices and
+  fills the accelerator's tiles (GPT-2's 50257 -> 50304). Extra rows are never targets."""
+  return -(-tokenizer_vocab // multiple) * multiple
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Decoder-only Transformer. GPT-2 and Llama blocks differ only in these switches.

@@ -19,7 +19,7 @@ from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import sources
 from rlhf_jax.data.tokenizers import build_tokenizer, load_tokenizer
 from rlhf_jax.errors import UserError
-from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.models.config import ModelConfig, padded_vocab
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training.state import TrainState
 from rlhf_jax.workdir import RunDir
@@ -63,7 +63,7 @@ def model_config(cfg, tokenizer, source) -> ModelConfig:
       arch[key] = values[key]
     values = arch
   if not values["vocab_size"]:
-    values["vocab_size"] = tokenizer.vocab_size
+    values["vocab_size"] = padded_vocab(tokenizer.vocab_size)
   try:
     model_cfg = ModelConfig.from_dict(values)
   except (TypeError, ValueError) as e:

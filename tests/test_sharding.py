@@ -1,0 +1,75 @@
+"""Meshes: shapes from the config, params laid out by the logical rules, and one training
+step on 8 simulated devices giving the same numbers as on one."""
+
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+from jax.sharding import PartitionSpec as P
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import common
+from rlhf_jax import sharding, stages
+from rlhf_jax.errors import UserError
+from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.training.setup import boxed_params
+from tests.conftest import small_model
+from tests.test_main import ROOT, read_metrics
+
+
+def mesh_cfg(data=-1, fsdp=1, tensor=1):
+  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
+
+
+def test_mesh_shape_fills_the_remaining_axis():
+  assert sharding.mesh_shape(mesh_cfg(), 8) == (8, 1, 1)
+  assert sharding.mesh_shape(mesh_cfg(fsdp=2, tensor=2), 8) == (2, 2, 2)
+  assert sharding.mesh_shape(mesh_cfg(data=2, fsdp=-1, tensor=2), 8) == (2, 2, 2)
+  with pytest.raises(UserError, match="does not divide the 8 available devices"):
+    sharding.mesh_shape(mesh_cfg(tensor=3), 8)
+  with pytest.raises(UserError, match="at most one axis may be -1"):
+    sharding.mesh_shape(mesh_cfg(fsdp=-1), 8)
+
+
+SHARDED_RUN = """
+import json, sys
+from tests.conftest import shrink
+from configs import pretrain
+from rlhf_jax import stages
+from rlhf_jax.training import setup
+config = shrink(pretrain.get_config("tiny"), steps=4)
+config.mesh.update(dict(data=2, fsdp=2, tensor=2))
+config.train.update(dict(log_every=1, eval_every=4, checkpoint_every=4))
+stages.run(config, sys.argv[1])
+"""
+
+
+def test_eight_devices_match_one(tmp_path, tiny_pretrain):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=ROOT)
+  result = subprocess.run([sys.executable, "-c", SHARDED_RUN, str(tmp_path / "mesh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  tiny_pretrain.train.update(dict(num_steps=4, log_every=1, eval_every=4, checkpoint_every=4))
+  stages.run(tiny_pretrain, str(tmp_path / "one"))
+  sharded, single = read_metrics(tmp_path / "mesh"), read_metrics(tmp_path / "one")
+  assert [m["step"] for m in sharded] == [m["step"] for m in single]
+  for a, b in zip(sharded, single):
+    for key in ("loss", "grad_norm", "eval/loss"):
+      if key in a:
+        assert abs(a[key] - b[key]) < 1e-4 * max(1.0, abs(b[key])), (key, a, b)
+
+
+def test_param_shardings_follow_the_rules():
+  boxed = jax.eval_shape(lambda r: boxed_params(Transformer(small_model()), r), jax.random.key(0))
+  logical = nn.get_partition_spec(boxed)
+  assert logical["embed"]["embedding"] == P("vocab", "embed")
+  assert logical["layer_0"]["attn"]["query"]["kernel"] == P("embed", "heads", "head_dim")
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), sharding.MESH_AXES)
+  placed = sharding.logical_shardings(boxed, mesh, common.DEFAULT_RULES)
+  assert placed["embed"]["embedding"].spec == P("tensor", "fsdp")
+  assert placed["layer_0"]["mlp"]["up"]["kernel"].spec == P("fsdp", "tensor")
+  assert placed["layer_0"]["attn"]["out"]["kernel"].spec == P("tensor", None, "fsdp")
