@@ -11,8 +11,11 @@ GPT2_BLOCK = dict(position="learned", norm="layernorm", mlp="gelu", bias="all", 
 LLAMA_BLOCK = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias="none", tie_embeddings=False)
 
 MODELS = {
-    # 4 layers, d_model 128: learns the embedded corpus in minutes on 2 CPU cores.
-    "tiny": dict(GPT2_BLOCK, vocab_size=0, d_model=128, n_layers=4, n_heads=4, d_ff=512, max_len=256),
+    # 4 layers, d_model 128: learns the embedded corpus in minutes on 2 CPU cores. A GPT-2
+    # block with rotary positions: with learned positions this model sits on a bigram plateau
+    # (loss ~2.2) for ~150 of 300 steps; rotary leaves it within 75 (eval loss 0.43 vs 1.2 at 300).
+    "tiny": dict(GPT2_BLOCK, position="rope", vocab_size=0, d_model=128, n_layers=4, n_heads=4, d_ff=512,
+                 max_len=256),
     "llama_tiny": dict(LLAMA_BLOCK, vocab_size=0, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
                        d_ff=384, max_len=256),
     # GPT-2 small's shape (124M with vocab 50304 = 50257 rounded up for the accelerator's tiles).
@@ -50,9 +53,9 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
       lr=3e-3 if small else 6e-4, warmup_steps=50 if small else 1000, final_lr_ratio=0.1,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0, accum_steps=1))
   c.train = ml_collections.ConfigDict(dict(
-      num_steps=300 if small else 20000, log_every=25 if small else 100,
-      eval_every=150 if small else 2000, eval_batches=8 if small else 20,
-      checkpoint_every=150 if small else 2000, keep_checkpoints=2))
+      num_steps=250 if small else 20000, log_every=25 if small else 100,
+      eval_every=125 if small else 2000, eval_batches=8 if small else 20,
+      checkpoint_every=125 if small else 2000, keep_checkpoints=2))
   c.sample = ml_collections.ConfigDict(dict(
       num_prompts=8, max_new_tokens=192 if small else 256, temperature=0.7, top_k=0, top_p=1.0,
       greedy=False))

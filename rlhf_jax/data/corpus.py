@@ -30,23 +30,22 @@ SENTIMENT_WEIGHTS = {"positive": 40, "negative": 40, "mixed": 15, "neutral": 5}
 # Adjective families: (positive pool, negative pool). Every word here is in the
 # VADER lexicon with the matching sign; neutral adjectives are in NEUTRAL_ADJECTIVES.
 ADJECTIVE_FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-  "quality": (("great", "excellent", "wonderful", "fantastic", "amazing", "superb", "brilliant",
-         "impressive"),
-        ("awful", "terrible", "disappointing", "horrible", "poor", "bad", "weak",
-         "dreadful")),
-  "fun": (("fun", "exciting", "enjoyable", "charming", "delightful", "wonderful"),
-      ("boring", "dull", "annoying", "painful", "lame", "stupid")),
-  "looks": (("beautiful", "gorgeous", "stunning", "lovely", "elegant"),
-       ("ugly", "messy", "depressing", "awful", "dreadful")),
-  "food": (("delicious", "fresh", "amazing", "excellent", "perfect"),
-       ("disgusting", "awful", "terrible", "horrible", "bad")),
-  "people": (("friendly", "helpful", "kind", "cheerful", "pleasant"),
-        ("rude", "unfriendly", "careless", "useless", "annoying")),
-  "comfort": (("comfortable", "clean", "pleasant", "relaxing", "peaceful"),
-        ("uncomfortable", "dirty", "stressful", "messy", "horrible")),
-  "price": (("fair", "great", "excellent"), ("outrageous", "ridiculous", "terrible", "awful")),
-  "tech": (("excellent", "impressive", "brilliant", "great", "amazing"),
-       ("useless", "terrible", "disappointing", "poor", "awful")),
+    "quality": (("great", "excellent", "wonderful", "fantastic", "amazing", "superb", "brilliant",
+                 "impressive"), ("awful", "terrible", "disappointing", "horrible", "poor", "bad",
+                                 "weak", "dreadful")),
+    "fun": (("fun", "exciting", "enjoyable", "charming", "delightful", "wonderful"),
+            ("boring", "dull", "annoying", "painful", "lame", "stupid")),
+    "looks": (("beautiful", "gorgeous", "stunning", "lovely", "elegant"),
+              ("ugly", "messy", "depressing", "awful", "dreadful")),
+    "food": (("delicious", "fresh", "amazing", "excellent", "perfect"),
+             ("disgusting", "awful", "terrible", "horrible", "bad")),
+    "people": (("friendly", "helpful", "kind", "cheerful", "pleasant"),
+               ("rude", "unfriendly", "careless", "useless", "annoying")),
+    "comfort": (("comfortable", "clean", "pleasant", "relaxing", "peaceful"),
+                ("uncomfortable", "dirty", "stressful", "messy", "horrible")),
+    "price": (("fair", "great", "excellent"), ("outrageous", "ridiculous", "terrible", "awful")),
+    "tech": (("excellent", "impressive", "brilliant", "great", "amazing"),
+             ("useless", "terrible", "disappointing", "poor", "awful")),
 }
 NEUTRAL_ADJECTIVES = ("average", "ordinary", "standard", "typical", "normal", "basic", "simple")
 
@@ -57,25 +56,25 @@ NEGATIVE_VERBS = ("hated", "disliked")
 POSITIVE_CONNECTIVES = ("Also,", "Besides,", "Luckily,", "Even better,")
 NEGATIVE_CONNECTIVES = ("Also,", "Besides,", "Sadly,", "Even worse,")
 # Sentiment words used by fixed templates rather than adjective pools.
-EXTRA_POSITIVE = frozenset({"loved", "enjoyed", "adored", "liked", "truly", "luckily", "best",
-              "better", "worth"})
+EXTRA_POSITIVE = frozenset(
+    {"loved", "enjoyed", "adored", "liked", "truly", "luckily", "best", "better", "worth"})
 EXTRA_NEGATIVE = frozenset({"hated", "disliked", "sadly", "worst", "worse", "waste", "avoid"})
 
 # Shared name parts. None of these carry VADER sentiment (no "Grace", "Lost", ...).
 TITLE_ADJECTIVES = ("Silent", "Hidden", "Northern", "Golden", "Distant", "Midnight", "Crimson",
-          "Paper", "Iron", "Velvet", "Winter", "Summer", "Copper", "Hollow")
+                    "Paper", "Iron", "Velvet", "Winter", "Summer", "Copper", "Hollow")
 TITLE_NOUNS = ("River", "Harbor", "Garden", "Mountain", "Letter", "Station", "Forest", "Island",
-        "Bridge", "Lantern", "Road", "Window", "Orchard", "Tower", "Valley", "Compass")
+               "Bridge", "Lantern", "Road", "Window", "Orchard", "Tower", "Valley", "Compass")
 BAND_ANIMALS = ("Foxes", "Owls", "Wolves", "Ravens", "Tigers", "Horses", "Sparrows", "Otters")
-FIRST_NAMES = ("Anna", "Ben", "Clara", "David", "Elena", "Frank", "Henry", "Iris", "Jack",
-        "Laura", "Maria", "Noah", "Olivia", "Peter", "Rosa", "Sam", "Tom")
+FIRST_NAMES = ("Anna", "Ben", "Clara", "David", "Elena", "Frank", "Henry", "Iris", "Jack", "Laura",
+               "Maria", "Noah", "Olivia", "Peter", "Rosa", "Sam", "Tom")
 LAST_NAMES = ("Baker", "Carter", "Doyle", "Evans", "Fisher", "Garcia", "Hughes", "Kim", "Lopez",
-       "Miller", "Morgan", "Novak", "Parker", "Reed", "Santos", "Turner", "Walsh")
+              "Miller", "Morgan", "Novak", "Parker", "Reed", "Santos", "Turner", "Walsh")
 PHONE_BRANDS = ("Zentra", "Novix", "Orbis", "Lumo", "Tarvo", "Vexa")
 COMPANIONS = ("my sister", "my brother", "my parents", "my cousin", "my partner", "two coworkers",
-       "my kids", "my roommate")
+              "my kids", "my roommate")
 OCCASIONS = ("last weekend", "on Friday night", "yesterday", "last month", "during the summer",
-       "after work", "on my birthday", "a few days ago")
+             "after work", "on my birthday", "a few days ago")
 
 
 @dataclass(frozen=True)
@@ -155,69 +154,80 @@ def _aspects(spec: str) -> tuple[Aspect, ...]:
 
 
 DOMAINS: tuple[Domain, ...] = (
-  Domain("movie", "watched", "watch it again", _title,
-      ("We went to see {name} at the cinema {when}.",
-      "I finally saw {name}, the new {genre} film."),
-      _aspects("the acting/quality; the plot/fun; the soundtrack/quality; the ending/quality;"
-          " the dialogue/fun; the characters/fun+; the visuals/looks+;"
-          " the cast/quality")),
-  Domain("book", "read", "read it again", _book_name,
-      ("I picked up {name} at the library {when}.",
-      "I read {name}, a {genre} novella, on a long trip."),
-      _aspects("the writing/quality; the plot/fun; the characters/fun+; the ending/quality;"
-          " the dialogue/fun; the cover/looks; the main character/fun")),
-  Domain("restaurant", "ate at", "eat there again", _restaurant_name,
-      ("We booked a table at {name} {when}.", "I had dinner at {name} with {who}."),
-      _aspects("the food/food; the service/people; the prices/price+; the portions/quality+;"
-          " the staff/people; the desserts/food+; the dining room/comfort")),
-  Domain("hotel", "stayed at", "stay there again", _hotel_name,
-      ("We spent three nights at {name} in the spring.", "I checked into {name} for a work trip."),
-      _aspects("the room/comfort; the bed/comfort; the staff/people; the breakfast/food;"
-          " the view/looks; the pool/comfort; the bathroom/comfort; the prices/price+")),
-  Domain("album", "listened to", "listen to it again", _album_name,
-      ("I had {name} on repeat {when}.", "I bought {name} on vinyl {when}."),
-      _aspects("the songs/fun+; the lyrics/quality+; the vocals/quality+;"
-          " the production/quality;"
-          " the guitar work/quality; the final track/fun; the album cover/looks")),
-  Domain("game", "tried", "pick it up again", _title,
-      ("I spent a whole weekend on {name}.", "I downloaded {name}, the new {genre} game."),
-      _aspects("the graphics/looks+; the gameplay/fun; the controls/tech+; the story/fun;"
-          " the levels/fun+; the music/quality; the puzzles/fun+")),
-  Domain("cafe", "tried", "go back", _cafe_name,
-      ("I went to {name} for a coffee {when}.", "We met up at {name} {when}."),
-      _aspects("the coffee/food; the pastries/food+; the staff/people; the atmosphere/comfort;"
-          " the prices/price+; the seating/comfort; the music/quality")),
-  Domain("concert", "went to", "see them live again", _concert_name,
-      ("I had tickets for {name} {when}.", "We drove two hours to get to {name}."),
-      _aspects("the band/quality; the sound/quality; the crowd/people; the setlist/fun;"
-          " the venue/comfort; the lighting/looks; the encore/fun")),
-  Domain("phone", "bought", "buy from them again", _phone_name,
-      ("I switched to {name} {when}.", "My old phone was getting slow, so I ordered {name}."),
-      _aspects("the battery/tech; the screen/tech; the camera/tech; the speakers/tech+;"
-          " the design/looks; the software/tech; the charger/tech")),
-  Domain("park", "visited", "go back", _park_name,
-      ("We took the kids to {name} {when}.", "I went for a long walk in {name} {when}."),
-      _aspects("the trails/fun+; the gardens/looks+; the playground/fun; the lake/looks;"
-          " the views/looks+; the picnic area/comfort; the paths/comfort+")),
+    Domain(
+        "movie", "watched", "watch it again", _title,
+        ("We went to see {name} at the cinema {when}.",
+         "I finally saw {name}, the new {genre} film."),
+        _aspects("the acting/quality; the plot/fun; the soundtrack/quality; the ending/quality;"
+                 " the dialogue/fun; the characters/fun+; the visuals/looks+;"
+                 " the cast/quality")),
+    Domain(
+        "book", "read", "read it again", _book_name,
+        ("I picked up {name} at the library {when}.",
+         "I read {name}, a {genre} novella, on a long trip."),
+        _aspects("the writing/quality; the plot/fun; the characters/fun+; the ending/quality;"
+                 " the dialogue/fun; the cover/looks; the main character/fun")),
+    Domain(
+        "restaurant", "ate at", "eat there again", _restaurant_name,
+        ("We booked a table at {name} {when}.", "I had dinner at {name} with {who}."),
+        _aspects("the food/food; the service/people; the prices/price+; the portions/quality+;"
+                 " the staff/people; the desserts/food+; the dining room/comfort")),
+    Domain(
+        "hotel", "stayed at", "stay there again", _hotel_name,
+        ("We spent three nights at {name} in the spring.",
+         "I checked into {name} for a work trip."),
+        _aspects("the room/comfort; the bed/comfort; the staff/people; the breakfast/food;"
+                 " the view/looks; the pool/comfort; the bathroom/comfort; the prices/price+")),
+    Domain(
+        "album", "listened to", "listen to it again", _album_name,
+        ("I had {name} on repeat {when}.", "I bought {name} on vinyl {when}."),
+        _aspects("the songs/fun+; the lyrics/quality+; the vocals/quality+;"
+                 " the production/quality;"
+                 " the guitar work/quality; the final track/fun; the album cover/looks")),
+    Domain(
+        "game", "tried", "pick it up again", _title,
+        ("I spent a whole weekend on {name}.", "I downloaded {name}, the new {genre} game."),
+        _aspects("the graphics/looks+; the gameplay/fun; the controls/tech+; the story/fun;"
+                 " the levels/fun+; the music/quality; the puzzles/fun+")),
+    Domain(
+        "cafe", "tried", "go back", _cafe_name,
+        ("I went to {name} for a coffee {when}.", "We met up at {name} {when}."),
+        _aspects("the coffee/food; the pastries/food+; the staff/people; the atmosphere/comfort;"
+                 " the prices/price+; the seating/comfort; the music/quality")),
+    Domain(
+        "concert", "went to", "see them live again", _concert_name,
+        ("I had tickets for {name} {when}.", "We drove two hours to get to {name}."),
+        _aspects("the band/quality; the sound/quality; the crowd/people; the setlist/fun;"
+                 " the venue/comfort; the lighting/looks; the encore/fun")),
+    Domain(
+        "phone", "bought", "buy from them again", _phone_name,
+        ("I switched to {name} {when}.", "My old phone was getting slow, so I ordered {name}."),
+        _aspects("the battery/tech; the screen/tech; the camera/tech; the speakers/tech+;"
+                 " the design/looks; the software/tech; the charger/tech")),
+    Domain(
+        "park", "visited", "go back", _park_name,
+        ("We took the kids to {name} {when}.", "I went for a long walk in {name} {when}."),
+        _aspects("the trails/fun+; the gardens/looks+; the playground/fun; the lake/looks;"
+                 " the views/looks+; the picnic area/comfort; the paths/comfort+")),
 )
 GENRES = ("mystery", "drama", "western", "fantasy", "science fiction", "detective")
 
 # Aspect comments. {a}/{b}: "the plot was boring" for the first/second aspect,
 # {p}: the first aspect's phrase; capitalised variants start a sentence.
 COMMENT_TEMPLATES = {
-  "polar": ("{A}.", "{P} {be} {intensifier} {adj}.", "I thought {a}.", "{A}, and {b} too.",
-       "I {verb} {p}.", "The {best} part was {p}, which {be} {adj}.", "{connective} {a}."),
-  "neutral": ("{A}.", "I thought {a}.", "{A}, and {b} too."),
+    "polar": ("{A}.", "{P} {be} {intensifier} {adj}.", "I thought {a}.", "{A}, and {b} too.",
+              "I {verb} {p}.", "The {best} part was {p}, which {be} {adj}.", "{connective} {a}."),
+    "neutral": ("{A}.", "I thought {a}.", "{A}, and {b} too."),
 }
 
 # Shared openings: the first words say nothing about the sentiment to come.
 SHARED_OPENINGS = (
-  "I {verb} {name} {when}.",
-  "Last month, {who} and I {verb} {name}.",
-  "A few days ago I finally {verb} {name}.",
-  "{Who} told me about {name}, so I gave it a try.",
-  "Here are my thoughts on {name}.",
-  "I {verb} {name} with {who} {when}.",
+    "I {verb} {name} {when}.",
+    "Last month, {who} and I {verb} {name}.",
+    "A few days ago I finally {verb} {name}.",
+    "{Who} told me about {name}, so I gave it a try.",
+    "Here are my thoughts on {name}.",
+    "I {verb} {name} with {who} {when}.",
 )
 
 
@@ -253,8 +263,12 @@ def _clause(rng: random.Random, aspect: Aspect, sentiment: str, avoid: str = "")
 def _opening(rng: random.Random, domain: Domain, name: str) -> str:
   template = rng.choice(SHARED_OPENINGS + domain.openings)
   who = rng.choice(COMPANIONS)
-  text = template.format(name=name, verb=domain.verb, when=rng.choice(OCCASIONS),
-              who=who, Who=_capitalize(who), genre=rng.choice(GENRES))
+  text = template.format(name=name,
+                         verb=domain.verb,
+                         when=rng.choice(OCCASIONS),
+                         who=who,
+                         Who=_capitalize(who),
+                         genre=rng.choice(GENRES))
   return _capitalize(text)
 
 
@@ -267,12 +281,17 @@ def _comment(rng: random.Random, template: str, aspects: list[Aspect], sentiment
   # reads badly.
   second_clause = _clause(rng, second, sentiment, avoid=clause.split()[-1])
   fields = {
-    "a": clause, "A": _capitalize(clause), "b": second_clause,
-    "p": first.phrase, "P": _capitalize(first.phrase), "be": "were" if first.plural else "was",
-    "adj": _adjective(rng, first.family, sentiment), "best": "best" if positive else "worst",
-    "intensifier": rng.choice(POSITIVE_INTENSIFIERS if positive else NEGATIVE_INTENSIFIERS),
-    "verb": rng.choice(POSITIVE_VERBS if positive else NEGATIVE_VERBS),
-    "connective": rng.choice(POSITIVE_CONNECTIVES if positive else NEGATIVE_CONNECTIVES),
+      "a": clause,
+      "A": _capitalize(clause),
+      "b": second_clause,
+      "p": first.phrase,
+      "P": _capitalize(first.phrase),
+      "be": "were" if first.plural else "was",
+      "adj": _adjective(rng, first.family, sentiment),
+      "best": "best" if positive else "worst",
+      "intensifier": rng.choice(POSITIVE_INTENSIFIERS if positive else NEGATIVE_INTENSIFIERS),
+      "verb": rng.choice(POSITIVE_VERBS if positive else NEGATIVE_VERBS),
+      "connective": rng.choice(POSITIVE_CONNECTIVES if positive else NEGATIVE_CONNECTIVES),
   }
   return template.format(**fields)
 
@@ -309,16 +328,15 @@ def _closing(rng: random.Random, domain: Domain, sentiment: str) -> str:
   adjective = _overall_adjective(rng, sentiment) if sentiment != "mixed" else ""
   overall = f"Overall, {_with_article(adjective)} {domain.kind}." if adjective else ""
   choices = {
-    "positive": ("I would recommend it to anyone.", f"I can not wait to {domain.again}!",
-           "Five stars from me!", "It was worth every penny.", overall),
-    "negative": ("I would not recommend it.", f"I will never {domain.again}.",
-           "Avoid it.", "What a waste of time.", "Why did I waste a whole day on this?",
-           overall),
-    "mixed": ("Overall, I have mixed feelings about it.",
-         f"I might {domain.again}, but maybe not.",
-         "It had some great moments and some awful ones."),
-    "neutral": (f"I might {domain.again} at some point.", "It was about what I expected.",
-          overall),
+      "positive": ("I would recommend it to anyone.", f"I can not wait to {domain.again}!",
+                   "Five stars from me!", "It was worth every penny.", overall),
+      "negative": ("I would not recommend it.", f"I will never {domain.again}.", "Avoid it.",
+                   "What a waste of time.", "Why did I waste a whole day on this?", overall),
+      "mixed":
+          ("Overall, I have mixed feelings about it.", f"I might {domain.again}, but maybe not.",
+           "It had some great moments and some awful ones."),
+      "neutral":
+          (f"I might {domain.again} at some point.", "It was about what I expected.", overall),
   }[sentiment]
   return rng.choice(choices)
 
@@ -327,7 +345,7 @@ def _aspect_pairs(rng: random.Random, domain: Domain, count: int) -> list[list[A
   """Distinct aspects for each comment, so a review never repeats itself."""
   shuffled = rng.sample(domain.aspects, len(domain.aspects))
   return [[shuffled[(2 * i) % len(shuffled)], shuffled[(2 * i + 1) % len(shuffled)]]
-      for i in range(count)]
+          for i in range(count)]
 
 
 def _body(rng: random.Random, domain: Domain, sentiment: str) -> list[str]:
@@ -338,8 +356,10 @@ def _body(rng: random.Random, domain: Domain, sentiment: str) -> list[str]:
   if sentiment == "mixed":
     sides = rng.sample(["positive", "negative"], 2)
     comments = [_mixed_comment(rng, pairs[0])]
-    comments += [_comment(rng, template, pair, side)
-           for template, pair, side in zip(templates, pairs[1:], sides)]
+    comments += [
+        _comment(rng, template, pair, side)
+        for template, pair, side in zip(templates, pairs[1:], sides)
+    ]
   else:
     comments = [_comment(rng, t, pair, sentiment) for t, pair in zip(templates, pairs)]
   if rng.random() < 0.35:
@@ -352,6 +372,7 @@ def _body(rng: random.Random, domain: Domain, sentiment: str) -> list[str]:
 
 def _fit(opening: str, body: list[str], closing: str, wanted: int) -> str:
   """Join sentences, growing or trimming the body towards [MIN_CHARS, MAX_CHARS]."""
+
   def joined(count: int) -> str:
     return " ".join([opening, *body[:count], closing])
 

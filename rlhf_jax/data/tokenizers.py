@@ -97,25 +97,28 @@ def _training_lines(texts: Iterable[str]) -> Iterator[str]:
 def _trainer_options(vocab_size: int, model_type: str) -> dict:
   """Options that make the model round-trip any text and train quietly."""
   return {
-    "vocab_size": vocab_size,
-    "model_type": model_type,
-    # Exactness: no Unicode normalisation, keep every space, never emit <unk>.
-    "normalization_rule_name": "identity",
-    "add_dummy_prefix": False,
-    "remove_extra_whitespaces": False,
-    "byte_fallback": True,
-    "character_coverage": 1.0,
-    "split_digits": True,
-    "user_defined_symbols": ["\n"],
-    # A small corpus may not support the requested size; take what it gives.
-    "hard_vocab_limit": False,
-    "pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3,
-    # Deterministic and cheap: first N lines, no shuffling, one thread.
-    "input_sentence_size": 200_000,
-    "shuffle_input_sentence": False,
-    "max_sentence_length": 16_384,
-    "num_threads": 1,
-    "minloglevel": 2,
+      "vocab_size": vocab_size,
+      "model_type": model_type,
+      # Exactness: no Unicode normalisation, keep every space, never emit <unk>.
+      "normalization_rule_name": "identity",
+      "add_dummy_prefix": False,
+      "remove_extra_whitespaces": False,
+      "byte_fallback": True,
+      "character_coverage": 1.0,
+      "split_digits": True,
+      "user_defined_symbols": ["\n"],
+      # A small corpus may not support the requested size; take what it gives.
+      "hard_vocab_limit": False,
+      "pad_id": 0,
+      "unk_id": 1,
+      "bos_id": 2,
+      "eos_id": 3,
+      # Deterministic and cheap: first N lines, no shuffling, one thread.
+      "input_sentence_size": 200_000,
+      "shuffle_input_sentence": False,
+      "max_sentence_length": 16_384,
+      "num_threads": 1,
+      "minloglevel": 2,
   }
 
 
@@ -133,24 +136,27 @@ class SentencePieceTokenizer:
     self.pad_id = int(self._processor.pad_id())
     self.bos_id = int(self._processor.bos_id())
     self.eos_id = int(self._processor.eos_id())
-    self._mark_ids = [self._processor.piece_to_id(f"<0x{byte:02X}>")
-             for byte in _WHITESPACE_MARK.encode("utf-8")]
+    self._mark_ids = [
+        self._processor.piece_to_id(f"<0x{byte:02X}>") for byte in _WHITESPACE_MARK.encode("utf-8")
+    ]
 
   @classmethod
-  def train(cls, texts: Iterable[str], vocab_size: int,
-       model_type: str = "bpe") -> "SentencePieceTokenizer":
+  def train(cls,
+            texts: Iterable[str],
+            vocab_size: int,
+            model_type: str = "bpe") -> "SentencePieceTokenizer":
     """Train in memory on ``texts``; the vocabulary may come out smaller than asked."""
     import sentencepiece
 
     writer = io.BytesIO()
     try:
-      sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=_training_lines(texts), model_writer=writer,
-        **_trainer_options(vocab_size, model_type))
+      sentencepiece.SentencePieceTrainer.train(sentence_iterator=_training_lines(texts),
+                                               model_writer=writer,
+                                               **_trainer_options(vocab_size, model_type))
     except RuntimeError as error:
       message = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
       raise ValueError(f"sentencepiece training failed (vocab_size={vocab_size}, "
-               f"model_type={model_type!r}): {message}") from error
+                       f"model_type={model_type!r}): {message}") from error
     return cls(writer.getvalue())
 
   @classmethod
@@ -175,8 +181,10 @@ class SentencePieceTokenizer:
 
   def decode(self, ids: Iterable[int]) -> str:
     specials = {self.pad_id, self.bos_id, self.eos_id}
-    kept = [token_id for token_id in _as_int_list(ids)
-        if 0 <= token_id < self.vocab_size and token_id not in specials]
+    kept = [
+        token_id for token_id in _as_int_list(ids)
+        if 0 <= token_id < self.vocab_size and token_id not in specials
+    ]
     return self._processor.decode(kept)
 
   def id_to_piece(self, token_id: int) -> str:
@@ -187,8 +195,11 @@ class SentencePieceTokenizer:
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, SENTENCEPIECE_MODEL_FILE), "wb") as handle:
       handle.write(self._model_proto)
-    _write_config(directory, {"kind": self.name, "model_file": SENTENCEPIECE_MODEL_FILE,
-                 "vocab_size": self.vocab_size})
+    _write_config(directory, {
+        "kind": self.name,
+        "model_file": SENTENCEPIECE_MODEL_FILE,
+        "vocab_size": self.vocab_size
+    })
 
   def __repr__(self) -> str:
     return f"SentencePieceTokenizer(vocab_size={self.vocab_size})"
@@ -203,7 +214,7 @@ def build_tokenizer(kind: str, texts: Iterable[str] = (), vocab_size: int = 0) -
       raise ValueError(f"sentencepiece tokenizer needs vocab_size > 0, got {vocab_size}")
     return SentencePieceTokenizer.train(texts, vocab_size)
   raise ValueError(f"unknown tokenizer kind {kind!r}; "
-           f"choose one of: {', '.join(TOKENIZER_KINDS)}")
+                   f"choose one of: {', '.join(TOKENIZER_KINDS)}")
 
 
 def _read_config(directory: str) -> dict:
@@ -228,8 +239,10 @@ def load_tokenizer(directory: str) -> Tokenizer:
     return SentencePieceTokenizer.load(directory)
   path = os.path.join(directory, CONFIG_FILE)
   raise ValueError(f"unknown tokenizer kind {kind!r} in {path}; "
-           f"choose one of: {', '.join(TOKENIZER_KINDS)}")
+                   f"choose one of: {', '.join(TOKENIZER_KINDS)}")
 
 
-__all__ = ["Tokenizer", "ByteTokenizer", "SentencePieceTokenizer", "build_tokenizer",
-      "load_tokenizer", "TOKENIZER_KINDS"]
+__all__ = [
+    "Tokenizer", "ByteTokenizer", "SentencePieceTokenizer", "build_tokenizer", "load_tokenizer",
+    "TOKENIZER_KINDS"
+]

@@ -37,23 +37,28 @@ def norm(cfg: ModelConfig, name=None):
                       bias_init=partitioned(nn.initializers.zeros, ("embed",)), name=name)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rope_tables(positions: jax.Array, head_dim: int, theta: float):
+  """sin and cos of the rotary angles, [batch, time, 1, head_dim // 2]; computed once per
+  forward pass and shared by every layer."""
+  half = head_dim // 2
+  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions[..., None].astype(jnp.float32) * freqs
+  return jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+
+
+def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
   """Rotary embedding, "rotate half" layout (as in Llama's reference code).
 
-  x: [batch, time, heads, head_dim]; positions: [batch, time] integer positions.
+  x: [batch, time, heads, head_dim]; sin, cos from `rope_tables`.
   """
-  half = x.shape[-1] // 2
-  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles = positions[..., None].astype(jnp.float32) * freqs  # [b, t, half]
-  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return rotated.astype(x.dtype)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 class Attention(nn.Module):
   """Causal self-attention with optional grouped-query heads and a per-layer KV cache.
 
+  `rope` is None (learned positions) or the (sin, cos) tables of `rope_tables`.
   `kv_cache` is None (full forward) or (keys, values, index): keys/values
   [batch, cache_len, kv_heads, head_dim], and the slot `index` where this call's
   tokens are written. `mask` is the boolean attention mask [batch, 1, q_len, k_len].
@@ -61,15 +66,15 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, kv_cache=None):
+  def __call__(self, x, rope, mask, kv_cache=None):
     cfg = self.cfg
     qkv_bias = cfg.bias in ("all", "qkv")
     hd = cfg.dim_per_head
     q = dense(cfg, (cfg.n_heads, hd), ("embed", "heads", "head_dim"), use_bias=qkv_bias, name="query")(x)
     k = dense(cfg, (cfg.kv_heads, hd), ("embed", "kv_heads", "head_dim"), use_bias=qkv_bias, name="key")(x)
     v = dense(cfg, (cfg.kv_heads, hd), ("embed", "kv_heads", "head_dim"), use_bias=qkv_bias, name="value")(x)
-    if cfg.position == "rope":
-      q, k = apply_rope(q, positions, cfg.rope_theta), apply_rope(k, positions, cfg.rope_theta)
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     new_cache = None
     if kv_cache is not None:
       cached_k, cached_v, index = kv_cache
@@ -108,9 +113,9 @@ class Block(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, positions, mask, kv_cache=None):
+  def __call__(self, x, rope, mask, kv_cache=None):
     drop = nn.Dropout(self.cfg.dropout, deterministic=self.deterministic)
-    h, new_cache = Attention(self.cfg, name="attn")(norm(self.cfg, "attn_norm")(x), positions, mask, kv_cache)
+    h, new_cache = Attention(self.cfg, name="attn")(norm(self.cfg, "attn_norm")(x), rope, mask, kv_cache)
     x = x + drop(h)
     x = x + drop(Mlp(self.cfg, name="mlp")(norm(self.cfg, "mlp_norm")(x)))
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), new_cache

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models.config import ModelConfig
-from rlhf_jax.models.layers import Block, norm, partitioned
+from rlhf_jax.models.layers import Block, norm, partitioned, rope_tables
 
 
 @flax.struct.dataclass
@@ -85,11 +85,12 @@ class Transformer(nn.Module):
     x = nn.Dropout(cfg.dropout, deterministic=self.deterministic)(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
+    rope = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta) if cfg.position == "rope" else None
     block = nn.remat(Block) if cfg.remat else Block
     new_keys, new_values = [], []
     for i in range(cfg.n_layers):
       layer_cache = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
-      x, kv = block(cfg, self.deterministic, name=f"layer_{i}")(x, positions, attn_mask, layer_cache)
+      x, kv = block(cfg, self.deterministic, name=f"layer_{i}")(x, rope, attn_mask, layer_cache)
       if kv is not None:
         new_keys.append(kv[0])
         new_values.append(kv[1])

@@ -38,8 +38,12 @@ def _word_label(text: str) -> str:
   positive, negative = sentiment_words()
   words = set(_words(text))
   has_positive, has_negative = bool(words & positive), bool(words & negative)
-  return {(True, False): "positive", (False, True): "negative",
-      (True, True): "mixed", (False, False): "neutral"}[(has_positive, has_negative)]
+  return {
+      (True, False): "positive",
+      (False, True): "negative",
+      (True, True): "mixed",
+      (False, False): "neutral"
+  }[(has_positive, has_negative)]
 
 
 def _opening(text: str, num_words: int = 3) -> str:
@@ -47,6 +51,7 @@ def _opening(text: str, num_words: int = 3) -> str:
 
 
 # --- determinism and splitting ---------------------------------------------------
+
 
 def test_same_seed_gives_same_documents():
   assert generate_reviews(50, seed=7) == generate_reviews(50, seed=7)
@@ -73,12 +78,16 @@ def test_disjoint_ranges_give_disjoint_splits():
 def test_stable_across_processes_with_different_hash_seeds():
   # Guards against anything depending on Python's per-process str hashing.
   script = ("import hashlib; from rlhf_jax.data.corpus import generate_reviews; "
-       "print(hashlib.sha256('|'.join(generate_reviews(30, seed=5)).encode()).hexdigest())")
+            "print(hashlib.sha256('|'.join(generate_reviews(30, seed=5)).encode()).hexdigest())")
   digests = set()
   for hash_seed in ("1", "2"):
     env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                check=True, env=env, cwd=REPO_ROOT)
+    result = subprocess.run([sys.executable, "-c", script],
+                            capture_output=True,
+                            text=True,
+                            check=True,
+                            env=env,
+                            cwd=REPO_ROOT)
     digests.add(result.stdout.strip())
   assert len(digests) == 1
   in_process = generate_reviews(30, seed=5)
@@ -94,6 +103,7 @@ def test_zero_documents_and_bad_arguments():
 
 
 # --- shape of each document -------------------------------------------------------
+
 
 def test_documents_are_plain_ascii_sentences(docs):
   for text in docs:
@@ -129,12 +139,13 @@ def test_covers_many_domains(docs):
   assert len(corpus.DOMAINS) >= 6
   # An aspect word specific to each of several domains shows up somewhere.
   words = {word for text in docs for word in _words(text)}
-  for aspect_word in ("acting", "writing", "service", "breakfast", "vocals", "gameplay",
-            "coffee", "setlist", "battery", "trails"):
+  for aspect_word in ("acting", "writing", "service", "breakfast", "vocals", "gameplay", "coffee",
+                      "setlist", "battery", "trails"):
     assert aspect_word in words, aspect_word
 
 
 # --- sentiment ----------------------------------------------------------------------
+
 
 def test_sentiment_word_sets_are_disjoint_and_common():
   positive, negative = sentiment_words()
@@ -159,8 +170,9 @@ def test_labels_agree_with_the_exported_word_sets(labeled_docs):
 
 def test_sentiment_mix_matches_design(labeled_docs):
   counts = collections.Counter(label for _, label in labeled_docs)
-  fractions = {label: counts[label] / NUM_DOCS
-         for label in ("positive", "negative", "mixed", "neutral")}
+  fractions = {
+      label: counts[label] / NUM_DOCS for label in ("positive", "negative", "mixed", "neutral")
+  }
   assert abs(fractions["positive"] - 0.40) < 0.05, fractions
   assert abs(fractions["negative"] - 0.40) < 0.05, fractions
   assert abs(fractions["mixed"] - 0.15) < 0.04, fractions
@@ -171,8 +183,9 @@ def test_openings_are_shared_across_sentiments(labeled_docs):
   labels_by_opening = collections.defaultdict(set)
   for text, label in labeled_docs:
     labels_by_opening[_opening(text)].add(label)
-  shared = [opening for opening, labels in labels_by_opening.items()
-       if {"positive", "negative"} <= labels]
+  shared = [
+      opening for opening, labels in labels_by_opening.items() if {"positive", "negative"} <= labels
+  ]
   assert len(shared) >= 20
   # Most polar documents start with words that also open a document of the other polarity.
   polar = [(text, label) for text, label in labeled_docs if label in ("positive", "negative")]

@@ -9,36 +9,36 @@ import pytest
 
 from rlhf_jax.data.corpus import generate_reviews
 from rlhf_jax.data.tokenizers import (
-  ByteTokenizer,
-  SentencePieceTokenizer,
-  Tokenizer,
-  build_tokenizer,
-  load_tokenizer,
+    ByteTokenizer,
+    SentencePieceTokenizer,
+    Tokenizer,
+    build_tokenizer,
+    load_tokenizer,
 )
 
 # Hand-made strings that trip up normalising or whitespace-collapsing tokenizers.
 TRICKY_STRINGS = [
-  "",
-  " ",
-  "   ",
-  "a",
-  "Hello, world!",
-  "  leading and trailing spaces  ",
-  "many     spaces   between",
-  "tabs\tand\t\ttabs",
-  "line one\nline two\n\nline four\n",
-  "\n",
-  "\r\n windows line end",
-  "digits 0123456789 and 3.14159 and 1,000,000",
-  "accents: caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u00c5ngstr\u00f6m",
-  "combining: e\u0301 vs \u00e9",  # NFC/NFD forms must both survive
-  "full width \uff21\uff22\uff23 and ligature \ufb01",  # NFKC would change these
-  "CJK: \u6f22\u5b57\u304b\u306a\u30ab\u30ca \ud55c\uad6d\uc5b4",
-  "emoji: \U0001f600\U0001f44d\U0001f3fd \U0001f468\u200d\U0001f469\u200d\U0001f467",
-  "sentencepiece space mark \u2581 literal \u2581\u2581",
-  "control \x00\x01\x7f chars",
-  "right-to-left \u05e9\u05dc\u05d5\u05dd \u0645\u0631\u062d\u0628\u0627",
-  "The acting was wonderful, but the plot was boring.",
+    "",
+    " ",
+    "   ",
+    "a",
+    "Hello, world!",
+    "  leading and trailing spaces  ",
+    "many     spaces   between",
+    "tabs\tand\t\ttabs",
+    "line one\nline two\n\nline four\n",
+    "\n",
+    "\r\n windows line end",
+    "digits 0123456789 and 3.14159 and 1,000,000",
+    "accents: caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u00c5ngstr\u00f6m",
+    "combining: e\u0301 vs \u00e9",  # NFC/NFD forms must both survive
+    "full width \uff21\uff22\uff23 and ligature \ufb01",  # NFKC would change these
+    "CJK: \u6f22\u5b57\u304b\u306a\u30ab\u30ca \ud55c\uad6d\uc5b4",
+    "emoji: \U0001f600\U0001f44d\U0001f3fd \U0001f468\u200d\U0001f469\u200d\U0001f467",
+    "sentencepiece space mark \u2581 literal \u2581\u2581",
+    "control \x00\x01\x7f chars",
+    "right-to-left \u05e9\u05dc\u05d5\u05dd \u0645\u0631\u062d\u0628\u0627",
+    "The acting was wonderful, but the plot was boring.",
 ]
 
 
@@ -66,6 +66,7 @@ def sp_tokenizer(training_texts) -> SentencePieceTokenizer:
 
 
 # --- byte tokenizer ---------------------------------------------------------------
+
 
 def test_byte_special_ids_and_vocab():
   tok = ByteTokenizer()
@@ -111,6 +112,7 @@ def test_byte_save_and_load(tmp_path):
 
 
 # --- sentencepiece tokenizer ------------------------------------------------------
+
 
 def test_sp_vocab_and_special_ids(sp_tokenizer):
   tok = sp_tokenizer
@@ -186,6 +188,7 @@ def test_sp_save_load_gives_identical_encodings(sp_tokenizer, tmp_path):
 
 
 # --- factory and loader errors ----------------------------------------------------
+
 
 def test_build_tokenizer_dispatches(training_texts):
   assert isinstance(build_tokenizer("byte"), ByteTokenizer)
