@@ -54,7 +54,9 @@ def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
 def choose_tokens(logits: jax.Array, rng: jax.Array, params: SamplingParams):
   """Picks one token per row; returns (tokens, log-probs under logits / temperature)."""
   scaled = logits.astype(jnp.float32) / jnp.maximum(params.temperature, 1e-6)
-  filtered = filter_logits(scaled, params.top_k, params.top_p)
+  # The sort behind top-k/top-p costs more than the model's step at small sizes: skip it when off.
+  filtering = (params.top_k > 0) | (params.top_p < 1.0)
+  filtered = jax.lax.cond(filtering, lambda x: filter_logits(x, params.top_k, params.top_p), lambda x: x, scaled)
   sampled = jax.random.categorical(rng, filtered, axis=-1)
   tokens = jnp.where(params.greedy, jnp.argmax(scaled, axis=-1), sampled).astype(jnp.int32)
   logprobs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], axis=-1)
