@@ -11,12 +11,13 @@ import os
 from absl import logging
 
 from rlhf_jax.errors import UserError
-from rlhf_jax.training import lm_trainer
+from rlhf_jax.training import lm_trainer, reward_trainer
 from rlhf_jax.workdir import RunDir
 
 RUNNERS = {
     "pretrain": lm_trainer.run,
     "sft": lm_trainer.run,
+    "reward": reward_trainer.run,
 }
 
 

@@ -36,3 +36,13 @@ def tiny_sft():
   config = shrink(sft.get_config("tiny"), steps=10)
   shrink(config.upstream.pretrain)
   return config
+
+
+@pytest.fixture
+def tiny_reward(tiny_sft):
+  from configs import reward
+  config = shrink(reward.get_config("tiny"), steps=10)
+  config.upstream.sft = tiny_sft
+  config.preference.update(dict(train_pairs=64, eval_pairs=16, max_new_tokens=24, gen_batch=32))
+  config.train.eval_batches = 2
+  return config

@@ -25,9 +25,9 @@ def load_documents(data_cfg, split: str) -> list[str]:
   if kind == "tfds":
     return _paragraphs(_tfds_texts(arg, data_cfg, split))
   if kind == "text":
-    return _file_split(_paragraphs([_read_text(arg)]), data_cfg, split)
+    return file_split(_paragraphs([_read_text(arg)]), data_cfg, split)
   if kind == "jsonl":
-    return _file_split([_field(r, data_cfg.text_field, arg, n) for n, r in _read_jsonl(arg)], data_cfg, split)
+    return file_split([string_field(r, data_cfg.text_field, arg, n) for n, r in read_jsonl(arg)], data_cfg, split)
   raise UserError(f"data.source={data_cfg.source!r}: expected embedded, tfds:NAME, text:PATH or jsonl:PATH")
 
 
@@ -35,8 +35,8 @@ def load_pairs(data_cfg, split: str) -> list[tuple[str, str]]:
   """(prompt, response) pairs for SFT. JSONL gives them; other sources split documents."""
   kind, _, arg = data_cfg.source.partition(":")
   if kind == "jsonl":
-    rows = [(_field(r, "prompt", arg, n), _field(r, "response", arg, n)) for n, r in _read_jsonl(arg)]
-    return _file_split(rows, data_cfg, split)
+    rows = [(string_field(r, "prompt", arg, n), string_field(r, "response", arg, n)) for n, r in read_jsonl(arg)]
+    return file_split(rows, data_cfg, split)
   seed = data_cfg.seed + (0 if split == "train" else 1)
   return [split_opening(doc, data_cfg, random.Random(f"{seed}:{i}"))
           for i, doc in enumerate(load_documents(data_cfg, split))]
@@ -56,7 +56,7 @@ def _embedded(data_cfg, split):
   return corpus.generate_reviews(data_cfg.eval_docs, seed=data_cfg.seed, start=data_cfg.embedded_docs)
 
 
-def _file_split(items: list, data_cfg, split: str) -> list:
+def file_split(items: list, data_cfg, split: str) -> list:
   """Last `eval_fraction` of a file is held out, so the split is stable across runs."""
   if not items:
     raise UserError(f"data.source={data_cfg.source!r} has no documents")
@@ -76,7 +76,7 @@ def _read_text(path: str) -> str:
     return f.read()
 
 
-def _read_jsonl(path: str):
+def read_jsonl(path: str):
   """Yields (line number, object); a malformed line names file and line."""
   for number, line in enumerate(_read_text(path).splitlines(), start=1):
     if not line.strip():
@@ -90,7 +90,7 @@ def _read_jsonl(path: str):
     yield number, row
 
 
-def _field(row: dict, key: str, path: str, number: int) -> str:
+def string_field(row: dict, key: str, path: str, number: int) -> str:
   value = row.get(key)
   if not isinstance(value, str):
     raise UserError(f"{path}:{number}: missing string field {key!r} (has {sorted(row)})")

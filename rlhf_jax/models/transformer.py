@@ -46,6 +46,13 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
   return jnp.cumsum(mask, axis=-1) - mask
 
 
+def last_token_values(values: jax.Array, mask: jax.Array) -> jax.Array:
+  """values[b, t] at each row's last real token (left or right padding), shape [batch]."""
+  length = mask.shape[-1]
+  last = length - 1 - jnp.argmax(jnp.flip(mask.astype(bool), axis=-1), axis=-1)
+  return jnp.take_along_axis(values, last[:, None], axis=-1)[:, 0]
+
+
 def attention_mask(mask: jax.Array, cache: Optional[KVCache]):
   """Boolean [batch, 1, q_len, k_len] causal mask over real keys, and the cache's new mask."""
   q_len = mask.shape[1]

@@ -1,14 +1,8 @@
-"""Pretraining and SFT: the host loop around the compiled steps.
-
-The loop only moves batches in and metrics out; everything numeric happens in the compiled
-`train` step. Batches are a pure function of the step, so a resumed run replays exactly the
-batches it would have seen.
-"""
+"""Pretraining and SFT: data, model and evaluation around the shared host loop."""
 
 import dataclasses
 import os
 import random
-import time
 from typing import NamedTuple
 
 from absl import logging
@@ -18,10 +12,10 @@ import numpy as np
 from rlhf_jax import sharding
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import batches, sources
-from rlhf_jax.metrics_log import MetricsLog
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import setup
+from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.steps import compile_lm_steps
 from rlhf_jax.workdir import RunDir
@@ -59,14 +53,15 @@ def run(cfg, workdir: str) -> dict:
   state, shardings = setup.init_state(model, tx, mesh, rules, cfg.seed)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), setup.STATE_ITEMS, cfg.train.keep_checkpoints)
   restored = setup.resume(state, shardings, checkpointer)
-  if restored:
-    state = restored[0]
+  if restored is not None:
+    state = restored
   elif source:
     state = state.replace(params=setup.load_source_params(source, state.params, shardings.params, mesh, rules))
   steps = compile_lm_steps(model, tx, learning_rate_schedule(cfg.optim, cfg.train.num_steps),
                            shardings, mesh, cfg, tokenizer)
-  loop = Loop(cfg, run_dir, steps, data, mesh, tokenizer, checkpointer)
-  summary = loop.train(state)
+  evaluate = LMEvaluator(cfg, run_dir, steps, data, mesh, tokenizer)
+  next_batch = lambda step: sharding.put_batch(data.train.batch(step), mesh)
+  summary = Loop(cfg.train, run_dir, steps.train, next_batch, evaluate, checkpointer).train(state)
   run_dir.write_json("summary.json", summary)
   return summary
 
@@ -90,12 +85,13 @@ def prepare_data(cfg, tokenizer) -> LMData:
     evaluation = batches.PretrainData(batches.token_stream(eval_docs, tokenizer), d.seq_len, d.batch_size,
                                       cfg.seed, shuffle=False, **where)
     logging.info("pretraining: %d windows of %d tokens", train.num_rows, d.seq_len)
-    prompt_texts = [sources.split_opening(doc, d, _rng(cfg.seed, i))[0] for i, doc in enumerate(eval_docs)]
+    prompt_texts = [sources.split_opening(doc, d, prompt_rng(cfg.seed, i))[0] for i, doc in enumerate(eval_docs)]
   max_prompt = max(1, min(d.seq_len, cfg.model.max_len) - cfg.sample.max_new_tokens)
   return LMData(train, evaluation, encode_prompts(prompt_texts[:cfg.sample.num_prompts], tokenizer, max_prompt))
 
 
-def _rng(seed, i):
+def prompt_rng(seed: int, i: int) -> random.Random:
+  """Where document i is cut into a prompt: fixed by (seed, i), so every stage agrees."""
   return random.Random(f"prompt:{seed}:{i}")
 
 
@@ -112,40 +108,16 @@ def encode_prompts(texts, tokenizer, max_len: int) -> Prompts:
 
 
 @dataclasses.dataclass
-class Loop:
+class LMEvaluator:
+  """Held-out loss and accuracy, and samples of held-out prompts written to samples/."""
   cfg: object
   run_dir: RunDir
   steps: object
   data: LMData
   mesh: object
   tokenizer: object
-  checkpointer: Checkpointer
 
-  def train(self, state) -> dict:
-    t = self.cfg.train
-    start = int(jax.device_get(state.step))
-    log = MetricsLog(self.run_dir, start, t.num_steps)
-    started = time.time()
-    try:
-      for step in range(start + 1, t.num_steps + 1):
-        state, metrics = self.steps.train(state, sharding.put_batch(self.data.train.batch(step - 1), self.mesh))
-        last = step == t.num_steps
-        if step % t.log_every == 0 or last:
-          log.write(step, jax.device_get(metrics))
-        if step % t.eval_every == 0 or last:
-          eval_metrics = self.evaluate(state.params, step, log)
-        if step % t.checkpoint_every == 0 or last:
-          self.checkpointer.save(step, {n: getattr(state, n) for n in setup.STATE_ITEMS},
-                                 {"step": step, "data_position": step})
-        log.advance(step)
-      if start == t.num_steps:  # killed after the last checkpoint but before the summary
-        eval_metrics = self.evaluate(state.params, start, log)
-    finally:
-      self.checkpointer.wait()
-      log.close()
-    return {**eval_metrics, "step": t.num_steps, "train_seconds_this_session": time.time() - started}
-
-  def evaluate(self, params, step: int, log: MetricsLog) -> dict:
+  def __call__(self, params, step: int) -> dict:
     sums = None
     for batch in batches.eval_batches(self.data.eval, self.cfg.train.eval_batches):
       out = jax.device_get(self.steps.eval(params, sharding.put_batch(batch, self.mesh)))
@@ -153,22 +125,24 @@ class Loop:
     tokens = max(float(sums["tokens"]), 1.0)
     metrics = {"eval/loss": float(sums["nll"]) / tokens, "eval/accuracy": float(sums["correct"]) / tokens}
     metrics["eval/perplexity"] = float(np.exp(metrics["eval/loss"]))
-    metrics.update(self.write_samples(params, step, log))
-    log.write(step, metrics)
-    return metrics
+    return {**metrics, **self.write_samples(params, step)}
 
-  def write_samples(self, params, step: int, log: MetricsLog) -> dict:
-    """Samples continuations of held-out prompts; writes samples/step_N.txt and TensorBoard."""
+  def write_samples(self, params, step: int) -> dict:
+    """Samples continuations of held-out prompts into samples/step_N.txt."""
     s, prompts = self.cfg.sample, self.data.prompts
     sampling = SamplingParams.make(s.temperature, s.top_k, s.top_p, s.greedy)
     rng = jax.random.fold_in(jax.random.key(self.cfg.seed + 1), step)
     out = jax.device_get(self.steps.sample(params, prompts.tokens, prompts.mask, rng, sampling))
     texts = [self.tokenizer.decode(t[m > 0]) for t, m in zip(out.tokens, out.mask)]
     lines = [f"{p!r} -> {c!r}" for p, c in zip(prompts.texts, texts)]
-    if jax.process_index() == 0:
-      os.makedirs(self.run_dir.file("samples"), exist_ok=True)
-      with open(self.run_dir.file("samples", f"step_{step:06d}.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-      log.text(step, "samples", "\n\n".join(lines))
+    write_samples_file(self.run_dir, step, lines)
     ended = (out.tokens == self.tokenizer.eos_id).any(axis=1)
-    return {"eval/sample_length": float(out.mask.sum(axis=1).mean()), "eval/sample_eos_fraction": float(ended.mean())}
+    return {"eval/sample_length": float(out.mask.sum(axis=1).mean()),
+            "eval/sample_eos_fraction": float(ended.mean()), "samples": "\n\n".join(lines)}
+
+
+def write_samples_file(run_dir: RunDir, step: int, lines: list) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(run_dir.file("samples"), exist_ok=True)
+    with open(run_dir.file("samples", f"step_{step:06d}.txt"), "w") as f:
+      f.write("\n".join(lines) + "\n")

@@ -105,14 +105,14 @@ def abstract_like(tree, shardings):
 
 
 def resume(state: TrainState, shardings, checkpointer: Checkpointer):
-  """The latest checkpoint restored into `state` (step from its metadata), or None."""
+  """`state` with the latest checkpoint restored into it (step from its metadata), or None."""
   if checkpointer.latest_step() is None:
     return None
   abstract = {name: abstract_like(getattr(state, name), getattr(shardings, name)) for name in STATE_ITEMS}
   items, meta = checkpointer.restore(abstract)
   step = jax.device_put(jnp.int32(meta["step"]), shardings.step)
   logging.info("resumed from %s at step %d", checkpointer.directory, meta["step"])
-  return state.replace(step=step, **items), meta
+  return state.replace(step=step, **items)
 
 
 def load_source_params(source: RunDir, params, param_shardings, mesh, rules):

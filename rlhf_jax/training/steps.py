@@ -21,13 +21,13 @@ def lm_loss(params, batch, normalizer, *, model, dropout_rng):
   return next_token_loss(out.logits, batch["targets"], batch["loss_mask"], normalizer)
 
 
-def accumulate_gradients(loss_fn: Callable, params, batch: dict, accum_steps: int):
+def accumulate_gradients(loss_fn: Callable, params, batch: dict, accum_steps: int, normalizer):
   """Gradients of the full-batch loss, computed over `accum_steps` microbatches in a scan.
 
-  loss_fn(params, microbatch, normalizer) -> (loss, metrics); every microbatch divides by the
-  whole batch's token count, so the summed losses and gradients equal the full-batch ones.
+  loss_fn(params, microbatch, normalizer) -> (loss, metrics) must sum over its examples and
+  divide by `normalizer`, the whole batch's count (tokens, pairs), so the summed microbatch
+  losses and gradients equal the full-batch ones.
   """
-  normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accum_steps == 1:
     (loss, metrics), grads = grad_fn(params, batch, normalizer)
@@ -48,13 +48,18 @@ def accumulate_gradients(loss_fn: Callable, params, batch: dict, accum_steps: in
 def train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_steps: int, seed: int):
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
   loss_fn = functools.partial(lm_loss, model=model, dropout_rng=dropout_rng)
-  grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
+  grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps, normalizer)
   metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / jnp.maximum(sums["tokens"], 1),
              "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
              "tokens": sums["tokens"]}
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return apply_gradients(state, grads, tx), metrics
+
+
+def apply_gradients(state: TrainState, grads, tx) -> TrainState:
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
 
 
 def eval_step(params, batch: dict, *, model) -> dict:

@@ -1,0 +1,31 @@
+"""Reward model: the SFT backbone with a scalar head, trained on preference pairs.
+
+  python -m rlhf_jax.main --config=configs/reward.py:tiny --workdir=runs/rm
+
+With `init_from` empty, the upstream SFT stage (and its pretraining) first runs, or is
+reused when finished, under WORKDIR/upstream/. By default the pairs are generated: two SFT
+samples per prompt, labelled by VADER through a Bradley-Terry draw with `gold_scale`.
+Real data: --config.preference.source=jsonl:PATH (prompt/chosen/rejected) or hh:PATH.
+"""
+
+import ml_collections
+
+from configs import common
+from configs import sft
+
+
+def get_config(preset: str = "tiny"):
+  c = common.base_config("reward", preset)
+  small = preset != "gpt2_small"
+  c.model.heads = ("reward",)
+  c.optim.lr = 5e-4 if small else 1e-5
+  c.optim.warmup_steps = 10 if small else 100
+  c.data.batch_size = 16 if small else 64  # pairs per step
+  c.train.update(dict(num_steps=120 if small else 2000, eval_every=60 if small else 500,
+                      checkpoint_every=60 if small else 500, eval_batches=16, log_every=10 if small else 50))
+  c.preference = ml_collections.ConfigDict(dict(
+      source="generated", judge="vader", gold_scale=5.0, train_pairs=2048 if small else 32768,
+      eval_pairs=256 if small else 2048, temperature=1.0, max_new_tokens=192 if small else 256,
+      gen_batch=128, eval_fraction=0.05, train_split="train", eval_split="test"))
+  c.upstream = {"sft": sft.get_config(preset)}
+  return c

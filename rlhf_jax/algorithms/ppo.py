@@ -1,0 +1,94 @@
+"""PPO's pieces as pure functions: the clipped policy surrogate, the clipped value loss, masked
+advantage whitening, token entropy and the critic's explained variance (Schulman et al. 2017;
+defaults from Huang et al. 2024: eps 0.2, value clip 0.2, whitened advantages).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.algorithms.masked import masked_mean, masked_var
+
+
+def whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True) -> jax.Array:
+  """(x - mean) / sqrt(var + 1e-8) over the mask == 1 entries; 0 where mask is 0.
+
+  The statistics are the population mean and variance of the valid entries only, so padding does
+  not pull them. shift_mean=False (static) adds the mean back: rescale without recentring.
+  """
+  mean, var = masked_mean(x, mask), masked_var(x, mask)
+  whitened = (x - mean) * jax.lax.rsqrt(var + 1e-8)
+  if not shift_mean:
+    whitened = whitened + mean
+  return jnp.where(mask > 0, whitened, 0.0)
+
+
+def clipped_objective(ratio: jax.Array, advantages: jax.Array, clip_eps) -> jax.Array:
+  """Per token min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), the objective to maximise.
+
+  ratio 1.5, A 2, eps 0.2 -> 2.4; ratio 0.5, A -1 -> -0.8.
+  """
+  return jnp.minimum(ratio * advantages, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages)
+
+
+def clipped_surrogate_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array,
+                           mask: jax.Array, *, clip_eps):
+  """loss = -masked_mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)), rho = exp(logp - logp_old).
+
+  Args:
+    logprobs: [batch, time] under the current policy (differentiated). old_logprobs, advantages:
+      [batch, time] from the rollout (held constant). mask: 1 on response tokens.
+  Returns:
+    (loss, metrics): `clip_fraction` (share of valid tokens where the clipped term is the minimum,
+    so they get no gradient), `approx_kl` (masked mean of (logp - logp_old)^2 / 2), `ratio` mean.
+  """
+  log_ratio = jnp.asarray(logprobs, jnp.float32) - jnp.asarray(old_logprobs, jnp.float32)
+  ratio = jnp.exp(log_ratio)
+  objective = clipped_objective(ratio, advantages, clip_eps)
+  # The clipped term is active exactly when it is strictly below the unclipped one: ratio above
+  # 1 + eps with A > 0, or below 1 - eps with A < 0.
+  clipped = objective < ratio * advantages
+  metrics = {"clip_fraction": masked_mean(clipped.astype(jnp.float32), mask),
+             "approx_kl": masked_mean(0.5 * jnp.square(log_ratio), mask),
+             "ratio": masked_mean(ratio, mask)}
+  return -masked_mean(objective, mask), metrics
+
+
+def clipped_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mask: jax.Array,
+                       *, clip):
+  """0.5 * masked_mean(max((V - R)^2, (V_clip - R)^2)), V_clip = V_old + clip(V - V_old, -c, c).
+
+  Taking the max makes the clip pessimistic: the critic cannot lower its loss by moving further
+  than `clip` from the rollout's values.
+  Returns:
+    (loss, metrics) with `value_clip_fraction` (share of valid tokens where the clipped error is the
+    larger) and `value_loss`.
+  """
+  values = jnp.asarray(values, jnp.float32)
+  clipped_values = old_values + jnp.clip(values - old_values, -clip, clip)
+  unclipped_error = jnp.square(values - returns)
+  clipped_error = jnp.square(clipped_values - returns)
+  loss = 0.5 * masked_mean(jnp.maximum(unclipped_error, clipped_error), mask)
+  clip_fraction = masked_mean((clipped_error > unclipped_error).astype(jnp.float32), mask)
+  return loss, {"value_clip_fraction": clip_fraction, "value_loss": loss}
+
+
+def entropy_from_logits(logits: jax.Array) -> jax.Array:
+  """H = -sum_v p_v log p_v over the last axis, [batch, time, vocab] -> [batch, time].
+
+  Via log_softmax, so large logits do not overflow; tokens with p = 0 (logit -inf, e.g. filtered by
+  top-k) contribute 0 rather than 0 * -inf = nan, in the value and in the gradient.
+  """
+  logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+  p = jnp.exp(logp)
+  return -jnp.sum(p * jnp.where(p > 0, logp, 0.0), axis=-1)
+
+
+def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -> jax.Array:
+  """1 - Var[R - V] / Var[R] over the masked entries: 1 for a perfect critic, 0 for a constant one.
+
+  0 when Var[R] = 0, where the ratio is undefined.
+  """
+  var_returns = masked_var(returns, mask)
+  var_residual = masked_var(returns - values, mask)
+  safe = jnp.where(var_returns > 0, var_returns, 1.0)
+  return jnp.where(var_returns > 0, 1.0 - var_residual / safe, 0.0)

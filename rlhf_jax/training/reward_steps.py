@@ -1,0 +1,73 @@
+"""Compiled reward-model steps: Bradley-Terry training, pair eval and sequence scoring."""
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlhf_jax import sharding
+from rlhf_jax.algorithms.reward import bradley_terry_loss
+from rlhf_jax.models.sampling import sample
+from rlhf_jax.models.transformer import last_token_values
+from rlhf_jax.training.state import TrainState
+from rlhf_jax.training.steps import accumulate_gradients, apply_gradients
+
+
+def sequence_rewards(params, tokens, mask, *, model, head: str = "reward") -> jax.Array:
+  """The head's scalar at each sequence's last real token, [batch]."""
+  out = model.apply({"params": params}, tokens, mask, with_logits=False)
+  return last_token_values(out.scalars[head], mask)
+
+
+def pair_rewards(params, batch, *, model):
+  """Rewards of chosen and rejected, from one forward pass over both."""
+  tokens = jnp.concatenate([batch["chosen"], batch["rejected"]])
+  mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
+  rewards = sequence_rewards(params, tokens, mask, model=model)
+  return jnp.split(rewards, 2)
+
+
+def pair_loss(params, batch, normalizer, *, model):
+  chosen, rejected = pair_rewards(params, batch, model=model)
+  weight = batch["loss_mask"][:, 0].astype(jnp.float32)
+  per_pair = jax.vmap(bradley_terry_loss)(chosen[:, None], rejected[:, None])
+  sums = {"correct": jnp.sum((chosen > rejected) * weight), "margin": jnp.sum((chosen - rejected) * weight),
+          "pairs": jnp.sum(weight), "nll": jnp.sum(per_pair * weight)}
+  return sums["nll"] / normalizer, sums
+
+
+def reward_train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_steps: int):
+  loss_fn = functools.partial(pair_loss, model=model)
+  normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
+  grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps, normalizer)
+  pairs = jnp.maximum(sums["pairs"], 1)
+  metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / pairs, "margin": sums["margin"] / pairs,
+             "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
+  return apply_gradients(state, grads, tx), metrics
+
+
+def reward_eval_step(params, batch: dict, *, model):
+  """Summed pair metrics, and both rewards (for normalisation and the gold correlation)."""
+  chosen, rejected = pair_rewards(params, batch, model=model)
+  return pair_loss(params, batch, 1.0, model=model)[1], chosen, rejected
+
+
+class RewardSteps(NamedTuple):
+  train: Callable
+  eval: Callable
+  sample: Callable  # the starting policy's sampler, for generated preference pairs
+
+
+def compile_reward_steps(model, policy, tx, schedule, state_shardings, mesh, cfg, tokenizer) -> RewardSteps:
+  data = sharding.batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
+  train = jax.jit(functools.partial(reward_train_step, model=model, tx=tx, schedule=schedule,
+                                    accum_steps=cfg.optim.accum_steps),
+                  in_shardings=(state_shardings, data), out_shardings=(state_shardings, repl), donate_argnums=0)
+  evaluate = jax.jit(functools.partial(reward_eval_step, model=model),
+                     in_shardings=(state_shardings.params, data), out_shardings=repl)
+  sampler = jax.jit(functools.partial(sample, policy, max_new_tokens=cfg.preference.max_new_tokens,
+                                      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
+  return RewardSteps(train, evaluate, sampler)
