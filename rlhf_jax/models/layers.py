@@ -55,12 +55,29 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Softmax attention with grouped-query heads; keys and values heads-major.
+
+  q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_heads, k_len, head_dim] (the KV
+  cache's layout: every dot below has its batch axes leading, so XLA never transposes the
+  cache, which at decode time is by far the largest operand); mask: [batch, 1, q_len, k_len].
+  """
+  b, t, h, d = q.shape
+  groups = h // k.shape[1]
+  q = q.reshape(b, t, k.shape[1], groups, d).transpose(0, 2, 3, 1, 4)  # [b, kv, g, t, d]
+  scores = jnp.einsum("bkgtd,bksd->bkgts", q, k) * d ** -0.5
+  scores = jnp.where(mask[:, :, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bksd->bkgtd", probs, v)
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
 class Attention(nn.Module):
   """Causal self-attention with optional grouped-query heads and a per-layer KV cache.
 
   `rope` is None (learned positions) or the (sin, cos) tables of `rope_tables`.
   `kv_cache` is None (full forward) or (keys, values, index): keys/values
-  [batch, cache_len, kv_heads, head_dim], and the slot `index` where this call's
+  [batch, kv_heads, cache_len, head_dim], and the slot `index` where this call's
   tokens are written. `mask` is the boolean attention mask [batch, 1, q_len, k_len].
   """
   cfg: ModelConfig
@@ -75,13 +92,13 @@ class Attention(nn.Module):
     v = dense(cfg, (cfg.kv_heads, hd), ("embed", "kv_heads", "head_dim"), use_bias=qkv_bias, name="value")(x)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    new_cache = None
-    if kv_cache is not None:
+    if kv_cache is None:  # training and scoring: XLA's fused attention is fastest here
+      out, new_cache = jax.nn.dot_product_attention(q, k, v, mask=mask), None
+    else:
       cached_k, cached_v, index = kv_cache
-      k = jax.lax.dynamic_update_slice(cached_k, k.astype(cached_k.dtype), (0, index, 0, 0))
-      v = jax.lax.dynamic_update_slice(cached_v, v.astype(cached_v.dtype), (0, index, 0, 0))
-      new_cache = (k, v)
-    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+      k, v = (jax.lax.dynamic_update_slice(cached, new.transpose(0, 2, 1, 3).astype(cached.dtype), (0, 0, index, 0))
+              for cached, new in ((cached_k, k), (cached_v, v)))
+      out, new_cache = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask), (k, v)
     out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # GPT-2's scaled residual init
     out = dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), in_axes=(-2, -1),
                 use_bias=cfg.bias == "all", std=out_std, name="out")(out)

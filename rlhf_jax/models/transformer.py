@@ -19,14 +19,14 @@ from rlhf_jax.models.layers import Block, norm, partitioned, rope_tables
 @flax.struct.dataclass
 class KVCache:
   """Keys and values of every layer, and which slots hold real (attendable) tokens."""
-  keys: tuple  # per layer [batch, length, kv_heads, head_dim]
+  keys: tuple  # per layer [batch, kv_heads, length, head_dim]
   values: tuple
   mask: jax.Array  # [batch, length] bool
   index: jax.Array  # int32 scalar: the next slot to write
 
   @classmethod
   def empty(cls, cfg: ModelConfig, batch: int, length: int, dtype=None) -> "KVCache":
-    shape = (batch, length, cfg.kv_heads, cfg.dim_per_head)
+    shape = (batch, cfg.kv_heads, length, cfg.dim_per_head)
     dtype = dtype or cfg.compute_dtype
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
     return cls(keys=zeros, values=zeros, mask=jnp.zeros((batch, length), bool),
