@@ -30,7 +30,7 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, items: dict, meta: dict) -> None:
-    args = {name: ocp.args.StandardSave(items[name]) for name in self.items}
+    args = {name: ocp.args.StandardSave(_as_tree(items[name])) for name in self.items}
     self.manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args), force=True)
 
   def restore(self, abstract: dict, step=None) -> tuple[dict, dict]:
@@ -40,16 +40,29 @@ class Checkpointer:
       raise UserError(f"no checkpoint in {self.directory}")
     stored = self.manager.item_metadata(step)
     for name, tree in abstract.items():
-      check_shapes(stored[name], tree, f"{self.directory}/{step}/{name}")
-    args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract.items()}
+      check_shapes(stored[name], _as_tree(tree), f"{self.directory}/{step}/{name}")
+    args = {name: ocp.args.StandardRestore(_as_tree(tree)) for name, tree in abstract.items()}
     restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **args))
-    return {name: restored[name] for name in abstract}, restored["meta"]
+    return {name: _from_tree(restored[name], abstract[name]) for name in abstract}, restored["meta"]
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _is_single_array(x) -> bool:
+  return isinstance(x, (jax.Array, jax.ShapeDtypeStruct, np.ndarray))
+
+
+def _as_tree(item):
+  """Orbax saves pytrees, not bare arrays (an rng key): wrap one in a dict."""
+  return {"array": item} if _is_single_array(item) else item
+
+
+def _from_tree(restored, abstract):
+  return restored["array"] if _is_single_array(abstract) else restored
 
 
 def _flat(tree) -> dict:

@@ -11,13 +11,14 @@ import os
 from absl import logging
 
 from rlhf_jax.errors import UserError
-from rlhf_jax.training import lm_trainer, reward_trainer
+from rlhf_jax.training import lm_trainer, ppo_trainer, reward_trainer
 from rlhf_jax.workdir import RunDir
 
 RUNNERS = {
     "pretrain": lm_trainer.run,
     "sft": lm_trainer.run,
     "reward": reward_trainer.run,
+    "ppo": ppo_trainer.run,
 }
 
 
@@ -34,10 +35,20 @@ def run_stage(config, workdir: str, upstream_root: str) -> dict:
   if not config.init_from and upstream:
     for name in upstream:
       run_stage(upstream[name], os.path.join(upstream_root, name), upstream_root)
-    with config.unlocked():
-      config.init_from = os.path.join(upstream_root, list(upstream)[-1])
+    fill_upstream_paths(config, upstream_root, default=list(upstream)[-1])
   logging.info("stage %s in %s", config.stage, workdir)
   return RUNNERS[config.stage](config, workdir)
+
+
+def fill_upstream_paths(config, root: str, default) -> None:
+  """Empty `*_from` fields point at finished stages under `root`: by `upstream_paths`
+  (field -> stage, e.g. PPO's init_from -> sft, reward_from -> reward), else init_from ->
+  `default`."""
+  paths = dict(config.get("upstream_paths") or {"init_from": default})
+  with config.unlocked():
+    for field, stage in paths.items():
+      if stage and not config[field]:
+        config[field] = os.path.join(root, stage)
 
 
 def run_pipeline(config, workdir: str) -> dict:
@@ -45,11 +56,9 @@ def run_pipeline(config, workdir: str) -> dict:
   for name in config.stages:
     if name not in config:
       raise UserError(f"pipeline stage {name!r} has no config section (config.{name})")
-    stage = config[name]
-    if previous and not stage.init_from:
-      with stage.unlocked():
-        stage.init_from = previous
-    previous = os.path.join(workdir, name)
-    summary[name] = run_stage(stage, previous, upstream_root=workdir)
+    if previous:
+      fill_upstream_paths(config[name], workdir, default=previous)
+    summary[name] = run_stage(config[name], os.path.join(workdir, name), upstream_root=workdir)
+    previous = name
   RunDir(workdir).write_json("summary.json", summary)
   return summary

@@ -46,3 +46,14 @@ def tiny_reward(tiny_sft):
   config.preference.update(dict(train_pairs=64, eval_pairs=16, max_new_tokens=24, gen_batch=32))
   config.train.eval_batches = 2
   return config
+
+
+@pytest.fixture
+def tiny_ppo(tiny_reward):
+  from configs import ppo
+  config = shrink(ppo.get_config("tiny"), steps=4)
+  config.upstream.reward = tiny_reward
+  config.data.batch_size = 8
+  config.update(dict(eval_prompts=8, max_prompt_len=24))
+  config.sample.max_new_tokens = 16
+  return config

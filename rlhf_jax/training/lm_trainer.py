@@ -117,8 +117,8 @@ class LMEvaluator:
   mesh: object
   tokenizer: object
 
-  def __call__(self, params, step: int) -> dict:
-    sums = None
+  def __call__(self, state, step: int) -> dict:
+    params, sums = state.params, None
     for batch in batches.eval_batches(self.data.eval, self.cfg.train.eval_batches):
       out = jax.device_get(self.steps.eval(params, sharding.put_batch(batch, self.mesh)))
       sums = out if sums is None else {k: sums[k] + out[k] for k in out}

@@ -23,8 +23,9 @@ class Loop:
   run_dir: RunDir
   train_step: Callable  # (state, device batch) -> (state, metrics)
   batch: Callable  # step -> device batch
-  evaluate: Callable  # (params, step) -> metrics (host floats)
+  evaluate: Callable  # (state, step) -> metrics (host floats)
   checkpointer: Checkpointer
+  items: tuple = setup.STATE_ITEMS  # the state fields a checkpoint holds
 
   def train(self, state) -> dict:
     """Trains to train_cfg.num_steps; returns the final eval metrics."""
@@ -40,20 +41,20 @@ class Loop:
         if step % t.log_every == 0 or last:
           log.write(step, jax.device_get(metrics))
         if step % t.eval_every == 0 or last:
-          eval_metrics = self._evaluate(state.params, step, log)
+          eval_metrics = self._evaluate(state, step, log)
         if step % t.checkpoint_every == 0 or last:
-          self.checkpointer.save(step, {n: getattr(state, n) for n in setup.STATE_ITEMS},
+          self.checkpointer.save(step, {n: getattr(state, n) for n in self.items},
                                  {"step": step, "data_position": step})
         log.advance(step)
       if start == t.num_steps:  # killed after the last checkpoint but before the summary
-        eval_metrics = self._evaluate(state.params, start, log)
+        eval_metrics = self._evaluate(state, start, log)
     finally:
       self.checkpointer.wait()
       log.close()
     return {**eval_metrics, "step": t.num_steps, "train_seconds_this_session": time.time() - started}
 
-  def _evaluate(self, params, step: int, log: MetricsLog) -> dict:
-    metrics = self.evaluate(params, step)
+  def _evaluate(self, state, step: int, log: MetricsLog) -> dict:
+    metrics = self.evaluate(state, step)
     texts = metrics.pop("samples", None)
     if texts:
       log.text(step, "samples", texts)

@@ -122,8 +122,8 @@ class RewardEvaluator:
   gold: list  # per eval pair [gold_chosen, gold_rejected], or None for file data
   mesh: object
 
-  def __call__(self, params, step: int) -> dict:
-    sums, rewards = None, []
+  def __call__(self, state, step: int) -> dict:
+    params, sums, rewards = state.params, None, []
     for batch in batches.eval_batches(self.data, self.cfg.train.eval_batches):
       out, chosen, rejected = jax.device_get(self.steps.eval(params, sharding.put_batch(batch, self.mesh)))
       sums = out if sums is None else {k: sums[k] + out[k] for k in out}

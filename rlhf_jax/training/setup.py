@@ -104,21 +104,23 @@ def abstract_like(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def resume(state: TrainState, shardings, checkpointer: Checkpointer):
+def resume(state, shardings, checkpointer: Checkpointer, items=STATE_ITEMS):
   """`state` with the latest checkpoint restored into it (step from its metadata), or None."""
   if checkpointer.latest_step() is None:
     return None
-  abstract = {name: abstract_like(getattr(state, name), getattr(shardings, name)) for name in STATE_ITEMS}
+  abstract = {name: abstract_like(getattr(state, name), getattr(shardings, name)) for name in items}
   items, meta = checkpointer.restore(abstract)
   step = jax.device_put(jnp.int32(meta["step"]), shardings.step)
   logging.info("resumed from %s at step %d", checkpointer.directory, meta["step"])
   return state.replace(step=step, **items)
 
 
-def load_source_params(source: RunDir, params, param_shardings, mesh, rules):
+def load_source_params(source: RunDir, params, param_shardings, mesh, rules, rename=None):
   """`params` with every entry the source run's final checkpoint also has replaced by it.
 
-  New entries (a reward or value head the source lacks) keep their fresh init.
+  New entries (a reward or value head the source lacks) keep their fresh init. `rename`
+  maps source top-level names to ours (the critic takes the reward model's `reward_head`
+  as its `value_head`).
   """
   source_model = Transformer(ModelConfig.from_dict(source.read_json("model.json")))
   boxed = jax.eval_shape(functools.partial(boxed_params, source_model), jax.random.key(0))
@@ -126,7 +128,8 @@ def load_source_params(source: RunDir, params, param_shardings, mesh, rules):
   abstract = abstract_like(nn.meta.unbox(boxed), source_shardings)
   loaded, _ = Checkpointer(source.file("checkpoints"), STATE_ITEMS).restore({"params": abstract})
   logging.info("initialised from %s", source.path)
-  return merge_params(params, loaded["params"], param_shardings)
+  renamed = {(rename or {}).get(k, k): v for k, v in loaded["params"].items()}
+  return merge_params(params, renamed, param_shardings)
 
 
 def merge_params(fresh, loaded, shardings):

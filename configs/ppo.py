@@ -1,0 +1,40 @@
+"""PPO against the reward model, with a per-token KL penalty to the frozen SFT policy.
+
+  python -m rlhf_jax.main --config=configs/ppo.py:tiny --workdir=runs/ppo
+
+With `init_from`/`reward_from` empty, the upstream stages (pretrain -> SFT -> reward model)
+first run, or are reused when finished, under WORKDIR/upstream/. Defaults follow Huang et
+al. 2024: gamma 1, lambda 0.95, clip 0.2, value clip 0.2, value coefficient 0.1, 4 epochs,
+whitened advantages, Adam eps 1e-5, temperature 0.7 in sampling and in recomputed log-probs,
+-1 for a response without EOS.
+"""
+
+import ml_collections
+
+from configs import common
+from configs import reward
+
+
+def get_config(preset: str = "tiny"):
+  c = common.base_config("ppo", preset)
+  small = preset != "gpt2_small"
+  c.reward_from = ""  # a finished reward run; "" = the upstream one
+  c.judge = "vader"  # the gold judge of evaluation (never seen by the policy)
+  c.kl_coef = 0.05  # initial (or fixed) beta of the per-token KL penalty
+  c.eval_prompts = 64
+  c.max_prompt_len = 48
+  c.data.batch_size = 64 if small else 256  # prompts per iteration
+  c.sample.max_new_tokens = 160 if small else 256
+  c.optim.update(dict(lr=3e-5 if small else 1e-6, warmup_steps=0, final_lr_ratio=1.0, eps=1e-5,
+                      weight_decay=0.0, b2=0.999))
+  c.value_optim = c.optim.copy_and_resolve_references()
+  c.value_optim.lr = 1e-4 if small else 1e-5
+  c.train.update(dict(num_steps=40 if small else 1000, log_every=5 if small else 10,
+                      eval_every=20 if small else 100, checkpoint_every=20 if small else 100))
+  c.ppo = ml_collections.ConfigDict(dict(
+      epochs=4, minibatches=2 if small else 4, clip_eps=0.2, value_clip=0.2, vf_coef=0.1, ent_coef=0.0,
+      gamma=1.0, lam=0.95, kl_kind="k1", kl_target=6.0, kl_horizon=10000.0, adaptive_kl=False,
+      no_eos_penalty=-1.0, penalise_no_eos=True))
+  c.upstream = {"reward": reward.get_config(preset)}
+  c.upstream_paths = {"init_from": "sft", "reward_from": "reward"}
+  return c

@@ -1,0 +1,174 @@
+"""The PPO stage: policy from the SFT run, critic and frozen scorer from the reward run.
+
+The policy and the frozen reference both start as the SFT params; the critic starts as the
+reward model (its reward head becomes the value head); the reward model scores responses,
+normalised by the gain and bias the reward stage measured on SFT samples. Each iteration is
+one compiled `ppo_iteration`; evaluation compares the policy with the reference on held-out
+prompts by the gold judge, the proxy reward and the KL between them.
+"""
+
+import dataclasses
+import functools
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import judges, sharding
+from rlhf_jax.algorithms.kl import init_kl_controller
+from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.data import sources
+from rlhf_jax.errors import UserError
+from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.models.sampling import SamplingParams, sample
+from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.training import setup
+from rlhf_jax.training.loop import Loop
+from rlhf_jax.training.lm_trainer import encode_prompts, prompt_rng, write_samples_file
+from rlhf_jax.training.optim import make_optimizer
+from rlhf_jax.training.ppo_steps import PPOConfig, ppo_iteration, response_logprobs
+from rlhf_jax.training.reward_steps import sequence_rewards
+from rlhf_jax.training.rl_state import RLState
+from rlhf_jax.workdir import RunDir
+
+RL_ITEMS = ("policy", "policy_opt", "value", "value_opt", "kl", "rng")
+
+
+@dataclasses.dataclass
+class Models:
+  policy: Transformer
+  critic: Transformer
+  scorer: Transformer
+
+
+def run(cfg, workdir: str) -> dict:
+  run_dir = RunDir(workdir)
+  if run_dir.finished:
+    logging.info("%s already finished; not redone", run_dir.path)
+    return run_dir.read_json("summary.json")
+  sft_run, reward_run = setup.source_run(cfg), _reward_run(cfg)
+  if sft_run is None:
+    raise UserError("the PPO stage starts from an SFT run: set init_from (or keep config.upstream)")
+  tokenizer = setup.prepare_tokenizer(cfg, run_dir, sft_run)
+  reward_cfg = ModelConfig.from_dict(reward_run.read_json("model.json"))
+  models = Models(Transformer(setup.model_config(cfg, tokenizer, sft_run)),
+                  Transformer(dataclasses.replace(reward_cfg, heads=("value",))), Transformer(reward_cfg))
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  prompts = {split: _prompts(cfg, tokenizer, split) for split in ("train", "eval")}
+  run_dir.record_config(cfg)
+  setup.save_run_files(run_dir, tokenizer, models.policy.cfg)
+  policy_tx, value_tx = make_optimizer(cfg.optim, cfg.train.num_steps), make_optimizer(cfg.value_optim, cfg.train.num_steps)
+  state = initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules)
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  checkpointer = Checkpointer(run_dir.file("checkpoints"), RL_ITEMS, cfg.train.keep_checkpoints)
+  restored = setup.resume(state, shardings, checkpointer, RL_ITEMS)
+  state = restored if restored is not None else state
+  norm = reward_run.read_json("summary.json")
+  score_fn = functools.partial(proxy_scores, scorer=models.scorer, gain=norm["reward_gain"], bias=norm["reward_bias"])
+  ppo_cfg = ppo_config(cfg, tokenizer)
+  iteration = jax.jit(functools.partial(ppo_iteration, policy=models.policy, critic=models.critic, policy_tx=policy_tx,
+                                        value_tx=value_tx, score_fn=score_fn, cfg=ppo_cfg), donate_argnums=0)
+  train_step = lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
+  next_batch = lambda step: prompt_batch(prompts["train"], step, cfg.data.batch_size)
+  evaluate = PPOEvaluator(cfg, run_dir, models, prompts["eval"], tokenizer, score_fn, ppo_cfg)
+  summary = Loop(cfg.train, run_dir, train_step, next_batch, evaluate, checkpointer, RL_ITEMS).train(state)
+  run_dir.write_json("summary.json", summary)
+  return summary
+
+
+def _reward_run(cfg) -> RunDir:
+  reward_run = RunDir(cfg.reward_from) if cfg.reward_from else None
+  if reward_run is None or not reward_run.finished:
+    raise UserError(f"reward_from={cfg.reward_from!r}: the PPO stage needs a finished reward run")
+  return reward_run
+
+
+def ppo_config(cfg, tokenizer) -> PPOConfig:
+  return PPOConfig(max_new_tokens=cfg.sample.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                   temperature=cfg.sample.temperature, **dict(cfg.ppo))
+
+
+def initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) -> RLState:
+  """Policy and reference from SFT; critic (reward head as value head) and scorer from the RM."""
+  def load(model, run, rename=None):
+    rng = jax.random.key(cfg.seed)
+    boxed = jax.eval_shape(functools.partial(setup.boxed_params, model), rng)
+    shardings = sharding.logical_shardings(boxed, mesh, rules)
+    fresh = jax.jit(lambda r: nn.meta.unbox(setup.boxed_params(model, r)), out_shardings=shardings)(rng)
+    return setup.load_source_params(run, fresh, shardings, mesh, rules, rename)
+
+  policy = load(models.policy, sft_run)
+  value = load(models.critic, reward_run, {"reward_head": "value_head"})
+  return RLState(step=jnp.zeros((), jnp.int32), policy=policy, policy_opt=policy_tx.init(policy), value=value,
+                 value_opt=value_tx.init(value), ref=jax.tree.map(jnp.copy, policy),
+                 reward=load(models.scorer, reward_run), kl=init_kl_controller(cfg.kl_coef),
+                 rng=jax.random.PRNGKey(cfg.seed))
+
+
+def proxy_scores(state: RLState, tokens, mask, sampled, *, scorer, gain: float, bias: float):
+  """The frozen reward model's normalised score of prompt + response, at its last real token."""
+  return gain * sequence_rewards(state.reward, tokens, mask, model=scorer) + bias
+
+
+def _prompts(cfg, tokenizer, split: str):
+  """Openings of the split's documents, BOS first, left-padded to one width."""
+  docs = sources.load_documents(cfg.data, split)
+  count = cfg.eval_prompts if split == "eval" else len(docs)
+  texts = [sources.split_opening(d, cfg.data, prompt_rng(cfg.seed, i))[0] for i, d in enumerate(docs[:count])]
+  return encode_prompts(texts, tokenizer, cfg.max_prompt_len)
+
+
+def prompt_batch(prompts, step: int, batch_size: int) -> dict:
+  """Batch `step` of a fixed per-epoch shuffle of the training prompts (a pure function of step)."""
+  n = len(prompts.texts)
+  epoch, offset = divmod(step * batch_size, n)
+  order = np.random.default_rng([epoch]).permutation(n)
+  ids = order[(offset + np.arange(batch_size)) % n]
+  return {"tokens": jnp.asarray(prompts.tokens[ids]), "mask": jnp.asarray(prompts.mask[ids])}
+
+
+@dataclasses.dataclass
+class PPOEvaluator:
+  """Policy vs reference on held-out prompts: gold reward, proxy reward, KL, length, samples."""
+  cfg: object
+  run_dir: RunDir
+  models: Models
+  prompts: object
+  tokenizer: object
+  score_fn: object
+  ppo_cfg: PPOConfig
+
+  def __post_init__(self):
+    c = self.ppo_cfg
+    self.sampler = jax.jit(functools.partial(sample, self.models.policy, max_new_tokens=c.max_new_tokens,
+                                             eos_id=c.eos_id, pad_id=c.pad_id))
+    self.scored = jax.jit(self._score)
+
+  def _score(self, state, params, prompts, mask, rng):
+    out = self.sampler(params, prompts, mask, rng, SamplingParams.make(self.ppo_cfg.temperature))
+    tokens = jnp.concatenate([prompts, out.tokens], 1)
+    full_mask = jnp.concatenate([mask, out.mask], 1)
+    p, t = prompts.shape[1], self.ppo_cfg.temperature
+    logratio = (response_logprobs(self.models.policy, state.policy, tokens, full_mask, p, t)
+                - response_logprobs(self.models.policy, state.ref, tokens, full_mask, p, t))
+    kl = jnp.sum(logratio * out.mask, axis=1)
+    return out, self.score_fn(state, tokens, full_mask, out), kl
+
+  def __call__(self, state, step: int) -> dict:
+    prompts, mask = jnp.asarray(self.prompts.tokens), jnp.asarray(self.prompts.mask)
+    rng = jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed + 1), step)
+    judge = judges.get_judge(self.cfg.judge)
+    metrics, texts = {}, {}
+    for name, params in (("", state.policy), ("ref_", state.ref)):
+      out, proxy, kl = jax.device_get(self.scored(state, params, prompts, mask, rng))
+      texts[name] = [self.tokenizer.decode(t[m > 0]) for t, m in zip(out.tokens, out.mask)]
+      metrics.update({f"eval/{name}gold_reward": float(np.mean(judge(texts[name]))),
+                      f"eval/{name}proxy_reward": float(np.mean(proxy)),
+                      f"eval/{name}response_length": float(out.mask.sum(1).mean())})
+      if not name:
+        metrics["eval/kl"] = float(np.mean(kl))
+    lines = [f"{p!r}\n  sft: {r!r}\n  ppo: {c!r}" for p, r, c in zip(self.prompts.texts, texts["ref_"], texts[""])]
+    write_samples_file(self.run_dir, step, lines[:self.cfg.sample.num_prompts])
+    return {**metrics, "samples": "\n\n".join(lines[:self.cfg.sample.num_prompts])}

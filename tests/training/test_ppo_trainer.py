@@ -1,0 +1,20 @@
+"""The PPO stage end to end on shrunk upstream stages: state, evaluation, summary."""
+
+import json
+import os
+
+from rlhf_jax import stages
+
+
+def test_ppo_stage_runs_its_upstream_and_reports_gold_and_kl(tiny_ppo, tmp_path):
+  summary = stages.run(tiny_ppo, str(tmp_path))
+  for stage in ("pretrain", "sft", "reward"):
+    assert os.path.exists(tmp_path / "upstream" / stage / "summary.json")
+  for key in ("eval/gold_reward", "eval/ref_gold_reward", "eval/proxy_reward", "eval/kl"):
+    assert key in summary
+  assert -1 <= summary["eval/gold_reward"] <= 1 and summary["eval/kl"] == summary["eval/kl"]
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  train = [r for r in rows if "clip_fraction" in r]
+  assert train and {"score", "kl", "kl_coef", "entropy", "approx_kl", "value_loss", "explained_variance",
+                    "response_length", "no_eos_fraction"} <= set(train[-1])
+  assert os.path.exists(tmp_path / "samples" / "step_000004.txt")
