@@ -8,15 +8,21 @@ WORKDIR/summary.json holds each stage's final eval metrics.
 
 import ml_collections
 
+from configs import ppo
 from configs import pretrain
+from configs import reward
 from configs import sft
 
 
 def get_config(preset: str = "tiny"):
+  """pretrain -> sft -> reward -> ppo (InstructGPT's order); `stages` may stop earlier."""
   c = ml_collections.ConfigDict()
   c.stage = "pipeline"
-  c.stages = ("pretrain", "sft")
+  c.stages = ("pretrain", "sft", "reward", "ppo")
   c.pretrain = pretrain.get_config(preset)
   c.sft = sft.get_config(preset)
-  del c.sft.upstream  # the pipeline runs pretraining itself, in WORKDIR/pretrain
+  c.reward = reward.get_config(preset)
+  c.ppo = ppo.get_config(preset)
+  for stage in ("sft", "reward", "ppo"):
+    del c[stage].upstream  # the pipeline runs every stage itself, in WORKDIR/STAGE
   return c

@@ -20,17 +20,20 @@ def get_config(preset: str = "tiny"):
   small = preset != "gpt2_small"
   c.reward_from = ""  # a finished reward run; "" = the upstream one
   c.judge = "vader"  # the gold judge of evaluation (never seen by the policy)
-  c.kl_coef = 0.05  # initial (or fixed) beta of the per-token KL penalty
+  # Initial (or fixed) beta of the per-token KL penalty. Measured on tiny: beta 0.05 with
+  # lr 3e-5 reached gold 0.66 but at KL 34 with degenerate text; 0.2 with 1.5e-5 gives
+  # gold 0.49 (SFT 0.13) at KL 3 with fluent text.
+  c.kl_coef = 0.2
   c.eval_prompts = 64
   c.max_prompt_len = 48
   c.data.batch_size = 64 if small else 256  # prompts per iteration
   c.sample.max_new_tokens = 160 if small else 256
-  c.optim.update(dict(lr=3e-5 if small else 1e-6, warmup_steps=0, final_lr_ratio=1.0, eps=1e-5,
+  c.optim.update(dict(lr=1.5e-5 if small else 1e-6, warmup_steps=0, final_lr_ratio=1.0, eps=1e-5,
                       weight_decay=0.0, b2=0.999))
   c.value_optim = c.optim.copy_and_resolve_references()
   c.value_optim.lr = 1e-4 if small else 1e-5
-  c.train.update(dict(num_steps=40 if small else 1000, log_every=5 if small else 10,
-                      eval_every=20 if small else 100, checkpoint_every=20 if small else 100))
+  c.train.update(dict(num_steps=20 if small else 1000, log_every=5 if small else 10,
+                      eval_every=10 if small else 100, checkpoint_every=10 if small else 100))
   c.ppo = ml_collections.ConfigDict(dict(
       epochs=4, minibatches=2 if small else 4, clip_eps=0.2, value_clip=0.2, vf_coef=0.1, ent_coef=0.0,
       gamma=1.0, lam=0.95, kl_kind="k1", kl_target=6.0, kl_horizon=10000.0, adaptive_kl=False,

@@ -6,6 +6,7 @@ WORKDIR/upstream/NAME, and the stage starts from the last one. A pipeline config
 `stages` in WORKDIR/NAME, each starting from the one before.
 """
 
+import glob
 import os
 
 from absl import logging
@@ -61,4 +62,27 @@ def run_pipeline(config, workdir: str) -> dict:
     summary[name] = run_stage(config[name], os.path.join(workdir, name), upstream_root=workdir)
     previous = name
   RunDir(workdir).write_json("summary.json", summary)
+  print(report(summary, workdir))
   return summary
+
+
+HEADLINES = {"pretrain": ("eval/loss",), "sft": ("eval/loss",), "reward": ("eval/accuracy", "eval/gold_correlation"),
+             "ppo": ("eval/ref_gold_reward", "eval/gold_reward", "eval/kl")}
+
+
+def report(summary: dict, workdir: str) -> str:
+  """The pipeline's closing table, and PPO's last samples beside the SFT policy's."""
+  lines = [f"{'stage':<10}{'metric':<26}value"]
+  for stage, metrics in summary.items():
+    for key in HEADLINES.get(stage, ()):
+      if key in metrics:
+        lines.append(f"{stage:<10}{key:<26}{metrics[key]:.4g}")
+  if "ppo" in summary:
+    ppo = summary["ppo"]
+    lines.append(f"PPO vs SFT by the gold judge: {ppo['eval/gold_reward'] - ppo['eval/ref_gold_reward']:+.3f} "
+                 f"at KL {ppo['eval/kl']:.2f} nats")
+    samples = sorted(glob.glob(os.path.join(workdir, "ppo", "samples", "step_*.txt")))
+    if samples:
+      with open(samples[-1]) as f:
+        lines += ["", f"samples ({samples[-1]}):", f.read().strip()]
+  return "\n".join(lines)

@@ -29,8 +29,9 @@ def test_preset_sizes():
 
 def test_pipeline_stages_chain_without_their_own_upstream():
   config = pipeline.get_config("tiny")
-  assert tuple(config.stages) == ("pretrain", "sft")
-  assert "upstream" not in config.sft and "upstream" in sft.get_config("tiny")
+  assert tuple(config.stages) == ("pretrain", "sft", "reward", "ppo")
+  assert all("upstream" not in config[s] for s in ("sft", "reward", "ppo"))
+  assert "upstream" in sft.get_config("tiny")
 
 
 def test_unknown_preset_and_model_key_are_errors():

@@ -110,6 +110,7 @@ def test_missing_config_file_is_one_clear_line(tmp_path):
 def test_pipeline_chains_stages_and_writes_one_summary(tiny_pretrain, tiny_sft, tmp_path):
   from configs import pipeline
   config = pipeline.get_config("tiny")
+  config.stages = ("pretrain", "sft")
   config.pretrain, config.sft = tiny_pretrain, tiny_sft
   del config.sft.upstream
   summary = stages.run(config, str(tmp_path))

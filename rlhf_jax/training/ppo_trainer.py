@@ -59,17 +59,20 @@ def run(cfg, workdir: str) -> dict:
   prompts = {split: _prompts(cfg, tokenizer, split) for split in ("train", "eval")}
   run_dir.record_config(cfg)
   setup.save_run_files(run_dir, tokenizer, models.policy.cfg)
-  policy_tx, value_tx = make_optimizer(cfg.optim, cfg.train.num_steps), make_optimizer(cfg.value_optim, cfg.train.num_steps)
+  policy_tx = make_optimizer(cfg.optim, cfg.train.num_steps)
+  value_tx = make_optimizer(cfg.value_optim, cfg.train.num_steps)
   state = initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules)
   shardings = jax.tree.map(lambda x: x.sharding, state)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), RL_ITEMS, cfg.train.keep_checkpoints)
   restored = setup.resume(state, shardings, checkpointer, RL_ITEMS)
   state = restored if restored is not None else state
   norm = reward_run.read_json("summary.json")
-  score_fn = functools.partial(proxy_scores, scorer=models.scorer, gain=norm["reward_gain"], bias=norm["reward_bias"])
+  score_fn = functools.partial(proxy_scores, scorer=models.scorer, gain=norm["reward_gain"],
+                               bias=norm["reward_bias"])
   ppo_cfg = ppo_config(cfg, tokenizer)
-  iteration = jax.jit(functools.partial(ppo_iteration, policy=models.policy, critic=models.critic, policy_tx=policy_tx,
-                                        value_tx=value_tx, score_fn=score_fn, cfg=ppo_cfg), donate_argnums=0)
+  iteration = jax.jit(functools.partial(ppo_iteration, policy=models.policy, critic=models.critic,
+                                        policy_tx=policy_tx, value_tx=value_tx, score_fn=score_fn, cfg=ppo_cfg),
+                      donate_argnums=0)
   train_step = lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
   next_batch = lambda step: prompt_batch(prompts["train"], step, cfg.data.batch_size)
   evaluate = PPOEvaluator(cfg, run_dir, models, prompts["eval"], tokenizer, score_fn, ppo_cfg)

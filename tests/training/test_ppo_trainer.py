@@ -18,3 +18,19 @@ def test_ppo_stage_runs_its_upstream_and_reports_gold_and_kl(tiny_ppo, tmp_path)
   assert train and {"score", "kl", "kl_coef", "entropy", "approx_kl", "value_loss", "explained_variance",
                     "response_length", "no_eos_fraction"} <= set(train[-1])
   assert os.path.exists(tmp_path / "samples" / "step_000004.txt")
+
+
+def test_full_pipeline_chains_all_four_stages_and_prints_the_report(tiny_ppo, capsys, tmp_path):
+  from configs import pipeline
+  config = pipeline.get_config("tiny")
+  reward = tiny_ppo.upstream.reward
+  sft = reward.upstream.sft
+  config.pretrain, config.sft, config.reward, config.ppo = sft.upstream.pretrain, sft, reward, tiny_ppo
+  for stage in ("sft", "reward", "ppo"):
+    del config[stage].upstream
+  summary = stages.run(config, str(tmp_path))
+  assert list(summary) == ["pretrain", "sft", "reward", "ppo"]
+  ppo_config = json.load(open(tmp_path / "ppo" / "config.json"))
+  assert ppo_config["init_from"] == str(tmp_path / "sft") and ppo_config["reward_from"] == str(tmp_path / "reward")
+  printed = capsys.readouterr().out
+  assert "PPO vs SFT by the gold judge" in printed and "eval/accuracy" in printed
