@@ -14,12 +14,13 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2",
     "tensorboardX>=2.6",
     "tqdm>=4.66",
+    "vaderSentiment>=3.3",  # the gold sentiment judge; ships its lexicon, no download
 ]
 
 EXTRAS = {
     # TFDS datasets (tiny_shakespeare, imdb_reviews, ...) are optional: the default data is embedded.
     "tfds": ["tensorflow-datasets>=4.9", "tensorflow-cpu>=2.16"],
-    "test": ["pytest>=8", "pytest-xdist>=3", "vaderSentiment>=3.3"],
+    "test": ["pytest>=8", "pytest-xdist>=3"],
 }
 EXTRAS["test"] += EXTRAS["tfds"]
 
