@@ -10,7 +10,6 @@ import pytest
 from rlhf_jax import stages
 from rlhf_jax.errors import UserError
 from rlhf_jax.metrics_log import MetricsLog
-from tests.conftest import shrink
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

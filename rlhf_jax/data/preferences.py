@@ -23,11 +23,10 @@ def load_pairs(pref_cfg, split: str) -> list[tuple[str, str, str]]:
     rows = [tuple(sources.string_field(r, k, arg, n) for k in ("prompt", "chosen", "rejected"))
             for n, r in sources.read_jsonl(arg)]
   elif kind == "hh":
-    rows = [split_shared_prefix(sources.string_field(r, "chosen", arg, n), sources.string_field(r, "rejected", arg, n))
-            for n, r in sources.read_jsonl(arg)]
+    rows = [split_shared_prefix(sources.string_field(r, "chosen", arg, n),
+                                sources.string_field(r, "rejected", arg, n)) for n, r in sources.read_jsonl(arg)]
   elif kind == "tfds":
-    rows = _tfds_rows(arg, pref_cfg, split)
-    return rows
+    return _tfds_rows(arg, pref_cfg, split)  # TFDS has its own splits
   else:
     raise UserError(f"preference.source={pref_cfg.source!r}: expected generated, jsonl:PATH, hh:PATH or tfds:NAME")
   return sources.file_split(rows, pref_cfg, split)

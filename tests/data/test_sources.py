@@ -2,7 +2,6 @@
 
 import json
 
-import ml_collections
 import pytest
 
 from configs import common
