@@ -32,6 +32,9 @@ def run(config, workdir: str) -> dict:
 def run_stage(config, workdir: str, upstream_root: str) -> dict:
   if config.stage not in RUNNERS:
     raise UserError(f"config.stage={config.stage!r}: choose one of {sorted(RUNNERS)} or pipeline")
+  if RunDir(workdir).finished:
+    logging.info("%s already finished; not redone", workdir)
+    return RunDir(workdir).read_json("summary.json")
   upstream = config.get("upstream")
   if not config.init_from and upstream:
     for name in upstream:

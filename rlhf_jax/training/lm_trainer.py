@@ -36,9 +36,6 @@ class LMData(NamedTuple):
 def run(cfg, workdir: str) -> dict:
   """Trains one pretraining or SFT stage in `workdir`; returns its summary."""
   run_dir = RunDir(workdir)
-  if run_dir.finished:
-    logging.info("%s already finished; not redone", run_dir.path)
-    return run_dir.read_json("summary.json")
   source = setup.source_run(cfg)
   tokenizer = setup.prepare_tokenizer(cfg, run_dir, source)
   model_cfg = setup.model_config(cfg, tokenizer, source)

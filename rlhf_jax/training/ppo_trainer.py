@@ -10,7 +10,6 @@ prompts by the gold judge, the proxy reward and the KL between them.
 import dataclasses
 import functools
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import sources
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.config import ModelConfig
-from rlhf_jax.models.sampling import SamplingParams, sample
+from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import setup
 from rlhf_jax.training.loop import Loop
@@ -31,6 +30,7 @@ from rlhf_jax.training.optim import make_optimizer
 from rlhf_jax.training.ppo_steps import PPOConfig, ppo_iteration, response_logprobs
 from rlhf_jax.training.reward_steps import sequence_rewards
 from rlhf_jax.training.rl_state import RLState
+from rlhf_jax.training.steps import jit_sampler
 from rlhf_jax.workdir import RunDir
 
 RL_ITEMS = ("policy", "policy_opt", "value", "value_opt", "kl", "rng")
@@ -45,9 +45,6 @@ class Models:
 
 def run(cfg, workdir: str) -> dict:
   run_dir = RunDir(workdir)
-  if run_dir.finished:
-    logging.info("%s already finished; not redone", run_dir.path)
-    return run_dir.read_json("summary.json")
   sft_run, reward_run = setup.source_run(cfg), _reward_run(cfg)
   if sft_run is None:
     raise UserError("the PPO stage starts from an SFT run: set init_from (or keep config.upstream)")
@@ -144,9 +141,7 @@ class PPOEvaluator:
   ppo_cfg: PPOConfig
 
   def __post_init__(self):
-    c = self.ppo_cfg
-    self.sampler = jax.jit(functools.partial(sample, self.models.policy, max_new_tokens=c.max_new_tokens,
-                                             eos_id=c.eos_id, pad_id=c.pad_id))
+    self.sampler = jit_sampler(self.models.policy, self.ppo_cfg.max_new_tokens, self.tokenizer)
     self.scored = jax.jit(self._score)
 
   def _score(self, state, params, prompts, mask, rng):

@@ -7,12 +7,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax import sharding
 from rlhf_jax.algorithms.reward import bradley_terry_loss
-from rlhf_jax.models.sampling import sample
 from rlhf_jax.models.transformer import last_token_values
 from rlhf_jax.training.state import TrainState
-from rlhf_jax.training.steps import accumulate_gradients, apply_gradients
+from rlhf_jax.training.steps import accumulate_gradients, apply_gradients, jit_sampler, jit_steps
 
 
 def sequence_rewards(params, tokens, mask, *, model, head: str = "reward") -> jax.Array:
@@ -61,13 +59,7 @@ class RewardSteps(NamedTuple):
 
 
 def compile_reward_steps(model, policy, tx, schedule, state_shardings, mesh, cfg, tokenizer) -> RewardSteps:
-  data = sharding.batch_sharding(mesh)
-  repl = sharding.replicated(mesh)
-  train = jax.jit(functools.partial(reward_train_step, model=model, tx=tx, schedule=schedule,
-                                    accum_steps=cfg.optim.accum_steps),
-                  in_shardings=(state_shardings, data), out_shardings=(state_shardings, repl), donate_argnums=0)
-  evaluate = jax.jit(functools.partial(reward_eval_step, model=model),
-                     in_shardings=(state_shardings.params, data), out_shardings=repl)
-  sampler = jax.jit(functools.partial(sample, policy, max_new_tokens=cfg.preference.max_new_tokens,
-                                      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
-  return RewardSteps(train, evaluate, sampler)
+  train_fn = functools.partial(reward_train_step, model=model, tx=tx, schedule=schedule,
+                               accum_steps=cfg.optim.accum_steps)
+  train, evaluate = jit_steps(train_fn, functools.partial(reward_eval_step, model=model), state_shardings, mesh)
+  return RewardSteps(train, evaluate, jit_sampler(policy, cfg.preference.max_new_tokens, tokenizer))

@@ -32,9 +32,6 @@ from rlhf_jax.workdir import RunDir
 def run(cfg, workdir: str) -> dict:
   """Trains a reward model in `workdir`, starting from the SFT run `init_from`."""
   run_dir = RunDir(workdir)
-  if run_dir.finished:
-    logging.info("%s already finished; not redone", run_dir.path)
-    return run_dir.read_json("summary.json")
   source = setup.source_run(cfg)
   if source is None:
     raise UserError("the reward stage starts from an SFT run: set init_from (or keep config.upstream)")

@@ -74,15 +74,25 @@ class LMSteps(NamedTuple):
   sample: Callable  # (params, prompts, prompt_mask, rng, SamplingParams) -> SampleOutput
 
 
+def jit_steps(train_fn, eval_fn, state_shardings, mesh):
+  """The one place train and eval steps are jitted: batches split over the data axes,
+  metrics replicated, the state donated (updated in place)."""
+  data, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  train = jax.jit(train_fn, in_shardings=(state_shardings, data), out_shardings=(state_shardings, repl),
+                  donate_argnums=0)
+  evaluate = jax.jit(eval_fn, in_shardings=(state_shardings.params, data), out_shardings=repl)
+  return train, evaluate
+
+
+def jit_sampler(model, max_new_tokens: int, tokenizer):
+  """(params, prompts, prompt_mask, rng, SamplingParams) -> SampleOutput, compiled once."""
+  return jax.jit(functools.partial(sample, model, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
+                                   pad_id=tokenizer.pad_id))
+
+
 def compile_lm_steps(model, tx, schedule, state_shardings, mesh, cfg, tokenizer) -> LMSteps:
-  data = sharding.batch_sharding(mesh)
-  repl = sharding.replicated(mesh)
-  train = jax.jit(
-      functools.partial(train_step, model=model.clone(deterministic=cfg.model.dropout == 0), tx=tx,
-                        schedule=schedule, accum_steps=cfg.optim.accum_steps, seed=cfg.seed),
-      in_shardings=(state_shardings, data), out_shardings=(state_shardings, repl), donate_argnums=0)
-  evaluate = jax.jit(functools.partial(eval_step, model=model),
-                     in_shardings=(state_shardings.params, data), out_shardings=repl)
-  sampler = jax.jit(functools.partial(sample, model, max_new_tokens=cfg.sample.max_new_tokens,
-                                      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
-  return LMSteps(train, evaluate, sampler)
+  train_model = model.clone(deterministic=cfg.model.dropout == 0)
+  train_fn = functools.partial(train_step, model=train_model, tx=tx, schedule=schedule,
+                               accum_steps=cfg.optim.accum_steps, seed=cfg.seed)
+  train, evaluate = jit_steps(train_fn, functools.partial(eval_step, model=model), state_shardings, mesh)
+  return LMSteps(train, evaluate, jit_sampler(model, cfg.sample.max_new_tokens, tokenizer))
