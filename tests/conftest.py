@@ -52,6 +52,7 @@ def tiny_reward(tiny_sft):
 def tiny_ppo(tiny_reward):
   from configs import ppo
   config = shrink(ppo.get_config("tiny"), steps=4)
+  config.train.log_every = 1
   config.upstream.reward = tiny_reward
   config.data.batch_size = 8
   config.update(dict(eval_prompts=8, max_prompt_len=24))
