@@ -58,3 +58,25 @@ def tiny_ppo(tiny_reward):
   config.update(dict(eval_prompts=8, max_prompt_len=24))
   config.sample.max_new_tokens = 16
   return config
+
+
+class Crash(Exception):
+  """Stands in for a run killed mid-way (the real kills are the fault suite's job)."""
+
+
+def run_until_crash(run, monkeypatch, step: int) -> None:
+  """Calls run() with the metrics log raising Crash when it reaches `step`, then restores it."""
+  from rlhf_jax.metrics_log import MetricsLog  # pylint: disable=g-import-not-at-top
+  original = MetricsLog.write
+
+  def crash(self, at, metrics):
+    if at == step:
+      raise Crash()
+    original(self, at, metrics)
+
+  monkeypatch.setattr(MetricsLog, "write", crash)
+  try:
+    with pytest.raises(Crash):
+      run()
+  finally:
+    monkeypatch.setattr(MetricsLog, "write", original)

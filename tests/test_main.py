@@ -10,6 +10,7 @@ import pytest
 from rlhf_jax import stages
 from rlhf_jax.errors import UserError
 from rlhf_jax.metrics_log import MetricsLog
+from tests.conftest import run_until_crash
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,25 +32,12 @@ def test_pretraining_loss_falls_on_the_embedded_corpus(tiny_pretrain, tmp_path):
   assert os.listdir(tmp_path / "tb") and os.listdir(tmp_path / "checkpoints")
 
 
-class Crash(Exception):
-  pass
-
-
 def test_interrupted_run_resumes_to_the_same_metrics(tiny_pretrain, tmp_path, monkeypatch):
   whole = stages.run(tiny_pretrain.copy_and_resolve_references(), str(tmp_path / "whole"))
-
-  original = MetricsLog.write
-
-  def crash_at_15(self, step, metrics):
-    if step == 15:
-      raise Crash()  # after the checkpoint at step 10, before the one at 20
-    original(self, step, metrics)
-
-  monkeypatch.setattr(MetricsLog, "write", crash_at_15)
-  with pytest.raises(Crash):
-    stages.run(tiny_pretrain.copy_and_resolve_references(), str(tmp_path / "resumed"))
+  # Crash at step 15: after the checkpoint at step 10, before the one at 20.
+  run_until_crash(lambda: stages.run(tiny_pretrain.copy_and_resolve_references(), str(tmp_path / "resumed")),
+                  monkeypatch, step=15)
   assert not os.path.exists(tmp_path / "resumed" / "summary.json")
-  monkeypatch.setattr(MetricsLog, "write", original)
   resumed = stages.run(tiny_pretrain.copy_and_resolve_references(), str(tmp_path / "resumed"))
 
   assert read_metrics(tmp_path / "resumed") == read_metrics(tmp_path / "whole")
@@ -72,9 +60,8 @@ def test_sft_runs_its_upstream_pretraining_then_reuses_it(tiny_sft, tmp_path):
 
 
 def test_checkpoint_that_does_not_fit_the_model_is_a_clear_error(tiny_pretrain, tmp_path, monkeypatch):
-  monkeypatch.setattr(MetricsLog, "write", lambda self, step, m: (_ for _ in ()).throw(Crash()) if step == 15 else None)
-  with pytest.raises(Crash):
-    stages.run(tiny_pretrain.copy_and_resolve_references(), str(tmp_path))
+  run_until_crash(lambda: stages.run(tiny_pretrain.copy_and_resolve_references(), str(tmp_path)), monkeypatch,
+                  step=15)
   tiny_pretrain.model.d_model = 32
   with pytest.raises(UserError, match=r"does not fit the model: embed/embedding has shape"):
     stages.run(tiny_pretrain, str(tmp_path))

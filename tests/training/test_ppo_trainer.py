@@ -3,9 +3,8 @@
 import json
 import os
 
-import pytest
-
 from rlhf_jax import stages
+from tests.conftest import run_until_crash
 
 
 def test_ppo_stage_runs_its_upstream_and_reports_gold_and_kl(tiny_ppo, tmp_path):
@@ -38,28 +37,15 @@ def test_full_pipeline_chains_all_four_stages_and_prints_the_report(tiny_ppo, ca
   assert "PPO vs SFT by the gold judge" in printed and "eval/accuracy" in printed
 
 
-class Crash(Exception):
-  pass
-
-
 def test_interrupted_ppo_resumes_to_the_same_metrics(tiny_ppo, tmp_path, monkeypatch):
-  from rlhf_jax.metrics_log import MetricsLog
   whole = stages.run(tiny_ppo.copy_and_resolve_references(), str(tmp_path / "whole"))
   resumed_cfg = tiny_ppo.copy_and_resolve_references()
   resumed_cfg.init_from = str(tmp_path / "whole" / "upstream" / "sft")
   resumed_cfg.reward_from = str(tmp_path / "whole" / "upstream" / "reward")
-  original = MetricsLog.write
-
-  def crash_at_3(self, step, metrics):
-    if step == 3:
-      raise Crash()  # after the checkpoint at step 2: policy, critic, optimizers, KL controller, rng
-    original(self, step, metrics)
-
-  monkeypatch.setattr(MetricsLog, "write", crash_at_3)
-  with pytest.raises(Crash):
-    stages.run(resumed_cfg.copy_and_resolve_references(), str(tmp_path / "resumed"))
+  # Crash at step 3, after the checkpoint at step 2: policy, critic, optimizers, KL controller, rng.
+  run_until_crash(lambda: stages.run(resumed_cfg.copy_and_resolve_references(), str(tmp_path / "resumed")),
+                  monkeypatch, step=3)
   assert not os.path.exists(tmp_path / "resumed" / "summary.json")
-  monkeypatch.setattr(MetricsLog, "write", original)
   resumed = stages.run(resumed_cfg, str(tmp_path / "resumed"))
   rows = lambda d: [json.loads(line) for line in open(tmp_path / d / "metrics.jsonl")]
   assert rows("resumed") == rows("whole")
