@@ -25,9 +25,9 @@ def get_config(preset: str = "tiny"):
   # gold 0.49 (SFT 0.13) at KL 3 with fluent text.
   c.kl_coef = 0.2
   c.eval_prompts = 64
-  c.max_prompt_len = 48
+  c.max_prompt_len = 16  # tokens: openings are 2-6 words
   c.data.batch_size = 64 if small else 256  # prompts per iteration
-  c.sample.max_new_tokens = 160 if small else 256
+  c.sample.max_new_tokens = 80 if small else 256
   c.optim.update(dict(lr=1.5e-5 if small else 1e-6, warmup_steps=0, final_lr_ratio=1.0, eps=1e-5,
                       weight_decay=0.0, b2=0.999))
   c.value_optim = c.optim.copy_and_resolve_references()

@@ -25,7 +25,7 @@ def get_config(preset: str = "tiny"):
                       checkpoint_every=60 if small else 500, eval_batches=16, log_every=10 if small else 50))
   c.preference = ml_collections.ConfigDict(dict(
       source="generated", judge="vader", gold_scale=5.0, train_pairs=2048 if small else 32768,
-      eval_pairs=256 if small else 2048, temperature=1.0, max_new_tokens=192 if small else 256,
+      eval_pairs=256 if small else 2048, temperature=1.0, max_new_tokens=96 if small else 256,
       gen_batch=128, eval_fraction=0.05, train_split="train", eval_split="test"))
   c.upstream = {"sft": sft.get_config(preset)}
   return c
