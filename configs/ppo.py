@@ -20,6 +20,10 @@ def get_config(preset: str = "tiny"):
   small = preset != "gpt2_small"
   c.reward_from = ""  # a finished reward run; "" = the upstream one
   c.judge = "vader"  # the gold judge of evaluation (never seen by the policy)
+  # The value function: "reward" a separate critic started from the reward model (Huang et al.'s
+  # default), "sft" a separate critic started from the SFT policy, "shared" a value head on the
+  # policy backbone (one forward pass, half the parameters; the value loss trains the trunk too).
+  c.critic = "reward"
   # Initial (or fixed) beta of the per-token KL penalty. Measured on tiny: beta 0.05 with
   # lr 3e-5 reached gold 0.66 but at KL 34 with degenerate text; 0.2 with 1.5e-5 gives
   # gold 0.49 (SFT 0.13) at KL 3 with fluent text.
@@ -35,8 +39,8 @@ def get_config(preset: str = "tiny"):
   c.train.update(dict(num_steps=20 if small else 1000, log_every=5 if small else 10,
                       eval_every=10 if small else 100, checkpoint_every=10 if small else 100))
   c.ppo = ml_collections.ConfigDict(dict(
-      epochs=4, minibatches=2 if small else 4, clip_eps=0.2, value_clip=0.2, vf_coef=0.1, ent_coef=0.0,
-      gamma=1.0, lam=0.95, kl_kind="k1", kl_target=6.0, kl_horizon=10000.0, adaptive_kl=False,
+      epochs=4, minibatches=2 if small else 4, accum_steps=1, clip_eps=0.2, value_clip=0.2, vf_coef=0.1,
+      ent_coef=0.0, gamma=1.0, lam=0.95, kl_kind="k1", kl_target=6.0, kl_horizon=10000.0, adaptive_kl=False,
       no_eos_penalty=-1.0, penalise_no_eos=True))
   c.upstream = {"reward": reward.get_config(preset)}
   c.upstream_paths = {"init_from": "sft", "reward_from": "reward"}

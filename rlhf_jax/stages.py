@@ -21,12 +21,25 @@ RUNNERS = {
     "reward": reward_trainer.run,
     "ppo": ppo_trainer.run,
 }
+# Checks of a stage's fields that need no data, run for every stage before any starts.
+CHECKS = {"ppo": ppo_trainer.check_config}
 
 
 def run(config, workdir: str) -> dict:
+  check_all(config)
   if config.stage == "pipeline":
     return run_pipeline(config, workdir)
   return run_stage(config, workdir, upstream_root=os.path.join(workdir, "upstream"))
+
+
+def check_all(config) -> None:
+  """Validates every stage this command would run, so a bad PPO field fails before pretraining."""
+  pending = [config[n] for n in config.stages if n in config] if config.stage == "pipeline" else [config]
+  while pending:
+    stage_config = pending.pop()
+    if stage_config.stage in CHECKS:
+      CHECKS[stage_config.stage](stage_config)
+    pending.extend((stage_config.get("upstream") or {}).values())
 
 
 def run_stage(config, workdir: str, upstream_root: str) -> dict:

@@ -4,10 +4,16 @@ Sample responses -> recompute log-probs at the sampling temperature (policy and 
 reference) -> score (any `score_fn`: the reward model, or a programmatic reward) with a
 fixed penalty for responses without EOS -> per-token KL penalty -> values -> GAE (reverse
 scan) -> whitened advantages -> `epochs` x `minibatches` clipped updates of policy and critic
-(nested `lax.scan`) -> KL controller update. Jit it once; nothing leaves the device.
+(nested `lax.scan`, each minibatch optionally over `accum_steps` microbatches) -> KL
+controller update. Jit it once; nothing leaves the device.
+
+The critic is a separate model (`critic`, with its own params and optimizer) or, with
+`critic=None`, a value head on the policy backbone: one forward pass gives logits and values,
+and the value loss trains the shared trunk too.
 """
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -18,6 +24,7 @@ from rlhf_jax.algorithms import gae, kl, ppo
 from rlhf_jax.algorithms.masked import masked_mean
 from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.training.rl_state import RLState
+from rlhf_jax.training.steps import accumulate_gradients
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +36,7 @@ class PPOConfig:
   temperature: float = 0.7
   epochs: int = 4
   minibatches: int = 1
+  accum_steps: int = 1  # microbatches per minibatch (gradient accumulation)
   clip_eps: float = 0.2
   value_clip: float = 0.2
   vf_coef: float = 0.1
@@ -59,14 +67,27 @@ def response_logits(model, params, tokens, mask, prompt_len: int, temperature: f
 
 
 def response_logprobs(model, params, tokens, mask, prompt_len: int, temperature: float):
-  logits = response_logits(model, params, tokens, mask, prompt_len, temperature)
-  return jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, prompt_len:, None], -1)[..., 0]
+  return token_logprobs(response_logits(model, params, tokens, mask, prompt_len, temperature), tokens[:, prompt_len:])
 
 
 def response_values(model, params, tokens, mask, prompt_len: int):
   """V(s_t) for each response token t: the value head at the position before it."""
   out = model.apply({"params": params}, tokens, mask, with_logits=False)
   return out.scalars["value"][:, prompt_len - 1:-1]
+
+
+def logits_and_values(params, tokens, mask, prompt_len: int, *, policy, critic, temperature: float):
+  """Response logits (divided by the temperature) and values; one pass when the critic is shared."""
+  policy_params, value_params = params
+  out = policy.apply({"params": policy_params}, tokens, mask)
+  logits = out.logits[:, prompt_len - 1:-1] / temperature
+  if critic is None:  # the value head on the policy backbone
+    return logits, out.scalars["value"][:, prompt_len - 1:-1]
+  return logits, response_values(critic, value_params, tokens, mask, prompt_len)
+
+
+def token_logprobs(logits, tokens):
+  return jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None], -1)[..., 0]
 
 
 def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_fn: Callable, cfg: PPOConfig):
@@ -76,9 +97,10 @@ def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_
                max_new_tokens=cfg.max_new_tokens, eos_id=cfg.eos_id, pad_id=cfg.pad_id)
   tokens = jnp.concatenate([prompts, out.tokens], axis=1)
   mask = jnp.concatenate([prompt_mask.astype(jnp.int32), out.mask], axis=1)
-  logprobs = response_logprobs(policy, state.policy, tokens, mask, p, cfg.temperature)
+  logits, values = logits_and_values((state.policy, state.value), tokens, mask, p, policy=policy, critic=critic,
+                                     temperature=cfg.temperature)
+  logprobs = token_logprobs(logits, out.tokens)
   ref_logprobs = response_logprobs(policy, state.ref, tokens, mask, p, cfg.temperature)
-  values = response_values(critic, state.value, tokens, mask, p)
   ended = jnp.any((out.tokens == cfg.eos_id) & (out.mask > 0), axis=1)
   scores = score_fn(state, tokens, mask, out)
   if cfg.penalise_no_eos:
@@ -93,37 +115,53 @@ def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_
   return Rollout(tokens, mask, logprobs, values, advantages, returns), metrics
 
 
-def ppo_loss(params, batch: Rollout, *, policy, critic, cfg: PPOConfig, prompt_len: int):
-  policy_params, value_params = params
+def ppo_loss(params, batch: Rollout, normalizer, *, policy, critic, cfg: PPOConfig, prompt_len: int):
+  """The minibatch loss and metrics, weighted by (its response tokens / `normalizer`).
+
+  Each term is a token mean over this batch; the weight makes microbatch sums equal the
+  minibatch's token means, so gradient accumulation is exact.
+  """
   response_mask = batch.mask[:, prompt_len:]
-  logits = response_logits(policy, policy_params, batch.tokens, batch.mask, prompt_len, cfg.temperature)
-  logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits), batch.tokens[:, prompt_len:, None], -1)[..., 0]
+  logits, values = logits_and_values(params, batch.tokens, batch.mask, prompt_len, policy=policy, critic=critic,
+                                     temperature=cfg.temperature)
+  logprobs = token_logprobs(logits, batch.tokens[:, prompt_len:])
   pg_loss, pg_metrics = ppo.clipped_surrogate_loss(logprobs, batch.logprobs, batch.advantages, response_mask,
                                                    clip_eps=cfg.clip_eps)
   entropy = masked_mean(ppo.entropy_from_logits(logits), response_mask)
-  values = response_values(critic, value_params, batch.tokens, batch.mask, prompt_len)
   v_loss, v_metrics = ppo.clipped_value_loss(values, batch.values, batch.returns, response_mask, clip=cfg.value_clip)
   loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
-  return loss, {**pg_metrics, **v_metrics, "policy_loss": pg_loss, "entropy": entropy}
+  weight = jnp.sum(response_mask) / normalizer
+  metrics = {**pg_metrics, **v_metrics, "policy_loss": pg_loss, "entropy": entropy}
+  return weight * loss, jax.tree.map(lambda m: weight * m, metrics)
+
+
+def apply_updates(tx, grads, opt_state, params):
+  if tx is None:  # no separate critic
+    return params, opt_state
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
 
 
 def ppo_iteration(state: RLState, prompts, prompt_mask, *, policy, critic, policy_tx, value_tx,
                   score_fn: Callable, cfg: PPOConfig):
-  """One PPO iteration: (state, prompts) -> (state, metrics). Frozen params pass through."""
+  """One PPO iteration: (state, prompts) -> (state, metrics). Frozen params pass through.
+
+  With a shared critic (`critic` and `value_tx` None) `state.value` is None and `policy_tx`
+  updates the policy params, value head included.
+  """
   rng, sample_rng, shuffle_rng = jax.random.split(state.rng, 3)
   batch, metrics = rollout(state, prompts, prompt_mask, sample_rng, policy=policy, critic=critic,
                            score_fn=score_fn, cfg=cfg)
-  grad_fn = jax.grad(ppo_loss, has_aux=True)
-  n = prompts.shape[0]
+  p, n = prompts.shape[1], prompts.shape[0]
+  loss_fn = functools.partial(ppo_loss, policy=policy, critic=critic, cfg=cfg, prompt_len=p)
 
   def update(carry, minibatch):
-    (policy_params, value_params), (policy_opt, value_opt) = carry
-    (policy_grads, value_grads), m = grad_fn((policy_params, value_params), minibatch, policy=policy,
-                                             critic=critic, cfg=cfg, prompt_len=prompts.shape[1])
-    policy_updates, policy_opt = policy_tx.update(policy_grads, policy_opt, policy_params)
-    value_updates, value_opt = value_tx.update(value_grads, value_opt, value_params)
-    params = (optax.apply_updates(policy_params, policy_updates), optax.apply_updates(value_params, value_updates))
-    return (params, (policy_opt, value_opt)), m
+    params, (policy_opt, value_opt) = carry
+    normalizer = jnp.maximum(jnp.sum(minibatch.mask[:, p:]), 1).astype(jnp.float32)
+    (policy_grads, value_grads), m = accumulate_gradients(loss_fn, params, minibatch, cfg.accum_steps, normalizer)
+    policy_params, policy_opt = apply_updates(policy_tx, policy_grads, policy_opt, params[0])
+    value_params, value_opt = apply_updates(value_tx, value_grads, value_opt, params[1])
+    return ((policy_params, value_params), (policy_opt, value_opt)), m
 
   def epoch(carry, key):
     order = jax.random.permutation(key, n).reshape(cfg.minibatches, -1)
@@ -135,7 +173,7 @@ def ppo_iteration(state: RLState, prompts, prompt_mask, *, policy, critic, polic
       epoch, carry, jax.random.split(shuffle_rng, cfg.epochs))
   new_kl = kl.update_kl_controller(state.kl, metrics["kl"], n, target=cfg.kl_target, horizon=cfg.kl_horizon,
                                    adaptive=cfg.adaptive_kl)
-  metrics.update(jax.tree.map(jnp.mean, losses))
+  metrics.update(jax.tree.map(jnp.mean, {k: v for k, v in losses.items() if k != "loss"}))
   state = state.replace(step=state.step + 1, policy=policy_params, policy_opt=policy_opt, value=value_params,
                         value_opt=value_opt, kl=new_kl, rng=rng)
   return state, metrics

@@ -1,7 +1,9 @@
 """The PPO stage: policy from the SFT run, critic and frozen scorer from the reward run.
 
-The policy and the frozen reference both start as the SFT params; the critic starts as the
-reward model (its reward head becomes the value head); the reward model scores responses,
+The policy and the frozen reference both start as the SFT params. `critic` picks the value
+function: "reward" (default) a separate model started from the reward model, its reward head
+becoming the value head; "sft" a separate model started from the SFT policy with a fresh
+value head; "shared" a value head on the policy backbone. The reward model scores responses,
 normalised by the gain and bias the reward stage measured on SFT samples. Each iteration is
 one compiled `ppo_iteration`; evaluation compares the policy with the reference on held-out
 prompts by the gold judge, the proxy reward and the KL between them.
@@ -14,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from rlhf_jax import judges, sharding
 from rlhf_jax.algorithms.kl import init_kl_controller
@@ -34,13 +37,41 @@ from rlhf_jax.training.steps import jit_sampler
 from rlhf_jax.workdir import RunDir
 
 RL_ITEMS = ("policy", "policy_opt", "value", "value_opt", "kl", "rng")
+CRITICS = ("reward", "sft", "shared")
 
 
 @dataclasses.dataclass
 class Models:
   policy: Transformer
-  critic: Transformer
+  critic: Transformer | None  # None: the value head is on the policy backbone
   scorer: Transformer
+
+
+def check_config(cfg) -> None:
+  if cfg.critic not in CRITICS:
+    raise UserError(f"critic={cfg.critic!r}: choose one of {', '.join(CRITICS)}")
+  per_update = cfg.ppo.minibatches * cfg.ppo.accum_steps
+  if cfg.data.batch_size % per_update:
+    raise UserError(f"data.batch_size={cfg.data.batch_size} must be a multiple of ppo.minibatches x "
+                    f"ppo.accum_steps = {per_update}")
+
+
+def make_models(cfg, policy_cfg: ModelConfig, reward_cfg: ModelConfig) -> Models:
+  with_value = lambda c: dataclasses.replace(c, heads=("value",))
+  if cfg.critic == "shared":
+    return Models(Transformer(with_value(policy_cfg)), None, Transformer(reward_cfg))
+  critic_cfg = reward_cfg if cfg.critic == "reward" else policy_cfg
+  return Models(Transformer(policy_cfg), Transformer(with_value(critic_cfg)), Transformer(reward_cfg))
+
+
+def make_optimizers(cfg):
+  """(policy_tx, value_tx). Shared critic: one optimizer, the value head at the value lr."""
+  policy_tx = make_optimizer(cfg.optim, cfg.train.num_steps)
+  value_tx = make_optimizer(cfg.value_optim, cfg.train.num_steps)
+  if cfg.critic != "shared":
+    return policy_tx, value_tx
+  labels = lambda params: {k: "value" if k == "value_head" else "policy" for k in params}
+  return optax.multi_transform({"policy": policy_tx, "value": value_tx}, labels), None
 
 
 def run(cfg, workdir: str) -> dict:
@@ -50,30 +81,29 @@ def run(cfg, workdir: str) -> dict:
     raise UserError("the PPO stage starts from an SFT run: set init_from (or keep config.upstream)")
   tokenizer = setup.prepare_tokenizer(cfg, run_dir, sft_run)
   reward_cfg = ModelConfig.from_dict(reward_run.read_json("model.json"))
-  models = Models(Transformer(setup.model_config(cfg, tokenizer, sft_run)),
-                  Transformer(dataclasses.replace(reward_cfg, heads=("value",))), Transformer(reward_cfg))
+  models = make_models(cfg, setup.model_config(cfg, tokenizer, sft_run), reward_cfg)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   prompts = {split: _prompts(cfg, tokenizer, split) for split in ("train", "eval")}
   run_dir.record_config(cfg)
   setup.save_run_files(run_dir, tokenizer, models.policy.cfg)
-  policy_tx = make_optimizer(cfg.optim, cfg.train.num_steps)
-  value_tx = make_optimizer(cfg.value_optim, cfg.train.num_steps)
+  ppo_cfg = ppo_config(cfg, tokenizer)
+  policy_tx, value_tx = make_optimizers(cfg)
   state = initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules)
   shardings = jax.tree.map(lambda x: x.sharding, state)
-  checkpointer = Checkpointer(run_dir.file("checkpoints"), RL_ITEMS, cfg.train.keep_checkpoints)
-  restored = setup.resume(state, shardings, checkpointer, RL_ITEMS)
+  items = tuple(name for name in RL_ITEMS if getattr(state, name) is not None)
+  checkpointer = Checkpointer(run_dir.file("checkpoints"), items, cfg.train.keep_checkpoints)
+  restored = setup.resume(state, shardings, checkpointer, items)
   state = restored if restored is not None else state
   norm = reward_run.read_json("summary.json")
   score_fn = functools.partial(proxy_scores, scorer=models.scorer, gain=norm["reward_gain"],
                                bias=norm["reward_bias"])
-  ppo_cfg = ppo_config(cfg, tokenizer)
   iteration = jax.jit(functools.partial(ppo_iteration, policy=models.policy, critic=models.critic,
                                         policy_tx=policy_tx, value_tx=value_tx, score_fn=score_fn, cfg=ppo_cfg),
                       donate_argnums=0)
   train_step = lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
   next_batch = lambda step: prompt_batch(prompts["train"], step, cfg.data.batch_size)
   evaluate = PPOEvaluator(cfg, run_dir, models, prompts["eval"], tokenizer, score_fn, ppo_cfg)
-  summary = Loop(cfg.train, run_dir, train_step, next_batch, evaluate, checkpointer, RL_ITEMS).train(state)
+  summary = Loop(cfg.train, run_dir, train_step, next_batch, evaluate, checkpointer, items).train(state)
   run_dir.write_json("summary.json", summary)
   return summary
 
@@ -91,7 +121,7 @@ def ppo_config(cfg, tokenizer) -> PPOConfig:
 
 
 def initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) -> RLState:
-  """Policy and reference from SFT; critic (reward head as value head) and scorer from the RM."""
+  """Policy and reference from SFT; scorer from the RM; the critic as `cfg.critic` says."""
   def load(model, run, rename=None):
     rng = jax.random.key(cfg.seed)
     boxed = jax.eval_shape(functools.partial(setup.boxed_params, model), rng)
@@ -100,9 +130,13 @@ def initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, r
     return setup.load_source_params(run, fresh, shardings, mesh, rules, rename)
 
   policy = load(models.policy, sft_run)
-  value = load(models.critic, reward_run, {"reward_head": "value_head"})
+  value = None
+  if cfg.critic == "reward":
+    value = load(models.critic, reward_run, {"reward_head": "value_head"})
+  elif cfg.critic == "sft":
+    value = load(models.critic, sft_run)
   return RLState(step=jnp.zeros((), jnp.int32), policy=policy, policy_opt=policy_tx.init(policy), value=value,
-                 value_opt=value_tx.init(value), ref=jax.tree.map(jnp.copy, policy),
+                 value_opt=value_tx.init(value) if value_tx else None, ref=jax.tree.map(jnp.copy, policy),
                  reward=load(models.scorer, reward_run), kl=init_kl_controller(cfg.kl_coef),
                  rng=jax.random.PRNGKey(cfg.seed))
 

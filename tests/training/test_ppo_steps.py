@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from rlhf_jax.algorithms.kl import init_kl_controller
 from rlhf_jax.models.transformer import Transformer
@@ -21,16 +22,20 @@ def init(model, seed):
   return nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))["params"])
 
 
-def setup(lr=3e-3, **cfg_overrides):
-  policy = Transformer(small_model(vocab_size=VOCAB))
-  critic = Transformer(small_model(vocab_size=VOCAB, heads=("value",)))
-  policy_tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr, eps=1e-5))
-  value_tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr, eps=1e-5))
-  params, value_params = init(policy, 0), init(critic, 1)
+def setup(lr=3e-3, shared_critic=False, **cfg_overrides):
+  """A small policy and critic (or, shared, one model with a value head), a state and a jitted step."""
+  tx = lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr, eps=1e-5))
+  if shared_critic:
+    policy, critic = Transformer(small_model(vocab_size=VOCAB, heads=("value",))), None
+    policy_tx, value_tx, params, value_params = tx(), None, init(policy, 0), None
+  else:
+    policy, critic = Transformer(small_model(vocab_size=VOCAB)), Transformer(small_model(vocab_size=VOCAB,
+                                                                                        heads=("value",)))
+    policy_tx, value_tx, params, value_params = tx(), tx(), init(policy, 0), init(critic, 1)
   reward_params = {"w": jnp.arange(3.0)}  # stands in for a frozen reward model
   state = RLState(step=jnp.int32(0), policy=params, policy_opt=policy_tx.init(params), value=value_params,
-                  value_opt=value_tx.init(value_params), ref=jax.tree.map(jnp.copy, params), reward=reward_params,
-                  kl=init_kl_controller(0.01), rng=jax.random.key(2))
+                  value_opt=value_tx.init(value_params) if value_tx else None, ref=jax.tree.map(jnp.copy, params),
+                  reward=reward_params, kl=init_kl_controller(0.01), rng=jax.random.key(2))
   cfg = PPOConfig(max_new_tokens=8, eos_id=EOS, pad_id=PAD, temperature=1.0, minibatches=2,
                   penalise_no_eos=False, **cfg_overrides)
   target_fraction = lambda state, tokens, mask, out: jnp.sum((out.tokens == TARGET) * out.mask, 1) / jnp.maximum(
@@ -41,8 +46,9 @@ def setup(lr=3e-3, **cfg_overrides):
   return state, step, prompts
 
 
-def test_ppo_raises_a_programmatic_reward():
-  state, step, prompts = setup()
+@pytest.mark.parametrize("shared_critic", [False, True])
+def test_ppo_raises_a_programmatic_reward(shared_critic):
+  state, step, prompts = setup(shared_critic=shared_critic)
   scores = []
   for _ in range(15):
     state, metrics = step(state, prompts, jnp.ones_like(prompts))
@@ -76,3 +82,18 @@ def test_adaptive_kl_coefficient_moves_toward_the_target():
   # by the clipped error (1 - 0.2 * 32 / 100); after that KL > target and it grows.
   np.testing.assert_allclose(coefs[0], 0.01 * (1 - 0.2 * 32 / 100), rtol=1e-5)
   assert coefs[2] > coefs[1] > coefs[0]
+
+
+def test_gradient_accumulation_matches_whole_minibatches():
+  # Same rollout, same shuffles: 2 microbatches per minibatch give the same update, because
+  # each microbatch loss is weighted by its share of the minibatch's response tokens.
+  results = []
+  for accum_steps in (1, 2):
+    state, step, prompts = setup(accum_steps=accum_steps)
+    state, metrics = step(state, prompts, jnp.ones_like(prompts))
+    results.append((jax.device_get(state.policy), jax.device_get(state.value), jax.device_get(metrics)))
+  (policy_a, value_a, metrics_a), (policy_b, value_b, metrics_b) = results
+  for a, b in zip(jax.tree.leaves((policy_a, value_a)), jax.tree.leaves((policy_b, value_b))):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+  for key in ("policy_loss", "value_loss", "clip_fraction", "entropy"):
+    np.testing.assert_allclose(metrics_a[key], metrics_b[key], rtol=1e-4, atol=1e-6)

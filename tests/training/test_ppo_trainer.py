@@ -3,7 +3,10 @@
 import json
 import os
 
+import pytest
+
 from rlhf_jax import stages
+from rlhf_jax.errors import UserError
 from tests.conftest import run_until_crash
 
 
@@ -50,3 +53,30 @@ def test_interrupted_ppo_resumes_to_the_same_metrics(tiny_ppo, tmp_path, monkeyp
   rows = lambda d: [json.loads(line) for line in open(tmp_path / d / "metrics.jsonl")]
   assert rows("resumed") == rows("whole")
   assert resumed["eval/gold_reward"] == whole["eval/gold_reward"] and resumed["eval/kl"] == whole["eval/kl"]
+
+
+def test_each_critic_choice_trains_and_checkpoints_only_what_it_has(tiny_ppo, tmp_path):
+  stages.run(tiny_ppo.copy_and_resolve_references(), str(tmp_path / "reward_critic"))
+  upstream = tmp_path / "reward_critic" / "upstream"
+  for critic in ("sft", "shared"):
+    cfg = tiny_ppo.copy_and_resolve_references()
+    cfg.update(dict(critic=critic, init_from=str(upstream / "sft"), reward_from=str(upstream / "reward")))
+    cfg.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2))
+    cfg.ppo.accum_steps = 2
+    summary = stages.run(cfg, str(tmp_path / critic))
+    assert summary["step"] == 2 and summary["eval/kl"] == summary["eval/kl"]
+    saved = set(os.listdir(tmp_path / critic / "checkpoints" / "2"))
+    assert {"policy", "policy_opt"} <= saved and ("value" in saved) == (critic != "shared")
+    heads = json.load(open(tmp_path / critic / "model.json"))["heads"]
+    assert heads == (["value"] if critic == "shared" else [])
+
+
+def test_bad_ppo_fields_fail_before_any_upstream_stage_runs(tiny_ppo, tmp_path):
+  tiny_ppo.critic = "twin"
+  with pytest.raises(UserError, match="critic='twin'"):
+    stages.run(tiny_ppo, str(tmp_path))
+  tiny_ppo.critic = "shared"
+  tiny_ppo.ppo.accum_steps = 3
+  with pytest.raises(UserError, match="multiple of ppo.minibatches x ppo.accum_steps = 6"):
+    stages.run(tiny_ppo, str(tmp_path))
+  assert not os.path.exists(tmp_path / "upstream")
