@@ -1,6 +1,14 @@
-"""PPO against the reward model, with a per-token KL penalty to the frozen SFT policy.
+"""RL against the reward model, with a per-token KL penalty to the frozen SFT policy.
 
   python -m rlhf_jax.main --config=configs/ppo.py:tiny --workdir=runs/ppo
+  python -m rlhf_jax.main --config=configs/ppo.py:tiny --workdir=runs/rloo --config.algo=rloo
+
+`algo` picks the method: ppo (default; GAE on a critic), or the critic-free reinforce
+(moving-average baseline), rloo (leave-one-out over k samples per prompt), grpo (group-
+normalised) and remax (greedy-response baseline); all share sampling, scoring, the KL
+penalty, evaluation and metrics. `rl` fields left at 0 / "" take the algorithm's default
+(rlhf_jax.training.rl_steps.ALGO_DEFAULTS). `data.batch_size` counts responses per
+iteration, so every algorithm samples as many: k = 4 means batch_size / 4 prompts.
 
 With `init_from`/`reward_from` empty, the upstream stages (pretrain -> SFT -> reward model)
 first run, or are reused when finished, under WORKDIR/upstream/. Defaults follow Huang et
@@ -30,7 +38,7 @@ def get_config(preset: str = "tiny"):
   c.kl_coef = 0.2
   c.eval_prompts = 64
   c.max_prompt_len = 16  # tokens: openings are 2-6 words
-  c.data.batch_size = 64 if small else 256  # prompts per iteration
+  c.data.batch_size = 64 if small else 256  # responses per iteration
   c.sample.max_new_tokens = 80 if small else 256
   c.optim.update(dict(lr=1.5e-5 if small else 1e-6, warmup_steps=0, final_lr_ratio=1.0, eps=1e-5,
                       weight_decay=0.0, b2=0.999))
@@ -38,9 +46,11 @@ def get_config(preset: str = "tiny"):
   c.value_optim.lr = 1e-4 if small else 1e-5
   c.train.update(dict(num_steps=20 if small else 1000, log_every=5 if small else 10,
                       eval_every=10 if small else 100, checkpoint_every=10 if small else 100))
-  c.ppo = ml_collections.ConfigDict(dict(
-      epochs=4, minibatches=2 if small else 4, accum_steps=1, clip_eps=0.2, value_clip=0.2, vf_coef=0.1,
-      ent_coef=0.0, gamma=1.0, lam=0.95, kl_kind="k1", kl_target=6.0, kl_horizon=10000.0, adaptive_kl=False,
+  c.algo = "ppo"
+  c.rl = ml_collections.ConfigDict(dict(
+      samples_per_prompt=0, epochs=0, minibatches=0 if small else 4, loss_reduction="", accum_steps=1,
+      clip_eps=0.2, value_clip=0.2, vf_coef=0.1, ent_coef=0.0, gamma=1.0, lam=0.95, baseline_decay=0.9,
+      scale_by_std=True, kl_kind="k1", kl_in_loss=False, kl_target=6.0, kl_horizon=10000.0, adaptive_kl=False,
       no_eos_penalty=-1.0, penalise_no_eos=True))
   c.upstream = {"reward": reward.get_config(preset)}
   c.upstream_paths = {"init_from": "sft", "reward_from": "reward"}

@@ -12,17 +12,17 @@ import os
 from absl import logging
 
 from rlhf_jax.errors import UserError
-from rlhf_jax.training import lm_trainer, ppo_trainer, reward_trainer
+from rlhf_jax.training import lm_trainer, reward_trainer, rl_trainer
 from rlhf_jax.workdir import RunDir
 
 RUNNERS = {
     "pretrain": lm_trainer.run,
     "sft": lm_trainer.run,
     "reward": reward_trainer.run,
-    "ppo": ppo_trainer.run,
+    "ppo": rl_trainer.run,
 }
 # Checks of a stage's fields that need no data, run for every stage before any starts.
-CHECKS = {"ppo": ppo_trainer.check_config}
+CHECKS = {"ppo": rl_trainer.check_config}
 
 
 def run(config, workdir: str) -> dict:
@@ -87,7 +87,7 @@ HEADLINES = {"pretrain": ("eval/loss",), "sft": ("eval/loss",), "reward": ("eval
 
 
 def report(summary: dict, workdir: str) -> str:
-  """The pipeline's closing table, and PPO's last samples beside the SFT policy's."""
+  """The pipeline's closing table, and the RL policy's last samples beside the SFT policy's."""
   lines = [f"{'stage':<10}{'metric':<26}value"]
   for stage, metrics in summary.items():
     for key in HEADLINES.get(stage, ()):
@@ -95,7 +95,8 @@ def report(summary: dict, workdir: str) -> str:
         lines.append(f"{stage:<10}{key:<26}{metrics[key]:.4g}")
   if "ppo" in summary:
     ppo = summary["ppo"]
-    lines.append(f"PPO vs SFT by the gold judge: {ppo['eval/gold_reward'] - ppo['eval/ref_gold_reward']:+.3f} "
+    algo = RunDir(os.path.join(workdir, "ppo")).read_json("config.json").get("algo", "ppo")
+    lines.append(f"{algo.upper()} vs SFT by the gold judge: {ppo['eval/gold_reward'] - ppo['eval/ref_gold_reward']:+.3f} "
                  f"at KL {ppo['eval/kl']:.2f} nats")
     samples = sorted(glob.glob(os.path.join(workdir, "ppo", "samples", "step_*.txt")))
     if samples:

@@ -6,7 +6,7 @@ defaults from Huang et al. 2024: eps 0.2, value clip 0.2, whitened advantages).
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.algorithms.masked import masked_mean, masked_var
+from rlhf_jax.algorithms.masked import masked_mean, masked_sum, masked_var
 
 
 def whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True) -> jax.Array:
@@ -31,15 +31,16 @@ def clipped_objective(ratio: jax.Array, advantages: jax.Array, clip_eps) -> jax.
 
 
 def clipped_surrogate_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array,
-                           mask: jax.Array, *, clip_eps):
-  """loss = -masked_mean(min(rho A, clip(rho, 1 - eps, 1 + eps) A)), rho = exp(logp - logp_old).
+                           weights: jax.Array, *, clip_eps):
+  """loss = -sum_t w_t min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = exp(logp - logp_old).
 
   Args:
     logprobs: [batch, time] under the current policy (differentiated). old_logprobs, advantages:
-      [batch, time] from the rollout (held constant). mask: 1 on response tokens.
+      [batch, time] from the rollout (held constant). weights: per-token loss weights, 0 off the
+      response; `mask / mask.sum()` is PPO's token mean (see `reinforce.token_weights`).
   Returns:
-    (loss, metrics): `clip_fraction` (share of valid tokens where the clipped term is the minimum,
-    so they get no gradient), `approx_kl` (masked mean of (logp - logp_old)^2 / 2), `ratio` mean.
+    (loss, metrics), metrics weighted alike: `clip_fraction` (where the clipped term is the
+    minimum, so the token gets no gradient), `approx_kl` ((logp - logp_old)^2 / 2), `ratio`.
   """
   log_ratio = jnp.asarray(logprobs, jnp.float32) - jnp.asarray(old_logprobs, jnp.float32)
   ratio = jnp.exp(log_ratio)
@@ -47,28 +48,28 @@ def clipped_surrogate_loss(logprobs: jax.Array, old_logprobs: jax.Array, advanta
   # The clipped term is active exactly when it is strictly below the unclipped one: ratio above
   # 1 + eps with A > 0, or below 1 - eps with A < 0.
   clipped = objective < ratio * advantages
-  metrics = {"clip_fraction": masked_mean(clipped.astype(jnp.float32), mask),
-             "approx_kl": masked_mean(0.5 * jnp.square(log_ratio), mask),
-             "ratio": masked_mean(ratio, mask)}
-  return -masked_mean(objective, mask), metrics
+  metrics = {"clip_fraction": masked_sum(clipped.astype(jnp.float32), weights),
+             "approx_kl": masked_sum(0.5 * jnp.square(log_ratio), weights),
+             "ratio": masked_sum(ratio, weights)}
+  return -masked_sum(objective, weights), metrics
 
 
-def clipped_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mask: jax.Array,
+def clipped_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, weights: jax.Array,
                        *, clip):
-  """0.5 * masked_mean(max((V - R)^2, (V_clip - R)^2)), V_clip = V_old + clip(V - V_old, -c, c).
+  """0.5 * sum_t w_t max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clip(V - V_old, -c, c).
 
   Taking the max makes the clip pessimistic: the critic cannot lower its loss by moving further
-  than `clip` from the rollout's values.
+  than `clip` from the rollout's values. `weights` as in `clipped_surrogate_loss`.
   Returns:
-    (loss, metrics) with `value_clip_fraction` (share of valid tokens where the clipped error is the
-    larger) and `value_loss`.
+    (loss, metrics) with `value_clip_fraction` (weighted share of tokens where the clipped error
+    is the larger) and `value_loss`.
   """
   values = jnp.asarray(values, jnp.float32)
   clipped_values = old_values + jnp.clip(values - old_values, -clip, clip)
   unclipped_error = jnp.square(values - returns)
   clipped_error = jnp.square(clipped_values - returns)
-  loss = 0.5 * masked_mean(jnp.maximum(unclipped_error, clipped_error), mask)
-  clip_fraction = masked_mean((clipped_error > unclipped_error).astype(jnp.float32), mask)
+  loss = 0.5 * masked_sum(jnp.maximum(unclipped_error, clipped_error), weights)
+  clip_fraction = masked_sum((clipped_error > unclipped_error).astype(jnp.float32), weights)
   return loss, {"value_clip_fraction": clip_fraction, "value_loss": loss}
 
 

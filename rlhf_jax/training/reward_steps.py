@@ -37,9 +37,9 @@ def pair_loss(params, batch, normalizer, *, model):
 
 
 def reward_train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_steps: int):
-  loss_fn = functools.partial(pair_loss, model=model)
   normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
-  grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps, normalizer)
+  loss_fn = functools.partial(pair_loss, normalizer=normalizer, model=model)
+  grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps)
   pairs = jnp.maximum(sums["pairs"], 1)
   metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / pairs, "margin": sums["margin"] / pairs,
              "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}

@@ -1,9 +1,11 @@
 """The RL state: every parameter set of an RLHF run in one pytree.
 
-Trainable: the policy and the critic, each with its optimizer state. Frozen: the reference
-policy (for the KL penalty) and the reward model: they are plain arrays with no optimizer
-state, never differentiated, so updates cannot touch them. Also the KL controller, the rng
-and the iteration count, so the whole future of a run is in the state.
+Trainable: the policy and the critic, each with its optimizer state (no critic: None for a
+value head on the policy backbone or a critic-free method). Frozen: the reference policy (for
+the KL penalty) and the reward model: plain arrays with no optimizer state, never
+differentiated, so updates cannot touch them. Also the KL controller, REINFORCE's
+moving-average baseline, the rng and the iteration count, so the whole future of a run is in
+the state.
 """
 
 from typing import Any
@@ -24,4 +26,5 @@ class RLState:
   ref: Any  # frozen
   reward: Any  # frozen
   kl: KLControllerState
+  baseline: jax.Array  # float32 scalar: moving average of returns (REINFORCE)
   rng: jax.Array

@@ -21,25 +21,25 @@ def lm_loss(params, batch, normalizer, *, model, dropout_rng):
   return next_token_loss(out.logits, batch["targets"], batch["loss_mask"], normalizer)
 
 
-def accumulate_gradients(loss_fn: Callable, params, batch: dict, accum_steps: int, normalizer):
+def accumulate_gradients(loss_fn: Callable, params, batch, accum_steps: int):
   """Gradients of the full-batch loss, computed over `accum_steps` microbatches in a scan.
 
-  loss_fn(params, microbatch, normalizer) -> (loss, metrics) must sum over its examples and
-  divide by `normalizer`, the whole batch's count (tokens, pairs), so the summed microbatch
-  losses and gradients equal the full-batch ones.
+  loss_fn(params, microbatch) -> (loss, metrics) must sum over its examples with weights
+  fixed by the whole batch (e.g. divide by its token count), so the summed microbatch losses
+  and gradients equal the full-batch ones.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accum_steps == 1:
-    (loss, metrics), grads = grad_fn(params, batch, normalizer)
+    (loss, metrics), grads = grad_fn(params, batch)
     return grads, {"loss": loss, **metrics}
   micro = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
 
   def add(total, microbatch):
-    (loss, metrics), grads = grad_fn(params, microbatch, normalizer)
+    (loss, metrics), grads = grad_fn(params, microbatch)
     return jax.tree.map(jnp.add, total, (grads, {"loss": loss, **metrics})), None
 
   first = jax.tree.map(lambda x: x[0], micro)
-  (loss, metrics), grads = jax.eval_shape(grad_fn, params, first, normalizer)
+  (loss, metrics), grads = jax.eval_shape(grad_fn, params, first)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grads, {"loss": loss, **metrics}))
   (grads, metrics), _ = jax.lax.scan(add, zeros, micro)
   return grads, metrics
@@ -47,9 +47,9 @@ def accumulate_gradients(loss_fn: Callable, params, batch: dict, accum_steps: in
 
 def train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_steps: int, seed: int):
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
-  loss_fn = functools.partial(lm_loss, model=model, dropout_rng=dropout_rng)
   normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
-  grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps, normalizer)
+  loss_fn = functools.partial(lm_loss, normalizer=normalizer, model=model, dropout_rng=dropout_rng)
+  grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps)
   metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / jnp.maximum(sums["tokens"], 1),
              "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
              "tokens": sums["tokens"]}

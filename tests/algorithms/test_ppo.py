@@ -8,6 +8,12 @@ from jax.test_util import check_grads
 from rlhf_jax.algorithms import ppo
 from rlhf_jax.algorithms.masked import masked_mean, masked_var
 from rlhf_jax.algorithms.ppo import clipped_objective
+from rlhf_jax.algorithms.reinforce import token_weights
+
+
+def mean_of(mask):
+  """Weights that make the losses token means over the mask."""
+  return token_weights(jnp.asarray(mask), "token")
 
 # Jitted, as the trainer calls them: this checks they trace, and one compile per shape is much
 # faster than eager mode's one per op.
@@ -39,7 +45,7 @@ def hand_case():
 
 def test_surrogate_loss_and_metrics_on_a_hand_case():
   logprobs, old_logprobs, advantages, mask = hand_case()
-  loss, metrics = clipped_surrogate_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2)
+  loss, metrics = clipped_surrogate_loss(logprobs, old_logprobs, advantages, mean_of(mask), clip_eps=0.2)
   np.testing.assert_allclose(loss, -(2.4 - 0.8 + 2.2 + 1.0 - 1.5) / 5, rtol=1e-5)
   np.testing.assert_allclose(metrics["clip_fraction"], 2 / 5, rtol=1e-6)
   np.testing.assert_allclose(metrics["ratio"], (1.5 + 0.5 + 1.1 + 0.5 + 1.5) / 5, rtol=1e-5)
@@ -49,7 +55,7 @@ def test_surrogate_loss_and_metrics_on_a_hand_case():
 
 def test_clipped_and_padded_tokens_get_no_gradient():
   logprobs, old_logprobs, advantages, mask = hand_case()
-  grads = jax.grad(lambda lp: clipped_surrogate_loss(lp, old_logprobs, advantages, mask, clip_eps=0.2)[0])
+  grads = jax.grad(lambda lp: clipped_surrogate_loss(lp, old_logprobs, advantages, mean_of(mask), clip_eps=0.2)[0])
   g = np.asarray(grads(logprobs))
   assert g[0, 0] == 0 and g[0, 1] == 0 and g[1, 2] == 0
   # Elsewhere d(-rho A / n)/d logp = -rho A / n.
@@ -60,7 +66,7 @@ def test_surrogate_at_the_old_policy_is_the_mean_advantage():
   advantages = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
   logprobs = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
   mask = jnp.ones((3, 8)).at[:, :2].set(0)
-  loss, metrics = clipped_surrogate_loss(logprobs, logprobs, advantages, mask, clip_eps=0.2)
+  loss, metrics = clipped_surrogate_loss(logprobs, logprobs, advantages, mean_of(mask), clip_eps=0.2)
   np.testing.assert_allclose(loss, -masked_mean(advantages, mask), rtol=1e-5)
   assert float(metrics["clip_fraction"]) == 0.0 and float(metrics["approx_kl"]) == 0.0
 
@@ -84,13 +90,13 @@ def test_value_loss_on_a_hand_case():
   values = jnp.array([[1.5, 1.1, 0.0, 9.0]])
   returns = jnp.array([[2.0, 0.0, 0.0, 0.0]])
   mask = jnp.array([[1, 1, 1, 0]])
-  loss, metrics = clipped_value_loss(values, old, returns, mask, clip=0.2)
+  loss, metrics = clipped_value_loss(values, old, returns, mean_of(mask), clip=0.2)
   # Token 0: V 1.5 -> clipped 1.2; errors 0.25 vs 0.64, the clipped branch is the max.
   # Token 1: V 1.1 inside the clip; both errors 1.21.  Token 2: V 0 -> clipped 0.8; 0 vs 0.64.
   np.testing.assert_allclose(loss, 0.5 * (0.64 + 1.21 + 0.64) / 3, rtol=1e-5)
   np.testing.assert_allclose(metrics["value_clip_fraction"], 2 / 3, rtol=1e-6)
   np.testing.assert_allclose(metrics["value_loss"], loss)
-  grads = np.asarray(jax.grad(lambda v: clipped_value_loss(v, old, returns, mask, clip=0.2)[0])(values))
+  grads = np.asarray(jax.grad(lambda v: clipped_value_loss(v, old, returns, mean_of(mask), clip=0.2)[0])(values))
   # Token 0's clipped branch wins and is flat in V; token 3 is padding.
   np.testing.assert_allclose(grads, [[0.0, 1.1 / 3, 0.0, 0.0]], atol=1e-6)
 
@@ -100,7 +106,7 @@ def test_value_loss_gradients_numerically_away_from_the_kinks():
   values = jnp.array([[0.05, 1.1, -1.02]])  # all inside the clip, far from both kinks at +-0.2
   returns = jnp.array([[1.0, -1.0, 0.5]])
   mask = jnp.array([[1.0, 1.0, 1.0]])
-  loss = jax.jit(lambda v: clipped_value_loss(v, old, returns, mask, clip=0.2)[0])
+  loss = jax.jit(lambda v: clipped_value_loss(v, old, returns, mean_of(mask), clip=0.2)[0])
   check_grads(loss, (values,), order=1, modes=("fwd", "rev"), eps=1e-2, atol=1e-2, rtol=1e-2)
 
 

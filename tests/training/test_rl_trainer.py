@@ -55,28 +55,39 @@ def test_interrupted_ppo_resumes_to_the_same_metrics(tiny_ppo, tmp_path, monkeyp
   assert resumed["eval/gold_reward"] == whole["eval/gold_reward"] and resumed["eval/kl"] == whole["eval/kl"]
 
 
-def test_each_critic_choice_trains_and_checkpoints_only_what_it_has(tiny_ppo, tmp_path):
-  stages.run(tiny_ppo.copy_and_resolve_references(), str(tmp_path / "reward_critic"))
-  upstream = tmp_path / "reward_critic" / "upstream"
-  for critic in ("sft", "shared"):
+def test_each_critic_and_critic_free_algo_trains_and_checkpoints_only_what_it_has(tiny_ppo, tmp_path):
+  stages.run(tiny_ppo.copy_and_resolve_references(), str(tmp_path / "ppo"))
+  upstream = tmp_path / "ppo" / "upstream"
+  for algo, critic in (("ppo", "sft"), ("ppo", "shared"), ("rloo", "reward"), ("remax", "reward")):
     cfg = tiny_ppo.copy_and_resolve_references()
-    cfg.update(dict(critic=critic, init_from=str(upstream / "sft"), reward_from=str(upstream / "reward")))
+    cfg.update(dict(algo=algo, critic=critic, init_from=str(upstream / "sft"), reward_from=str(upstream / "reward")))
     cfg.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2))
-    cfg.ppo.accum_steps = 2
-    summary = stages.run(cfg, str(tmp_path / critic))
+    cfg.rl.accum_steps = 2
+    workdir = tmp_path / f"{algo}_{critic}"
+    summary = stages.run(cfg, str(workdir))
     assert summary["step"] == 2 and summary["eval/kl"] == summary["eval/kl"]
-    saved = set(os.listdir(tmp_path / critic / "checkpoints" / "2"))
-    assert {"policy", "policy_opt"} <= saved and ("value" in saved) == (critic != "shared")
-    heads = json.load(open(tmp_path / critic / "model.json"))["heads"]
-    assert heads == (["value"] if critic == "shared" else [])
+    saved = set(os.listdir(workdir / "checkpoints" / "2"))
+    assert {"policy", "policy_opt", "baseline"} <= saved
+    assert ("value" in saved) == (algo == "ppo" and critic != "shared")
+    heads = json.load(open(workdir / "model.json"))["heads"]
+    assert heads == (["value"] if (algo, critic) == ("ppo", "shared") else [])
+    train = [json.loads(line) for line in open(workdir / "metrics.jsonl") if "clip_fraction" in line]
+    assert ("value_loss" in train[-1]) == (algo == "ppo")
 
 
-def test_bad_ppo_fields_fail_before_any_upstream_stage_runs(tiny_ppo, tmp_path):
+def test_bad_rl_fields_fail_before_any_upstream_stage_runs(tiny_ppo, tmp_path):
   tiny_ppo.critic = "twin"
   with pytest.raises(UserError, match="critic='twin'"):
     stages.run(tiny_ppo, str(tmp_path))
+  tiny_ppo.critic, tiny_ppo.algo = "reward", "a2c"
+  with pytest.raises(UserError, match="algo='a2c'"):
+    stages.run(tiny_ppo, str(tmp_path))
+  tiny_ppo.algo, tiny_ppo.rl.samples_per_prompt = "rloo", 1
+  with pytest.raises(UserError, match="samples_per_prompt must be >= 2"):
+    stages.run(tiny_ppo, str(tmp_path))
+  tiny_ppo.algo, tiny_ppo.rl.samples_per_prompt = "ppo", 0
   tiny_ppo.critic = "shared"
-  tiny_ppo.ppo.accum_steps = 3
-  with pytest.raises(UserError, match="multiple of ppo.minibatches x ppo.accum_steps = 6"):
+  tiny_ppo.rl.accum_steps = 3
+  with pytest.raises(UserError, match="rl.minibatches x rl.accum_steps = 6"):
     stages.run(tiny_ppo, str(tmp_path))
   assert not os.path.exists(tmp_path / "upstream")

@@ -11,7 +11,7 @@ import pytest
 
 from rlhf_jax.algorithms.kl import init_kl_controller
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training.ppo_steps import PPOConfig, ppo_iteration
+from rlhf_jax.training.rl_steps import ALGO_DEFAULTS, RLConfig, rl_iteration
 from rlhf_jax.training.rl_state import RLState
 from tests.conftest import small_model
 
@@ -22,33 +22,34 @@ def init(model, seed):
   return nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))["params"])
 
 
-def setup(lr=3e-3, shared_critic=False, **cfg_overrides):
-  """A small policy and critic (or, shared, one model with a value head), a state and a jitted step."""
+def setup(lr=3e-3, algo="ppo", shared_critic=False, **cfg_overrides):
+  """A small policy, a critic as `algo` and `shared_critic` say, a state, a jitted step, 32 responses' prompts."""
   tx = lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr, eps=1e-5))
-  if shared_critic:
-    policy, critic = Transformer(small_model(vocab_size=VOCAB, heads=("value",))), None
-    policy_tx, value_tx, params, value_params = tx(), None, init(policy, 0), None
-  else:
-    policy, critic = Transformer(small_model(vocab_size=VOCAB)), Transformer(small_model(vocab_size=VOCAB,
-                                                                                        heads=("value",)))
-    policy_tx, value_tx, params, value_params = tx(), tx(), init(policy, 0), init(critic, 1)
+  policy = Transformer(small_model(vocab_size=VOCAB, heads=("value",) if shared_critic else ()))
+  separate = algo == "ppo" and not shared_critic
+  critic = Transformer(small_model(vocab_size=VOCAB, heads=("value",))) if separate else None
+  policy_tx, value_tx = tx(), (tx() if critic else None)
+  params, value_params = init(policy, 0), (init(critic, 1) if critic else None)
   reward_params = {"w": jnp.arange(3.0)}  # stands in for a frozen reward model
   state = RLState(step=jnp.int32(0), policy=params, policy_opt=policy_tx.init(params), value=value_params,
                   value_opt=value_tx.init(value_params) if value_tx else None, ref=jax.tree.map(jnp.copy, params),
-                  reward=reward_params, kl=init_kl_controller(0.01), rng=jax.random.key(2))
-  cfg = PPOConfig(max_new_tokens=8, eos_id=EOS, pad_id=PAD, temperature=1.0, minibatches=2,
-                  penalise_no_eos=False, **cfg_overrides)
+                  reward=reward_params, kl=init_kl_controller(0.01), baseline=jnp.float32(0.0),
+                  rng=jax.random.key(2))
+  fields = {**ALGO_DEFAULTS[algo], "minibatches": 2 if algo == "ppo" else 1, **cfg_overrides}
+  cfg = RLConfig(max_new_tokens=8, eos_id=EOS, pad_id=PAD, algo=algo, temperature=1.0, penalise_no_eos=False,
+                 **fields)
   target_fraction = lambda state, tokens, mask, out: jnp.sum((out.tokens == TARGET) * out.mask, 1) / jnp.maximum(
       jnp.sum(out.mask, 1), 1)
-  step = jax.jit(functools.partial(ppo_iteration, policy=policy, critic=critic, policy_tx=policy_tx,
+  step = jax.jit(functools.partial(rl_iteration, policy=policy, critic=critic, policy_tx=policy_tx,
                                    value_tx=value_tx, score_fn=target_fraction, cfg=cfg))
-  prompts = jnp.asarray(np.random.default_rng(0).integers(0, 13, (32, 4)), jnp.int32)
+  prompts = jnp.asarray(np.random.default_rng(0).integers(0, 13, (32 // cfg.samples_per_prompt, 4)), jnp.int32)
   return state, step, prompts
 
 
-@pytest.mark.parametrize("shared_critic", [False, True])
-def test_ppo_raises_a_programmatic_reward(shared_critic):
-  state, step, prompts = setup(shared_critic=shared_critic)
+@pytest.mark.parametrize("algo,shared_critic", [("ppo", False), ("ppo", True), ("reinforce", False),
+                                                ("rloo", False), ("grpo", False), ("remax", False)])
+def test_each_algorithm_raises_a_programmatic_reward(algo, shared_critic):
+  state, step, prompts = setup(algo=algo, shared_critic=shared_critic)
   scores = []
   for _ in range(15):
     state, metrics = step(state, prompts, jnp.ones_like(prompts))
@@ -56,6 +57,22 @@ def test_ppo_raises_a_programmatic_reward(shared_critic):
   assert np.mean(scores[-3:]) > np.mean(scores[:3]) + 0.2, scores
   assert float(metrics["kl"]) > 0 and 0 <= float(metrics["clip_fraction"]) <= 1
   assert int(state.step) == 15
+  assert ("explained_variance" in metrics) == (algo == "ppo")
+
+
+def test_grpo_with_the_kl_as_a_loss_term():
+  state, step, prompts = setup(algo="grpo", kl_in_loss=True)
+  for _ in range(3):
+    state, metrics = step(state, prompts, jnp.ones_like(prompts))
+  # The reward carries no KL penalty then; the k3 term is in the loss instead.
+  assert float(metrics["non_score_reward"]) == 0.0 and float(metrics["kl_loss"]) > 0
+
+
+def test_reinforce_baseline_tracks_the_mean_return():
+  state, step, prompts = setup(algo="reinforce", baseline_decay=0.5)
+  state, metrics = step(state, prompts, jnp.ones_like(prompts))
+  # From 0, one update of the moving average: 0.5 * 0 + 0.5 * mean(score - kl penalty).
+  np.testing.assert_allclose(state.baseline, 0.5 * (metrics["score"] + metrics["non_score_reward"]), rtol=1e-5)
 
 
 def test_frozen_params_are_bit_identical_after_updates():

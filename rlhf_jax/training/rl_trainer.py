@@ -1,12 +1,14 @@
-"""The PPO stage: policy from the SFT run, critic and frozen scorer from the reward run.
+"""The RL stage (named "ppo" after its default algorithm): policy from the SFT run, scorer
+(and PPO's critic) from the reward run.
 
-The policy and the frozen reference both start as the SFT params. `critic` picks the value
-function: "reward" (default) a separate model started from the reward model, its reward head
-becoming the value head; "sft" a separate model started from the SFT policy with a fresh
-value head; "shared" a value head on the policy backbone. The reward model scores responses,
-normalised by the gain and bias the reward stage measured on SFT samples. Each iteration is
-one compiled `ppo_iteration`; evaluation compares the policy with the reference on held-out
-prompts by the gold judge, the proxy reward and the KL between them.
+The policy and the frozen reference both start as the SFT params. `algo` picks PPO or a
+critic-free method (see rl_steps). For PPO, `critic` picks the value function: "reward"
+(default) a separate model started from the reward model, its reward head becoming the value
+head; "sft" a separate model started from the SFT policy with a fresh value head; "shared" a
+value head on the policy backbone. The reward model scores responses, normalised by the gain
+and bias the reward stage measured on SFT samples. Each iteration is one compiled
+`rl_iteration`; evaluation compares the policy with the reference on held-out prompts by the
+gold judge, the proxy reward and the KL between them.
 """
 
 import dataclasses
@@ -30,34 +32,59 @@ from rlhf_jax.training import setup
 from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.lm_trainer import encode_prompts, prompt_rng, write_samples_file
 from rlhf_jax.training.optim import make_optimizer
-from rlhf_jax.training.ppo_steps import PPOConfig, ppo_iteration, response_logprobs
+from rlhf_jax.training.rl_steps import ALGO_DEFAULTS, ALGOS, RLConfig, response_logprobs, rl_iteration
 from rlhf_jax.training.reward_steps import sequence_rewards
 from rlhf_jax.training.rl_state import RLState
 from rlhf_jax.training.steps import jit_sampler
 from rlhf_jax.workdir import RunDir
 
-RL_ITEMS = ("policy", "policy_opt", "value", "value_opt", "kl", "rng")
+RL_ITEMS = ("policy", "policy_opt", "value", "value_opt", "kl", "baseline", "rng")
+REDUCTIONS = ("token", "sequence", "sequence_mean")
 CRITICS = ("reward", "sft", "shared")
 
 
 @dataclasses.dataclass
 class Models:
   policy: Transformer
-  critic: Transformer | None  # None: the value head is on the policy backbone
+  critic: Transformer | None  # None: a value head on the policy backbone, or no critic
   scorer: Transformer
 
 
+def rl_fields(cfg) -> dict:
+  """`cfg.rl` with the fields left at 0 / "" taken from the algorithm's defaults."""
+  fields = dict(cfg.rl)
+  for key, default in ALGO_DEFAULTS[cfg.algo].items():
+    if fields[key] in (0, ""):
+      fields[key] = default
+  return fields
+
+
 def check_config(cfg) -> None:
+  """The RL fields that need no data, checked before any stage runs."""
+  if cfg.algo not in ALGOS:
+    raise UserError(f"algo={cfg.algo!r}: choose one of {', '.join(ALGOS)}")
   if cfg.critic not in CRITICS:
     raise UserError(f"critic={cfg.critic!r}: choose one of {', '.join(CRITICS)}")
-  per_update = cfg.ppo.minibatches * cfg.ppo.accum_steps
-  if cfg.data.batch_size % per_update:
-    raise UserError(f"data.batch_size={cfg.data.batch_size} must be a multiple of ppo.minibatches x "
-                    f"ppo.accum_steps = {per_update}")
+  rl = rl_fields(cfg)
+  if rl["loss_reduction"] not in REDUCTIONS:
+    raise UserError(f"rl.loss_reduction={rl['loss_reduction']!r}: choose one of {', '.join(REDUCTIONS)}")
+  k = rl["samples_per_prompt"]
+  if cfg.algo in ("rloo", "grpo") and k < 2:
+    raise UserError(f"algo={cfg.algo} compares samples of one prompt: rl.samples_per_prompt must be >= 2")
+  per_update = rl["minibatches"] * rl["accum_steps"]
+  if cfg.data.batch_size % k or cfg.data.batch_size % per_update:
+    raise UserError(f"data.batch_size={cfg.data.batch_size} (responses) must be a multiple of "
+                    f"rl.samples_per_prompt = {k} and of rl.minibatches x rl.accum_steps = {per_update}")
+
+
+def separate_critic(cfg) -> bool:
+  return cfg.algo == "ppo" and cfg.critic != "shared"
 
 
 def make_models(cfg, policy_cfg: ModelConfig, reward_cfg: ModelConfig) -> Models:
   with_value = lambda c: dataclasses.replace(c, heads=("value",))
+  if cfg.algo != "ppo":
+    return Models(Transformer(policy_cfg), None, Transformer(reward_cfg))
   if cfg.critic == "shared":
     return Models(Transformer(with_value(policy_cfg)), None, Transformer(reward_cfg))
   critic_cfg = reward_cfg if cfg.critic == "reward" else policy_cfg
@@ -68,8 +95,10 @@ def make_optimizers(cfg):
   """(policy_tx, value_tx). Shared critic: one optimizer, the value head at the value lr."""
   policy_tx = make_optimizer(cfg.optim, cfg.train.num_steps)
   value_tx = make_optimizer(cfg.value_optim, cfg.train.num_steps)
-  if cfg.critic != "shared":
+  if separate_critic(cfg):
     return policy_tx, value_tx
+  if cfg.algo != "ppo":
+    return policy_tx, None
   labels = lambda params: {k: "value" if k == "value_head" else "policy" for k in params}
   return optax.multi_transform({"policy": policy_tx, "value": value_tx}, labels), None
 
@@ -86,7 +115,7 @@ def run(cfg, workdir: str) -> dict:
   prompts = {split: _prompts(cfg, tokenizer, split) for split in ("train", "eval")}
   run_dir.record_config(cfg)
   setup.save_run_files(run_dir, tokenizer, models.policy.cfg)
-  ppo_cfg = ppo_config(cfg, tokenizer)
+  rl_cfg = rl_config(cfg, tokenizer)
   policy_tx, value_tx = make_optimizers(cfg)
   state = initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules)
   shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -97,12 +126,12 @@ def run(cfg, workdir: str) -> dict:
   norm = reward_run.read_json("summary.json")
   score_fn = functools.partial(proxy_scores, scorer=models.scorer, gain=norm["reward_gain"],
                                bias=norm["reward_bias"])
-  iteration = jax.jit(functools.partial(ppo_iteration, policy=models.policy, critic=models.critic,
-                                        policy_tx=policy_tx, value_tx=value_tx, score_fn=score_fn, cfg=ppo_cfg),
+  iteration = jax.jit(functools.partial(rl_iteration, policy=models.policy, critic=models.critic,
+                                        policy_tx=policy_tx, value_tx=value_tx, score_fn=score_fn, cfg=rl_cfg),
                       donate_argnums=0)
   train_step = lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
-  next_batch = lambda step: prompt_batch(prompts["train"], step, cfg.data.batch_size)
-  evaluate = PPOEvaluator(cfg, run_dir, models, prompts["eval"], tokenizer, score_fn, ppo_cfg)
+  next_batch = lambda step: prompt_batch(prompts["train"], step, cfg.data.batch_size // rl_cfg.samples_per_prompt)
+  evaluate = RLEvaluator(cfg, run_dir, models, prompts["eval"], tokenizer, score_fn, rl_cfg)
   summary = Loop(cfg.train, run_dir, train_step, next_batch, evaluate, checkpointer, items).train(state)
   run_dir.write_json("summary.json", summary)
   return summary
@@ -111,13 +140,13 @@ def run(cfg, workdir: str) -> dict:
 def _reward_run(cfg) -> RunDir:
   reward_run = RunDir(cfg.reward_from) if cfg.reward_from else None
   if reward_run is None or not reward_run.finished:
-    raise UserError(f"reward_from={cfg.reward_from!r}: the PPO stage needs a finished reward run")
+    raise UserError(f"reward_from={cfg.reward_from!r}: the RL stage needs a finished reward run")
   return reward_run
 
 
-def ppo_config(cfg, tokenizer) -> PPOConfig:
-  return PPOConfig(max_new_tokens=cfg.sample.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                   temperature=cfg.sample.temperature, **dict(cfg.ppo))
+def rl_config(cfg, tokenizer) -> RLConfig:
+  return RLConfig(max_new_tokens=cfg.sample.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                  algo=cfg.algo, temperature=cfg.sample.temperature, **rl_fields(cfg))
 
 
 def initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) -> RLState:
@@ -131,14 +160,14 @@ def initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, r
 
   policy = load(models.policy, sft_run)
   value = None
-  if cfg.critic == "reward":
+  if separate_critic(cfg) and cfg.critic == "reward":
     value = load(models.critic, reward_run, {"reward_head": "value_head"})
-  elif cfg.critic == "sft":
+  elif separate_critic(cfg):
     value = load(models.critic, sft_run)
   return RLState(step=jnp.zeros((), jnp.int32), policy=policy, policy_opt=policy_tx.init(policy), value=value,
                  value_opt=value_tx.init(value) if value_tx else None, ref=jax.tree.map(jnp.copy, policy),
                  reward=load(models.scorer, reward_run), kl=init_kl_controller(cfg.kl_coef),
-                 rng=jax.random.PRNGKey(cfg.seed))
+                 baseline=jnp.zeros((), jnp.float32), rng=jax.random.PRNGKey(cfg.seed))
 
 
 def proxy_scores(state: RLState, tokens, mask, sampled, *, scorer, gain: float, bias: float):
@@ -164,7 +193,7 @@ def prompt_batch(prompts, step: int, batch_size: int) -> dict:
 
 
 @dataclasses.dataclass
-class PPOEvaluator:
+class RLEvaluator:
   """Policy vs reference on held-out prompts: gold reward, proxy reward, KL, length, samples."""
   cfg: object
   run_dir: RunDir
@@ -172,17 +201,17 @@ class PPOEvaluator:
   prompts: object
   tokenizer: object
   score_fn: object
-  ppo_cfg: PPOConfig
+  rl_cfg: RLConfig
 
   def __post_init__(self):
-    self.sampler = jit_sampler(self.models.policy, self.ppo_cfg.max_new_tokens, self.tokenizer)
+    self.sampler = jit_sampler(self.models.policy, self.rl_cfg.max_new_tokens, self.tokenizer)
     self.scored = jax.jit(self._score)
 
   def _score(self, state, params, prompts, mask, rng):
-    out = self.sampler(params, prompts, mask, rng, SamplingParams.make(self.ppo_cfg.temperature))
+    out = self.sampler(params, prompts, mask, rng, SamplingParams.make(self.rl_cfg.temperature))
     tokens = jnp.concatenate([prompts, out.tokens], 1)
     full_mask = jnp.concatenate([mask, out.mask], 1)
-    p, t = prompts.shape[1], self.ppo_cfg.temperature
+    p, t = prompts.shape[1], self.rl_cfg.temperature
     logratio = (response_logprobs(self.models.policy, state.policy, tokens, full_mask, p, t)
                 - response_logprobs(self.models.policy, state.ref, tokens, full_mask, p, t))
     kl = jnp.sum(logratio * out.mask, axis=1)
@@ -201,6 +230,7 @@ class PPOEvaluator:
                       f"eval/{name}response_length": float(out.mask.sum(1).mean())})
       if not name:
         metrics["eval/kl"] = float(np.mean(kl))
-    lines = [f"{p!r}\n  sft: {r!r}\n  ppo: {c!r}" for p, r, c in zip(self.prompts.texts, texts["ref_"], texts[""])]
+    algo = self.cfg.algo
+    lines = [f"{p!r}\n  sft: {r!r}\n  {algo}: {c!r}" for p, r, c in zip(self.prompts.texts, texts["ref_"], texts[""])]
     write_samples_file(self.run_dir, step, lines[:self.cfg.sample.num_prompts])
     return {**metrics, "samples": "\n\n".join(lines[:self.cfg.sample.num_prompts])}
