@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",
     "tqdm>=4.66",
     "vaderSentiment>=3.3",  # the gold sentiment judge; ships its lexicon, no download
+    "matplotlib>=3.8",  # the sweep aggregator's plots
 ]
 
 EXTRAS = {

@@ -12,7 +12,7 @@ import os
 from absl import logging
 
 from rlhf_jax.errors import UserError
-from rlhf_jax.training import lm_trainer, reward_trainer, rl_trainer
+from rlhf_jax.training import dpo_trainer, lm_trainer, reward_trainer, rl_trainer
 from rlhf_jax.workdir import RunDir
 
 RUNNERS = {
@@ -20,9 +20,10 @@ RUNNERS = {
     "sft": lm_trainer.run,
     "reward": reward_trainer.run,
     "ppo": rl_trainer.run,
+    "dpo": dpo_trainer.run,
 }
 # Checks of a stage's fields that need no data, run for every stage before any starts.
-CHECKS = {"ppo": rl_trainer.check_config}
+CHECKS = {"ppo": rl_trainer.check_config, "dpo": dpo_trainer.check_config}
 
 
 def run(config, workdir: str) -> dict:

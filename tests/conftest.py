@@ -80,3 +80,13 @@ def run_until_crash(run, monkeypatch, step: int) -> None:
       run()
   finally:
     monkeypatch.setattr(MetricsLog, "write", original)
+
+
+@pytest.fixture
+def tiny_dpo(tiny_reward):
+  from configs import dpo
+  config = shrink(dpo.get_config("tiny"), steps=4)
+  config.upstream.reward = tiny_reward
+  config.update(dict(eval_prompts=8, max_prompt_len=24))
+  config.sample.max_new_tokens = 16
+  return config

@@ -118,12 +118,13 @@ def eval_batches(data: Batcher, max_batches: int):
 class PreferenceData(Batcher):
   """(prompt, chosen, rejected) rows as two right-padded sequences: BOS prompt response EOS.
 
-  The reward model reads its score at the last real token (the EOS).
+  The reward model reads its score at the last real token (the EOS); DPO sums the log-probs
+  of the tokens `*_response` marks (the response and its EOS).
   """
 
   def __init__(self, triples_ids, tokenizer, seq_len: int, batch_size: int, seed: int, **kwargs):
-    self.chosen = [sft_sequence(p, c, tokenizer, seq_len - 1)[0] for p, c, _ in triples_ids]
-    self.rejected = [sft_sequence(p, r, tokenizer, seq_len - 1)[0] for p, _, r in triples_ids]
+    self.chosen = [sft_sequence(p, c, tokenizer, seq_len - 1)[:2] for p, c, _ in triples_ids]
+    self.rejected = [sft_sequence(p, r, tokenizer, seq_len - 1)[:2] for p, _, r in triples_ids]
     self.seq_len, self.pad_id = seq_len, tokenizer.pad_id
     super().__init__(len(triples_ids), batch_size, seed, **kwargs)
 
@@ -132,9 +133,12 @@ class PreferenceData(Batcher):
     for name, sequences in (("chosen", self.chosen), ("rejected", self.rejected)):
       tokens = np.full((len(ids), self.seq_len), self.pad_id, np.int32)
       for row, i in enumerate(ids):
-        tokens[row, :len(sequences[i])] = sequences[i]
-      lengths = np.array([len(sequences[i]) for i in ids])[:, None]
-      batch[name], batch[f"{name}_mask"] = tokens, (np.arange(self.seq_len) < lengths).astype(np.int32)
+        tokens[row, :len(sequences[i][0])] = sequences[i][0]
+      lengths = np.array([len(sequences[i][0]) for i in ids])[:, None]
+      starts = np.array([sequences[i][1] for i in ids])[:, None]
+      positions = np.arange(self.seq_len)
+      batch[name], batch[f"{name}_mask"] = tokens, (positions < lengths).astype(np.int32)
+      batch[f"{name}_response"] = ((positions >= starts) & (positions < lengths)).astype(np.int32)
     batch["loss_mask"] = np.ones((len(ids), 1), np.int32)  # 1 per pair: eval padding zeroes it
     return batch
 

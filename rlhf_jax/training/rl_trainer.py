@@ -78,7 +78,7 @@ def check_config(cfg) -> None:
 
 
 def separate_critic(cfg) -> bool:
-  return cfg.algo == "ppo" and cfg.critic != "shared"
+  return cfg.get("algo") == "ppo" and cfg.get("critic") != "shared"
 
 
 def make_models(cfg, policy_cfg: ModelConfig, reward_cfg: ModelConfig) -> Models:
@@ -105,14 +105,14 @@ def make_optimizers(cfg):
 
 def run(cfg, workdir: str) -> dict:
   run_dir = RunDir(workdir)
-  sft_run, reward_run = setup.source_run(cfg), _reward_run(cfg)
+  sft_run, reward_run = setup.source_run(cfg), reward_run_of(cfg)
   if sft_run is None:
     raise UserError("the PPO stage starts from an SFT run: set init_from (or keep config.upstream)")
   tokenizer = setup.prepare_tokenizer(cfg, run_dir, sft_run)
   reward_cfg = ModelConfig.from_dict(reward_run.read_json("model.json"))
   models = make_models(cfg, setup.model_config(cfg, tokenizer, sft_run), reward_cfg)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
-  prompts = {split: _prompts(cfg, tokenizer, split) for split in ("train", "eval")}
+  prompts = {split: prompt_set(cfg, tokenizer, split) for split in ("train", "eval")}
   run_dir.record_config(cfg)
   setup.save_run_files(run_dir, tokenizer, models.policy.cfg)
   rl_cfg = rl_config(cfg, tokenizer)
@@ -137,10 +137,10 @@ def run(cfg, workdir: str) -> dict:
   return summary
 
 
-def _reward_run(cfg) -> RunDir:
+def reward_run_of(cfg) -> RunDir:
   reward_run = RunDir(cfg.reward_from) if cfg.reward_from else None
   if reward_run is None or not reward_run.finished:
-    raise UserError(f"reward_from={cfg.reward_from!r}: the RL stage needs a finished reward run")
+    raise UserError(f"reward_from={cfg.reward_from!r}: the {cfg.stage} stage needs a finished reward run")
   return reward_run
 
 
@@ -166,7 +166,7 @@ def initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, r
     value = load(models.critic, sft_run)
   return RLState(step=jnp.zeros((), jnp.int32), policy=policy, policy_opt=policy_tx.init(policy), value=value,
                  value_opt=value_tx.init(value) if value_tx else None, ref=jax.tree.map(jnp.copy, policy),
-                 reward=load(models.scorer, reward_run), kl=init_kl_controller(cfg.kl_coef),
+                 reward=load(models.scorer, reward_run), kl=init_kl_controller(cfg.get("kl_coef", 0.0)),
                  baseline=jnp.zeros((), jnp.float32), rng=jax.random.PRNGKey(cfg.seed))
 
 
@@ -175,7 +175,7 @@ def proxy_scores(state: RLState, tokens, mask, sampled, *, scorer, gain: float, 
   return gain * sequence_rewards(state.reward, tokens, mask, model=scorer) + bias
 
 
-def _prompts(cfg, tokenizer, split: str):
+def prompt_set(cfg, tokenizer, split: str):
   """Openings of the split's documents, BOS first, left-padded to one width."""
   docs = sources.load_documents(cfg.data, split)
   count = cfg.eval_prompts if split == "eval" else len(docs)

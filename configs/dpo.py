@@ -1,0 +1,38 @@
+"""DPO (and IPO, conservative DPO) on the reward stage's preference pairs, against the frozen SFT policy.
+
+  python -m rlhf_jax.main --config=configs/dpo.py:tiny --workdir=runs/dpo
+  python -m rlhf_jax.main --config=configs/dpo.py:tiny --workdir=runs/ipo --config.dpo.loss=ipo
+
+With `init_from`/`reward_from` empty, the upstream stages (pretrain -> SFT -> reward model)
+first run, or are reused when finished, under WORKDIR/upstream/. The reward run supplies the
+pairs it was trained on (`preference.source=generated`) and, for evaluation only, the proxy
+reward; the gold judge and KL to the reference are measured as in the RL stage.
+"""
+
+import ml_collections
+
+from configs import common
+from configs import reward
+
+
+def get_config(preset: str = "tiny"):
+  c = common.base_config("dpo", preset)
+  small = preset != "gpt2_small"
+  c.algo = "dpo"  # names the method in samples, reports and sweep results
+  c.reward_from = ""  # a finished reward run; "" = the upstream one
+  c.judge = "vader"
+  c.eval_prompts = 64
+  c.max_prompt_len = 16  # tokens
+  # beta 0.1 and the sigmoid loss are the DPO paper's defaults; label_smoothing > 0 with
+  # loss=conservative is cDPO; loss=ipo is Azar et al.'s squared loss.
+  c.dpo = ml_collections.ConfigDict(dict(beta=0.1, loss="sigmoid", label_smoothing=0.0))
+  c.preference = reward.get_config(preset).preference
+  c.data.batch_size = 32 if small else 64  # pairs per step
+  c.sample.max_new_tokens = 80 if small else 256
+  c.optim.update(dict(lr=1e-4 if small else 5e-7, warmup_steps=10 if small else 150, final_lr_ratio=1.0,
+                      weight_decay=0.0))
+  c.train.update(dict(num_steps=64 if small else 2000, log_every=8 if small else 50,
+                      eval_every=32 if small else 500, checkpoint_every=32 if small else 500, eval_batches=8))
+  c.upstream = {"reward": reward.get_config(preset)}
+  c.upstream_paths = {"init_from": "sft", "reward_from": "reward"}
+  return c

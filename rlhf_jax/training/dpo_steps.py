@@ -1,0 +1,82 @@
+"""DPO's compiled steps: the policy against the frozen reference on preference pairs.
+
+The state is the RL one (`RLState`): the policy and its optimizer state, the frozen reference
+and reward model; DPO has no critic. The reference's log-probs are computed in the step,
+outside the differentiated function, so no gradient reaches it.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlhf_jax import sharding
+from rlhf_jax.algorithms import dpo
+from rlhf_jax.algorithms.masked import masked_sum
+from rlhf_jax.training.rl_state import RLState
+from rlhf_jax.training.rl_steps import token_logprobs
+from rlhf_jax.training.steps import accumulate_gradients
+
+
+def response_logps(model, params, tokens, mask, response) -> jax.Array:
+  """sum_t log p(x_t | x_<t) over the tokens `response` marks, [batch]."""
+  logits = model.apply({"params": params}, tokens, mask).logits[:, :-1]
+  return masked_sum(token_logprobs(logits, tokens[:, 1:]), response[:, 1:], axis=1)
+
+
+def pair_logps(model, params, batch):
+  """(chosen, rejected) response log-probs, from one forward pass over both."""
+  both = {k: jnp.concatenate([batch[f"chosen{k}"], batch[f"rejected{k}"]]) for k in ("", "_mask", "_response")}
+  return jnp.split(response_logps(model, params, both[""], both["_mask"], both["_response"]), 2)
+
+
+def pair_loss(params, batch, *, model, cfg, normalizer):
+  """Summed pair metrics; the loss is their mean over the whole batch's `normalizer` pairs."""
+  chosen, rejected = pair_logps(model, params, batch)
+  h = dpo.logratio_margin(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"])
+  weight = batch["loss_mask"][:, 0].astype(jnp.float32)
+  losses = dpo.preference_losses(h, cfg.beta, cfg.loss, cfg.label_smoothing)
+  sums = {"nll": jnp.sum(losses * weight), "correct": jnp.sum((h > 0) * weight), "pairs": jnp.sum(weight),
+          "margin": jnp.sum(cfg.beta * h * weight),
+          "chosen_reward": jnp.sum(cfg.beta * (chosen - batch["ref_chosen"]) * weight),
+          "rejected_reward": jnp.sum(cfg.beta * (rejected - batch["ref_rejected"]) * weight)}
+  return sums["nll"] / normalizer, sums
+
+
+def with_reference(state: RLState, batch, model):
+  ref_chosen, ref_rejected = pair_logps(model, state.ref, batch)
+  return {**batch, "ref_chosen": ref_chosen, "ref_rejected": ref_rejected}
+
+
+def averages(sums) -> dict:
+  """Per-pair means: accuracy (h > 0), beta * margin, implicit rewards of chosen and rejected."""
+  pairs = jnp.maximum(sums["pairs"], 1.0)
+  return {"loss": sums["nll"] / pairs, "accuracy": sums["correct"] / pairs, "margin": sums["margin"] / pairs,
+          "chosen_reward": sums["chosen_reward"] / pairs, "rejected_reward": sums["rejected_reward"] / pairs}
+
+
+def dpo_train_step(state: RLState, batch: dict, *, model, tx, cfg, accum_steps: int):
+  batch = with_reference(state, batch, model)
+  normalizer = jnp.maximum(jnp.sum(batch["loss_mask"][:, 0]), 1).astype(jnp.float32)
+  loss_fn = functools.partial(pair_loss, model=model, cfg=cfg, normalizer=normalizer)
+  grads, sums = accumulate_gradients(loss_fn, state.policy, batch, accum_steps)
+  updates, policy_opt = tx.update(grads, state.policy_opt, state.policy)
+  state = state.replace(step=state.step + 1, policy=optax.apply_updates(state.policy, updates),
+                        policy_opt=policy_opt)
+  return state, {**averages(sums), "grad_norm": optax.tree.norm(grads)}
+
+
+def dpo_eval_step(state: RLState, batch: dict, *, model, cfg) -> dict:
+  """Summed metrics of held-out pairs, so the host averages exactly over batches."""
+  return pair_loss(state.policy, with_reference(state, batch, model), model=model, cfg=cfg, normalizer=1.0)[1]
+
+
+def compile_dpo_steps(model, tx, cfg, state_shardings, mesh):
+  """(train, eval) jitted once: batches split over the data axes, the state donated in training."""
+  data, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  train_fn = functools.partial(dpo_train_step, model=model, tx=tx, cfg=cfg.dpo, accum_steps=cfg.optim.accum_steps)
+  train = jax.jit(train_fn, in_shardings=(state_shardings, data), out_shardings=(state_shardings, repl), donate_argnums=0)
+  evaluate = jax.jit(functools.partial(dpo_eval_step, model=model, cfg=cfg.dpo), in_shardings=(state_shardings, data),
+                     out_shardings=repl)
+  return train, evaluate

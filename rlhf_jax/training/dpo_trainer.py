@@ -1,0 +1,104 @@
+"""The DPO stage: the SFT policy trained on preference pairs against its frozen copy.
+
+The pairs are the reward stage's (`reward_from`): with `preference.source=generated` the very
+pairs the reward model learnt from (preferences_{train,eval}.jsonl), so DPO and RLHF see the
+same data, as in the DPO paper's sentiment experiment; any other source loads as in the
+reward stage. Evaluation is the RL stage's (gold reward, proxy reward from the reward run's
+model, KL to the reference, samples) plus held-out pair accuracy and margin.
+"""
+
+import dataclasses
+import functools
+import json
+
+import jax
+import numpy as np
+
+from rlhf_jax import sharding
+from rlhf_jax.algorithms.dpo import LOSSES
+from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.data import batches, preferences
+from rlhf_jax.errors import UserError
+from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.training import rl_trainer, setup
+from rlhf_jax.training.dpo_steps import averages, compile_dpo_steps
+from rlhf_jax.training.loop import Loop
+from rlhf_jax.training.optim import make_optimizer
+from rlhf_jax.training.reward_trainer import encode_triples
+from rlhf_jax.workdir import RunDir
+
+DPO_ITEMS = ("policy", "policy_opt", "rng")
+
+
+def check_config(cfg) -> None:
+  if cfg.dpo.loss not in LOSSES:
+    raise UserError(f"dpo.loss={cfg.dpo.loss!r}: choose one of {', '.join(LOSSES)}")
+  if cfg.dpo.beta <= 0:
+    raise UserError(f"dpo.beta={cfg.dpo.beta} must be > 0")
+
+
+def run(cfg, workdir: str) -> dict:
+  run_dir = RunDir(workdir)
+  sft_run, reward_run = setup.source_run(cfg), rl_trainer.reward_run_of(cfg)
+  if sft_run is None:
+    raise UserError("the DPO stage starts from an SFT run: set init_from (or keep config.upstream)")
+  tokenizer = setup.prepare_tokenizer(cfg, run_dir, sft_run)
+  reward_cfg = ModelConfig.from_dict(reward_run.read_json("model.json"))
+  models = rl_trainer.Models(Transformer(setup.model_config(cfg, tokenizer, sft_run)), None, Transformer(reward_cfg))
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  data = {split: batches.PreferenceData(encode_triples(pairs_of(cfg, reward_run, split), tokenizer), tokenizer,
+                                        cfg.data.seq_len, cfg.data.batch_size, cfg.seed, shuffle=split == "train",
+                                        process_index=jax.process_index(), process_count=jax.process_count())
+          for split in ("train", "eval")}
+  prompts = rl_trainer.prompt_set(cfg, tokenizer, "eval")
+  run_dir.record_config(cfg)
+  setup.save_run_files(run_dir, tokenizer, models.policy.cfg)
+  tx = make_optimizer(cfg.optim, cfg.train.num_steps)
+  state = rl_trainer.initial_state(cfg, models, sft_run, reward_run, tx, None, mesh, rules)
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  checkpointer = Checkpointer(run_dir.file("checkpoints"), DPO_ITEMS, cfg.train.keep_checkpoints)
+  restored = setup.resume(state, shardings, checkpointer, DPO_ITEMS)
+  state = restored if restored is not None else state
+  train, evaluate_pairs = compile_dpo_steps(models.policy, tx, cfg, shardings, mesh)
+  norm = reward_run.read_json("summary.json")
+  score_fn = functools.partial(rl_trainer.proxy_scores, scorer=models.scorer, gain=norm["reward_gain"],
+                               bias=norm["reward_bias"])
+  rl_cfg = rl_trainer.RLConfig(max_new_tokens=cfg.sample.max_new_tokens, eos_id=tokenizer.eos_id,
+                               pad_id=tokenizer.pad_id, temperature=cfg.sample.temperature)
+  policy_eval = rl_trainer.RLEvaluator(cfg, run_dir, models, prompts, tokenizer, score_fn, rl_cfg)
+  evaluate = DPOEvaluator(policy_eval, evaluate_pairs, data["eval"], cfg.train.eval_batches, mesh)
+  next_batch = lambda step: sharding.put_batch(data["train"].batch(step), mesh)
+  summary = Loop(cfg.train, run_dir, train, next_batch, evaluate, checkpointer, DPO_ITEMS).train(state)
+  run_dir.write_json("summary.json", summary)
+  return summary
+
+
+def pairs_of(cfg, reward_run: RunDir, split: str) -> list:
+  """The reward run's generated pairs, or the configured preference source's."""
+  if cfg.preference.source != "generated":
+    return [dict(zip(("prompt", "chosen", "rejected"), t)) for t in preferences.load_pairs(cfg.preference, split)]
+  path = reward_run.file(f"preferences_{split}.jsonl")
+  try:
+    with open(path) as f:
+      return [json.loads(line) for line in f]
+  except FileNotFoundError:
+    raise UserError(f"{path}: the reward run has no generated pairs; set preference.source") from None
+
+
+@dataclasses.dataclass
+class DPOEvaluator:
+  """The RL evaluation of the policy, plus its held-out pair accuracy and margin."""
+  policy_eval: rl_trainer.RLEvaluator
+  evaluate_pairs: object
+  data: batches.PreferenceData
+  max_batches: int
+  mesh: object
+
+  def __call__(self, state, step: int) -> dict:
+    sums = None
+    for batch in batches.eval_batches(self.data, self.max_batches):
+      out = jax.device_get(self.evaluate_pairs(state, sharding.put_batch(batch, self.mesh)))
+      sums = out if sums is None else {k: sums[k] + out[k] for k in out}
+    pair_metrics = {f"eval/pair_{k}": float(v) for k, v in averages({k: np.float32(v) for k, v in sums.items()}).items()}
+    return {**self.policy_eval(state, step), **pair_metrics}
