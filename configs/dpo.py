@@ -29,7 +29,9 @@ def get_config(preset: str = "tiny"):
   c.preference = reward.get_config(preset).preference
   c.data.batch_size = 32 if small else 64  # pairs per step
   c.sample.max_new_tokens = 80 if small else 256
-  c.optim.update(dict(lr=1e-4 if small else 5e-7, warmup_steps=10 if small else 150, final_lr_ratio=1.0,
+  # Measured on tiny (64 steps, one pass over the 2048 pairs): lr 1e-4 reached gold 0.80 at KL
+  # 10.5 with broken words; 3e-5 gives 0.72 at KL 2.1 with fluent text.
+  c.optim.update(dict(lr=3e-5 if small else 5e-7, warmup_steps=10 if small else 150, final_lr_ratio=1.0,
                       weight_decay=0.0))
   c.train.update(dict(num_steps=64 if small else 2000, log_every=8 if small else 50,
                       eval_every=32 if small else 500, checkpoint_every=32 if small else 500, eval_batches=8))
