@@ -26,12 +26,13 @@ class Loop:
   evaluate: Callable  # (state, step) -> metrics (host floats)
   checkpointer: Checkpointer
   items: tuple = setup.STATE_ITEMS  # the state fields a checkpoint holds
+  open_log: Callable = MetricsLog  # (run_dir, start_step, num_steps) -> a MetricsLog-like writer
 
   def train(self, state) -> dict:
     """Trains to train_cfg.num_steps; returns the final eval metrics."""
     t = self.train_cfg
     start = int(jax.device_get(state.step))
-    log = MetricsLog(self.run_dir, start, t.num_steps)
+    log = self.open_log(self.run_dir, start, t.num_steps)
     started = time.time()
     eval_metrics = {}
     try:
@@ -53,7 +54,7 @@ class Loop:
       log.close()
     return {**eval_metrics, "step": t.num_steps, "train_seconds_this_session": time.time() - started}
 
-  def _evaluate(self, state, step: int, log: MetricsLog) -> dict:
+  def _evaluate(self, state, step: int, log) -> dict:
     metrics = self.evaluate(state, step)
     texts = metrics.pop("samples", None)
     if texts:

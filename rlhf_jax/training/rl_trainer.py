@@ -11,6 +11,7 @@ and bias the reward stage measured on SFT samples. Each iteration is one compile
 gold judge, the proxy reward and the KL between them.
 """
 
+import copy
 import dataclasses
 import functools
 
@@ -28,7 +29,7 @@ from rlhf_jax.errors import UserError
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training import setup
+from rlhf_jax.training import seeds, setup
 from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.lm_trainer import encode_prompts, prompt_rng, write_samples_file
 from rlhf_jax.training.optim import make_optimizer
@@ -71,6 +72,8 @@ def check_config(cfg) -> None:
   k = rl["samples_per_prompt"]
   if cfg.algo in ("rloo", "grpo") and k < 2:
     raise UserError(f"algo={cfg.algo} compares samples of one prompt: rl.samples_per_prompt must be >= 2")
+  if cfg.vmap_seeds < 1:
+    raise UserError(f"vmap_seeds={cfg.vmap_seeds} must be >= 1")
   per_update = rl["minibatches"] * rl["accum_steps"]
   if cfg.data.batch_size % k or cfg.data.batch_size % per_update:
     raise UserError(f"data.batch_size={cfg.data.batch_size} (responses) must be a multiple of "
@@ -113,11 +116,15 @@ def run(cfg, workdir: str) -> dict:
   models = make_models(cfg, setup.model_config(cfg, tokenizer, sft_run), reward_cfg)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   prompts = {split: prompt_set(cfg, tokenizer, split) for split in ("train", "eval")}
-  run_dir.record_config(cfg)
-  setup.save_run_files(run_dir, tokenizer, models.policy.cfg)
+  seed_cfgs = [with_seed(cfg, cfg.seed + i) for i in range(cfg.vmap_seeds)]
+  seed_dirs = [RunDir(run_dir.file(f"seed_{c.seed}")) for c in seed_cfgs] if len(seed_cfgs) > 1 else []
+  for directory, directory_cfg in [(run_dir, cfg), *zip(seed_dirs, seed_cfgs)]:
+    directory.record_config(directory_cfg)
+    setup.save_run_files(directory, tokenizer, models.policy.cfg)
   rl_cfg = rl_config(cfg, tokenizer)
   policy_tx, value_tx = make_optimizers(cfg)
-  state = initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules)
+  states = [initial_state(c, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) for c in seed_cfgs]
+  state = states[0] if len(states) == 1 else seeds.stack(states)
   shardings = jax.tree.map(lambda x: x.sharding, state)
   items = tuple(name for name in RL_ITEMS if getattr(state, name) is not None)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), items, cfg.train.keep_checkpoints)
@@ -126,15 +133,32 @@ def run(cfg, workdir: str) -> dict:
   norm = reward_run.read_json("summary.json")
   score_fn = functools.partial(proxy_scores, scorer=models.scorer, gain=norm["reward_gain"],
                                bias=norm["reward_bias"])
-  iteration = jax.jit(functools.partial(rl_iteration, policy=models.policy, critic=models.critic,
-                                        policy_tx=policy_tx, value_tx=value_tx, score_fn=score_fn, cfg=rl_cfg),
-                      donate_argnums=0)
+  iteration = functools.partial(rl_iteration, policy=models.policy, critic=models.critic, policy_tx=policy_tx,
+                                value_tx=value_tx, score_fn=score_fn, cfg=rl_cfg)
+  if len(seed_cfgs) > 1:  # one program for every seed; the prompts are shared
+    axes = seeds.state_axes(state)
+    iteration = jax.vmap(iteration, in_axes=(axes, None, None), out_axes=(axes, 0))
+  iteration = jax.jit(iteration, donate_argnums=0)
   train_step = lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
   next_batch = lambda step: prompt_batch(prompts["train"], step, cfg.data.batch_size // rl_cfg.samples_per_prompt)
-  evaluate = RLEvaluator(cfg, run_dir, models, prompts["eval"], tokenizer, score_fn, rl_cfg)
-  summary = Loop(cfg.train, run_dir, train_step, next_batch, evaluate, checkpointer, items).train(state)
+  evaluator = RLEvaluator(cfg, run_dir, models, prompts["eval"], tokenizer, score_fn, rl_cfg)
+  loop = Loop(cfg.train, run_dir, train_step, next_batch, evaluator, checkpointer, items)
+  if seed_dirs:
+    loop.evaluate = seeds.SeedEvaluator([evaluator.for_seed(c, d) for c, d in zip(seed_cfgs, seed_dirs)])
+    loop.open_log = lambda _, start, num_steps: seeds.SeedLogs(seed_dirs, start, num_steps)
+  summary = loop.train(state)
+  if seed_dirs:
+    for i, directory in enumerate(seed_dirs):
+      directory.write_json("summary.json", seeds.per_seed(summary, i))
+    summary = seeds.mean_summary(summary, [c.seed for c in seed_cfgs])
   run_dir.write_json("summary.json", summary)
   return summary
+
+
+def with_seed(cfg, seed: int):
+  seeded = cfg.copy_and_resolve_references()
+  seeded.seed = seed
+  return seeded
 
 
 def reward_run_of(cfg) -> RunDir:
@@ -206,6 +230,12 @@ class RLEvaluator:
   def __post_init__(self):
     self.sampler = jit_sampler(self.models.policy, self.rl_cfg.max_new_tokens, self.tokenizer)
     self.scored = jax.jit(self._score)
+
+  def for_seed(self, cfg, run_dir: RunDir) -> "RLEvaluator":
+    """This evaluator for one seed of a vmapped run, sharing its compiled functions."""
+    evaluator = copy.copy(self)
+    evaluator.cfg, evaluator.run_dir = cfg, run_dir
+    return evaluator
 
   def _score(self, state, params, prompts, mask, rng):
     out = self.sampler(params, prompts, mask, rng, SamplingParams.make(self.rl_cfg.temperature))

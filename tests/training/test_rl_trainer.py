@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from rlhf_jax import stages
@@ -91,3 +92,25 @@ def test_bad_rl_fields_fail_before_any_upstream_stage_runs(tiny_ppo, tmp_path):
   with pytest.raises(UserError, match="rl.minibatches x rl.accum_steps = 6"):
     stages.run(tiny_ppo, str(tmp_path))
   assert not os.path.exists(tmp_path / "upstream")
+
+
+def test_vmapped_seeds_match_separate_runs_and_keep_their_own_logs(tiny_ppo, tmp_path):
+  single = stages.run(tiny_ppo.copy_and_resolve_references(), str(tmp_path / "single"))
+  upstream = tmp_path / "single" / "upstream"
+  cfg = tiny_ppo.copy_and_resolve_references()
+  cfg.update(dict(vmap_seeds=2, init_from=str(upstream / "sft"), reward_from=str(upstream / "reward")))
+  summary = stages.run(cfg, str(tmp_path / "vmapped"))
+  rows = lambda d: [json.loads(line) for line in open(d / "metrics.jsonl")]
+  seed0, seed1 = rows(tmp_path / "vmapped" / "seed_0"), rows(tmp_path / "vmapped" / "seed_1")
+  whole = rows(tmp_path / "single")
+  assert [r["step"] for r in seed0] == [r["step"] for r in whole]
+  for ours, theirs in zip(seed0, whole):  # seed 0 of the vmapped program is the single run
+    for key in ("score", "kl", "eval/gold_reward", "eval/kl"):
+      if key in theirs:
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-3, abs=1e-4), key
+  assert seed1[0]["score"] != seed0[0]["score"]  # another seed samples other responses
+  assert json.load(open(tmp_path / "vmapped" / "seed_1" / "config.json"))["seed"] == 1
+  per_seed = [json.load(open(tmp_path / "vmapped" / f"seed_{s}" / "summary.json")) for s in (0, 1)]
+  assert summary["seeds"] == [0, 1]
+  assert summary["eval/gold_reward"] == pytest.approx(np.mean([p["eval/gold_reward"] for p in per_seed]))
+  assert single["step"] == summary["step"] == 4
