@@ -133,26 +133,36 @@ def run(cfg, workdir: str) -> dict:
   norm = reward_run.read_json("summary.json")
   score_fn = functools.partial(proxy_scores, scorer=models.scorer, gain=norm["reward_gain"],
                                bias=norm["reward_bias"])
-  iteration = functools.partial(rl_iteration, policy=models.policy, critic=models.critic, policy_tx=policy_tx,
-                                value_tx=value_tx, score_fn=score_fn, cfg=rl_cfg)
-  if len(seed_cfgs) > 1:  # one program for every seed; the prompts are shared
-    axes = seeds.state_axes(state)
-    iteration = jax.vmap(iteration, in_axes=(axes, None, None), out_axes=(axes, 0))
-  iteration = jax.jit(iteration, donate_argnums=0)
+  iteration = compile_iteration(state, models, policy_tx, value_tx, score_fn, rl_cfg, vmapped=bool(seed_dirs))
   train_step = lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
   next_batch = lambda step: prompt_batch(prompts["train"], step, cfg.data.batch_size // rl_cfg.samples_per_prompt)
   evaluator = RLEvaluator(cfg, run_dir, models, prompts["eval"], tokenizer, score_fn, rl_cfg)
   loop = Loop(cfg.train, run_dir, train_step, next_batch, evaluator, checkpointer, items)
-  if seed_dirs:
-    loop.evaluate = seeds.SeedEvaluator([evaluator.for_seed(c, d) for c, d in zip(seed_cfgs, seed_dirs)])
-    loop.open_log = lambda _, start, num_steps: seeds.SeedLogs(seed_dirs, start, num_steps)
-  summary = loop.train(state)
-  if seed_dirs:
-    for i, directory in enumerate(seed_dirs):
-      directory.write_json("summary.json", seeds.per_seed(summary, i))
-    summary = seeds.mean_summary(summary, [c.seed for c in seed_cfgs])
+  summary = train_seeds(loop, state, seed_cfgs, seed_dirs) if seed_dirs else loop.train(state)
   run_dir.write_json("summary.json", summary)
   return summary
+
+
+def compile_iteration(state, models, policy_tx, value_tx, score_fn, rl_cfg, vmapped: bool):
+  """The jitted iteration (state, prompts, mask) -> (state, metrics); vmapped over the seed axis
+  of a stacked state, with the prompts shared."""
+  iteration = functools.partial(rl_iteration, policy=models.policy, critic=models.critic, policy_tx=policy_tx,
+                                value_tx=value_tx, score_fn=score_fn, cfg=rl_cfg)
+  if vmapped:
+    axes = seeds.state_axes(state)
+    iteration = jax.vmap(iteration, in_axes=(axes, None, None), out_axes=(axes, 0))
+  return jax.jit(iteration, donate_argnums=0)
+
+
+def train_seeds(loop: Loop, state, seed_cfgs, seed_dirs) -> dict:
+  """Runs `loop` on a stacked state with per-seed evaluation and logs; writes each seed's
+  summary.json and returns the run's (means over seeds)."""
+  loop.evaluate = seeds.SeedEvaluator([loop.evaluate.for_seed(c, d) for c, d in zip(seed_cfgs, seed_dirs)])
+  loop.open_log = lambda _, start, num_steps: seeds.SeedLogs(seed_dirs, start, num_steps)
+  summary = loop.train(state)
+  for i, directory in enumerate(seed_dirs):
+    directory.write_json("summary.json", seeds.per_seed(summary, i))
+  return seeds.mean_summary(summary, [c.seed for c in seed_cfgs])
 
 
 def with_seed(cfg, seed: int):

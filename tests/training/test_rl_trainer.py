@@ -94,11 +94,14 @@ def test_bad_rl_fields_fail_before_any_upstream_stage_runs(tiny_ppo, tmp_path):
   assert not os.path.exists(tmp_path / "upstream")
 
 
-def test_vmapped_seeds_match_separate_runs_and_keep_their_own_logs(tiny_ppo, tmp_path):
+def test_vmapped_seeds_match_separate_runs_keep_their_own_logs_and_resume(tiny_ppo, tmp_path, monkeypatch):
   single = stages.run(tiny_ppo.copy_and_resolve_references(), str(tmp_path / "single"))
   upstream = tmp_path / "single" / "upstream"
   cfg = tiny_ppo.copy_and_resolve_references()
   cfg.update(dict(vmap_seeds=2, init_from=str(upstream / "sft"), reward_from=str(upstream / "reward")))
+  # Killed at step 3 (after the stacked checkpoint at step 2), then resumed.
+  run_until_crash(lambda: stages.run(cfg.copy_and_resolve_references(), str(tmp_path / "vmapped")), monkeypatch,
+                  step=3)
   summary = stages.run(cfg, str(tmp_path / "vmapped"))
   rows = lambda d: [json.loads(line) for line in open(d / "metrics.jsonl")]
   seed0, seed1 = rows(tmp_path / "vmapped" / "seed_0"), rows(tmp_path / "vmapped" / "seed_1")
