@@ -97,7 +97,8 @@ def report(summary: dict, workdir: str) -> str:
   if "ppo" in summary:
     ppo = summary["ppo"]
     algo = RunDir(os.path.join(workdir, "ppo")).read_json("config.json").get("algo", "ppo")
-    lines.append(f"{algo.upper()} vs SFT by the gold judge: {ppo['eval/gold_reward'] - ppo['eval/ref_gold_reward']:+.3f} "
+    gain = ppo["eval/gold_reward"] - ppo["eval/ref_gold_reward"]
+    lines.append(f"{algo.upper()} vs SFT by the gold judge: {gain:+.3f} "
                  f"at KL {ppo['eval/kl']:.2f} nats")
     samples = sorted(glob.glob(os.path.join(workdir, "ppo", "samples", "step_*.txt")))
     if samples:

@@ -61,7 +61,8 @@ def command(run: Run, root: str, upstream_dir: str) -> list:
     # ml-collections reads a tuple field from a Python literal: ('pretrain', 'sft').
     text = repr(tuple(value)) if isinstance(value, (tuple, list)) else str(value)
     return f"--config.{field}={text}"
-  return [sys.executable, "-m", "rlhf_jax.main", f"--config={run.config}", f"--workdir={os.path.join(root, run.name)}",
+  workdir = os.path.join(root, run.name)
+  return [sys.executable, "-m", "rlhf_jax.main", f"--config={run.config}", f"--workdir={workdir}",
           *(flag(k, v) for k, v in run.overrides.items())]
 
 
@@ -116,7 +117,8 @@ def main(argv):
     return 0
   results = run_sweep(sweep, root, args.parallel, args.only)
   failed = [name for name, status, _ in results if status.startswith("failed")]
-  print(f"{len(results) - len(failed)} of {len(results)} runs ok" + (f"; failed: {', '.join(failed)}" if failed else ""))
+  print(f"{len(results) - len(failed)} of {len(results)} runs ok"
+        + (f"; failed: {', '.join(failed)}" if failed else ""))
   return 1 if failed else 0
 
 

@@ -76,7 +76,8 @@ def compile_dpo_steps(model, tx, cfg, state_shardings, mesh):
   """(train, eval) jitted once: batches split over the data axes, the state donated in training."""
   data, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   train_fn = functools.partial(dpo_train_step, model=model, tx=tx, cfg=cfg.dpo, accum_steps=cfg.optim.accum_steps)
-  train = jax.jit(train_fn, in_shardings=(state_shardings, data), out_shardings=(state_shardings, repl), donate_argnums=0)
+  train = jax.jit(train_fn, in_shardings=(state_shardings, data), out_shardings=(state_shardings, repl),
+                  donate_argnums=0)
   evaluate = jax.jit(functools.partial(dpo_eval_step, model=model, cfg=cfg.dpo), in_shardings=(state_shardings, data),
                      out_shardings=repl)
   return train, evaluate

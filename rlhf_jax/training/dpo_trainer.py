@@ -100,5 +100,5 @@ class DPOEvaluator:
     for batch in batches.eval_batches(self.data, self.max_batches):
       out = jax.device_get(self.evaluate_pairs(state, sharding.put_batch(batch, self.mesh)))
       sums = out if sums is None else {k: sums[k] + out[k] for k in out}
-    pair_metrics = {f"eval/pair_{k}": float(v) for k, v in averages({k: np.float32(v) for k, v in sums.items()}).items()}
-    return {**self.policy_eval(state, step), **pair_metrics}
+    means = averages({k: np.float32(v) for k, v in sums.items()})
+    return {**self.policy_eval(state, step), **{f"eval/pair_{k}": float(v) for k, v in means.items()}}
