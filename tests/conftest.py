@@ -31,33 +31,55 @@ def tiny_pretrain():
   return shrink(pretrain.get_config("tiny"))
 
 
-@pytest.fixture
-def tiny_sft():
+def make_tiny_sft():
   config = shrink(sft.get_config("tiny"), steps=10)
   shrink(config.upstream.pretrain)
   return config
 
 
-@pytest.fixture
-def tiny_reward(tiny_sft):
-  from configs import reward
+def make_tiny_reward():
+  from configs import reward  # pylint: disable=g-import-not-at-top
   config = shrink(reward.get_config("tiny"), steps=10)
-  config.upstream.sft = tiny_sft
+  config.upstream.sft = make_tiny_sft()
   config.preference.update(dict(train_pairs=64, eval_pairs=16, max_new_tokens=24, gen_batch=32))
   config.train.eval_batches = 2
   return config
 
 
-@pytest.fixture
-def tiny_ppo(tiny_reward):
-  from configs import ppo
+def make_tiny_ppo():
+  from configs import ppo  # pylint: disable=g-import-not-at-top
   config = shrink(ppo.get_config("tiny"), steps=4)
   config.train.log_every = 1
-  config.upstream.reward = tiny_reward
+  config.upstream.reward = make_tiny_reward()
   config.data.batch_size = 8
   config.update(dict(eval_prompts=8, max_prompt_len=24))
   config.sample.max_new_tokens = 16
   return config
+
+
+@pytest.fixture
+def tiny_sft():
+  return make_tiny_sft()
+
+
+@pytest.fixture
+def tiny_reward():
+  return make_tiny_reward()
+
+
+@pytest.fixture
+def tiny_ppo():
+  return make_tiny_ppo()
+
+
+@pytest.fixture(scope="session")
+def tiny_upstream(tmp_path_factory):
+  """One finished shrunk pretrain -> SFT -> reward chain per test process, for tests of later
+  stages that start from it (init_from / reward_from) rather than test running it."""
+  from rlhf_jax import stages  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("upstream")
+  stages.run(make_tiny_reward(), str(root / "reward"))
+  return {"init_from": str(root / "reward" / "upstream" / "sft"), "reward_from": str(root / "reward")}
 
 
 class Crash(Exception):
@@ -83,10 +105,10 @@ def run_until_crash(run, monkeypatch, step: int) -> None:
 
 
 @pytest.fixture
-def tiny_dpo(tiny_reward):
-  from configs import dpo
+def tiny_dpo():
+  from configs import dpo  # pylint: disable=g-import-not-at-top
   config = shrink(dpo.get_config("tiny"), steps=4)
-  config.upstream.reward = tiny_reward
+  config.upstream.reward = make_tiny_reward()
   config.update(dict(eval_prompts=8, max_prompt_len=24))
   config.sample.max_new_tokens = 16
   return config

@@ -9,8 +9,10 @@ from rlhf_jax import stages
 from rlhf_jax.errors import UserError
 
 
-def test_dpo_stage_trains_on_the_reward_runs_pairs_and_reports_like_rl(tiny_dpo, tmp_path):
+def test_dpo_stage_trains_on_the_reward_runs_pairs_and_reports_like_rl(tiny_dpo, tiny_upstream, tmp_path):
+  tiny_dpo.update(tiny_upstream)
   summary = stages.run(tiny_dpo, str(tmp_path))
+  assert not (tmp_path / "upstream").exists()  # it started from the given runs
   for key in ("eval/gold_reward", "eval/ref_gold_reward", "eval/proxy_reward", "eval/kl", "eval/pair_accuracy",
               "eval/pair_margin"):
     assert key in summary, key

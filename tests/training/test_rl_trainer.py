@@ -41,11 +41,10 @@ def test_full_pipeline_chains_all_four_stages_and_prints_the_report(tiny_ppo, ca
   assert "PPO vs SFT by the gold judge" in printed and "eval/accuracy" in printed
 
 
-def test_interrupted_ppo_resumes_to_the_same_metrics(tiny_ppo, tmp_path, monkeypatch):
+def test_interrupted_ppo_resumes_to_the_same_metrics(tiny_ppo, tiny_upstream, tmp_path, monkeypatch):
+  tiny_ppo.update(tiny_upstream)
   whole = stages.run(tiny_ppo.copy_and_resolve_references(), str(tmp_path / "whole"))
   resumed_cfg = tiny_ppo.copy_and_resolve_references()
-  resumed_cfg.init_from = str(tmp_path / "whole" / "upstream" / "sft")
-  resumed_cfg.reward_from = str(tmp_path / "whole" / "upstream" / "reward")
   # Crash at step 3, after the checkpoint at step 2: policy, critic, optimizers, KL controller, rng.
   run_until_crash(lambda: stages.run(resumed_cfg.copy_and_resolve_references(), str(tmp_path / "resumed")),
                   monkeypatch, step=3)
@@ -56,12 +55,11 @@ def test_interrupted_ppo_resumes_to_the_same_metrics(tiny_ppo, tmp_path, monkeyp
   assert resumed["eval/gold_reward"] == whole["eval/gold_reward"] and resumed["eval/kl"] == whole["eval/kl"]
 
 
-def test_each_critic_and_critic_free_algo_trains_and_checkpoints_only_what_it_has(tiny_ppo, tmp_path):
-  stages.run(tiny_ppo.copy_and_resolve_references(), str(tmp_path / "ppo"))
-  upstream = tmp_path / "ppo" / "upstream"
-  for algo, critic in (("ppo", "sft"), ("ppo", "shared"), ("rloo", "reward"), ("remax", "reward")):
+def test_each_critic_and_critic_free_algo_trains_and_checkpoints_only_what_it_has(tiny_ppo, tiny_upstream,
+                                                                                  tmp_path):
+  for algo, critic in (("ppo", "sft"), ("ppo", "shared"), ("rloo", "reward")):
     cfg = tiny_ppo.copy_and_resolve_references()
-    cfg.update(dict(algo=algo, critic=critic, init_from=str(upstream / "sft"), reward_from=str(upstream / "reward")))
+    cfg.update(dict(algo=algo, critic=critic, **tiny_upstream))
     cfg.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2))
     cfg.rl.accum_steps = 2
     workdir = tmp_path / f"{algo}_{critic}"
@@ -94,11 +92,12 @@ def test_bad_rl_fields_fail_before_any_upstream_stage_runs(tiny_ppo, tmp_path):
   assert not os.path.exists(tmp_path / "upstream")
 
 
-def test_vmapped_seeds_match_separate_runs_keep_their_own_logs_and_resume(tiny_ppo, tmp_path, monkeypatch):
+def test_vmapped_seeds_match_separate_runs_keep_their_own_logs_and_resume(tiny_ppo, tiny_upstream, tmp_path,
+                                                                          monkeypatch):
+  tiny_ppo.update(tiny_upstream)
   single = stages.run(tiny_ppo.copy_and_resolve_references(), str(tmp_path / "single"))
-  upstream = tmp_path / "single" / "upstream"
   cfg = tiny_ppo.copy_and_resolve_references()
-  cfg.update(dict(vmap_seeds=2, init_from=str(upstream / "sft"), reward_from=str(upstream / "reward")))
+  cfg.vmap_seeds = 2
   # Killed at step 3 (after the stacked checkpoint at step 2), then resumed.
   run_until_crash(lambda: stages.run(cfg.copy_and_resolve_references(), str(tmp_path / "vmapped")), monkeypatch,
                   step=3)
