@@ -55,7 +55,9 @@ def timed(fn, repeats: int) -> tuple[float, float]:
 
 
 def model_of(cfg) -> ModelConfig:
-  return ModelConfig.from_dict(dict(cfg.model), vocab_size=cfg.model.vocab_size or padded_vocab(BYTE_VOCAB))
+  """The preset's model; vocab_size 0 takes the configured tokenizer's size (bytes: 259)."""
+  tokenizer_vocab = cfg.tokenizer.vocab_size if cfg.tokenizer.kind == "sentencepiece" else BYTE_VOCAB
+  return ModelConfig.from_dict(dict(cfg.model), vocab_size=cfg.model.vocab_size or padded_vocab(tokenizer_vocab))
 
 
 def bench_train(cfg, repeats: int) -> dict:
