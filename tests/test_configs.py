@@ -2,27 +2,29 @@
 
 import pytest
 
-from configs import common, pipeline, pretrain, sft
+from configs import common, dpo, pipeline, ppo, pretrain, reward, sft
+from rlhf_jax import stages
 from rlhf_jax.models.config import ModelConfig
 
 PRESETS = ("tiny", "llama_tiny", "gpt2_small")
 
 
-@pytest.mark.parametrize("module", [pretrain, sft, pipeline])
+@pytest.mark.parametrize("module", [pretrain, sft, reward, ppo, dpo, pipeline])
 @pytest.mark.parametrize("preset", PRESETS)
-def test_configs_load(module, preset):
+def test_configs_load_and_pass_the_stage_checks(module, preset):
   config = module.get_config(preset)
-  assert config.stage in ("pretrain", "sft", "pipeline")
+  assert config.stage in ("pipeline", *stages.RUNNERS)
+  stages.check_all(config)  # every algo/critic/batch field of every stage it would run
 
 
-def model(preset, vocab=384):
+def model(preset, vocab=1024):
   values = dict(pretrain.get_config(preset).model)
   values["vocab_size"] = values["vocab_size"] or vocab
   return ModelConfig.from_dict(values)
 
 
 def test_preset_sizes():
-  assert 0.8e6 < model("tiny").num_params() < 0.9e6
+  assert 0.9e6 < model("tiny").num_params() < 0.95e6  # with the 1024-piece vocabulary
   assert 124e6 < model("gpt2_small").num_params() < 125e6  # GPT-2 small: 124M
   assert model("llama_tiny").kv_heads == 2
 
