@@ -11,12 +11,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax import sharding
 from rlhf_jax.algorithms import dpo
 from rlhf_jax.algorithms.masked import masked_sum
 from rlhf_jax.training.rl_state import RLState
 from rlhf_jax.training.rl_steps import token_logprobs
-from rlhf_jax.training.steps import accumulate_gradients
+from rlhf_jax.training.steps import accumulate_gradients, jit_steps
 
 
 def response_logps(model, params, tokens, mask, response) -> jax.Array:
@@ -73,11 +72,7 @@ def dpo_eval_step(state: RLState, batch: dict, *, model, cfg) -> dict:
 
 
 def compile_dpo_steps(model, tx, cfg, state_shardings, mesh):
-  """(train, eval) jitted once: batches split over the data axes, the state donated in training."""
-  data, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  """(train, eval), jitted once by `jit_steps`; the eval step takes the whole state (policy and reference)."""
   train_fn = functools.partial(dpo_train_step, model=model, tx=tx, cfg=cfg.dpo, accum_steps=cfg.optim.accum_steps)
-  train = jax.jit(train_fn, in_shardings=(state_shardings, data), out_shardings=(state_shardings, repl),
-                  donate_argnums=0)
-  evaluate = jax.jit(functools.partial(dpo_eval_step, model=model, cfg=cfg.dpo), in_shardings=(state_shardings, data),
-                     out_shardings=repl)
-  return train, evaluate
+  eval_fn = functools.partial(dpo_eval_step, model=model, cfg=cfg.dpo)
+  return jit_steps(train_fn, eval_fn, state_shardings, mesh, eval_shardings=state_shardings)

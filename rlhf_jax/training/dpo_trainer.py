@@ -9,7 +9,6 @@ model, KL to the reference, samples) plus held-out pair accuracy and margin.
 
 import dataclasses
 import functools
-import json
 
 import jax
 import numpy as np
@@ -17,7 +16,7 @@ import numpy as np
 from rlhf_jax import sharding
 from rlhf_jax.algorithms.dpo import LOSSES
 from rlhf_jax.checkpoint import Checkpointer
-from rlhf_jax.data import batches, preferences
+from rlhf_jax.data import batches
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.transformer import Transformer
@@ -25,7 +24,7 @@ from rlhf_jax.training import rl_trainer, setup
 from rlhf_jax.training.dpo_steps import averages, compile_dpo_steps
 from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.optim import make_optimizer
-from rlhf_jax.training.reward_trainer import encode_triples
+from rlhf_jax.training.reward_trainer import encode_triples, preference_pairs
 from rlhf_jax.workdir import RunDir
 
 DPO_ITEMS = ("policy", "policy_opt", "rng")
@@ -47,10 +46,11 @@ def run(cfg, workdir: str) -> dict:
   reward_cfg = ModelConfig.from_dict(reward_run.read_json("model.json"))
   models = rl_trainer.Models(Transformer(setup.model_config(cfg, tokenizer, sft_run)), None, Transformer(reward_cfg))
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
-  data = {split: batches.PreferenceData(encode_triples(pairs_of(cfg, reward_run, split), tokenizer), tokenizer,
-                                        cfg.data.seq_len, cfg.data.batch_size, cfg.seed, shuffle=split == "train",
+  pairs = {split: preference_pairs(cfg, reward_run, tokenizer, None, None, split) for split in ("train", "eval")}
+  data = {split: batches.PreferenceData(encode_triples(rows, tokenizer), tokenizer, cfg.data.seq_len,
+                                        cfg.data.batch_size, cfg.seed, shuffle=split == "train",
                                         process_index=jax.process_index(), process_count=jax.process_count())
-          for split in ("train", "eval")}
+          for split, rows in pairs.items()}
   prompts = rl_trainer.prompt_set(cfg, tokenizer, "eval")
   run_dir.record_config(cfg)
   setup.save_run_files(run_dir, tokenizer, models.policy.cfg)
@@ -72,18 +72,6 @@ def run(cfg, workdir: str) -> dict:
   summary = Loop(cfg.train, run_dir, train, next_batch, evaluate, checkpointer, DPO_ITEMS).train(state)
   run_dir.write_json("summary.json", summary)
   return summary
-
-
-def pairs_of(cfg, reward_run: RunDir, split: str) -> list:
-  """The reward run's generated pairs, or the configured preference source's."""
-  if cfg.preference.source != "generated":
-    return [dict(zip(("prompt", "chosen", "rejected"), t)) for t in preferences.load_pairs(cfg.preference, split)]
-  path = reward_run.file(f"preferences_{split}.jsonl")
-  try:
-    with open(path) as f:
-      return [json.loads(line) for line in f]
-  except FileNotFoundError:
-    raise UserError(f"{path}: the reward run has no generated pairs; set preference.source") from None
 
 
 @dataclasses.dataclass

@@ -70,11 +70,14 @@ def encode_triples(pairs, tokenizer):
 
 
 def preference_pairs(cfg, run_dir: RunDir, tokenizer, sampler, params, split: str) -> list[dict]:
-  """Pairs as dicts (prompt, chosen, rejected[, gold]); generated ones are cached as JSONL."""
+  """Pairs as dicts (prompt, chosen, rejected[, gold]); generated ones are cached as JSONL in
+  `run_dir`. With no `sampler`, generated pairs must already be there (DPO reads the RM's)."""
   pref = cfg.preference
   if pref.source != "generated":
     return [dict(zip(("prompt", "chosen", "rejected"), t)) for t in preferences.load_pairs(pref, split)]
   path = run_dir.file(f"preferences_{split}.jsonl")
+  if not os.path.isfile(path) and sampler is None:
+    raise UserError(f"{path}: the reward run has no generated pairs; set preference.source")
   if not os.path.isfile(path):
     count = pref.train_pairs if split == "train" else pref.eval_pairs
     rows = generate_pairs(cfg, tokenizer, sampler, params, split, count)

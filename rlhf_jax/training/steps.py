@@ -74,13 +74,15 @@ class LMSteps(NamedTuple):
   sample: Callable  # (params, prompts, prompt_mask, rng, SamplingParams) -> SampleOutput
 
 
-def jit_steps(train_fn, eval_fn, state_shardings, mesh):
+def jit_steps(train_fn, eval_fn, state_shardings, mesh, eval_shardings=None):
   """The one place train and eval steps are jitted: batches split over the data axes,
-  metrics replicated, the state donated (updated in place)."""
+  metrics replicated, the state donated (updated in place). The eval step takes the params
+  (`state_shardings.params`) unless `eval_shardings` says otherwise (DPO's takes the state)."""
   data, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   train = jax.jit(train_fn, in_shardings=(state_shardings, data), out_shardings=(state_shardings, repl),
                   donate_argnums=0)
-  evaluate = jax.jit(eval_fn, in_shardings=(state_shardings.params, data), out_shardings=repl)
+  eval_shardings = state_shardings.params if eval_shardings is None else eval_shardings
+  evaluate = jax.jit(eval_fn, in_shardings=(eval_shardings, data), out_shardings=repl)
   return train, evaluate
 
 
