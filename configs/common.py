@@ -21,7 +21,16 @@ MODELS = {
     # GPT-2 small's shape (124M with vocab 50304 = 50257 rounded up for the accelerator's tiles).
     "gpt2_small": dict(GPT2_BLOCK, vocab_size=50304, d_model=768, n_layers=12, n_heads=12, d_ff=3072,
                        max_len=1024, dtype="bfloat16"),
+    # A 1.1B Llama-style model (TinyLlama's shape: GQA with 4 KV heads, SwiGLU, RMSNorm, rope).
+    "llama_1b": dict(LLAMA_BLOCK, vocab_size=32000, d_model=2048, n_layers=22, n_heads=32, n_kv_heads=4,
+                     d_ff=5632, max_len=2048, dtype="bfloat16"),
 }
+# Presets that train on a laptop CPU; the others are sized for accelerators.
+SMALL_PRESETS = ("tiny", "llama_tiny")
+
+
+def is_small(preset: str) -> bool:
+  return preset in SMALL_PRESETS
 
 
 def model_config(preset: str) -> ml_collections.ConfigDict:
@@ -33,9 +42,9 @@ def model_config(preset: str) -> ml_collections.ConfigDict:
 
 def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
   """Everything a training stage reads; stage files adjust the fields that differ."""
-  if preset not in ("tiny", "llama_tiny", "gpt2_small"):
-    raise ValueError(f"unknown preset {preset!r}: choose tiny, llama_tiny or gpt2_small")
-  small = preset != "gpt2_small"
+  if preset not in MODELS:
+    raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(MODELS)}")
+  small = is_small(preset)
   c = ml_collections.ConfigDict()
   c.stage = stage
   c.seed = 0
@@ -63,7 +72,22 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
       greedy=False))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = DEFAULT_RULES
+  c.distributed = distributed_config()
+  # The memory plan is printed before compiling; a run over `device_gb` (0: ask the device;
+  # unknown on CPU) stops there.
+  c.memory = ml_collections.ConfigDict(dict(device_gb=0.0))
   return c
+
+
+def distributed_config() -> ml_collections.ConfigDict:
+  """Multi-host runs through `jax.distributed.initialize` (see rlhf_jax/distributed.py).
+
+  auto: JAX's own cluster detection (Cloud TPU pod slices, SLURM, Open MPI, Kubernetes).
+  Otherwise a coordinator ("host:port" of process 0, or $JAX_COORDINATOR_ADDRESS) makes this
+  one of `num_processes` ($JAX_NUM_PROCESSES) processes with id `process_id` ($JAX_PROCESS_ID);
+  with neither, the run is one process.
+  """
+  return ml_collections.ConfigDict(dict(auto=False, coordinator="", num_processes=0, process_id=-1))
 
 
 # Logical axis -> mesh axes. Models name only logical axes; this table is the one place

@@ -17,7 +17,7 @@ from configs import reward
 
 def get_config(preset: str = "tiny"):
   c = common.base_config("dpo", preset)
-  small = preset != "gpt2_small"
+  small = common.is_small(preset)
   c.algo = "dpo"  # names the method in samples, reports and sweep results
   c.reward_from = ""  # a finished reward run; "" = the upstream one
   c.judge = "vader"

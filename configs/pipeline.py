@@ -8,6 +8,7 @@ WORKDIR/summary.json holds each stage's final eval metrics.
 
 import ml_collections
 
+from configs import common
 from configs import ppo
 from configs import pretrain
 from configs import reward
@@ -19,6 +20,7 @@ def get_config(preset: str = "tiny"):
   c = ml_collections.ConfigDict()
   c.stage = "pipeline"
   c.stages = ("pretrain", "sft", "reward", "ppo")
+  c.distributed = common.distributed_config()  # the whole pipeline is one multi-host job
   c.pretrain = pretrain.get_config(preset)
   c.sft = sft.get_config(preset)
   c.reward = reward.get_config(preset)

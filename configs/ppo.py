@@ -25,7 +25,7 @@ from configs import reward
 
 def get_config(preset: str = "tiny"):
   c = common.base_config("ppo", preset)
-  small = preset != "gpt2_small"
+  small = common.is_small(preset)
   c.reward_from = ""  # a finished reward run; "" = the upstream one
   c.judge = "vader"  # the gold judge of evaluation (never seen by the policy)
   # The value function: "reward" a separate critic started from the reward model (Huang et al.'s

@@ -16,7 +16,7 @@ from configs import sft
 
 def get_config(preset: str = "tiny"):
   c = common.base_config("reward", preset)
-  small = preset != "gpt2_small"
+  small = common.is_small(preset)
   c.model.heads = ("reward",)
   c.optim.lr = 5e-4 if small else 1e-5
   c.optim.warmup_steps = 10 if small else 100

@@ -13,7 +13,7 @@ from configs import pretrain
 
 def get_config(preset: str = "tiny"):
   c = common.base_config("sft", preset)
-  small = preset != "gpt2_small"
+  small = common.is_small(preset)
   c.optim.lr = 1e-3 if small else 1e-4
   c.optim.warmup_steps = 20 if small else 200
   c.train.num_steps = 200 if small else 5000

@@ -11,7 +11,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from rlhf_jax import stages
+from rlhf_jax import distributed, stages
 from rlhf_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -60,6 +60,7 @@ def main(argv):
   except (OSError, AttributeError, ValueError) as e:
     fail(f"cannot load --config: {last_line(e)}")
   try:
+    distributed.initialize(config.get("distributed"))
     stages.run(config, FLAGS.workdir)
   except UserError as e:
     fail(e)

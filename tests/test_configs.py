@@ -6,7 +6,7 @@ from configs import common, dpo, pipeline, ppo, pretrain, reward, sft
 from rlhf_jax import stages
 from rlhf_jax.models.config import ModelConfig
 
-PRESETS = ("tiny", "llama_tiny", "gpt2_small")
+PRESETS = tuple(common.MODELS)
 
 
 @pytest.mark.parametrize("module", [pretrain, sft, reward, ppo, dpo, pipeline])
@@ -27,6 +27,7 @@ def test_preset_sizes():
   assert 0.9e6 < model("tiny").num_params() < 0.95e6  # with the 1024-piece vocabulary
   assert 124e6 < model("gpt2_small").num_params() < 125e6  # GPT-2 small: 124M
   assert model("llama_tiny").kv_heads == 2
+  assert 1.0e9 < model("llama_1b").num_params() < 1.2e9  # TinyLlama's shape: 1.1B
 
 
 def test_pipeline_stages_chain_without_their_own_upstream():
