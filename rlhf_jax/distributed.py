@@ -2,7 +2,8 @@
 joins them into one set of global devices (`jax.distributed.initialize`).
 
 Called once, before anything touches a device. `config.distributed` (or the environment)
-decides; see configs/common.py:distributed_config. After it, `jax.devices()` lists every
+decides (see configs/common.py:distributed_config); RLHF_JAX_DISTRIBUTED=auto in the
+environment does what `distributed.auto` does, for launchers that run sweeps. After it, `jax.devices()` lists every
 process's devices, each process feeds its own rows of each batch, and only process 0 writes
 logs and run files (orbax writes checkpoints collectively).
 """
@@ -19,7 +20,7 @@ def settings(cfg, environ=os.environ) -> dict | None:
   """The arguments for `jax.distributed.initialize`, or None for a single-process run."""
   if cfg is None:
     return None
-  if cfg.auto:
+  if cfg.auto or environ.get("RLHF_JAX_DISTRIBUTED") == "auto":
     return {}  # JAX reads the cluster (TPU pod slice, SLURM, Open MPI, Kubernetes) itself
   coordinator = cfg.coordinator or environ.get("JAX_COORDINATOR_ADDRESS", "")
   if not coordinator:
