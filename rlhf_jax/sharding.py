@@ -5,6 +5,8 @@ mesh shape over axes (data, fsdp, tensor), and `sharding_rules` maps each logica
 mesh axes. Everything placed on devices gets its `NamedSharding` from here.
 """
 
+import contextvars
+import functools
 import math
 
 import flax.linen as nn
@@ -62,4 +64,41 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def put_batch(batch: dict, mesh: Mesh) -> dict:
   """Host numpy rows of this process -> one global array per field."""
   sharding = batch_sharding(mesh)
+  rows, ways = len(next(iter(batch.values()))) * jax.process_count(), mesh.shape["data"] * mesh.shape["fsdp"]
+  if rows % ways:
+    raise UserError(f"a batch of {rows} rows does not split over the {ways} data-parallel devices "
+                    "(mesh.data x mesh.fsdp): change data.batch_size or the mesh")
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+# The (mesh, rules) that `constrain` lays activations out by, set while a step is traced.
+_LAYOUT = contextvars.ContextVar("activation_layout", default=None)
+
+
+def with_rules(fn, mesh: Mesh, rules):
+  """`fn`, traced with the mesh and the logical rules in scope, so the models' activation
+  constraints (`constrain`) bind to mesh axes; outside such a trace they are no-ops.
+
+  Our own context rather than flax's `logical_axis_rules`: under flax's, DenseGeneral
+  constrains its flattened kernel by the unflattened kernel's names and fails.
+  """
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    token = _LAYOUT.set((mesh, rules))
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      _LAYOUT.reset(token)
+
+  return traced
+
+
+def constrain(x, names: tuple):
+  """`x` laid out by its logical axis names (the rules may leave a name unsharded, e.g.
+  `embed` once `batch` holds the fsdp axis)."""
+  layout = _LAYOUT.get()
+  if layout is None:
+    return x
+  mesh, rules = layout
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, nn.logical_to_mesh_axes(names, rules)))

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.sharding import constrain
 
 partitioned = nn.with_logical_partitioning
 
@@ -120,7 +121,7 @@ class Mlp(nn.Module):
     else:
       h = nn.gelu(dense(cfg, cfg.d_ff, ("embed", "mlp"), use_bias=use_bias, name="up")(x),
                   approximate=True)  # GPT-2 uses the tanh approximation
-    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = constrain(h, ("batch", "length", "mlp"))
     return dense(cfg, cfg.d_model, ("mlp", "embed"), use_bias=use_bias, std=out_std, name="down")(h)
 
 
@@ -135,4 +136,4 @@ class Block(nn.Module):
     h, new_cache = Attention(self.cfg, name="attn")(norm(self.cfg, "attn_norm")(x), rope, mask, kv_cache)
     x = x + drop(h)
     x = x + drop(Mlp(self.cfg, name="mlp")(norm(self.cfg, "mlp_norm")(x)))
-    return nn.with_logical_constraint(x, ("batch", "length", "embed")), new_cache
+    return constrain(x, ("batch", "length", "embed")), new_cache

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.layers import Block, norm, partitioned, rope_tables
+from rlhf_jax.sharding import constrain
 
 
 @flax.struct.dataclass
@@ -90,7 +91,7 @@ class Transformer(nn.Module):
                        embedding_init=partitioned(nn.initializers.normal(0.01), ("positions", "embed")),
                        name="pos_embed")(positions)
     x = nn.Dropout(cfg.dropout, deterministic=self.deterministic)(x)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = constrain(x, ("batch", "length", "embed"))
 
     rope = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta) if cfg.position == "rope" else None
     block = nn.remat(Block) if cfg.remat else Block
@@ -118,7 +119,7 @@ class Transformer(nn.Module):
                                param_dtype=cfg.weight_dtype, name="lm_head",
                                kernel_init=partitioned(nn.initializers.normal(cfg.init_std),
                                                        ("embed", "vocab")))(hidden)
-    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    logits = constrain(logits, ("batch", "length", "vocab"))
     return logits.astype(jnp.float32)
 
   def _scalar_heads(self, hidden):

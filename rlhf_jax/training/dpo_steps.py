@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rlhf_jax import sharding
 from rlhf_jax.algorithms import dpo
 from rlhf_jax.algorithms.masked import masked_sum
 from rlhf_jax.training.rl_state import RLState
@@ -75,4 +76,4 @@ def compile_dpo_steps(model, tx, cfg, state_shardings, mesh):
   """(train, eval), jitted once by `jit_steps`; the eval step takes the whole state (policy and reference)."""
   train_fn = functools.partial(dpo_train_step, model=model, tx=tx, cfg=cfg.dpo, accum_steps=cfg.optim.accum_steps)
   eval_fn = functools.partial(dpo_eval_step, model=model, cfg=cfg.dpo)
-  return jit_steps(train_fn, eval_fn, state_shardings, mesh, eval_shardings=state_shardings)
+  return jit_steps(train_fn, eval_fn, state_shardings, mesh, sharding.rules_of(cfg), eval_shardings=state_shardings)

@@ -55,8 +55,7 @@ def run(cfg, workdir: str) -> dict:
   run_dir.record_config(cfg)
   setup.save_run_files(run_dir, tokenizer, models.policy.cfg)
   tx = make_optimizer(cfg.optim, cfg.train.num_steps)
-  state = rl_trainer.initial_state(cfg, models, sft_run, reward_run, tx, None, mesh, rules)
-  shardings = jax.tree.map(lambda x: x.sharding, state)
+  state, shardings = rl_trainer.initial_state(cfg, models, sft_run, reward_run, tx, None, mesh, rules)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), DPO_ITEMS, cfg.train.keep_checkpoints)
   restored = setup.resume(state, shardings, checkpointer, DPO_ITEMS)
   state = restored if restored is not None else state
@@ -66,7 +65,8 @@ def run(cfg, workdir: str) -> dict:
                                bias=norm["reward_bias"])
   rl_cfg = rl_trainer.RLConfig(max_new_tokens=cfg.sample.max_new_tokens, eos_id=tokenizer.eos_id,
                                pad_id=tokenizer.pad_id, temperature=cfg.sample.temperature)
-  policy_eval = rl_trainer.RLEvaluator(cfg, run_dir, models, prompts, tokenizer, score_fn, rl_cfg)
+  policy_eval = rl_trainer.RLEvaluator(cfg, run_dir, models, prompts, tokenizer, score_fn, rl_cfg, shardings.policy,
+                                       mesh)
   evaluate = DPOEvaluator(policy_eval, evaluate_pairs, data["eval"], cfg.train.eval_batches, mesh)
   next_batch = lambda step: sharding.put_batch(data["train"].batch(step), mesh)
   summary = Loop(cfg.train, run_dir, train, next_batch, evaluate, checkpointer, DPO_ITEMS).train(state)

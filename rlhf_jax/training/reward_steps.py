@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rlhf_jax import sharding
 from rlhf_jax.algorithms.reward import bradley_terry_loss
 from rlhf_jax.models.transformer import last_token_values
 from rlhf_jax.training.state import TrainState
@@ -61,5 +62,8 @@ class RewardSteps(NamedTuple):
 def compile_reward_steps(model, policy, tx, schedule, state_shardings, mesh, cfg, tokenizer) -> RewardSteps:
   train_fn = functools.partial(reward_train_step, model=model, tx=tx, schedule=schedule,
                                accum_steps=cfg.optim.accum_steps)
-  train, evaluate = jit_steps(train_fn, functools.partial(reward_eval_step, model=model), state_shardings, mesh)
-  return RewardSteps(train, evaluate, jit_sampler(policy, cfg.preference.max_new_tokens, tokenizer))
+  rules = sharding.rules_of(cfg)
+  eval_fn = functools.partial(reward_eval_step, model=model)
+  train, evaluate = jit_steps(train_fn, eval_fn, state_shardings, mesh, rules)
+  sampler = jit_sampler(policy, cfg.preference.max_new_tokens, tokenizer, state_shardings.params, mesh, rules)
+  return RewardSteps(train, evaluate, sampler)

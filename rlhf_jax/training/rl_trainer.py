@@ -124,8 +124,7 @@ def run(cfg, workdir: str) -> dict:
   rl_cfg = rl_config(cfg, tokenizer)
   policy_tx, value_tx = make_optimizers(cfg)
   states = [initial_state(c, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) for c in seed_cfgs]
-  state = states[0] if len(states) == 1 else seeds.stack(states)
-  shardings = jax.tree.map(lambda x: x.sharding, state)
+  state, shardings = states[0] if len(states) == 1 else seeds.stack(states)
   items = tuple(name for name in RL_ITEMS if getattr(state, name) is not None)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), items, cfg.train.keep_checkpoints)
   restored = setup.resume(state, shardings, checkpointer, items)
@@ -133,25 +132,31 @@ def run(cfg, workdir: str) -> dict:
   norm = reward_run.read_json("summary.json")
   score_fn = functools.partial(proxy_scores, scorer=models.scorer, gain=norm["reward_gain"],
                                bias=norm["reward_bias"])
-  iteration = compile_iteration(state, models, policy_tx, value_tx, score_fn, rl_cfg, vmapped=bool(seed_dirs))
+  vmapped = bool(seed_dirs)
+  iteration = compile_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg, vmapped)
   train_step = lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
-  next_batch = lambda step: prompt_batch(prompts["train"], step, cfg.data.batch_size // rl_cfg.samples_per_prompt)
-  evaluator = RLEvaluator(cfg, run_dir, models, prompts["eval"], tokenizer, score_fn, rl_cfg)
+  per_iteration = cfg.data.batch_size // rl_cfg.samples_per_prompt
+  next_batch = lambda step: prompt_batch(prompts["train"], step, per_iteration, mesh)
+  evaluator = RLEvaluator(cfg, run_dir, models, prompts["eval"], tokenizer, score_fn, rl_cfg,
+                          states[0][1].policy, mesh)
   loop = Loop(cfg.train, run_dir, train_step, next_batch, evaluator, checkpointer, items)
   summary = train_seeds(loop, state, seed_cfgs, seed_dirs) if seed_dirs else loop.train(state)
   run_dir.write_json("summary.json", summary)
   return summary
 
 
-def compile_iteration(state, models, policy_tx, value_tx, score_fn, rl_cfg, vmapped: bool):
-  """The jitted iteration (state, prompts, mask) -> (state, metrics); vmapped over the seed axis
-  of a stacked state, with the prompts shared."""
+def compile_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg, vmapped: bool):
+  """The jitted iteration (state, prompts, mask) -> (state, metrics): the state donated and
+  laid out by `shardings`, prompts split over the data axes, metrics replicated. Vmapped over
+  the seed axis of a stacked state, with the prompts shared."""
   iteration = functools.partial(rl_iteration, policy=models.policy, critic=models.critic, policy_tx=policy_tx,
                                 value_tx=value_tx, score_fn=score_fn, cfg=rl_cfg)
   if vmapped:
-    axes = seeds.state_axes(state)
+    axes = seeds.state_axes(shardings)
     iteration = jax.vmap(iteration, in_axes=(axes, None, None), out_axes=(axes, 0))
-  return jax.jit(iteration, donate_argnums=0)
+  data = sharding.batch_sharding(mesh)
+  return jax.jit(sharding.with_rules(iteration, mesh, rules), in_shardings=(shardings, data, data),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
 def train_seeds(loop: Loop, state, seed_cfgs, seed_dirs) -> dict:
@@ -183,25 +188,49 @@ def rl_config(cfg, tokenizer) -> RLConfig:
                   algo=cfg.algo, temperature=cfg.sample.temperature, **rl_fields(cfg))
 
 
-def initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) -> RLState:
-  """Policy and reference from SFT; scorer from the RM; the critic as `cfg.critic` says."""
-  def load(model, run, rename=None):
-    rng = jax.random.key(cfg.seed)
-    boxed = jax.eval_shape(functools.partial(setup.boxed_params, model), rng)
-    shardings = sharding.logical_shardings(boxed, mesh, rules)
-    fresh = jax.jit(lambda r: nn.meta.unbox(setup.boxed_params(model, r)), out_shardings=shardings)(rng)
-    return setup.load_source_params(run, fresh, shardings, mesh, rules, rename)
+def initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules):
+  """Policy and reference from SFT; scorer from the RM; the critic as `cfg.critic` says.
+  Returns (state, shardings)."""
+  sources = {"policy": (models.policy, sft_run, None), "reward": (models.scorer, reward_run, None)}
+  if separate_critic(cfg):
+    sources["value"] = ((models.critic, reward_run, {"reward_head": "value_head"}) if cfg.critic == "reward"
+                        else (models.critic, sft_run, None))
 
-  policy = load(models.policy, sft_run)
-  value = None
-  if separate_critic(cfg) and cfg.critic == "reward":
-    value = load(models.critic, reward_run, {"reward_head": "value_head"})
-  elif separate_critic(cfg):
-    value = load(models.critic, sft_run)
+  def load(name, fresh, where):
+    _, run, rename = sources[name]
+    return setup.load_source_params(run, fresh, where, mesh, rules, rename)
+
+  return place_state({name: model for name, (model, _, _) in sources.items()}, policy_tx, value_tx, mesh, rules,
+                     cfg.seed, cfg.get("kl_coef", 0.0), load)
+
+
+def place_state(models: dict, policy_tx, value_tx, mesh, rules, seed: int, kl_coef: float, load=None):
+  """An RLState laid out on `mesh`, shape-first: its shardings come from its abstract shape
+  (params carry logical axis names; counters, the KL controller and the rng are replicated),
+  and one jitted function assembles it from the params straight into them.
+
+  `models` names the policy, reward and (optional) value models; `load(name, fresh, shardings)`
+  replaces freshly initialised params by loaded ones. Returns (state, shardings).
+  """
+  rng = jax.random.key(seed)
+  boxed = {name: jax.eval_shape(functools.partial(setup.boxed_params, model), rng) for name, model in models.items()}
+  build = functools.partial(assemble_state, policy_tx=policy_tx, value_tx=value_tx, kl_coef=kl_coef, seed=seed)
+  shardings = sharding.logical_shardings(jax.eval_shape(build, **boxed), mesh, rules)
+
+  def params(name):
+    where = getattr(shardings, name)
+    fresh = jax.jit(lambda r: nn.meta.unbox(setup.boxed_params(models[name], r)), out_shardings=where)(rng)
+    return load(name, fresh, where) if load else fresh
+
+  return jax.jit(build, out_shardings=shardings)(**{name: params(name) for name in models}), shardings
+
+
+def assemble_state(policy, reward, value=None, *, policy_tx, value_tx, kl_coef: float, seed: int) -> RLState:
+  """The RL state around its params: fresh optimizer states, the reference a copy of the policy."""
   return RLState(step=jnp.zeros((), jnp.int32), policy=policy, policy_opt=policy_tx.init(policy), value=value,
                  value_opt=value_tx.init(value) if value_tx else None, ref=jax.tree.map(jnp.copy, policy),
-                 reward=load(models.scorer, reward_run), kl=init_kl_controller(cfg.get("kl_coef", 0.0)),
-                 baseline=jnp.zeros((), jnp.float32), rng=jax.random.PRNGKey(cfg.seed))
+                 reward=reward, kl=init_kl_controller(kl_coef), baseline=jnp.zeros((), jnp.float32),
+                 rng=jax.random.PRNGKey(seed))
 
 
 def proxy_scores(state: RLState, tokens, mask, sampled, *, scorer, gain: float, bias: float):
@@ -217,13 +246,15 @@ def prompt_set(cfg, tokenizer, split: str):
   return encode_prompts(texts, tokenizer, cfg.max_prompt_len)
 
 
-def prompt_batch(prompts, step: int, batch_size: int) -> dict:
-  """Batch `step` of a fixed per-epoch shuffle of the training prompts (a pure function of step)."""
+def prompt_batch(prompts, step: int, batch_size: int, mesh) -> dict:
+  """Batch `step` of a fixed per-epoch shuffle of the training prompts (a pure function of
+  step); each process puts its own rows of it on its devices."""
   n = len(prompts.texts)
   epoch, offset = divmod(step * batch_size, n)
   order = np.random.default_rng([epoch]).permutation(n)
   ids = order[(offset + np.arange(batch_size)) % n]
-  return {"tokens": jnp.asarray(prompts.tokens[ids]), "mask": jnp.asarray(prompts.mask[ids])}
+  mine = np.array_split(ids, jax.process_count())[jax.process_index()]
+  return sharding.put_batch({"tokens": prompts.tokens[mine], "mask": prompts.mask[mine]}, mesh)
 
 
 @dataclasses.dataclass
@@ -236,10 +267,15 @@ class RLEvaluator:
   tokenizer: object
   score_fn: object
   rl_cfg: RLConfig
+  policy_shardings: object  # one seed's
+  mesh: object
 
   def __post_init__(self):
-    self.sampler = jit_sampler(self.models.policy, self.rl_cfg.max_new_tokens, self.tokenizer)
-    self.scored = jax.jit(self._score)
+    rules = sharding.rules_of(self.cfg)
+    self.sampler = jit_sampler(self.models.policy, self.rl_cfg.max_new_tokens, self.tokenizer,
+                               self.policy_shardings, self.mesh, rules)
+    self.scored = jax.jit(sharding.with_rules(self._score, self.mesh, rules),
+                          out_shardings=sharding.replicated(self.mesh))
 
   def for_seed(self, cfg, run_dir: RunDir) -> "RLEvaluator":
     """This evaluator for one seed of a vmapped run, sharing its compiled functions."""

@@ -12,6 +12,7 @@ the checkpoint in WORKDIR/checkpoints holds the stacked state, seed i at index i
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
 from rlhf_jax.metrics_log import MetricsLog
@@ -27,9 +28,15 @@ def state_axes(state):
 
 
 def stack(states):
-  """One state whose per-seed fields have a leading seed axis; shared fields from the first."""
-  stacked = {f: jax.tree.map(lambda *xs: jnp.stack(xs), *[getattr(s, f) for s in states]) for f in PER_SEED}
-  return states[0].replace(**stacked)
+  """[(state, shardings)] of single seeds -> (state, shardings) whose per-seed fields have a
+  leading seed axis (not sharded); shared fields from the first seed."""
+  first, shardings = states[0]
+  seed_axis = lambda s: NamedSharding(s.mesh, PartitionSpec(None, *s.spec))
+  stacked_shardings = shardings.replace(**{f: jax.tree.map(seed_axis, getattr(shardings, f)) for f in PER_SEED})
+  fields = lambda state: {f: getattr(state, f) for f in PER_SEED}
+  stack_all = jax.jit(lambda *fs: jax.tree.map(lambda *xs: jnp.stack(xs), *fs),
+                      out_shardings=fields(stacked_shardings))
+  return first.replace(**stack_all(*[fields(s) for s, _ in states])), stacked_shardings
 
 
 def unstack(state, i: int):

@@ -74,27 +74,34 @@ class LMSteps(NamedTuple):
   sample: Callable  # (params, prompts, prompt_mask, rng, SamplingParams) -> SampleOutput
 
 
-def jit_steps(train_fn, eval_fn, state_shardings, mesh, eval_shardings=None):
+def jit_steps(train_fn, eval_fn, state_shardings, mesh, rules, eval_shardings=None):
   """The one place train and eval steps are jitted: batches split over the data axes,
   metrics replicated, the state donated (updated in place). The eval step takes the params
   (`state_shardings.params`) unless `eval_shardings` says otherwise (DPO's takes the state)."""
   data, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  train = jax.jit(train_fn, in_shardings=(state_shardings, data), out_shardings=(state_shardings, repl),
-                  donate_argnums=0)
+  train = jax.jit(sharding.with_rules(train_fn, mesh, rules), in_shardings=(state_shardings, data),
+                  out_shardings=(state_shardings, repl), donate_argnums=0)
   eval_shardings = state_shardings.params if eval_shardings is None else eval_shardings
-  evaluate = jax.jit(eval_fn, in_shardings=(eval_shardings, data), out_shardings=repl)
+  evaluate = jax.jit(sharding.with_rules(eval_fn, mesh, rules), in_shardings=(eval_shardings, data),
+                     out_shardings=repl)
   return train, evaluate
 
 
-def jit_sampler(model, max_new_tokens: int, tokenizer):
-  """(params, prompts, prompt_mask, rng, SamplingParams) -> SampleOutput, compiled once."""
-  return jax.jit(functools.partial(sample, model, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
-                                   pad_id=tokenizer.pad_id))
+def jit_sampler(model, max_new_tokens: int, tokenizer, param_shardings, mesh, rules):
+  """(params, prompts, prompt_mask, rng, SamplingParams) -> SampleOutput, compiled once: the
+  params as laid out for training, the prompts as given, the samples replicated (every
+  process decodes them)."""
+  fn = functools.partial(sample, model, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
+                         pad_id=tokenizer.pad_id)
+  return jax.jit(sharding.with_rules(fn, mesh, rules), in_shardings=(param_shardings, None, None, None, None),
+                 out_shardings=sharding.replicated(mesh))
 
 
 def compile_lm_steps(model, tx, schedule, state_shardings, mesh, cfg, tokenizer) -> LMSteps:
   train_model = model.clone(deterministic=cfg.model.dropout == 0)
   train_fn = functools.partial(train_step, model=train_model, tx=tx, schedule=schedule,
                                accum_steps=cfg.optim.accum_steps, seed=cfg.seed)
-  train, evaluate = jit_steps(train_fn, functools.partial(eval_step, model=model), state_shardings, mesh)
-  return LMSteps(train, evaluate, jit_sampler(model, cfg.sample.max_new_tokens, tokenizer))
+  rules = sharding.rules_of(cfg)
+  train, evaluate = jit_steps(train_fn, functools.partial(eval_step, model=model), state_shardings, mesh, rules)
+  sampler = jit_sampler(model, cfg.sample.max_new_tokens, tokenizer, state_shardings.params, mesh, rules)
+  return LMSteps(train, evaluate, sampler)

@@ -1,0 +1,252 @@
+"""Memory planner: bytes per device of a stage on a mesh, known before anything is compiled.
+
+  python -m rlhf_jax.memory --config=configs/ppo.py:gpt2_small --devices=8 --config.mesh.fsdp=8
+
+Params, gradients and optimizer state are exact shard sizes: the shapes of the real init and
+`tx.init` (`jax.eval_shape`, no arrays), laid out by the config's logical rules on the mesh
+sizes alone, so an 8-device plan needs no devices. Other models (the RL stages' critic,
+reference and reward model) are assumed to have the policy's architecture (the reward model
+starts from SFT). The KV cache is the largest batch the stage samples; activations are an
+estimate (Korthikanti et al. 2022, below). The total is the sum of the rows: an upper bound,
+as sampling and the training step need not peak at once.
+"""
+
+import dataclasses
+import functools
+import math
+import sys
+from typing import NamedTuple
+
+from absl import app
+from absl import flags
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+from ml_collections import config_flags
+
+from rlhf_jax import sharding
+from rlhf_jax.errors import UserError
+from rlhf_jax.models.config import ModelConfig, padded_vocab
+from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.training import setup
+from rlhf_jax.training.optim import make_optimizer
+from rlhf_jax.training.rl_steps import ALGO_DEFAULTS
+
+GiB = 2**30
+
+
+class Row(NamedTuple):
+  name: str
+  bytes: int
+  parts: str  # what the row is made of, for the printout
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+  stage: str
+  mesh: dict  # mesh axis -> size
+  rows: tuple  # of Row, without the total
+
+  @property
+  def total(self) -> int:
+    return sum(r.bytes for r in self.rows)
+
+  def __getitem__(self, name: str) -> int:
+    return self.total if name == "total" else {r.name: r.bytes for r in self.rows}[name]
+
+  def table(self) -> str:
+    mesh = " ".join(f"{a}={s}" for a, s in self.mesh.items())
+    lines = [f"memory plan of stage {self.stage} on mesh {mesh}, per device:"]
+    lines += [f"  {r.name:<16} {human(r.bytes):>9}  {r.parts}" for r in (*self.rows, Row("total", self.total, ""))]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def human(n: float) -> str:
+  """Bytes as '93.1 GiB' / '512 MiB' (3 significant digits)."""
+  for unit, size in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
+    if n >= size:
+      return f"{n / size:.3g} {unit}"
+  return f"{int(n)} B"
+
+
+def mesh_size(mesh_axes, mesh_shape: dict) -> int:
+  """Devices one array dimension is split over: None, a mesh axis or a tuple of them."""
+  axes = () if mesh_axes is None else (mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes
+  return math.prod(mesh_shape[a] for a in axes)
+
+
+def shard_bytes(shape, dtype, mesh_spec, mesh_shape: dict) -> int:
+  """One device's shard of an array: every dimension divided by its devices (rounded up, though JAX
+  only places even splits: the vocabulary is padded for that)."""
+  spec = tuple(mesh_spec or ()) + (None,) * (len(shape) - len(mesh_spec or ()))
+  return math.prod(-(-d // mesh_size(a, mesh_shape)) for d, a in zip(shape, spec)) * jnp.dtype(dtype).itemsize
+
+
+def logical_size(name: str, rules, mesh_shape: dict) -> int:
+  return mesh_size(nn.logical_to_mesh_axes((name,), rules)[0], mesh_shape)
+
+
+def tree_bytes(boxed, rules, mesh_shape: dict) -> int:
+  """Per-device bytes of a tree of (possibly) Partitioned boxes; unnamed leaves are replicated."""
+  specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), rules)
+  sizes = jax.tree.map(lambda s, x: shard_bytes(x.shape, x.dtype, s, mesh_shape), specs, nn.meta.unbox(boxed),
+                       is_leaf=lambda s: isinstance(s, PartitionSpec))
+  return sum(jax.tree.leaves(sizes))
+
+
+@functools.lru_cache(maxsize=16)
+def abstract_params(model_cfg: ModelConfig):
+  return jax.eval_shape(functools.partial(setup.boxed_params, Transformer(model_cfg)), jax.random.key(0))
+
+
+def stage_models(cfg, model_cfg: ModelConfig):
+  """(trainable, frozen): role -> (ModelConfig, optimizer config) / ModelConfig, as the trainers hold them."""
+  heads = lambda *names: dataclasses.replace(model_cfg, heads=names)
+  if cfg.stage in ("pretrain", "sft", "reward"):
+    return {"reward model" if cfg.stage == "reward" else "model": (model_cfg, cfg.optim)}, {}
+  if cfg.stage == "dpo":
+    return {"policy": (model_cfg, cfg.optim)}, {"reference": model_cfg, "reward scorer": heads("reward")}
+  critic = cfg.algo == "ppo" and cfg.critic != "shared"
+  policy = heads("value") if cfg.algo == "ppo" and not critic else model_cfg
+  trainable = {"policy": (policy, cfg.optim), **({"critic": (heads("value"), cfg.value_optim)} if critic else {})}
+  return trainable, {"reference": policy, "reward model": heads("reward")}
+
+
+def train_batch(cfg):
+  """(rows per micro-step, sequence length, gradient accumulation steps) of the training step."""
+  if cfg.stage == "ppo":
+    accum, minibatches = cfg.rl.accum_steps, cfg.rl.minibatches or ALGO_DEFAULTS[cfg.algo]["minibatches"]
+    return cfg.data.batch_size // minibatches // accum, cfg.max_prompt_len + cfg.sample.max_new_tokens, accum
+  pairs = 2 if cfg.stage in ("reward", "dpo") else 1  # chosen and rejected in one forward pass
+  return pairs * cfg.data.batch_size // cfg.optim.accum_steps, cfg.data.seq_len, cfg.optim.accum_steps
+
+
+def sampled_batch(cfg, model_cfg: ModelConfig):
+  """(rows, prompt + new tokens) of the largest batch the stage samples (what fills the KV cache).
+
+  pretrain/SFT: eval samples of `sample.num_prompts` prompts cut to fit min(seq_len, max_len);
+  reward: pair generation, 2 x `preference.gen_batch` rows within `seq_len`; PPO: the
+  rollout's `data.batch_size` responses (or eval's `eval_prompts`); DPO: eval's `eval_prompts`.
+  """
+  if cfg.stage == "reward":
+    new = cfg.preference.max_new_tokens
+    return 2 * cfg.preference.gen_batch, max(1, cfg.data.seq_len - new) + new
+  if cfg.stage in ("ppo", "dpo"):
+    rows = max(cfg.data.batch_size, cfg.eval_prompts) if cfg.stage == "ppo" else cfg.eval_prompts
+    return rows, cfg.max_prompt_len + cfg.sample.max_new_tokens
+  new = cfg.sample.max_new_tokens
+  return cfg.sample.num_prompts, max(1, min(cfg.data.seq_len, model_cfg.max_len) - new) + new
+
+
+def kv_cache_bytes(model_cfg: ModelConfig, rows: int, length: int, rules, mesh_shape: dict) -> int:
+  """Keys and values of every layer, [rows, kv_heads, length, head_dim] in the compute dtype,
+  split as the logical names say (rows over the batch axes, kv heads over tensor)."""
+  spec = nn.logical_to_mesh_axes(("batch", "kv_heads", "length", "head_dim"), rules)
+  shape = (rows, model_cfg.kv_heads, length, model_cfg.dim_per_head)
+  return 2 * model_cfg.n_layers * shard_bytes(shape, model_cfg.dtype, spec, mesh_shape)
+
+
+def activation_bytes(model_cfg: ModelConfig, b: int, s: int, rules, mesh_shape: dict, logits: bool) -> int:
+  """ESTIMATE of one micro-step's saved activations, from Korthikanti et al. 2022 ("Reducing
+  Activation Recomputation in Large Transformer Models"): per layer s*b*h*(10 + 24/t + 5*a*s/(h*t))
+  bytes at 16 bits with t-way tensor parallelism (34 + 5as/h at t = 1), scaled to the compute
+  dtype; with remat only each layer's input (2sbh) plus one layer's full set. Plus the f32 logits
+  and their gradient (2 * b*s*V*4, V split over the vocab axis). b: rows per device."""
+  h, a, t = model_cfg.d_model, model_cfg.n_heads, logical_size("heads", rules, mesh_shape)
+  layer = s * b * h * (10 + 24 / t + 5 * a * s / (h * t))
+  layers = model_cfg.n_layers * 2 * s * b * h + layer if model_cfg.remat else model_cfg.n_layers * layer
+  scaled = layers * jnp.dtype(model_cfg.dtype).itemsize / 2
+  vocab = -(-model_cfg.vocab_size // logical_size("vocab", rules, mesh_shape))
+  return int(scaled + (2 * b * s * vocab * 4 if logits else 0))
+
+
+def state_bytes(cfg, trainable: dict, size) -> tuple[int, int]:
+  """(params, optimizer state) of the trainable models: the real `tx.init`'s shapes, which keep the
+  params' logical names. (The shared critic's one multi_transform optimizer differs by a counter.)"""
+  params = sum(size(abstract_params(m)) for m, _ in trainable.values())
+  tx_init = lambda optim_cfg: make_optimizer(optim_cfg, cfg.train.num_steps).init
+  return params, sum(size(jax.eval_shape(tx_init(o), abstract_params(m))) for m, o in trainable.values())
+
+
+def plan(cfg, model_cfg: ModelConfig, mesh_shape: dict) -> MemoryPlan:
+  """The stage's bytes per device on a mesh of these sizes ("data", "fsdp", "tensor")."""
+  rules, trainable, frozen = sharding.rules_of(cfg), *stage_models(cfg, model_cfg)
+  size = lambda tree: tree_bytes(tree, rules, mesh_shape)
+  seeds = cfg.get("vmap_seeds", 1)  # the RL stage's vmapped seeds: per-seed state, rollouts and updates
+  params, opt = (seeds * n for n in state_bytes(cfg, trainable, size))
+  rows, seq, accum = train_batch(cfg)
+  b = -(-rows // logical_size("batch", rules, mesh_shape))
+  acts = seeds * sum(activation_bytes(m, b, seq, rules, mesh_shape, logits=role in ("model", "policy"))
+                     for role, (m, _) in trainable.items())
+  sampled, length = sampled_batch(cfg, model_cfg)
+  sampled *= seeds if cfg.stage == "ppo" else 1
+  names = " + ".join(trainable) + (f" (x{seeds} seeds)" if seeds > 1 else "")
+  return MemoryPlan(cfg.stage, dict(mesh_shape), (
+      Row("params", params, names),
+      Row("optimizer state", opt, f"{names}: adam moments + counters"),
+      Row("gradients", params * (2 if accum > 1 else 1), names + (" + accumulator" if accum > 1 else "")),
+      Row("frozen models", sum(size(abstract_params(m)) for m in frozen.values()), " + ".join(frozen) or "none"),
+      Row("KV cache", kv_cache_bytes(model_cfg, sampled, length, rules, mesh_shape),
+          f"{sampled} rows x {length} tokens"),
+      Row("activations", acts, f"estimate: {b} rows/device x {seq} tokens" + (", remat" if model_cfg.remat else ""))))
+
+
+def device_bytes(cfg) -> int | None:
+  """`memory.device_gb` if set, else what the device reports (GPU/TPU), else None (CPU)."""
+  gb = cfg.get("memory", {}).get("device_gb", 0.0)
+  if gb > 0:
+    return int(gb * GiB)
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return stats.get("bytes_limit")
+
+
+def verdict(memory_plan: MemoryPlan, capacity: int | None) -> str | None:
+  """None if the plan fits (or the capacity is unknown), else the one-line reason."""
+  if capacity is None or memory_plan.total <= capacity:
+    return None
+  return (f"the plan needs {human(memory_plan.total)} per device but the device has {human(capacity)}: "
+          "shard more (mesh.fsdp / mesh.tensor), set model.remat=True or lower the batch")
+
+
+def check(cfg, model_cfg: ModelConfig, mesh) -> MemoryPlan:
+  """Logs the plan on `mesh` (a jax Mesh); raises UserError if it exceeds the device's memory."""
+  memory_plan = plan(cfg, model_cfg, dict(mesh.shape))
+  logging.info("%s", memory_plan.table())
+  problem = verdict(memory_plan, device_bytes(cfg))
+  if problem:
+    raise UserError(problem)
+  return memory_plan
+
+
+def print_plans(cfg, devices: int) -> None:
+  """Each stage's plan (a pipeline's, in order) on `devices` devices, and whether it fits `memory.device_gb`."""
+  for stage_cfg in [cfg[name] for name in cfg.stages] if cfg.stage == "pipeline" else [cfg]:
+    mesh = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(stage_cfg.mesh, devices)))
+    vocab = stage_cfg.model.vocab_size or padded_vocab(stage_cfg.tokenizer.vocab_size)
+    memory_plan = plan(stage_cfg, ModelConfig.from_dict(stage_cfg.model, vocab_size=vocab), mesh)
+    print(memory_plan.table())
+    gb = stage_cfg.memory.device_gb
+    if gb > 0:
+      print("  " + (verdict(memory_plan, int(gb * GiB)) or f"fits in {human(gb * GiB)}"))
+
+
+def define_flags() -> None:
+  """Flags of the command (defined only when run as one, so importing this module defines none)."""
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ppo.py:gpt2_small.", lock_config=True)
+  flags.DEFINE_integer("devices", 8, "devices of the mesh the plan is for")
+  flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  del argv
+  try:
+    print_plans(flags.FLAGS.config, flags.FLAGS.devices)
+  except UserError as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
