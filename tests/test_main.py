@@ -81,6 +81,7 @@ def run_main(*args, cwd=ROOT):
     ("--config.optim.lrr=1", 'unknown config field in the --config.* overrides: Did you mean "lr"'),
     ("--config.data.source=jsonl:/no/such/file.jsonl", "data file not found: /no/such/file.jsonl"),
     ("--config.mesh.data=3", "does not divide the 1 available devices"),
+    ("--config.memory.device_gb=0.001", "the plan needs 1"),  # ~14 MiB of a 1 MiB device: before compiling
 ])
 def test_bad_input_is_one_clear_line(tmp_path, override, message):
   result = run_main("--config=configs/pretrain.py:tiny", f"--workdir={tmp_path}", override)

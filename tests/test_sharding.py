@@ -1,6 +1,7 @@
-"""Meshes: shapes from the config, params laid out by the logical rules, and one training
-step on 8 simulated devices giving the same numbers as on one."""
+"""Meshes: shapes from the config, params laid out by the logical rules, and the steps of
+pretraining, PPO and DPO giving the same numbers on 8 simulated devices as on one."""
 
+import json
 import os
 import subprocess
 import sys
@@ -35,6 +36,9 @@ def test_mesh_shape_fills_the_remaining_axis():
     sharding.mesh_shape(mesh_cfg(fsdp=-1), 8)
 
 
+EIGHT_DEVICES = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=ROOT)
+
+
 SHARDED_RUN = """
 import json, sys
 from tests.conftest import shrink
@@ -48,9 +52,8 @@ stages.run(config, sys.argv[1])
 """
 
 
-def test_eight_devices_match_one(tmp_path, tiny_pretrain):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=ROOT)
-  result = subprocess.run([sys.executable, "-c", SHARDED_RUN, str(tmp_path / "mesh")], cwd=ROOT, env=env,
+def test_a_run_on_a_2x2x2_mesh_matches_one_device(tmp_path, tiny_pretrain):
+  result = subprocess.run([sys.executable, "-c", SHARDED_RUN, str(tmp_path / "mesh")], cwd=ROOT, env=EIGHT_DEVICES,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   tiny_pretrain.train.update(dict(num_steps=4, log_every=1, eval_every=4, checkpoint_every=4))
@@ -61,6 +64,21 @@ def test_eight_devices_match_one(tmp_path, tiny_pretrain):
     for key in ("loss", "grad_norm", "eval/loss"):
       if key in a:
         assert abs(a[key] - b[key]) < 1e-4 * max(1.0, abs(b[key])), (key, a, b)
+
+
+def test_steps_match_one_device_on_data_fsdp_and_tensor_meshes():
+  result = subprocess.run([sys.executable, "-m", "tests.mesh_check"], cwd=ROOT, env=EIGHT_DEVICES,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  for stage, meshes in report.items():
+    for mesh, found in meshes.items():
+      assert found["metrics"] < 1e-4, (stage, mesh, found)  # loss, grad norm, KL, ...: relative
+      assert found["updates"] < 1e-3, (stage, mesh, found)  # the param updates, relative in L2
+    # Per-device shards as the rules say: embed -> fsdp, mlp and vocab -> tensor.
+    assert meshes["data"]["up_kernel_shard"] == [64, 128] and meshes["data"]["embedding_shard"] == [264, 64]
+    assert meshes["fsdp"]["up_kernel_shard"] == [8, 128] and meshes["fsdp"]["embedding_shard"] == [264, 8]
+    assert meshes["tensor"]["up_kernel_shard"] == [64, 32] and meshes["tensor"]["embedding_shard"] == [66, 64]
 
 
 def test_param_shardings_follow_the_rules():

@@ -13,7 +13,7 @@ import functools
 import jax
 import numpy as np
 
-from rlhf_jax import sharding
+from rlhf_jax import memory, sharding
 from rlhf_jax.algorithms.dpo import LOSSES
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import batches
@@ -46,6 +46,7 @@ def run(cfg, workdir: str) -> dict:
   reward_cfg = ModelConfig.from_dict(reward_run.read_json("model.json"))
   models = rl_trainer.Models(Transformer(setup.model_config(cfg, tokenizer, sft_run)), None, Transformer(reward_cfg))
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  memory.check(cfg, models.policy.cfg, mesh)
   pairs = {split: preference_pairs(cfg, reward_run, tokenizer, None, None, split) for split in ("train", "eval")}
   data = {split: batches.PreferenceData(encode_triples(rows, tokenizer), tokenizer, cfg.data.seq_len,
                                         cfg.data.batch_size, cfg.seed, shuffle=split == "train",

@@ -9,7 +9,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from rlhf_jax import sharding
+from rlhf_jax import memory, sharding
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import batches, sources
 from rlhf_jax.models.sampling import SamplingParams
@@ -41,6 +41,7 @@ def run(cfg, workdir: str) -> dict:
   model_cfg = setup.model_config(cfg, tokenizer, source)
   data = prepare_data(cfg, tokenizer)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  memory.check(cfg, model_cfg, mesh)
   # Written only once the config, tokenizer and data have proved usable.
   run_dir.record_config(cfg)
   setup.save_run_files(run_dir, tokenizer, model_cfg)

@@ -14,7 +14,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from rlhf_jax import judges, sharding
+from rlhf_jax import judges, memory, sharding
 from rlhf_jax.algorithms.reward import normalisation
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import batches, preferences, sources
@@ -40,6 +40,7 @@ def run(cfg, workdir: str) -> dict:
   if "reward" not in model_cfg.heads:
     raise UserError("the reward stage needs model.heads to include 'reward'")
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  memory.check(cfg, model_cfg, mesh)
   run_dir.record_config(cfg)
   setup.save_run_files(run_dir, tokenizer, model_cfg)
   model = Transformer(model_cfg)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlhf_jax import judges, sharding
+from rlhf_jax import judges, memory, sharding
 from rlhf_jax.algorithms.kl import init_kl_controller
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import sources
@@ -115,6 +115,7 @@ def run(cfg, workdir: str) -> dict:
   reward_cfg = ModelConfig.from_dict(reward_run.read_json("model.json"))
   models = make_models(cfg, setup.model_config(cfg, tokenizer, sft_run), reward_cfg)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  memory.check(cfg, models.policy.cfg, mesh)
   prompts = {split: prompt_set(cfg, tokenizer, split) for split in ("train", "eval")}
   seed_cfgs = [with_seed(cfg, cfg.seed + i) for i in range(cfg.vmap_seeds)]
   seed_dirs = [RunDir(run_dir.file(f"seed_{c.seed}")) for c in seed_cfgs] if len(seed_cfgs) > 1 else []

@@ -1,0 +1,148 @@
+"""Steps of pretraining, PPO and DPO on 8-device meshes against the same steps on one device.
+
+Run by tests/test_sharding.py in a child process with 8 simulated CPU devices
+(`python -m tests.mesh_check`). Every state is built and every step compiled by the code the
+trainers use (shape-first init, shardings from the logical rules, jitted with in/out
+shardings), on each mesh in turn. Prints one JSON object: for each stage and mesh, the
+largest relative difference of the step metrics, and the relative difference of the param
+updates, from the one-device run, and the per-device shapes of two params.
+"""
+
+import dataclasses
+import functools
+import json
+
+import jax
+import ml_collections
+import numpy as np
+
+from configs import common, dpo, ppo, pretrain
+from rlhf_jax import sharding
+from rlhf_jax.data.batches import PreferenceData
+from rlhf_jax.data.tokenizers import ByteTokenizer
+from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.training import rl_trainer, setup
+from rlhf_jax.training.dpo_steps import compile_dpo_steps
+from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
+from rlhf_jax.training.rl_steps import RLConfig
+from rlhf_jax.training.steps import compile_lm_steps
+from tests.conftest import small_model
+
+# (data, fsdp, tensor): one device, then data parallel, fully sharded data parallel, and
+# tensor parallel (4 heads, so at most 4 ways) with 2-way data parallel.
+MESHES = {"one": (1, 1, 1), "data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (2, 1, 4)}
+RULES = common.DEFAULT_RULES
+TOKENIZER = ByteTokenizer()
+MODEL = small_model(vocab_size=264)  # the byte vocabulary, padded to split 8 ways
+LR = 1e-3  # large enough that the updates, not the initial params, dominate the comparison
+ROWS, LENGTH = 16, 32
+
+
+def make_mesh(name: str):
+  data, fsdp, tensor = MESHES[name]
+  sizes = ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
+  return sharding.make_mesh(sizes, jax.devices()[:data * fsdp * tensor])
+
+
+def stage_config(module):
+  cfg = module.get_config("tiny")
+  cfg.optim.update(dict(lr=LR, warmup_steps=0))
+  return cfg
+
+
+def random_tokens(seed: int, shape):
+  return np.random.default_rng(seed).integers(0, 256, shape).astype(np.int32)
+
+
+def pretrain_steps(mesh) -> tuple[list, dict]:
+  cfg = stage_config(pretrain)
+  model, tx = Transformer(MODEL), make_optimizer(cfg.optim, 10)
+  state, shardings = setup.init_state(model, tx, mesh, RULES, seed=0)
+  steps = compile_lm_steps(model, tx, learning_rate_schedule(cfg.optim, 10), shardings, mesh, cfg, TOKENIZER)
+  initial, metrics = jax.device_get(state.params), []
+  for step in range(2):
+    tokens = random_tokens(step, (ROWS, LENGTH + 1))
+    ones = np.ones((ROWS, LENGTH), np.int32)
+    batch = dict(inputs=tokens[:, :-1], targets=tokens[:, 1:], mask=ones, loss_mask=ones)
+    state, m = steps.train(state, sharding.put_batch(batch, mesh))
+    metrics.append(jax.device_get(m))
+  return metrics, {"initial": initial, "final": jax.device_get(state.params), "placed": state.params}
+
+
+def ppo_iteration(mesh) -> tuple[list, dict]:
+  cfg = stage_config(ppo)
+  cfg.value_optim.lr = LR
+  policy = Transformer(MODEL)
+  critic = Transformer(dataclasses.replace(MODEL, heads=("value",)))
+  scorer = Transformer(dataclasses.replace(MODEL, heads=("reward",)))
+  policy_tx, value_tx = make_optimizer(cfg.optim, 10), make_optimizer(cfg.value_optim, 10)
+  models = {"policy": policy, "value": critic, "reward": scorer}
+  state, shardings = rl_trainer.place_state(models, policy_tx, value_tx, mesh, RULES, seed=0, kl_coef=0.05)
+  score_fn = functools.partial(rl_trainer.proxy_scores, scorer=scorer, gain=1.0, bias=0.0)
+  rl_cfg = RLConfig(max_new_tokens=8, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, algo="ppo", epochs=2,
+                    minibatches=2, temperature=1.0)
+  iteration = rl_trainer.compile_iteration(shardings, mesh, RULES, rl_trainer.Models(policy, critic, scorer),
+                                           policy_tx, value_tx, score_fn, rl_cfg, vmapped=False)
+  prompts = sharding.put_batch({"tokens": random_tokens(7, (ROWS, 8)), "mask": np.ones((ROWS, 8), np.int32)}, mesh)
+  initial = jax.device_get({"policy": state.policy, "value": state.value})
+  state, metrics = iteration(state, prompts["tokens"], prompts["mask"])
+  final = jax.device_get({"policy": state.policy, "value": state.value})
+  return [jax.device_get(metrics)], {"initial": initial, "final": final, "placed": state.policy}
+
+
+def dpo_steps(mesh) -> tuple[list, dict]:
+  cfg = stage_config(dpo)
+  policy, scorer = Transformer(MODEL), Transformer(dataclasses.replace(MODEL, heads=("reward",)))
+  tx = make_optimizer(cfg.optim, 10)
+  state, shardings = rl_trainer.place_state({"policy": policy, "reward": scorer}, tx, None, mesh, RULES, seed=0,
+                                            kl_coef=0.0)
+  train, _ = compile_dpo_steps(policy, tx, cfg, shardings, mesh)
+  triples = [tuple(list(random_tokens(100 + 3 * i + j, 6 + j)) for j in range(3)) for i in range(2 * ROWS)]
+  data = PreferenceData(triples, TOKENIZER, LENGTH, ROWS, seed=0)
+  initial, metrics = jax.device_get(state.policy), []
+  for step in range(2):
+    state, m = train(state, sharding.put_batch(data.batch(step), mesh))
+    metrics.append(jax.device_get(m))
+  return metrics, {"initial": initial, "final": jax.device_get(state.policy), "placed": state.policy}
+
+
+STAGES = {"pretrain": pretrain_steps, "ppo": ppo_iteration, "dpo": dpo_steps}
+
+
+def relative_difference(a, b) -> float:
+  """|a - b| / |b| in the L2 norm over every leaf of two trees of the same structure.
+
+  A norm, not an elementwise maximum: Adam's first steps move each param by about lr times
+  the sign of its gradient, so a gradient that cancels to ~0 may flip sign on float noise
+  alone (different summation orders on different meshes) and move that one param the other
+  way; the update as a whole still agrees to ~1e-6.
+  """
+  pairs = [(np.asarray(x, np.float64), np.asarray(y, np.float64)) for x, y in zip(jax.tree.leaves(a),
+                                                                                  jax.tree.leaves(b))]
+  return float(np.sqrt(sum(np.sum((x - y) ** 2) for x, y in pairs) / sum(np.sum(y ** 2) for _, y in pairs)))
+
+
+def compare(result, reference) -> dict:
+  metrics, params = result
+  ref_metrics, ref_params = reference
+  metric_diff = max(abs(float(m[k]) - float(r[k])) / max(abs(float(r[k])), 1e-3)
+                    for m, r in zip(metrics, ref_metrics) for k in r if np.ndim(r[k]) == 0)
+  update = lambda p: jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, p["final"], p["initial"])
+  layer = params["placed"]["layer_0"]["mlp"]["up"]["kernel"]
+  return {"metrics": metric_diff, "updates": relative_difference(update(params), update(ref_params)),
+          "up_kernel_shard": list(layer.addressable_shards[0].data.shape),
+          "embedding_shard": list(params["placed"]["embed"]["embedding"].addressable_shards[0].data.shape),
+          "loss": float(metrics[-1]["loss"]) if "loss" in metrics[-1] else None}
+
+
+def main():
+  assert jax.device_count() >= 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+  report = {}
+  for stage, run in STAGES.items():
+    reference = run(make_mesh("one"))
+    report[stage] = {mesh: compare(run(make_mesh(mesh)), reference) for mesh in MESHES}
+  print(json.dumps(report))
+
+
+if __name__ == "__main__":
+  main()
