@@ -11,6 +11,7 @@ import os
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 
 from rlhf_jax.errors import UserError
@@ -36,14 +37,16 @@ class RunDir:
       return json.load(f)
 
   def write_json(self, name: str, value: dict) -> None:
-    """Written to a temporary file and renamed, so a kill never leaves half a file."""
-    if jax.process_index() != 0:
-      return
-    os.makedirs(self.path, exist_ok=True)
-    tmp = self.file(name + ".tmp")
-    with open(tmp, "w") as f:
-      json.dump(value, f, indent=2, sort_keys=True)
-    os.replace(tmp, self.file(name))
+    """Written by process 0 to a temporary file and renamed, so a kill never leaves half a
+    file. Every process calls it and waits for the write, so none reads a file (a finished
+    stage's summary, a tokenizer saved just before) that process 0 has not written yet."""
+    if jax.process_index() == 0:
+      os.makedirs(self.path, exist_ok=True)
+      tmp = self.file(name + ".tmp")
+      with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+      os.replace(tmp, self.file(name))
+    wait_for_process_0(f"{self.path}/{name}")
 
   def record_config(self, config: ml_collections.ConfigDict) -> None:
     """Writes config.json; on a resume, warns about fields that changed since the first start."""
@@ -61,3 +64,9 @@ def _diff(old, new, prefix=""):
       yield from _diff(old.get(key), new.get(key), f"{prefix}{key}.")
   elif old != new:
     yield prefix.rstrip(".")
+
+
+def wait_for_process_0(what: str) -> None:
+  """A barrier across processes (a no-op in a single-process run)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(what)

@@ -48,9 +48,10 @@ def reward_train_step(state: TrainState, batch: dict, *, model, tx, schedule, ac
 
 
 def reward_eval_step(params, batch: dict, *, model):
-  """Summed pair metrics, and both rewards (for normalisation and the gold correlation)."""
+  """Summed pair metrics, both rewards (for normalisation and the gold correlation) and which
+  rows are real pairs: all of the global batch, which no one process holds on the host."""
   chosen, rejected = pair_rewards(params, batch, model=model)
-  return pair_loss(params, batch, 1.0, model=model)[1], chosen, rejected
+  return pair_loss(params, batch, 1.0, model=model)[1], chosen, rejected, batch["loss_mask"][:, 0] > 0
 
 
 class RewardSteps(NamedTuple):

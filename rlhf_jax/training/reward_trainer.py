@@ -26,7 +26,7 @@ from rlhf_jax.training.lm_trainer import encode_prompts, prompt_rng
 from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.reward_steps import compile_reward_steps
-from rlhf_jax.workdir import RunDir
+from rlhf_jax.workdir import RunDir, wait_for_process_0
 
 
 def run(cfg, workdir: str) -> dict:
@@ -86,6 +86,7 @@ def preference_pairs(cfg, run_dir: RunDir, tokenizer, sampler, params, split: st
       with open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
       os.replace(path + ".tmp", path)
+    wait_for_process_0(path)
   with open(path) as f:
     return [json.loads(line) for line in f]
 
@@ -126,9 +127,8 @@ class RewardEvaluator:
   def __call__(self, state, step: int) -> dict:
     params, sums, rewards = state.params, None, []
     for batch in batches.eval_batches(self.data, self.cfg.train.eval_batches):
-      out, chosen, rejected = jax.device_get(self.steps.eval(params, sharding.put_batch(batch, self.mesh)))
+      out, chosen, rejected, valid = jax.device_get(self.steps.eval(params, sharding.put_batch(batch, self.mesh)))
       sums = out if sums is None else {k: sums[k] + out[k] for k in out}
-      valid = batch["loss_mask"][:, 0] > 0
       rewards.append(np.stack([chosen[valid], rejected[valid]], axis=1))
     rewards = np.concatenate(rewards)
     pairs = max(float(sums["pairs"]), 1.0)

@@ -124,8 +124,9 @@ def run(cfg, workdir: str) -> dict:
     setup.save_run_files(directory, tokenizer, models.policy.cfg)
   rl_cfg = rl_config(cfg, tokenizer)
   policy_tx, value_tx = make_optimizers(cfg)
-  states = [initial_state(c, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) for c in seed_cfgs]
-  state, shardings = states[0] if len(states) == 1 else seeds.stack(states)
+  placed = [initial_state(c, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) for c in seed_cfgs]
+  state, shardings = placed[0] if len(placed) == 1 else seeds.stack(placed)
+  one_seed_shardings = placed[0][1]
   items = tuple(name for name in RL_ITEMS if getattr(state, name) is not None)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), items, cfg.train.keep_checkpoints)
   restored = setup.resume(state, shardings, checkpointer, items)
@@ -139,7 +140,7 @@ def run(cfg, workdir: str) -> dict:
   per_iteration = cfg.data.batch_size // rl_cfg.samples_per_prompt
   next_batch = lambda step: prompt_batch(prompts["train"], step, per_iteration, mesh)
   evaluator = RLEvaluator(cfg, run_dir, models, prompts["eval"], tokenizer, score_fn, rl_cfg,
-                          states[0][1].policy, mesh)
+                          one_seed_shardings.policy, mesh)
   loop = Loop(cfg.train, run_dir, train_step, next_batch, evaluator, checkpointer, items)
   summary = train_seeds(loop, state, seed_cfgs, seed_dirs) if seed_dirs else loop.train(state)
   run_dir.write_json("summary.json", summary)
