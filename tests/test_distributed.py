@@ -1,6 +1,6 @@
 """Multi-host: settings from config or environment, and a real two-process `jax.distributed`
-PPO run on localhost (launch/local.sh with PROCESSES=2) that checkpoints, restores, and
-matches one process holding the same two devices."""
+run of the (shrunk) pipeline on localhost (launch/local.sh with PROCESSES=2): its PPO stage
+checkpoints and restores, and every stage matches one process holding the same two devices."""
 
 import os
 import shutil
@@ -35,20 +35,24 @@ def test_coordinator_from_config_or_environment():
     settings(coordinator="h:1")
 
 
+# The tiny pipeline, shrunk as the other tests shrink it: pretrain -> SFT -> reward -> 4 PPO iterations.
 CONFIG = """
-from tests.conftest import make_tiny_ppo
+from configs import pipeline
+from tests.conftest import make_tiny_ppo, make_tiny_reward, make_tiny_sft, shrink
 
 def get_config(arg=None):
-  config = make_tiny_ppo()
-  config.init_from, config.reward_from = {init_from!r}, {reward_from!r}
-  config.train.update(dict(eval_every=2, checkpoint_every=2))
+  config = pipeline.get_config("tiny")
+  config.pretrain = shrink(config.pretrain, steps=10)
+  for name, make in (("sft", make_tiny_sft), ("reward", make_tiny_reward), ("ppo", make_tiny_ppo)):
+    config[name] = make()
+    del config[name].upstream
+  config.ppo.train.update(dict(eval_every=2, checkpoint_every=2))
   return config
 """
 
 
-def launch(config_file, workdir, num_steps: int, **env):
-  command = ["bash", os.path.join(ROOT, "launch", "local.sh"), f"{config_file}:tiny", str(workdir),
-             f"--config.train.num_steps={num_steps}"]
+def launch(config_file, workdir, **env):
+  command = ["bash", os.path.join(ROOT, "launch", "local.sh"), f"{config_file}:tiny", str(workdir)]
   result = subprocess.run(command, cwd=ROOT, env=dict(os.environ, **env), capture_output=True, text=True,
                           timeout=600)
   logs = "".join(open(os.path.join(workdir, name)).read() for name in sorted(os.listdir(workdir))
@@ -57,27 +61,37 @@ def launch(config_file, workdir, num_steps: int, **env):
   return logs
 
 
-def same_metrics(ours: list, theirs: list, tolerance: float) -> None:
-  ours, theirs = {m["step"]: m for m in ours}, {m["step"]: m for m in theirs}
-  assert sorted(ours) == sorted(theirs) == [1, 2, 3, 4]
+def metrics_by_step(workdir) -> dict:
+  merged = {}
+  for metrics in read_metrics(workdir):  # a step's train and eval metrics are separate lines
+    merged.setdefault(metrics["step"], {}).update(metrics)
+  return merged
+
+
+def same_metrics(ours, theirs, tolerance: float, steps) -> None:
+  ours, theirs = metrics_by_step(ours), metrics_by_step(theirs)
+  assert sorted(ours) == sorted(theirs) == steps
   for step, metrics in theirs.items():
     for key, value in metrics.items():
       if isinstance(value, float) and "seconds" not in key:
         assert abs(ours[step][key] - value) <= tolerance * max(1.0, abs(value)), (step, key, ours[step][key], value)
 
 
-def test_two_processes_train_checkpoint_restore_and_match_one(tmp_path, tiny_upstream):
-  config_file = tmp_path / "ppo_two_hosts.py"
-  config_file.write_text(CONFIG.format(**tiny_upstream))
+def test_two_processes_run_the_pipeline_restore_ppo_and_match_one_process(tmp_path):
+  config_file = tmp_path / "two_hosts.py"
+  config_file.write_text(CONFIG)
   two, one = tmp_path / "two_processes", tmp_path / "one_process"
-  logs = launch(config_file, two, 4, PROCESSES="2", DEVICES="1")
+  logs = launch(config_file, two, PROCESSES="2", DEVICES="1")
   assert "process 1 of 2: 1 local devices, 2 in all" in logs
-  uninterrupted = read_metrics(two)
-  # As if killed after the checkpoint at step 2: the same command restores it and goes on.
-  shutil.rmtree(two / "checkpoints" / "4")
-  os.remove(two / "summary.json")
-  logs = launch(config_file, two, 4, PROCESSES="2", DEVICES="1")
+  shutil.copytree(two / "ppo", tmp_path / "uninterrupted")
+  # As if killed after PPO's checkpoint at step 2: the same command skips the finished
+  # stages, restores PPO and goes on.
+  shutil.rmtree(two / "ppo" / "checkpoints" / "4")
+  for summary in (two / "summary.json", two / "ppo" / "summary.json"):
+    os.remove(summary)
+  logs = launch(config_file, two, PROCESSES="2", DEVICES="1")
   assert "resumed from" in logs and "at step 2" in logs
-  same_metrics(read_metrics(two), uninterrupted, 1e-6)
-  launch(config_file, one, 4, DEVICES="2")  # the same 2-device mesh in one process
-  same_metrics(read_metrics(two), read_metrics(one), 1e-4)
+  same_metrics(two / "ppo", tmp_path / "uninterrupted", 1e-6, [1, 2, 3, 4])
+  launch(config_file, one, DEVICES="2")  # the same 2-device mesh in one process
+  for stage in ("pretrain", "sft", "reward", "ppo"):
+    same_metrics(two / stage, one / stage, 1e-4, sorted(metrics_by_step(one / stage)))
