@@ -210,8 +210,23 @@ def verdict(memory_plan: MemoryPlan, capacity: int | None) -> str | None:
           "shard more (mesh.fsdp / mesh.tensor), set model.remat=True or lower the batch")
 
 
+def check_divisible(model_cfg: ModelConfig, rules, mesh_shape: dict) -> None:
+  """JAX places only even splits: name the first param dimension the mesh does not divide."""
+  boxed = abstract_params(model_cfg)
+  specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), rules)
+  flat_specs = jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  for (path, spec), leaf in zip(flat_specs, jax.tree.leaves(nn.meta.unbox(boxed))):
+    for dim, axes in zip(leaf.shape, spec):
+      if dim % mesh_size(axes, mesh_shape):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        raise UserError(f"parameter {name} {tuple(leaf.shape)}: its size {dim} does not split over mesh axes "
+                        f"{axes} of {mesh_size(axes, mesh_shape)} devices; change config.mesh")
+
+
 def check(cfg, model_cfg: ModelConfig, mesh) -> MemoryPlan:
-  """Logs the plan on `mesh` (a jax Mesh); raises UserError if it exceeds the device's memory."""
+  """Logs the plan on `mesh` (a jax Mesh); raises UserError if a parameter does not split
+  evenly over it or the plan exceeds the device's memory."""
+  check_divisible(model_cfg, sharding.rules_of(cfg), dict(mesh.shape))
   memory_plan = plan(cfg, model_cfg, dict(mesh.shape))
   logging.info("%s", memory_plan.table())
   problem = verdict(memory_plan, device_bytes(cfg))

@@ -117,6 +117,13 @@ def test_check_stops_a_run_that_does_not_fit():
   assert memory.check(cfg, small_model(), one_device).total < 100 * 2**30
 
 
+def test_a_mesh_that_does_not_split_a_parameter_is_named_before_anything_is_placed():
+  rules = pretrain.get_config("tiny").sharding_rules
+  memory.check_divisible(small_model(vocab_size=264), rules, mesh(data=2, tensor=4))  # 4 heads over 4: fine
+  with pytest.raises(UserError, match=r"parameter layer_0/attn/.* its size 4 does not split over mesh axes tensor"):
+    memory.check_divisible(small_model(vocab_size=264), rules, mesh(tensor=8))
+
+
 def test_cli_prints_the_plan_of_an_eight_device_mesh():
   result = subprocess.run([sys.executable, "-m", "rlhf_jax.memory", "--config=configs/ppo.py:gpt2_small",
                            "--devices=8", "--config.mesh.fsdp=8", "--config.mesh.data=1"],
