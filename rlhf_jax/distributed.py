@@ -1,9 +1,9 @@
 """Multi-host runs: every process runs the same command, and JAX's multi-controller runtime
 joins them into one set of global devices (`jax.distributed.initialize`).
 
-Called once, before anything touches a device. `config.distributed` (or the environment)
-decides (see configs/common.py:distributed_config); RLHF_JAX_DISTRIBUTED=auto in the
-environment does what `distributed.auto` does, for launchers that run sweeps. After it, `jax.devices()` lists every
+Called once, before anything touches a device. `config.distributed` or the environment
+decides (see configs/common.py:distributed_config); RLHF_JAX_DISTRIBUTED=auto does what
+`distributed.auto` does, for launchers that run sweeps. After it, `jax.devices()` lists every
 process's devices, each process feeds its own rows of each batch, and only process 0 writes
 logs and run files (orbax writes checkpoints collectively).
 """
