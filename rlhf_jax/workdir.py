@@ -37,6 +37,9 @@ class RunDir:
       return json.load(f)
 
   def write_json(self, name: str, value: dict) -> None:
+    self.write_text(name, json.dumps(value, indent=2, sort_keys=True))
+
+  def write_text(self, name: str, text: str) -> None:
     """Written by process 0 to a temporary file and renamed, so a kill never leaves half a
     file. Every process calls it and waits for the write, so none reads a file (a finished
     stage's summary, a tokenizer saved just before) that process 0 has not written yet."""
@@ -44,9 +47,10 @@ class RunDir:
       os.makedirs(self.path, exist_ok=True)
       tmp = self.file(name + ".tmp")
       with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
+        f.write(text)
       os.replace(tmp, self.file(name))
-    wait_for_process_0(f"{self.path}/{name}")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(self.file(name))
 
   def record_config(self, config: ml_collections.ConfigDict) -> None:
     """Writes config.json; on a resume, warns about fields that changed since the first start."""
@@ -65,8 +69,3 @@ def _diff(old, new, prefix=""):
   elif old != new:
     yield prefix.rstrip(".")
 
-
-def wait_for_process_0(what: str) -> None:
-  """A barrier across processes (a no-op in a single-process run)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(what)

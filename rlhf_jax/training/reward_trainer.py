@@ -26,7 +26,7 @@ from rlhf_jax.training.lm_trainer import encode_prompts, prompt_rng
 from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.reward_steps import compile_reward_steps
-from rlhf_jax.workdir import RunDir, wait_for_process_0
+from rlhf_jax.workdir import RunDir
 
 
 def run(cfg, workdir: str) -> dict:
@@ -76,17 +76,14 @@ def preference_pairs(cfg, run_dir: RunDir, tokenizer, sampler, params, split: st
   pref = cfg.preference
   if pref.source != "generated":
     return [dict(zip(("prompt", "chosen", "rejected"), t)) for t in preferences.load_pairs(pref, split)]
-  path = run_dir.file(f"preferences_{split}.jsonl")
+  name = f"preferences_{split}.jsonl"
+  path = run_dir.file(name)
   if not os.path.isfile(path) and sampler is None:
     raise UserError(f"{path}: the reward run has no generated pairs; set preference.source")
   if not os.path.isfile(path):
     count = pref.train_pairs if split == "train" else pref.eval_pairs
     rows = generate_pairs(cfg, tokenizer, sampler, params, split, count)
-    if jax.process_index() == 0:
-      with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-      os.replace(path + ".tmp", path)
-    wait_for_process_0(path)
+    run_dir.write_text(name, "".join(json.dumps(r) + "\n" for r in rows))
   with open(path) as f:
     return [json.loads(line) for line in f]
 

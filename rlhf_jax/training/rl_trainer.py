@@ -255,7 +255,9 @@ def prompt_batch(prompts, step: int, batch_size: int, mesh) -> dict:
   epoch, offset = divmod(step * batch_size, n)
   order = np.random.default_rng([epoch]).permutation(n)
   ids = order[(offset + np.arange(batch_size)) % n]
-  mine = np.array_split(ids, jax.process_count())[jax.process_index()]
+  if batch_size % jax.process_count():
+    raise UserError(f"{batch_size} prompts per iteration do not split over {jax.process_count()} processes")
+  mine = ids.reshape(jax.process_count(), -1)[jax.process_index()]
   return sharding.put_batch({"tokens": prompts.tokens[mine], "mask": prompts.mask[mine]}, mesh)
 
 
