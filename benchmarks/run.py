@@ -1,116 +1,125 @@
-"""Throughput of the compiled steps for a config preset, printed as one JSON line.
+"""Time one fixed workload and print one JSON line: the figures, the device, the JAX version.
 
-  python benchmarks/run.py --config=configs/pretrain.py:tiny --workload=all
-  python benchmarks/run.py --config=configs/pretrain.py:gpt2_small --workload=train
+  python benchmarks/run.py --workload=w1             # PPO iteration on the tiny GPT-2 (CPU-sized)
+  python benchmarks/run.py --workload=w1 --peer      # ... and TRL's, measured in the same run
+  python benchmarks/run.py --workload=cpu --peer     # w1 w2 w3 w4 sampler, then a markdown table
+  python benchmarks/run.py --workload=gpu            # pretrain, decode, ppo_large (gpt2_small)
 
-Workloads: `train` (pretraining step tokens/s, including the optimizer update) and `sampler`
-(KV-cache generation tokens/s, every row generating exactly --new_tokens). Compile time is
-reported apart from steady-state time; steady-state figures are medians over --repeats.
-The model is randomly initialised: throughput does not depend on the weights.
+Workloads: w1 PPO (64 prompts x 16 tokens, 32 new, 4 epochs, 1 minibatch; policy, reference,
+reward model, critic), w2 DPO (64 pairs, 16 + 32 tokens), w3 reward model (64 pairs x 48),
+w4 RLOO (k = 4, 64 responses), sampler (KV cache, w1's batch), pretrain (gpt2_small at 1024),
+decode (gpt2_small, 256 rows, 256 + 256 tokens, against the memory roofline) and ppo_large
+(gpt2_small, 256 prompts x 256 tokens -> 256). The first call (compilation included) is
+reported apart from the steady state, the median of --repeats calls. FLOP/s are model FLOPs
+(benchmarks/flops.py) over the median, against a matmul peak measured in the same run.
 """
 
-import functools
 import json
+import os
 import platform
-import statistics
-import time
+import subprocess
+import sys
 
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
-import numpy as np
-from ml_collections import config_flags
 
-from rlhf_jax import sharding
-from rlhf_jax.models.config import ModelConfig, padded_vocab
-from rlhf_jax.models.sampling import SamplingParams, sample
-from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training import setup
-from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
-from rlhf_jax.training.steps import train_step
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import limits, workloads  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/pretrain.py:tiny", "Stage config and preset.")
-flags.DEFINE_enum("workload", "all", ["all", "train", "sampler"], "What to time.")
-flags.DEFINE_integer("repeats", 10, "Timed repetitions after warm-up.")
-flags.DEFINE_integer("prompt_len", 16, "Sampler prompt length.")
-flags.DEFINE_integer("new_tokens", 32, "Sampler tokens generated per row.")
-flags.DEFINE_integer("sample_batch", 64, "Sampler batch size.")
+CPU_SET = ("w1", "w2", "w3", "w4", "sampler")
+GPU_SET = ("pretrain", "decode", "ppo_large")
+flags.DEFINE_enum("workload", "w1", [*CPU_SET, *GPU_SET, "cpu", "gpu"], "What to time (cpu / gpu: each of a set).")
+flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
+flags.DEFINE_bool("peer", False, "Also run TRL's version (benchmarks/peers, after setup.sh) and give the ratio.")
+flags.DEFINE_integer("rows", 0, "pretrain: batch rows (0: the preset's).")
+flags.DEFINE_string("preset", "gpt2_small", "Model preset of the accelerator-sized workloads.")
+flags.DEFINE_string("profile", "", "Also trace 3 calls with jax.profiler into DIR/WORKLOAD "
+                    "(summarise with benchmarks/profile_summary.py).")
+PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers")
+BUILDERS = {
+    "w1": lambda: workloads.rl_workload("ppo"),
+    "w2": workloads.dpo_workload,
+    "w3": workloads.reward_workload,
+    "w4": lambda: workloads.rl_workload("rloo", prompts=16, k=4, epochs=1),
+    "sampler": workloads.sampler_workload,
+    "pretrain": lambda: workloads.lm_workload(FLAGS.preset, preset_model(), rows=FLAGS.rows),
+    "decode": lambda: workloads.sampler_workload(FLAGS.preset, preset_model(), rows=256, prompt_len=256,
+                                                 new_tokens=256),
+    "ppo_large": lambda: workloads.rl_workload("ppo", FLAGS.preset, preset_model(), prompts=256, prompt_len=256,
+                                               new_tokens=256, minibatches=4),
+}
 
-BYTE_VOCAB = 259
-
-
-def timed(fn, repeats: int) -> tuple[float, float]:
-  """(first call seconds, including compilation; median of `repeats` later calls)."""
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
-
-
-def model_of(cfg) -> ModelConfig:
-  """The preset's model; vocab_size 0 takes the configured tokenizer's size (bytes: 259)."""
-  tokenizer_vocab = cfg.tokenizer.vocab_size if cfg.tokenizer.kind == "sentencepiece" else BYTE_VOCAB
-  return ModelConfig.from_dict(dict(cfg.model), vocab_size=cfg.model.vocab_size or padded_vocab(tokenizer_vocab))
+flags.DEFINE_enum("attention", "auto", ["auto", "xla", "cudnn"], "model.attention of the accelerator-sized ones.")
+preset_model = lambda: {**(workloads.preset_model(FLAGS.preset) or {}), "attention": FLAGS.attention}
 
 
-def bench_train(cfg, repeats: int) -> dict:
-  model = Transformer(model_of(cfg))
-  tx = make_optimizer(cfg.optim, 1000)
-  mesh = sharding.make_mesh(cfg.mesh)
-  state, shardings = setup.init_state(model, tx, mesh, sharding.rules_of(cfg), cfg.seed)
-  step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=learning_rate_schedule(cfg.optim, 1000),
-                                   accum_steps=cfg.optim.accum_steps, seed=0),
-                 in_shardings=(shardings, sharding.batch_sharding(mesh)), donate_argnums=0)
-  b, t = cfg.data.batch_size, cfg.data.seq_len
-  tokens = np.random.default_rng(0).integers(0, model.cfg.vocab_size, (b, t + 1)).astype(np.int32)
-  ones = np.ones((b, t), np.int32)
-  batch = sharding.put_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": ones,
-                              "loss_mask": ones}, mesh)
-  holder = {"state": state}
+def measure(name: str, peak: float) -> dict:
+  """Builds, times and (for the GPU figures) relates one workload to the device's limits."""
+  workload = BUILDERS[name]()
+  first, seconds = limits.timed(workload.step, FLAGS.repeats)
+  result = {"workload": name, **workload.info, "compile_s": first - seconds, "seconds": seconds,
+            "repeats": FLAGS.repeats, "model_gflop": workload.flops / 1e9,
+            "flops_per_s": workload.flops / seconds, "fraction_of_peak": workload.flops / seconds / peak}
+  if FLAGS.profile:
+    with jax.profiler.trace(os.path.join(FLAGS.profile, name), create_perfetto_trace=True):
+      for _ in range(3):
+        jax.block_until_ready(workload.step())
+  if workload.compiled is not None:
+    result["compilations"] = workload.compiled._cache_size()  # 1: nothing recompiled while timing
+  for part, (call, _) in workload.parts.items():
+    result[f"{part}_s"] = limits.timed(call, FLAGS.repeats)[1]
+    result[f"{part}_share"] = result[f"{part}_s"] / seconds
+  if "generated_tokens" in workload.info:
+    result["tokens_per_s"] = workload.info["generated_tokens"] / seconds
+  if name == "decode":
+    result.update(limits.decode_roofline(workload, seconds))
+  if name == "pretrain":
+    result.update(limits.model_flops_utilisation(workload.flops / seconds))
+  return result
 
-  def one_step():
-    holder["state"], metrics = step(holder["state"], batch)
-    return metrics["loss"]
 
-  first, median = timed(one_step, repeats)
-  return {"train_compile_s": first - median, "train_step_s": median, "train_tokens_per_s": b * t / median,
-          "train_batch": b, "train_seq_len": t}
+def peer(name: str) -> dict:
+  """TRL's figures for the same workload, from its own virtual environment."""
+  python = os.path.join(PEERS, ".venv", "bin", "python")
+  if not os.path.exists(python):
+    raise SystemExit(f"no peer environment at {python}: run benchmarks/peers/setup.sh first")
+  out = subprocess.run([python, os.path.join(PEERS, "trl_bench.py"), f"--workload={name}",
+                        f"--repeats={FLAGS.repeats}"], check=True, capture_output=True, text=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_sampler(cfg, repeats: int) -> dict:
-  model = Transformer(model_of(cfg))
-  mesh = sharding.make_mesh(cfg.mesh)
-  tx = make_optimizer(cfg.optim, 1000)
-  params = setup.init_state(model, tx, mesh, sharding.rules_of(cfg), cfg.seed)[0].params
-  b, p, n = FLAGS.sample_batch, FLAGS.prompt_len, FLAGS.new_tokens
-  # eos_id -1 never matches, so every row generates exactly n tokens.
-  sampler = jax.jit(functools.partial(sample, model, max_new_tokens=n, eos_id=-1, pad_id=0))
-  prompts = jnp.asarray(np.random.default_rng(1).integers(0, 256, (b, p)), jnp.int32)
-  mask = jnp.ones((b, p), jnp.int32)
-  settings = SamplingParams.make(temperature=0.7)
-  first, median = timed(lambda: sampler(params, prompts, mask, jax.random.key(0), settings).tokens, repeats)
-  return {"sampler_compile_s": first - median, "sampler_s": median, "sampler_tokens_per_s": b * n / median,
-          "sampler_batch": b, "sampler_prompt_len": p, "sampler_new_tokens": n}
+def with_peer(ours: dict, theirs: dict, peak: float) -> dict:
+  trl_flops_per_s = ours["model_gflop"] * 1e9 / theirs["seconds"]
+  merged = {**ours, "trl_seconds": theirs["seconds"], "speedup_vs_trl": theirs["seconds"] / ours["seconds"],
+            "trl_fraction_of_peak": trl_flops_per_s / peak, "trl": theirs.get("trl"), "torch": theirs.get("torch"),
+            "trl_notes": theirs.get("notes", "")}
+  for key in ("generation_share", "tokens_per_s"):
+    if key in theirs:
+      merged[f"trl_{key}"] = theirs[key]
+  return merged
+
+
+def rounded(result: dict) -> dict:
+  return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.items()}
 
 
 def main(argv):
   del argv
-  cfg = FLAGS.config
-  result = {"config": FLAGS["config"].config_filename, "params_m": model_of(cfg).num_params() / 1e6,
-            "device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),
-            "jax": jax.__version__, "host": platform.processor() or platform.machine()}
-  if FLAGS.workload in ("all", "train"):
-    result.update(bench_train(cfg, FLAGS.repeats))
-  if FLAGS.workload in ("all", "sampler"):
-    result.update(bench_sampler(cfg, FLAGS.repeats))
-  print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+  names = {"cpu": CPU_SET, "gpu": GPU_SET}.get(FLAGS.workload, (FLAGS.workload,))
+  device = {"device": jax.devices()[0].device_kind, "num_devices": jax.device_count(), "jax": jax.__version__,
+            "host": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+  peak = limits.matmul_peak()
+  results = []
+  for name in names:
+    theirs = peer(name) if FLAGS.peer else None  # first, so our process's threads sit idle meanwhile
+    ours = {**measure(name, peak["peak_flops_per_s"]), **device, **peak}
+    result = rounded(with_peer(ours, theirs, peak["peak_flops_per_s"]) if theirs else ours)
+    results.append(result)
+    print(json.dumps(result), flush=True)
+  if len(results) > 1:
+    print(limits.table(results))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def is_small(preset: str) -> bool:
 def model_config(preset: str) -> ml_collections.ConfigDict:
   """vocab_size 0 means: the tokenizer's vocabulary, rounded up to a multiple of 128."""
   base = dict(n_kv_heads=0, head_dim=0, rope_theta=10000.0, norm_eps=1e-5, dtype="float32",
-              param_dtype="float32", remat=False, dropout=0.0, init_std=0.02, heads=())
+              param_dtype="float32", remat=False, attention="auto", dropout=0.0, init_std=0.02, heads=())
   return ml_collections.ConfigDict({**base, **MODELS[preset]})
 
 

@@ -10,6 +10,7 @@ _CHOICES = {
     "norm": ("layernorm", "rmsnorm"),
     "mlp": ("gelu", "swiglu"),
     "bias": ("all", "none", "qkv"),
+    "attention": ("auto", "xla", "cudnn"),
     "dtype": ("float32", "bfloat16", "float16"),
     "param_dtype": ("float32", "bfloat16"),
 }
@@ -47,6 +48,9 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
   remat: bool = False
+  # The full-sequence attention kernel: cudnn (flash attention; GPU, 16-bit compute), xla (any
+  # device), or auto (cudnn where it runs, else xla). Decoding with the KV cache is always xla.
+  attention: str = "auto"
   dropout: float = 0.0
   init_std: float = 0.02
   heads: tuple[str, ...] = ()  # scalar heads on the final hidden state, e.g. ("value",)

@@ -73,8 +73,10 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, mask=None, *, cache: Optional[KVCache] = None, positions=None,
-               with_logits: bool = True) -> ModelOutput:
-    """tokens, mask: [batch, time]. With a cache, tokens are written at slot cache.index."""
+               with_logits: bool = True, last_logits_only: bool = False) -> ModelOutput:
+    """tokens, mask: [batch, time]. With a cache, tokens are written at slot cache.index.
+    `last_logits_only`: logits of the last position alone, [batch, 1, vocab] (a prefill needs
+    no more, and the whole prompt's would be the largest array of sampling)."""
     cfg = self.cfg
     mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
     if positions is None:
@@ -107,7 +109,7 @@ class Transformer(nn.Module):
     new_cache = None
     if cache is not None:
       new_cache = KVCache(tuple(new_keys), tuple(new_values), cache_mask, cache.index + tokens.shape[1])
-    logits = self._logits(hidden, embed) if with_logits else None
+    logits = self._logits(hidden[:, -1:] if last_logits_only else hidden, embed) if with_logits else None
     return ModelOutput(logits, hidden, self._scalar_heads(hidden), new_cache)
 
   def _logits(self, hidden, embed):

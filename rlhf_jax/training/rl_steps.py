@@ -156,6 +156,25 @@ def _advantages(state, rewards, values, response_mask, greedy_scores, cfg: RLCon
   return spread(per_response), spread(sequence_returns), baseline
 
 
+def in_chunks(fn: Callable, rows, chunks: int):
+  """fn over `chunks` slices of the rows, one after another (`lax.map`): the peak memory of
+  one update's microbatch, not of the whole batch (whose logits may not fit). Chunk i holds
+  rows i, i + chunks, ...: strided, so each chunk spreads over the devices as the batch does."""
+  if chunks == 1:
+    return fn(*rows)
+  split = jax.tree.map(lambda x: x.reshape(-1, chunks, *x.shape[1:]).swapaxes(0, 1), rows)
+  merge = lambda x: x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+  return jax.tree.map(merge, jax.lax.map(lambda r: fn(*r), split))
+
+
+def _score_tokens(state, tokens, mask, *, policy, critic, prompt_len: int, cfg: RLConfig):
+  """Log-probs of the response under the policy and the reference, and the critic's values."""
+  logits, values = logits_and_values((state.policy, state.value), tokens, mask, prompt_len, policy=policy,
+                                     critic=critic, temperature=cfg.temperature)
+  logprobs = token_logprobs(logits, tokens[:, prompt_len:])
+  return logprobs, response_logprobs(policy, state.ref, tokens, mask, prompt_len, cfg.temperature), values
+
+
 def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_fn: Callable, cfg: RLConfig):
   """Samples k responses per prompt, scores them, computes advantages. Returns (Rollout, baseline, metrics)."""
   prompts, prompt_mask = (jnp.repeat(x, cfg.samples_per_prompt, axis=0) for x in (prompts, prompt_mask))
@@ -167,10 +186,9 @@ def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_
   if cfg.algo == "remax":  # the baseline: the greedy response's score (independent of the sample)
     greedy_scores = sample_and_score(prompts, prompt_mask, rng, SamplingParams.make(cfg.temperature,
                                                                                     greedy=True))[3]
-  logits, values = logits_and_values((state.policy, state.value), tokens, mask, p, policy=policy, critic=critic,
-                                     temperature=cfg.temperature)
-  logprobs = token_logprobs(logits, out.tokens)
-  ref_logprobs = response_logprobs(policy, state.ref, tokens, mask, p, cfg.temperature)
+  logprobs, ref_logprobs, values = in_chunks(
+      functools.partial(_score_tokens, state, policy=policy, critic=critic, prompt_len=p, cfg=cfg),
+      (tokens, mask), cfg.minibatches * cfg.accum_steps)
   rewards, kl_metrics = kl.penalised_rewards(scores, logprobs, ref_logprobs, out.mask,
                                              kl_coef=0.0 if cfg.kl_in_loss else state.kl.coef, kind=cfg.kl_kind)
   advantages, returns, baseline = _advantages(state, rewards, values, out.mask, greedy_scores, cfg)

@@ -1,0 +1,57 @@
+"""Model FLOPs of each workload, counted from the shapes (matmuls only; the rest is noise).
+
+The usual convention (Kaplan et al. 2020; PaLM's MFU; llm.c): a forward pass costs 2 FLOPs per
+matmul weight per token, plus 4 * layers * d_model * context for attention's QK^T and AV;
+a training step costs 3 forwards (6N + 12 L d T per token). Counted the same way for us and
+for the peer, so the ratio of FLOP/s is the ratio of speeds.
+"""
+
+from rlhf_jax.models.config import ModelConfig
+
+
+def matmul_weights(cfg: ModelConfig, logits: bool = True) -> int:
+  """Weights that multiply activations: attention, MLP and (with `logits`) the LM head."""
+  q_and_out = 2 * cfg.d_model * cfg.n_heads * cfg.dim_per_head
+  keys_and_values = 2 * cfg.d_model * cfg.kv_heads * cfg.dim_per_head
+  mlp = (3 if cfg.mlp == "swiglu" else 2) * cfg.d_model * cfg.d_ff
+  head = cfg.d_model * cfg.vocab_size if logits else 0
+  return cfg.n_layers * (q_and_out + keys_and_values + mlp) + head
+
+
+def forward(cfg: ModelConfig, rows: int, length: int, logits: bool = True) -> float:
+  """One forward pass over [rows, length] tokens, attention over the whole length."""
+  per_token = 2 * matmul_weights(cfg, logits) + 4 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * length
+  return float(rows) * length * per_token
+
+
+def train(cfg: ModelConfig, rows: int, length: int, logits: bool = True) -> float:
+  """Forward and backward (twice the forward) over [rows, length]."""
+  return 3 * forward(cfg, rows, length, logits)
+
+
+def generate(cfg: ModelConfig, rows: int, prompt_len: int, new_tokens: int) -> float:
+  """Prefill of the prompt, then one token at a time attending to the cache: the model work
+  of `new_tokens` sampled tokens (the last one is sampled, not fed back)."""
+  prefill = forward(cfg, rows, prompt_len)
+  attention = 4 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head
+  decode = sum(rows * (2 * matmul_weights(cfg) + attention * (prompt_len + i + 1)) for i in range(new_tokens - 1))
+  return prefill + decode
+
+
+def rl_iteration(policy: ModelConfig, rows: int, prompt_len: int, new_tokens: int, epochs: int,
+                 critic: bool) -> float:
+  """Rollout (generation; policy, reference, reward and critic scoring) then `epochs` updates
+  of the policy (and critic) over the whole batch."""
+  length = prompt_len + new_tokens
+  scoring = 2 * forward(policy, rows, length) + (2 if critic else 1) * forward(policy, rows, length, logits=False)
+  updates = train(policy, rows, length) + (train(policy, rows, length, logits=False) if critic else 0.0)
+  return generate(policy, rows, prompt_len, new_tokens) + scoring + epochs * updates
+
+
+def dpo_step(cfg: ModelConfig, pairs: int, length: int) -> float:
+  """Reference forward and policy forward + backward over chosen and rejected."""
+  return forward(cfg, 2 * pairs, length) + train(cfg, 2 * pairs, length)
+
+
+def reward_step(cfg: ModelConfig, pairs: int, length: int) -> float:
+  return train(cfg, 2 * pairs, length, logits=False)

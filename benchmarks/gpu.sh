@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The accelerator figures: gpt2_small pretraining MFU, decode at batch 256 against the memory
+# roofline, and the generation share of a 256 x (256 -> 256) PPO iteration. Each workload
+# runs in its own process (an out-of-memory in one leaves the others). One JSON line each;
+# full logs in $LOGS (default /tmp/rlhf_jax_gpu).
+#
+#   benchmarks/gpu.sh [--repeats=5] [--preset=gpt2_small]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+logs=${LOGS:-/tmp/rlhf_jax_gpu}
+mkdir -p "$logs"
+run() {
+  local name=$1
+  shift
+  python3 benchmarks/run.py "$@" > "$logs/$name.json" 2> "$logs/$name.log" \
+    || echo "{\"workload\": \"$name\", \"error\": \"$(tail -n 1 "$logs/$name.log" | tr -d '"\\')\"}" > "$logs/$name.json"
+  cat "$logs/$name.json"
+}
+for rows in ${PRETRAIN_ROWS:-16 32}; do
+  run "pretrain_$rows" --workload=pretrain --rows="$rows" "$@"
+done
+run decode --workload=decode "$@"
+run ppo_large --workload=ppo_large "$@"

@@ -1,0 +1,185 @@
+"""The benchmark workloads, built from the production code paths: the same state placement,
+the same compiled steps (`compile_iteration`, `jit_steps`), the same sampler.
+
+Each builder returns a `Workload`: one call of `step` runs one iteration or optimizer step
+(and returns arrays to wait on), `flops` counts its model FLOPs (benchmarks/flops.py), and
+`parts` are pieces of it timed on their own (PPO's generation). Weights are random: time
+does not depend on them. No row ever stops early (EOS id -1 matches nothing), so every
+response is exactly `new_tokens` long, as in the peer's workloads.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import flops
+from configs import common, dpo, pretrain, ppo, reward
+from rlhf_jax import sharding
+from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.models.sampling import SamplingParams, sample
+from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.training import rl_trainer, setup
+from rlhf_jax.training.dpo_steps import dpo_train_step
+from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
+from rlhf_jax.training.reward_steps import reward_eval_step, reward_train_step
+from rlhf_jax.training.rl_steps import RLConfig
+from rlhf_jax.training.steps import eval_step, jit_steps, train_step
+
+# The issue's fixed model: GPT-2 blocks (learned positions), 4 layers, d_model 128, 4 heads, vocab 256.
+TINY_GPT2 = dict(common.GPT2_BLOCK, vocab_size=256, d_model=128, n_layers=4, n_heads=4, d_ff=512, max_len=128)
+NEVER = -1  # an EOS id no token matches: every response runs to its full length
+
+
+@dataclasses.dataclass
+class Workload:
+  step: Callable[[], Any]
+  flops: float
+  info: dict
+  parts: dict = dataclasses.field(default_factory=dict)  # name -> (call, flops)
+  compiled: Callable | None = None  # the jitted step, to count its compilations
+
+
+def preset_model(preset: str) -> dict | None:
+  """A preset's model as is, but with a fixed vocabulary where it would take the tokenizer's."""
+  return {"vocab_size": 256} if common.MODELS[preset]["vocab_size"] == 0 else None
+
+
+def stage_config(module, preset: str, model: dict | None):
+  cfg = module.get_config(preset)
+  if model is not None:
+    cfg.model.update(model)
+  return cfg
+
+
+def random_tokens(seed: int, shape, vocab: int) -> np.ndarray:
+  return np.random.default_rng(seed).integers(1, vocab, shape).astype(np.int32)
+
+
+def stateful(compiled, state, *args) -> Callable:
+  """A step that feeds the donated state back in: each call is one more update."""
+  holder = {"state": state}
+
+  def step():
+    holder["state"], metrics = compiled(holder["state"], *args)
+    return metrics
+
+  step.state = lambda: holder["state"]
+  return step
+
+
+def rl_workload(algo: str, preset: str = "tiny", model: dict | None = TINY_GPT2, prompts: int = 64,
+                prompt_len: int = 16, new_tokens: int = 32, k: int = 1, epochs: int = 4,
+                minibatches: int = 1) -> Workload:
+  """One RL iteration (W1 PPO, W4 RLOO/GRPO): sample, score with policy, reference, reward
+  model (and PPO's critic), then `epochs` x `minibatches` updates."""
+  cfg = stage_config(ppo, preset, model)
+  cfg.algo, cfg.data.batch_size, cfg.sample.max_new_tokens = algo, prompts * k, new_tokens
+  cfg.rl.update(dict(samples_per_prompt=k, epochs=epochs, minibatches=minibatches))
+  rl_cfg = RLConfig(max_new_tokens=new_tokens, eos_id=NEVER, pad_id=0, algo=algo, temperature=cfg.sample.temperature,
+                    **{**rl_trainer.rl_fields(cfg), "penalise_no_eos": False})
+  policy_cfg = ModelConfig.from_dict(dict(cfg.model))
+  models = rl_trainer.make_models(cfg, policy_cfg, dataclasses.replace(policy_cfg, heads=("reward",)))
+  named = {"policy": models.policy, "reward": models.scorer, **({"value": models.critic} if models.critic else {})}
+  policy_tx, value_tx = rl_trainer.make_optimizers(cfg)
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  state, shardings = rl_trainer.place_state(named, policy_tx, value_tx, mesh, rules, cfg.seed, cfg.kl_coef)
+  score_fn = functools.partial(rl_trainer.proxy_scores, scorer=models.scorer, gain=1.0, bias=0.0)
+  iteration = rl_trainer.compile_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg,
+                                           vmapped=False)
+  batch = sharding.put_batch({"tokens": random_tokens(0, (prompts, prompt_len), policy_cfg.vocab_size),
+                              "mask": np.ones((prompts, prompt_len), np.int32)}, mesh)
+  step = stateful(iteration, state, batch["tokens"], batch["mask"])
+  # The rollout's sampling on its own: same params, same (k-repeated) prompts, same program.
+  sampler = jax.jit(sharding.with_rules(functools.partial(sample, models.policy, max_new_tokens=new_tokens,
+                                                          eos_id=NEVER, pad_id=0), mesh, rules))
+  repeated = [jnp.repeat(x, k, axis=0) for x in (batch["tokens"], batch["mask"])]
+  settings = SamplingParams.make(cfg.sample.temperature)
+  generate = lambda: sampler(step.state().policy, *repeated, jax.random.key(1), settings).tokens
+  rows = prompts * k
+  total = flops.rl_iteration(policy_cfg, rows, prompt_len, new_tokens, rl_cfg.epochs, critic=models.critic is not None)
+  return Workload(step, total, dict(algo=algo, rows=rows, prompt_len=prompt_len, new_tokens=new_tokens,
+                                    epochs=rl_cfg.epochs, minibatches=rl_cfg.minibatches, k=k),
+                  {"generation": (generate, flops.generate(policy_cfg, rows, prompt_len, new_tokens))}, iteration)
+
+
+def sampler_workload(preset: str = "tiny", model: dict | None = TINY_GPT2, rows: int = 64, prompt_len: int = 16,
+                     new_tokens: int = 32) -> Workload:
+  """KV-cache generation of exactly `new_tokens` per row, temperature 0.7."""
+  cfg = stage_config(pretrain, preset, model)
+  model_ = Transformer(ModelConfig.from_dict(dict(cfg.model)))
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  state, _ = setup.init_state(model_, make_optimizer(cfg.optim, 10), mesh, rules, cfg.seed)
+  fn = functools.partial(sample, model_, max_new_tokens=new_tokens, eos_id=NEVER, pad_id=0)
+  sampler = jax.jit(sharding.with_rules(fn, mesh, rules))
+  prompts = jnp.asarray(random_tokens(1, (rows, prompt_len), model_.cfg.vocab_size))
+  mask = jnp.ones((rows, prompt_len), jnp.int32)
+  settings = SamplingParams.make(temperature=0.7)
+  step = lambda: sampler(state.params, prompts, mask, jax.random.key(0), settings).tokens
+  info = dict(rows=rows, prompt_len=prompt_len, new_tokens=new_tokens, generated_tokens=rows * new_tokens)
+  workload = Workload(step, flops.generate(model_.cfg, rows, prompt_len, new_tokens), info, compiled=sampler)
+  workload.model_cfg, workload.params = model_.cfg, state.params
+  return workload
+
+
+def lm_workload(preset: str = "gpt2_small", model: dict | None = None, rows: int = 0, length: int = 0) -> Workload:
+  """One pretraining step (forward, backward, AdamW) on [rows, length] tokens."""
+  cfg = stage_config(pretrain, preset, model)
+  rows, length = rows or cfg.data.batch_size, length or cfg.data.seq_len
+  model_ = Transformer(ModelConfig.from_dict(dict(cfg.model)))
+  tx, schedule = make_optimizer(cfg.optim, 1000), learning_rate_schedule(cfg.optim, 1000)
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  state, shardings = setup.init_state(model_, tx, mesh, rules, cfg.seed)
+  train_fn = functools.partial(train_step, model=model_, tx=tx, schedule=schedule, accum_steps=1, seed=0)
+  train, _ = jit_steps(train_fn, functools.partial(eval_step, model=model_), shardings, mesh, rules)
+  tokens = random_tokens(0, (rows, length + 1), model_.cfg.vocab_size)
+  ones = np.ones((rows, length), np.int32)
+  batch = sharding.put_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": ones, "loss_mask": ones},
+                             mesh)
+  info = dict(rows=rows, length=length, tokens=rows * length, params_m=model_.cfg.num_params() / 1e6)
+  return Workload(stateful(train, state, batch), flops.train(model_.cfg, rows, length), info, compiled=train)
+
+
+def reward_workload(preset: str = "tiny", model: dict | None = TINY_GPT2, pairs: int = 64,
+                    length: int = 48) -> Workload:
+  """W3: one Bradley-Terry step on `pairs` chosen/rejected sequences of `length` tokens."""
+  cfg = stage_config(reward, preset, model)
+  model_ = Transformer(dataclasses.replace(ModelConfig.from_dict(dict(cfg.model)), heads=("reward",)))
+  tx, schedule = make_optimizer(cfg.optim, 1000), learning_rate_schedule(cfg.optim, 1000)
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  state, shardings = setup.init_state(model_, tx, mesh, rules, cfg.seed)
+  train_fn = functools.partial(reward_train_step, model=model_, tx=tx, schedule=schedule, accum_steps=1)
+  train, _ = jit_steps(train_fn, functools.partial(reward_eval_step, model=model_), shardings, mesh, rules)
+  ones = np.ones((pairs, length), np.int32)
+  batch = sharding.put_batch({"chosen": random_tokens(0, (pairs, length), model_.cfg.vocab_size), "chosen_mask": ones,
+                              "rejected": random_tokens(1, (pairs, length), model_.cfg.vocab_size),
+                              "rejected_mask": ones, "loss_mask": np.ones((pairs, 1), np.int32)}, mesh)
+  return Workload(stateful(train, state, batch), flops.reward_step(model_.cfg, pairs, length),
+                  dict(pairs=pairs, length=length), compiled=train)
+
+
+def dpo_workload(preset: str = "tiny", model: dict | None = TINY_GPT2, pairs: int = 64, prompt_len: int = 16,
+                 response_len: int = 32) -> Workload:
+  """W2: one DPO step: the frozen reference's and the policy's log-probs of chosen and
+  rejected (prompt + response), the loss on the responses, AdamW."""
+  cfg = stage_config(dpo, preset, model)
+  policy = Transformer(ModelConfig.from_dict(dict(cfg.model)))
+  tx = make_optimizer(cfg.optim, 1000)
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  # DPO's state has no use for a reward model: the policy's shape stands in for it.
+  state, shardings = rl_trainer.place_state({"policy": policy, "reward": policy}, tx, None, mesh, rules, cfg.seed, 0.0)
+  train_fn = functools.partial(dpo_train_step, model=policy, tx=tx, cfg=cfg.dpo, accum_steps=1)
+  train, _ = jit_steps(train_fn, lambda params, batch: {}, shardings, mesh, rules)
+  length = prompt_len + response_len
+  ones = np.ones((pairs, length), np.int32)
+  response = (np.arange(length) >= prompt_len)[None].repeat(pairs, 0).astype(np.int32)
+  batch = {"loss_mask": np.ones((pairs, 1), np.int32)}
+  for i, name in enumerate(("chosen", "rejected")):
+    tokens = random_tokens(i, (pairs, length), policy.cfg.vocab_size)
+    tokens[:, :prompt_len] = random_tokens(2, (pairs, prompt_len), policy.cfg.vocab_size)  # one shared prompt
+    batch.update({name: tokens, f"{name}_mask": ones, f"{name}_response": response})
+  return Workload(stateful(train, state, sharding.put_batch(batch, mesh)), flops.dpo_step(policy.cfg, pairs, length),
+                  dict(pairs=pairs, prompt_len=prompt_len, response_len=response_len), compiled=train)
