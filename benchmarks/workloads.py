@@ -23,7 +23,7 @@ from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import rl_trainer, setup
-from rlhf_jax.training.dpo_steps import dpo_train_step
+from rlhf_jax.training.dpo_steps import compile_dpo_steps
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.reward_steps import reward_eval_step, reward_train_step
 from rlhf_jax.training.rl_steps import RLConfig
@@ -171,8 +171,7 @@ def dpo_workload(preset: str = "tiny", model: dict | None = TINY_GPT2, pairs: in
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   # DPO's state has no use for a reward model: the policy's shape stands in for it.
   state, shardings = rl_trainer.place_state({"policy": policy, "reward": policy}, tx, None, mesh, rules, cfg.seed, 0.0)
-  train_fn = functools.partial(dpo_train_step, model=policy, tx=tx, cfg=cfg.dpo, accum_steps=1)
-  train, _ = jit_steps(train_fn, lambda params, batch: {}, shardings, mesh, rules)
+  train, _ = compile_dpo_steps(policy, tx, cfg, shardings, mesh)
   length = prompt_len + response_len
   ones = np.ones((pairs, length), np.int32)
   response = (np.arange(length) >= prompt_len)[None].repeat(pairs, 0).astype(np.int32)

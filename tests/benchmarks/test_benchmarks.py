@@ -1,0 +1,78 @@
+"""The benchmark harness: FLOP counts against XLA's, the roofline arithmetic, and one real run."""
+
+import json
+import os
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import flops, limits, run, workloads
+from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.models.transformer import Transformer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = ModelConfig.from_dict(workloads.TINY_GPT2)
+
+
+def xla_flops(fn, *args) -> float:
+  return jax.jit(fn).lower(*args).compile().cost_analysis()["flops"]
+
+
+@pytest.mark.parametrize("logits", [True, False])
+def test_forward_flops_match_what_xla_counts(logits):
+  """Matmuls are most of a forward pass: XLA's count (every op) is within a few % above ours."""
+  model = Transformer(TINY)
+  tokens = jnp.ones((8, 48), jnp.int32)
+  params = model.init(jax.random.key(0), tokens)["params"]
+  ours = flops.forward(TINY, 8, 48, logits)
+  theirs = xla_flops(lambda p, t: model.apply({"params": p}, t, with_logits=logits), params, tokens)
+  assert ours <= theirs <= 1.15 * ours, (ours, theirs)
+
+
+def test_training_is_three_forwards_and_generation_counts_the_cache():
+  assert flops.train(TINY, 4, 48) == 3 * flops.forward(TINY, 4, 48)
+  # Decoding token i attends to prompt + i + 1 keys; the weights cost the same at every step.
+  per_token = 2 * flops.matmul_weights(TINY)
+  attention = 4 * TINY.n_layers * TINY.d_model
+  expected = flops.forward(TINY, 2, 16) + sum(2 * (per_token + attention * (17 + i)) for i in range(3))
+  assert flops.generate(TINY, 2, 16, 4) == expected
+
+
+def test_decode_roofline_is_weights_and_the_filled_cache_over_bandwidth(monkeypatch):
+  cfg = ModelConfig.from_dict(workloads.TINY_GPT2, dtype="bfloat16")
+  monkeypatch.setattr(limits, "bandwidth", lambda: 1e9)
+  info = dict(rows=2, prompt_len=3, new_tokens=2, generated_tokens=4)
+  out = limits.decode_roofline(types.SimpleNamespace(model_cfg=cfg, info=info), seconds=1.0)
+  weights = flops.matmul_weights(cfg) * 2  # bf16
+  kv_per_position = 2 * cfg.n_layers * cfg.d_model * 2 * 2  # keys + values, bf16, 2 rows
+  expected = (2 * weights + kv_per_position * (3 + 4)) / 1e9
+  np.testing.assert_allclose(out["roofline_s"], expected)
+  np.testing.assert_allclose(out["fraction_of_roofline"], expected)
+
+
+def test_the_peer_figures_merge_as_a_ratio():
+  ours = {"workload": "w1", "seconds": 0.5, "model_gflop": 100.0, "fraction_of_peak": 0.5}
+  theirs = {"seconds": 2.0, "trl": "1.12.0", "torch": "2", "notes": "n", "generation_share": 0.1}
+  merged = run.with_peer(ours, theirs, peak=1e11)
+  assert merged["speedup_vs_trl"] == 4.0 and merged["trl_fraction_of_peak"] == 0.5
+  assert merged["trl_generation_share"] == 0.1
+  assert "| w1 | 0.5 | 2 | 4.00x | 50% | 50% |" in limits.table([merged, merged])
+
+
+def test_a_workload_runs_once_compiled_and_its_profile_summarises(tmp_path):
+  """W3 end to end through the command line: one JSON line, compiled once, a profile read back."""
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  out = subprocess.run([sys.executable, "benchmarks/run.py", "--workload=w3", "--repeats=1",
+                        f"--profile={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["workload"] == "w3" and result["compilations"] == 1
+  assert result["seconds"] > 0 and 0 < result["fraction_of_peak"] < 1.5
+  assert result["model_gflop"] == pytest.approx(flops.reward_step(TINY, 64, 48) / 1e9, rel=1e-3)
+  summary = subprocess.run([sys.executable, "benchmarks/profile_summary.py", str(tmp_path / "w3"), "--top=5"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+  assert "ms of ops per call" in summary and "by kind:" in summary
