@@ -132,7 +132,6 @@ class Attention(nn.Module):
   def __call__(self, x, rope, mask, kv_cache=None):
     cfg = self.cfg
     qkv_bias = cfg.bias in ("all", "qkv")
-    hd = cfg.dim_per_head
     q, k, v = project_qkv(cfg, x, [Projection(cfg, heads, axis, qkv_bias, name=name) for name, heads, axis in
                                    (("query", cfg.n_heads, "heads"), ("key", cfg.kv_heads, "kv_heads"),
                                     ("value", cfg.kv_heads, "kv_heads"))])

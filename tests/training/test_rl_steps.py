@@ -11,7 +11,7 @@ import pytest
 
 from rlhf_jax.algorithms.kl import init_kl_controller
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training.rl_steps import ALGO_DEFAULTS, RLConfig, rl_iteration
+from rlhf_jax.training.rl_steps import ALGO_DEFAULTS, RLConfig, in_chunks, rl_iteration
 from rlhf_jax.training.rl_state import RLState
 from tests.conftest import small_model
 
@@ -114,3 +114,13 @@ def test_gradient_accumulation_matches_whole_minibatches():
     np.testing.assert_allclose(a, b, atol=2e-5)
   for key in ("policy_loss", "value_loss", "clip_fraction", "entropy"):
     np.testing.assert_allclose(metrics_a[key], metrics_b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_scoring_in_chunks_gives_the_whole_batch_result():
+  """Rollout scoring runs minibatch-sized chunks one after another; the rows come back in order."""
+  rows = (jnp.arange(24.0).reshape(12, 2), jnp.arange(12))
+  fn = lambda x, i: (x.sum(1) * i, x[:, ::-1])
+  whole = fn(*rows)
+  for chunks in (1, 3, 4):
+    for got, want in zip(in_chunks(fn, rows, chunks), whole):
+      np.testing.assert_array_equal(got, want)
