@@ -73,7 +73,8 @@ def model_flops_utilisation(flops_per_s: float) -> dict:
 
 def table(results: list) -> str:
   """A markdown table of the figures (with TRL's where measured)."""
-  lines = ["| workload | ours (s) | TRL (s) | speedup | ours % of peak | TRL % of peak |", "|---|---|---|---|---|---|"]
+  lines = ["| workload | ours (s) | TRL (s) | speedup | ours % of peak | TRL % of peak |",
+           "|---|---|---|---|---|---|"]
   for r in results:
     trl = r.get("trl_seconds")
     cells = [r["workload"], f"{r['seconds']:.4g}", f"{trl:.4g}" if trl else "-",

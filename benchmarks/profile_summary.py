@@ -13,7 +13,6 @@ import gzip
 import json
 import os
 import re
-import sys
 
 from absl import app
 from absl import flags

@@ -35,6 +35,7 @@ flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
 flags.DEFINE_bool("peer", False, "Also run TRL's version (benchmarks/peers, after setup.sh) and give the ratio.")
 flags.DEFINE_integer("rows", 0, "pretrain: batch rows (0: the preset's).")
 flags.DEFINE_string("preset", "gpt2_small", "Model preset of the accelerator-sized workloads.")
+flags.DEFINE_enum("attention", "auto", ["auto", "xla", "cudnn"], "model.attention of the accelerator-sized ones.")
 flags.DEFINE_string("profile", "", "Also trace 3 calls with jax.profiler into DIR/WORKLOAD "
                     "(summarise with benchmarks/profile_summary.py).")
 PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers")
@@ -51,8 +52,10 @@ BUILDERS = {
                                                new_tokens=256, minibatches=4),
 }
 
-flags.DEFINE_enum("attention", "auto", ["auto", "xla", "cudnn"], "model.attention of the accelerator-sized ones.")
-preset_model = lambda: {**(workloads.preset_model(FLAGS.preset) or {}), "attention": FLAGS.attention}
+
+def preset_model() -> dict:
+  """The accelerator-sized workloads' model: the preset's, with --attention."""
+  return {**(workloads.preset_model(FLAGS.preset) or {}), "attention": FLAGS.attention}
 
 
 def measure(name: str, peak: float) -> dict:

@@ -93,17 +93,23 @@ def rl_workload(algo: str, preset: str = "tiny", model: dict | None = TINY_GPT2,
   batch = sharding.put_batch({"tokens": random_tokens(0, (prompts, prompt_len), policy_cfg.vocab_size),
                               "mask": np.ones((prompts, prompt_len), np.int32)}, mesh)
   step = stateful(iteration, state, batch["tokens"], batch["mask"])
-  # The rollout's sampling on its own: same params, same (k-repeated) prompts, same program.
-  sampler = jax.jit(sharding.with_rules(functools.partial(sample, models.policy, max_new_tokens=new_tokens,
-                                                          eos_id=NEVER, pad_id=0), mesh, rules))
+  rows, critic = prompts * k, models.critic is not None
+  total = flops.rl_iteration(policy_cfg, rows, prompt_len, new_tokens, rl_cfg.epochs, critic=critic)
+  generation = (rollout_sampling(models.policy, step, batch, k, rl_cfg, mesh, rules),
+                flops.generate(policy_cfg, rows, prompt_len, new_tokens))
+  info = dict(algo=algo, rows=rows, prompt_len=prompt_len, new_tokens=new_tokens, epochs=rl_cfg.epochs,
+              minibatches=rl_cfg.minibatches, k=k)
+  return Workload(step, total, info, {"generation": generation}, iteration)
+
+
+def rollout_sampling(policy, step, batch, k: int, rl_cfg: RLConfig, mesh, rules) -> Callable:
+  """The rollout's sampling on its own: the current params, the same k-repeated prompts, the
+  same program (to time generation's share of the iteration)."""
+  fn = functools.partial(sample, policy, max_new_tokens=rl_cfg.max_new_tokens, eos_id=NEVER, pad_id=0)
+  sampler = jax.jit(sharding.with_rules(fn, mesh, rules))
   repeated = [jnp.repeat(x, k, axis=0) for x in (batch["tokens"], batch["mask"])]
-  settings = SamplingParams.make(cfg.sample.temperature)
-  generate = lambda: sampler(step.state().policy, *repeated, jax.random.key(1), settings).tokens
-  rows = prompts * k
-  total = flops.rl_iteration(policy_cfg, rows, prompt_len, new_tokens, rl_cfg.epochs, critic=models.critic is not None)
-  return Workload(step, total, dict(algo=algo, rows=rows, prompt_len=prompt_len, new_tokens=new_tokens,
-                                    epochs=rl_cfg.epochs, minibatches=rl_cfg.minibatches, k=k),
-                  {"generation": (generate, flops.generate(policy_cfg, rows, prompt_len, new_tokens))}, iteration)
+  settings = SamplingParams.make(rl_cfg.temperature)
+  return lambda: sampler(step.state().policy, *repeated, jax.random.key(1), settings).tokens
 
 
 def sampler_workload(preset: str = "tiny", model: dict | None = TINY_GPT2, rows: int = 64, prompt_len: int = 16,
@@ -170,7 +176,8 @@ def dpo_workload(preset: str = "tiny", model: dict | None = TINY_GPT2, pairs: in
   tx = make_optimizer(cfg.optim, 1000)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   # DPO's state has no use for a reward model: the policy's shape stands in for it.
-  state, shardings = rl_trainer.place_state({"policy": policy, "reward": policy}, tx, None, mesh, rules, cfg.seed, 0.0)
+  named = {"policy": policy, "reward": policy}
+  state, shardings = rl_trainer.place_state(named, tx, None, mesh, rules, cfg.seed, 0.0)
   train, _ = compile_dpo_steps(policy, tx, cfg, shardings, mesh)
   length = prompt_len + response_len
   ones = np.ones((pairs, length), np.int32)
