@@ -11,10 +11,9 @@ from rlhf_jax.errors import UserError
 from tests.conftest import run_until_crash
 
 
-def test_ppo_stage_runs_its_upstream_and_reports_gold_and_kl(tiny_ppo, tmp_path):
+def test_ppo_stage_reports_gold_kl_and_its_training_metrics(tiny_ppo, tiny_upstream, tmp_path):
+  tiny_ppo.update(tiny_upstream)
   summary = stages.run(tiny_ppo, str(tmp_path))
-  for stage in ("pretrain", "sft", "reward"):
-    assert os.path.exists(tmp_path / "upstream" / stage / "summary.json")
   for key in ("eval/gold_reward", "eval/ref_gold_reward", "eval/proxy_reward", "eval/kl"):
     assert key in summary
   assert -1 <= summary["eval/gold_reward"] <= 1 and summary["eval/kl"] == summary["eval/kl"]
@@ -26,6 +25,8 @@ def test_ppo_stage_runs_its_upstream_and_reports_gold_and_kl(tiny_ppo, tmp_path)
 
 
 def test_full_pipeline_chains_all_four_stages_and_prints_the_report(tiny_ppo, capsys, tmp_path):
+  """The PPO stage's upstream run by the pipeline (a stage running its own upstream is
+  test_main's SFT test): each stage starts from the one before."""
   from configs import pipeline
   config = pipeline.get_config("tiny")
   reward = tiny_ppo.upstream.reward
@@ -35,6 +36,8 @@ def test_full_pipeline_chains_all_four_stages_and_prints_the_report(tiny_ppo, ca
     del config[stage].upstream
   summary = stages.run(config, str(tmp_path))
   assert list(summary) == ["pretrain", "sft", "reward", "ppo"]
+  for stage in summary:
+    assert os.path.exists(tmp_path / stage / "summary.json")
   ppo_config = json.load(open(tmp_path / "ppo" / "config.json"))
   assert ppo_config["init_from"] == str(tmp_path / "sft") and ppo_config["reward_from"] == str(tmp_path / "reward")
   printed = capsys.readouterr().out
