@@ -50,10 +50,9 @@ def bandwidth(repeats: int = 10) -> float:
   return 2 * size / seconds
 
 
-def decode_roofline(workload, seconds: float) -> dict:
+def decode_roofline(cfg, info: dict, seconds: float) -> dict:
   """The fewest bytes decoding must move per step (weights in the compute dtype, and the keys
   and values of the tokens so far), over the measured bandwidth: the fastest possible time."""
-  cfg, info = workload.model_cfg, workload.info
   itemsize = jnp.dtype(cfg.compute_dtype).itemsize
   weights = flops.matmul_weights(cfg) * itemsize
   kv_per_token = 2 * cfg.n_layers * cfg.kv_heads * cfg.dim_per_head * itemsize * info["rows"]

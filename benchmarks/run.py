@@ -77,7 +77,7 @@ def measure(name: str, peak: float) -> dict:
   if "generated_tokens" in workload.info:
     result["tokens_per_s"] = workload.info["generated_tokens"] / seconds
   if name == "decode":
-    result.update(limits.decode_roofline(workload, seconds))
+    result.update(limits.decode_roofline(workload.model_cfg, workload.info, seconds))
   if name == "pretrain":
     result.update(limits.model_flops_utilisation(workload.flops / seconds))
   return result

@@ -41,6 +41,7 @@ class Workload:
   info: dict
   parts: dict = dataclasses.field(default_factory=dict)  # name -> (call, flops)
   compiled: Callable | None = None  # the jitted step, to count its compilations
+  model_cfg: ModelConfig | None = None  # the sampler's model, for the decode roofline
 
 
 def preset_model(preset: str) -> dict | None:
@@ -126,9 +127,8 @@ def sampler_workload(preset: str = "tiny", model: dict | None = TINY_GPT2, rows:
   settings = SamplingParams.make(temperature=0.7)
   step = lambda: sampler(state.params, prompts, mask, jax.random.key(0), settings).tokens
   info = dict(rows=rows, prompt_len=prompt_len, new_tokens=new_tokens, generated_tokens=rows * new_tokens)
-  workload = Workload(step, flops.generate(model_.cfg, rows, prompt_len, new_tokens), info, compiled=sampler)
-  workload.model_cfg, workload.params = model_.cfg, state.params
-  return workload
+  return Workload(step, flops.generate(model_.cfg, rows, prompt_len, new_tokens), info, compiled=sampler,
+                  model_cfg=model_.cfg)
 
 
 def lm_workload(preset: str = "gpt2_small", model: dict | None = None, rows: int = 0, length: int = 0) -> Workload:

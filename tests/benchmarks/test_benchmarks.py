@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +46,7 @@ def test_decode_roofline_is_weights_and_the_filled_cache_over_bandwidth(monkeypa
   cfg = ModelConfig.from_dict(workloads.TINY_GPT2, dtype="bfloat16")
   monkeypatch.setattr(limits, "bandwidth", lambda: 1e9)
   info = dict(rows=2, prompt_len=3, new_tokens=2, generated_tokens=4)
-  out = limits.decode_roofline(types.SimpleNamespace(model_cfg=cfg, info=info), seconds=1.0)
+  out = limits.decode_roofline(cfg, info, seconds=1.0)
   weights = flops.matmul_weights(cfg) * 2  # bf16
   kv_per_position = 2 * cfg.n_layers * cfg.d_model * 2 * 2  # keys + values, bf16, 2 rows
   expected = (2 * weights + kv_per_position * (3 + 4)) / 1e9
