@@ -66,7 +66,11 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       num_steps=250 if small else 20000, log_every=25 if small else 100,
       eval_every=125 if small else 2000, eval_batches=8 if small else 20,
-      checkpoint_every=125 if small else 2000, keep_checkpoints=2))
+      checkpoint_every=125 if small else 2000, keep_checkpoints=2,
+      # An update whose loss, gradients or rewards are not finite is never applied; then
+      # "stop" checkpoints and exits with an error naming the step, "skip" goes on (counted).
+      # inject_nan_at: fault injection (tests): at these steps the loss (RL: rewards) is NaN.
+      on_nonfinite="stop", inject_nan_at=()))
   c.sample = ml_collections.ConfigDict(dict(
       num_prompts=8, max_new_tokens=96 if small else 256, temperature=0.7, top_k=0, top_p=1.0,
       greedy=False))

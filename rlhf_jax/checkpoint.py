@@ -6,13 +6,18 @@ Shapes are checked against the model before restoring: a checkpoint that does no
 gives one clear line, not an error from deep inside the restore.
 """
 
+import glob
 import os
 
+from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
 from rlhf_jax.errors import UserError
+
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a step directory still being written
 
 
 class Checkpointer:
@@ -20,7 +25,10 @@ class Checkpointer:
   def __init__(self, directory: str, items: tuple[str, ...], keep: int = 2):
     self.directory = os.path.abspath(directory)
     self.items = tuple(items)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    warn_half_written(self.directory)
+    # A kill mid-write leaves STEP.orbax-checkpoint-tmp behind: orbax then removes it, so
+    # that step can be written again.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
     # Handlers named up front, so a fresh manager can read item metadata before any restore.
     handlers = {name: ocp.StandardCheckpointHandler() for name in self.items}
     handlers["meta"] = ocp.JsonCheckpointHandler()
@@ -34,10 +42,36 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args), force=True)
 
   def restore(self, abstract: dict, step=None) -> tuple[dict, dict]:
-    """Restores the items named in `abstract` (trees of ShapeDtypeStruct with shardings)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
+    """Restores the items named in `abstract` (trees of ShapeDtypeStruct with shardings), from
+    `step` or else the newest readable checkpoint: one that cannot be read (a file lost or cut
+    short) is skipped with a warning. Orbax writes each checkpoint to a temporary directory
+    and renames it when complete, so a kill mid-write leaves no step behind to skip."""
+    steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+    if not steps:
       raise UserError(f"no checkpoint in {self.directory}")
+    for i, candidate in enumerate(steps):
+      try:
+        return self._restore(abstract, candidate)
+      except UserError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        if step is not None or i == len(steps) - 1:
+          raise UserError(f"checkpoint {self.directory}/{candidate} is unreadable: {_first_line(e)}") from None
+        logging.warning("checkpoint %s/%d is unreadable, so it is set aside as %d.unreadable (%s); "
+                        "trying step %d", self.directory, candidate, candidate, _first_line(e), steps[i + 1])
+        self._set_aside(candidate)
+
+  def _set_aside(self, step: int) -> None:
+    """Renames an unreadable step's directory (kept for inspection, never deleted), so the
+    resumed run can write that step again."""
+    if jax.process_index() == 0:
+      path = os.path.join(self.directory, str(step))
+      os.replace(path, f"{path}.unreadable")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"set aside {self.directory}/{step}")
+    self.manager.reload()
+
+  def _restore(self, abstract: dict, step: int) -> tuple[dict, dict]:
     stored = self.manager.item_metadata(step)
     for name, tree in abstract.items():
       check_shapes(stored[name], _as_tree(tree), f"{self.directory}/{step}/{name}")
@@ -50,6 +84,17 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def warn_half_written(directory: str) -> None:
+  for path in sorted(glob.glob(os.path.join(directory, f"*{TMP_SUFFIX}*"))):
+    logging.warning("half-written checkpoint %s (the run was killed while writing it) is ignored and removed",
+                    path)
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def _is_single_array(x) -> bool:

@@ -2,6 +2,7 @@
 
 Any config field can be overridden: --config.optim.lr=3e-4. Running the same command with
 the same workdir again resumes from the last checkpoint; a finished run is not redone.
+Exit status: 0 when finished or preempted (SIGTERM: checkpointed, resumable), 2 for bad input.
 """
 
 import sys
@@ -11,8 +12,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from rlhf_jax import distributed, stages
-from rlhf_jax.errors import UserError
+from rlhf_jax import distributed, preemption, stages
+from rlhf_jax.errors import Preempted, UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py:tiny.",
@@ -61,9 +62,12 @@ def main(argv):
     fail(f"cannot load --config: {last_line(e)}")
   try:
     distributed.initialize(config.get("distributed"))
+    preemption.listen()
     stages.run(config, FLAGS.workdir)
   except UserError as e:
     fail(e)
+  except Preempted as e:
+    print(e, flush=True)  # exit status 0: the scheduler may restart the same command
 
 
 if __name__ == "__main__":

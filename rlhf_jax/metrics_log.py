@@ -78,11 +78,23 @@ def _short(row: dict) -> str:
   return " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step" and isinstance(v, float))
 
 
+def _step_of(line: str):
+  """The step of a logged line; None for a line a kill cut short."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
 def _truncate_after(path: str, step: int) -> None:
-  """Drops lines logged after `step` (by a run that died before its next checkpoint)."""
+  """Drops lines logged after `step` (by a run that died before its next checkpoint), and a
+  last line cut short by a kill. Rewritten through a renamed temporary file, so a kill now
+  loses nothing."""
   if not os.path.isfile(path):
     return
   with open(path) as f:
-    kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-  with open(path, "w") as f:
+    lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
+  kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+  with open(path + ".tmp", "w") as f:
     f.writelines(kept)
+  os.replace(path + ".tmp", path)

@@ -12,7 +12,7 @@ import os
 from absl import logging
 
 from rlhf_jax.errors import UserError
-from rlhf_jax.training import dpo_trainer, lm_trainer, reward_trainer, rl_trainer
+from rlhf_jax.training import dpo_trainer, guards, lm_trainer, reward_trainer, rl_trainer
 from rlhf_jax.workdir import RunDir
 
 RUNNERS = {
@@ -38,9 +38,16 @@ def check_all(config) -> None:
   pending = [config[n] for n in config.stages if n in config] if config.stage == "pipeline" else [config]
   while pending:
     stage_config = pending.pop()
+    check_train_fields(stage_config)
     if stage_config.stage in CHECKS:
       CHECKS[stage_config.stage](stage_config)
     pending.extend((stage_config.get("upstream") or {}).values())
+
+
+def check_train_fields(config) -> None:
+  train = config.get("train")
+  if train and train.get("on_nonfinite", "stop") not in guards.ON_NONFINITE:
+    raise UserError(f"train.on_nonfinite={train.on_nonfinite!r}: choose one of {guards.ON_NONFINITE}")
 
 
 def run_stage(config, workdir: str, upstream_root: str) -> dict:

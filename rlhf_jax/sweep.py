@@ -74,7 +74,11 @@ def execute(run: Run, root: str, upstream_dir: str) -> tuple:
   started = time.time()
   with open(os.path.join(root, "logs", f"{run.name}.log"), "ab") as log:
     code = subprocess.call(command(run, root, upstream_dir), stdout=log, stderr=subprocess.STDOUT)
-  return run.name, "ok" if code == 0 else f"failed (exit {code}, see logs/{run.name}.log)", time.time() - started
+  if code == 0 and not os.path.exists(os.path.join(root, run.name, "summary.json")):
+    status = "preempted (checkpointed; run the sweep again to resume)"  # main exits 0 on SIGTERM
+  else:
+    status = "ok" if code == 0 else f"failed (exit {code}, see logs/{run.name}.log)"
+  return run.name, status, time.time() - started
 
 
 def run_sweep(sweep: Sweep, root: str, parallel: int = 1, only: str = "") -> list:
@@ -84,7 +88,7 @@ def run_sweep(sweep: Sweep, root: str, parallel: int = 1, only: str = "") -> lis
   if sweep.upstream:
     results.append(execute(sweep.upstream, root, upstream_dir))
     print(f"{results[-1][0]}: {results[-1][1]}", flush=True)
-    if results[-1][1].startswith("failed"):
+    if not results[-1][1].startswith(("ok", "skipped")):
       return results  # every run starts from it
   runs = [r for r in sweep.runs if only in r.name]
   with concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
@@ -116,8 +120,10 @@ def main(argv):
       print(shlex.join(command(run, root, upstream_dir)))
     return 0
   results = run_sweep(sweep, root, args.parallel, args.only)
-  failed = [name for name, status, _ in results if status.startswith("failed")]
-  print(f"{len(results) - len(failed)} of {len(results)} runs ok"
+  failed, preempted = ([name for name, status, _ in results if status.startswith(word)]
+                       for word in ("failed", "preempted"))
+  print(f"{len(results) - len(failed) - len(preempted)} of {len(results)} runs ok"
+        + (f"; preempted: {', '.join(preempted)}" if preempted else "")
         + (f"; failed: {', '.join(failed)}" if failed else ""))
   return 1 if failed else 0
 

@@ -28,9 +28,10 @@ from rlhf_jax.training.rl_steps import RLConfig
 from rlhf_jax.training.steps import compile_lm_steps
 from tests.conftest import small_model
 
-# (data, fsdp, tensor): one device, then data parallel, fully sharded data parallel, and
-# tensor parallel (4 heads, so at most 4 ways) with 2-way data parallel.
-MESHES = {"one": (1, 1, 1), "data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (2, 1, 4)}
+# (data, fsdp, tensor): one device, then fully sharded data parallel, and tensor parallel (4
+# heads, so at most 4 ways) with 2-way data parallel. Plain data parallelism is the two-process
+# test's (tests/test_distributed.py), across processes.
+MESHES = {"one": (1, 1, 1), "fsdp": (1, 8, 1), "tensor": (2, 1, 4)}
 RULES = common.DEFAULT_RULES
 TOKENIZER = ByteTokenizer()
 MODEL = small_model(vocab_size=264)  # the byte vocabulary, padded to split 8 ways

@@ -2,6 +2,7 @@
 run of the (shrunk) pipeline on localhost (launch/local.sh with PROCESSES=2): its PPO stage
 checkpoints and restores, and every stage matches one process holding the same two devices."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -92,6 +93,9 @@ def test_two_processes_run_the_pipeline_restore_ppo_and_match_one_process(tmp_pa
   logs = launch(config_file, two, PROCESSES="2", DEVICES="1")
   assert "resumed from" in logs and "at step 2" in logs
   same_metrics(two / "ppo", tmp_path / "uninterrupted", 1e-6, [1, 2, 3, 4])
-  launch(config_file, one, DEVICES="2")  # the same 2-device mesh in one process
+  logs = launch(config_file, one, DEVICES="2")  # the same 2-device mesh in one process
+  assert "PPO vs SFT by the gold judge" in logs and "eval/accuracy" in logs  # the pipeline's report
+  ppo_config = json.load(open(one / "ppo" / "config.json"))
+  assert ppo_config["init_from"] == str(one / "sft") and ppo_config["reward_from"] == str(one / "reward")
   for stage in ("pretrain", "sft", "reward", "ppo"):
     same_metrics(two / stage, one / stage, 1e-4, sorted(metrics_by_step(one / stage)))

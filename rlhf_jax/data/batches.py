@@ -123,8 +123,9 @@ class PreferenceData(Batcher):
   """
 
   def __init__(self, triples_ids, tokenizer, seq_len: int, batch_size: int, seed: int, **kwargs):
-    self.chosen = [sft_sequence(p, c, tokenizer, seq_len - 1)[:2] for p, c, _ in triples_ids]
-    self.rejected = [sft_sequence(p, r, tokenizer, seq_len - 1)[:2] for p, _, r in triples_ids]
+    self.chosen = [sft_sequence(p, c, tokenizer, seq_len - 1) for p, c, _ in triples_ids]
+    self.rejected = [sft_sequence(p, r, tokenizer, seq_len - 1) for p, _, r in triples_ids]
+    self.num_truncated = sum(c[2] or r[2] for c, r in zip(self.chosen, self.rejected))  # pairs
     self.seq_len, self.pad_id = seq_len, tokenizer.pad_id
     super().__init__(len(triples_ids), batch_size, seed, **kwargs)
 

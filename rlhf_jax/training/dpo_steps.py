@@ -14,6 +14,7 @@ import optax
 from rlhf_jax import sharding
 from rlhf_jax.algorithms import dpo
 from rlhf_jax.algorithms.masked import masked_sum
+from rlhf_jax.training import guards
 from rlhf_jax.training.rl_state import RLState
 from rlhf_jax.training.rl_steps import token_logprobs
 from rlhf_jax.training.steps import accumulate_gradients, jit_steps
@@ -56,15 +57,16 @@ def averages(sums) -> dict:
           "chosen_reward": sums["chosen_reward"] / pairs, "rejected_reward": sums["rejected_reward"] / pairs}
 
 
-def dpo_train_step(state: RLState, batch: dict, *, model, tx, cfg, accum_steps: int):
+def dpo_train_step(state: RLState, batch: dict, *, model, tx, cfg, accum_steps: int, inject_nan_at: tuple = ()):
   batch = with_reference(state, batch, model)
   normalizer = jnp.maximum(jnp.sum(batch["loss_mask"][:, 0]), 1).astype(jnp.float32)
   loss_fn = functools.partial(pair_loss, model=model, cfg=cfg, normalizer=normalizer)
+  loss_fn = guards.with_injected_nan(loss_fn, state.step, inject_nan_at)
   grads, sums = accumulate_gradients(loss_fn, state.policy, batch, accum_steps)
-  updates, policy_opt = tx.update(grads, state.policy_opt, state.policy)
-  state = state.replace(step=state.step + 1, policy=optax.apply_updates(state.policy, updates),
-                        policy_opt=policy_opt)
-  return state, {**averages(sums), "grad_norm": optax.tree.norm(grads)}
+  ok, flags = guards.check(loss=sums["loss"], grads=grads)
+  policy, policy_opt = guards.guarded_update(tx, grads, state.policy_opt, state.policy, ok)
+  state = state.replace(step=state.step + 1, policy=policy, policy_opt=policy_opt)
+  return state, {**averages(sums), "grad_norm": optax.tree.norm(grads), **flags}
 
 
 def dpo_eval_step(state: RLState, batch: dict, *, model, cfg) -> dict:
@@ -74,6 +76,7 @@ def dpo_eval_step(state: RLState, batch: dict, *, model, cfg) -> dict:
 
 def compile_dpo_steps(model, tx, cfg, state_shardings, mesh):
   """(train, eval), jitted once by `jit_steps`; the eval step takes the whole state (policy and reference)."""
-  train_fn = functools.partial(dpo_train_step, model=model, tx=tx, cfg=cfg.dpo, accum_steps=cfg.optim.accum_steps)
+  train_fn = functools.partial(dpo_train_step, model=model, tx=tx, cfg=cfg.dpo, accum_steps=cfg.optim.accum_steps,
+                               inject_nan_at=tuple(cfg.train.inject_nan_at))
   eval_fn = functools.partial(dpo_eval_step, model=model, cfg=cfg.dpo)
   return jit_steps(train_fn, eval_fn, state_shardings, mesh, sharding.rules_of(cfg), eval_shardings=state_shardings)

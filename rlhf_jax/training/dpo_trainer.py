@@ -53,13 +53,13 @@ def run(cfg, workdir: str) -> dict:
                                         process_index=jax.process_index(), process_count=jax.process_count())
           for split, rows in pairs.items()}
   prompts = rl_trainer.prompt_set(cfg, tokenizer, "eval")
-  run_dir.record_config(cfg)
-  setup.save_run_files(run_dir, tokenizer, models.policy.cfg)
   tx = make_optimizer(cfg.optim, cfg.train.num_steps)
   state, shardings = rl_trainer.initial_state(cfg, models, sft_run, reward_run, tx, None, mesh, rules)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), DPO_ITEMS, cfg.train.keep_checkpoints)
   restored = setup.resume(state, shardings, checkpointer, DPO_ITEMS)
   state = restored if restored is not None else state
+  run_dir.record_config(cfg)
+  setup.save_run_files(run_dir, tokenizer, models.policy.cfg)
   train, evaluate_pairs = compile_dpo_steps(models.policy, tx, cfg, shardings, mesh)
   norm = reward_run.read_json("summary.json")
   score_fn = functools.partial(rl_trainer.proxy_scores, scorer=models.scorer, gain=norm["reward_gain"],
@@ -71,6 +71,7 @@ def run(cfg, workdir: str) -> dict:
   evaluate = DPOEvaluator(policy_eval, evaluate_pairs, data["eval"], cfg.train.eval_batches, mesh)
   next_batch = lambda step: sharding.put_batch(data["train"].batch(step), mesh)
   summary = Loop(cfg.train, run_dir, train, next_batch, evaluate, checkpointer, DPO_ITEMS).train(state)
+  summary["data/truncated_pairs"] = data["train"].num_truncated
   run_dir.write_json("summary.json", summary)
   return summary
 

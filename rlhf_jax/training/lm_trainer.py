@@ -25,6 +25,7 @@ class Prompts(NamedTuple):
   texts: list  # the prompt strings
   tokens: np.ndarray  # [n, len] left-padded, BOS first
   mask: np.ndarray
+  truncated: int = 0  # prompts longer than the room for them, cut from the left
 
 
 class LMData(NamedTuple):
@@ -42,9 +43,6 @@ def run(cfg, workdir: str) -> dict:
   data = prepare_data(cfg, tokenizer)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   memory.check(cfg, model_cfg, mesh)
-  # Written only once the config, tokenizer and data have proved usable.
-  run_dir.record_config(cfg)
-  setup.save_run_files(run_dir, tokenizer, model_cfg)
   logging.info("model: %s, %.2fM parameters", model_cfg, model_cfg.num_params() / 1e6)
   model = Transformer(model_cfg)
   tx = make_optimizer(cfg.optim, cfg.train.num_steps)
@@ -55,11 +53,16 @@ def run(cfg, workdir: str) -> dict:
     state = restored
   elif source:
     state = state.replace(params=setup.load_source_params(source, state.params, shardings.params, mesh, rules))
+  # Written only once the config, tokenizer, data and checkpoint (if any) have proved usable.
+  run_dir.record_config(cfg)
+  setup.save_run_files(run_dir, tokenizer, model_cfg)
   steps = compile_lm_steps(model, tx, learning_rate_schedule(cfg.optim, cfg.train.num_steps),
                            shardings, mesh, cfg, tokenizer)
   evaluate = LMEvaluator(cfg, run_dir, steps, data, mesh, tokenizer)
   next_batch = lambda step: sharding.put_batch(data.train.batch(step), mesh)
   summary = Loop(cfg.train, run_dir, steps.train, next_batch, evaluate, checkpointer).train(state)
+  if cfg.stage == "sft":
+    summary["data/truncated_pairs"] = data.train.num_truncated
   run_dir.write_json("summary.json", summary)
   return summary
 
@@ -95,14 +98,15 @@ def prompt_rng(seed: int, i: int) -> random.Random:
 
 def encode_prompts(texts, tokenizer, max_len: int) -> Prompts:
   """BOS + prompt, cut from the left to max_len, left-padded (as the sampler expects)."""
-  ids = [[tokenizer.bos_id, *tokenizer.encode(t)][-max_len:] for t in texts]
+  full = [[tokenizer.bos_id, *tokenizer.encode(t)] for t in texts]
+  ids = [x[-max_len:] for x in full]
   width = max(len(x) for x in ids)
   tokens = np.full((len(ids), width), tokenizer.pad_id, np.int32)
   mask = np.zeros((len(ids), width), np.int32)
   for row, x in enumerate(ids):
     tokens[row, width - len(x):] = x
     mask[row, width - len(x):] = 1
-  return Prompts(list(texts), tokens, mask)
+  return Prompts(list(texts), tokens, mask, sum(len(x) > max_len for x in full))
 
 
 @dataclasses.dataclass

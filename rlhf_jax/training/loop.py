@@ -2,7 +2,9 @@
 
 It only moves batches in and metrics out; everything numeric happens in the compiled step.
 Batches are a pure function of the step, so a resumed run replays exactly the batches it
-would have seen.
+would have seen. Two things stop a run early, each after writing a checkpoint: a preemption
+notice (SIGTERM; `Preempted`, exit 0) and, with train.on_nonfinite="stop", an update the
+compiled step refused because its loss, gradients or rewards were not finite (`UserError`).
 """
 
 import dataclasses
@@ -10,8 +12,11 @@ import time
 from typing import Callable
 
 import jax
+import numpy as np
 
+from rlhf_jax import preemption
 from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.errors import Preempted, UserError
 from rlhf_jax.metrics_log import MetricsLog
 from rlhf_jax.training import setup
 from rlhf_jax.workdir import RunDir
@@ -19,7 +24,7 @@ from rlhf_jax.workdir import RunDir
 
 @dataclasses.dataclass
 class Loop:
-  train_cfg: object  # config.train: num_steps, log_every, eval_every, checkpoint_every
+  train_cfg: object  # config.train: num_steps, log_every, eval_every, checkpoint_every, on_nonfinite
   run_dir: RunDir
   train_step: Callable  # (state, device batch) -> (state, metrics)
   batch: Callable  # step -> device batch
@@ -39,25 +44,54 @@ class Loop:
       for step in range(start + 1, t.num_steps + 1):
         state, metrics = self.train_step(state, self.batch(step - 1))
         last = step == t.num_steps
-        if step % t.log_every == 0 or last:
+        nonfinite = self._nonfinite(metrics)
+        if step % t.log_every == 0 or last or nonfinite:
           log.write(step, jax.device_get(metrics))
         if step % t.eval_every == 0 or last:
           eval_metrics = self._evaluate(state, step, log)
-        if step % t.checkpoint_every == 0 or last:
-          self.checkpointer.save(step, {n: getattr(state, n) for n in self.items},
-                                 {"step": step, "data_position": step})
+        saved = step % t.checkpoint_every == 0 or last
+        if saved:
+          self._save(state, step)
+        self._stop_early(state, step, saved, nonfinite)
         log.advance(step)
-      if start == t.num_steps:  # killed after the last checkpoint but before the summary
-        eval_metrics = self._evaluate(state, start, log)
+      if start == t.num_steps:  # killed after the last checkpoint but before the summary: the
+        eval_metrics = self._evaluate(state, start, None)  # eval was logged before the checkpoint
     finally:
       self.checkpointer.wait()
       log.close()
     return {**eval_metrics, "step": t.num_steps, "train_seconds_this_session": time.time() - started}
 
+  def _save(self, state, step: int) -> None:
+    self.checkpointer.save(step, {n: getattr(state, n) for n in self.items}, {"step": step, "data_position": step})
+
+  def _nonfinite(self, metrics) -> list:
+    """The quantities the step found non-finite, when train.on_nonfinite="stop" (one small
+    fetch per step, so the loop waits for each step; "skip" never waits)."""
+    if self.train_cfg.on_nonfinite != "stop":
+      return []
+    flags = jax.device_get({k: v for k, v in metrics.items() if k.startswith("nonfinite_")})
+    return sorted(k[len("nonfinite_"):] for k, v in flags.items() if np.any(v))
+
+  def _stop_early(self, state, step: int, saved: bool, nonfinite: list) -> None:
+    """Checkpoints and raises on a non-finite update (in "stop" mode) or a preemption notice
+    (not after the last step: then the run finishes, summary and all)."""
+    preempted = preemption.reached(step) and step < self.train_cfg.num_steps  # all processes ask, every step
+    if not (nonfinite or preempted):
+      return
+    if not saved:
+      self._save(state, step)
+    self.checkpointer.wait()
+    where = f"checkpoint of step {step} in {self.checkpointer.directory}"
+    if nonfinite:
+      raise UserError(f"step {step}: non-finite {' and '.join(nonfinite)}; the update was not applied "
+                      f"({where}). Lower optim.lr, or set train.on_nonfinite=skip to go on")
+    raise Preempted(f"preempted after step {step}: {where}; run the same command to resume")
+
   def _evaluate(self, state, step: int, log) -> dict:
     metrics = self.evaluate(state, step)
     texts = metrics.pop("samples", None)
-    if texts:
-      log.text(step, "samples", texts)
-    log.write(step, metrics)
+    if log is not None:
+      if texts:
+        log.text(step, "samples", texts)
+      log.write(step, metrics)
     return metrics

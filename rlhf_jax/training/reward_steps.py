@@ -11,6 +11,7 @@ from rlhf_jax import sharding
 from rlhf_jax.algorithms.reward import bradley_terry_loss
 from rlhf_jax.models.transformer import last_token_values
 from rlhf_jax.training.state import TrainState
+from rlhf_jax.training import guards
 from rlhf_jax.training.steps import accumulate_gradients, apply_gradients, jit_sampler, jit_steps
 
 
@@ -37,14 +38,17 @@ def pair_loss(params, batch, normalizer, *, model):
   return sums["nll"] / normalizer, sums
 
 
-def reward_train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_steps: int):
+def reward_train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_steps: int,
+                      inject_nan_at: tuple = ()):
   normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
   loss_fn = functools.partial(pair_loss, normalizer=normalizer, model=model)
+  loss_fn = guards.with_injected_nan(loss_fn, state.step, inject_nan_at)
   grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps)
   pairs = jnp.maximum(sums["pairs"], 1)
   metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / pairs, "margin": sums["margin"] / pairs,
              "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
-  return apply_gradients(state, grads, tx), metrics
+  state, flags = apply_gradients(state, grads, tx, sums["loss"])
+  return state, {**metrics, **flags}
 
 
 def reward_eval_step(params, batch: dict, *, model):
@@ -62,7 +66,7 @@ class RewardSteps(NamedTuple):
 
 def compile_reward_steps(model, policy, tx, schedule, state_shardings, mesh, cfg, tokenizer) -> RewardSteps:
   train_fn = functools.partial(reward_train_step, model=model, tx=tx, schedule=schedule,
-                               accum_steps=cfg.optim.accum_steps)
+                               accum_steps=cfg.optim.accum_steps, inject_nan_at=tuple(cfg.train.inject_nan_at))
   rules = sharding.rules_of(cfg)
   eval_fn = functools.partial(reward_eval_step, model=model)
   train, evaluate = jit_steps(train_fn, eval_fn, state_shardings, mesh, rules)

@@ -41,8 +41,6 @@ def run(cfg, workdir: str) -> dict:
     raise UserError("the reward stage needs model.heads to include 'reward'")
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   memory.check(cfg, model_cfg, mesh)
-  run_dir.record_config(cfg)
-  setup.save_run_files(run_dir, tokenizer, model_cfg)
   model = Transformer(model_cfg)
   tx = make_optimizer(cfg.optim, cfg.train.num_steps)
   state, shardings = setup.init_state(model, tx, mesh, rules, cfg.seed)
@@ -50,6 +48,8 @@ def run(cfg, workdir: str) -> dict:
   start_params = setup.load_source_params(source, state.params, shardings.params, mesh, rules)
   restored = setup.resume(state, shardings, checkpointer)
   state = restored if restored is not None else state.replace(params=start_params)
+  run_dir.record_config(cfg)
+  setup.save_run_files(run_dir, tokenizer, model_cfg)
   policy = Transformer(dataclasses.replace(model_cfg, heads=()))
   steps = compile_reward_steps(model, policy, tx, learning_rate_schedule(cfg.optim, cfg.train.num_steps),
                                shardings, mesh, cfg, tokenizer)
@@ -62,6 +62,7 @@ def run(cfg, workdir: str) -> dict:
   evaluate = RewardEvaluator(cfg, steps, data["eval"], [p.get("gold") for p in pairs["eval"]], mesh)
   next_batch = lambda step: sharding.put_batch(data["train"].batch(step), mesh)
   summary = Loop(cfg.train, run_dir, steps.train, next_batch, evaluate, checkpointer).train(state)
+  summary["data/truncated_pairs"] = data["train"].num_truncated
   run_dir.write_json("summary.json", summary)
   return summary
 

@@ -30,6 +30,7 @@ import optax
 from rlhf_jax.algorithms import gae, kl, ppo, reinforce
 from rlhf_jax.algorithms.masked import masked_sum
 from rlhf_jax.models.sampling import SamplingParams, sample
+from rlhf_jax.training import guards
 from rlhf_jax.training.rl_state import RLState
 from rlhf_jax.training.steps import accumulate_gradients
 
@@ -74,6 +75,7 @@ class RLConfig:
   adaptive_kl: bool = False
   no_eos_penalty: float = -1.0
   penalise_no_eos: bool = True
+  inject_nan_at: tuple = ()  # fault injection (tests): these iterations' scores are NaN
 
   @property
   def has_critic(self) -> bool:
@@ -182,6 +184,7 @@ def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_
   sample_and_score = functools.partial(_sample_and_score, state, policy=policy, score_fn=score_fn, cfg=cfg)
   tokens, mask, out, scores, ended = sample_and_score(prompts, prompt_mask, rng,
                                                       SamplingParams.make(cfg.temperature))
+  scores = scores * guards.injected_nan(state.step, cfg.inject_nan_at)
   greedy_scores = None
   if cfg.algo == "remax":  # the baseline: the greedy response's score (independent of the sample)
     greedy_scores = sample_and_score(prompts, prompt_mask, rng, SamplingParams.make(cfg.temperature,
@@ -193,7 +196,8 @@ def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_
                                              kl_coef=0.0 if cfg.kl_in_loss else state.kl.coef, kind=cfg.kl_kind)
   advantages, returns, baseline = _advantages(state, rewards, values, out.mask, greedy_scores, cfg)
   metrics = {**kl_metrics, "kl_coef": state.kl.coef, "response_length": jnp.mean(jnp.sum(out.mask, axis=1)),
-             "no_eos_fraction": 1.0 - jnp.mean(ended)}
+             "no_eos_fraction": 1.0 - jnp.mean(ended),
+             "nonfinite_rewards": jnp.logical_not(guards.all_finite(rewards)).astype(jnp.float32)}
   if cfg.has_critic:
     metrics["explained_variance"] = ppo.explained_variance(values, returns, out.mask)
   return Rollout(tokens, mask, logprobs, ref_logprobs, values, advantages, returns), baseline, metrics
@@ -231,6 +235,12 @@ def apply_updates(tx, grads, opt_state, params):
   return optax.apply_updates(params, updates), opt_state
 
 
+def update_metrics(per_update: dict) -> dict:
+  """Means over the iteration's updates; skipped updates are counted, non-finite flags kept if any."""
+  reduce = lambda k: jnp.sum if k == "skipped_updates" else jnp.max if k.startswith("nonfinite_") else jnp.mean
+  return {k: reduce(k)(v) for k, v in per_update.items() if k != "loss"}
+
+
 def rl_iteration(state: RLState, prompts, prompt_mask, *, policy, critic, policy_tx, value_tx,
                  score_fn: Callable, cfg: RLConfig):
   """One iteration: (state, prompts) -> (state, metrics). Frozen params pass through.
@@ -244,6 +254,8 @@ def rl_iteration(state: RLState, prompts, prompt_mask, *, policy, critic, policy
   p, n = prompts.shape[1], batch.tokens.shape[0]
   loss_fn = functools.partial(rl_loss, policy=policy, critic=critic, cfg=cfg, prompt_len=p, kl_coef=state.kl.coef)
 
+  rewards_ok = metrics["nonfinite_rewards"] == 0
+
   def update(carry, minibatch):
     params, (policy_opt, value_opt) = carry
     response_mask = minibatch.mask[:, p:]
@@ -252,7 +264,10 @@ def rl_iteration(state: RLState, prompts, prompt_mask, *, policy, critic, policy
     (policy_grads, value_grads), m = accumulate_gradients(loss_fn, params, (minibatch, weights), cfg.accum_steps)
     policy_params, policy_opt = apply_updates(policy_tx, policy_grads, policy_opt, params[0])
     value_params, value_opt = apply_updates(value_tx, value_grads, value_opt, params[1])
-    return ((policy_params, value_params), (policy_opt, value_opt)), m
+    ok, flags = guards.check(loss=m["loss"], grads=(policy_grads, value_grads))
+    ok = ok & rewards_ok  # no update learns from a non-finite reward
+    new = ((policy_params, value_params), (policy_opt, value_opt))
+    return guards.select(ok, new, carry), {**m, **flags, "skipped_updates": 1.0 - ok}
 
   def epoch(carry, key):
     order = jax.random.permutation(key, n).reshape(cfg.minibatches, -1)
@@ -263,7 +278,8 @@ def rl_iteration(state: RLState, prompts, prompt_mask, *, policy, critic, policy
       epoch, carry, jax.random.split(shuffle_rng, cfg.epochs))
   new_kl = kl.update_kl_controller(state.kl, metrics["kl"], n, target=cfg.kl_target, horizon=cfg.kl_horizon,
                                    adaptive=cfg.adaptive_kl)
-  metrics.update(jax.tree.map(jnp.mean, {k: v for k, v in losses.items() if k != "loss"}))
+  new_kl, baseline = guards.select(rewards_ok, (new_kl, baseline), (state.kl, state.baseline))
+  metrics.update(update_metrics(losses))
   state = state.replace(step=state.step + 1, policy=policy_params, policy_opt=policy_opt, value=value_params,
                         value_opt=value_opt, kl=new_kl, baseline=baseline, rng=rng)
   return state, metrics

@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import functools
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -119,9 +120,6 @@ def run(cfg, workdir: str) -> dict:
   prompts = {split: prompt_set(cfg, tokenizer, split) for split in ("train", "eval")}
   seed_cfgs = [with_seed(cfg, cfg.seed + i) for i in range(cfg.vmap_seeds)]
   seed_dirs = [RunDir(run_dir.file(f"seed_{c.seed}")) for c in seed_cfgs] if len(seed_cfgs) > 1 else []
-  for directory, directory_cfg in [(run_dir, cfg), *zip(seed_dirs, seed_cfgs)]:
-    directory.record_config(directory_cfg)
-    setup.save_run_files(directory, tokenizer, models.policy.cfg)
   rl_cfg = rl_config(cfg, tokenizer)
   policy_tx, value_tx = make_optimizers(cfg)
   placed = [initial_state(c, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) for c in seed_cfgs]
@@ -131,6 +129,9 @@ def run(cfg, workdir: str) -> dict:
   checkpointer = Checkpointer(run_dir.file("checkpoints"), items, cfg.train.keep_checkpoints)
   restored = setup.resume(state, shardings, checkpointer, items)
   state = restored if restored is not None else state
+  for directory, directory_cfg in [(run_dir, cfg), *zip(seed_dirs, seed_cfgs)]:
+    directory.record_config(directory_cfg)
+    setup.save_run_files(directory, tokenizer, models.policy.cfg)
   norm = reward_run.read_json("summary.json")
   score_fn = functools.partial(proxy_scores, scorer=models.scorer, gain=norm["reward_gain"],
                                bias=norm["reward_bias"])
@@ -143,6 +144,7 @@ def run(cfg, workdir: str) -> dict:
                           one_seed_shardings.policy, mesh)
   loop = Loop(cfg.train, run_dir, train_step, next_batch, evaluator, checkpointer, items)
   summary = train_seeds(loop, state, seed_cfgs, seed_dirs) if seed_dirs else loop.train(state)
+  summary["data/truncated_prompts"] = prompts["train"].truncated
   run_dir.write_json("summary.json", summary)
   return summary
 
@@ -187,7 +189,8 @@ def reward_run_of(cfg) -> RunDir:
 
 def rl_config(cfg, tokenizer) -> RLConfig:
   return RLConfig(max_new_tokens=cfg.sample.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                  algo=cfg.algo, temperature=cfg.sample.temperature, **rl_fields(cfg))
+                  algo=cfg.algo, temperature=cfg.sample.temperature,
+                  inject_nan_at=tuple(cfg.train.inject_nan_at), **rl_fields(cfg))
 
 
 def initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules):
@@ -245,7 +248,11 @@ def prompt_set(cfg, tokenizer, split: str):
   docs = sources.load_documents(cfg.data, split)
   count = cfg.eval_prompts if split == "eval" else len(docs)
   texts = [sources.split_opening(d, cfg.data, prompt_rng(cfg.seed, i))[0] for i, d in enumerate(docs[:count])]
-  return encode_prompts(texts, tokenizer, cfg.max_prompt_len)
+  prompts = encode_prompts(texts, tokenizer, cfg.max_prompt_len)
+  if prompts.truncated:
+    logging.warning("%d of %d %s prompts are longer than max_prompt_len=%d tokens: cut from the left",
+                    prompts.truncated, len(texts), split, cfg.max_prompt_len)
+  return prompts
 
 
 def prompt_batch(prompts, step: int, batch_size: int, mesh) -> dict:

@@ -124,3 +124,16 @@ def test_scoring_in_chunks_gives_the_whole_batch_result():
   for chunks in (1, 3, 4):
     for got, want in zip(in_chunks(fn, rows, chunks), whole):
       np.testing.assert_array_equal(got, want)
+
+
+def test_non_finite_rewards_skip_every_update_of_the_iteration():
+  state, step, prompts = setup(inject_nan_at=(1,))  # the first iteration's scores are NaN
+  before = jax.device_get((state.policy, state.policy_opt, state.value, state.kl, state.baseline))
+  state, metrics = step(state, prompts, jnp.ones_like(prompts))
+  after = (state.policy, state.policy_opt, state.value, state.kl, state.baseline)
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  assert float(metrics["nonfinite_rewards"]) == 1
+  assert float(metrics["skipped_updates"]) == 4 * 2  # epochs x minibatches
+  state, metrics = step(state, prompts, jnp.ones_like(prompts))
+  assert float(metrics["skipped_updates"]) == 0 and int(state.step) == 2

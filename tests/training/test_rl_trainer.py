@@ -1,4 +1,6 @@
-"""The PPO stage end to end on shrunk upstream stages: state, evaluation, summary."""
+"""The RL stage end to end on shrunk upstream stages: state, evaluation, summary. Its resume
+after a kill is the fault suite's (tests/test_faults.py); the pipeline running all four
+stages and printing its report is the distributed test's one-process run."""
 
 import json
 import os
@@ -9,53 +11,6 @@ import pytest
 from rlhf_jax import stages
 from rlhf_jax.errors import UserError
 from tests.conftest import run_until_crash
-
-
-def test_ppo_stage_reports_gold_kl_and_its_training_metrics(tiny_ppo, tiny_upstream, tmp_path):
-  tiny_ppo.update(tiny_upstream)
-  summary = stages.run(tiny_ppo, str(tmp_path))
-  for key in ("eval/gold_reward", "eval/ref_gold_reward", "eval/proxy_reward", "eval/kl"):
-    assert key in summary
-  assert -1 <= summary["eval/gold_reward"] <= 1 and summary["eval/kl"] == summary["eval/kl"]
-  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-  train = [r for r in rows if "clip_fraction" in r]
-  assert train and {"score", "kl", "kl_coef", "entropy", "approx_kl", "value_loss", "explained_variance",
-                    "response_length", "no_eos_fraction"} <= set(train[-1])
-  assert os.path.exists(tmp_path / "samples" / "step_000004.txt")
-
-
-def test_full_pipeline_chains_all_four_stages_and_prints_the_report(tiny_ppo, capsys, tmp_path):
-  """The PPO stage's upstream run by the pipeline (a stage running its own upstream is
-  test_main's SFT test): each stage starts from the one before."""
-  from configs import pipeline
-  config = pipeline.get_config("tiny")
-  reward = tiny_ppo.upstream.reward
-  sft = reward.upstream.sft
-  config.pretrain, config.sft, config.reward, config.ppo = sft.upstream.pretrain, sft, reward, tiny_ppo
-  for stage in ("sft", "reward", "ppo"):
-    del config[stage].upstream
-  summary = stages.run(config, str(tmp_path))
-  assert list(summary) == ["pretrain", "sft", "reward", "ppo"]
-  for stage in summary:
-    assert os.path.exists(tmp_path / stage / "summary.json")
-  ppo_config = json.load(open(tmp_path / "ppo" / "config.json"))
-  assert ppo_config["init_from"] == str(tmp_path / "sft") and ppo_config["reward_from"] == str(tmp_path / "reward")
-  printed = capsys.readouterr().out
-  assert "PPO vs SFT by the gold judge" in printed and "eval/accuracy" in printed
-
-
-def test_interrupted_ppo_resumes_to_the_same_metrics(tiny_ppo, tiny_upstream, tmp_path, monkeypatch):
-  tiny_ppo.update(tiny_upstream)
-  whole = stages.run(tiny_ppo.copy_and_resolve_references(), str(tmp_path / "whole"))
-  resumed_cfg = tiny_ppo.copy_and_resolve_references()
-  # Crash at step 3, after the checkpoint at step 2: policy, critic, optimizers, KL controller, rng.
-  run_until_crash(lambda: stages.run(resumed_cfg.copy_and_resolve_references(), str(tmp_path / "resumed")),
-                  monkeypatch, step=3)
-  assert not os.path.exists(tmp_path / "resumed" / "summary.json")
-  resumed = stages.run(resumed_cfg, str(tmp_path / "resumed"))
-  rows = lambda d: [json.loads(line) for line in open(tmp_path / d / "metrics.jsonl")]
-  assert rows("resumed") == rows("whole")
-  assert resumed["eval/gold_reward"] == whole["eval/gold_reward"] and resumed["eval/kl"] == whole["eval/kl"]
 
 
 def test_each_critic_and_critic_free_algo_trains_and_checkpoints_only_what_it_has(tiny_ppo, tiny_upstream,
@@ -75,6 +30,11 @@ def test_each_critic_and_critic_free_algo_trains_and_checkpoints_only_what_it_ha
     assert heads == (["value"] if (algo, critic) == ("ppo", "shared") else [])
     train = [json.loads(line) for line in open(workdir / "metrics.jsonl") if "clip_fraction" in line]
     assert ("value_loss" in train[-1]) == (algo == "ppo")
+    assert {"score", "kl", "kl_coef", "entropy", "approx_kl", "response_length", "no_eos_fraction",
+            "skipped_updates"} <= set(train[-1])
+    for key in ("eval/gold_reward", "eval/ref_gold_reward", "eval/proxy_reward", "eval/kl"):
+      assert key in summary
+    assert os.path.exists(workdir / "samples" / "step_000002.txt")
 
 
 def test_bad_rl_fields_fail_before_any_upstream_stage_runs(tiny_ppo, tmp_path):

@@ -1,4 +1,5 @@
-"""Compiled train step: gradient accumulation is exact, and repeated steps fit a batch."""
+"""Compiled train step: gradient accumulation is exact, repeated steps fit a batch, a non-finite
+update is refused."""
 
 import functools
 
@@ -15,7 +16,7 @@ from rlhf_jax.training.steps import train_step
 from tests.conftest import small_model
 
 
-def make(accum_steps):
+def make(accum_steps, inject_nan_at=()):
   optim = common.base_config("pretrain", "tiny").optim
   optim.accum_steps = accum_steps
   model = Transformer(small_model())
@@ -23,7 +24,7 @@ def make(accum_steps):
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
   state, _ = setup.init_state(model, tx, mesh, common.DEFAULT_RULES, seed=0)
   step = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=learning_rate_schedule(optim, 100),
-                                   accum_steps=accum_steps, seed=0))
+                                   accum_steps=accum_steps, seed=0, inject_nan_at=inject_nan_at))
   return state, step
 
 
@@ -53,3 +54,17 @@ def test_repeated_steps_fit_one_batch():
     state, metrics = step(state, batch())
     losses.append(float(metrics["loss"]))
   assert losses[-1] < 0.7 * losses[0]
+
+
+def test_a_non_finite_loss_leaves_params_and_optimizer_state_untouched():
+  state, step = make(2, inject_nan_at=(2,))  # the second update's loss is NaN
+  state, first = step(state, batch())
+  before = jax.device_get((state.params, state.opt_state))
+  state, second = step(state, batch())
+  assert float(first["skipped_updates"]) == 0 and float(second["skipped_updates"]) == 1
+  assert float(second["nonfinite_loss"]) == 1 and float(second["nonfinite_grads"]) == 1
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((state.params, state.opt_state))):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  assert int(state.step) == 2  # the batch is consumed all the same
+  state, third = step(state, batch())
+  assert float(third["skipped_updates"]) == 0 and np.isfinite(float(third["loss"]))

@@ -1,0 +1,161 @@
+"""The fault suite: real kills of `python -m rlhf_jax.main`, corrupted checkpoints, injected NaNs.
+
+A run killed with SIGKILL at a random moment (a random step, then a random delay into the
+step, eval or checkpoint write that follows) and started again with the same command must log
+exactly (bitwise) the metrics of the uninterrupted run; SIGTERM must checkpoint and exit 0.
+The moments are drawn from a fresh seed, printed on failure. `tests/soak.py` does the same
+many times over.
+"""
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import pretrain
+from rlhf_jax import stages
+from rlhf_jax.errors import UserError
+from tests.conftest import shrink
+from tests.test_main import ROOT, read_metrics
+
+# Every stage shrunk as the other tests shrink it, logging every step and checkpointing often,
+# so a kill may land anywhere: in a step, an eval, a checkpoint write.
+CONFIG = """
+from configs import dpo, ppo, pretrain
+from tests.conftest import make_tiny_ppo, shrink
+
+UPSTREAM = {upstream!r}
+
+def get_config(stage):
+  if stage == "pretrain":
+    config = shrink(pretrain.get_config("tiny"), steps=12)
+    config.train.update(dict(checkpoint_every=3, eval_every=6))
+  else:
+    config = make_tiny_ppo() if stage == "ppo" else shrink(dpo.get_config("tiny"), steps=6)
+    del config.upstream
+    config.update(dict(eval_prompts=8, max_prompt_len=24, **UPSTREAM))
+    config.sample.max_new_tokens = 16
+    config.train.update(dict(num_steps=4, checkpoint_every=1, eval_every=4))
+  config.train.log_every = 1
+  return config
+"""
+
+
+def write_config(tmp_path, upstream=None) -> str:
+  path = tmp_path / "faults_config.py"
+  path.write_text(CONFIG.format(upstream=upstream or {}))
+  return str(path)
+
+
+def start(config_file: str, stage: str, workdir) -> subprocess.Popen:
+  """The run's command in a child process, its output to a file (read by `finish`)."""
+  with open(f"{workdir}.log", "w") as log:
+    return subprocess.Popen([sys.executable, "-m", "rlhf_jax.main", f"--config={config_file}:{stage}",
+                             f"--workdir={workdir}"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def finish(process: subprocess.Popen, workdir) -> str:
+  process.wait(timeout=600)
+  with open(f"{workdir}.log") as f:
+    return f.read()
+
+
+def logged_steps(workdir) -> int:
+  """The last step this process has logged ("step N/M ..." lines of its output)."""
+  with open(f"{workdir}.log") as f:
+    return max(map(int, re.findall(r"step (\d+)/\d+ ", f.read())), default=0)
+
+
+def interrupt(config_file, stage, workdir, sig, after_step: int, rng: random.Random) -> tuple[int, str]:
+  """Starts the run, waits for it to log `after_step`, waits a random 0-0.3 s more, sends `sig`."""
+  process = start(config_file, stage, workdir)
+  while logged_steps(workdir) < after_step and process.poll() is None:
+    time.sleep(0.02)
+  time.sleep(rng.uniform(0.0, 0.3))
+  process.send_signal(sig)
+  log = finish(process, workdir)
+  return process.returncode, log
+
+
+def run_to_end(config_file, stage, workdir) -> str:
+  process = start(config_file, stage, workdir)
+  log = finish(process, workdir)
+  assert process.returncode == 0, log[-3000:]
+  return log
+
+
+def assert_same_run(resumed, whole, seed) -> None:
+  assert read_metrics(resumed) == read_metrics(whole), f"fault seed {seed}"
+  summaries = [json.load(open(os.path.join(d, "summary.json"))) for d in (resumed, whole)]
+  for summary in summaries:
+    summary.pop("train_seconds_this_session")
+  assert summaries[0] == summaries[1], f"fault seed {seed}"
+
+
+def test_pretraining_killed_then_preempted_resumes_to_the_same_metrics(tmp_path):
+  seed = random.randrange(10**6)
+  rng = random.Random(seed)
+  config_file = write_config(tmp_path)
+  run_to_end(config_file, "pretrain", tmp_path / "whole")
+  kill_at = rng.randint(2, 8)
+  code, _ = interrupt(config_file, "pretrain", tmp_path / "resumed", signal.SIGKILL, kill_at, rng)
+  assert code == -signal.SIGKILL and not os.path.exists(tmp_path / "resumed" / "summary.json"), seed
+  code, log = interrupt(config_file, "pretrain", tmp_path / "resumed", signal.SIGTERM, kill_at + 2, rng)
+  # SIGTERM: the step in flight finishes, a checkpoint is written, exit 0 with a line saying so.
+  assert code == 0 and "preempted after step" in log, (seed, log[-3000:])
+  stopped_at = int(log.split("preempted after step ")[1].split(":")[0])
+  assert os.path.isdir(tmp_path / "resumed" / "checkpoints" / str(stopped_at)), seed
+  assert not os.path.exists(tmp_path / "resumed" / "summary.json")
+  run_to_end(config_file, "pretrain", tmp_path / "resumed")
+  assert_same_run(tmp_path / "resumed", tmp_path / "whole", seed)
+
+
+@pytest.mark.parametrize("stage", ["ppo", "dpo"])
+def test_rl_and_dpo_killed_at_a_random_moment_resume_to_the_same_metrics(stage, tiny_upstream, tmp_path):
+  seed = random.randrange(10**6)
+  rng = random.Random(seed)
+  config_file = write_config(tmp_path, tiny_upstream)
+  run_to_end(config_file, stage, tmp_path / "whole")
+  code, _ = interrupt(config_file, stage, tmp_path / "resumed", signal.SIGKILL, rng.randint(2, 3), rng)
+  assert code == -signal.SIGKILL and not os.path.exists(tmp_path / "resumed" / "summary.json"), seed
+  run_to_end(config_file, stage, tmp_path / "resumed")
+  assert_same_run(tmp_path / "resumed", tmp_path / "whole", seed)
+
+
+def test_unreadable_and_half_written_checkpoints_are_set_aside_and_the_run_resumes(tmp_path, caplog):
+  config = shrink(pretrain.get_config("tiny"), steps=12)
+  config.train.update(dict(checkpoint_every=3, eval_every=12, log_every=1))
+  whole = stages.run(config.copy_and_resolve_references(), str(tmp_path / "whole"))
+  shutil.copytree(tmp_path / "whole", tmp_path / "broken")
+  os.remove(tmp_path / "broken" / "summary.json")  # as if killed after its last checkpoint
+  for path in (tmp_path / "broken" / "checkpoints" / "12").rglob("*"):  # cut every file short
+    if path.is_file() and path.stat().st_size > 1:
+      os.truncate(path, path.stat().st_size // 2)
+  half = tmp_path / "broken" / "checkpoints" / "15.orbax-checkpoint-tmp"
+  shutil.copytree(tmp_path / "broken" / "checkpoints" / "9", half)  # a write a kill cut off
+  resumed = stages.run(config.copy_and_resolve_references(), str(tmp_path / "broken"))
+  assert "12 is unreadable" in caplog.text and "half-written checkpoint" in caplog.text
+  assert os.path.isdir(tmp_path / "broken" / "checkpoints" / "12.unreadable") and not half.exists()
+  assert read_metrics(tmp_path / "broken") == read_metrics(tmp_path / "whole")
+  assert resumed["eval/loss"] == whole["eval/loss"]
+
+
+def test_non_finite_loss_stops_with_a_checkpoint_or_is_skipped(tmp_path):
+  config = shrink(pretrain.get_config("tiny"), steps=6)
+  config.train.update(dict(checkpoint_every=6, eval_every=6, log_every=1, inject_nan_at=(4,)))
+  with pytest.raises(UserError, match=r"step 4: non-finite grads and loss; the update was not applied"):
+    stages.run(config.copy_and_resolve_references(), str(tmp_path / "stop"))
+  assert os.path.isdir(tmp_path / "stop" / "checkpoints" / "4")
+  config.train.on_nonfinite = "skip"
+  summary = stages.run(config, str(tmp_path / "skip"))
+  rows = {row["step"]: row for row in read_metrics(tmp_path / "skip") if "skipped_updates" in row}
+  assert [rows[s]["skipped_updates"] for s in range(1, 7)] == [0, 0, 0, 1, 0, 0]
+  assert rows[4]["nonfinite_loss"] == 1 and np.isfinite(summary["eval/loss"])
