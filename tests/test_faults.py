@@ -49,10 +49,11 @@ def get_config(stage):
 """
 
 
-def write_config(tmp_path, upstream=None) -> str:
-  path = tmp_path / "faults_config.py"
-  path.write_text(CONFIG.format(upstream=upstream or {}))
-  return str(path)
+def write_config(directory, upstream=None) -> str:
+  path = os.path.join(directory, "faults_config.py")
+  with open(path, "w") as f:
+    f.write(CONFIG.format(upstream=upstream or {}))
+  return path
 
 
 def start(config_file: str, stage: str, workdir) -> subprocess.Popen:

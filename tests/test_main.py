@@ -53,10 +53,12 @@ def test_sft_runs_its_upstream_pretraining_then_reuses_it(tiny_sft, tmp_path):
 def test_checkpoint_that_does_not_fit_the_model_is_a_clear_error(tiny_pretrain, tmp_path, monkeypatch):
   run_until_crash(lambda: stages.run(tiny_pretrain.copy_and_resolve_references(), str(tmp_path)), monkeypatch,
                   step=15)
+  files = {name: open(tmp_path / name).read() for name in ("config.json", "model.json")}
   tiny_pretrain.model.d_model = 32
   with pytest.raises(UserError, match=r"does not fit the model: embed/embedding has shape"):
     stages.run(tiny_pretrain, str(tmp_path))
-  assert os.path.isdir(tmp_path / "checkpoints" / "10")  # the earlier work is still there
+  assert os.path.isdir(tmp_path / "checkpoints" / "10")  # the earlier work is still there, unchanged
+  assert files == {name: open(tmp_path / name).read() for name in files}
 
 
 def run_main(*args, cwd=ROOT):
@@ -64,19 +66,31 @@ def run_main(*args, cwd=ROOT):
                         text=True, timeout=300)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.optim.lrr=1", 'unknown config field in the --config.* overrides: Did you mean "lr"'),
-    ("--config.data.source=jsonl:/no/such/file.jsonl", "data file not found: /no/such/file.jsonl"),
-    ("--config.mesh.data=3", "does not divide the 1 available devices"),
-    ("--config.memory.device_gb=0.001", "the plan needs 1"),  # ~14 MiB of a 1 MiB device: before compiling
+BAD_FILES = {"bad.jsonl": '{"text": "fine"}\n{"text": "cut short\n', "empty.jsonl": ""}
+
+
+@pytest.mark.parametrize("config, override, message", [
+    ("pretrain", "--config.optim.lrr=1", 'unknown config field in the --config.* overrides: Did you mean "lr"'),
+    ("pretrain", "--config.data.source=jsonl:/no/such/file.jsonl", "data file not found: /no/such/file.jsonl"),
+    ("pretrain", "--config.data.source=jsonl:{dir}/bad.jsonl", "bad.jsonl:2: malformed JSON"),
+    ("pretrain", "--config.data.source=jsonl:{dir}/empty.jsonl", "empty.jsonl' has no documents"),
+    ("pretrain", "--config.model.vocab_size=128", "tokenizer vocabulary (259) is larger than model.vocab_size (128)"),
+    ("pretrain", "--config.mesh.data=3", "does not divide the 1 available devices"),
+    ("pretrain", "--config.memory.device_gb=0.001", "the plan needs 1"),  # ~14 MiB of a 1 MiB device
+    ("pretrain", "--config.train.on_nonfinite=ignore", "train.on_nonfinite='ignore': choose one of"),
+    ("ppo", "--config.algo=a2c", "algo='a2c'"),
 ])
-def test_bad_input_is_one_clear_line(tmp_path, override, message):
-  result = run_main("--config=configs/pretrain.py:tiny", f"--workdir={tmp_path}", override)
+def test_bad_input_is_one_clear_line(tmp_path, config, override, message):
+  for name, text in BAD_FILES.items():
+    (tmp_path / name).write_text(text)
+  workdir = tmp_path / "run"
+  result = run_main(f"--config=configs/{config}.py:tiny", f"--workdir={workdir}", override.format(dir=tmp_path),
+                    "--config.tokenizer.kind=byte")
   assert result.returncode == 2
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
   assert "Traceback" not in result.stderr
-  assert not os.path.exists(tmp_path / "config.json")  # nothing written for a run that never started
+  assert not os.path.exists(workdir / "config.json")  # nothing written for a run that never started
 
 
 def test_missing_config_file_is_one_clear_line(tmp_path):

@@ -13,6 +13,7 @@ import optax
 from rlhf_jax import sharding
 from rlhf_jax.algorithms.lm import next_token_loss
 from rlhf_jax.models.sampling import sample
+from rlhf_jax.training import guards
 from rlhf_jax.training.state import TrainState
 
 
@@ -45,21 +46,26 @@ def accumulate_gradients(loss_fn: Callable, params, batch, accum_steps: int):
   return grads, metrics
 
 
-def train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_steps: int, seed: int):
+def train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_steps: int, seed: int,
+               inject_nan_at: tuple = ()):
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
   normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
   loss_fn = functools.partial(lm_loss, normalizer=normalizer, model=model, dropout_rng=dropout_rng)
+  loss_fn = guards.with_injected_nan(loss_fn, state.step, inject_nan_at)
   grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps)
   metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / jnp.maximum(sums["tokens"], 1),
              "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
              "tokens": sums["tokens"]}
-  return apply_gradients(state, grads, tx), metrics
+  state, flags = apply_gradients(state, grads, tx, sums["loss"])
+  return state, {**metrics, **flags}
 
 
-def apply_gradients(state: TrainState, grads, tx) -> TrainState:
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+def apply_gradients(state: TrainState, grads, tx, loss) -> tuple[TrainState, dict]:
+  """The optimizer's update, applied only if the loss and the gradients are finite (`guards`);
+  the step counts either way. Returns (state, guard metrics)."""
+  ok, flags = guards.check(loss=loss, grads=grads)
+  params, opt_state = guards.guarded_update(tx, grads, state.opt_state, state.params, ok)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), flags
 
 
 def eval_step(params, batch: dict, *, model) -> dict:
@@ -100,7 +106,8 @@ def jit_sampler(model, max_new_tokens: int, tokenizer, param_shardings, mesh, ru
 def compile_lm_steps(model, tx, schedule, state_shardings, mesh, cfg, tokenizer) -> LMSteps:
   train_model = model.clone(deterministic=cfg.model.dropout == 0)
   train_fn = functools.partial(train_step, model=train_model, tx=tx, schedule=schedule,
-                               accum_steps=cfg.optim.accum_steps, seed=cfg.seed)
+                               accum_steps=cfg.optim.accum_steps, seed=cfg.seed,
+                               inject_nan_at=tuple(cfg.train.inject_nan_at))
   rules = sharding.rules_of(cfg)
   train, evaluate = jit_steps(train_fn, functools.partial(eval_step, model=model), state_shardings, mesh, rules)
   sampler = jit_sampler(model, cfg.sample.max_new_tokens, tokenizer, state_shardings.params, mesh, rules)
