@@ -4,11 +4,12 @@ check that it ends with exactly the metrics of an uninterrupted run.
   python -m tests.soak --stage=pretrain --kills=30 --root=/tmp/soak
   python -m tests.soak --stage=ppo --kills=20 --root=/tmp/soak   # builds its upstream first
 
-Each attempt starts the same command and, after a delay drawn uniformly over the uninterrupted
-run's duration (so startup, compilation, steps, evaluations and checkpoint writes are all hit),
-sends SIGKILL, or SIGTERM one time in four (which must checkpoint and exit 0). It stops when
-the run finishes on its own, then compares metrics.jsonl and summary.json with the whole run.
-Prints one JSON line: kills survived, preemptions, attempts, and whether the metrics are equal.
+Each attempt starts the same command and interrupts it at a random moment: one time in five
+0-10 s after the start (importing, compiling), otherwise 0-0.3 s after it logs a random step
+beyond the last attempt's (so steps, evaluations and checkpoint writes are all hit). The signal
+is SIGKILL, or one time in four SIGTERM, which must checkpoint and exit 0. After `--kills`
+interruptions the run goes to the end, and metrics.jsonl and summary.json are compared with
+the uninterrupted run's. Prints one JSON line: what was sent, and whether the metrics are equal.
 """
 
 import json
@@ -23,10 +24,11 @@ from absl import flags
 
 from rlhf_jax import stages
 from tests.conftest import make_tiny_reward
-from tests.test_faults import assert_same_run, finish, run_to_end, start, write_config
+from tests.test_faults import assert_same_run, interrupt, logged_steps, run_to_end, write_config
 
 flags.DEFINE_enum("stage", "pretrain", ["pretrain", "ppo", "dpo"], "the stage to soak (tests/test_faults.py configs)")
 flags.DEFINE_integer("kills", 20, "signals to send before letting the run finish")
+flags.DEFINE_integer("steps", 0, "train steps (0: the fault suite's: 24 for pretraining, 4 for PPO and DPO)")
 flags.DEFINE_integer("seed", None, "seed of the kill moments (default: random, printed)")
 flags.DEFINE_string("root", "/tmp/rlhf_jax_soak", "scratch directory (emptied first)")
 FLAGS = flags.FLAGS
@@ -39,27 +41,27 @@ def upstream(root) -> dict:
           "reward_from": os.path.join(root, "upstream")}
 
 
-def soak(config_file: str, stage: str, workdir: str, kills: int, duration: float, rng: random.Random) -> dict:
-  counts = {"kills": 0, "preemptions": 0, "attempts": 0}
-  while True:
+def soak(config_file: str, stage: str, workdir: str, kills: int, num_steps: int, rng: random.Random) -> dict:
+  """Interrupts the run `kills` times, then lets it finish; returns what happened."""
+  counts = {"sigkill": 0, "sigterm": 0, "during_startup": 0, "attempts": 0}
+  while counts["sigkill"] + counts["sigterm"] < kills:
     counts["attempts"] += 1
-    process = start(config_file, stage, workdir)
-    if counts["kills"] + counts["preemptions"] < kills:
-      time.sleep(rng.uniform(0.0, duration))
-      sig = signal.SIGTERM if rng.random() < 0.25 else signal.SIGKILL
-      if process.poll() is None:
-        process.send_signal(sig)
-    log = finish(process, workdir)
-    if process.returncode == -signal.SIGKILL:
-      counts["kills"] += 1
-    elif process.returncode == 0 and "preempted after step" in log:
-      counts["preemptions"] += 1
-    elif process.returncode == 0:
-      return counts  # finished
-    elif process.returncode == -signal.SIGTERM:
-      counts["kills"] += 1  # SIGTERM before the handler was installed (still starting up)
-    else:
-      raise RuntimeError(f"attempt {counts['attempts']} exited {process.returncode}:\n{log[-3000:]}")
+    done = logged_steps(workdir)  # the previous attempt's last logged step
+    startup = done >= num_steps - 1 or rng.random() < 0.2
+    target = 0 if startup else rng.randint(done + 1, num_steps - 1)
+    sig = signal.SIGTERM if rng.random() < 0.25 else signal.SIGKILL
+    # A random moment: in startup and compilation (0-10 s), or 0-0.3 s after a random step.
+    delay = rng.uniform(0, 10) if startup else rng.uniform(0, 0.3)
+    code, log = interrupt(config_file, stage, workdir, sig, target, delay)
+    if code == 0 and "preempted after step" not in log:
+      return {**counts, "finished_early": True}
+    if code not in (0, -signal.SIGKILL, -signal.SIGTERM):
+      raise RuntimeError(f"attempt {counts['attempts']} exited {code}:\n{log[-3000:]}")
+    counts["sigterm" if sig == signal.SIGTERM else "sigkill"] += 1
+    counts["during_startup"] += startup
+  counts["attempts"] += 1
+  run_to_end(config_file, stage, workdir)
+  return {**counts, "finished_early": False}
 
 
 def main(argv):
@@ -67,12 +69,14 @@ def main(argv):
   seed = FLAGS.seed if FLAGS.seed is not None else random.randrange(10**6)
   shutil.rmtree(FLAGS.root, ignore_errors=True)
   os.makedirs(FLAGS.root)
-  config_file = write_config(FLAGS.root, upstream(FLAGS.root) if FLAGS.stage != "pretrain" else None)
+  config_file = write_config(FLAGS.root, upstream(FLAGS.root) if FLAGS.stage != "pretrain" else None,
+                             FLAGS.steps or None)
   whole, resumed = os.path.join(FLAGS.root, "whole"), os.path.join(FLAGS.root, "resumed")
   started = time.time()
   run_to_end(config_file, FLAGS.stage, whole)
   duration = time.time() - started
-  counts = soak(config_file, FLAGS.stage, resumed, FLAGS.kills, duration, random.Random(seed))
+  num_steps = json.load(open(os.path.join(whole, "summary.json")))["step"]
+  counts = soak(config_file, FLAGS.stage, resumed, FLAGS.kills, num_steps, random.Random(seed))
   try:
     assert_same_run(resumed, whole, seed)
     equal = True

@@ -33,26 +33,27 @@ from configs import dpo, ppo, pretrain
 from tests.conftest import make_tiny_ppo, shrink
 
 UPSTREAM = {upstream!r}
+STEPS = {steps!r}  # the default (None) keeps each stage's
 
 def get_config(stage):
   if stage == "pretrain":
-    config = shrink(pretrain.get_config("tiny"), steps=12)
-    config.train.update(dict(checkpoint_every=3, eval_every=6))
+    config = shrink(pretrain.get_config("tiny"), steps=24)  # SIGTERM'd by step ~11: well before the end
+    config.train.update(dict(checkpoint_every=3, eval_every=12))
   else:
     config = make_tiny_ppo() if stage == "ppo" else shrink(dpo.get_config("tiny"), steps=6)
     del config.upstream
     config.update(dict(eval_prompts=8, max_prompt_len=24, **UPSTREAM))
     config.sample.max_new_tokens = 16
     config.train.update(dict(num_steps=4, checkpoint_every=1, eval_every=4))
-  config.train.log_every = 1
+  config.train.update(dict(log_every=1, num_steps=STEPS or config.train.num_steps))
   return config
 """
 
 
-def write_config(directory, upstream=None) -> str:
+def write_config(directory, upstream=None, steps=None) -> str:
   path = os.path.join(directory, "faults_config.py")
   with open(path, "w") as f:
-    f.write(CONFIG.format(upstream=upstream or {}))
+    f.write(CONFIG.format(upstream=upstream or {}, steps=steps))
   return path
 
 
@@ -71,16 +72,19 @@ def finish(process: subprocess.Popen, workdir) -> str:
 
 def logged_steps(workdir) -> int:
   """The last step this process has logged ("step N/M ..." lines of its output)."""
+  if not os.path.exists(f"{workdir}.log"):
+    return 0
   with open(f"{workdir}.log") as f:
     return max(map(int, re.findall(r"step (\d+)/\d+ ", f.read())), default=0)
 
 
-def interrupt(config_file, stage, workdir, sig, after_step: int, rng: random.Random) -> tuple[int, str]:
-  """Starts the run, waits for it to log `after_step`, waits a random 0-0.3 s more, sends `sig`."""
+def interrupt(config_file, stage, workdir, sig, after_step: int, delay: float) -> tuple[int, str]:
+  """Starts the run, waits for it to log `after_step` (0: not at all), waits `delay` seconds
+  more, sends `sig`; returns (exit status, output)."""
   process = start(config_file, stage, workdir)
-  while logged_steps(workdir) < after_step and process.poll() is None:
+  while after_step and logged_steps(workdir) < after_step and process.poll() is None:
     time.sleep(0.02)
-  time.sleep(rng.uniform(0.0, 0.3))
+  time.sleep(delay)
   process.send_signal(sig)
   log = finish(process, workdir)
   return process.returncode, log
@@ -104,19 +108,19 @@ def assert_same_run(resumed, whole, seed) -> None:
 def test_pretraining_killed_then_preempted_resumes_to_the_same_metrics(tmp_path):
   seed = random.randrange(10**6)
   rng = random.Random(seed)
-  config_file = write_config(tmp_path)
-  run_to_end(config_file, "pretrain", tmp_path / "whole")
+  config_file, whole, resumed = write_config(tmp_path), tmp_path / "whole", tmp_path / "resumed"
+  run_to_end(config_file, "pretrain", whole)
   kill_at = rng.randint(2, 8)
-  code, _ = interrupt(config_file, "pretrain", tmp_path / "resumed", signal.SIGKILL, kill_at, rng)
-  assert code == -signal.SIGKILL and not os.path.exists(tmp_path / "resumed" / "summary.json"), seed
-  code, log = interrupt(config_file, "pretrain", tmp_path / "resumed", signal.SIGTERM, kill_at + 2, rng)
+  code, _ = interrupt(config_file, "pretrain", resumed, signal.SIGKILL, kill_at, rng.uniform(0, 0.3))
+  assert code == -signal.SIGKILL and not os.path.exists(resumed / "summary.json"), seed
+  code, log = interrupt(config_file, "pretrain", resumed, signal.SIGTERM, kill_at + 2, 0.0)
   # SIGTERM: the step in flight finishes, a checkpoint is written, exit 0 with a line saying so.
   assert code == 0 and "preempted after step" in log, (seed, log[-3000:])
   stopped_at = int(log.split("preempted after step ")[1].split(":")[0])
-  assert os.path.isdir(tmp_path / "resumed" / "checkpoints" / str(stopped_at)), seed
-  assert not os.path.exists(tmp_path / "resumed" / "summary.json")
-  run_to_end(config_file, "pretrain", tmp_path / "resumed")
-  assert_same_run(tmp_path / "resumed", tmp_path / "whole", seed)
+  assert os.path.isdir(resumed / "checkpoints" / str(stopped_at)), seed
+  assert not os.path.exists(resumed / "summary.json")
+  run_to_end(config_file, "pretrain", resumed)
+  assert_same_run(resumed, whole, seed)
 
 
 @pytest.mark.parametrize("stage", ["ppo", "dpo"])
@@ -125,10 +129,11 @@ def test_rl_and_dpo_killed_at_a_random_moment_resume_to_the_same_metrics(stage, 
   rng = random.Random(seed)
   config_file = write_config(tmp_path, tiny_upstream)
   run_to_end(config_file, stage, tmp_path / "whole")
-  code, _ = interrupt(config_file, stage, tmp_path / "resumed", signal.SIGKILL, rng.randint(2, 3), rng)
-  assert code == -signal.SIGKILL and not os.path.exists(tmp_path / "resumed" / "summary.json"), seed
-  run_to_end(config_file, stage, tmp_path / "resumed")
-  assert_same_run(tmp_path / "resumed", tmp_path / "whole", seed)
+  resumed = tmp_path / "resumed"
+  code, _ = interrupt(config_file, stage, resumed, signal.SIGKILL, rng.randint(2, 3), rng.uniform(0, 0.3))
+  assert code == -signal.SIGKILL and not os.path.exists(resumed / "summary.json"), seed
+  run_to_end(config_file, stage, resumed)
+  assert_same_run(resumed, tmp_path / "whole", seed)
 
 
 def test_unreadable_and_half_written_checkpoints_are_set_aside_and_the_run_resumes(tmp_path, caplog):

@@ -5,7 +5,9 @@ exactly (``decode(encode(s)) == s``), which the rest of the codebase relies on
 when it turns model samples back into text for reward functions.
 
 On disk a tokenizer is a directory holding ``tokenizer.json`` (``{"kind": ...}``)
-plus whatever files that kind needs; :func:`load_tokenizer` dispatches on kind.
+plus whatever files that kind needs; :func:`load_tokenizer` dispatches on kind. It also
+loads a Hugging Face model or tokenizer directory (rlhf_jax/data/hf_tokenizer.py), kind "hf"
+once saved in a run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from typing import Protocol, runtime_checkable
+
+from rlhf_jax.data import hf_tokenizer
 
 CONFIG_FILE = "tokenizer.json"
 SENTENCEPIECE_MODEL_FILE = "tokenizer.model"
@@ -231,12 +235,17 @@ def _read_config(directory: str) -> dict:
 
 
 def load_tokenizer(directory: str) -> Tokenizer:
-  """Rebuild the tokenizer that ``save(directory)`` wrote."""
-  kind = _read_config(directory)["kind"]
+  """Rebuild the tokenizer that ``save(directory)`` wrote, or a Hugging Face directory's."""
+  if hf_tokenizer.is_hf_tokenizer_dir(directory):
+    return hf_tokenizer.HFTokenizer(directory)
+  config = _read_config(directory)
+  kind = config["kind"]
   if kind == "byte":
     return ByteTokenizer()
   if kind == "sentencepiece":
     return SentencePieceTokenizer.load(directory)
+  if kind == hf_tokenizer.HFTokenizer.name:
+    return hf_tokenizer.HFTokenizer.load(directory, config)
   path = os.path.join(directory, CONFIG_FILE)
   raise ValueError(f"unknown tokenizer kind {kind!r} in {path}; "
                    f"choose one of: {', '.join(TOKENIZER_KINDS)}")

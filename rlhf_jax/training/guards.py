@@ -4,7 +4,7 @@ An update whose loss, gradients or (RL) rewards are not all finite is not applie
 optimizer states keep their values, so a NaN never reaches them. The step still counts (its
 batch is consumed), and its metrics say what happened: `nonfinite_<quantity>` flags and
 `skipped_updates`. The host loop then goes on (train.on_nonfinite="skip") or checkpoints and
-stops with an error naming the step and the quantity ("stop"; `Loop.check_finite`).
+stops with an error naming the step and the quantity ("stop"; see training/loop.py).
 
 optax.apply_if_finite skips on non-finite gradients alone and keeps its count inside the
 optimizer state; here the loss and the rewards decide too, and the flags are metrics.

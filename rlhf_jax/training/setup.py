@@ -19,6 +19,7 @@ from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import sources
 from rlhf_jax.data.tokenizers import build_tokenizer, load_tokenizer
 from rlhf_jax.errors import UserError
+from rlhf_jax.interop import hf
 from rlhf_jax.models.config import ModelConfig, padded_vocab
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training.state import TrainState
@@ -28,10 +29,11 @@ STATE_ITEMS = ("params", "opt_state")
 
 
 def source_run(cfg):
-  """The finished run that `init_from` names, or None."""
+  """The finished run that `init_from` names, or None. `hf:DIR` names a Hugging Face model
+  directory instead, which the functions below read as a run (interop.hf.HFSource)."""
   if not cfg.init_from:
     return None
-  source = RunDir(cfg.init_from)
+  source = hf.source(cfg.init_from) or RunDir(cfg.init_from)
   if not source.finished:
     raise UserError(f"init_from={cfg.init_from}: not a finished run (no summary.json there)")
   return source
@@ -122,6 +124,8 @@ def load_source_params(source: RunDir, params, param_shardings, mesh, rules, ren
   maps source top-level names to ours (the critic takes the reward model's `reward_head`
   as its `value_head`).
   """
+  if isinstance(source, hf.HFSource):
+    return merge_params(params, source.read_params(params), param_shardings)
   source_model = Transformer(ModelConfig.from_dict(source.read_json("model.json")))
   boxed = jax.eval_shape(functools.partial(boxed_params, source_model), jax.random.key(0))
   source_shardings = sharding.logical_shardings(boxed, mesh, rules)

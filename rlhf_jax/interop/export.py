@@ -1,0 +1,82 @@
+"""Export a finished run's model to a Hugging Face directory.
+
+  python -m rlhf_jax.interop.export --run=runs/demo/ppo --out=exported/ppo_policy [--dtype=bfloat16]
+
+Pretraining and SFT runs export their LM, a reward run its reward model (as
+*ForSequenceClassification, with the stage's reward normalisation in config.json under
+"rlhf_jax"), PPO / REINFORCE / RLOO / GRPO and DPO runs their policy. The checkpoint is
+restored on the host (one CPU device), not on an accelerator.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+import flax.linen as nn
+import jax
+
+from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.data.tokenizers import load_tokenizer
+from rlhf_jax.errors import UserError
+from rlhf_jax.interop.hf_export import MAX_SHARD_BYTES, export
+from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.workdir import RunDir
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("run", None, "A finished run directory (pretrain, sft, reward, ppo or dpo).")
+flags.DEFINE_string("out", None, "The Hugging Face directory to write.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "dtype of the written weights.")
+flags.DEFINE_float("max_shard_gb", MAX_SHARD_BYTES / 2**30, "Largest safetensors file, in GiB.")
+
+# The checkpoint item holding the exported params, by stage.
+ITEMS = {"pretrain": "params", "sft": "params", "reward": "params", "ppo": "policy", "dpo": "policy"}
+
+
+def restore_params(run: RunDir, model_cfg: ModelConfig, item: str):
+  """The final checkpoint's `item`, on the host's first CPU device."""
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  model = Transformer(model_cfg)
+  boxed = jax.eval_shape(lambda r: model.init(r, jax.numpy.zeros((1, 8), jax.numpy.int32))["params"],
+                         jax.random.key(0))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), nn.meta.unbox(boxed))
+  restored, _ = Checkpointer(run.file("checkpoints"), (item,)).restore({item: abstract})
+  return restored[item]
+
+
+def export_run(run_path: str, out: str, dtype: str = "float32", max_shard_bytes: int = MAX_SHARD_BYTES) -> str:
+  """Exports the run at `run_path` to `out`; returns the HF architecture written."""
+  run = RunDir(run_path)
+  if not run.finished:
+    raise UserError(f"--run={run_path}: not a finished run (no summary.json there)")
+  config = run.read_json("config.json")
+  stage = config.get("stage")
+  if stage not in ITEMS:
+    raise UserError(f"--run={run_path}: a {stage!r} run; export takes one of {', '.join(ITEMS)}")
+  if config.get("vmap_seeds", 1) > 1:
+    raise UserError(f"--run={run_path} trained {config['vmap_seeds']} seeds at once: export a seed's run instead")
+  model_cfg = ModelConfig.from_dict(run.read_json("model.json"))
+  params = restore_params(run, model_cfg, ITEMS[stage])
+  extra = None
+  if stage == "reward":
+    summary = run.read_json("summary.json")
+    extra = {"normalisation_gain": summary["reward_gain"], "normalisation_bias": summary["reward_bias"]}
+  return export(model_cfg, params, load_tokenizer(run.file("tokenizer")), out, dtype=dtype,
+                max_shard_bytes=max_shard_bytes, extra=extra)
+
+
+def main(argv):
+  if len(argv) > 1 or not FLAGS.run or not FLAGS.out:
+    print("usage: python -m rlhf_jax.interop.export --run=RUN_DIR --out=OUT_DIR [--dtype=bfloat16]",
+          file=sys.stderr)
+    sys.exit(2)
+  try:
+    architecture = export_run(FLAGS.run, FLAGS.out, FLAGS.dtype, int(FLAGS.max_shard_gb * 2**30))
+  except (UserError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"exported {FLAGS.run} as {architecture} to {FLAGS.out}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,227 @@
+"""Hugging Face `config.json` <-> our ModelConfig, for GPT-2 and the Llama family.
+
+Only configs whose model our Transformer computes exactly are accepted; anything else
+(rope scaling, GPT-2's per-layer attention scaling, an unknown model_type, code shipped with
+the checkpoint) is refused with one line naming the field, rather than loaded into a model
+that would silently compute something else.
+"""
+
+import json
+import os
+
+from absl import logging
+
+from rlhf_jax.errors import UserError
+from rlhf_jax.models.config import ModelConfig
+
+GPT2_TYPES = ("gpt2",)
+NEOX_TYPES = ("gpt_neox",)  # GPT-2's block with rotary positions: our `tiny` preset
+LLAMA_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_TYPES = GPT2_TYPES + NEOX_TYPES + LLAMA_TYPES
+# Keys by which a checkpoint asks to run its own Python code: never honoured.
+REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
+# Where we put what HF's config has no field for (the reward head's bias): HF ignores it.
+EXTRA_KEY = "rlhf_jax"
+
+
+def read_json(path: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+  if not isinstance(value, dict):
+    raise UserError(f"{path} is not a JSON object")
+  return value
+
+
+def refuse_remote_code(config: dict, path: str) -> None:
+  """Loading never runs code from the checkpoint: a config that needs its own code is refused."""
+  for key in REMOTE_CODE_KEYS:
+    if config.get(key):
+      raise UserError(f"{path} asks for code shipped with the checkpoint ({key}); rlhf_jax never runs "
+                      "checkpoint code: only GPT-2 and Llama-family models are supported")
+
+
+def read_config(directory: str) -> dict:
+  """config.json of a local Hugging Face model directory, checked for remote code."""
+  path = os.path.join(directory, "config.json")
+  if not os.path.isfile(path):
+    raise UserError(f"{directory} is not a Hugging Face model directory (no config.json)")
+  config = read_json(path)
+  refuse_remote_code(config, path)
+  return config
+
+
+def head_of(config: dict) -> str:
+  """'lm' for a causal LM, 'reward' for a one-label *ForSequenceClassification model."""
+  architectures = config.get("architectures") or []
+  if not any(a.endswith("ForSequenceClassification") for a in architectures):
+    return "lm"
+  labels = config.get("num_labels", len(config.get("id2label") or {0: ""}))
+  if labels != 1:
+    raise UserError(f"{architectures[0]} with {labels} labels: only a one-label (reward) head is supported")
+  return "reward"
+
+
+def model_values(config: dict) -> dict:
+  """ModelConfig fields of the architecture a HF config describes (compute settings left out)."""
+  model_type = config.get("model_type")
+  if config.get("quantization_config"):
+    raise UserError("quantized checkpoints (quantization_config) are not supported")
+  if model_type in GPT2_TYPES:
+    values = gpt2_values(config)
+  elif model_type in NEOX_TYPES:
+    values = neox_values(config)
+  elif model_type in LLAMA_TYPES:
+    values = llama_values(config)
+  else:
+    raise UserError(f"model_type={model_type!r} is not supported: choose a checkpoint of "
+                    f"{', '.join(SUPPORTED_TYPES)}")
+  values.update(init_std=float(config.get("initializer_range", 0.02)), dropout=0.0,
+                heads=("reward",) if head_of(config) == "reward" else ())
+  return values
+
+
+def refuse_if(config: dict, key: str, default, allowed) -> None:
+  value = config.get(key, default)
+  if value not in allowed:
+    raise UserError(f"{config.get('model_type')} config {key}={value!r} is not supported (supported: {allowed})")
+
+
+def gpt2_values(config: dict) -> dict:
+  refuse_if(config, "scale_attn_by_inverse_layer_idx", False, (False,))
+  refuse_if(config, "reorder_and_upcast_attn", False, (False,))
+  refuse_if(config, "scale_attn_weights", True, (True,))
+  refuse_if(config, "add_cross_attention", False, (False,))
+  # Both are tanh-approximated GELU, which our GPT-2 MLP computes.
+  refuse_if(config, "activation_function", "gelu_new", ("gelu_new", "gelu_pytorch_tanh"))
+  d = int(config["n_embd"])
+  return dict(vocab_size=int(config["vocab_size"]), d_model=d, n_layers=int(config["n_layer"]),
+              n_heads=int(config["n_head"]), n_kv_heads=0, head_dim=0, d_ff=int(config.get("n_inner") or 4 * d),
+              max_len=int(config.get("n_positions", 1024)), position="learned", norm="layernorm",
+              norm_eps=float(config.get("layer_norm_epsilon", 1e-5)), mlp="gelu", bias="all",
+              tie_embeddings=bool(config.get("tie_word_embeddings", True)))
+
+
+def rope_theta(config: dict, theta_key: str = "rope_theta", partial_key: str = "partial_rotary_factor",
+               partial_default: float = 1.0) -> float:
+  """The rotary base; refuses any rope scaling (v5's rope_parameters or v4's rope_scaling) and
+  rope on part of each head. The keys name the v4 fields (GPT-NeoX: rotary_emb_base, rotary_pct)."""
+  params = dict(config.get("rope_parameters") or {})
+  scaling = config.get("rope_scaling") or {}
+  for source in (params, scaling):
+    kind = source.get("rope_type", source.get("type"))
+    if kind not in (None, "default"):
+      raise UserError(f"{config.get('model_type')} rope type {kind!r} is not supported (only the default rope)")
+  partial = params.get("partial_rotary_factor", config.get(partial_key, partial_default))
+  if partial != 1.0:
+    raise UserError(f"partial_rotary_factor={partial} is not supported (rope on every dimension only)")
+  return float(params.get("rope_theta", config.get(theta_key, 10000.0)))
+
+
+def neox_values(config: dict) -> dict:
+  refuse_if(config, "use_parallel_residual", True, (False,))
+  refuse_if(config, "attention_bias", True, (True,))
+  refuse_if(config, "hidden_act", "gelu", ("gelu_new", "gelu_pytorch_tanh"))
+  d = int(config["hidden_size"])
+  return dict(vocab_size=int(config["vocab_size"]), d_model=d, n_layers=int(config["num_hidden_layers"]),
+              n_heads=int(config["num_attention_heads"]), n_kv_heads=0, head_dim=0,
+              d_ff=int(config["intermediate_size"]), max_len=int(config.get("max_position_embeddings", 2048)),
+              position="rope", rope_theta=rope_theta(config, "rotary_emb_base", "rotary_pct", 0.25),
+              norm="layernorm", norm_eps=float(config.get("layer_norm_eps", 1e-5)), mlp="gelu", bias="all",
+              tie_embeddings=bool(config.get("tie_word_embeddings", False)))
+
+
+def llama_bias(config: dict) -> str:
+  if config["model_type"] == "qwen2":
+    return "qkv"
+  attention, mlp = bool(config.get("attention_bias", False)), bool(config.get("mlp_bias", False))
+  if attention != mlp:
+    raise UserError(f"attention_bias={attention} with mlp_bias={mlp} is not supported (both or neither)")
+  return "all" if attention else "none"
+
+
+def context_length(config: dict) -> int:
+  """max_position_embeddings, or the sliding window where one is smaller: our attention is
+  full, which is exactly the model's for sequences no longer than the window."""
+  length = int(config.get("max_position_embeddings", 2048))
+  window = config.get("sliding_window") if config.get("use_sliding_window", True) else None
+  layer_types = set(config.get("layer_types") or ())
+  if layer_types - {"full_attention", "sliding_attention"}:
+    raise UserError(f"layer_types {sorted(layer_types)} are not supported")
+  if window and int(window) < length:
+    logging.warning("%s uses a %d-token sliding window: sequences longer than that are computed with "
+                    "full attention here; max_len is set to the window", config["model_type"], window)
+    length = int(window)
+  return length
+
+
+def llama_values(config: dict) -> dict:
+  refuse_if(config, "hidden_act", "silu", ("silu",))
+  d, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+  head_dim = int(config.get("head_dim") or d // heads)
+  return dict(vocab_size=int(config["vocab_size"]), d_model=d, n_layers=int(config["num_hidden_layers"]),
+              n_heads=heads, n_kv_heads=int(config.get("num_key_value_heads") or heads),
+              head_dim=0 if head_dim * heads == d else head_dim, d_ff=int(config["intermediate_size"]),
+              max_len=context_length(config), position="rope", rope_theta=rope_theta(config), norm="rmsnorm",
+              norm_eps=float(config.get("rms_norm_eps", 1e-6)), mlp="swiglu", bias=llama_bias(config),
+              tie_embeddings=bool(config.get("tie_word_embeddings", False)))
+
+
+def weights_family(model_type: str) -> str:
+  """How the checkpoint names its tensors (rlhf_jax/interop/hf_weights.py): Mistral and Qwen2 as Llama."""
+  return "llama" if model_type in LLAMA_TYPES else model_type
+
+
+def family_of(cfg: ModelConfig) -> str:
+  """The HF model_type that computes exactly what `cfg` does, or a UserError."""
+  block = (cfg.position, cfg.norm, cfg.mlp)
+  plain_heads = cfg.bias == "all" and cfg.kv_heads == cfg.n_heads and cfg.dim_per_head * cfg.n_heads == cfg.d_model
+  if block == ("learned", "layernorm", "gelu") and plain_heads:
+    return "gpt2"
+  if block == ("rope", "layernorm", "gelu") and plain_heads:
+    return "gpt_neox"
+  if block == ("rope", "rmsnorm", "swiglu"):
+    return "qwen2" if cfg.bias == "qkv" else "llama"
+  raise UserError(f"no Hugging Face architecture computes this model (position={cfg.position}, norm={cfg.norm}, "
+                  f"mlp={cfg.mlp}, bias={cfg.bias}, n_kv_heads={cfg.n_kv_heads}): export supports GPT-2 blocks "
+                  "(layernorm, gelu, bias all; learned positions: GPT-2, rope: GPT-NeoX) and Llama blocks "
+                  "(rope, rmsnorm, swiglu)")
+
+
+ARCHITECTURES = {("gpt2", "lm"): "GPT2LMHeadModel", ("gpt2", "reward"): "GPT2ForSequenceClassification",
+                 ("gpt_neox", "lm"): "GPTNeoXForCausalLM", ("gpt_neox", "reward"): "GPTNeoXForSequenceClassification",
+                 ("llama", "lm"): "LlamaForCausalLM", ("llama", "reward"): "LlamaForSequenceClassification",
+                 ("qwen2", "lm"): "Qwen2ForCausalLM", ("qwen2", "reward"): "Qwen2ForSequenceClassification"}
+
+
+def hf_config(cfg: ModelConfig, head: str, dtype: str, specials: dict) -> dict:
+  """config.json for `cfg` exported with `head` ('lm' or 'reward') in `dtype`.
+
+  `specials`: bos_token_id / eos_token_id / pad_token_id (None where unknown)."""
+  family = family_of(cfg)
+  if family == "gpt2":
+    config = dict(n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_ff,
+                  n_positions=cfg.max_len, activation_function="gelu_new", layer_norm_epsilon=cfg.norm_eps,
+                  resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=0.0, scale_attn_weights=True)
+  elif family == "gpt_neox":
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta, "partial_rotary_factor": 1.0}
+    config = dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                  intermediate_size=cfg.d_ff, max_position_embeddings=cfg.max_len, hidden_act="gelu_new",
+                  layer_norm_eps=cfg.norm_eps, use_parallel_residual=False, attention_bias=True,
+                  rope_parameters=rope, rotary_emb_base=cfg.rope_theta, rotary_pct=1.0,
+                  hidden_dropout=cfg.dropout, attention_dropout=0.0)
+  else:
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    config = dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                  num_key_value_heads=cfg.kv_heads, head_dim=cfg.dim_per_head, intermediate_size=cfg.d_ff,
+                  max_position_embeddings=cfg.max_len, hidden_act="silu", rms_norm_eps=cfg.norm_eps,
+                  rope_parameters=rope, rope_theta=cfg.rope_theta, attention_dropout=0.0)
+    if family == "llama":
+      config.update(attention_bias=cfg.bias == "all", mlp_bias=cfg.bias == "all")
+  config.update(architectures=[ARCHITECTURES[family, head]], model_type=family, vocab_size=cfg.vocab_size,
+                tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std, dtype=dtype, **specials)
+  if head == "reward":
+    config.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+  return config
