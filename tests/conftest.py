@@ -1,6 +1,16 @@
 """Shared test helpers: a small model config and a tiny, fast stage config."""
 
+import os
+import tempfile
+
+import filelock
 import pytest
+
+# One XLA compilation cache for the whole session, the tests' child processes included: the
+# tiny configs compile the same programs many times over (a run, its killed twin, its resume;
+# each xdist worker's upstream). A cached executable is the one a fresh compile would give.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "rlhf_jax_tests_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from configs import pretrain, sft
 from rlhf_jax.models.config import ModelConfig
@@ -74,11 +84,14 @@ def tiny_ppo():
 
 @pytest.fixture(scope="session")
 def tiny_upstream(tmp_path_factory):
-  """One finished shrunk pretrain -> SFT -> reward chain per test process, for tests of later
+  """One finished shrunk pretrain -> SFT -> reward chain for the whole session (the first
+  xdist worker to need it builds it; the others wait, then reuse it), for tests of later
   stages that start from it (init_from / reward_from) rather than test running it."""
   from rlhf_jax import stages  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.mktemp("upstream")
-  stages.run(make_tiny_reward(), str(root / "reward"))
+  base = tmp_path_factory.getbasetemp()
+  root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared_upstream"
+  with filelock.FileLock(f"{root}.lock"):
+    stages.run(make_tiny_reward(), str(root / "reward"))  # a finished run is not redone
   return {"init_from": str(root / "reward" / "upstream" / "sft"), "reward_from": str(root / "reward")}
 
 

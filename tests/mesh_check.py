@@ -1,4 +1,4 @@
-"""Steps of pretraining, PPO and DPO on 8-device meshes against the same steps on one device.
+"""Steps of pretraining and PPO on 8-device meshes against the same steps on one device.
 
 Run by tests/test_sharding.py in a child process with 8 simulated CPU devices
 (`python -m tests.mesh_check`). Every state is built and every step compiled by the code the
@@ -16,13 +16,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import common, dpo, ppo, pretrain
+from configs import common, ppo, pretrain
 from rlhf_jax import sharding
-from rlhf_jax.data.batches import PreferenceData
 from rlhf_jax.data.tokenizers import ByteTokenizer
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import rl_trainer, setup
-from rlhf_jax.training.dpo_steps import compile_dpo_steps
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.rl_steps import RLConfig
 from rlhf_jax.training.steps import compile_lm_steps
@@ -91,23 +89,8 @@ def ppo_iteration(mesh) -> tuple[list, dict]:
   return [jax.device_get(metrics)], {"initial": initial, "final": final, "placed": state.policy}
 
 
-def dpo_steps(mesh) -> tuple[list, dict]:
-  cfg = stage_config(dpo)
-  policy, scorer = Transformer(MODEL), Transformer(dataclasses.replace(MODEL, heads=("reward",)))
-  tx = make_optimizer(cfg.optim, 10)
-  state, shardings = rl_trainer.place_state({"policy": policy, "reward": scorer}, tx, None, mesh, RULES, seed=0,
-                                            kl_coef=0.0)
-  train, _ = compile_dpo_steps(policy, tx, cfg, shardings, mesh)
-  triples = [tuple(list(random_tokens(100 + 3 * i + j, 6 + j)) for j in range(3)) for i in range(2 * ROWS)]
-  data = PreferenceData(triples, TOKENIZER, LENGTH, ROWS, seed=0)
-  initial, metrics = jax.device_get(state.policy), []
-  for step in range(2):
-    state, m = train(state, sharding.put_batch(data.batch(step), mesh))
-    metrics.append(jax.device_get(m))
-  return metrics, {"initial": initial, "final": jax.device_get(state.policy), "placed": state.policy}
-
-
-STAGES = {"pretrain": pretrain_steps, "ppo": ppo_iteration, "dpo": dpo_steps}
+# DPO's step shards as pretraining's does (the same `jit_steps`) on PPO's state (RLState).
+STAGES = {"pretrain": pretrain_steps, "ppo": ppo_iteration}
 
 
 def relative_difference(a, b) -> float:

@@ -99,20 +99,6 @@ def test_missing_config_file_is_one_clear_line(tmp_path):
   assert "Traceback" not in result.stderr
 
 
-def test_pipeline_chains_stages_and_writes_one_summary(tiny_pretrain, tiny_sft, tmp_path):
-  from configs import pipeline
-  config = pipeline.get_config("tiny")
-  config.stages = ("pretrain", "sft")
-  config.pretrain, config.sft = tiny_pretrain, tiny_sft
-  del config.sft.upstream
-  summary = stages.run(config, str(tmp_path))
-  assert set(summary) == {"pretrain", "sft"}
-  assert json.load(open(tmp_path / "summary.json")) == summary
-  sft_config = json.load(open(tmp_path / "sft" / "config.json"))
-  assert sft_config["init_from"] == str(tmp_path / "pretrain")
-  assert summary["sft"]["eval/loss"] < summary["pretrain"]["eval/loss"] + 1.0
-
-
 def test_sentencepiece_tokenizer_is_trained_and_saved_with_the_run(tiny_pretrain, tmp_path):
   tiny_pretrain.tokenizer.update(dict(kind="sentencepiece", vocab_size=400, train_docs=400))
   tiny_pretrain.train.update(dict(num_steps=6, eval_every=6, checkpoint_every=6))
