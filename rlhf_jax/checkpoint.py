@@ -8,6 +8,7 @@ gives one clear line, not an error from deep inside the restore.
 
 import glob
 import os
+import time
 
 from absl import logging
 import jax
@@ -66,7 +67,10 @@ class Checkpointer:
     resumed run can write that step again."""
     if jax.process_index() == 0:
       path = os.path.join(self.directory, str(step))
-      os.replace(path, f"{path}.unreadable")
+      aside = f"{path}.unreadable"
+      if os.path.exists(aside):  # that step went bad before: keep both
+        aside = f"{aside}.{time.time_ns()}"
+      os.replace(path, aside)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"set aside {self.directory}/{step}")
     self.manager.reload()

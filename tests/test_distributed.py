@@ -4,8 +4,11 @@ checkpoints and restores, and every stage matches one process holding the same t
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -99,3 +102,27 @@ def test_two_processes_run_the_pipeline_restore_ppo_and_match_one_process(tmp_pa
   assert ppo_config["init_from"] == str(one / "sft") and ppo_config["reward_from"] == str(one / "reward")
   for stage in ("pretrain", "sft", "reward", "ppo"):
     same_metrics(two / stage, one / stage, 1e-4, sorted(metrics_by_step(one / stage)))
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
+  """JAX's preemption service takes the signal; both processes reach the same sync step,
+  checkpoint together and exit 0 (so launch/local.sh exits 0 too)."""
+  workdir = tmp_path / "run"
+  overrides = ["--config.tokenizer.kind=byte", "--config.train.num_steps=1000", "--config.train.log_every=1",
+               "--config.train.checkpoint_every=500", "--config.data.embedded_docs=400"]
+  command = ["bash", os.path.join(ROOT, "launch", "local.sh"), "configs/pretrain.py:tiny", str(workdir), *overrides]
+  launcher = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, PROCESSES="2", DEVICES="1"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  log = workdir / "log.txt"
+  deadline = time.time() + 300
+  while not (log.exists() and "step 5/" in log.read_text()) and time.time() < deadline:
+    time.sleep(0.2)
+  mains = subprocess.run(["pgrep", "-f", f"rlhf_jax.main .*--workdir={workdir}"], capture_output=True,
+                         text=True).stdout.split()
+  assert len(mains) == 2, mains
+  os.kill(int(mains[-1]), signal.SIGTERM)  # one of the two processes only
+  assert launcher.wait(timeout=300) == 0
+  stops = [re.findall(r"preempted after step (\d+):", (workdir / name).read_text())
+           for name in ("log.txt", "log_process_1.txt")]
+  assert stops[0] == stops[1] and len(stops[0]) == 1, stops
+  assert int(stops[0][0]) < 1000 and os.path.isdir(workdir / "checkpoints" / stops[0][0])
