@@ -6,7 +6,8 @@ check that it ends with exactly the metrics of an uninterrupted run.
 
 Each attempt starts the same command and interrupts it at a random moment: one time in five
 0-10 s after the start (importing, compiling), otherwise 0-0.3 s after it logs a random step
-beyond the last attempt's (so steps, evaluations and checkpoint writes are all hit). The signal
+beyond the last attempt's, drawn so that the interruptions spread over the run (steps,
+evaluations and checkpoint writes are all hit). The signal
 is SIGKILL, or one time in four SIGTERM, which must checkpoint and exit 0. After `--kills`
 interruptions the run goes to the end, and metrics.jsonl and summary.json are compared with
 the uninterrupted run's. Prints one JSON line: what was sent, and whether the metrics are equal.
@@ -47,8 +48,10 @@ def soak(config_file: str, stage: str, workdir: str, kills: int, num_steps: int,
   while counts["sigkill"] + counts["sigterm"] < kills:
     counts["attempts"] += 1
     done = logged_steps(workdir)  # the previous attempt's last logged step
+    left = kills - counts["sigkill"] - counts["sigterm"]
     startup = done >= num_steps - 1 or rng.random() < 0.2
-    target = 0 if startup else rng.randint(done + 1, num_steps - 1)
+    # Spread over the steps left, so that `kills` interruptions fit in the run.
+    target = 0 if startup else rng.randint(done + 1, done + max(1, (num_steps - 1 - done) // left))
     sig = signal.SIGTERM if rng.random() < 0.25 else signal.SIGKILL
     # A random moment: in startup and compilation (0-10 s), or 0-0.3 s after a random step.
     delay = rng.uniform(0, 10) if startup else rng.uniform(0, 0.3)

@@ -1,6 +1,7 @@
 """Multi-host: settings from config or environment, and a real two-process `jax.distributed`
 run of the (shrunk) pipeline on localhost (launch/local.sh with PROCESSES=2): its PPO stage
-checkpoints and restores, and every stage matches one process holding the same two devices."""
+checkpoints and restores, and every stage matches one process holding the same two devices.
+A SIGTERM to one of two processes stops both at the same step, with a checkpoint."""
 
 import json
 import os

@@ -157,9 +157,11 @@ def test_unreadable_and_half_written_checkpoints_are_set_aside_and_the_run_resum
 def test_non_finite_loss_stops_with_a_checkpoint_or_is_skipped(tmp_path):
   config = shrink(pretrain.get_config("tiny"), steps=6)
   config.train.update(dict(checkpoint_every=6, eval_every=6, log_every=1, inject_nan_at=(4,)))
-  with pytest.raises(UserError, match=r"step 4: non-finite grads and loss; the update was not applied"):
+  with pytest.raises(UserError, match=r"step 4: non-finite grads and loss; that update was not applied "
+                                     r"\(checkpoint of step 5 in "):
     stages.run(config.copy_and_resolve_references(), str(tmp_path / "stop"))
-  assert os.path.isdir(tmp_path / "stop" / "checkpoints" / "4")
+  assert os.path.isdir(tmp_path / "stop" / "checkpoints" / "5")  # read once step 5 was queued
+  assert read_metrics(tmp_path / "stop")[-1]["nonfinite_loss"] == 1
   config.train.on_nonfinite = "skip"
   summary = stages.run(config, str(tmp_path / "skip"))
   rows = {row["step"]: row for row in read_metrics(tmp_path / "skip") if "skipped_updates" in row}

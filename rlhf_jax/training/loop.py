@@ -4,7 +4,8 @@ It only moves batches in and metrics out; everything numeric happens in the comp
 Batches are a pure function of the step, so a resumed run replays exactly the batches it
 would have seen. Two things stop a run early, each after writing a checkpoint: a preemption
 notice (SIGTERM; `Preempted`, exit 0) and, with train.on_nonfinite="stop", an update the
-compiled step refused because its loss, gradients or rewards were not finite (`UserError`).
+compiled step refused because its loss, gradients or rewards were not finite (`UserError`,
+raised one step later: a step's flags are read once the next one is queued).
 """
 
 import dataclasses
@@ -40,20 +41,26 @@ class Loop:
     log = self.open_log(self.run_dir, start, t.num_steps)
     started = time.time()
     eval_metrics = {}
+    previous = None  # (step, metrics) of the step before this one
     try:
       for step in range(start + 1, t.num_steps + 1):
         state, metrics = self.train_step(state, self.batch(step - 1))
-        last = step == t.num_steps
-        nonfinite = self._nonfinite(metrics)
-        if step % t.log_every == 0 or last or nonfinite:
+        # The step before's flags, read now that this step is queued: the host waits for that
+        # step (done or nearly), never for this one.
+        self._stop_if_nonfinite(previous, state, step, False, log)
+        previous, last = (step, metrics), step == t.num_steps
+        if step % t.log_every == 0 or last:
           log.write(step, jax.device_get(metrics))
         if step % t.eval_every == 0 or last:
           eval_metrics = self._evaluate(state, step, log)
         saved = step % t.checkpoint_every == 0 or last
         if saved:
           self._save(state, step)
-        self._stop_early(state, step, saved, nonfinite)
+        if preemption.reached(step) and not last:  # every process asks at every step
+          raise Preempted(f"preempted after step {step}: {self._checkpoint(state, step, saved)}; "
+                          "run the same command to resume")
         log.advance(step)
+      self._stop_if_nonfinite(previous, state, t.num_steps, True, log)
       if start == t.num_steps:  # killed after the last checkpoint but before the summary: the
         eval_metrics = self._evaluate(state, start, None)  # eval was logged before the checkpoint
     finally:
@@ -64,28 +71,28 @@ class Loop:
   def _save(self, state, step: int) -> None:
     self.checkpointer.save(step, {n: getattr(state, n) for n in self.items}, {"step": step, "data_position": step})
 
-  def _nonfinite(self, metrics) -> list:
-    """The quantities the step found non-finite, when train.on_nonfinite="stop" (one small
-    fetch per step, so the loop waits for each step; "skip" never waits)."""
-    if self.train_cfg.on_nonfinite != "stop":
-      return []
-    flags = jax.device_get({k: v for k, v in metrics.items() if k.startswith("nonfinite_")})
-    return sorted(k[len("nonfinite_"):] for k, v in flags.items() if np.any(v))
-
-  def _stop_early(self, state, step: int, saved: bool, nonfinite: list) -> None:
-    """Checkpoints and raises on a non-finite update (in "stop" mode) or a preemption notice
-    (not after the last step: then the run finishes, summary and all)."""
-    preempted = preemption.reached(step) and step < self.train_cfg.num_steps  # all processes ask, every step
-    if not (nonfinite or preempted):
-      return
+  def _checkpoint(self, state, step: int, saved: bool) -> str:
+    """Makes sure `state` is checkpointed (written, not just queued) at `step`; says where."""
     if not saved:
       self._save(state, step)
     self.checkpointer.wait()
-    where = f"checkpoint of step {step} in {self.checkpointer.directory}"
-    if nonfinite:
-      raise UserError(f"step {step}: non-finite {' and '.join(nonfinite)}; the update was not applied "
-                      f"({where}). Lower optim.lr, or set train.on_nonfinite=skip to go on")
-    raise Preempted(f"preempted after step {step}: {where}; run the same command to resume")
+    return f"checkpoint of step {step} in {self.checkpointer.directory}"
+
+  def _stop_if_nonfinite(self, previous, state, step: int, saved: bool, log) -> None:
+    """With train.on_nonfinite="stop": raises if the step in `previous` refused its update,
+    after logging it and checkpointing `state` (at `step`, which that refusal left unharmed)."""
+    if previous is None or self.train_cfg.on_nonfinite != "stop":
+      return
+    bad_step, metrics = previous
+    flags = jax.device_get({k: v for k, v in metrics.items() if k.startswith("nonfinite_")})
+    bad = sorted(k[len("nonfinite_"):] for k, v in flags.items() if np.any(v))
+    if not bad:
+      return
+    if bad_step % self.train_cfg.log_every and bad_step != self.train_cfg.num_steps:
+      log.write(bad_step, jax.device_get(metrics))
+    raise UserError(f"step {bad_step}: non-finite {' and '.join(bad)}; that update was not applied "
+                    f"({self._checkpoint(state, step, saved)}). Lower optim.lr, or set "
+                    "train.on_nonfinite=skip to go on")
 
   def _evaluate(self, state, step: int, log) -> dict:
     metrics = self.evaluate(state, step)
