@@ -24,7 +24,8 @@ def all_finite(tree) -> jax.Array:
 
 
 def select(ok: jax.Array, new, old):
-  """`new` where ok, else `old`, leaf by leaf (a select: no NaN * 0 arithmetic)."""
+  """`new` where ok, else `old`, leaf by leaf (a select: no NaN * 0 arithmetic); for a few
+  small leaves (`apply_if` for params and optimizer states)."""
   return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
@@ -36,10 +37,19 @@ def check(**quantities) -> tuple[jax.Array, dict]:
   return ok, {**metrics, "skipped_updates": jnp.logical_not(ok).astype(jnp.float32)}
 
 
+def apply_if(ok: jax.Array, update, state):
+  """update(state) when `ok`, else `state` unchanged: one lax.cond. (A select over every param
+  and optimizer state doubled the reward step's compile time on XLA:CPU, 4 s -> 9 s, W3.)"""
+  return jax.lax.cond(ok, update, lambda unchanged: unchanged, state)
+
+
 def guarded_update(tx, grads, opt_state, params, ok: jax.Array):
   """(params, opt_state) after tx's update when `ok`, else unchanged."""
-  updates, new_opt_state = tx.update(grads, opt_state, params)
-  return select(ok, (optax.apply_updates(params, updates), new_opt_state), (params, opt_state))
+  def update(state):
+    params, opt_state = state
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+  return apply_if(ok, update, (params, opt_state))
 
 
 def with_injected_nan(loss_fn, step: jax.Array, steps: tuple):

@@ -257,17 +257,20 @@ def rl_iteration(state: RLState, prompts, prompt_mask, *, policy, critic, policy
   rewards_ok = metrics["nonfinite_rewards"] == 0
 
   def update(carry, minibatch):
-    params, (policy_opt, value_opt) = carry
+    params = carry[0]
     response_mask = minibatch.mask[:, p:]
     weights = (reinforce.token_weights(response_mask, cfg.loss_reduction),
                reinforce.token_weights(response_mask, "token"))
     (policy_grads, value_grads), m = accumulate_gradients(loss_fn, params, (minibatch, weights), cfg.accum_steps)
-    policy_params, policy_opt = apply_updates(policy_tx, policy_grads, policy_opt, params[0])
-    value_params, value_opt = apply_updates(value_tx, value_grads, value_opt, params[1])
     ok, flags = guards.check(loss=m["loss"], grads=(policy_grads, value_grads))
     ok = ok & rewards_ok  # no update learns from a non-finite reward
-    new = ((policy_params, value_params), (policy_opt, value_opt))
-    return guards.select(ok, new, carry), {**m, **flags, "skipped_updates": 1.0 - ok}
+
+    def apply(carry):
+      params, (policy_opt, value_opt) = carry
+      policy_params, policy_opt = apply_updates(policy_tx, policy_grads, policy_opt, params[0])
+      value_params, value_opt = apply_updates(value_tx, value_grads, value_opt, params[1])
+      return (policy_params, value_params), (policy_opt, value_opt)
+    return guards.apply_if(ok, apply, carry), {**m, **flags, "skipped_updates": 1.0 - ok}
 
   def epoch(carry, key):
     order = jax.random.permutation(key, n).reshape(cfg.minibatches, -1)
