@@ -241,6 +241,23 @@ def update_metrics(per_update: dict) -> dict:
   return {k: reduce(k)(v) for k, v in per_update.items() if k != "loss"}
 
 
+def minibatch_update(carry, minibatch, *, loss_fn, prompt_len: int, cfg: RLConfig, txs, rewards_ok):
+  """One optimizer update of (policy, critic) on a minibatch of the rollout (a `lax.scan`
+  step): refused, carry unchanged, if its loss, gradients or the rollout's rewards are not finite."""
+  response_mask = minibatch.mask[:, prompt_len:]
+  weights = (reinforce.token_weights(response_mask, cfg.loss_reduction),
+             reinforce.token_weights(response_mask, "token"))
+  grads, m = accumulate_gradients(loss_fn, carry[0], (minibatch, weights), cfg.accum_steps)
+  ok, flags = guards.check(loss=m["loss"], grads=grads)
+  ok = ok & rewards_ok  # no update learns from a non-finite reward
+
+  def apply(carry):
+    params, opt_states = carry
+    new = [apply_updates(tx, g, o, p) for tx, g, o, p in zip(txs, grads, opt_states, params)]
+    return tuple(p for p, _ in new), tuple(o for _, o in new)
+  return guards.apply_if(ok, apply, carry), {**m, **flags, "skipped_updates": 1.0 - ok}
+
+
 def rl_iteration(state: RLState, prompts, prompt_mask, *, policy, critic, policy_tx, value_tx,
                  score_fn: Callable, cfg: RLConfig):
   """One iteration: (state, prompts) -> (state, metrics). Frozen params pass through.
@@ -255,22 +272,8 @@ def rl_iteration(state: RLState, prompts, prompt_mask, *, policy, critic, policy
   loss_fn = functools.partial(rl_loss, policy=policy, critic=critic, cfg=cfg, prompt_len=p, kl_coef=state.kl.coef)
 
   rewards_ok = metrics["nonfinite_rewards"] == 0
-
-  def update(carry, minibatch):
-    params = carry[0]
-    response_mask = minibatch.mask[:, p:]
-    weights = (reinforce.token_weights(response_mask, cfg.loss_reduction),
-               reinforce.token_weights(response_mask, "token"))
-    (policy_grads, value_grads), m = accumulate_gradients(loss_fn, params, (minibatch, weights), cfg.accum_steps)
-    ok, flags = guards.check(loss=m["loss"], grads=(policy_grads, value_grads))
-    ok = ok & rewards_ok  # no update learns from a non-finite reward
-
-    def apply(carry):
-      params, (policy_opt, value_opt) = carry
-      policy_params, policy_opt = apply_updates(policy_tx, policy_grads, policy_opt, params[0])
-      value_params, value_opt = apply_updates(value_tx, value_grads, value_opt, params[1])
-      return (policy_params, value_params), (policy_opt, value_opt)
-    return guards.apply_if(ok, apply, carry), {**m, **flags, "skipped_updates": 1.0 - ok}
+  update = functools.partial(minibatch_update, loss_fn=loss_fn, prompt_len=p, cfg=cfg, txs=(policy_tx, value_tx),
+                             rewards_ok=rewards_ok)
 
   def epoch(carry, key):
     order = jax.random.permutation(key, n).reshape(cfg.minibatches, -1)
