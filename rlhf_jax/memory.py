@@ -29,8 +29,7 @@ from ml_collections import config_flags
 from rlhf_jax import sharding
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.config import ModelConfig, padded_vocab
-from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training import setup
+from rlhf_jax.models.transformer import Transformer, param_shapes
 from rlhf_jax.training.optim import make_optimizer
 from rlhf_jax.training.rl_steps import ALGO_DEFAULTS
 
@@ -98,7 +97,7 @@ def tree_bytes(boxed, rules, mesh_shape: dict) -> int:
 
 @functools.lru_cache(maxsize=16)
 def abstract_params(model_cfg: ModelConfig):
-  return jax.eval_shape(functools.partial(setup.boxed_params, Transformer(model_cfg)), jax.random.key(0))
+  return param_shapes(Transformer(model_cfg))
 
 
 def stage_models(cfg, model_cfg: ModelConfig):

@@ -52,6 +52,19 @@ def logical_shardings(boxed_tree, mesh: Mesh, rules):
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def abstract(tree, shardings):
+  """ShapeDtypeStructs of `tree`'s leaves laid out by `shardings` (a matching tree, or one
+  sharding for all): what orbax restores into and what `jax.make_array_from_callback` fills."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def abstract_placed(boxed_tree, mesh: Mesh, rules):
+  """`abstract` of a boxed tree (e.g. `param_shapes`), each leaf sharded as its logical axes say."""
+  return abstract(nn.meta.unbox(boxed_tree), logical_shardings(boxed_tree, mesh, rules))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Batches split their leading axis over every data-parallel axis."""
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))

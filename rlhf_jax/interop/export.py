@@ -15,12 +15,13 @@ from absl import flags
 import flax.linen as nn
 import jax
 
+from rlhf_jax import sharding
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data.tokenizers import load_tokenizer
 from rlhf_jax.errors import UserError
 from rlhf_jax.interop.hf_export import MAX_SHARD_BYTES, export
 from rlhf_jax.models.config import ModelConfig
-from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.models.transformer import Transformer, param_shapes
 from rlhf_jax.workdir import RunDir
 
 FLAGS = flags.FLAGS
@@ -36,10 +37,7 @@ ITEMS = {"pretrain": "params", "sft": "params", "reward": "params", "ppo": "poli
 def restore_params(run: RunDir, model_cfg: ModelConfig, item: str):
   """The final checkpoint's `item`, on the host's first CPU device."""
   cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-  model = Transformer(model_cfg)
-  boxed = jax.eval_shape(lambda r: model.init(r, jax.numpy.zeros((1, 8), jax.numpy.int32))["params"],
-                         jax.random.key(0))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), nn.meta.unbox(boxed))
+  abstract = sharding.abstract(nn.meta.unbox(param_shapes(Transformer(model_cfg))), cpu)
   restored, _ = Checkpointer(run.file("checkpoints"), (item,)).restore({item: abstract})
   return restored[item]
 

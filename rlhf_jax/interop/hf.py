@@ -21,9 +21,7 @@ import dataclasses
 import os
 
 import flax
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -33,7 +31,7 @@ from rlhf_jax.errors import UserError
 from rlhf_jax.interop import hf_config, hf_tensors, hf_weights
 from rlhf_jax.interop.hf_export import export
 from rlhf_jax.models.config import ModelConfig
-from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.models.transformer import Transformer, param_shapes
 
 PREFIX = "hf:"  # init_from=hf:/path names a Hugging Face directory rather than a run
 __all__ = ["CausalLM", "RewardModel", "HFSource", "PREFIX", "export", "load", "load_tokenizer", "model_config",
@@ -78,10 +76,7 @@ def load(path: str, *, mesh: Mesh = None, rules=None, dtype: str = "float32", pa
   head = hf_config.head_of(hf_config.read_config(path))
   model = (RewardModel if head == "reward" else CausalLM)(cfg)
   mesh = mesh or Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), sharding.MESH_AXES)
-  boxed = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"], jax.random.key(0))
-  shardings = sharding.logical_shardings(boxed, mesh, rules)
-  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed),
-                        shardings)
+  target = sharding.abstract_placed(param_shapes(model), mesh, rules)
   params = read_params(path, cfg, target)
   missing = sorted(set(flax.traverse_util.flatten_dict(target, sep="/")) -
                    set(flax.traverse_util.flatten_dict(params, sep="/")))

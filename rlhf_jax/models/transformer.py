@@ -5,6 +5,7 @@ positions come from the mask (exclusive cumulative sum), so a left-padded prompt
 same prompt unpadded see the same positions.
 """
 
+import functools
 from typing import NamedTuple, Optional
 
 import flax
@@ -39,6 +40,16 @@ class ModelOutput(NamedTuple):
   hidden: jax.Array  # [batch, time, d_model], after the final norm
   scalars: dict  # head name -> [batch, time], float32
   cache: Optional[KVCache]
+
+
+def boxed_params(model: nn.Module, rng):
+  """The model's params with their logical axis names (flax Partitioned boxes)."""
+  return model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
+
+
+def param_shapes(model: nn.Module):
+  """`boxed_params`' shapes and dtypes (ShapeDtypeStructs, boxed): no array is made."""
+  return jax.eval_shape(functools.partial(boxed_params, model), jax.random.key(0))
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:

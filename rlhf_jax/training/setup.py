@@ -5,7 +5,6 @@ upstream weights the same way.
 """
 
 import dataclasses
-import functools
 import os
 
 from absl import logging
@@ -21,7 +20,7 @@ from rlhf_jax.data.tokenizers import build_tokenizer, load_tokenizer
 from rlhf_jax.errors import UserError
 from rlhf_jax.interop import hf
 from rlhf_jax.models.config import ModelConfig, padded_vocab
-from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.models.transformer import Transformer, boxed_params, param_shapes
 from rlhf_jax.training.state import TrainState
 from rlhf_jax.workdir import RunDir
 
@@ -83,11 +82,6 @@ def save_run_files(run_dir: RunDir, tokenizer, model_cfg: ModelConfig) -> None:
   run_dir.write_json("model.json", dataclasses.asdict(model_cfg))
 
 
-def boxed_params(model: Transformer, rng):
-  """Params with their logical axis names (flax Partitioned boxes)."""
-  return model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
-
-
 def init_state(model: Transformer, tx, mesh, rules, seed: int):
   """Shape-first init: shapes -> shardings -> jitted init, so no array exists whole on one
   device before it is placed. Returns (state, state shardings)."""
@@ -102,15 +96,11 @@ def init_state(model: Transformer, tx, mesh, rules, seed: int):
   return state, shardings
 
 
-def abstract_like(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 def resume(state, shardings, checkpointer: Checkpointer, items=STATE_ITEMS):
   """`state` with the latest checkpoint restored into it (step from its metadata), or None."""
   if checkpointer.latest_step() is None:
     return None
-  abstract = {name: abstract_like(getattr(state, name), getattr(shardings, name)) for name in items}
+  abstract = {name: sharding.abstract(getattr(state, name), getattr(shardings, name)) for name in items}
   items, meta = checkpointer.restore(abstract)
   step = jax.device_put(jnp.int32(meta["step"]), shardings.step)
   logging.info("resumed from %s at step %d", checkpointer.directory, meta["step"])
@@ -127,9 +117,7 @@ def load_source_params(source: RunDir, params, param_shardings, mesh, rules, ren
   if isinstance(source, hf.HFSource):
     return merge_params(params, source.read_params(params), param_shardings)
   source_model = Transformer(ModelConfig.from_dict(source.read_json("model.json")))
-  boxed = jax.eval_shape(functools.partial(boxed_params, source_model), jax.random.key(0))
-  source_shardings = sharding.logical_shardings(boxed, mesh, rules)
-  abstract = abstract_like(nn.meta.unbox(boxed), source_shardings)
+  abstract = sharding.abstract_placed(param_shapes(source_model), mesh, rules)
   loaded, _ = Checkpointer(source.file("checkpoints"), STATE_ITEMS).restore({"params": abstract})
   logging.info("initialised from %s", source.path)
   renamed = {(rename or {}).get(k, k): v for k, v in loaded["params"].items()}
