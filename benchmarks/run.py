@@ -26,6 +26,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import limits, workloads  # pylint: disable=g-import-not-at-top
+from rlhf_jax import distributed  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 CPU_SET = ("w1", "w2", "w3", "w4", "sampler")
@@ -36,6 +37,8 @@ flags.DEFINE_bool("peer", False, "Also run TRL's version (benchmarks/peers, afte
 flags.DEFINE_integer("rows", 0, "pretrain: batch rows (0: the preset's).")
 flags.DEFINE_string("preset", "gpt2_small", "Model preset of the accelerator-sized workloads.")
 flags.DEFINE_enum("attention", "auto", ["auto", "xla", "cudnn"], "model.attention of the accelerator-sized ones.")
+flags.DEFINE_integer("cpu_devices", -1, "On a CPU host, JAX devices to split it into (distributed.cpu_devices): "
+                     "-1, one per core (rounded down to a power of two, so batches divide); 0, JAX's one.")
 flags.DEFINE_string("profile", "", "Also trace 3 calls with jax.profiler into DIR/WORKLOAD "
                     "(summarise with benchmarks/profile_summary.py).")
 PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers")
@@ -108,8 +111,14 @@ def rounded(result: dict) -> dict:
   return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.items()}
 
 
+def cpu_devices() -> int:
+  """--cpu_devices, with -1 as one per core, rounded down to a power of two."""
+  return 2 ** (os.cpu_count().bit_length() - 1) if FLAGS.cpu_devices < 0 else FLAGS.cpu_devices
+
+
 def main(argv):
   del argv
+  distributed.split_cpu(cpu_devices())  # before anything touches a device; no effect off the CPU
   names = {"cpu": CPU_SET, "gpu": GPU_SET}.get(FLAGS.workload, (FLAGS.workload,))
   device = {"device": jax.devices()[0].device_kind, "num_devices": jax.device_count(), "jax": jax.__version__,
             "host": platform.processor() or platform.machine(), "cpus": os.cpu_count()}

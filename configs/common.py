@@ -90,8 +90,11 @@ def distributed_config() -> ml_collections.ConfigDict:
   Otherwise a coordinator ("host:port" of process 0, or $JAX_COORDINATOR_ADDRESS) makes this
   one of `num_processes` ($JAX_NUM_PROCESSES) processes with id `process_id` ($JAX_PROCESS_ID);
   with neither, the run is one process.
+  cpu_devices: a CPU-only host split into this many JAX devices (0: one), so that the data
+  axis spreads rows over the cores; one per core is fastest for small models (benchmarks/).
   """
-  return ml_collections.ConfigDict(dict(auto=False, coordinator="", num_processes=0, process_id=-1))
+  return ml_collections.ConfigDict(dict(auto=False, coordinator="", num_processes=0, process_id=-1,
+                                        cpu_devices=0))
 
 
 # Logical axis -> mesh axes. Models name only logical axes; this table is the one place

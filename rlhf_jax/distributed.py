@@ -34,7 +34,20 @@ def settings(cfg, environ=os.environ) -> dict | None:
   return dict(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
 
 
+def split_cpu(count: int) -> None:
+  """Makes the CPU backend `count` devices (0: JAX's default, one). With one, the many small
+  ops of a small model run one after another on a CPU host; with one device per core, the
+  data axis runs each core's rows in parallel."""
+  if count <= 0:
+    return
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError as e:
+    raise UserError(f"distributed.cpu_devices={count}: this process has already set up its devices") from e
+
+
 def initialize(cfg) -> None:
+  split_cpu(cfg.get("cpu_devices", 0) if cfg is not None else 0)
   args = settings(cfg)
   if args is None:
     return

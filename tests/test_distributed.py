@@ -9,8 +9,10 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
+import jax
 import pytest
 
 from configs import common
@@ -38,6 +40,18 @@ def test_coordinator_from_config_or_environment():
   assert settings({"RLHF_JAX_DISTRIBUTED": "auto"}) == {} and settings(auto=True) == {}
   with pytest.raises(UserError, match="num_processes=0 and process_id=-1"):
     settings(coordinator="h:1")
+
+
+def test_cpu_split_into_devices_before_first_use():
+  script = ("from rlhf_jax import distributed; distributed.split_cpu(2); import jax; "
+            "print(jax.device_count(), jax.devices()[0].platform)")
+  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  assert out.stdout.split() == ["2", "cpu"]
+  jax.devices()  # this process's devices are set up from here on
+  distributed.split_cpu(0)  # nothing to do, so no error
+  with pytest.raises(UserError, match="cpu_devices=2: this process has already set up its devices"):
+    distributed.split_cpu(2)
 
 
 # The tiny pipeline, shrunk as the other tests shrink it: pretrain -> SFT -> reward -> 4 PPO iterations.
