@@ -75,7 +75,8 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
   """Samples continuations of left-padded prompts [batch, prompt_len].
 
   Stops each row at its first EOS (included, mask 1) and the whole loop when every row has
-  stopped (asked every DONE_CHECK_EVERY steps). Jit with `model`, `max_new_tokens`, `eos_id` and `pad_id` static (closed over).
+  stopped (asked every DONE_CHECK_EVERY steps). Jit with `model`, `max_new_tokens`, `eos_id`
+  and `pad_id` static (closed over).
   """
   batch, prompt_len = prompts.shape
   if model.cfg.position == "learned" and prompt_len + max_new_tokens > model.cfg.max_len:
