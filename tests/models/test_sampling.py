@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.models import sampling
 from rlhf_jax.models.sampling import SamplingParams, filter_logits, in_compute_dtype, sample, segment_ends
 from rlhf_jax.models.transformer import Transformer
 from tests.conftest import small_model
@@ -91,6 +92,21 @@ def test_stops_at_eos_and_pads_after():
   np.testing.assert_array_equal(out.mask[0], [1] * (stop + 1) + [0] * (9 - stop))
   np.testing.assert_array_equal(out.tokens[0, stop + 1:], [PAD] * (9 - stop))
   np.testing.assert_array_equal(out.logprobs[0, stop + 1:], np.zeros(9 - stop))
+
+
+def test_checking_for_done_rows_less_often_changes_no_output(monkeypatch):
+  cfg = small_model()
+  _, params = init(cfg)
+  prompts, mask = (jnp.repeat(x[:1], 4, axis=0) for x in left_padded_batch())  # identical greedy rows
+  key, settings = jax.random.key(4), SamplingParams.make(greedy=True)
+  eos = int(make_sampler(cfg)(params, prompts, mask, key, settings).tokens[0, 2])  # every row stops early
+  outputs = []
+  for every in (1, 3, 8):
+    monkeypatch.setattr(sampling, "DONE_CHECK_EVERY", every)
+    outputs.append(make_sampler(cfg, eos_id=eos)(params, prompts, mask, key, settings))
+  assert (outputs[0].mask.sum(axis=1) <= 3).all()  # all done by step 3: the loop may stop there
+  for out in outputs[1:]:
+    chex.assert_trees_all_equal(out, outputs[0])
 
 
 def test_top_k_one_and_tiny_top_p_are_greedy():
