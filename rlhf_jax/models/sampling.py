@@ -5,7 +5,6 @@ round trip per token. Temperature, top-k, top-p and greedy are traced values (a
 `SamplingParams` of arrays), so changing them never recompiles.
 """
 
-import functools
 from typing import NamedTuple
 
 import flax
@@ -86,14 +85,6 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
   cache = KVCache.empty(model.cfg, batch, prompt_len + ends[0])
   out = model.apply({"params": params}, prompts, prompt_mask, cache=cache, last_logits_only=True)
 
-  def cond(carry, end):
-    step, _, _, _, done, _ = carry
-    return (step < end) & ~jnp.all(done)
-
-  def steps_between_checks(carry, end):
-    limit = jnp.minimum(carry[0] + DONE_CHECK_EVERY, end)
-    return jax.lax.while_loop(lambda c: c[0] < limit, body, carry)
-
   def body(carry):
     step, cache, logits, result, done, rng = carry
     rng, key = jax.random.split(rng)
@@ -113,9 +104,18 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
   carry = (jnp.int32(0), out.cache, out.logits[:, -1], empty, jnp.zeros((batch,), bool), rng)
   for end in ends:
     carry = (carry[0], grown(carry[1], prompt_len + end), *carry[2:])
-    carry = jax.lax.while_loop(functools.partial(cond, end=end),
-                               functools.partial(steps_between_checks, end=end), carry)
+    carry = decode_until(end, body, carry)
   return carry[3]
+
+
+def decode_until(end: int, step_fn, carry):
+  """`step_fn` until step `end` or until every row is done (asked every DONE_CHECK_EVERY
+  steps). carry: (step, cache, logits, result, done, rng)."""
+  def steps_between_checks(carry):
+    limit = jnp.minimum(carry[0] + DONE_CHECK_EVERY, end)
+    return jax.lax.while_loop(lambda c: c[0] < limit, step_fn, carry)
+
+  return jax.lax.while_loop(lambda c: (c[0] < end) & ~jnp.all(c[4]), steps_between_checks, carry)
 
 
 def segment_ends(max_new_tokens: int) -> list[int]:
