@@ -32,6 +32,11 @@ def same(hf: str, path: str, shape: tuple) -> Group:
   return Group(hf, shape, (path,), lambda w: [w], lambda ours: ours[0])
 
 
+def layer_norm(hf: str, ours: str, d: int) -> list:
+  """A LayerNorm's weight and bias (HF `NAME.weight`, `NAME.bias`) as our `NORM/scale`, `NORM/bias`."""
+  return [same(f"{hf}.weight", f"{ours}/scale", (d,)), same(f"{hf}.bias", f"{ours}/bias", (d,))]
+
+
 def reshaped(hf: str, path: str, hf_shape: tuple, shape: tuple) -> Group:
   """A vector or GPT-2 Conv1D [in, out]: the same memory order as ours."""
   return Group(hf, hf_shape, (path,), lambda w: [w.reshape(shape)], lambda ours: ours[0].reshape(hf_shape))
@@ -79,22 +84,19 @@ def neox_groups(cfg: ModelConfig, head: str, prefix: str) -> list:
     hf, ours = f"{p}layers.{i}.", f"layer_{i}/"
     qkv = tuple(f"{ours}attn/{name}" for name in ("query", "key", "value"))
     groups += [
-        same(f"{hf}input_layernorm.weight", f"{ours}attn_norm/scale", (d,)),
-        same(f"{hf}input_layernorm.bias", f"{ours}attn_norm/bias", (d,)),
+        *layer_norm(f"{hf}input_layernorm", f"{ours}attn_norm", d),
         interleaved_heads(f"{hf}attention.query_key_value.weight", tuple(q + "/kernel" for q in qkv), (3 * d, d),
                           h, hd),
         interleaved_heads(f"{hf}attention.query_key_value.bias", tuple(q + "/bias" for q in qkv), (3 * d,), h, hd),
         linear(f"{hf}attention.dense.weight", f"{ours}attn/out/kernel", (d, d), (h, hd, d)),
         same(f"{hf}attention.dense.bias", f"{ours}attn/out/bias", (d,)),
-        same(f"{hf}post_attention_layernorm.weight", f"{ours}mlp_norm/scale", (d,)),
-        same(f"{hf}post_attention_layernorm.bias", f"{ours}mlp_norm/bias", (d,)),
+        *layer_norm(f"{hf}post_attention_layernorm", f"{ours}mlp_norm", d),
         linear(f"{hf}mlp.dense_h_to_4h.weight", f"{ours}mlp/up/kernel", (f, d), (d, f)),
         same(f"{hf}mlp.dense_h_to_4h.bias", f"{ours}mlp/up/bias", (f,)),
         linear(f"{hf}mlp.dense_4h_to_h.weight", f"{ours}mlp/down/kernel", (d, f), (f, d)),
         same(f"{hf}mlp.dense_4h_to_h.bias", f"{ours}mlp/down/bias", (d,)),
     ]
-  groups += [same(f"{p}final_layer_norm.weight", "final_norm/scale", (d,)),
-             same(f"{p}final_layer_norm.bias", "final_norm/bias", (d,))]
+  groups += layer_norm(f"{p}final_layer_norm", "final_norm", d)
   return groups + output_groups(cfg, head, lm_head="embed_out.weight")
 
 
@@ -106,20 +108,18 @@ def gpt2_groups(cfg: ModelConfig, head: str, prefix: str) -> list:
     hf, ours = f"{p}h.{i}.", f"layer_{i}/"
     qkv = tuple(f"{ours}attn/{name}" for name in ("query", "key", "value"))
     groups += [
-        same(f"{hf}ln_1.weight", f"{ours}attn_norm/scale", (d,)),
-        same(f"{hf}ln_1.bias", f"{ours}attn_norm/bias", (d,)),
+        *layer_norm(f"{hf}ln_1", f"{ours}attn_norm", d),
         stacked_columns(f"{hf}attn.c_attn.weight", tuple(q + "/kernel" for q in qkv), (d, 3 * d), (d, h, hd)),
         stacked_columns(f"{hf}attn.c_attn.bias", tuple(q + "/bias" for q in qkv), (3 * d,), (h, hd)),
         reshaped(f"{hf}attn.c_proj.weight", f"{ours}attn/out/kernel", (d, d), (h, hd, d)),
         same(f"{hf}attn.c_proj.bias", f"{ours}attn/out/bias", (d,)),
-        same(f"{hf}ln_2.weight", f"{ours}mlp_norm/scale", (d,)),
-        same(f"{hf}ln_2.bias", f"{ours}mlp_norm/bias", (d,)),
+        *layer_norm(f"{hf}ln_2", f"{ours}mlp_norm", d),
         same(f"{hf}mlp.c_fc.weight", f"{ours}mlp/up/kernel", (d, f)),
         same(f"{hf}mlp.c_fc.bias", f"{ours}mlp/up/bias", (f,)),
         same(f"{hf}mlp.c_proj.weight", f"{ours}mlp/down/kernel", (f, d)),
         same(f"{hf}mlp.c_proj.bias", f"{ours}mlp/down/bias", (d,)),
     ]
-  groups += [same(f"{p}ln_f.weight", "final_norm/scale", (d,)), same(f"{p}ln_f.bias", "final_norm/bias", (d,))]
+  groups += layer_norm(f"{p}ln_f", "final_norm", d)
   return groups + output_groups(cfg, head)
 
 
