@@ -1,0 +1,29 @@
+"""Attention: our einsum attention against JAX's own, full-forward layout, with pads and GQA."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax.models import layers
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2)])
+def test_attend_matches_jax_dot_product_attention(heads, kv_heads):
+  q, k, v = (jax.random.normal(jax.random.key(i), (3, 7, h, 8)) for i, h in enumerate((heads, kv_heads, kv_heads)))
+  real = jnp.arange(7)[None] >= jnp.array([[0], [2], [5]])  # rows left-padded by 0, 2 and 5 tokens
+  mask = jnp.tril(jnp.ones((7, 7), bool))[None, None] & real[:, None, None, :]
+  ours = layers.attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask)
+  theirs = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation="xla")
+  np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_attend_matches_jax_for_bfloat16_inputs():
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 5, 2, 16)) for i in range(3))
+  mask = jnp.tril(jnp.ones((5, 5), bool))[None, None]
+  as_bf16 = [x.astype(jnp.bfloat16) for x in (q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))]
+  ours = layers.attend(*as_bf16, mask)
+  theirs = jax.nn.dot_product_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask=mask, is_causal=True,
+                                        implementation="xla")
+  assert ours.dtype == jnp.bfloat16
+  np.testing.assert_allclose(ours.astype(jnp.float32), theirs.astype(jnp.float32), atol=2e-2)
