@@ -3,6 +3,7 @@
   python benchmarks/run.py --workload=w1             # PPO iteration on the tiny GPT-2 (CPU-sized)
   python benchmarks/run.py --workload=w1 --peer      # ... and TRL's, measured in the same run
   python benchmarks/run.py --workload=cpu --peer     # w1 w2 w3 w4 sampler, then a markdown table
+  python benchmarks/run.py --workload=cpu --peer --rounds=3   # ... each side timed 3 times, alternating
   python benchmarks/run.py --workload=gpu            # pretrain, decode, ppo_large (gpt2_small)
 
 Workloads: w1 PPO (64 prompts x 16 tokens, 32 new, 4 epochs, 1 minibatch; policy, reference,
@@ -17,6 +18,7 @@ reported apart from the steady state, the median of --repeats calls. FLOP/s are 
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -34,6 +36,8 @@ GPU_SET = ("pretrain", "decode", "ppo_large")
 flags.DEFINE_enum("workload", "w1", [*CPU_SET, *GPU_SET, "cpu", "gpu"], "What to time (cpu / gpu: each of a set).")
 flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
 flags.DEFINE_bool("peer", False, "Also run TRL's version (benchmarks/peers, after setup.sh) and give the ratio.")
+flags.DEFINE_integer("rounds", 1, "Timings of --repeats calls, each just after TRL's run with --peer; figures are "
+                     "medians over rounds, the speedup the median of each round's ratio.")
 flags.DEFINE_integer("rows", 0, "pretrain: batch rows (0: the preset's).")
 flags.DEFINE_string("preset", "gpt2_small", "Model preset of the accelerator-sized workloads.")
 flags.DEFINE_enum("attention", "auto", ["auto", "xla", "cudnn"], "model.attention of the accelerator-sized ones.")
@@ -61,12 +65,26 @@ def preset_model() -> dict:
   return {**(workloads.preset_model(FLAGS.preset) or {}), "attention": FLAGS.attention}
 
 
-def measure(name: str, peak: float) -> dict:
-  """Builds, times and (for the GPU figures) relates one workload to the device's limits."""
+def paired_rounds(name: str, step) -> tuple[float, list, list]:
+  """(first call's seconds, our median of each round, TRL's result of each round). With --peer,
+  TRL runs in its own process just before each of our timings, while ours sits idle: on a
+  noisy machine each round's ratio compares two timings taken back to back."""
+  timings, theirs = [], []
+  for _ in range(FLAGS.rounds):
+    if FLAGS.peer:
+      theirs.append(peer(name))
+    timings.append(limits.timed(step, FLAGS.repeats))
+  return timings[0][0], [seconds for _, seconds in timings], theirs
+
+
+def measure(name: str, peak: float) -> tuple[dict, list]:
+  """Builds, times and (for the GPU figures) relates one workload to the device's limits;
+  also gives TRL's results of the same rounds (none without --peer)."""
   workload = BUILDERS[name]()
-  first, seconds = limits.timed(workload.step, FLAGS.repeats)
-  result = {"workload": name, **workload.info, "compile_s": first - seconds, "seconds": seconds,
-            "repeats": FLAGS.repeats, "model_gflop": workload.flops / 1e9,
+  first, rounds, theirs = paired_rounds(name, workload.step)
+  seconds = statistics.median(rounds)
+  result = {"workload": name, **workload.info, "compile_s": first - rounds[0], "seconds": seconds,
+            "repeats": FLAGS.repeats, "round_seconds": rounds, "model_gflop": workload.flops / 1e9,
             "flops_per_s": workload.flops / seconds, "fraction_of_peak": workload.flops / seconds / peak}
   if FLAGS.profile:
     with jax.profiler.trace(os.path.join(FLAGS.profile, name), create_perfetto_trace=True):
@@ -83,7 +101,7 @@ def measure(name: str, peak: float) -> dict:
     result.update(limits.decode_roofline(workload.model_cfg, workload.info, seconds))
   if name == "pretrain":
     result.update(limits.model_flops_utilisation(workload.flops / seconds))
-  return result
+  return result, theirs
 
 
 def peer(name: str) -> dict:
@@ -96,19 +114,27 @@ def peer(name: str) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def with_peer(ours: dict, theirs: dict, peak: float) -> dict:
-  trl_flops_per_s = ours["model_gflop"] * 1e9 / theirs["seconds"]
-  merged = {**ours, "trl_seconds": theirs["seconds"], "speedup_vs_trl": theirs["seconds"] / ours["seconds"],
-            "trl_fraction_of_peak": trl_flops_per_s / peak, "trl": theirs.get("trl"), "torch": theirs.get("torch"),
-            "trl_notes": theirs.get("notes", "")}
+def with_peer(ours: dict, theirs: list, peak: float) -> dict:
+  """Ours and TRL's figures of the same rounds, medians over them."""
+  trl_seconds = statistics.median(t["seconds"] for t in theirs)
+  ratios = [t["seconds"] / o for t, o in zip(theirs, ours["round_seconds"])]
+  merged = {**ours, "trl_seconds": trl_seconds, "trl_round_seconds": [t["seconds"] for t in theirs],
+            "speedup_vs_trl": statistics.median(ratios), "trl_fraction_of_peak": ours["model_gflop"] * 1e9 /
+            trl_seconds / peak, "trl": theirs[0].get("trl"), "torch": theirs[0].get("torch"),
+            "trl_notes": theirs[0].get("notes", "")}
   for key in ("generation_share", "tokens_per_s"):
-    if key in theirs:
-      merged[f"trl_{key}"] = theirs[key]
+    if key in theirs[0]:
+      merged[f"trl_{key}"] = statistics.median(t[key] for t in theirs)
   return merged
 
 
-def rounded(result: dict) -> dict:
-  return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.items()}
+def rounded(value):
+  """Floats, also in lists and dicts, to 4 significant digits."""
+  if isinstance(value, dict):
+    return {k: rounded(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [rounded(v) for v in value]
+  return float(f"{value:.4g}") if isinstance(value, float) else value
 
 
 def cpu_devices() -> int:
@@ -125,8 +151,8 @@ def main(argv):
   peak = limits.matmul_peak()
   results = []
   for name in names:
-    theirs = peer(name) if FLAGS.peer else None  # first, so our process's threads sit idle meanwhile
-    ours = {**measure(name, peak["peak_flops_per_s"]), **device, **peak}
+    measured, theirs = measure(name, peak["peak_flops_per_s"])
+    ours = {**measured, **device, **peak}
     result = rounded(with_peer(ours, theirs, peak["peak_flops_per_s"]) if theirs else ours)
     results.append(result)
     print(json.dumps(result), flush=True)

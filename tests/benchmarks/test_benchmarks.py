@@ -55,12 +55,22 @@ def test_decode_roofline_is_weights_and_the_filled_cache_over_bandwidth(monkeypa
 
 
 def test_the_peer_figures_merge_as_a_ratio():
-  ours = {"workload": "w1", "seconds": 0.5, "model_gflop": 100.0, "fraction_of_peak": 0.5}
-  theirs = {"seconds": 2.0, "trl": "1.12.0", "torch": "2", "notes": "n", "generation_share": 0.1}
+  ours = {"workload": "w1", "seconds": 0.5, "round_seconds": [0.5], "model_gflop": 100.0, "fraction_of_peak": 0.5}
+  theirs = [{"seconds": 2.0, "trl": "1.12.0", "torch": "2", "notes": "n", "generation_share": 0.1}]
   merged = run.with_peer(ours, theirs, peak=1e11)
   assert merged["speedup_vs_trl"] == 4.0 and merged["trl_fraction_of_peak"] == 0.5
   assert merged["trl_generation_share"] == 0.1
   assert "| w1 | 0.5 | 2 | 4.00x | 50% | 50% |" in limits.table([merged, merged])
+
+
+def test_the_speedup_over_rounds_is_the_median_of_each_rounds_ratio():
+  """A machine that slows down for one round slows both sides of that round's ratio."""
+  ours = {"workload": "w3", "seconds": 0.5, "round_seconds": [0.4, 0.5, 1.0], "model_gflop": 1.0}
+  theirs = [{"seconds": s, "generation_share": g} for s, g in ((0.8, 0.1), (1.0, 0.3), (2.0, 0.2))]
+  merged = run.with_peer(ours, theirs, peak=1e11)
+  assert merged["trl_seconds"] == 1.0 and merged["speedup_vs_trl"] == 2.0
+  assert merged["trl_round_seconds"] == [0.8, 1.0, 2.0] and merged["trl_generation_share"] == 0.2
+  assert run.rounded({"a": [0.123456], "b": {"c": 1.23456}}) == {"a": [0.1235], "b": {"c": 1.235}}
 
 
 def test_a_workload_runs_once_compiled_and_its_profile_summarises(tmp_path):
