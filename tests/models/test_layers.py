@@ -18,12 +18,17 @@ def test_attend_matches_jax_dot_product_attention(heads, kv_heads):
   np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
-def test_attend_matches_jax_for_bfloat16_inputs():
+def test_attend_in_bfloat16_matches_jax_and_float32_gradients():
+  """float32 scores from bfloat16 q and k (as jax.nn's attention), and a backward pass that runs."""
   q, k, v = (jax.random.normal(jax.random.key(i), (2, 5, 2, 16)) for i in range(3))
   mask = jnp.tril(jnp.ones((5, 5), bool))[None, None]
-  as_bf16 = [x.astype(jnp.bfloat16) for x in (q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))]
-  ours = layers.attend(*as_bf16, mask)
-  theirs = jax.nn.dot_product_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask=mask, is_causal=True,
-                                        implementation="xla")
+  heads_major = lambda q, k, v: (q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask)
+  bf16 = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+  ours = layers.attend(*heads_major(*bf16))
+  theirs = jax.nn.dot_product_attention(*bf16, mask=mask, is_causal=True, implementation="xla")
   assert ours.dtype == jnp.bfloat16
   np.testing.assert_allclose(ours.astype(jnp.float32), theirs.astype(jnp.float32), atol=2e-2)
+  loss = lambda *qkv: jnp.sum(layers.attend(*heads_major(*qkv)).astype(jnp.float32) ** 2)
+  for exact, rounded in zip(jax.grad(loss, (0, 1, 2))(q, k, v), jax.jit(jax.grad(loss, (0, 1, 2)))(*bf16)):
+    assert rounded.dtype == jnp.bfloat16
+    np.testing.assert_allclose(rounded.astype(jnp.float32), exact, atol=0.02 * float(jnp.abs(exact).max()))
