@@ -57,7 +57,8 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
 
 
 def attention_kernel(cfg: ModelConfig) -> str:
-  """cuDNN's flash attention on a GPU with 16-bit compute (it takes no float32); XLA's otherwise."""
+  """cuDNN's flash attention on a GPU with 16-bit compute (it takes no float32); otherwise xla:
+  `attend`'s einsums, compiled by XLA."""
   if cfg.attention != "auto":
     return cfg.attention
   sixteen_bit = cfg.compute_dtype in (jnp.bfloat16, jnp.float16)
@@ -69,7 +70,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
 
   q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_heads, k_len, head_dim] (the KV
   cache's layout: every dot below has its batch axes leading, so XLA never transposes the
-  cache, which at decode time is by far the largest operand); mask: [batch, 1, q_len, k_len].
+  cache, which at decode time is by far the largest operand; the full forward transposes its
+  k and v to it); mask: [batch, 1, q_len, k_len].
   """
   b, t, h, d = q.shape
   groups = h // k.shape[1]
