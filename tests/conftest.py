@@ -99,6 +99,45 @@ class Crash(Exception):
   """Stands in for a run killed mid-way (the real kills are the fault suite's job)."""
 
 
+class Started(Exception):
+  """Raised by `start_of` once a stage's loop is handed its starting state."""
+
+
+def start_of(run, monkeypatch, stop: bool = True):
+  """Runs `run()` (a stage) up to its host loop and returns (loop, host copy of the state the
+  loop starts from): what the stage built, loaded and restored, before any step. With
+  stop=False the run then trains on (its result is dropped)."""
+  from rlhf_jax.training.loop import Loop  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  original, seen = Loop.train, []
+
+  def train(self, state):
+    seen.append((self, jax.device_get(state)))  # a copy: the first step donates the state
+    if stop:
+      raise Started()
+    return original(self, state)
+
+  monkeypatch.setattr(Loop, "train", train)
+  try:
+    if stop:
+      with pytest.raises(Started):
+        run()
+    else:
+      run()
+  finally:
+    monkeypatch.setattr(Loop, "train", original)
+  return seen[0]
+
+
+def final_params(run_dir, item: str = "params"):
+  """The newest checkpoint's `item` of a finished run, read by orbax alone (no model, no
+  rlhf_jax restore code), as numpy arrays."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  directory = os.path.join(run_dir, "checkpoints")
+  step = max(int(name) for name in os.listdir(directory) if name.isdigit())
+  return ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), item))
+
+
 def run_until_crash(run, monkeypatch, step: int) -> None:
   """Calls run() with the metrics log raising Crash when it reaches `step`, then restores it."""
   from rlhf_jax.metrics_log import MetricsLog  # pylint: disable=g-import-not-at-top

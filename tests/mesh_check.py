@@ -1,4 +1,4 @@
-"""Steps of pretraining and PPO on 8-device meshes against the same steps on one device.
+"""Steps of pretraining, PPO and DPO on 8-device meshes against the same steps on one device.
 
 Run by tests/test_sharding.py in a child process with 8 simulated CPU devices
 (`python -m tests.mesh_check`). Every state is built and every step compiled by the code the
@@ -16,20 +16,20 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import common, ppo, pretrain
+from configs import common, dpo, ppo, pretrain
 from rlhf_jax import sharding
 from rlhf_jax.data.tokenizers import ByteTokenizer
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import rl_trainer, setup
+from rlhf_jax.training.dpo_steps import compile_dpo_steps
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.rl_steps import RLConfig
 from rlhf_jax.training.steps import compile_lm_steps
 from tests.conftest import small_model
 
-# (data, fsdp, tensor): one device, then fully sharded data parallel, and tensor parallel (4
-# heads, so at most 4 ways) with 2-way data parallel. Plain data parallelism is the two-process
-# test's (tests/test_distributed.py), across processes.
-MESHES = {"one": (1, 1, 1), "fsdp": (1, 8, 1), "tensor": (2, 1, 4)}
+# (data, fsdp, tensor): one device, then plain data parallel, fully sharded data parallel, and
+# tensor parallel (4 heads, so at most 4 ways) with 2-way data parallel.
+MESHES = {"one": (1, 1, 1), "data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (2, 1, 4)}
 RULES = common.DEFAULT_RULES
 TOKENIZER = ByteTokenizer()
 MODEL = small_model(vocab_size=264)  # the byte vocabulary, padded to split 8 ways
@@ -89,8 +89,37 @@ def ppo_iteration(mesh) -> tuple[list, dict]:
   return [jax.device_get(metrics)], {"initial": initial, "final": final, "placed": state.policy}
 
 
-# DPO's step shards as pretraining's does (the same `jit_steps`) on PPO's state (RLState).
-STAGES = {"pretrain": pretrain_steps, "ppo": ppo_iteration}
+def preference_pairs(seed: int) -> dict:
+  """Pairs of random right-padded responses after a shared prompt of 8 tokens."""
+  rng = np.random.default_rng(seed)
+  prompt, batch = random_tokens(seed, (ROWS, 8)), {}
+  for name in ("chosen", "rejected"):
+    lengths = rng.integers(12, LENGTH + 1, ROWS)[:, None]
+    positions = np.arange(LENGTH)
+    batch[name] = np.concatenate([prompt, random_tokens(seed + 1, (ROWS, LENGTH - 8))], 1)
+    batch[f"{name}_mask"] = (positions < lengths).astype(np.int32)
+    batch[f"{name}_response"] = ((positions >= 8) & (positions < lengths)).astype(np.int32)
+  batch["loss_mask"] = np.ones((ROWS, 1), np.int32)
+  return batch
+
+
+def dpo_steps(mesh) -> tuple[list, dict]:
+  cfg = stage_config(dpo)
+  policy, scorer = Transformer(MODEL), Transformer(dataclasses.replace(MODEL, heads=("reward",)))
+  tx = make_optimizer(cfg.optim, 10)
+  state, shardings = rl_trainer.place_state({"policy": policy, "reward": scorer}, tx, None, mesh, RULES, seed=0,
+                                            kl_coef=0.0)
+  # The policy moved off the reference, so the DPO margins (and their gradients) are not all 0.
+  state = state.replace(policy=jax.tree.map(lambda p: p * 1.1, state.policy))
+  train, _ = compile_dpo_steps(policy, tx, cfg, shardings, mesh)
+  initial, metrics = jax.device_get(state.policy), []
+  for step in range(2):
+    state, m = train(state, sharding.put_batch(preference_pairs(step), mesh))
+    metrics.append(jax.device_get(m))
+  return metrics, {"initial": initial, "final": jax.device_get(state.policy), "placed": state.policy}
+
+
+STAGES = {"pretrain": pretrain_steps, "ppo": ppo_iteration, "dpo": dpo_steps}
 
 
 def relative_difference(a, b) -> float:

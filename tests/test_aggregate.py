@@ -2,7 +2,10 @@
 
 import csv
 import json
+import os
 
+import matplotlib.image
+import numpy as np
 import pytest
 
 from rlhf_jax import aggregate
@@ -36,8 +39,14 @@ def test_table_csv_and_plots_from_two_seeds_and_an_unfinished_run(tmp_path):
   rows = list(csv.DictReader(open(tmp_path / "results.csv")))
   assert {r["run"] for r in rows} == {"ppo_s0", "ppo_s1", "dpo_s0"}
   assert [r["status"] for r in rows if r["run"] == "dpo_s0"] == ["unfinished"]
+  assert [os.path.basename(p) for p in result["plots"]] == ["gold_reward_by_step.png", "reward_kl_frontier.png"]
   for plot in result["plots"]:
     assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    pixels = matplotlib.image.imread(plot)
+    assert pixels.shape[:2] == (540, 840)  # 7 x 4.5 inches at 120 dpi
+    # Something is drawn: more than a blank figure's few colours, and coloured (the curves).
+    colours = np.unique(pixels[..., :3].reshape(-1, 3), axis=0)
+    assert len(colours) > 50 and np.any(np.ptp(pixels[..., :3], axis=-1) > 0.3)
 
 
 def test_an_empty_root_is_an_error(tmp_path):

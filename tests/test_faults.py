@@ -40,8 +40,12 @@ def get_config(stage):
     config = shrink(pretrain.get_config("tiny"), steps=24)  # SIGTERM'd by step ~11: well before the end
     config.train.update(dict(checkpoint_every=3, eval_every=12))
   else:
-    config = make_tiny_ppo() if stage == "ppo" else shrink(dpo.get_config("tiny"), steps=6)
+    config = shrink(dpo.get_config("tiny"), steps=6) if stage == "dpo" else make_tiny_ppo()
     del config.upstream
+    if stage == "ppo":  # state only some configs carry: the adaptive KL coefficient
+      config.rl.update(dict(adaptive_kl=True, kl_target=0.01, kl_horizon=100.0))
+    if stage == "reinforce":  # ... and REINFORCE's moving-average baseline
+      config.algo = "reinforce"
     config.update(dict(eval_prompts=8, max_prompt_len=24, **UPSTREAM))
     config.sample.max_new_tokens = 16
     config.train.update(dict(num_steps=4, checkpoint_every=1, eval_every=4))
@@ -78,11 +82,25 @@ def logged_steps(workdir) -> int:
     return max(map(int, re.findall(r"step (\d+)/\d+ ", f.read())), default=0)
 
 
+def newest_checkpoint(workdir) -> int:
+  """The newest finished checkpoint's step (orbax renames a step's directory to its number
+  once written); 0 for none."""
+  directory = os.path.join(workdir, "checkpoints")
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return max((int(name) for name in names if name.isdigit()), default=0)
+
+
+def resumed_from(log: str) -> list[int]:
+  """The steps a run's output says it resumed from."""
+  return [int(step) for step in re.findall(r"resumed from \S+ at step (\d+)", log)]
+
+
 def interrupt(config_file, stage, workdir, sig, after_step: int, delay: float) -> tuple[int, str]:
-  """Starts the run, waits for it to log `after_step` (0: not at all), waits `delay` seconds
-  more, sends `sig`; returns (exit status, output)."""
+  """Starts the run, waits for it to log `after_step` (0: not at all) and to have a finished
+  checkpoint, waits `delay` seconds more, sends `sig`; returns (exit status, output)."""
   process = start(config_file, stage, workdir)
-  while after_step and logged_steps(workdir) < after_step and process.poll() is None:
+  while after_step and (logged_steps(workdir) < after_step or not newest_checkpoint(workdir)) \
+      and process.poll() is None:
     time.sleep(0.02)
   time.sleep(delay)
   process.send_signal(sig)
@@ -113,17 +131,22 @@ def test_pretraining_killed_then_preempted_resumes_to_the_same_metrics(tmp_path)
   kill_at = rng.randint(2, 8)
   code, _ = interrupt(config_file, "pretrain", resumed, signal.SIGKILL, kill_at, rng.uniform(0, 0.3))
   assert code == -signal.SIGKILL and not os.path.exists(resumed / "summary.json"), seed
+  # Each restart resumes from the newest checkpoint there, not from scratch: a run that started
+  # over would log the very same metrics, since the log is cut back to the step it starts at.
+  newest = newest_checkpoint(resumed)
   code, log = interrupt(config_file, "pretrain", resumed, signal.SIGTERM, kill_at + 2, 0.0)
+  assert newest >= 1 and resumed_from(log) == [newest], (seed, newest, log[-3000:])
   # SIGTERM: the step in flight finishes, a checkpoint is written, exit 0 with a line saying so.
   assert code == 0 and "preempted after step" in log, (seed, log[-3000:])
   stopped_at = int(log.split("preempted after step ")[1].split(":")[0])
   assert os.path.isdir(resumed / "checkpoints" / str(stopped_at)), seed
   assert not os.path.exists(resumed / "summary.json")
-  run_to_end(config_file, "pretrain", resumed)
+  log = run_to_end(config_file, "pretrain", resumed)
+  assert resumed_from(log) == [stopped_at], seed
   assert_same_run(resumed, whole, seed)
 
 
-@pytest.mark.parametrize("stage", ["ppo", "dpo"])
+@pytest.mark.parametrize("stage", ["ppo", "reinforce", "dpo"])
 def test_rl_and_dpo_killed_at_a_random_moment_resume_to_the_same_metrics(stage, tiny_upstream, tmp_path):
   seed = random.randrange(10**6)
   rng = random.Random(seed)
@@ -132,7 +155,9 @@ def test_rl_and_dpo_killed_at_a_random_moment_resume_to_the_same_metrics(stage, 
   resumed = tmp_path / "resumed"
   code, _ = interrupt(config_file, stage, resumed, signal.SIGKILL, rng.randint(2, 3), rng.uniform(0, 0.3))
   assert code == -signal.SIGKILL and not os.path.exists(resumed / "summary.json"), seed
-  run_to_end(config_file, stage, resumed)
+  newest = newest_checkpoint(resumed)
+  log = run_to_end(config_file, stage, resumed)
+  assert newest >= 1 and resumed_from(log) == [newest], (seed, newest, log[-3000:])
   assert_same_run(resumed, tmp_path / "whole", seed)
 
 

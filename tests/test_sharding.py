@@ -39,17 +39,19 @@ def test_mesh_shape_fills_the_remaining_axis():
 EIGHT_DEVICES = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=ROOT)
 
 
-def test_steps_match_one_device_on_fsdp_and_tensor_meshes():
+def test_steps_match_one_device_on_data_fsdp_and_tensor_meshes():
   result = subprocess.run([sys.executable, "-m", "tests.mesh_check"], cwd=ROOT, env=EIGHT_DEVICES,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
-  assert set(report) == {"pretrain", "ppo"}
+  assert set(report) == {"pretrain", "ppo", "dpo"}
   for stage, meshes in report.items():
     for mesh, found in meshes.items():
       assert found["metrics"] < 1e-4, (stage, mesh, found)  # loss, grad norm, KL, ...: relative
       assert found["updates"] < 1e-3, (stage, mesh, found)  # the param updates, relative in L2
+    assert set(meshes) == {"one", "data", "fsdp", "tensor"}
     # Per-device shards as the rules say: embed -> fsdp, mlp and vocab -> tensor.
+    assert meshes["data"]["up_kernel_shard"] == [64, 128] and meshes["data"]["embedding_shard"] == [264, 64]
     assert meshes["fsdp"]["up_kernel_shard"] == [8, 128] and meshes["fsdp"]["embedding_shard"] == [264, 8]
     assert meshes["tensor"]["up_kernel_shard"] == [64, 32] and meshes["tensor"]["embedding_shard"] == [66, 64]
 

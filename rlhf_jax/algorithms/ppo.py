@@ -31,16 +31,19 @@ def clipped_objective(ratio: jax.Array, advantages: jax.Array, clip_eps) -> jax.
 
 
 def clipped_surrogate_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array,
-                           weights: jax.Array, *, clip_eps):
+                           weights: jax.Array, *, clip_eps, metric_weights=None):
   """loss = -sum_t w_t min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = exp(logp - logp_old).
 
   Args:
     logprobs: [batch, time] under the current policy (differentiated). old_logprobs, advantages:
       [batch, time] from the rollout (held constant). weights: per-token loss weights, 0 off the
       response; `mask / mask.sum()` is PPO's token mean (see `reinforce.token_weights`).
+    metric_weights: per-token weights of the metrics (default `weights`). Token-mean weights
+      make them fractions and means whatever the loss's reduction (with REINFORCE's summed
+      tokens, `weights` sum to the mean response length, not 1).
   Returns:
-    (loss, metrics), metrics weighted alike: `clip_fraction` (where the clipped term is the
-    minimum, so the token gets no gradient), `approx_kl` ((logp - logp_old)^2 / 2), `ratio`.
+    (loss, metrics): `clip_fraction` (where the clipped term is the minimum, so the token gets
+    no gradient), `approx_kl` ((logp - logp_old)^2 / 2), `ratio`.
   """
   log_ratio = jnp.asarray(logprobs, jnp.float32) - jnp.asarray(old_logprobs, jnp.float32)
   ratio = jnp.exp(log_ratio)
@@ -48,9 +51,10 @@ def clipped_surrogate_loss(logprobs: jax.Array, old_logprobs: jax.Array, advanta
   # The clipped term is active exactly when it is strictly below the unclipped one: ratio above
   # 1 + eps with A > 0, or below 1 - eps with A < 0.
   clipped = objective < ratio * advantages
-  metrics = {"clip_fraction": masked_sum(clipped.astype(jnp.float32), weights),
-             "approx_kl": masked_sum(0.5 * jnp.square(log_ratio), weights),
-             "ratio": masked_sum(ratio, weights)}
+  metric_weights = weights if metric_weights is None else metric_weights
+  metrics = {"clip_fraction": masked_sum(clipped.astype(jnp.float32), metric_weights),
+             "approx_kl": masked_sum(0.5 * jnp.square(log_ratio), metric_weights),
+             "ratio": masked_sum(ratio, metric_weights)}
   return -masked_sum(objective, weights), metrics
 
 

@@ -214,7 +214,7 @@ def rl_loss(params, batch, *, policy, critic, cfg: RLConfig, prompt_len: int, kl
                                      critic=critic, temperature=cfg.temperature)
   logprobs = token_logprobs(logits, rollout_batch.tokens[:, prompt_len:])
   loss, metrics = ppo.clipped_surrogate_loss(logprobs, rollout_batch.logprobs, rollout_batch.advantages,
-                                             policy_weights, clip_eps=cfg.clip_eps)
+                                             policy_weights, clip_eps=cfg.clip_eps, metric_weights=token_weights)
   metrics["policy_loss"] = loss
   metrics["entropy"] = masked_sum(ppo.entropy_from_logits(logits), token_weights)
   loss = loss - cfg.ent_coef * metrics["entropy"]

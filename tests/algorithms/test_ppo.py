@@ -53,6 +53,19 @@ def test_surrogate_loss_and_metrics_on_a_hand_case():
   np.testing.assert_allclose(metrics["approx_kl"], np.mean(0.5 * log_ratios ** 2), rtol=1e-5)
 
 
+def test_metrics_are_fractions_and_means_whatever_the_loss_reduction():
+  # REINFORCE sums each response's tokens: its weights (mask / rows) sum to the mean response
+  # length, 2.5, so metrics weighted alike would count clipped tokens per response (1.0), not
+  # their fraction (2 / 5).
+  logprobs, old_logprobs, advantages, mask = hand_case()
+  summed = mask / mask.shape[0]
+  loss, metrics = clipped_surrogate_loss(logprobs, old_logprobs, advantages, summed, clip_eps=0.2,
+                                         metric_weights=mean_of(mask))
+  np.testing.assert_allclose(loss, -(2.4 - 0.8 + 2.2 + 1.0 - 1.5) / 2, rtol=1e-5)
+  np.testing.assert_allclose(metrics["clip_fraction"], 2 / 5, rtol=1e-6)
+  np.testing.assert_allclose(metrics["ratio"], (1.5 + 0.5 + 1.1 + 0.5 + 1.5) / 5, rtol=1e-5)
+
+
 def test_clipped_and_padded_tokens_get_no_gradient():
   logprobs, old_logprobs, advantages, mask = hand_case()
   grads = jax.grad(lambda lp: clipped_surrogate_loss(lp, old_logprobs, advantages, mean_of(mask), clip_eps=0.2)[0])

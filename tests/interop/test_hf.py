@@ -21,7 +21,7 @@ from rlhf_jax.interop import hf
 from rlhf_jax.interop.export import export_run
 from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.models.transformer import Transformer
-from tests.conftest import make_tiny_sft
+from tests.conftest import make_tiny_sft, start_of
 from tests.interop import tiny_hf
 from tests.test_main import ROOT
 
@@ -210,7 +210,7 @@ def test_tokenizer_model_specials_from_strings_dicts_and_config(tmp_path):
   assert saved.decode(saved.encode("A fine film.")) == "A fine film."
 
 
-def test_init_from_hf_runs_sft_and_the_run_exports(bpe_dir, tmp_path):
+def test_init_from_hf_runs_sft_and_the_run_exports(bpe_dir, tmp_path, monkeypatch):
   import shutil  # pylint: disable=g-import-not-at-top
   source = tmp_path / "gpt2"
   shutil.copytree(bpe_dir, source)
@@ -218,7 +218,7 @@ def test_init_from_hf_runs_sft_and_the_run_exports(bpe_dir, tmp_path):
   initial.save_pretrained(source)
   config = make_tiny_sft()
   config.init_from = f"hf:{source}"
-  stages.run(config, str(tmp_path / "sft"))
+  _, start = start_of(lambda: stages.run(config, str(tmp_path / "sft")), monkeypatch, stop=False)
   with open(tmp_path / "sft" / "model.json") as f:
     architecture = json.load(f)
   for field in ("vocab_size", "d_model", "n_layers", "max_len", "position", "norm", "tie_embeddings"):
@@ -231,6 +231,9 @@ def test_init_from_hf_runs_sft_and_the_run_exports(bpe_dir, tmp_path):
   tokens, mask = tiny_hf.left_padded_batch()
   ours = np.asarray(jax.jit(model.apply)({"params": params}, tokens, mask))
   assert np.abs(ours - tiny_hf.hf_logits(reread, tokens, mask))[mask > 0].max() <= TOLERANCE
+  # At step 0 the stage held Hugging Face's model: its logits, every weight loaded.
+  at_start = np.asarray(jax.jit(model.apply)({"params": start.params}, tokens, mask))
+  assert np.abs(at_start - tiny_hf.hf_logits(initial, tokens, mask))[mask > 0].max() <= TOLERANCE
   assert np.abs(ours - tiny_hf.hf_logits(initial, tokens, mask))[mask > 0].max() > 1e-3  # SFT trained it
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.models.transformer import KVCache, Transformer, positions_from_mask
+from rlhf_jax.models.transformer import KVCache, Transformer, last_token_values, positions_from_mask
 from tests.conftest import LLAMA, small_model
 
 STYLES = {"gpt2": {}, "llama_gqa": LLAMA}
@@ -101,6 +101,15 @@ def test_remat_and_bfloat16():
   bf16 = Transformer(small_model(dtype="bfloat16")).apply({"params": params}, tokens, mask).logits
   assert bf16.dtype == jnp.float32  # logits come out in f32 for the loss
   assert float(jnp.abs(bf16 - base).max()) < 0.1
+
+
+def test_last_token_values_reads_each_rows_last_real_token_whatever_the_padding():
+  values = jnp.arange(24.0).reshape(4, 6)
+  mask = jnp.array([[1, 1, 1, 1, 1, 1],   # no padding: the last position
+                    [0, 0, 1, 1, 1, 1],   # left padding: still the last position
+                    [1, 1, 1, 0, 0, 0],   # right padding: position 2
+                    [0, 1, 1, 1, 0, 0]])  # both sides: position 3
+  np.testing.assert_array_equal(last_token_values(values, mask), [5.0, 11.0, 14.0, 21.0])
 
 
 def test_bad_model_config_is_rejected():

@@ -1,22 +1,65 @@
-"""The reward stage end to end: generated pairs, Bradley-Terry training, normalisation."""
+"""The reward stage end to end: generated pairs labelled the right way round (the shared
+upstream's reward run), and a reward model that learns the gold judge's direction."""
 
 import json
 import os
 
 import numpy as np
 
-from rlhf_jax import stages
+from rlhf_jax import judges, stages
+from rlhf_jax.data import preferences
+from rlhf_jax.data.corpus import generate_reviews
 
 
-def test_reward_stage_generates_pairs_and_reports_accuracy(tiny_reward, tmp_path):
-  summary = stages.run(tiny_reward, str(tmp_path))
+def test_reward_stage_generates_pairs_labelled_the_right_way_round(tiny_upstream):
+  workdir = tiny_upstream["reward_from"]
+  upstream = os.path.dirname(tiny_upstream["init_from"])
   for stage in ("pretrain", "sft"):
-    assert os.path.exists(tmp_path / "upstream" / stage / "summary.json")
-  with open(tmp_path / "preferences_train.jsonl") as f:
+    assert os.path.exists(os.path.join(upstream, stage, "summary.json"))
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  with open(os.path.join(workdir, "preferences_train.jsonl")) as f:
     pairs = [json.loads(line) for line in f]
   assert len(pairs) == 64 and all(-1 <= g <= 1 for p in pairs for g in p["gold"])
   assert {"prompt", "chosen", "rejected"} <= set(pairs[0])
-  assert 0 <= summary["eval/accuracy"] <= 1 and np.isfinite(summary["eval/margin"])
-  assert summary["reward_gain"] > 0 and "eval/gold_correlation" in summary
-  model = json.load(open(tmp_path / "model.json"))
+  # The labels are Bradley-Terry draws on the gold scores, so the chosen response has the
+  # higher gold score more often than not (swapped labels would make it less often).
+  gold = np.array([p["gold"] for p in pairs])
+  chosen_higher, rejected_higher = np.sum(gold[:, 0] > gold[:, 1]), np.sum(gold[:, 0] < gold[:, 1])
+  assert chosen_higher > 1.5 * rejected_higher, (chosen_higher, rejected_higher)
+  # Whether the reward model learnt the gold judge's direction is the next test's: on the
+  # shrunk SFT policy's word salad, 10 steps on 64 pairs learn next to nothing.
+  assert np.isfinite(summary["eval/margin"]) and "eval/gold_correlation" in summary
+  assert summary["reward_gain"] > 0
+  model = json.load(open(os.path.join(workdir, "model.json")))
   assert model["heads"] == ["reward"]
+
+
+def write_fluent_pairs(workdir, split: str, count: int, first: int, rng) -> None:
+  """Pairs of embedded reviews labelled as the stage labels its own samples (a Bradley-Terry
+  draw on VADER), cached where the stage keeps generated pairs, so it trains on fluent text
+  (the shared upstream's tiny SFT policy writes word salad a tiny reward model cannot rank)."""
+  texts = generate_reviews(2 * count, start=first)
+  gold = judges.vader_scores(texts)
+  a_wins = preferences.label_pairs(gold[0::2], gold[1::2], 5.0, rng)
+  rows = []
+  for i, a_won in enumerate(a_wins):
+    a, b = (2 * i, 2 * i + 1) if a_won else (2 * i + 1, 2 * i)
+    rows.append({"prompt": "", "chosen": texts[a], "rejected": texts[b], "gold": [float(gold[a]), float(gold[b])]})
+  with open(os.path.join(workdir, f"preferences_{split}.jsonl"), "w") as f:
+    f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def test_a_reward_model_trained_on_fluent_pairs_scores_as_the_gold_judge_does(tiny_reward, tiny_upstream, tmp_path):
+  rng = np.random.default_rng(0)
+  write_fluent_pairs(tmp_path, "train", 256, 0, rng)
+  write_fluent_pairs(tmp_path, "eval", 32, 512, rng)
+  del tiny_reward.upstream
+  tiny_reward.init_from = tiny_upstream["init_from"]
+  tiny_reward.optim.update(dict(lr=2e-3, warmup_steps=2))
+  tiny_reward.train.update(dict(num_steps=60, eval_every=60, checkpoint_every=60))
+  tiny_reward.preference.update(dict(train_pairs=256, eval_pairs=32))
+  summary = stages.run(tiny_reward, str(tmp_path))
+  # Measured: correlation 0.81 with VADER over the 64 held-out responses, accuracy 0.75 on
+  # the noisy held-out labels.
+  assert summary["eval/gold_correlation"] > 0.6 and summary["eval/accuracy"] > 0.6, summary
+  assert summary["eval/margin"] > 0

@@ -11,7 +11,9 @@ import pytest
 
 from rlhf_jax.algorithms.kl import init_kl_controller
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training.rl_steps import ALGO_DEFAULTS, RLConfig, in_chunks, rl_iteration
+from rlhf_jax.models.sampling import SamplingParams, sample
+from rlhf_jax.training.rl_steps import (ALGO_DEFAULTS, RLConfig, in_chunks, response_logprobs, rl_iteration,
+                                       rollout)
 from rlhf_jax.training.rl_state import RLState
 from tests.conftest import small_model
 
@@ -22,8 +24,9 @@ def init(model, seed):
   return nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))["params"])
 
 
-def setup(lr=3e-3, algo="ppo", shared_critic=False, **cfg_overrides):
-  """A small policy, a critic as `algo` and `shared_critic` say, a state, a jitted step, 32 responses' prompts."""
+def build(lr=3e-3, algo="ppo", shared_critic=False, **cfg_overrides) -> dict:
+  """A small policy, a critic as `algo` and `shared_critic` say, a state, the iteration's parts
+  and 32 responses' prompts."""
   tx = lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr, eps=1e-5))
   policy = Transformer(small_model(vocab_size=VOCAB, heads=("value",) if shared_critic else ()))
   separate = algo == "ppo" and not shared_critic
@@ -35,27 +38,38 @@ def setup(lr=3e-3, algo="ppo", shared_critic=False, **cfg_overrides):
                   value_opt=value_tx.init(value_params) if value_tx else None, ref=jax.tree.map(jnp.copy, params),
                   reward=reward_params, kl=init_kl_controller(0.01), baseline=jnp.float32(0.0),
                   rng=jax.random.key(2))
-  fields = {**ALGO_DEFAULTS[algo], "minibatches": 2 if algo == "ppo" else 1, **cfg_overrides}
-  cfg = RLConfig(max_new_tokens=8, eos_id=EOS, pad_id=PAD, algo=algo, temperature=1.0, penalise_no_eos=False,
-                 **fields)
+  fields = {**ALGO_DEFAULTS[algo], "minibatches": 2 if algo == "ppo" else 1, "temperature": 1.0,
+            "penalise_no_eos": False, "eos_id": EOS, **cfg_overrides}
+  cfg = RLConfig(max_new_tokens=8, pad_id=PAD, algo=algo, **fields)
   target_fraction = lambda state, tokens, mask, out: jnp.sum((out.tokens == TARGET) * out.mask, 1) / jnp.maximum(
       jnp.sum(out.mask, 1), 1)
-  step = jax.jit(functools.partial(rl_iteration, policy=policy, critic=critic, policy_tx=policy_tx,
-                                   value_tx=value_tx, score_fn=target_fraction, cfg=cfg))
+  parts = dict(policy=policy, critic=critic, score_fn=target_fraction, cfg=cfg)
   prompts = jnp.asarray(np.random.default_rng(0).integers(0, 13, (32 // cfg.samples_per_prompt, 4)), jnp.int32)
-  return state, step, prompts
+  return dict(state=state, prompts=prompts, parts=parts, txs=dict(policy_tx=policy_tx, value_tx=value_tx))
+
+
+def setup(lr=3e-3, algo="ppo", shared_critic=False, **cfg_overrides):
+  """(state, jitted iteration, prompts) of `build`."""
+  built = build(lr, algo, shared_critic, **cfg_overrides)
+  step = jax.jit(functools.partial(rl_iteration, **built["parts"], **built["txs"]))
+  return built["state"], step, built["prompts"]
 
 
 @pytest.mark.parametrize("algo,shared_critic", [("ppo", False), ("ppo", True), ("reinforce", False),
                                                 ("rloo", False), ("grpo", False), ("remax", False)])
 def test_each_algorithm_raises_a_programmatic_reward(algo, shared_critic):
   state, step, prompts = setup(algo=algo, shared_critic=shared_critic)
-  scores = []
+  scores, clipped = [], []
   for _ in range(15):
     state, metrics = step(state, prompts, jnp.ones_like(prompts))
     scores.append(float(metrics["score"]))
+    clipped.append(float(metrics["clip_fraction"]))
   assert np.mean(scores[-3:]) > np.mean(scores[:3]) + 0.2, scores
-  assert float(metrics["kl"]) > 0 and 0 <= float(metrics["clip_fraction"]) <= 1
+  assert float(metrics["kl"]) > 0
+  if algo == "ppo":  # 4 epochs x 2 minibatches: later updates move the ratio past the clip
+    assert 0 < max(clipped) < 0.5, clipped
+  else:  # one update per batch, at ratio 1: never clipped
+    assert max(clipped) == 0.0 and abs(float(metrics["ratio"]) - 1) < 1e-6
   assert int(state.step) == 15
   assert ("explained_variance" in metrics) == (algo == "ppo")
 
@@ -137,3 +151,33 @@ def test_non_finite_rewards_skip_every_update_of_the_iteration():
   assert float(metrics["skipped_updates"]) == 4 * 2  # epochs x minibatches
   state, metrics = step(state, prompts, jnp.ones_like(prompts))
   assert float(metrics["skipped_updates"]) == 0 and int(state.step) == 2
+
+
+def test_at_temperature_0_7_the_trainer_recomputes_the_samplers_log_probs():
+  built = build(temperature=0.7)
+  state, prompts, parts = built["state"], built["prompts"], built["parts"]
+  rng = jax.random.key(5)
+  batch, _, _ = jax.jit(functools.partial(rollout, **parts))(state, prompts, jnp.ones_like(prompts), rng)
+  out = sample(parts["policy"], state.policy, prompts, jnp.ones_like(prompts), rng, SamplingParams.make(0.7),
+               max_new_tokens=8, eos_id=EOS, pad_id=PAD)
+  np.testing.assert_array_equal(batch.tokens[:, 4:], out.tokens)  # the same responses
+  real = np.asarray(out.mask) > 0
+  assert real.sum() > 100
+  np.testing.assert_allclose(np.asarray(batch.logprobs)[real], np.asarray(out.logprobs)[real], atol=2e-5)
+  # Recomputed at 1.0 the same tokens have other log-probs: the match depends on the temperature.
+  at_1 = response_logprobs(parts["policy"], state.policy, batch.tokens, batch.mask, 4, 1.0)
+  assert np.abs(np.asarray(at_1)[real] - np.asarray(out.logprobs)[real]).max() > 1e-2
+
+
+def test_one_update_at_0_7_has_ratio_1_and_with_eos_unreachable_every_score_is_the_penalty():
+  # One epoch of one minibatch: the rollout's log-probs come from the params being updated, so
+  # at the update the ratio is 1 on every token, approx-KL is 0 and nothing is clipped.
+  state, step, prompts = setup(temperature=0.7, epochs=1, minibatches=1, eos_id=VOCAB + 1, penalise_no_eos=True,
+                               no_eos_penalty=-1.5)
+  for _ in range(2):
+    state, metrics = step(state, prompts, jnp.ones_like(prompts))
+    assert abs(float(metrics["ratio"]) - 1.0) < 1e-6
+    assert float(metrics["approx_kl"]) < 1e-11 and float(metrics["clip_fraction"]) == 0.0
+    # No response can end: each gets the penalty, whatever the reward (a fraction in [0, 1]).
+    assert float(metrics["no_eos_fraction"]) == 1.0 and float(metrics["score"]) == -1.5
+    assert float(metrics["response_length"]) == 8

@@ -3,7 +3,9 @@ after a kill is the fault suite's (tests/test_faults.py); the pipeline running a
 stages and printing its report is the distributed test's one-process run."""
 
 import json
+import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -56,7 +58,7 @@ def test_bad_rl_fields_fail_before_any_upstream_stage_runs(tiny_ppo, tmp_path):
 
 
 def test_vmapped_seeds_match_separate_runs_keep_their_own_logs_and_resume(tiny_ppo, tiny_upstream, tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch, caplog):
   tiny_ppo.update(tiny_upstream)
   single = stages.run(tiny_ppo.copy_and_resolve_references(), str(tmp_path / "single"))
   cfg = tiny_ppo.copy_and_resolve_references()
@@ -64,7 +66,10 @@ def test_vmapped_seeds_match_separate_runs_keep_their_own_logs_and_resume(tiny_p
   # Killed at step 3 (after the stacked checkpoint at step 2), then resumed.
   run_until_crash(lambda: stages.run(cfg.copy_and_resolve_references(), str(tmp_path / "vmapped")), monkeypatch,
                   step=3)
-  summary = stages.run(cfg, str(tmp_path / "vmapped"))
+  with caplog.at_level(logging.INFO, logger="absl"):
+    summary = stages.run(cfg, str(tmp_path / "vmapped"))
+  # From the checkpoint of step 2, not from scratch (which would log the same metrics again).
+  assert re.findall(r"resumed from \S+ at step (\d+)", caplog.text) == ["2"]
   rows = lambda d: [json.loads(line) for line in open(d / "metrics.jsonl")]
   seed0, seed1 = rows(tmp_path / "vmapped" / "seed_0"), rows(tmp_path / "vmapped" / "seed_1")
   whole = rows(tmp_path / "single")
