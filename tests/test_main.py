@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -35,18 +36,23 @@ def test_pretraining_loss_falls_on_the_embedded_corpus(tiny_pretrain, tmp_path):
   assert os.listdir(tmp_path / "tb") and os.listdir(tmp_path / "checkpoints")
 
 
-def test_finished_run_is_not_redone(tiny_pretrain, tmp_path, monkeypatch):
-  first = stages.run(tiny_pretrain, str(tmp_path))
+def test_finished_run_is_not_redone(tiny_pretrain, tiny_upstream, tmp_path, monkeypatch):
+  finished = os.path.join(os.path.dirname(tiny_upstream["init_from"]), "pretrain")
+  shutil.copytree(finished, tmp_path / "run")  # the shared upstream's pretraining, as this config makes it
   monkeypatch.setattr(MetricsLog, "write", lambda *a: pytest.fail("a finished run trained again"))
-  assert stages.run(tiny_pretrain, str(tmp_path)) == first
+  assert stages.run(tiny_pretrain, str(tmp_path / "run")) == json.load(open(tmp_path / "run" / "summary.json"))
 
 
-def test_sft_runs_its_upstream_pretraining_then_reuses_it(tiny_sft, tmp_path):
-  summary = stages.run(tiny_sft, str(tmp_path))
-  assert os.path.exists(tmp_path / "upstream" / "pretrain" / "summary.json")
-  uniform = math.log(load_tokenizer(str(tmp_path / "tokenizer")).vocab_size)
+def test_sft_ran_its_upstream_pretraining_and_started_from_it(tiny_upstream):
+  """The shared upstream's SFT stage (its own upstream pretraining run first, under the
+  reward run's upstream/); that it started from pretraining's weights is tests/training/test_setup.py's."""
+  sft = tiny_upstream["init_from"]
+  pretrain = os.path.join(os.path.dirname(sft), "pretrain")
+  assert json.load(open(os.path.join(sft, "config.json")))["init_from"] == pretrain
+  summary = json.load(open(os.path.join(sft, "summary.json")))
+  uniform = math.log(load_tokenizer(os.path.join(sft, "tokenizer")).vocab_size)
   assert summary["step"] == 10 and summary["eval/loss"] < 0.8 * uniform
-  samples = open(tmp_path / "samples" / "step_000010.txt").read().splitlines()
+  samples = open(os.path.join(sft, "samples", "step_000010.txt")).read().splitlines()
   assert len(samples) == 4 and all(" -> " in line for line in samples)
 
 

@@ -100,7 +100,9 @@ def test_remat_and_bfloat16():
   np.testing.assert_allclose(remat, base, atol=1e-6)
   bf16 = Transformer(small_model(dtype="bfloat16")).apply({"params": params}, tokens, mask).logits
   assert bf16.dtype == jnp.float32  # logits come out in f32 for the loss
-  assert float(jnp.abs(bf16 - base).max()) < 0.1
+  # Measured 0.0039 here (0.0036-0.0048 over 4 inits x 3 batches, logits up to ~1.4): about
+  # bfloat16's rounding (2^-8 relative). A difference of 0 would mean bf16 was never used.
+  assert 1e-4 < float(jnp.abs(bf16 - base).max()) < 0.01
 
 
 def test_last_token_values_reads_each_rows_last_real_token_whatever_the_padding():

@@ -164,6 +164,8 @@ def test_at_temperature_0_7_the_trainer_recomputes_the_samplers_log_probs():
   real = np.asarray(out.mask) > 0
   assert real.sum() > 100
   np.testing.assert_allclose(np.asarray(batch.logprobs)[real], np.asarray(out.logprobs)[real], atol=2e-5)
+  # Before any update the policy is the reference: the same log-probs, a KL of 0.
+  np.testing.assert_allclose(np.asarray(batch.ref_logprobs)[real], np.asarray(batch.logprobs)[real], atol=1e-6)
   # Recomputed at 1.0 the same tokens have other log-probs: the match depends on the temperature.
   at_1 = response_logprobs(parts["policy"], state.policy, batch.tokens, batch.mask, 4, 1.0)
   assert np.abs(np.asarray(at_1)[real] - np.asarray(out.logprobs)[real]).max() > 1e-2
