@@ -23,9 +23,12 @@ def get_config(preset: str = "tiny"):
   c.judge = "vader"
   c.eval_prompts = 64
   c.max_prompt_len = 16  # tokens
-  # beta 0.1 and the sigmoid loss are the DPO paper's defaults; label_smoothing > 0 with
-  # loss=conservative is cDPO; loss=ipo is Azar et al.'s squared loss.
-  c.dpo = ml_collections.ConfigDict(dict(beta=0.1, loss="sigmoid", label_smoothing=0.0))
+  # beta 0.1 and the sigmoid loss are the DPO paper's defaults. `loss` names a member of
+  # rlhf_jax/algorithms/dpo.py: sigmoid, conservative / robust (label_smoothing: the flip rate),
+  # ipo (length_normalise: per-token log-ratios), hinge (SLiC), simpo (reference-free; SimPO's
+  # paper takes beta ~2 and gamma ~0.5-1.5).
+  c.dpo = ml_collections.ConfigDict(dict(beta=0.1, loss="sigmoid", label_smoothing=0.0, gamma=1.0,
+                                         length_normalise=False))
   c.preference = reward.get_config(preset).preference
   c.data.batch_size = 32 if small else 64  # pairs per step
   c.sample.max_new_tokens = 80 if small else 256

@@ -3,12 +3,14 @@
   python -m rlhf_jax.main --config=configs/ppo.py:tiny --workdir=runs/ppo
   python -m rlhf_jax.main --config=configs/ppo.py:tiny --workdir=runs/rloo --config.algo=rloo
 
-`algo` picks the method: ppo (default; GAE on a critic), or the critic-free reinforce
-(moving-average baseline), rloo (leave-one-out over k samples per prompt), grpo (group-
-normalised) and remax (greedy-response baseline); all share sampling, scoring, the KL
-penalty, evaluation and metrics. `rl` fields left at 0 / "" take the algorithm's default
-(rlhf_jax.training.rl_steps.ALGO_DEFAULTS). `data.batch_size` counts responses per
-iteration, so every algorithm samples as many: k = 4 means batch_size / 4 prompts.
+`algo` picks the method (rlhf_jax/algorithms/presets.py): ppo (default; GAE on a critic), or
+the critic-free reinforce (moving-average baseline), rloo (leave-one-out over k samples per
+prompt), grpo (group-normalised), remax (greedy-response baseline), dr_grpo, dapo, gspo, cispo
+and reinforce_pp (REINFORCE++); all share sampling, scoring, the KL penalty, evaluation and
+metrics. An algorithm is an advantage estimator, a policy loss and a loss aggregation, each
+also its own switch (`rl.advantage`, `rl.policy_loss`, `rl.loss_aggregation`); `rl` fields
+left unset (None, or 0 / "") take the algorithm's preset. `data.batch_size` counts responses
+per iteration, so every algorithm samples as many: k = 4 means batch_size / 4 prompts.
 
 With `init_from`/`reward_from` empty, the upstream stages (pretrain -> SFT -> reward model)
 first run, or are reused when finished, under WORKDIR/upstream/. Defaults follow Huang et
@@ -50,10 +52,19 @@ def get_config(preset: str = "tiny"):
   c.train.update(dict(num_steps=20 if small else 1000, log_every=5 if small else 10,
                       eval_every=10 if small else 100, checkpoint_every=10 if small else 100))
   c.algo = "ppo"
+  unset = lambda kind: ml_collections.config_dict.placeholder(kind)  # None: the algorithm's (presets.py)
   c.rl = ml_collections.ConfigDict(dict(
-      samples_per_prompt=0, epochs=0, minibatches=0 if small else 4, loss_reduction="", accum_steps=1,
-      clip_eps=0.2, value_clip=0.2, vf_coef=0.1, ent_coef=0.0, gamma=1.0, lam=0.95, baseline_decay=0.9,
-      scale_by_std=True, kl_kind="k1", kl_in_loss=False, kl_target=6.0, kl_horizon=10000.0, adaptive_kl=False,
+      # The algorithm's parts: names in algorithms/advantages.py, policy_losses.py, aggregation.py.
+      advantage="", policy_loss="", loss_aggregation="",
+      loss_reduction="",  # the earlier name of loss_aggregation (token, sequence, sequence_mean)
+      samples_per_prompt=0, epochs=0, minibatches=0 if small else 4, accum_steps=1,
+      # The clip range [1 - clip_eps, 1 + clip_eps_high] (clip_eps_high unset: symmetric).
+      clip_eps=unset(float), clip_eps_high=unset(float), dual_clip=3.0,
+      value_clip=0.2, vf_coef=0.1, ent_coef=0.0, gamma=1.0, lam=0.95, baseline_decay=0.9,
+      scale_by_std=unset(bool),  # GRPO's group std (Dr. GRPO: False)
+      dynamic_sampling=unset(bool),  # DAPO: groups whose k scores are all equal get weight 0
+      overlong_buffer=unset(float),  # DAPO: a soft length penalty over this last fraction of the budget
+      kl_kind="k1", kl_in_loss=False, kl_target=6.0, kl_horizon=10000.0, adaptive_kl=False,
       no_eos_penalty=-1.0, penalise_no_eos=True))
   c.upstream = {"reward": reward.get_config(preset)}
   c.upstream_paths = {"init_from": "sft", "reward_from": "reward"}

@@ -27,11 +27,11 @@ from jax.sharding import PartitionSpec
 from ml_collections import config_flags
 
 from rlhf_jax import sharding
+from rlhf_jax.algorithms import presets
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.config import ModelConfig, padded_vocab
 from rlhf_jax.models.transformer import Transformer, param_shapes
 from rlhf_jax.training.optim import make_optimizer
-from rlhf_jax.training.rl_steps import ALGO_DEFAULTS
 
 GiB = 2**30
 
@@ -107,8 +107,9 @@ def stage_models(cfg, model_cfg: ModelConfig):
     return {"reward model" if cfg.stage == "reward" else "model": (model_cfg, cfg.optim)}, {}
   if cfg.stage == "dpo":
     return {"policy": (model_cfg, cfg.optim)}, {"reference": model_cfg, "reward scorer": heads("reward")}
-  critic = cfg.algo == "ppo" and cfg.critic != "shared"
-  policy = heads("value") if cfg.algo == "ppo" and not critic else model_cfg
+  needs_critic = presets.needs_critic(presets.resolve(cfg.algo, dict(cfg.rl))["advantage"])
+  critic = needs_critic and cfg.critic != "shared"
+  policy = heads("value") if needs_critic and not critic else model_cfg
   trainable = {"policy": (policy, cfg.optim), **({"critic": (heads("value"), cfg.value_optim)} if critic else {})}
   return trainable, {"reference": policy, "reward model": heads("reward")}
 
@@ -116,7 +117,7 @@ def stage_models(cfg, model_cfg: ModelConfig):
 def train_batch(cfg):
   """(rows per micro-step, sequence length, gradient accumulation steps) of the training step."""
   if cfg.stage == "ppo":
-    accum, minibatches = cfg.rl.accum_steps, cfg.rl.minibatches or ALGO_DEFAULTS[cfg.algo]["minibatches"]
+    accum, minibatches = cfg.rl.accum_steps, presets.resolve(cfg.algo, dict(cfg.rl))["minibatches"]
     return cfg.data.batch_size // minibatches // accum, cfg.max_prompt_len + cfg.sample.max_new_tokens, accum
   pairs = 2 if cfg.stage in ("reward", "dpo") else 1  # chosen and rejected in one forward pass
   return pairs * cfg.data.batch_size // cfg.optim.accum_steps, cfg.data.seq_len, cfg.optim.accum_steps

@@ -13,7 +13,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.algorithms.masked import masked_mean, masked_sum
+from rlhf_jax.algorithms.masked import last_token, masked_mean, masked_sum
 
 __all__ = ["KL_KINDS", "KLControllerState", "init_kl_controller", "kl_penalty", "masked_mean",
            "masked_sum", "penalised_rewards", "update_kl_controller"]
@@ -53,10 +53,7 @@ def penalised_rewards(scores: jax.Array, logprobs: jax.Array, ref_logprobs: jax.
   mask, scores = jnp.asarray(mask, jnp.float32), jnp.asarray(scores, jnp.float32)
   per_token = kl_penalty(logprobs, ref_logprobs, kind)
   penalty = jnp.where(mask > 0, -kl_coef * per_token, 0.0)
-  # A contiguous block's last token is the only valid one whose successor is not valid.
-  next_mask = jnp.pad(mask[:, 1:], ((0, 0), (0, 1)))
-  is_last = mask * (1.0 - next_mask)
-  rewards = penalty + scores[:, None] * is_last
+  rewards = penalty + scores[:, None] * last_token(mask)
   metrics = {"kl": jnp.mean(masked_sum(per_token, mask, axis=-1)), "score": jnp.mean(scores),
              "non_score_reward": jnp.mean(jnp.sum(penalty, axis=-1))}
   return rewards, metrics

@@ -26,3 +26,10 @@ def masked_var(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
   mean = masked_mean(x, mask, axis)
   centred = x - (mean if axis is None else jnp.expand_dims(mean, axis))
   return masked_mean(jnp.square(centred), mask, axis)
+
+
+def last_token(mask: jax.Array) -> jax.Array:
+  """1.0 at each row's last valid token, else 0. The mask is one contiguous block of ones per
+  row, so its last token is the only valid one whose successor is not valid."""
+  mask = jnp.asarray(mask, jnp.float32)
+  return mask * (1.0 - jnp.pad(mask[:, 1:], ((0, 0), (0, 1))))

@@ -1,6 +1,7 @@
-"""PPO's pieces as pure functions: the clipped policy surrogate, the clipped value loss, masked
+"""PPO's pieces as pure functions: the clipped objective, the clipped value loss, masked
 advantage whitening, token entropy and the critic's explained variance (Schulman et al. 2017;
-defaults from Huang et al. 2024: eps 0.2, value clip 0.2, whitened advantages).
+defaults from Huang et al. 2024: eps 0.2, value clip 0.2, whitened advantages). The policy
+losses built on the clipped objective are `policy_losses`' members.
 """
 
 import jax
@@ -22,40 +23,14 @@ def whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True) -> jax.Array:
   return jnp.where(mask > 0, whitened, 0.0)
 
 
-def clipped_objective(ratio: jax.Array, advantages: jax.Array, clip_eps) -> jax.Array:
-  """Per token min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), the objective to maximise.
+def clipped_objective(ratio: jax.Array, advantages: jax.Array, clip_eps, clip_eps_high=None) -> jax.Array:
+  """Per token min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A), the objective to maximise
+  (eps_high defaults to eps; DAPO's clip-higher raises it).
 
   ratio 1.5, A 2, eps 0.2 -> 2.4; ratio 0.5, A -1 -> -0.8.
   """
-  return jnp.minimum(ratio * advantages, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages)
-
-
-def clipped_surrogate_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array,
-                           weights: jax.Array, *, clip_eps, metric_weights=None):
-  """loss = -sum_t w_t min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = exp(logp - logp_old).
-
-  Args:
-    logprobs: [batch, time] under the current policy (differentiated). old_logprobs, advantages:
-      [batch, time] from the rollout (held constant). weights: per-token loss weights, 0 off the
-      response; `mask / mask.sum()` is PPO's token mean (see `reinforce.token_weights`).
-    metric_weights: per-token weights of the metrics (default `weights`). Token-mean weights
-      make them fractions and means whatever the loss's reduction (with REINFORCE's summed
-      tokens, `weights` sum to the mean response length, not 1).
-  Returns:
-    (loss, metrics): `clip_fraction` (where the clipped term is the minimum, so the token gets
-    no gradient), `approx_kl` ((logp - logp_old)^2 / 2), `ratio`.
-  """
-  log_ratio = jnp.asarray(logprobs, jnp.float32) - jnp.asarray(old_logprobs, jnp.float32)
-  ratio = jnp.exp(log_ratio)
-  objective = clipped_objective(ratio, advantages, clip_eps)
-  # The clipped term is active exactly when it is strictly below the unclipped one: ratio above
-  # 1 + eps with A > 0, or below 1 - eps with A < 0.
-  clipped = objective < ratio * advantages
-  metric_weights = weights if metric_weights is None else metric_weights
-  metrics = {"clip_fraction": masked_sum(clipped.astype(jnp.float32), metric_weights),
-             "approx_kl": masked_sum(0.5 * jnp.square(log_ratio), metric_weights),
-             "ratio": masked_sum(ratio, metric_weights)}
-  return -masked_sum(objective, weights), metrics
+  high = clip_eps if clip_eps_high is None else clip_eps_high
+  return jnp.minimum(ratio * advantages, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + high) * advantages)
 
 
 def clipped_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, weights: jax.Array,
@@ -63,12 +38,16 @@ def clipped_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Ar
   """0.5 * sum_t w_t max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clip(V - V_old, -c, c).
 
   Taking the max makes the clip pessimistic: the critic cannot lower its loss by moving further
-  than `clip` from the rollout's values. `weights` as in `clipped_surrogate_loss`.
+  than `clip` from the rollout's values. `weights`: per-token weights, 0 off the response
+  (`aggregation`). Values and returns are masked by them before any square, so non-finite
+  padding gives neither a NaN loss nor a NaN gradient.
   Returns:
     (loss, metrics) with `value_clip_fraction` (weighted share of tokens where the clipped error
     is the larger) and `value_loss`.
   """
-  values = jnp.asarray(values, jnp.float32)
+  valid = weights > 0
+  values = jnp.where(valid, jnp.asarray(values, jnp.float32), 0.0)
+  old_values, returns = jnp.where(valid, old_values, 0.0), jnp.where(valid, returns, 0.0)
   clipped_values = old_values + jnp.clip(values - old_values, -clip, clip)
   unclipped_error = jnp.square(values - returns)
   clipped_error = jnp.square(clipped_values - returns)

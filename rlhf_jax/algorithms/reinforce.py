@@ -1,4 +1,5 @@
-"""Critic-free advantage estimators: one sequence-level advantage per sampled response.
+"""Critic-free advantage estimators: one sequence-level advantage per sampled response, and
+REINFORCE++'s token-level return.
 
 Every estimator takes `returns` [n] (a response's score, minus the summed KL penalty when the
 KL is in the reward) and gives advantages [n]; the update broadcasts them over the response
@@ -8,6 +9,8 @@ next to each other (what `jnp.repeat(prompts, k, axis=0)` gives).
 
 import jax
 import jax.numpy as jnp
+
+from rlhf_jax.algorithms import gae
 
 
 def moving_average_baseline(returns: jax.Array, baseline: jax.Array, decay: float):
@@ -52,19 +55,10 @@ def remax_advantages(returns: jax.Array, greedy_returns: jax.Array) -> jax.Array
   return returns - greedy_returns
 
 
-def token_weights(mask: jax.Array, reduction: str) -> jax.Array:
-  """Per-token loss weights summing to 1 over the batch: how a per-token loss is averaged.
+def token_returns(rewards: jax.Array, mask: jax.Array, gamma: float = 1.0) -> jax.Array:
+  """G_t = sum_{s >= t} gamma^(s - t) r_s over each response, 0 off it (REINFORCE++'s return).
 
-  "token": every response token counts the same (PPO's usual mean);
-  "sequence": each response's tokens are summed, then responses averaged (plain REINFORCE,
-  -A * sum_t log p); "sequence_mean": each response's token mean, then averaged (GRPO's paper).
+  GAE with no critic (V = 0) and lambda 1 is exactly this discounted return.
   """
-  mask = mask.astype(jnp.float32)
-  n = mask.shape[0]
-  if reduction == "token":
-    return mask / jnp.maximum(jnp.sum(mask), 1.0)
-  if reduction == "sequence":
-    return mask / n
-  if reduction == "sequence_mean":
-    return mask / (n * jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1.0))
-  raise ValueError(f"unknown loss reduction {reduction!r}: token, sequence or sequence_mean")
+  discounted, _ = gae.generalized_advantage_estimation(rewards, jnp.zeros_like(rewards), mask, gamma, 1.0)
+  return discounted

@@ -2,7 +2,8 @@
 
 The state is the RL one (`RLState`): the policy and its optimizer state, the frozen reference
 and reward model; DPO has no critic. The reference's log-probs are computed in the step,
-outside the differentiated function, so no gradient reaches it.
+outside the differentiated function, so no gradient reaches it; a reference-free loss
+(`algorithms/dpo.py`: SimPO) skips that forward pass.
 """
 
 import functools
@@ -20,24 +21,31 @@ from rlhf_jax.training.rl_steps import token_logprobs
 from rlhf_jax.training.steps import accumulate_gradients, jit_steps
 
 
-def response_logps(model, params, tokens, mask, response) -> jax.Array:
-  """sum_t log p(x_t | x_<t) over the tokens `response` marks, [batch]."""
+def response_logps(model, params, tokens, mask, response) -> tuple[jax.Array, jax.Array]:
+  """(sum_t log p(x_t | x_<t) over the tokens `response` marks, their count), each [batch]."""
   logits = model.apply({"params": params}, tokens, mask).logits[:, :-1]
-  return masked_sum(token_logprobs(logits, tokens[:, 1:]), response[:, 1:], axis=1)
+  marked = response[:, 1:]
+  return masked_sum(token_logprobs(logits, tokens[:, 1:]), marked, axis=1), jnp.sum(marked, axis=1)
 
 
 def pair_logps(model, params, batch):
   """(chosen, rejected) response log-probs, from one forward pass over both."""
   both = {k: jnp.concatenate([batch[f"chosen{k}"], batch[f"rejected{k}"]]) for k in ("", "_mask", "_response")}
-  return jnp.split(response_logps(model, params, both[""], both["_mask"], both["_response"]), 2)
+  return jnp.split(response_logps(model, params, both[""], both["_mask"], both["_response"])[0], 2)
+
+
+def pair_lengths(batch):
+  """(chosen, rejected) response token counts (the response and its EOS), [batch] each."""
+  return tuple(jnp.sum(batch[f"{k}_response"][:, 1:], axis=1).astype(jnp.float32) for k in ("chosen", "rejected"))
 
 
 def pair_loss(params, batch, *, model, cfg, normalizer):
   """Summed pair metrics; the loss is their mean over the whole batch's `normalizer` pairs."""
   chosen, rejected = pair_logps(model, params, batch)
+  inputs = dpo.PreferenceInputs(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], *pair_lengths(batch))
   h = dpo.logratio_margin(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"])
   weight = batch["loss_mask"][:, 0].astype(jnp.float32)
-  losses = dpo.preference_losses(h, cfg.beta, cfg.loss, cfg.label_smoothing)
+  losses = dpo.preference_losses(inputs, cfg.loss, preference_params(cfg))
   sums = {"nll": jnp.sum(losses * weight), "correct": jnp.sum((h > 0) * weight), "pairs": jnp.sum(weight),
           "margin": jnp.sum(cfg.beta * h * weight),
           "chosen_reward": jnp.sum(cfg.beta * (chosen - batch["ref_chosen"]) * weight),
@@ -45,8 +53,17 @@ def pair_loss(params, batch, *, model, cfg, normalizer):
   return sums["nll"] / normalizer, sums
 
 
-def with_reference(state: RLState, batch, model):
-  ref_chosen, ref_rejected = pair_logps(model, state.ref, batch)
+def preference_params(cfg) -> dpo.PreferenceParams:
+  return dpo.PreferenceParams(cfg.beta, cfg.label_smoothing, cfg.gamma, cfg.length_normalise)
+
+
+def with_reference(state: RLState, batch, model, cfg):
+  """The batch with the reference's log-probs; zeros, and no forward pass, for a reference-free loss
+  (its margins and implicit rewards are then the policy's own)."""
+  if dpo.PREFERENCE_LOSSES[cfg.loss].needs_reference:
+    ref_chosen, ref_rejected = pair_logps(model, state.ref, batch)
+  else:
+    ref_chosen = ref_rejected = jnp.zeros(batch["chosen"].shape[0], jnp.float32)
   return {**batch, "ref_chosen": ref_chosen, "ref_rejected": ref_rejected}
 
 
@@ -58,7 +75,7 @@ def averages(sums) -> dict:
 
 
 def dpo_train_step(state: RLState, batch: dict, *, model, tx, cfg, accum_steps: int, inject_nan_at: tuple = ()):
-  batch = with_reference(state, batch, model)
+  batch = with_reference(state, batch, model, cfg)
   normalizer = jnp.maximum(jnp.sum(batch["loss_mask"][:, 0]), 1).astype(jnp.float32)
   loss_fn = functools.partial(pair_loss, model=model, cfg=cfg, normalizer=normalizer)
   loss_fn = guards.with_injected_nan(loss_fn, state.step, inject_nan_at)
@@ -71,7 +88,7 @@ def dpo_train_step(state: RLState, batch: dict, *, model, tx, cfg, accum_steps: 
 
 def dpo_eval_step(state: RLState, batch: dict, *, model, cfg) -> dict:
   """Summed metrics of held-out pairs, so the host averages exactly over batches."""
-  return pair_loss(state.policy, with_reference(state, batch, model), model=model, cfg=cfg, normalizer=1.0)[1]
+  return pair_loss(state.policy, with_reference(state, batch, model, cfg), model=model, cfg=cfg, normalizer=1.0)[1]
 
 
 def compile_dpo_steps(model, tx, cfg, state_shardings, mesh):

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from rlhf_jax import memory, sharding
-from rlhf_jax.algorithms.dpo import LOSSES
+from rlhf_jax.algorithms.dpo import PREFERENCE_LOSSES
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import batches
 from rlhf_jax.errors import UserError
@@ -31,10 +31,12 @@ DPO_ITEMS = ("policy", "policy_opt", "rng")
 
 
 def check_config(cfg) -> None:
-  if cfg.dpo.loss not in LOSSES:
-    raise UserError(f"dpo.loss={cfg.dpo.loss!r}: choose one of {', '.join(LOSSES)}")
+  if cfg.dpo.loss not in PREFERENCE_LOSSES:
+    raise UserError(f"dpo.loss={cfg.dpo.loss!r}: choose one of {', '.join(PREFERENCE_LOSSES)}")
   if cfg.dpo.beta <= 0:
     raise UserError(f"dpo.beta={cfg.dpo.beta} must be > 0")
+  if cfg.dpo.loss == "robust" and not 0 <= cfg.dpo.label_smoothing < 0.5:
+    raise UserError(f"dpo.label_smoothing={cfg.dpo.label_smoothing}: robust DPO needs a flip rate in [0, 0.5)")
 
 
 def run(cfg, workdir: str) -> dict:

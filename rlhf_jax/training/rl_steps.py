@@ -1,16 +1,17 @@
 """One RL iteration as one pure function, rollout to last update (PureJaxRL-style).
 
-PPO and the critic-free methods (REINFORCE with a moving-average baseline, RLOO, GRPO, ReMax)
-share everything but the advantage estimator:
+Every method (`algorithms/presets.py`: PPO, REINFORCE, RLOO, GRPO, ReMax, Dr. GRPO, DAPO, GSPO,
+CISPO, REINFORCE++) shares everything but its parts: an advantage estimator, a policy loss and
+a loss aggregation, each picked by name from its registry:
 
   sample `samples_per_prompt` responses per prompt -> recompute log-probs at the sampling
   temperature (policy and frozen reference) -> score (any `score_fn`: the reward model, or a
   programmatic reward) with a fixed penalty for responses without EOS -> per-token KL penalty
-  in the reward (or, `kl_in_loss`, a k3 loss term) -> advantages: PPO's GAE (reverse scan) on
-  the critic's values, whitened; or a sequence-level estimator from `algorithms/reinforce.py`
-  spread over the response -> `epochs` x `minibatches` clipped-surrogate updates (nested
-  `lax.scan`, each minibatch optionally over `accum_steps` microbatches) -> KL controller
-  update. Jit it once; nothing leaves the device.
+  in the reward (or, `kl_in_loss`, a k3 loss term) -> advantages (`algorithms/advantages.py`:
+  GAE as a reverse scan on the critic's values, or a critic-free estimator) -> `epochs` x
+  `minibatches` policy-loss updates (`algorithms/policy_losses.py`, aggregated as
+  `algorithms/aggregation.py` says; nested `lax.scan`, each minibatch optionally over
+  `accum_steps` microbatches) -> KL controller update. Jit it once; nothing leaves the device.
 
 With one epoch and one minibatch the ratio is 1 at the update, so the clipped surrogate's
 gradient is the plain policy gradient: that is REINFORCE's and RLOO's update.
@@ -27,40 +28,33 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax.algorithms import gae, kl, ppo, reinforce
+from rlhf_jax.algorithms import aggregation, kl, ppo, shaping
+from rlhf_jax.algorithms.advantages import ADVANTAGES, AdvantageInputs, AdvantageParams
 from rlhf_jax.algorithms.masked import masked_sum
+from rlhf_jax.algorithms.policy_losses import PolicyLossParams, surrogate_loss
 from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.training import guards
 from rlhf_jax.training.rl_state import RLState
 from rlhf_jax.training.steps import accumulate_gradients
 
-ALGOS = ("ppo", "reinforce", "rloo", "grpo", "remax")
-# What each algorithm takes for the fields a config leaves at 0 / "". The critic-free methods
-# make one on-policy step per batch, as published (REINFORCE/RLOO: -A * sum_t log p; GRPO:
-# per-response token means); RLOO and GRPO compare 4 samples per prompt.
-ALGO_DEFAULTS = {
-    "ppo": dict(samples_per_prompt=1, epochs=4, minibatches=2, loss_reduction="token"),
-    "reinforce": dict(samples_per_prompt=1, epochs=1, minibatches=1, loss_reduction="sequence"),
-    "rloo": dict(samples_per_prompt=4, epochs=1, minibatches=1, loss_reduction="sequence"),
-    "grpo": dict(samples_per_prompt=4, epochs=1, minibatches=1, loss_reduction="sequence_mean"),
-    "remax": dict(samples_per_prompt=1, epochs=1, minibatches=1, loss_reduction="sequence"),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-  """Static hyperparameters; PPO defaults from Huang et al. 2024 ("N+ implementation details")."""
+  """Static hyperparameters, resolved (`presets.resolve`); PPO defaults from Huang et al. 2024."""
   max_new_tokens: int
   eos_id: int
   pad_id: int
   algo: str = "ppo"
-  samples_per_prompt: int = 1  # k: RLOO and GRPO compare the k responses to one prompt
+  advantage: str = "gae"  # algorithms/advantages.py
+  policy_loss: str = "clip"  # algorithms/policy_losses.py
+  loss_aggregation: str = "token_mean"  # algorithms/aggregation.py
+  samples_per_prompt: int = 1  # k: grouped estimators compare the k responses to one prompt
   temperature: float = 0.7
   epochs: int = 4
   minibatches: int = 1
   accum_steps: int = 1  # microbatches per minibatch (gradient accumulation)
-  clip_eps: float = 0.2
-  loss_reduction: str = "token"  # token | sequence | sequence_mean (reinforce.token_weights)
+  clip_eps: float = 0.2  # the clip range's lower side (and upper, unless clip_eps_high says)
+  clip_eps_high: float = 0.2
+  dual_clip: float = 3.0
   value_clip: float = 0.2
   vf_coef: float = 0.1
   ent_coef: float = 0.0
@@ -68,6 +62,8 @@ class RLConfig:
   lam: float = 0.95
   baseline_decay: float = 0.9  # REINFORCE's moving average
   scale_by_std: bool = True  # GRPO: divide by the group's std
+  dynamic_sampling: bool = False  # DAPO: groups whose k scores are all equal get weight 0
+  overlong_buffer: float = 0.0  # DAPO: a soft length penalty over this fraction of the budget's end
   kl_kind: str = "k1"
   kl_in_loss: bool = False  # the KL as a k3 loss term (GRPO's choice) instead of in the reward
   kl_target: float = 6.0
@@ -79,7 +75,19 @@ class RLConfig:
 
   @property
   def has_critic(self) -> bool:
-    return self.algo == "ppo"
+    return ADVANTAGES[self.advantage].needs_critic
+
+  @property
+  def needs_greedy(self) -> bool:
+    return ADVANTAGES[self.advantage].needs_greedy
+
+  @property
+  def policy_loss_params(self) -> PolicyLossParams:
+    return PolicyLossParams(self.clip_eps, self.clip_eps_high, self.dual_clip)
+
+  @property
+  def advantage_params(self) -> AdvantageParams:
+    return AdvantageParams(self.samples_per_prompt, self.gamma, self.lam, self.baseline_decay, self.scale_by_std)
 
 
 class Rollout(NamedTuple):
@@ -90,6 +98,7 @@ class Rollout(NamedTuple):
   values: jax.Array  # [batch, new] (0 without a critic)
   advantages: jax.Array  # [batch, new]
   returns: jax.Array  # [batch, new] the critic's targets
+  weights: jax.Array  # [batch] 1, or 0 for a response dynamic sampling leaves out
 
 
 def token_logprobs(logits, tokens):
@@ -137,27 +146,6 @@ def _sample_and_score(state, prompts, prompt_mask, rng, settings, *, policy, sco
   return tokens, mask, out, scores, ended
 
 
-def _advantages(state, rewards, values, response_mask, greedy_scores, cfg: RLConfig):
-  """(advantages, returns, new REINFORCE baseline): GAE for PPO, else one per response, spread."""
-  if cfg.has_critic:
-    advantages, returns = gae.generalized_advantage_estimation(rewards, values, response_mask, cfg.gamma, cfg.lam)
-    return ppo.whiten(advantages, response_mask), returns, state.baseline
-  sequence_returns = jnp.sum(rewards, axis=1)  # score - kl_coef * sum_t kl_t (gamma 1)
-  baseline = state.baseline
-  if cfg.algo == "reinforce":
-    per_response, baseline = reinforce.moving_average_baseline(sequence_returns, baseline, cfg.baseline_decay)
-  elif cfg.algo == "rloo":
-    per_response = reinforce.rloo_advantages(sequence_returns, cfg.samples_per_prompt)
-  elif cfg.algo == "grpo":
-    per_response = reinforce.grpo_advantages(sequence_returns, cfg.samples_per_prompt, cfg.scale_by_std)
-  elif cfg.algo == "remax":
-    per_response = reinforce.remax_advantages(sequence_returns, greedy_scores)
-  else:
-    raise ValueError(f"unknown algo {cfg.algo!r}: one of {ALGOS}")
-  spread = lambda x: x[:, None] * response_mask
-  return spread(per_response), spread(sequence_returns), baseline
-
-
 def in_chunks(fn: Callable, rows, chunks: int):
   """fn over `chunks` slices of the rows, one after another (`lax.map`): the peak memory of
   one update's microbatch, not of the whole batch (whose logits may not fit). Chunk i holds
@@ -185,8 +173,13 @@ def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_
   tokens, mask, out, scores, ended = sample_and_score(prompts, prompt_mask, rng,
                                                       SamplingParams.make(cfg.temperature))
   scores = scores * guards.injected_nan(state.step, cfg.inject_nan_at)
+  # Dynamic sampling judges a group by its task scores, before the length shaping.
+  weights = shaping.informative_groups(scores, cfg.samples_per_prompt) if cfg.dynamic_sampling else \
+      jnp.ones_like(scores)
+  lengths = jnp.sum(out.mask, axis=1)
+  scores = scores + shaping.overlong_penalty(lengths, cfg.max_new_tokens, int(cfg.overlong_buffer * cfg.max_new_tokens))
   greedy_scores = None
-  if cfg.algo == "remax":  # the baseline: the greedy response's score (independent of the sample)
+  if cfg.needs_greedy:  # ReMax's baseline: the greedy response's score (independent of the sample)
     greedy_scores = sample_and_score(prompts, prompt_mask, rng, SamplingParams.make(cfg.temperature,
                                                                                     greedy=True))[3]
   logprobs, ref_logprobs, values = in_chunks(
@@ -194,13 +187,15 @@ def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_
       (tokens, mask), cfg.minibatches * cfg.accum_steps)
   rewards, kl_metrics = kl.penalised_rewards(scores, logprobs, ref_logprobs, out.mask,
                                              kl_coef=0.0 if cfg.kl_in_loss else state.kl.coef, kind=cfg.kl_kind)
-  advantages, returns, baseline = _advantages(state, rewards, values, out.mask, greedy_scores, cfg)
-  metrics = {**kl_metrics, "kl_coef": state.kl.coef, "response_length": jnp.mean(jnp.sum(out.mask, axis=1)),
-             "no_eos_fraction": 1.0 - jnp.mean(ended),
+  inputs = AdvantageInputs(rewards, scores, values, out.mask, state.baseline, greedy_scores)
+  estimate = ADVANTAGES[cfg.advantage].fn(inputs, cfg.advantage_params)
+  metrics = {**kl_metrics, "kl_coef": state.kl.coef, "response_length": jnp.mean(lengths),
+             "no_eos_fraction": 1.0 - jnp.mean(ended), "uninformative_fraction": 1.0 - jnp.mean(weights),
              "nonfinite_rewards": jnp.logical_not(guards.all_finite(rewards)).astype(jnp.float32)}
   if cfg.has_critic:
-    metrics["explained_variance"] = ppo.explained_variance(values, returns, out.mask)
-  return Rollout(tokens, mask, logprobs, ref_logprobs, values, advantages, returns), baseline, metrics
+    metrics["explained_variance"] = ppo.explained_variance(values, estimate.returns, out.mask)
+  batch = Rollout(tokens, mask, logprobs, ref_logprobs, values, estimate.advantages, estimate.returns, weights)
+  return batch, estimate.baseline, metrics
 
 
 def rl_loss(params, batch, *, policy, critic, cfg: RLConfig, prompt_len: int, kl_coef):
@@ -213,8 +208,8 @@ def rl_loss(params, batch, *, policy, critic, cfg: RLConfig, prompt_len: int, kl
   logits, values = logits_and_values(params, rollout_batch.tokens, rollout_batch.mask, prompt_len, policy=policy,
                                      critic=critic, temperature=cfg.temperature)
   logprobs = token_logprobs(logits, rollout_batch.tokens[:, prompt_len:])
-  loss, metrics = ppo.clipped_surrogate_loss(logprobs, rollout_batch.logprobs, rollout_batch.advantages,
-                                             policy_weights, clip_eps=cfg.clip_eps, metric_weights=token_weights)
+  loss, metrics = surrogate_loss(cfg.policy_loss, logprobs, rollout_batch.logprobs, rollout_batch.advantages,
+                                 policy_weights, token_weights, cfg.policy_loss_params)
   metrics["policy_loss"] = loss
   metrics["entropy"] = masked_sum(ppo.entropy_from_logits(logits), token_weights)
   loss = loss - cfg.ent_coef * metrics["entropy"]
@@ -236,17 +231,22 @@ def apply_updates(tx, grads, opt_state, params):
 
 
 def update_metrics(per_update: dict) -> dict:
-  """Means over the iteration's updates; skipped updates are counted, non-finite flags kept if any."""
-  reduce = lambda k: jnp.sum if k == "skipped_updates" else jnp.max if k.startswith("nonfinite_") else jnp.mean
-  return {k: reduce(k)(v) for k, v in per_update.items() if k != "loss"}
+  """Means over the iteration's [epochs, minibatches] updates; skipped updates are counted,
+  non-finite flags kept if any, and `max_*` metrics are the first update's (where the ratio
+  must be 1: the rollout's log-probs come from the same params)."""
+  def reduce(key, values):
+    if key.startswith("max_"):
+      return values.reshape(-1)[0]
+    return (jnp.sum if key == "skipped_updates" else jnp.max if key.startswith("nonfinite_") else jnp.mean)(values)
+  return {k: reduce(k, v) for k, v in per_update.items() if k != "loss"}
 
 
 def minibatch_update(carry, minibatch, *, loss_fn, prompt_len: int, cfg: RLConfig, txs, rewards_ok):
   """One optimizer update of (policy, critic) on a minibatch of the rollout (a `lax.scan`
   step): refused, carry unchanged, if its loss, gradients or the rollout's rewards are not finite."""
-  response_mask = minibatch.mask[:, prompt_len:]
-  weights = (reinforce.token_weights(response_mask, cfg.loss_reduction),
-             reinforce.token_weights(response_mask, "token"))
+  response_mask = minibatch.mask[:, prompt_len:] * minibatch.weights[:, None]
+  weights = (aggregation.token_weights(response_mask, cfg.loss_aggregation, cfg.max_new_tokens),
+             aggregation.token_weights(response_mask, "token_mean"))
   grads, m = accumulate_gradients(loss_fn, carry[0], (minibatch, weights), cfg.accum_steps)
   ok, flags = guards.check(loss=m["loss"], grads=grads)
   ok = ok & rewards_ok  # no update learns from a non-finite reward

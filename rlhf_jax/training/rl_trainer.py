@@ -34,15 +34,19 @@ from rlhf_jax.training import seeds, setup
 from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.lm_trainer import encode_prompts, prompt_rng, write_samples_file
 from rlhf_jax.training.optim import make_optimizer
-from rlhf_jax.training.rl_steps import ALGO_DEFAULTS, ALGOS, RLConfig, response_logprobs, rl_iteration
+from rlhf_jax.algorithms import aggregation, presets
+from rlhf_jax.algorithms.advantages import ADVANTAGES
+from rlhf_jax.algorithms.policy_losses import POLICY_LOSSES
+from rlhf_jax.training.rl_steps import RLConfig, response_logprobs, rl_iteration
 from rlhf_jax.training.reward_steps import sequence_rewards
 from rlhf_jax.training.rl_state import RLState
 from rlhf_jax.training.steps import jit_sampler
 from rlhf_jax.workdir import RunDir
 
 RL_ITEMS = ("policy", "policy_opt", "value", "value_opt", "kl", "baseline", "rng")
-REDUCTIONS = ("token", "sequence", "sequence_mean")
 CRITICS = ("reward", "sft", "shared")
+# The registries whose member each `rl.*` part names.
+PARTS = {"advantage": ADVANTAGES, "policy_loss": POLICY_LOSSES, "loss_aggregation": aggregation.LOSS_AGGREGATIONS}
 
 
 @dataclasses.dataclass
@@ -53,26 +57,24 @@ class Models:
 
 
 def rl_fields(cfg) -> dict:
-  """`cfg.rl` with the fields left at 0 / "" taken from the algorithm's defaults."""
-  fields = dict(cfg.rl)
-  for key, default in ALGO_DEFAULTS[cfg.algo].items():
-    if fields[key] in (0, ""):
-      fields[key] = default
-  return fields
+  """`cfg.rl` with what it leaves unset taken from the algorithm's preset."""
+  return presets.resolve(cfg.algo, dict(cfg.rl))
 
 
 def check_config(cfg) -> None:
   """The RL fields that need no data, checked before any stage runs."""
-  if cfg.algo not in ALGOS:
-    raise UserError(f"algo={cfg.algo!r}: choose one of {', '.join(ALGOS)}")
+  if cfg.algo not in presets.ALGORITHMS:
+    raise UserError(f"algo={cfg.algo!r}: choose one of {', '.join(presets.ALGORITHMS)}")
   if cfg.critic not in CRITICS:
     raise UserError(f"critic={cfg.critic!r}: choose one of {', '.join(CRITICS)}")
   rl = rl_fields(cfg)
-  if rl["loss_reduction"] not in REDUCTIONS:
-    raise UserError(f"rl.loss_reduction={rl['loss_reduction']!r}: choose one of {', '.join(REDUCTIONS)}")
-  k = rl["samples_per_prompt"]
-  if cfg.algo in ("rloo", "grpo") and k < 2:
-    raise UserError(f"algo={cfg.algo} compares samples of one prompt: rl.samples_per_prompt must be >= 2")
+  for part, registry in PARTS.items():
+    if rl[part] not in registry:
+      raise UserError(f"rl.{part}={rl[part]!r}: choose one of {', '.join(registry)}")
+  k, estimator = rl["samples_per_prompt"], ADVANTAGES[rl["advantage"]]
+  if k < estimator.min_group_size or (rl["dynamic_sampling"] and k < 2):
+    raise UserError(f"algo={cfg.algo} (rl.advantage={rl['advantage']}) compares samples of one prompt: "
+                    "rl.samples_per_prompt must be >= 2")
   if cfg.vmap_seeds < 1:
     raise UserError(f"vmap_seeds={cfg.vmap_seeds} must be >= 1")
   per_update = rl["minibatches"] * rl["accum_steps"]
@@ -81,13 +83,19 @@ def check_config(cfg) -> None:
                     f"rl.samples_per_prompt = {k} and of rl.minibatches x rl.accum_steps = {per_update}")
 
 
+def has_critic(cfg) -> bool:
+  """Whether the algorithm's advantage estimator needs a critic's values (DPO, which shares the
+  RL state, has no `rl` fields and no critic)."""
+  return "rl" in cfg and presets.needs_critic(rl_fields(cfg)["advantage"])
+
+
 def separate_critic(cfg) -> bool:
-  return cfg.get("algo") == "ppo" and cfg.get("critic") != "shared"
+  return has_critic(cfg) and cfg.get("critic") != "shared"
 
 
 def make_models(cfg, policy_cfg: ModelConfig, reward_cfg: ModelConfig) -> Models:
   with_value = lambda c: dataclasses.replace(c, heads=("value",))
-  if cfg.algo != "ppo":
+  if not has_critic(cfg):
     return Models(Transformer(policy_cfg), None, Transformer(reward_cfg))
   if cfg.critic == "shared":
     return Models(Transformer(with_value(policy_cfg)), None, Transformer(reward_cfg))
@@ -101,7 +109,7 @@ def make_optimizers(cfg):
   value_tx = make_optimizer(cfg.value_optim, cfg.train.num_steps)
   if separate_critic(cfg):
     return policy_tx, value_tx
-  if cfg.algo != "ppo":
+  if not has_critic(cfg):
     return policy_tx, None
   labels = lambda params: {k: "value" if k == "value_head" else "policy" for k in params}
   return optax.multi_transform({"policy": policy_tx, "value": value_tx}, labels), None

@@ -27,7 +27,7 @@ def accumulate_gradients(loss_fn: Callable, params, batch, accum_steps: int):
 
   loss_fn(params, microbatch) -> (loss, metrics) must sum over its examples with weights
   fixed by the whole batch (e.g. divide by its token count), so the summed microbatch losses
-  and gradients equal the full-batch ones.
+  and gradients equal the full-batch ones. Metrics named `max_*` are maxima, not sums.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accum_steps == 1:
@@ -37,7 +37,11 @@ def accumulate_gradients(loss_fn: Callable, params, batch, accum_steps: int):
 
   def add(total, microbatch):
     (loss, metrics), grads = grad_fn(params, microbatch)
-    return jax.tree.map(jnp.add, total, (grads, {"loss": loss, **metrics})), None
+    total_grads, totals = total
+    metrics = {"loss": loss, **metrics}
+    # Sums add up to the whole batch's; a `max_*` metric is the largest over the microbatches.
+    combined = {k: (jnp.maximum if k.startswith("max_") else jnp.add)(totals[k], v) for k, v in metrics.items()}
+    return (jax.tree.map(jnp.add, total_grads, grads), combined), None
 
   first = jax.tree.map(lambda x: x[0], micro)
   (loss, metrics), grads = jax.eval_shape(grad_fn, params, first)

@@ -1,4 +1,5 @@
-"""PPO's clipped objectives on the worked values and hand cases, whitening, entropy, explained variance."""
+"""PPO's clipped objective and surrogate on the worked values and hand cases, whitening, entropy,
+explained variance."""
 
 import jax
 import jax.numpy as jnp
@@ -6,18 +7,26 @@ import numpy as np
 from jax.test_util import check_grads
 
 from rlhf_jax.algorithms import ppo
+from rlhf_jax.algorithms.aggregation import token_weights
 from rlhf_jax.algorithms.masked import masked_mean, masked_var
+from rlhf_jax.algorithms.policy_losses import PolicyLossParams, surrogate_loss
 from rlhf_jax.algorithms.ppo import clipped_objective
-from rlhf_jax.algorithms.reinforce import token_weights
 
 
 def mean_of(mask):
   """Weights that make the losses token means over the mask."""
-  return token_weights(jnp.asarray(mask), "token")
+  return token_weights(jnp.asarray(mask), "token_mean")
+
+
+@jax.jit
+def clipped_surrogate_loss(logprobs, old_logprobs, advantages, weights, clip_eps=0.2, metric_weights=None):
+  """PPO's clipped surrogate: policy_losses' `clip` with a symmetric range."""
+  metric_weights = weights if metric_weights is None else metric_weights
+  return surrogate_loss("clip", logprobs, old_logprobs, advantages, weights, metric_weights,
+                        PolicyLossParams(clip_eps, clip_eps))
 
 # Jitted, as the trainer calls them: this checks they trace, and one compile per shape is much
 # faster than eager mode's one per op.
-clipped_surrogate_loss = jax.jit(ppo.clipped_surrogate_loss)
 clipped_value_loss = jax.jit(ppo.clipped_value_loss)
 entropy_from_logits = jax.jit(ppo.entropy_from_logits)
 explained_variance = jax.jit(ppo.explained_variance)
@@ -111,6 +120,17 @@ def test_value_loss_on_a_hand_case():
   np.testing.assert_allclose(metrics["value_loss"], loss)
   grads = np.asarray(jax.grad(lambda v: clipped_value_loss(v, old, returns, mean_of(mask), clip=0.2)[0])(values))
   # Token 0's clipped branch wins and is flat in V; token 3 is padding.
+  np.testing.assert_allclose(grads, [[0.0, 1.1 / 3, 0.0, 0.0]], atol=1e-6)
+
+
+def test_value_loss_with_non_finite_padding_is_finite_with_zero_padding_gradient():
+  old = jnp.array([[1.0, 1.0, 1.0, jnp.nan]])
+  returns = jnp.array([[2.0, 0.0, 0.0, jnp.inf]])  # a return on padding that a bug left non-finite
+  values = jnp.array([[1.5, 1.1, 0.0, -jnp.inf]])
+  mask = jnp.array([[1, 1, 1, 0]])
+  loss_fn = lambda v: clipped_value_loss(v, old, returns, mean_of(mask), clip=0.2)[0]
+  loss, grads = jax.value_and_grad(loss_fn)(values)
+  np.testing.assert_allclose(loss, 0.5 * (0.64 + 1.21 + 0.64) / 3, rtol=1e-5)  # as with clean padding
   np.testing.assert_allclose(grads, [[0.0, 1.1 / 3, 0.0, 0.0]], atol=1e-6)
 
 

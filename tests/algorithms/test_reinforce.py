@@ -1,4 +1,4 @@
-"""Critic-free advantage estimators on hand-worked groups, and the loss reductions."""
+"""Critic-free advantage estimators on hand-worked groups, and REINFORCE++'s token returns."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -44,12 +44,8 @@ def test_remax_subtracts_the_greedy_return():
   np.testing.assert_allclose(reinforce.remax_advantages(jnp.array([1.0, 0.5]), jnp.array([0.2, 0.5])), [0.8, 0.0])
 
 
-def test_token_weights_sum_to_one_and_reduce_as_named():
-  mask = jnp.array([[1, 1, 1, 1, 0], [1, 0, 0, 0, 0]])
-  for reduction in ("token", "sequence_mean"):
-    np.testing.assert_allclose(reinforce.token_weights(mask, reduction).sum(), 1.0, rtol=1e-6)
-  np.testing.assert_allclose(reinforce.token_weights(mask, "token")[0, 0], 1 / 5)
-  np.testing.assert_allclose(reinforce.token_weights(mask, "sequence_mean")[:, 0], [1 / 8, 1 / 2])
-  # "sequence" sums each response's tokens (-A * sum_t log p) and averages over responses.
-  np.testing.assert_allclose(reinforce.token_weights(mask, "sequence")[:, 0], [1 / 2, 1 / 2])
-  assert float(reinforce.token_weights(mask, "token")[0, 4]) == 0.0
+def test_token_returns_sum_the_rewards_to_come_within_each_response():
+  rewards = jnp.array([[0.0, 1.0, 2.0, 3.0, 9.0], [5.0, -1.0, 0.0, 0.0, 0.0]])
+  mask = jnp.array([[0, 1, 1, 1, 0], [1, 1, 0, 0, 0]])  # padding on both sides; its 9 must not count
+  np.testing.assert_allclose(reinforce.token_returns(rewards, mask), [[0, 6, 5, 3, 0], [4, -1, 0, 0, 0]])
+  np.testing.assert_allclose(reinforce.token_returns(rewards, mask, gamma=0.5)[0], [0, 1 + 1 + 0.75, 2 + 1.5, 3, 0])

@@ -35,7 +35,8 @@ def test_dpo_steps_learn_the_preference_and_leave_the_reference_alone():
                   ref=jax.tree.map(jnp.copy, params), reward={}, kl=init_kl_controller(0.0),
                   baseline=jnp.float32(0.0), rng=jax.random.key(1))
   ref_before = jax.device_get(state.ref)
-  cfg = ml_collections.ConfigDict(dict(beta=0.1, loss="sigmoid", label_smoothing=0.0))
+  cfg = ml_collections.ConfigDict(dict(beta=0.1, loss="sigmoid", label_smoothing=0.0, gamma=1.0,
+                                       length_normalise=False))
   step = jax.jit(lambda s, b: dpo_train_step(s, b, model=model, tx=tx, cfg=cfg, accum_steps=2))
   batch = pairs()
   state, first = step(state, batch)
@@ -50,3 +51,23 @@ def test_dpo_steps_learn_the_preference_and_leave_the_reference_alone():
   uniform = jax.tree.map(jnp.zeros_like, params)
   chosen, _ = pair_logps(model, uniform, batch)
   np.testing.assert_allclose(chosen, np.full(8, 3 * np.log(1 / VOCAB)), rtol=1e-5)
+
+
+def test_a_reference_free_loss_runs_no_reference_forward_pass_and_learns():
+  model = Transformer(small_model(vocab_size=VOCAB, max_len=8))
+  params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  tx = optax.adam(3e-3)
+  # A reference of NaNs: any use of it would make the loss NaN.
+  state = RLState(step=jnp.int32(0), policy=params, policy_opt=tx.init(params), value=None, value_opt=None,
+                  ref=jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), params), reward={},
+                  kl=init_kl_controller(0.0), baseline=jnp.float32(0.0), rng=jax.random.key(1))
+  cfg = ml_collections.ConfigDict(dict(beta=2.0, loss="simpo", label_smoothing=0.0, gamma=0.5,
+                                       length_normalise=False))
+  step = jax.jit(lambda s, b: dpo_train_step(s, b, model=model, tx=tx, cfg=cfg, accum_steps=1))
+  batch = pairs()
+  chosen, rejected = (np.asarray(x) / 3 for x in pair_logps(model, params, batch))  # 3 response tokens each
+  state, first = step(state, batch)
+  np.testing.assert_allclose(first["loss"], np.mean(np.log1p(np.exp(-(2.0 * (chosen - rejected) - 0.5)))), rtol=1e-5)
+  for _ in range(20):
+    state, metrics = step(state, batch)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) < 0.5 and float(metrics["skipped_updates"]) == 0

@@ -9,10 +9,11 @@ import numpy as np
 import optax
 import pytest
 
+from rlhf_jax.algorithms import presets
 from rlhf_jax.algorithms.kl import init_kl_controller
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.models.sampling import SamplingParams, sample
-from rlhf_jax.training.rl_steps import (ALGO_DEFAULTS, RLConfig, in_chunks, response_logprobs, rl_iteration,
+from rlhf_jax.training.rl_steps import (RLConfig, in_chunks, response_logprobs, rl_iteration,
                                        rollout)
 from rlhf_jax.training.rl_state import RLState
 from tests.conftest import small_model
@@ -24,7 +25,7 @@ def init(model, seed):
   return nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))["params"])
 
 
-def build(lr=3e-3, algo="ppo", shared_critic=False, **cfg_overrides) -> dict:
+def build(lr=3e-3, algo="ppo", shared_critic=False, score_fn=None, **cfg_overrides) -> dict:
   """A small policy, a critic as `algo` and `shared_critic` say, a state, the iteration's parts
   and 32 responses' prompts."""
   tx = lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr, eps=1e-5))
@@ -38,25 +39,27 @@ def build(lr=3e-3, algo="ppo", shared_critic=False, **cfg_overrides) -> dict:
                   value_opt=value_tx.init(value_params) if value_tx else None, ref=jax.tree.map(jnp.copy, params),
                   reward=reward_params, kl=init_kl_controller(0.01), baseline=jnp.float32(0.0),
                   rng=jax.random.key(2))
-  fields = {**ALGO_DEFAULTS[algo], "minibatches": 2 if algo == "ppo" else 1, "temperature": 1.0,
-            "penalise_no_eos": False, "eos_id": EOS, **cfg_overrides}
+  fields = presets.resolve(algo, {"minibatches": 2 if algo == "ppo" else 1, "temperature": 1.0,
+                                  "penalise_no_eos": False, "eos_id": EOS, **cfg_overrides})
   cfg = RLConfig(max_new_tokens=8, pad_id=PAD, algo=algo, **fields)
   target_fraction = lambda state, tokens, mask, out: jnp.sum((out.tokens == TARGET) * out.mask, 1) / jnp.maximum(
       jnp.sum(out.mask, 1), 1)
-  parts = dict(policy=policy, critic=critic, score_fn=target_fraction, cfg=cfg)
+  parts = dict(policy=policy, critic=critic, score_fn=score_fn or target_fraction, cfg=cfg)
   prompts = jnp.asarray(np.random.default_rng(0).integers(0, 13, (32 // cfg.samples_per_prompt, 4)), jnp.int32)
   return dict(state=state, prompts=prompts, parts=parts, txs=dict(policy_tx=policy_tx, value_tx=value_tx))
 
 
-def setup(lr=3e-3, algo="ppo", shared_critic=False, **cfg_overrides):
+def setup(lr=3e-3, algo="ppo", shared_critic=False, score_fn=None, **cfg_overrides):
   """(state, jitted iteration, prompts) of `build`."""
-  built = build(lr, algo, shared_critic, **cfg_overrides)
+  built = build(lr, algo, shared_critic, score_fn, **cfg_overrides)
   step = jax.jit(functools.partial(rl_iteration, **built["parts"], **built["txs"]))
   return built["state"], step, built["prompts"]
 
 
 @pytest.mark.parametrize("algo,shared_critic", [("ppo", False), ("ppo", True), ("reinforce", False),
-                                                ("rloo", False), ("grpo", False), ("remax", False)])
+                                                ("rloo", False), ("grpo", False), ("remax", False),
+                                                ("dr_grpo", False), ("dapo", False), ("gspo", False),
+                                                ("cispo", False), ("reinforce_pp", False)])
 def test_each_algorithm_raises_a_programmatic_reward(algo, shared_critic):
   state, step, prompts = setup(algo=algo, shared_critic=shared_critic)
   scores, clipped = [], []
@@ -68,8 +71,9 @@ def test_each_algorithm_raises_a_programmatic_reward(algo, shared_critic):
   assert float(metrics["kl"]) > 0
   if algo == "ppo":  # 4 epochs x 2 minibatches: later updates move the ratio past the clip
     assert 0 < max(clipped) < 0.5, clipped
-  else:  # one update per batch, at ratio 1: never clipped
+  else:  # one update per batch (the test's minibatches=1), at ratio 1: never clipped
     assert max(clipped) == 0.0 and abs(float(metrics["ratio"]) - 1) < 1e-6
+  assert float(metrics["max_ratio_deviation"]) < 1e-5  # the first update of each iteration
   assert int(state.step) == 15
   assert ("explained_variance" in metrics) == (algo == "ppo")
 
@@ -183,3 +187,13 @@ def test_one_update_at_0_7_has_ratio_1_and_with_eos_unreachable_every_score_is_t
     # No response can end: each gets the penalty, whatever the reward (a fraction in [0, 1]).
     assert float(metrics["no_eos_fraction"]) == 1.0 and float(metrics["score"]) == -1.5
     assert float(metrics["response_length"]) == 8
+
+
+def test_dynamic_sampling_leaves_out_groups_whose_scores_are_all_equal():
+  # A constant score: every group is uninformative, so no token carries a gradient.
+  state, step, prompts = setup(algo="dapo", score_fn=lambda state, tokens, mask, out: jnp.zeros(tokens.shape[0]))
+  before = jax.device_get(state.policy)
+  state, metrics = step(state, prompts, jnp.ones_like(prompts))
+  assert float(metrics["uninformative_fraction"]) == 1.0
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.policy)):
+    np.testing.assert_array_equal(a, np.asarray(b))

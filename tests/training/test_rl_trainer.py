@@ -44,8 +44,16 @@ def test_bad_rl_fields_fail_before_any_upstream_stage_runs(tiny_ppo, tmp_path):
   with pytest.raises(UserError, match="critic='twin'"):
     stages.run(tiny_ppo, str(tmp_path))
   tiny_ppo.critic, tiny_ppo.algo = "reward", "a2c"
-  with pytest.raises(UserError, match="algo='a2c'"):
+  with pytest.raises(UserError, match="algo='a2c': choose one of ppo, reinforce, rloo, grpo, remax, dr_grpo, "
+                                      "dapo, gspo, cispo, reinforce_pp"):
     stages.run(tiny_ppo, str(tmp_path))
+  tiny_ppo.algo, tiny_ppo.rl.policy_loss = "grpo", "trpo"
+  with pytest.raises(UserError, match="rl.policy_loss='trpo': choose one of clip, dual_clip, gspo, cispo"):
+    stages.run(tiny_ppo, str(tmp_path))
+  tiny_ppo.rl.policy_loss, tiny_ppo.rl.loss_aggregation = "", "median"
+  with pytest.raises(UserError, match="rl.loss_aggregation='median': choose one of token_mean"):
+    stages.run(tiny_ppo, str(tmp_path))
+  tiny_ppo.rl.loss_aggregation = ""
   tiny_ppo.algo, tiny_ppo.rl.samples_per_prompt = "rloo", 1
   with pytest.raises(UserError, match="samples_per_prompt must be >= 2"):
     stages.run(tiny_ppo, str(tmp_path))
