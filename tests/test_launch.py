@@ -50,7 +50,9 @@ def fake(tmp_path, name):
 
 
 def launch(args, tmp_path, timeout=60, **env):
-  environ = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_", "DRY_RUN", "TPU"))}
+  # Without the launch-related variables the scripts set (XLA_FLAGS too: the tests' own, from conftest).
+  launch_vars = ("SLURM_", "JAX_", "DRY_RUN", "TPU", "XLA_FLAGS")
+  environ = {k: v for k, v in os.environ.items() if not k.startswith(launch_vars)}
   environ.update(PATH=f"{tmp_path / 'bin'}:{environ['PATH']}", RECORD=str(tmp_path / "record.jsonl"), **env)
   return subprocess.run(args, cwd=REPO, env=environ, capture_output=True, text=True, timeout=timeout)
 

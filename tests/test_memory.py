@@ -11,7 +11,7 @@ import pytest
 from configs import dpo, ppo, pretrain
 from rlhf_jax import memory, sharding
 from rlhf_jax.errors import UserError
-from tests.conftest import small_model
+from tests.conftest import small_model, xla_flags
 from tests.test_main import ROOT
 from tests.test_sharding import mesh_cfg
 
@@ -158,7 +158,7 @@ print(on_first(state.params), plan["params"], on_first(state.opt_state), plan["o
 
 
 def test_plan_matches_the_shards_jax_places():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8), PYTHONPATH=ROOT)
   result = subprocess.run([sys.executable, "-c", SHARDED_STATE], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 0, result.stderr

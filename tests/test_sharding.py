@@ -18,7 +18,7 @@ from rlhf_jax import sharding
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training.setup import boxed_params
-from tests.conftest import small_model
+from tests.conftest import small_model, xla_flags
 from tests.test_main import ROOT
 
 
@@ -36,7 +36,7 @@ def test_mesh_shape_fills_the_remaining_axis():
     sharding.mesh_shape(mesh_cfg(fsdp=-1), 8)
 
 
-EIGHT_DEVICES = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=ROOT)
+EIGHT_DEVICES = dict(os.environ, XLA_FLAGS=xla_flags(8), PYTHONPATH=ROOT)
 
 
 def test_steps_match_one_device_on_data_fsdp_and_tensor_meshes():

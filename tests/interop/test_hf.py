@@ -21,7 +21,7 @@ from rlhf_jax.interop import hf
 from rlhf_jax.interop.export import export_run
 from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.models.transformer import Transformer
-from tests.conftest import make_tiny_sft, start_of
+from tests.conftest import make_tiny_sft, start_of, xla_flags
 from tests.interop import tiny_hf
 from tests.test_main import ROOT
 
@@ -238,7 +238,7 @@ def test_init_from_hf_runs_sft_and_the_run_exports(bpe_dir, tmp_path, monkeypatc
 
 
 def test_params_land_in_their_mesh_shards(checkpoints):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8), PYTHONPATH=ROOT)
   result = subprocess.run([sys.executable, "-m", "tests.interop.hf_mesh_check", checkpoints["llama"][0]], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

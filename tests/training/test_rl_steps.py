@@ -1,4 +1,6 @@
-"""The compiled PPO iteration: raises a programmatic reward, leaves frozen params untouched."""
+"""The compiled RL iteration of every algorithm: raises a programmatic reward, leaves frozen
+params untouched, recomputes the sampler's log-probs at its temperature, updates at ratio 1
+where it must, penalises responses without EOS, and drops uninformative groups."""
 
 import functools
 
@@ -72,8 +74,10 @@ def test_each_algorithm_raises_a_programmatic_reward(algo, shared_critic):
   if algo == "ppo":  # 4 epochs x 2 minibatches: later updates move the ratio past the clip
     assert 0 < max(clipped) < 0.5, clipped
   else:  # one update per batch (the test's minibatches=1), at ratio 1: never clipped
-    assert max(clipped) == 0.0 and abs(float(metrics["ratio"]) - 1) < 1e-6
-  assert float(metrics["max_ratio_deviation"]) < 1e-5  # the first update of each iteration
+    assert max(clipped) == 0.0 and abs(float(metrics["ratio"]) - 1) < 1e-5
+  # At the first update of each iteration the ratio is 1 but for float rounding (the update's
+  # forward pass sees the rows in another order than the rollout's).
+  assert float(metrics["max_ratio_deviation"]) < 1e-4
   assert int(state.step) == 15
   assert ("explained_variance" in metrics) == (algo == "ppo")
 
@@ -182,8 +186,8 @@ def test_one_update_at_0_7_has_ratio_1_and_with_eos_unreachable_every_score_is_t
                                no_eos_penalty=-1.5)
   for _ in range(2):
     state, metrics = step(state, prompts, jnp.ones_like(prompts))
-    assert abs(float(metrics["ratio"]) - 1.0) < 1e-6
-    assert float(metrics["approx_kl"]) < 1e-11 and float(metrics["clip_fraction"]) == 0.0
+    assert abs(float(metrics["ratio"]) - 1.0) < 1e-5
+    assert float(metrics["approx_kl"]) < 1e-9 and float(metrics["clip_fraction"]) == 0.0
     # No response can end: each gets the penalty, whatever the reward (a fraction in [0, 1]).
     assert float(metrics["no_eos_fraction"]) == 1.0 and float(metrics["score"]) == -1.5
     assert float(metrics["response_length"]) == 8
