@@ -26,5 +26,6 @@ def get_sweep() -> Sweep:
   upstream = Run("upstream", "configs/pipeline.py:tiny", {"stages": ("pretrain", "sft", "reward")})
   rl = grid("{algo}_lr{lr}", "configs/ppo.py:tiny", FROM_UPSTREAM,
             algo=["dr_grpo", "dapo", "gspo", "cispo", "reinforce_pp"], **{"optim.lr": [1e-4]})
-  dpo = [Run(f"dpo_{name}", "configs/dpo.py:tiny", {**FROM_UPSTREAM, **fields}) for name, fields in DPO_LOSSES.items()]
+  dpo = [Run(f"dpo_{name}", "configs/dpo.py:tiny", {**FROM_UPSTREAM, **fields})
+         for name, fields in DPO_LOSSES.items()]
   return Sweep(runs=tuple(rl + dpo), upstream=upstream)

@@ -68,7 +68,8 @@ def resolve(algo: str, rl: dict) -> dict:
   legacy = fields.pop("loss_reduction", "")
   if unset(fields.get("loss_aggregation")) and legacy:
     fields["loss_aggregation"] = ALIASES.get(legacy, legacy)
-  parts = dict(advantage=preset.advantage, policy_loss=preset.policy_loss, loss_aggregation=preset.loss_aggregation)
+  parts = dict(advantage=preset.advantage, policy_loss=preset.policy_loss,
+               loss_aggregation=preset.loss_aggregation)
   for key, value in {**FALLBACKS, **parts, **preset.defaults}.items():
     if unset(fields.get(key)):
       fields[key] = value

@@ -177,7 +177,8 @@ def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_
   weights = shaping.informative_groups(scores, cfg.samples_per_prompt) if cfg.dynamic_sampling else \
       jnp.ones_like(scores)
   lengths = jnp.sum(out.mask, axis=1)
-  scores = scores + shaping.overlong_penalty(lengths, cfg.max_new_tokens, int(cfg.overlong_buffer * cfg.max_new_tokens))
+  buffer = int(cfg.overlong_buffer * cfg.max_new_tokens)
+  scores = scores + shaping.overlong_penalty(lengths, cfg.max_new_tokens, buffer)
   greedy_scores = None
   if cfg.needs_greedy:  # ReMax's baseline: the greedy response's score (independent of the sample)
     greedy_scores = sample_and_score(prompts, prompt_mask, rng, SamplingParams.make(cfg.temperature,

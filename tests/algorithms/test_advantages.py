@@ -59,7 +59,8 @@ def test_reinforce_pp_whitens_the_kl_penalised_return_to_come_over_the_whole_bat
   out = ADVANTAGES["reinforce_pp"].fn(x, AdvantageParams())
   np.testing.assert_allclose(out.returns, returns, rtol=1e-5, atol=1e-6)
   mean, var = masked_mean(returns, MASK), masked_var(returns, MASK)  # over all 10 tokens, not per response
-  np.testing.assert_allclose(out.advantages, np.where(MASK > 0, (returns - mean) / np.sqrt(var + 1e-8), 0), rtol=1e-4)
+  whitened = np.where(MASK > 0, (returns - mean) / np.sqrt(var + 1e-8), 0)
+  np.testing.assert_allclose(out.advantages, whitened, rtol=1e-4)
   np.testing.assert_allclose(masked_mean(out.advantages, MASK), 0.0, atol=1e-6)
 
 

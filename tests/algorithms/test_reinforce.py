@@ -48,4 +48,5 @@ def test_token_returns_sum_the_rewards_to_come_within_each_response():
   rewards = jnp.array([[0.0, 1.0, 2.0, 3.0, 9.0], [5.0, -1.0, 0.0, 0.0, 0.0]])
   mask = jnp.array([[0, 1, 1, 1, 0], [1, 1, 0, 0, 0]])  # padding on both sides; its 9 must not count
   np.testing.assert_allclose(reinforce.token_returns(rewards, mask), [[0, 6, 5, 3, 0], [4, -1, 0, 0, 0]])
-  np.testing.assert_allclose(reinforce.token_returns(rewards, mask, gamma=0.5)[0], [0, 1 + 1 + 0.75, 2 + 1.5, 3, 0])
+  discounted = reinforce.token_returns(rewards, mask, gamma=0.5)[0]
+  np.testing.assert_allclose(discounted, [0, 1 + 1 + 0.75, 2 + 1.5, 3, 0])

@@ -26,6 +26,7 @@ def test_dpo_stage_trains_on_the_reward_runs_pairs_and_reports_like_rl(tiny_dpo,
 
 def test_bad_dpo_fields_fail_before_any_upstream_stage_runs(tiny_dpo, tmp_path):
   tiny_dpo.dpo.loss = "orpo"
-  with pytest.raises(UserError, match="dpo.loss='orpo': choose one of sigmoid, conservative, robust, ipo, hinge, simpo"):
+  with pytest.raises(UserError, match="dpo.loss='orpo': choose one of sigmoid, conservative, robust, ipo, hinge, "
+                                      "simpo"):
     stages.run(tiny_dpo, str(tmp_path))
   assert not os.path.exists(tmp_path / "upstream")

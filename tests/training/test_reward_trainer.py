@@ -49,7 +49,8 @@ def write_fluent_pairs(workdir, split: str, count: int, first: int, rng) -> None
     f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
-def test_a_reward_model_trained_on_fluent_pairs_scores_as_the_gold_judge_does(tiny_reward, tiny_upstream, tmp_path):
+def test_a_reward_model_trained_on_fluent_pairs_scores_as_the_gold_judge_does(tiny_reward, tiny_upstream,
+                                                                               tmp_path):
   rng = np.random.default_rng(0)
   write_fluent_pairs(tmp_path, "train", 256, 0, rng)
   write_fluent_pairs(tmp_path, "eval", 32, 512, rng)
