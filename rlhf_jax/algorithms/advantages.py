@@ -62,9 +62,13 @@ def _spread(per_response: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask > 0, per_response[:, None], 0.0)
 
 
+def _returns(x: AdvantageInputs) -> jax.Array:
+  """Each response's return [n]: score - kl_coef * sum_t kl_t (gamma 1)."""
+  return jnp.sum(x.rewards, axis=1)
+
+
 def _sequence_level(x: AdvantageInputs, per_response: jax.Array, baseline=None) -> Advantages:
-  returns = jnp.sum(x.rewards, axis=1)  # score - kl_coef * sum_t kl_t (gamma 1)
-  return Advantages(_spread(per_response, x.mask), _spread(returns, x.mask),
+  return Advantages(_spread(per_response, x.mask), _spread(_returns(x), x.mask),
                     x.baseline if baseline is None else baseline)
 
 
@@ -74,22 +78,20 @@ def gae(x: AdvantageInputs, hp: AdvantageParams) -> Advantages:
 
 
 def moving_average(x: AdvantageInputs, hp: AdvantageParams) -> Advantages:
-  per_response, baseline = reinforce.moving_average_baseline(jnp.sum(x.rewards, axis=1), x.baseline,
-                                                             hp.baseline_decay)
+  per_response, baseline = reinforce.moving_average_baseline(_returns(x), x.baseline, hp.baseline_decay)
   return _sequence_level(x, per_response, baseline)
 
 
 def rloo(x: AdvantageInputs, hp: AdvantageParams) -> Advantages:
-  return _sequence_level(x, reinforce.rloo_advantages(jnp.sum(x.rewards, axis=1), hp.group_size))
+  return _sequence_level(x, reinforce.rloo_advantages(_returns(x), hp.group_size))
 
 
 def grpo(x: AdvantageInputs, hp: AdvantageParams) -> Advantages:
-  returns = jnp.sum(x.rewards, axis=1)
-  return _sequence_level(x, reinforce.grpo_advantages(returns, hp.group_size, hp.scale_by_std))
+  return _sequence_level(x, reinforce.grpo_advantages(_returns(x), hp.group_size, hp.scale_by_std))
 
 
 def remax(x: AdvantageInputs, hp: AdvantageParams) -> Advantages:
-  return _sequence_level(x, reinforce.remax_advantages(jnp.sum(x.rewards, axis=1), x.greedy_returns))
+  return _sequence_level(x, reinforce.remax_advantages(_returns(x), x.greedy_returns))
 
 
 def reinforce_pp(x: AdvantageInputs, hp: AdvantageParams) -> Advantages:

@@ -21,22 +21,22 @@ from rlhf_jax.training.rl_steps import token_logprobs
 from rlhf_jax.training.steps import accumulate_gradients, jit_steps
 
 
-def response_logps(model, params, tokens, mask, response) -> tuple[jax.Array, jax.Array]:
-  """(sum_t log p(x_t | x_<t) over the tokens `response` marks, their count), each [batch]."""
+def response_logps(model, params, tokens, mask, response) -> jax.Array:
+  """sum_t log p(x_t | x_<t) over the tokens `response` marks, [batch]."""
   logits = model.apply({"params": params}, tokens, mask).logits[:, :-1]
-  marked = response[:, 1:]
-  return masked_sum(token_logprobs(logits, tokens[:, 1:]), marked, axis=1), jnp.sum(marked, axis=1)
+  return masked_sum(token_logprobs(logits, tokens[:, 1:]), response[:, 1:], axis=1)
 
 
 def pair_logps(model, params, batch):
   """(chosen, rejected) response log-probs, from one forward pass over both."""
   both = {k: jnp.concatenate([batch[f"chosen{k}"], batch[f"rejected{k}"]]) for k in ("", "_mask", "_response")}
-  return jnp.split(response_logps(model, params, both[""], both["_mask"], both["_response"])[0], 2)
+  return jnp.split(response_logps(model, params, both[""], both["_mask"], both["_response"]), 2)
 
 
 def pair_lengths(batch):
   """(chosen, rejected) response token counts (the response and its EOS), [batch] each."""
-  return tuple(jnp.sum(batch[f"{k}_response"][:, 1:], axis=1).astype(jnp.float32) for k in ("chosen", "rejected"))
+  count = lambda name: jnp.sum(batch[f"{name}_response"][:, 1:], axis=1).astype(jnp.float32)
+  return count("chosen"), count("rejected")
 
 
 def pair_loss(params, batch, *, model, cfg, normalizer):
