@@ -10,7 +10,8 @@ import optax
 
 
 def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """log p(targets[b, t] | logits[b, t]), shape [batch, time]."""
+  """log p(targets | logits) at each position, in float32, shape targets.shape: the project's
+  one log-prob (sampler, rollout, RL, DPO and SFT losses, evaluation)."""
   return -optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
 
 

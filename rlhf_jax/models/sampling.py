@@ -11,6 +11,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.algorithms.lm import token_logprobs
 from rlhf_jax.models.transformer import KVCache, Transformer
 
 # Steps between two checks that every row is done. The check is a reduction over the devices
@@ -65,8 +66,7 @@ def choose_tokens(logits: jax.Array, rng: jax.Array, params: SamplingParams):
   filtered = jax.lax.cond(filtering, lambda x: filter_logits(x, params.top_k, params.top_p), lambda x: x, scaled)
   sampled = jax.random.categorical(rng, filtered, axis=-1)
   tokens = jnp.where(params.greedy, jnp.argmax(scaled, axis=-1), sampled).astype(jnp.int32)
-  logprobs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], axis=-1)
-  return tokens, logprobs[:, 0]
+  return tokens, token_logprobs(scaled, tokens)
 
 
 def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,

@@ -14,10 +14,10 @@ import optax
 
 from rlhf_jax import sharding
 from rlhf_jax.algorithms import dpo
+from rlhf_jax.algorithms.lm import token_logprobs
 from rlhf_jax.algorithms.masked import masked_sum
 from rlhf_jax.training import guards
 from rlhf_jax.training.rl_state import RLState
-from rlhf_jax.training.rl_steps import token_logprobs
 from rlhf_jax.training.steps import accumulate_gradients, jit_steps
 
 

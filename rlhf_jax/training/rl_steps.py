@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax.algorithms import aggregation, kl, ppo, shaping
+from rlhf_jax.algorithms.lm import token_logprobs
 from rlhf_jax.algorithms.advantages import ADVANTAGES, AdvantageInputs, AdvantageParams
 from rlhf_jax.algorithms.masked import masked_sum
 from rlhf_jax.algorithms.policy_losses import PolicyLossParams, surrogate_loss
@@ -101,18 +102,15 @@ class Rollout(NamedTuple):
   weights: jax.Array  # [batch] 1, or 0 for a response dynamic sampling leaves out
 
 
-def token_logprobs(logits, tokens):
-  return jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None], -1)[..., 0]
-
-
-def response_logits(model, params, tokens, mask, prompt_len: int, temperature: float):
-  """Logits predicting each response token, divided by the sampling temperature."""
-  logits = model.apply({"params": params}, tokens, mask).logits
+def response_logits(logits, prompt_len: int, temperature: float):
+  """The logits predicting each response token, at the sampling temperature (the one place
+  that divides by it, so sampler, rollout, loss and evaluation agree)."""
   return logits[:, prompt_len - 1:-1] / temperature
 
 
 def response_logprobs(model, params, tokens, mask, prompt_len: int, temperature: float):
-  return token_logprobs(response_logits(model, params, tokens, mask, prompt_len, temperature), tokens[:, prompt_len:])
+  logits = model.apply({"params": params}, tokens, mask).logits
+  return token_logprobs(response_logits(logits, prompt_len, temperature), tokens[:, prompt_len:])
 
 
 def response_values(model, params, tokens, mask, prompt_len: int):
@@ -125,7 +123,7 @@ def logits_and_values(params, tokens, mask, prompt_len: int, *, policy, critic, 
   """Response logits (over the temperature) and values: one pass when the critic is shared, 0 with none."""
   policy_params, value_params = params
   out = policy.apply({"params": policy_params}, tokens, mask)
-  logits = out.logits[:, prompt_len - 1:-1] / temperature
+  logits = response_logits(out.logits, prompt_len, temperature)
   if critic is not None:
     return logits, response_values(critic, value_params, tokens, mask, prompt_len)
   if "value" in out.scalars:  # the value head on the policy backbone
