@@ -17,7 +17,7 @@ shift $(( $# >= 2 ? 2 : 1 ))
 cd "$(dirname "$0")/.."
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-common=(--config=configs/ppo.py:tiny --config.init_from="$upstream/sft" --config.reward_from="$upstream/reward" "$@")
+common=(--config=configs/rl.py:tiny --config.init_from="$upstream/sft" --config.reward_from="$upstream/reward" "$@")
 start=$(date +%s.%N)
 for seed in $(seq 0 $((n - 1))); do
   python3 -m rlhf_jax.main "${common[@]}" --workdir="$scratch/seed$seed" --config.seed="$seed" > /dev/null 2>&1

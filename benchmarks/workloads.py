@@ -22,7 +22,7 @@ from rlhf_jax import sharding
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training import rl_trainer, setup
+from rlhf_jax.training import frozen, rl_state, rl_trainer, setup
 from rlhf_jax.training.dpo_steps import compile_dpo_steps
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.reward_steps import reward_eval_step, reward_train_step
@@ -87,8 +87,8 @@ def rl_workload(algo: str, preset: str = "tiny", model: dict | None = TINY_GPT2,
   named = {"policy": models.policy, "reward": models.scorer, **({"value": models.critic} if models.critic else {})}
   policy_tx, value_tx = rl_trainer.make_optimizers(cfg)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
-  state, shardings = rl_trainer.place_state(named, policy_tx, value_tx, mesh, rules, cfg.seed, cfg.kl_coef)
-  score_fn = functools.partial(rl_trainer.proxy_scores, scorer=models.scorer, gain=1.0, bias=0.0)
+  state, shardings = rl_state.place_state(named, policy_tx, value_tx, mesh, rules, cfg.seed, cfg.kl_coef)
+  score_fn = functools.partial(frozen.proxy_scores, scorer=models.scorer, gain=1.0, bias=0.0)
   iteration = rl_trainer.compile_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg,
                                            vmapped=False)
   batch = sharding.put_batch({"tokens": random_tokens(0, (prompts, prompt_len), policy_cfg.vocab_size),
@@ -177,7 +177,7 @@ def dpo_workload(preset: str = "tiny", model: dict | None = TINY_GPT2, pairs: in
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   # DPO's state has no use for a reward model: the policy's shape stands in for it.
   named = {"policy": policy, "reward": policy}
-  state, shardings = rl_trainer.place_state(named, tx, None, mesh, rules, cfg.seed, 0.0)
+  state, shardings = rl_state.place_state(named, tx, None, mesh, rules, cfg.seed, 0.0)
   train, _ = compile_dpo_steps(policy, tx, cfg, shardings, mesh)
   length = prompt_len + response_len
   ones = np.ones((pairs, length), np.int32)

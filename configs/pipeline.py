@@ -9,22 +9,24 @@ WORKDIR/summary.json holds each stage's final eval metrics.
 import ml_collections
 
 from configs import common
-from configs import ppo
 from configs import pretrain
 from configs import reward
+from configs import rl
 from configs import sft
 
 
 def get_config(preset: str = "tiny"):
-  """pretrain -> sft -> reward -> ppo (InstructGPT's order); `stages` may stop earlier."""
+  """pretrain -> sft -> reward -> rl (InstructGPT's order); `stages` may stop earlier. The RL
+  stage runs PPO unless --config.rl.algo says otherwise (it was `ppo` before: a pipeline's
+  --config.ppo.FIELD is now --config.rl.FIELD)."""
   c = ml_collections.ConfigDict()
   c.stage = "pipeline"
-  c.stages = ("pretrain", "sft", "reward", "ppo")
+  c.stages = ("pretrain", "sft", "reward", "rl")
   c.distributed = common.distributed_config()  # the whole pipeline is one multi-host job
   c.pretrain = pretrain.get_config(preset)
   c.sft = sft.get_config(preset)
   c.reward = reward.get_config(preset)
-  c.ppo = ppo.get_config(preset)
-  for stage in ("sft", "reward", "ppo"):
+  c.rl = rl.get_config(preset)
+  for stage in ("sft", "reward", "rl"):
     del c[stage].upstream  # the pipeline runs every stage itself, in WORKDIR/STAGE
   return c

@@ -1,71 +1,12 @@
-"""RL against the reward model, with a per-token KL penalty to the frozen SFT policy.
+"""PPO's preset of the RL stage (configs/rl.py), under the stage's earlier name.
 
   python -m rlhf_jax.main --config=configs/ppo.py:tiny --workdir=runs/ppo
-  python -m rlhf_jax.main --config=configs/ppo.py:tiny --workdir=runs/rloo --config.algo=rloo
-
-`algo` picks the method (rlhf_jax/algorithms/presets.py): ppo (default; GAE on a critic), or
-the critic-free reinforce (moving-average baseline), rloo (leave-one-out over k samples per
-prompt), grpo (group-normalised), remax (greedy-response baseline), dr_grpo, dapo, gspo, cispo
-and reinforce_pp (REINFORCE++); all share sampling, scoring, the KL penalty, evaluation and
-metrics. An algorithm is an advantage estimator, a policy loss and a loss aggregation, each
-also its own switch (`rl.advantage`, `rl.policy_loss`, `rl.loss_aggregation`); `rl` fields
-left unset (None, or 0 / "") take the algorithm's preset. `data.batch_size` counts responses
-per iteration, so every algorithm samples as many: k = 4 means batch_size / 4 prompts.
-
-With `init_from`/`reward_from` empty, the upstream stages (pretrain -> SFT -> reward model)
-first run, or are reused when finished, under WORKDIR/upstream/. Defaults follow Huang et
-al. 2024: gamma 1, lambda 0.95, clip 0.2, value clip 0.2, value coefficient 0.1, 4 epochs,
-whitened advantages, Adam eps 1e-5, temperature 0.7 in sampling and in recomputed log-probs,
--1 for a response without EOS.
 """
 
-import ml_collections
-
-from configs import common
-from configs import reward
+from configs import rl
 
 
 def get_config(preset: str = "tiny"):
-  c = common.base_config("ppo", preset)
-  small = common.is_small(preset)
-  c.reward_from = ""  # a finished reward run; "" = the upstream one
-  c.judge = "vader"  # the gold judge of evaluation (never seen by the policy)
-  # The value function: "reward" a separate critic started from the reward model (Huang et al.'s
-  # default), "sft" a separate critic started from the SFT policy, "shared" a value head on the
-  # policy backbone (one forward pass, half the parameters; the value loss trains the trunk too).
-  c.critic = "reward"
-  # > 1: seeds seed .. seed + vmap_seeds - 1 as one vmapped program, each in WORKDIR/seed_S.
-  c.vmap_seeds = 1
-  # Initial (or fixed) beta of the per-token KL penalty. Measured on tiny: 0.2 with PPO at
-  # lr 1.5e-5 gives gold 0.785 (SFT 0.128) at KL 1.24 with fluent text. (On the earlier
-  # byte-level model, beta 0.05 with lr 3e-5 reached KL 34 with degenerate text.) The
-  # critic-free methods, one update per batch, want lr ~1e-4 here (README's showcase).
-  c.kl_coef = 0.2
-  c.eval_prompts = 64
-  c.max_prompt_len = 16  # tokens: openings are 2-6 words
-  c.data.batch_size = 64 if small else 256  # responses per iteration
-  c.sample.max_new_tokens = 80 if small else 256
-  c.optim.update(dict(lr=1.5e-5 if small else 1e-6, warmup_steps=0, final_lr_ratio=1.0, eps=1e-5,
-                      weight_decay=0.0, b2=0.999))
-  c.value_optim = c.optim.copy_and_resolve_references()
-  c.value_optim.lr = 1e-4 if small else 1e-5
-  c.train.update(dict(num_steps=20 if small else 1000, log_every=5 if small else 10,
-                      eval_every=10 if small else 100, checkpoint_every=10 if small else 100))
+  c = rl.get_config(preset)
   c.algo = "ppo"
-  unset = lambda kind: ml_collections.config_dict.placeholder(kind)  # None: the algorithm's (presets.py)
-  c.rl = ml_collections.ConfigDict(dict(
-      # The algorithm's parts: names in algorithms/advantages.py, policy_losses.py, aggregation.py.
-      advantage="", policy_loss="", loss_aggregation="",
-      loss_reduction="",  # the earlier name of loss_aggregation (token, sequence, sequence_mean)
-      samples_per_prompt=0, epochs=0, minibatches=0 if small else 4, accum_steps=1,
-      # The clip range [1 - clip_eps, 1 + clip_eps_high] (clip_eps_high unset: symmetric).
-      clip_eps=unset(float), clip_eps_high=unset(float), dual_clip=3.0,
-      value_clip=0.2, vf_coef=0.1, ent_coef=0.0, gamma=1.0, lam=0.95, baseline_decay=0.9,
-      scale_by_std=unset(bool),  # GRPO's group std (Dr. GRPO: False)
-      dynamic_sampling=unset(bool),  # DAPO: groups whose k scores are all equal get weight 0
-      overlong_buffer=unset(float),  # DAPO: a soft length penalty over this last fraction of the budget
-      kl_kind="k1", kl_in_loss=False, kl_target=6.0, kl_horizon=10000.0, adaptive_kl=False,
-      no_eos_penalty=-1.0, penalise_no_eos=True))
-  c.upstream = {"reward": reward.get_config(preset)}
-  c.upstream_paths = {"init_from": "sft", "reward_from": "reward"}
   return c

@@ -20,7 +20,7 @@ FROM_UPSTREAM = {"init_from": "{upstream}/sft", "reward_from": "{upstream}/rewar
 
 def get_sweep() -> Sweep:
   upstream = Run("upstream", "configs/pipeline.py:tiny", {"stages": ("pretrain", "sft", "reward")})
-  rl = grid("{algo}_lr{lr}_s{seed}", "configs/ppo.py:tiny", FROM_UPSTREAM,
+  rl = grid("{algo}_lr{lr}_s{seed}", "configs/rl.py:tiny", FROM_UPSTREAM,
             algo=["ppo", "reinforce", "rloo", "grpo"], **{"optim.lr": [1.5e-5, 1e-4]}, seed=SEEDS)
   dpo = grid("dpo_lr{lr}_s{seed}", "configs/dpo.py:tiny", FROM_UPSTREAM, **{"optim.lr": [3e-5, 1e-4]}, seed=SEEDS)
   return Sweep(runs=tuple(rl + dpo), upstream=upstream)

@@ -24,7 +24,7 @@ DPO_LOSSES = {
 
 def get_sweep() -> Sweep:
   upstream = Run("upstream", "configs/pipeline.py:tiny", {"stages": ("pretrain", "sft", "reward")})
-  rl = grid("{algo}_lr{lr}", "configs/ppo.py:tiny", FROM_UPSTREAM,
+  rl = grid("{algo}_lr{lr}", "configs/rl.py:tiny", FROM_UPSTREAM,
             algo=["dr_grpo", "dapo", "gspo", "cispo", "reinforce_pp"], **{"optim.lr": [1e-4]})
   dpo = [Run(f"dpo_{name}", "configs/dpo.py:tiny", {**FROM_UPSTREAM, **fields})
          for name, fields in DPO_LOSSES.items()]

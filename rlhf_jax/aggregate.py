@@ -21,6 +21,9 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from rlhf_jax import plots
+from rlhf_jax.plots import pyplot
+
 COLUMNS = ("run", "group", "algo", "seed", "status", "step", "gold_reward", "ref_gold_reward", "kl", "proxy_reward",
            "response_length")
 
@@ -88,25 +91,18 @@ def markdown_table(runs: list) -> str:
 
 def plot(runs: list, root: str) -> list:
   """gold_reward_by_step.png and reward_kl_frontier.png; returns their paths."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = pyplot()
   groups = collections.defaultdict(list)
   for run in runs:
     groups[run["group"]].append(run)
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  curves = []
   for name, members in groups.items():
-    steps = sorted({row["step"] for r in members for row in r["evals"]})
-    curves = [[next((row["eval/gold_reward"] for row in r["evals"] if row["step"] == s), np.nan) for s in steps]
-              for r in members]
-    curves = np.array(curves, float)
-    line, = ax.plot(steps, np.nanmean(curves, 0), marker="o", label=f"{name} ({len(members)} seeds)")
-    ax.fill_between(steps, np.nanmin(curves, 0), np.nanmax(curves, 0), color=line.get_color(), alpha=0.2)
-  ax.set(xlabel="training step (iteration; DPO: pair batch)", ylabel="gold reward (VADER)",
-         title="Gold reward of held-out completions")
-  ax.legend(fontsize=8)
-  by_step = os.path.join(root, "gold_reward_by_step.png")
-  fig.tight_layout(), fig.savefig(by_step, dpi=120), plt.close(fig)
+    steps, mean, low, high = plots.mean_band([r["evals"] for r in members], "eval/gold_reward")
+    curves.append(plots.Curve(f"{name} ({len(members)} seeds)", steps, mean, low, high))
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  plots.draw_curves(ax, curves, "training step (iteration; DPO: pair batch)", "gold reward (VADER)",
+                    "Gold reward of held-out completions")
+  by_step = plots.save(fig, os.path.join(root, "gold_reward_by_step.png"))
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
   colors = {}
@@ -119,9 +115,7 @@ def plot(runs: list, root: str) -> list:
   ax.set(xlabel="KL(policy || SFT reference), nats per completion", ylabel="gold reward (VADER)",
          title="Reward-KL frontier: every eval of every run")
   ax.legend(fontsize=8)
-  frontier = os.path.join(root, "reward_kl_frontier.png")
-  fig.tight_layout(), fig.savefig(frontier, dpi=120), plt.close(fig)
-  return [by_step, frontier]
+  return [by_step, plots.save(fig, os.path.join(root, "reward_kl_frontier.png"))]
 
 
 def aggregate(root: str) -> dict:

@@ -3,8 +3,12 @@
 Any config field can be overridden: --config.optim.lr=3e-4. Running the same command with
 the same workdir again resumes from the last checkpoint; a finished run is not redone.
 Exit status: 0 when finished or preempted (SIGTERM: checkpointed, resumable), 2 for bad input.
+The terminal gets the project's progress lines and every warning; `--verbosity=0` brings back
+the libraries' INFO lines too.
 """
 
+import logging as pylogging
+import os
 import sys
 
 from absl import app
@@ -12,7 +16,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from rlhf_jax import distributed, preemption, stages
+from rlhf_jax import distributed, preemption, stage_names, stages
 from rlhf_jax.errors import Preempted, UserError
 
 FLAGS = flags.FLAGS
@@ -22,10 +26,15 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, sample
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def quiet_libraries() -> None:
-  """Orbax logs every file it writes at INFO; keep its warnings, drop the rest."""
-  library_info = lambda r: r.levelno < logging.WARNING and "/orbax/" in r.pathname
-  logging.get_absl_handler().addFilter(lambda record: not library_info(record))
+  """Below WARNING, only the project's own lines reach the terminal: every library keeps its
+  warnings and errors, but not its INFO chatter (Orbax logs each file it writes, JAX its
+  backend search). (absl's logging.WARNING is its own scale; records carry Python's levels.)"""
+  ours = lambda record: os.path.abspath(record.pathname).startswith(PACKAGE)
+  logging.get_absl_handler().addFilter(lambda record: record.levelno >= pylogging.WARNING or ours(record))
 
 
 def fail(message) -> None:
@@ -45,6 +54,9 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError) as e:
+    for old, new in stage_names.RENAMED.items():
+      if any(arg.startswith(f"--config.{old}.") for arg in argv):
+        fail(f"a pipeline's {old} stage is now its {new} stage: write --config.{new}.FIELD for --config.{old}.FIELD")
     fail(f"unknown config field in the --config.* overrides: {last_line(e)}")
   except (flags.Error, TypeError, ValueError, OSError) as e:
     fail(f"bad command line: {last_line(e)}")
@@ -53,8 +65,9 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
-  quiet_libraries()
+  if not FLAGS["verbosity"].present:  # --verbosity=0 (INFO) shows every library's lines too
+    logging.set_verbosity(logging.INFO)
+    quiet_libraries()
   try:
     config = FLAGS.config
     config.get("stage")  # a config file that failed to load raises here

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 from ml_collections import config_flags
 
-from rlhf_jax import sharding
+from rlhf_jax import sharding, stage_names
 from rlhf_jax.algorithms import presets
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.config import ModelConfig, padded_vocab
@@ -116,7 +116,7 @@ def stage_models(cfg, model_cfg: ModelConfig):
 
 def train_batch(cfg):
   """(rows per micro-step, sequence length, gradient accumulation steps) of the training step."""
-  if cfg.stage == "ppo":
+  if cfg.stage == "rl":
     accum, minibatches = cfg.rl.accum_steps, presets.resolve(cfg.algo, dict(cfg.rl))["minibatches"]
     return cfg.data.batch_size // minibatches // accum, cfg.max_prompt_len + cfg.sample.max_new_tokens, accum
   pairs = 2 if cfg.stage in ("reward", "dpo") else 1  # chosen and rejected in one forward pass
@@ -127,14 +127,19 @@ def sampled_batch(cfg, model_cfg: ModelConfig):
   """(rows, prompt + new tokens) of the largest batch the stage samples (what fills the KV cache).
 
   pretrain/SFT: eval samples of `sample.num_prompts` prompts cut to fit min(seq_len, max_len);
-  reward: pair generation, 2 x `preference.gen_batch` rows within `seq_len`; PPO: the
-  rollout's `data.batch_size` responses (or eval's `eval_prompts`); DPO: eval's `eval_prompts`.
+  reward: pair generation, 2 x `preference.gen_batch` rows within `seq_len`; RL: the
+  rollout's `data.batch_size` responses and k for each extra prompt `rl.oversample` draws (or
+  eval's `eval_prompts`); DPO: eval's `eval_prompts`.
   """
   if cfg.stage == "reward":
     new = cfg.preference.max_new_tokens
     return 2 * cfg.preference.gen_batch, max(1, cfg.data.seq_len - new) + new
-  if cfg.stage in ("ppo", "dpo"):
-    rows = max(cfg.data.batch_size, cfg.eval_prompts) if cfg.stage == "ppo" else cfg.eval_prompts
+  if cfg.stage in ("rl", "dpo"):
+    if cfg.stage == "rl":
+      rl = presets.resolve(cfg.algo, dict(cfg.rl))
+      rows = max(cfg.data.batch_size + rl.get("oversample", 0) * rl["samples_per_prompt"], cfg.eval_prompts)
+    else:
+      rows = cfg.eval_prompts
     return rows, cfg.max_prompt_len + cfg.sample.max_new_tokens
   new = cfg.sample.max_new_tokens
   return cfg.sample.num_prompts, max(1, min(cfg.data.seq_len, model_cfg.max_len) - new) + new
@@ -181,7 +186,7 @@ def plan(cfg, model_cfg: ModelConfig, mesh_shape: dict) -> MemoryPlan:
   acts = seeds * sum(activation_bytes(m, b, seq, rules, mesh_shape, logits=role in ("model", "policy"))
                      for role, (m, _) in trainable.items())
   sampled, length = sampled_batch(cfg, model_cfg)
-  sampled *= seeds if cfg.stage == "ppo" else 1
+  sampled *= seeds if cfg.stage == "rl" else 1
   names = " + ".join(trainable) + (f" (x{seeds} seeds)" if seeds > 1 else "")
   return MemoryPlan(cfg.stage, dict(mesh_shape), (
       Row("params", params, names),
@@ -249,7 +254,7 @@ def print_plans(cfg, devices: int) -> None:
 
 def define_flags() -> None:
   """Flags of the command (defined only when run as one, so importing this module defines none)."""
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ppo.py:gpt2_small.", lock_config=True)
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/rl.py:gpt2_small.", lock_config=True)
   flags.DEFINE_integer("devices", 8, "devices of the mesh the plan is for")
   flags.mark_flags_as_required(["config"])
 
@@ -257,6 +262,7 @@ def define_flags() -> None:
 def main(argv):
   del argv
   try:
+    stage_names.normalise(flags.FLAGS.config)
     print_plans(flags.FLAGS.config, flags.FLAGS.devices)
   except UserError as e:
     sys.exit(f"error: {e}")

@@ -11,6 +11,8 @@ import os
 
 from absl import logging
 
+from rlhf_jax import report
+from rlhf_jax import stage_names
 from rlhf_jax.errors import UserError
 from rlhf_jax.training import dpo_trainer, guards, lm_trainer, reward_trainer, rl_trainer
 from rlhf_jax.workdir import RunDir
@@ -19,14 +21,15 @@ RUNNERS = {
     "pretrain": lm_trainer.run,
     "sft": lm_trainer.run,
     "reward": reward_trainer.run,
-    "ppo": rl_trainer.run,
+    "rl": rl_trainer.run,  # every RL algorithm; `ppo`, its earlier name, still works (stage_names)
     "dpo": dpo_trainer.run,
 }
 # Checks of a stage's fields that need no data, run for every stage before any starts.
-CHECKS = {"ppo": rl_trainer.check_config, "dpo": dpo_trainer.check_config}
+CHECKS = {"rl": rl_trainer.check_config, "dpo": dpo_trainer.check_config}
 
 
 def run(config, workdir: str) -> dict:
+  stage_names.normalise(config)
   check_all(config)
   if config.stage == "pipeline":
     return run_pipeline(config, workdir)
@@ -62,7 +65,22 @@ def run_stage(config, workdir: str, upstream_root: str) -> dict:
       run_stage(upstream[name], os.path.join(upstream_root, name), upstream_root)
     fill_upstream_paths(config, upstream_root, default=list(upstream)[-1])
   logging.info("stage %s in %s", config.stage, workdir)
-  return RUNNERS[config.stage](config, workdir)
+  summary = RUNNERS[config.stage](config, workdir)
+  draw_report([(os.path.basename(workdir.rstrip(os.sep)), config.stage, workdir)], workdir)
+  return summary
+
+
+def draw_report(sections: list, workdir: str) -> str | None:
+  """WORKDIR/report.png of (name, stage, run directory) sections; the run's results are saved
+  before it, so a failure to draw is a warning."""
+  try:
+    path = report.write_report(sections, os.path.join(workdir, "report.png"))
+  except (OSError, ValueError, RuntimeError) as e:
+    logging.warning("report.png not written: %s", e)
+    return None
+  if path:
+    logging.info("report: %s", path)
+  return path
 
 
 def fill_upstream_paths(config, root: str, default) -> None:
@@ -86,29 +104,38 @@ def run_pipeline(config, workdir: str) -> dict:
     summary[name] = run_stage(config[name], os.path.join(workdir, name), upstream_root=workdir)
     previous = name
   RunDir(workdir).write_json("summary.json", summary)
-  print(report(summary, workdir))
+  picture = draw_report([(name, config[name].stage, os.path.join(workdir, name)) for name in summary], workdir)
+  print(closing_table(summary, workdir, config, picture))
   return summary
 
 
 HEADLINES = {"pretrain": ("eval/loss",), "sft": ("eval/loss",), "reward": ("eval/accuracy", "eval/gold_correlation"),
-             "ppo": ("eval/ref_gold_reward", "eval/gold_reward", "eval/kl")}
+             "rl": ("eval/ref_gold_reward", "eval/gold_reward", "eval/kl"),
+             "dpo": ("eval/ref_gold_reward", "eval/gold_reward", "eval/kl")}
 
 
-def report(summary: dict, workdir: str) -> str:
-  """The pipeline's closing table, and the RL policy's last samples beside the SFT policy's."""
+def closing_table(summary: dict, workdir: str, config, picture: str | None = None) -> str:
+  """The pipeline's closing table (by section, each with its stage's headline metrics), the
+  last policy-vs-SFT section's gain and last samples beside the SFT policy's, and where the
+  curves are drawn (`picture`, report.png)."""
   lines = [f"{'stage':<10}{'metric':<26}value"]
-  for stage, metrics in summary.items():
+  compared = None
+  for name, metrics in summary.items():
+    stage = config[name].stage
     for key in HEADLINES.get(stage, ()):
       if key in metrics:
-        lines.append(f"{stage:<10}{key:<26}{metrics[key]:.4g}")
-  if "ppo" in summary:
-    ppo = summary["ppo"]
-    algo = RunDir(os.path.join(workdir, "ppo")).read_json("config.json").get("algo", "ppo")
-    gain = ppo["eval/gold_reward"] - ppo["eval/ref_gold_reward"]
-    lines.append(f"{algo.upper()} vs SFT by the gold judge: {gain:+.3f} "
-                 f"at KL {ppo['eval/kl']:.2f} nats")
-    samples = sorted(glob.glob(os.path.join(workdir, "ppo", "samples", "step_*.txt")))
+        lines.append(f"{name:<10}{key:<26}{metrics[key]:.4g}")
+    if stage in ("rl", "dpo") and "eval/gold_reward" in metrics:
+      compared = name
+  if compared:
+    metrics, section = summary[compared], config[compared]
+    label = section.algo if section.stage == "rl" else "dpo"
+    gain = metrics["eval/gold_reward"] - metrics["eval/ref_gold_reward"]
+    lines.append(f"{label.upper()} vs SFT by the gold judge: {gain:+.3f} at KL {metrics['eval/kl']:.2f} nats")
+    samples = sorted(glob.glob(os.path.join(workdir, compared, "samples", "step_*.txt")))
     if samples:
       with open(samples[-1]) as f:
         lines += ["", f"samples ({samples[-1]}):", f.read().strip()]
+  if picture:
+    lines += ["", f"curves of every stage: {picture}"]
   return "\n".join(lines)

@@ -52,6 +52,13 @@ class RunDir:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(self.file(name))
 
+  def write_samples(self, step: int, lines: list) -> None:
+    """samples/step_N.txt, one sample per line (by process 0; nothing waits for it)."""
+    if jax.process_index() == 0:
+      os.makedirs(self.file("samples"), exist_ok=True)
+      with open(self.file("samples", f"step_{step:06d}.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
   def record_config(self, config: ml_collections.ConfigDict) -> None:
     """Writes config.json; on a resume, warns about fields that changed since the first start."""
     new = json.loads(config.to_json_best_effort())

@@ -16,11 +16,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import common, dpo, ppo, pretrain
+from configs import common, dpo, pretrain, rl
 from rlhf_jax import sharding
 from rlhf_jax.data.tokenizers import ByteTokenizer
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training import rl_trainer, setup
+from rlhf_jax.training import frozen, rl_state, rl_trainer, setup
 from rlhf_jax.training.dpo_steps import compile_dpo_steps
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.rl_steps import RLConfig
@@ -68,16 +68,16 @@ def pretrain_steps(mesh) -> tuple[list, dict]:
   return metrics, {"initial": initial, "final": jax.device_get(state.params), "placed": state.params}
 
 
-def ppo_iteration(mesh) -> tuple[list, dict]:
-  cfg = stage_config(ppo)
+def rl_iteration(mesh) -> tuple[list, dict]:
+  cfg = stage_config(rl)
   cfg.value_optim.lr = LR
   policy = Transformer(MODEL)
   critic = Transformer(dataclasses.replace(MODEL, heads=("value",)))
   scorer = Transformer(dataclasses.replace(MODEL, heads=("reward",)))
   policy_tx, value_tx = make_optimizer(cfg.optim, 10), make_optimizer(cfg.value_optim, 10)
   models = {"policy": policy, "value": critic, "reward": scorer}
-  state, shardings = rl_trainer.place_state(models, policy_tx, value_tx, mesh, RULES, seed=0, kl_coef=0.05)
-  score_fn = functools.partial(rl_trainer.proxy_scores, scorer=scorer, gain=1.0, bias=0.0)
+  state, shardings = rl_state.place_state(models, policy_tx, value_tx, mesh, RULES, seed=0, kl_coef=0.05)
+  score_fn = functools.partial(frozen.proxy_scores, scorer=scorer, gain=1.0, bias=0.0)
   rl_cfg = RLConfig(max_new_tokens=8, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, algo="ppo", epochs=2,
                     minibatches=2, temperature=1.0)
   iteration = rl_trainer.compile_iteration(shardings, mesh, RULES, rl_trainer.Models(policy, critic, scorer),
@@ -107,7 +107,7 @@ def dpo_steps(mesh) -> tuple[list, dict]:
   cfg = stage_config(dpo)
   policy, scorer = Transformer(MODEL), Transformer(dataclasses.replace(MODEL, heads=("reward",)))
   tx = make_optimizer(cfg.optim, 10)
-  state, shardings = rl_trainer.place_state({"policy": policy, "reward": scorer}, tx, None, mesh, RULES, seed=0,
+  state, shardings = rl_state.place_state({"policy": policy, "reward": scorer}, tx, None, mesh, RULES, seed=0,
                                             kl_coef=0.0)
   # The policy moved off the reference, so the DPO margins (and their gradients) are not all 0.
   state = state.replace(policy=jax.tree.map(lambda p: p * 1.1, state.policy))
@@ -119,7 +119,7 @@ def dpo_steps(mesh) -> tuple[list, dict]:
   return metrics, {"initial": initial, "final": jax.device_get(state.policy), "placed": state.policy}
 
 
-STAGES = {"pretrain": pretrain_steps, "ppo": ppo_iteration, "dpo": dpo_steps}
+STAGES = {"pretrain": pretrain_steps, "rl": rl_iteration, "dpo": dpo_steps}
 
 
 def relative_difference(a, b) -> float:

@@ -2,14 +2,14 @@
 
 import pytest
 
-from configs import common, dpo, pipeline, ppo, pretrain, reward, sft
+from configs import common, dpo, pipeline, ppo, pretrain, reward, rl, sft
 from rlhf_jax import stages
 from rlhf_jax.models.config import ModelConfig
 
 PRESETS = tuple(common.MODELS)
 
 
-@pytest.mark.parametrize("module", [pretrain, sft, reward, ppo, dpo, pipeline])
+@pytest.mark.parametrize("module", [pretrain, sft, reward, rl, ppo, dpo, pipeline])
 @pytest.mark.parametrize("preset", PRESETS)
 def test_configs_load_and_pass_the_stage_checks(module, preset):
   config = module.get_config(preset)
@@ -32,8 +32,8 @@ def test_preset_sizes():
 
 def test_pipeline_stages_chain_without_their_own_upstream():
   config = pipeline.get_config("tiny")
-  assert tuple(config.stages) == ("pretrain", "sft", "reward", "ppo")
-  assert all("upstream" not in config[s] for s in ("sft", "reward", "ppo"))
+  assert tuple(config.stages) == ("pretrain", "sft", "reward", "rl")
+  assert all("upstream" not in config[s] for s in ("sft", "reward", "rl"))
   assert "upstream" in sft.get_config("tiny")
 
 

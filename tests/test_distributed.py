@@ -54,7 +54,7 @@ def test_cpu_split_into_devices_before_first_use():
     distributed.split_cpu(2)
 
 
-# The tiny pipeline, shrunk as the other tests shrink it: pretrain -> SFT -> reward -> 4 PPO iterations.
+# The tiny pipeline, shrunk as the other tests shrink it: pretrain -> SFT -> reward -> 4 PPO iterations in its rl stage.
 CONFIG = """
 from configs import pipeline
 from tests.conftest import make_tiny_ppo, make_tiny_reward, make_tiny_sft, shrink
@@ -62,10 +62,10 @@ from tests.conftest import make_tiny_ppo, make_tiny_reward, make_tiny_sft, shrin
 def get_config(arg=None):
   config = pipeline.get_config("tiny")
   config.pretrain = shrink(config.pretrain, steps=10)
-  for name, make in (("sft", make_tiny_sft), ("reward", make_tiny_reward), ("ppo", make_tiny_ppo)):
+  for name, make in (("sft", make_tiny_sft), ("reward", make_tiny_reward), ("rl", make_tiny_ppo)):
     config[name] = make()
     del config[name].upstream
-  config.ppo.train.update(dict(eval_every=2, checkpoint_every=2))
+  config.rl.train.update(dict(eval_every=2, checkpoint_every=2))
   return config
 """
 
@@ -96,26 +96,28 @@ def same_metrics(ours, theirs, tolerance: float, steps) -> None:
         assert abs(ours[step][key] - value) <= tolerance * max(1.0, abs(value)), (step, key, ours[step][key], value)
 
 
-def test_two_processes_run_the_pipeline_restore_ppo_and_match_one_process(tmp_path):
+def test_two_processes_run_the_pipeline_restore_rl_and_match_one_process(tmp_path):
   config_file = tmp_path / "two_hosts.py"
   config_file.write_text(CONFIG)
   two, one = tmp_path / "two_processes", tmp_path / "one_process"
   logs = launch(config_file, two, PROCESSES="2", DEVICES="1")
   assert "process 1 of 2: 1 local devices, 2 in all" in logs
-  shutil.copytree(two / "ppo", tmp_path / "uninterrupted")
+  shutil.copytree(two / "rl", tmp_path / "uninterrupted")
   # As if killed after PPO's checkpoint at step 2: the same command skips the finished
   # stages, restores PPO and goes on.
-  shutil.rmtree(two / "ppo" / "checkpoints" / "4")
-  for summary in (two / "summary.json", two / "ppo" / "summary.json"):
+  shutil.rmtree(two / "rl" / "checkpoints" / "4")
+  for summary in (two / "summary.json", two / "rl" / "summary.json"):
     os.remove(summary)
   logs = launch(config_file, two, PROCESSES="2", DEVICES="1")
   assert "resumed from" in logs and "at step 2" in logs
-  same_metrics(two / "ppo", tmp_path / "uninterrupted", 1e-6, [1, 2, 3, 4])
+  same_metrics(two / "rl", tmp_path / "uninterrupted", 1e-6, [1, 2, 3, 4])
   logs = launch(config_file, one, DEVICES="2")  # the same 2-device mesh in one process
-  assert "PPO vs SFT by the gold judge" in logs and "eval/accuracy" in logs  # the pipeline's report
-  ppo_config = json.load(open(one / "ppo" / "config.json"))
+  assert "PPO vs SFT by the gold judge" in logs and "eval/accuracy" in logs  # the pipeline's closing table
+  assert f"curves of every stage: {one / 'report.png'}" in logs
+  assert all(os.path.getsize(d / "report.png") > 10000 for d in (one, one / "sft", one / "rl"))
+  ppo_config = json.load(open(one / "rl" / "config.json"))
   assert ppo_config["init_from"] == str(one / "sft") and ppo_config["reward_from"] == str(one / "reward")
-  for stage in ("pretrain", "sft", "reward", "ppo"):
+  for stage in ("pretrain", "sft", "reward", "rl"):
     same_metrics(two / stage, one / stage, 1e-4, sorted(metrics_by_step(one / stage)))
 
 

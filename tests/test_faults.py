@@ -7,6 +7,7 @@ The moments are drawn from a fresh seed, printed on failure. `tests/soak.py` doe
 many times over.
 """
 
+import glob
 import json
 import os
 import random
@@ -69,9 +70,29 @@ def start(config_file: str, stage: str, workdir) -> subprocess.Popen:
 
 
 def finish(process: subprocess.Popen, workdir) -> str:
+  """The run's output, once it has exited; it must hold no library's INFO lines."""
   process.wait(timeout=600)
   with open(f"{workdir}.log") as f:
-    return f.read()
+    log = f.read()
+  assert not library_info_lines(log), library_info_lines(log)[:5]
+  return log
+
+
+def our_logging_lines() -> set:
+  """(file name, line) of every line of the package that holds a logging call."""
+  found = set()
+  for path in glob.glob(os.path.join(ROOT, "rlhf_jax", "**", "*.py"), recursive=True):
+    with open(path) as f:
+      found |= {(os.path.basename(path), i + 1) for i, line in enumerate(f) if "logging." in line}
+  return found
+
+
+def library_info_lines(log: str) -> list:
+  """absl INFO lines ("I1202 02:10:09.758 1404 file.py:51] ...") that no logging call of ours
+  wrote: matched by file name and line, since libraries reuse our file names (checkpoint.py)."""
+  ours = our_logging_lines()
+  found = re.findall(r"^I\d{4} [\d:.]+ +\d+ (\S+):(\d+)\] (.*)$", log, re.MULTILINE)
+  return [f"{name}:{line}] {text}" for name, line, text in found if (name, int(line)) not in ours]
 
 
 def logged_steps(workdir) -> int:

@@ -85,6 +85,7 @@ BAD_FILES = {"bad.jsonl": '{"text": "fine"}\n{"text": "cut short\n', "empty.json
     ("pretrain", "--config.memory.device_gb=0.001", "the plan needs 1"),  # ~14 MiB of a 1 MiB device
     ("pretrain", "--config.train.on_nonfinite=ignore", "train.on_nonfinite='ignore': choose one of"),
     ("ppo", "--config.algo=a2c", "algo='a2c'"),
+    ("rl", "--config.rl.policy_loss=trpo", "rl.policy_loss='trpo': choose one of clip, dual_clip"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, config, override, message):
   for name, text in BAD_FILES.items():
@@ -97,6 +98,12 @@ def test_bad_input_is_one_clear_line(tmp_path, config, override, message):
   assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
   assert "Traceback" not in result.stderr
   assert not os.path.exists(workdir / "config.json")  # nothing written for a run that never started
+
+
+def test_the_pipeline_stage_ppo_was_says_what_replaced_it(tmp_path):
+  result = run_main("--config=configs/pipeline.py:tiny", f"--workdir={tmp_path}", "--config.ppo.algo=grpo")
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert "error: a pipeline's ppo stage is now its rl stage: write --config.rl.FIELD" in result.stderr
 
 
 def test_missing_config_file_is_one_clear_line(tmp_path):

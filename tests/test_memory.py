@@ -131,7 +131,7 @@ def test_cli_prints_the_plan_of_an_eight_device_mesh():
                           env=dict(os.environ, PYTHONPATH=ROOT))
   assert result.returncode == 0, result.stderr
   out = result.stdout
-  assert "memory plan of stage ppo on mesh data=1 fsdp=8 tensor=1" in out
+  assert "memory plan of stage rl on mesh data=1 fsdp=8 tensor=1" in out
   for row in ("params", "optimizer state", "gradients", "frozen models", "KV cache", "activations", "total"):
     assert f"\n  {row} " in out
   assert "policy + critic" in out and "reference + reward model" in out

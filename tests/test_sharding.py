@@ -44,7 +44,7 @@ def test_steps_match_one_device_on_data_fsdp_and_tensor_meshes():
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
-  assert set(report) == {"pretrain", "ppo", "dpo"}
+  assert set(report) == {"pretrain", "rl", "dpo"}
   for stage, meshes in report.items():
     for mesh, found in meshes.items():
       assert found["metrics"] < 1e-4, (stage, mesh, found)  # loss, grad norm, KL, ...: relative

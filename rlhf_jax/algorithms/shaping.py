@@ -6,6 +6,9 @@
   informative_groups: dynamic sampling. A group whose k rewards are all equal has zero
     advantage under any group baseline, so it carries no gradient and only dilutes the
     batch's token mean; it gets weight 0.
+  select_groups: DAPO's refill. With extra prompts drawn (`rl.oversample`), the groups the
+    update keeps: informative ones first, in the order drawn, then uninformative ones only
+    where too few were informative, so the batch keeps its static size.
 """
 
 import jax
@@ -25,3 +28,12 @@ def informative_groups(rewards: jax.Array, group_size: int, tolerance: float = 1
   groups = rewards.reshape(-1, group_size)
   spread = jnp.max(groups, axis=1) - jnp.min(groups, axis=1)
   return jnp.repeat((spread > tolerance).astype(jnp.float32), group_size)
+
+
+def select_groups(weights: jax.Array, group_size: int, keep: int) -> jax.Array:
+  """Row indices [keep * group_size] of `keep` of the groups that `weights` [n] (constant
+  within each group of `group_size` rows) mark: weight-1 groups first, each group's rows in
+  order, then weight-0 groups to fill."""
+  informative = weights.reshape(-1, group_size)[:, 0]
+  groups = jnp.argsort(-informative, stable=True)[:keep]
+  return (groups[:, None] * group_size + jnp.arange(group_size)).reshape(-1)

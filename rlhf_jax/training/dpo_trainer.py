@@ -8,7 +8,6 @@ model, KL to the reference, samples) plus held-out pair accuracy and margin.
 """
 
 import dataclasses
-import functools
 
 import jax
 import numpy as np
@@ -17,11 +16,13 @@ from rlhf_jax import memory, sharding
 from rlhf_jax.algorithms.dpo import PREFERENCE_LOSSES
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import batches
+from rlhf_jax.data.prompts import prompt_set
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training import rl_trainer, setup
+from rlhf_jax.training import frozen, setup
 from rlhf_jax.training.dpo_steps import averages, compile_dpo_steps
+from rlhf_jax.training.policy_eval import PolicyEvaluator
 from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.optim import make_optimizer
 from rlhf_jax.training.reward_trainer import encode_triples, preference_pairs
@@ -41,35 +42,31 @@ def check_config(cfg) -> None:
 
 def run(cfg, workdir: str) -> dict:
   run_dir = RunDir(workdir)
-  sft_run, reward_run = setup.source_run(cfg), rl_trainer.reward_run_of(cfg)
+  sft_run, reward_run = setup.source_run(cfg), frozen.reward_run_of(cfg)
   if sft_run is None:
     raise UserError("the DPO stage starts from an SFT run: set init_from (or keep config.upstream)")
   tokenizer = setup.prepare_tokenizer(cfg, run_dir, sft_run)
   reward_cfg = ModelConfig.from_dict(reward_run.read_json("model.json"))
-  models = rl_trainer.Models(Transformer(setup.model_config(cfg, tokenizer, sft_run)), None, Transformer(reward_cfg))
+  policy, scorer = Transformer(setup.model_config(cfg, tokenizer, sft_run)), Transformer(reward_cfg)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
-  memory.check(cfg, models.policy.cfg, mesh)
+  memory.check(cfg, policy.cfg, mesh)
   pairs = {split: preference_pairs(cfg, reward_run, tokenizer, None, None, split) for split in ("train", "eval")}
   data = {split: batches.PreferenceData(encode_triples(rows, tokenizer), tokenizer, cfg.data.seq_len,
                                         cfg.data.batch_size, cfg.seed, shuffle=split == "train",
                                         process_index=jax.process_index(), process_count=jax.process_count())
           for split, rows in pairs.items()}
-  prompts = rl_trainer.prompt_set(cfg, tokenizer, "eval")
+  prompts = prompt_set(cfg, tokenizer, "eval")
   tx = make_optimizer(cfg.optim, cfg.train.num_steps)
-  state, shardings = rl_trainer.initial_state(cfg, models, sft_run, reward_run, tx, None, mesh, rules)
+  sources = {"policy": (policy, sft_run, None), "reward": (scorer, reward_run, None)}
+  state, shardings = frozen.load_state(sources, tx, None, mesh, rules, cfg.seed, kl_coef=0.0)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), DPO_ITEMS, cfg.train.keep_checkpoints)
   restored = setup.resume(state, shardings, checkpointer, DPO_ITEMS)
   state = restored if restored is not None else state
   run_dir.record_config(cfg)
-  setup.save_run_files(run_dir, tokenizer, models.policy.cfg)
-  train, evaluate_pairs = compile_dpo_steps(models.policy, tx, cfg, shardings, mesh)
-  norm = reward_run.read_json("summary.json")
-  score_fn = functools.partial(rl_trainer.proxy_scores, scorer=models.scorer, gain=norm["reward_gain"],
-                               bias=norm["reward_bias"])
-  rl_cfg = rl_trainer.RLConfig(max_new_tokens=cfg.sample.max_new_tokens, eos_id=tokenizer.eos_id,
-                               pad_id=tokenizer.pad_id, temperature=cfg.sample.temperature)
-  policy_eval = rl_trainer.RLEvaluator(cfg, run_dir, models, prompts, tokenizer, score_fn, rl_cfg, shardings.policy,
-                                       mesh)
+  setup.save_run_files(run_dir, tokenizer, policy.cfg)
+  train, evaluate_pairs = compile_dpo_steps(policy, tx, cfg, shardings, mesh)
+  policy_eval = PolicyEvaluator(cfg, run_dir, policy, prompts, tokenizer, frozen.proxy_score_fn(scorer, reward_run),
+                                shardings.policy, mesh, label="dpo")
   evaluate = DPOEvaluator(policy_eval, evaluate_pairs, data["eval"], cfg.train.eval_batches, mesh)
   next_batch = lambda step: sharding.put_batch(data["train"].batch(step), mesh)
   summary = Loop(cfg.train, run_dir, train, next_batch, evaluate, checkpointer, DPO_ITEMS).train(state)
@@ -81,7 +78,7 @@ def run(cfg, workdir: str) -> dict:
 @dataclasses.dataclass
 class DPOEvaluator:
   """The RL evaluation of the policy, plus its held-out pair accuracy and margin."""
-  policy_eval: rl_trainer.RLEvaluator
+  policy_eval: PolicyEvaluator
   evaluate_pairs: object
   data: batches.PreferenceData
   max_batches: int

@@ -1,8 +1,6 @@
 """Pretraining and SFT: data, model and evaluation around the shared host loop."""
 
 import dataclasses
-import os
-import random
 from typing import NamedTuple
 
 from absl import logging
@@ -12,6 +10,7 @@ import numpy as np
 from rlhf_jax import memory, sharding
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import batches, sources
+from rlhf_jax.data.prompts import Prompts, encode_prompts, openings
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import setup
@@ -19,13 +18,6 @@ from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.steps import compile_lm_steps
 from rlhf_jax.workdir import RunDir
-
-
-class Prompts(NamedTuple):
-  texts: list  # the prompt strings
-  tokens: np.ndarray  # [n, len] left-padded, BOS first
-  mask: np.ndarray
-  truncated: int = 0  # prompts longer than the room for them, cut from the left
 
 
 class LMData(NamedTuple):
@@ -86,27 +78,9 @@ def prepare_data(cfg, tokenizer) -> LMData:
     evaluation = batches.PretrainData(batches.token_stream(eval_docs, tokenizer), d.seq_len, d.batch_size,
                                       cfg.seed, shuffle=False, **where)
     logging.info("pretraining: %d windows of %d tokens", train.num_rows, d.seq_len)
-    prompt_texts = [sources.split_opening(doc, d, prompt_rng(cfg.seed, i))[0] for i, doc in enumerate(eval_docs)]
+    prompt_texts = openings(eval_docs, d, cfg.seed)
   max_prompt = max(1, min(d.seq_len, cfg.model.max_len) - cfg.sample.max_new_tokens)
   return LMData(train, evaluation, encode_prompts(prompt_texts[:cfg.sample.num_prompts], tokenizer, max_prompt))
-
-
-def prompt_rng(seed: int, i: int) -> random.Random:
-  """Where document i is cut into a prompt: fixed by (seed, i), so every stage agrees."""
-  return random.Random(f"prompt:{seed}:{i}")
-
-
-def encode_prompts(texts, tokenizer, max_len: int) -> Prompts:
-  """BOS + prompt, cut from the left to max_len, left-padded (as the sampler expects)."""
-  full = [[tokenizer.bos_id, *tokenizer.encode(t)] for t in texts]
-  ids = [x[-max_len:] for x in full]
-  width = max(len(x) for x in ids)
-  tokens = np.full((len(ids), width), tokenizer.pad_id, np.int32)
-  mask = np.zeros((len(ids), width), np.int32)
-  for row, x in enumerate(ids):
-    tokens[row, width - len(x):] = x
-    mask[row, width - len(x):] = 1
-  return Prompts(list(texts), tokens, mask, sum(len(x) > max_len for x in full))
 
 
 @dataclasses.dataclass
@@ -137,14 +111,7 @@ class LMEvaluator:
     out = jax.device_get(self.steps.sample(params, prompts.tokens, prompts.mask, rng, sampling))
     texts = [self.tokenizer.decode(t[m > 0]) for t, m in zip(out.tokens, out.mask)]
     lines = [f"{p!r} -> {c!r}" for p, c in zip(prompts.texts, texts)]
-    write_samples_file(self.run_dir, step, lines)
+    self.run_dir.write_samples(step, lines)
     ended = (out.tokens == self.tokenizer.eos_id).any(axis=1)
     return {"eval/sample_length": float(out.mask.sum(axis=1).mean()),
             "eval/sample_eos_fraction": float(ended.mean()), "samples": "\n\n".join(lines)}
-
-
-def write_samples_file(run_dir: RunDir, step: int, lines: list) -> None:
-  if jax.process_index() == 0:
-    os.makedirs(run_dir.file("samples"), exist_ok=True)
-    with open(run_dir.file("samples", f"step_{step:06d}.txt"), "w") as f:
-      f.write("\n".join(lines) + "\n")

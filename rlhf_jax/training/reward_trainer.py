@@ -18,11 +18,11 @@ from rlhf_jax import judges, memory, sharding
 from rlhf_jax.algorithms.reward import normalisation
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import batches, preferences, sources
+from rlhf_jax.data.prompts import encode_prompts, openings
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import setup
-from rlhf_jax.training.lm_trainer import encode_prompts, prompt_rng
 from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.reward_steps import compile_reward_steps
@@ -94,7 +94,7 @@ def generate_pairs(cfg, tokenizer, sampler, params, split: str, count: int) -> l
   pref, judge = cfg.preference, judges.get_judge(cfg.preference.judge)
   docs = sources.load_documents(cfg.data, split)[:count]
   seed = cfg.seed + (0 if split == "train" else 1)
-  prompts = [sources.split_opening(d, cfg.data, prompt_rng(seed, i))[0] for i, d in enumerate(docs)]
+  prompts = openings(docs, cfg.data, seed)
   settings = SamplingParams.make(pref.temperature)
   rows = []
   for first in range(0, len(prompts), pref.gen_batch):

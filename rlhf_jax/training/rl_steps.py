@@ -35,6 +35,7 @@ from rlhf_jax.algorithms.masked import masked_sum
 from rlhf_jax.algorithms.policy_losses import PolicyLossParams, surrogate_loss
 from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.training import guards
+from rlhf_jax.training.logprobs import response_logits, response_logprobs
 from rlhf_jax.training.rl_state import RLState
 from rlhf_jax.training.steps import accumulate_gradients
 
@@ -65,6 +66,7 @@ class RLConfig:
   scale_by_std: bool = True  # GRPO: divide by the group's std
   dynamic_sampling: bool = False  # DAPO: groups whose k scores are all equal get weight 0
   overlong_buffer: float = 0.0  # DAPO: a soft length penalty over this fraction of the budget's end
+  oversample: int = 0  # DAPO: extra prompts drawn per iteration, so informative groups can fill the batch
   kl_kind: str = "k1"
   kl_in_loss: bool = False  # the KL as a k3 loss term (GRPO's choice) instead of in the reward
   kl_target: float = 6.0
@@ -100,17 +102,6 @@ class Rollout(NamedTuple):
   advantages: jax.Array  # [batch, new]
   returns: jax.Array  # [batch, new] the critic's targets
   weights: jax.Array  # [batch] 1, or 0 for a response dynamic sampling leaves out
-
-
-def response_logits(logits, prompt_len: int, temperature: float):
-  """The logits predicting each response token, at the sampling temperature (the one place
-  that divides by it, so sampler, rollout, loss and evaluation agree)."""
-  return logits[:, prompt_len - 1:-1] / temperature
-
-
-def response_logprobs(model, params, tokens, mask, prompt_len: int, temperature: float):
-  logits = model.apply({"params": params}, tokens, mask).logits
-  return token_logprobs(response_logits(logits, prompt_len, temperature), tokens[:, prompt_len:])
 
 
 def response_values(model, params, tokens, mask, prompt_len: int):
@@ -164,7 +155,10 @@ def _score_tokens(state, tokens, mask, *, policy, critic, prompt_len: int, cfg: 
 
 
 def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_fn: Callable, cfg: RLConfig):
-  """Samples k responses per prompt, scores them, computes advantages. Returns (Rollout, baseline, metrics)."""
+  """Samples k responses per prompt, scores them, computes advantages. Returns (Rollout, baseline, metrics).
+
+  With `cfg.oversample`, that many of the prompts are extra: of the groups drawn, the update
+  keeps as many as the batch has without them, informative ones first (`shaping.select_groups`)."""
   prompts, prompt_mask = (jnp.repeat(x, cfg.samples_per_prompt, axis=0) for x in (prompts, prompt_mask))
   p = prompts.shape[1]
   sample_and_score = functools.partial(_sample_and_score, state, policy=policy, score_fn=score_fn, cfg=cfg)
@@ -174,6 +168,13 @@ def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_
   # Dynamic sampling judges a group by its task scores, before the length shaping.
   weights = shaping.informative_groups(scores, cfg.samples_per_prompt) if cfg.dynamic_sampling else \
       jnp.ones_like(scores)
+  drawn = {"uninformative_fraction": 1.0 - jnp.mean(weights)}
+  if cfg.oversample:  # DAPO's refill: keep the informative groups of the prompts drawn
+    rows = shaping.select_groups(weights, cfg.samples_per_prompt, prompts.shape[0] // cfg.samples_per_prompt
+                                 - cfg.oversample)
+    prompts, prompt_mask, tokens, mask, out, scores, ended, weights = jax.tree.map(
+        lambda x: x[rows], (prompts, prompt_mask, tokens, mask, out, scores, ended, weights))
+    drawn["kept_uninformative_fraction"] = 1.0 - jnp.mean(weights)
   lengths = jnp.sum(out.mask, axis=1)
   buffer = int(cfg.overlong_buffer * cfg.max_new_tokens)
   scores = scores + shaping.overlong_penalty(lengths, cfg.max_new_tokens, buffer)
@@ -189,7 +190,7 @@ def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_
   inputs = AdvantageInputs(rewards, scores, values, out.mask, state.baseline, greedy_scores)
   estimate = ADVANTAGES[cfg.advantage].fn(inputs, cfg.advantage_params)
   metrics = {**kl_metrics, "kl_coef": state.kl.coef, "response_length": jnp.mean(lengths),
-             "no_eos_fraction": 1.0 - jnp.mean(ended), "uninformative_fraction": 1.0 - jnp.mean(weights),
+             "no_eos_fraction": 1.0 - jnp.mean(ended), **drawn,
              "nonfinite_rewards": jnp.logical_not(guards.all_finite(rewards)).astype(jnp.float32)}
   if cfg.has_critic:
     metrics["explained_variance"] = ppo.explained_variance(values, estimate.returns, out.mask)

@@ -11,36 +11,26 @@ and bias the reward stage measured on SFT samples. Each iteration is one compile
 gold judge, the proxy reward and the KL between them.
 """
 
-import copy
 import dataclasses
 import functools
 
-from absl import logging
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
-from rlhf_jax import judges, memory, sharding
-from rlhf_jax.algorithms.kl import init_kl_controller
-from rlhf_jax.checkpoint import Checkpointer
-from rlhf_jax.data import sources
-from rlhf_jax.errors import UserError
-from rlhf_jax.models.config import ModelConfig
-from rlhf_jax.models.sampling import SamplingParams
-from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training import seeds, setup
-from rlhf_jax.training.loop import Loop
-from rlhf_jax.training.lm_trainer import encode_prompts, prompt_rng, write_samples_file
-from rlhf_jax.training.optim import make_optimizer
+from rlhf_jax import memory, sharding
 from rlhf_jax.algorithms import aggregation, presets
 from rlhf_jax.algorithms.advantages import ADVANTAGES
 from rlhf_jax.algorithms.policy_losses import POLICY_LOSSES
-from rlhf_jax.training.rl_steps import RLConfig, response_logprobs, rl_iteration
-from rlhf_jax.training.reward_steps import sequence_rewards
-from rlhf_jax.training.rl_state import RLState
-from rlhf_jax.training.steps import jit_sampler
+from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.data.prompts import prompt_batch, prompt_set
+from rlhf_jax.errors import UserError
+from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.training import frozen, seeds, setup
+from rlhf_jax.training.loop import Loop
+from rlhf_jax.training.optim import make_optimizer
+from rlhf_jax.training.policy_eval import PolicyEvaluator
+from rlhf_jax.training.rl_steps import RLConfig, rl_iteration
 from rlhf_jax.workdir import RunDir
 
 RL_ITEMS = ("policy", "policy_opt", "value", "value_opt", "kl", "baseline", "rng")
@@ -75,6 +65,9 @@ def check_config(cfg) -> None:
   if k < estimator.min_group_size or (rl["dynamic_sampling"] and k < 2):
     raise UserError(f"algo={cfg.algo} (rl.advantage={rl['advantage']}) compares samples of one prompt: "
                     "rl.samples_per_prompt must be >= 2")
+  if rl["oversample"] < 0 or (rl["oversample"] and not rl["dynamic_sampling"]):
+    raise UserError(f"rl.oversample={rl['oversample']}: extra prompts (>= 0) refill what dynamic sampling "
+                    "leaves out; it needs rl.dynamic_sampling=True (algo=dapo sets it)")
   if cfg.vmap_seeds < 1:
     raise UserError(f"vmap_seeds={cfg.vmap_seeds} must be >= 1")
   per_update = rl["minibatches"] * rl["accum_steps"]
@@ -84,9 +77,8 @@ def check_config(cfg) -> None:
 
 
 def has_critic(cfg) -> bool:
-  """Whether the algorithm's advantage estimator needs a critic's values (DPO, which shares the
-  RL state, has no `rl` fields and no critic)."""
-  return "rl" in cfg and presets.needs_critic(rl_fields(cfg)["advantage"])
+  """Whether the algorithm's advantage estimator needs a critic's values (its declaration)."""
+  return presets.needs_critic(rl_fields(cfg)["advantage"])
 
 
 def separate_critic(cfg) -> bool:
@@ -117,7 +109,7 @@ def make_optimizers(cfg):
 
 def run(cfg, workdir: str) -> dict:
   run_dir = RunDir(workdir)
-  sft_run, reward_run = setup.source_run(cfg), reward_run_of(cfg)
+  sft_run, reward_run = setup.source_run(cfg), frozen.reward_run_of(cfg)
   if sft_run is None:
     raise UserError("the PPO stage starts from an SFT run: set init_from (or keep config.upstream)")
   tokenizer = setup.prepare_tokenizer(cfg, run_dir, sft_run)
@@ -140,16 +132,15 @@ def run(cfg, workdir: str) -> dict:
   for directory, directory_cfg in [(run_dir, cfg), *zip(seed_dirs, seed_cfgs)]:
     directory.record_config(directory_cfg)
     setup.save_run_files(directory, tokenizer, models.policy.cfg)
-  norm = reward_run.read_json("summary.json")
-  score_fn = functools.partial(proxy_scores, scorer=models.scorer, gain=norm["reward_gain"],
-                               bias=norm["reward_bias"])
+  score_fn = frozen.proxy_score_fn(models.scorer, reward_run)
   vmapped = bool(seed_dirs)
   iteration = compile_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg, vmapped)
   train_step = lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
   per_iteration = cfg.data.batch_size // rl_cfg.samples_per_prompt
-  next_batch = lambda step: prompt_batch(prompts["train"], step, per_iteration, mesh)
-  evaluator = RLEvaluator(cfg, run_dir, models, prompts["eval"], tokenizer, score_fn, rl_cfg,
-                          one_seed_shardings.policy, mesh)
+  drawn = per_iteration + rl_cfg.oversample  # DAPO's refill draws extra prompts
+  next_batch = lambda step: prompt_batch(prompts["train"], step, drawn, mesh)
+  evaluator = PolicyEvaluator(cfg, run_dir, models.policy, prompts["eval"], tokenizer, score_fn,
+                              one_seed_shardings.policy, mesh, label=cfg.algo)
   loop = Loop(cfg.train, run_dir, train_step, next_batch, evaluator, checkpointer, items)
   summary = train_seeds(loop, state, seed_cfgs, seed_dirs) if seed_dirs else loop.train(state)
   summary["data/truncated_prompts"] = prompts["train"].truncated
@@ -188,13 +179,6 @@ def with_seed(cfg, seed: int):
   return seeded
 
 
-def reward_run_of(cfg) -> RunDir:
-  reward_run = RunDir(cfg.reward_from) if cfg.reward_from else None
-  if reward_run is None or not reward_run.finished:
-    raise UserError(f"reward_from={cfg.reward_from!r}: the {cfg.stage} stage needs a finished reward run")
-  return reward_run
-
-
 def rl_config(cfg, tokenizer) -> RLConfig:
   return RLConfig(max_new_tokens=cfg.sample.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                   algo=cfg.algo, temperature=cfg.sample.temperature,
@@ -208,124 +192,4 @@ def initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, r
   if separate_critic(cfg):
     sources["value"] = ((models.critic, reward_run, {"reward_head": "value_head"}) if cfg.critic == "reward"
                         else (models.critic, sft_run, None))
-
-  def load(name, fresh, where):
-    _, run, rename = sources[name]
-    return setup.load_source_params(run, fresh, where, mesh, rules, rename)
-
-  return place_state({name: model for name, (model, _, _) in sources.items()}, policy_tx, value_tx, mesh, rules,
-                     cfg.seed, cfg.get("kl_coef", 0.0), load)
-
-
-def place_state(models: dict, policy_tx, value_tx, mesh, rules, seed: int, kl_coef: float, load=None):
-  """An RLState laid out on `mesh`, shape-first: its shardings come from its abstract shape
-  (params carry logical axis names; counters, the KL controller and the rng are replicated),
-  and one jitted function assembles it from the params straight into them.
-
-  `models` names the policy, reward and (optional) value models; `load(name, fresh, shardings)`
-  replaces freshly initialised params by loaded ones. Returns (state, shardings).
-  """
-  rng = jax.random.key(seed)
-  boxed = {name: jax.eval_shape(functools.partial(setup.boxed_params, model), rng) for name, model in models.items()}
-  build = functools.partial(assemble_state, policy_tx=policy_tx, value_tx=value_tx, kl_coef=kl_coef, seed=seed)
-  shardings = sharding.logical_shardings(jax.eval_shape(build, **boxed), mesh, rules)
-
-  def params(name):
-    where = getattr(shardings, name)
-    fresh = jax.jit(lambda r: nn.meta.unbox(setup.boxed_params(models[name], r)), out_shardings=where)(rng)
-    return load(name, fresh, where) if load else fresh
-
-  return jax.jit(build, out_shardings=shardings)(**{name: params(name) for name in models}), shardings
-
-
-def assemble_state(policy, reward, value=None, *, policy_tx, value_tx, kl_coef: float, seed: int) -> RLState:
-  """The RL state around its params: fresh optimizer states, the reference a copy of the policy."""
-  return RLState(step=jnp.zeros((), jnp.int32), policy=policy, policy_opt=policy_tx.init(policy), value=value,
-                 value_opt=value_tx.init(value) if value_tx else None, ref=jax.tree.map(jnp.copy, policy),
-                 reward=reward, kl=init_kl_controller(kl_coef), baseline=jnp.zeros((), jnp.float32),
-                 rng=jax.random.PRNGKey(seed))
-
-
-def proxy_scores(state: RLState, tokens, mask, sampled, *, scorer, gain: float, bias: float):
-  """The frozen reward model's normalised score of prompt + response, at its last real token."""
-  return gain * sequence_rewards(state.reward, tokens, mask, model=scorer) + bias
-
-
-def prompt_set(cfg, tokenizer, split: str):
-  """Openings of the split's documents, BOS first, left-padded to one width."""
-  docs = sources.load_documents(cfg.data, split)
-  count = cfg.eval_prompts if split == "eval" else len(docs)
-  texts = [sources.split_opening(d, cfg.data, prompt_rng(cfg.seed, i))[0] for i, d in enumerate(docs[:count])]
-  prompts = encode_prompts(texts, tokenizer, cfg.max_prompt_len)
-  if prompts.truncated:
-    logging.warning("%d of %d %s prompts are longer than max_prompt_len=%d tokens: cut from the left",
-                    prompts.truncated, len(texts), split, cfg.max_prompt_len)
-  return prompts
-
-
-def prompt_batch(prompts, step: int, batch_size: int, mesh) -> dict:
-  """Batch `step` of a fixed per-epoch shuffle of the training prompts (a pure function of
-  step); each process puts its own rows of it on its devices."""
-  n = len(prompts.texts)
-  epoch, offset = divmod(step * batch_size, n)
-  order = np.random.default_rng([epoch]).permutation(n)
-  ids = order[(offset + np.arange(batch_size)) % n]
-  if batch_size % jax.process_count():
-    raise UserError(f"{batch_size} prompts per iteration do not split over {jax.process_count()} processes")
-  mine = ids.reshape(jax.process_count(), -1)[jax.process_index()]
-  return sharding.put_batch({"tokens": prompts.tokens[mine], "mask": prompts.mask[mine]}, mesh)
-
-
-@dataclasses.dataclass
-class RLEvaluator:
-  """Policy vs reference on held-out prompts: gold reward, proxy reward, KL, length, samples."""
-  cfg: object
-  run_dir: RunDir
-  models: Models
-  prompts: object
-  tokenizer: object
-  score_fn: object
-  rl_cfg: RLConfig
-  policy_shardings: object  # one seed's
-  mesh: object
-
-  def __post_init__(self):
-    rules = sharding.rules_of(self.cfg)
-    self.sampler = jit_sampler(self.models.policy, self.rl_cfg.max_new_tokens, self.tokenizer,
-                               self.policy_shardings, self.mesh, rules)
-    self.scored = jax.jit(sharding.with_rules(self._score, self.mesh, rules),
-                          out_shardings=sharding.replicated(self.mesh))
-
-  def for_seed(self, cfg, run_dir: RunDir) -> "RLEvaluator":
-    """This evaluator for one seed of a vmapped run, sharing its compiled functions."""
-    evaluator = copy.copy(self)
-    evaluator.cfg, evaluator.run_dir = cfg, run_dir
-    return evaluator
-
-  def _score(self, state, params, prompts, mask, rng):
-    out = self.sampler(params, prompts, mask, rng, SamplingParams.make(self.rl_cfg.temperature))
-    tokens = jnp.concatenate([prompts, out.tokens], 1)
-    full_mask = jnp.concatenate([mask, out.mask], 1)
-    p, t = prompts.shape[1], self.rl_cfg.temperature
-    logratio = (response_logprobs(self.models.policy, state.policy, tokens, full_mask, p, t)
-                - response_logprobs(self.models.policy, state.ref, tokens, full_mask, p, t))
-    kl = jnp.sum(logratio * out.mask, axis=1)
-    return out, self.score_fn(state, tokens, full_mask, out), kl
-
-  def __call__(self, state, step: int) -> dict:
-    prompts, mask = jnp.asarray(self.prompts.tokens), jnp.asarray(self.prompts.mask)
-    rng = jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed + 1), step)
-    judge = judges.get_judge(self.cfg.judge)
-    metrics, texts = {}, {}
-    for name, params in (("", state.policy), ("ref_", state.ref)):
-      out, proxy, kl = jax.device_get(self.scored(state, params, prompts, mask, rng))
-      texts[name] = [self.tokenizer.decode(t[m > 0]) for t, m in zip(out.tokens, out.mask)]
-      metrics.update({f"eval/{name}gold_reward": float(np.mean(judge(texts[name]))),
-                      f"eval/{name}proxy_reward": float(np.mean(proxy)),
-                      f"eval/{name}response_length": float(out.mask.sum(1).mean())})
-      if not name:
-        metrics["eval/kl"] = float(np.mean(kl))
-    algo = self.cfg.algo
-    lines = [f"{p!r}\n  sft: {r!r}\n  {algo}: {c!r}" for p, r, c in zip(self.prompts.texts, texts["ref_"], texts[""])]
-    write_samples_file(self.run_dir, step, lines[:self.cfg.sample.num_prompts])
-    return {**metrics, "samples": "\n\n".join(lines[:self.cfg.sample.num_prompts])}
+  return frozen.load_state(sources, policy_tx, value_tx, mesh, rules, cfg.seed, cfg.kl_coef)

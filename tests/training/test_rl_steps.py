@@ -15,8 +15,8 @@ from rlhf_jax.algorithms import presets
 from rlhf_jax.algorithms.kl import init_kl_controller
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.models.sampling import SamplingParams, sample
-from rlhf_jax.training.rl_steps import (RLConfig, in_chunks, response_logprobs, rl_iteration,
-                                       rollout)
+from rlhf_jax.training.logprobs import response_logprobs
+from rlhf_jax.training.rl_steps import RLConfig, in_chunks, rl_iteration, rollout
 from rlhf_jax.training.rl_state import RLState
 from tests.conftest import small_model
 
@@ -201,3 +201,22 @@ def test_dynamic_sampling_leaves_out_groups_whose_scores_are_all_equal():
   assert float(metrics["uninformative_fraction"]) == 1.0
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.policy)):
     np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_oversampling_refills_the_batch_with_informative_groups_in_draw_order():
+  k = presets.resolve("dapo", {})["samples_per_prompt"]
+
+  def score_fn(state, tokens, mask, out):  # a prompt starting with an even token: 1 for its first sample
+    return jnp.where(tokens[:, 0] % 2 == 0, jnp.arange(tokens.shape[0]) % k == 0, 0).astype(jnp.float32)
+  built = build(algo="dapo", score_fn=score_fn, oversample=2)
+  groups = 32 // k
+  first = jnp.asarray([1, 2, 3] + [2 * i for i in range(2, groups + 1)], jnp.int32)  # odd: uninformative
+  prompts = jnp.concatenate([first[:, None], built["prompts"][:1].repeat(groups + 2, 0)[:, 1:]], 1)
+  batch, _, metrics = jax.jit(functools.partial(rollout, **built["parts"]))(
+      built["state"], prompts, jnp.ones_like(prompts), jax.random.key(0))
+  assert batch.tokens.shape[0] == 32  # the static batch: 2 of the groups + 2 drawn are left out
+  kept = np.asarray(batch.tokens[::k, 0])
+  np.testing.assert_array_equal(kept, [f for f in np.asarray(first) if f % 2 == 0])
+  np.testing.assert_array_equal(np.asarray(batch.tokens[:, 0]), np.repeat(kept, k))
+  assert float(metrics["uninformative_fraction"]) == pytest.approx(2 / (groups + 2))
+  assert float(metrics["kept_uninformative_fraction"]) == 0.0 and float(jnp.min(batch.weights)) == 1.0

@@ -17,9 +17,10 @@ from tests.conftest import run_until_crash
 
 def test_each_critic_and_critic_free_algo_trains_and_checkpoints_only_what_it_has(tiny_ppo, tiny_upstream,
                                                                                   tmp_path):
-  for algo, critic in (("ppo", "sft"), ("ppo", "shared"), ("rloo", "reward")):
+  for algo, critic in (("ppo", "sft"), ("ppo", "shared"), ("dapo", "reward")):
     cfg = tiny_ppo.copy_and_resolve_references()
     cfg.update(dict(algo=algo, critic=critic, **tiny_upstream))
+    cfg.rl.oversample = 2 if algo == "dapo" else 0  # DAPO's refill: 2 extra prompts drawn
     cfg.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2))
     cfg.rl.accum_steps = 2
     workdir = tmp_path / f"{algo}_{critic}"
@@ -34,6 +35,7 @@ def test_each_critic_and_critic_free_algo_trains_and_checkpoints_only_what_it_ha
     assert ("value_loss" in train[-1]) == (algo == "ppo")
     assert {"score", "kl", "kl_coef", "entropy", "approx_kl", "response_length", "no_eos_fraction",
             "skipped_updates"} <= set(train[-1])
+    assert ("kept_uninformative_fraction" in train[-1]) == (algo == "dapo")
     for key in ("eval/gold_reward", "eval/ref_gold_reward", "eval/proxy_reward", "eval/kl"):
       assert key in summary
     assert os.path.exists(workdir / "samples" / "step_000002.txt")
@@ -57,7 +59,10 @@ def test_bad_rl_fields_fail_before_any_upstream_stage_runs(tiny_ppo, tmp_path):
   tiny_ppo.algo, tiny_ppo.rl.samples_per_prompt = "rloo", 1
   with pytest.raises(UserError, match="samples_per_prompt must be >= 2"):
     stages.run(tiny_ppo, str(tmp_path))
-  tiny_ppo.algo, tiny_ppo.rl.samples_per_prompt = "ppo", 0
+  tiny_ppo.algo, tiny_ppo.rl.samples_per_prompt, tiny_ppo.rl.oversample = "grpo", 0, 4
+  with pytest.raises(UserError, match="rl.oversample=4: .* needs rl.dynamic_sampling=True"):
+    stages.run(tiny_ppo, str(tmp_path))
+  tiny_ppo.algo, tiny_ppo.rl.oversample = "ppo", 0
   tiny_ppo.critic = "shared"
   tiny_ppo.rl.accum_steps = 3
   with pytest.raises(UserError, match="rl.minibatches x rl.accum_steps = 6"):

@@ -1,0 +1,73 @@
+"""Prompts: the openings every stage cuts from documents, encoded as the sampler wants them,
+and the RL stage's batches of them.
+
+SFT's samples, the reward stage's generated pairs, the RL stage's training and evaluation
+prompts and DPO's evaluation prompts all cut document i the same way (`prompt_rng`).
+"""
+
+import random
+from typing import NamedTuple
+
+from absl import logging
+import jax
+import numpy as np
+
+from rlhf_jax import sharding
+from rlhf_jax.data import sources
+from rlhf_jax.errors import UserError
+
+
+class Prompts(NamedTuple):
+  texts: list  # the prompt strings
+  tokens: np.ndarray  # [n, len] left-padded, BOS first
+  mask: np.ndarray
+  truncated: int = 0  # prompts longer than the room for them, cut from the left
+
+
+def prompt_rng(seed: int, i: int) -> random.Random:
+  """Where document i is cut into a prompt: fixed by (seed, i), so every stage agrees."""
+  return random.Random(f"prompt:{seed}:{i}")
+
+
+def openings(docs, data_cfg, seed: int) -> list:
+  """The prompt cut from each document."""
+  return [sources.split_opening(d, data_cfg, prompt_rng(seed, i))[0] for i, d in enumerate(docs)]
+
+
+def encode_prompts(texts, tokenizer, max_len: int) -> Prompts:
+  """BOS + prompt, cut from the left to max_len, left-padded (as the sampler expects)."""
+  full = [[tokenizer.bos_id, *tokenizer.encode(t)] for t in texts]
+  ids = [x[-max_len:] for x in full]
+  width = max(len(x) for x in ids)
+  tokens = np.full((len(ids), width), tokenizer.pad_id, np.int32)
+  mask = np.zeros((len(ids), width), np.int32)
+  for row, x in enumerate(ids):
+    tokens[row, width - len(x):] = x
+    mask[row, width - len(x):] = 1
+  return Prompts(list(texts), tokens, mask, sum(len(x) > max_len for x in full))
+
+
+def prompt_set(cfg, tokenizer, split: str) -> Prompts:
+  """Openings of the split's documents (`eval_prompts` of them for eval), BOS first,
+  left-padded to one width."""
+  docs = sources.load_documents(cfg.data, split)
+  count = cfg.eval_prompts if split == "eval" else len(docs)
+  texts = openings(docs[:count], cfg.data, cfg.seed)
+  prompts = encode_prompts(texts, tokenizer, cfg.max_prompt_len)
+  if prompts.truncated:
+    logging.warning("%d of %d %s prompts are longer than max_prompt_len=%d tokens: cut from the left",
+                    prompts.truncated, len(texts), split, cfg.max_prompt_len)
+  return prompts
+
+
+def prompt_batch(prompts: Prompts, step: int, batch_size: int, mesh) -> dict:
+  """Batch `step` of a fixed per-epoch shuffle of the training prompts (a pure function of
+  step); each process puts its own rows of it on its devices."""
+  n = len(prompts.texts)
+  epoch, offset = divmod(step * batch_size, n)
+  order = np.random.default_rng([epoch]).permutation(n)
+  ids = order[(offset + np.arange(batch_size)) % n]
+  if batch_size % jax.process_count():
+    raise UserError(f"{batch_size} prompts per iteration do not split over {jax.process_count()} processes")
+  mine = ids.reshape(jax.process_count(), -1)[jax.process_index()]
+  return sharding.put_batch({"tokens": prompts.tokens[mine], "mask": prompts.mask[mine]}, mesh)

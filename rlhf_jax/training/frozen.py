@@ -1,0 +1,41 @@
+"""What a stage holds frozen and where it comes from: the reward run it scores with, the
+proxy score of its reward model, and its state's models loaded from the finished runs they
+start from. The RL and DPO stages share it.
+"""
+
+import functools
+
+from rlhf_jax.errors import UserError
+from rlhf_jax.training import rl_state, setup
+from rlhf_jax.training.reward_steps import sequence_rewards
+from rlhf_jax.workdir import RunDir
+
+
+def reward_run_of(cfg) -> RunDir:
+  reward_run = RunDir(cfg.reward_from) if cfg.reward_from else None
+  if reward_run is None or not reward_run.finished:
+    raise UserError(f"reward_from={cfg.reward_from!r}: the {cfg.stage} stage needs a finished reward run")
+  return reward_run
+
+
+def proxy_scores(state, tokens, mask, sampled, *, scorer, gain: float, bias: float):
+  """The frozen reward model's normalised score of prompt + response, at its last real token."""
+  return gain * sequence_rewards(state.reward, tokens, mask, model=scorer) + bias
+
+
+def proxy_score_fn(scorer, reward_run: RunDir):
+  """`proxy_scores` normalised by the gain and bias the reward stage measured on SFT samples."""
+  norm = reward_run.read_json("summary.json")
+  return functools.partial(proxy_scores, scorer=scorer, gain=norm["reward_gain"], bias=norm["reward_bias"])
+
+
+def load_state(sources: dict, policy_tx, value_tx, mesh, rules, seed: int, kl_coef: float):
+  """An RLState whose params are read from finished runs: `sources` maps each part (policy,
+  reward, value) to (model, run, rename); the reference starts as a copy of the policy.
+  Returns (state, shardings)."""
+  def load(name, fresh, where):
+    _, run, rename = sources[name]
+    return setup.load_source_params(run, fresh, where, mesh, rules, rename)
+
+  models = {name: model for name, (model, _, _) in sources.items()}
+  return rl_state.place_state(models, policy_tx, value_tx, mesh, rules, seed, kl_coef, load)
