@@ -8,7 +8,8 @@
 
 Workloads: w1 PPO (64 prompts x 16 tokens, 32 new, 4 epochs, 1 minibatch; policy, reference,
 reward model, critic), w2 DPO (64 pairs, 16 + 32 tokens), w3 reward model (64 pairs x 48),
-w4 RLOO (k = 4, 64 responses), sampler (KV cache, w1's batch), pretrain (gpt2_small at 1024),
+w4 RLOO (k = 4, 64 responses), w5 w1 with a host reward function added (rollout -> host
+scoring -> update; timed against w1 in the same rounds, alternating: `host_overhead`), sampler (KV cache, w1's batch), pretrain (gpt2_small at 1024),
 decode (gpt2_small, 256 rows, 256 + 256 tokens, against the memory roofline) and ppo_large
 (gpt2_small, 256 prompts x 256 tokens -> 256). The first call (compilation included) is
 reported apart from the steady state, the median of --repeats calls. FLOP/s are model FLOPs
@@ -31,7 +32,7 @@ from benchmarks import limits, workloads  # pylint: disable=g-import-not-at-top
 from rlhf_jax import distributed  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
-CPU_SET = ("w1", "w2", "w3", "w4", "sampler")
+CPU_SET = ("w1", "w2", "w3", "w4", "w5", "sampler")
 GPU_SET = ("pretrain", "decode", "ppo_large")
 flags.DEFINE_enum("workload", "w1", [*CPU_SET, *GPU_SET, "cpu", "gpu"], "What to time (cpu / gpu: each of a set).")
 flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
@@ -51,6 +52,7 @@ BUILDERS = {
     "w2": workloads.dpo_workload,
     "w3": workloads.reward_workload,
     "w4": lambda: workloads.rl_workload("rloo", prompts=16, k=4, epochs=1),
+    "w5": lambda: workloads.rl_workload("ppo", host_reward=workloads.distinct_words),
     "sampler": workloads.sampler_workload,
     "pretrain": lambda: workloads.lm_workload(FLAGS.preset, preset_model(), rows=FLAGS.rows),
     "decode": lambda: workloads.sampler_workload(FLAGS.preset, preset_model(), rows=256, prompt_len=256,
@@ -60,32 +62,43 @@ BUILDERS = {
 }
 
 
+# Workloads timed against another in the same rounds (just before each of theirs), for a ratio.
+BASELINES = {"w5": "w1"}
+
+
 def preset_model() -> dict:
   """The accelerator-sized workloads' model: the preset's, with --attention."""
   return {**(workloads.preset_model(FLAGS.preset) or {}), "attention": FLAGS.attention}
 
 
-def paired_rounds(name: str, step) -> tuple[float, list, list]:
-  """(first call's seconds, our median of each round, TRL's result of each round). With --peer,
-  TRL runs in its own process just before each of our timings, while ours sits idle: on a
-  noisy machine each round's ratio compares two timings taken back to back."""
-  timings, theirs = [], []
+def paired_rounds(name: str, step, baseline=None) -> tuple[float, list, list, list]:
+  """(first call's seconds, our median of each round, TRL's result of each round, the baseline
+  workload's median of each round). With --peer, TRL runs in its own process just before each
+  of our timings, while ours sits idle; a baseline (BASELINES) is timed just before each too:
+  on a noisy machine each round's ratio compares two timings taken back to back."""
+  timings, theirs, base = [], [], []
   for _ in range(FLAGS.rounds):
-    if FLAGS.peer:
+    if FLAGS.peer and name not in BASELINES:  # TRL has no counterpart of a baseline-timed one
       theirs.append(peer(name))
+    if baseline is not None:
+      base.append(limits.timed(baseline, FLAGS.repeats)[1])
     timings.append(limits.timed(step, FLAGS.repeats))
-  return timings[0][0], [seconds for _, seconds in timings], theirs
+  return timings[0][0], [seconds for _, seconds in timings], theirs, base
 
 
 def measure(name: str, peak: float) -> tuple[dict, list]:
   """Builds, times and (for the GPU figures) relates one workload to the device's limits;
   also gives TRL's results of the same rounds (none without --peer)."""
   workload = BUILDERS[name]()
-  first, rounds, theirs = paired_rounds(name, workload.step)
+  baseline = BUILDERS[BASELINES[name]]() if name in BASELINES else None
+  first, rounds, theirs, base = paired_rounds(name, workload.step, baseline and baseline.step)
   seconds = statistics.median(rounds)
   result = {"workload": name, **workload.info, "compile_s": first - rounds[0], "seconds": seconds,
             "repeats": FLAGS.repeats, "round_seconds": rounds, "model_gflop": workload.flops / 1e9,
             "flops_per_s": workload.flops / seconds, "fraction_of_peak": workload.flops / seconds / peak}
+  if base:
+    result.update({f"{BASELINES[name]}_round_seconds": base, "host_overhead":
+                   statistics.median(ours / theirs for ours, theirs in zip(rounds, base)) - 1.0})
   if FLAGS.profile:
     with jax.profiler.trace(os.path.join(FLAGS.profile, name), create_perfetto_trace=True):
       for _ in range(3):

@@ -18,12 +18,15 @@ import numpy as np
 
 from benchmarks import flops
 from configs import common, dpo, pretrain, ppo, reward
-from rlhf_jax import sharding
+from rlhf_jax import rewards, sharding
+from rlhf_jax.data.prompts import Prompts
+from rlhf_jax.data.tokenizers import ByteTokenizer
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import frozen, rl_state, rl_trainer, setup
 from rlhf_jax.training.dpo_steps import compile_dpo_steps
+from rlhf_jax.training.host_rewards import compile_host_iteration
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.reward_steps import reward_eval_step, reward_train_step
 from rlhf_jax.training.rl_steps import RLConfig
@@ -72,16 +75,23 @@ def stateful(compiled, state, *args) -> Callable:
   return step
 
 
+def distinct_words(prompts, completions, **unused) -> list:
+  """A host reward of the kind users write: plain Python over the decoded text."""
+  return [len(set(c.split())) / 10 for c in completions]
+
+
 def rl_workload(algo: str, preset: str = "tiny", model: dict | None = TINY_GPT2, prompts: int = 64,
                 prompt_len: int = 16, new_tokens: int = 32, k: int = 1, epochs: int = 4,
-                minibatches: int = 1) -> Workload:
+                minibatches: int = 1, host_reward: Callable | None = None) -> Workload:
   """One RL iteration (W1 PPO, W4 RLOO/GRPO): sample, score with policy, reference, reward
-  model (and PPO's critic), then `epochs` x `minibatches` updates."""
+  model (and PPO's critic), then `epochs` x `minibatches` updates. With `host_reward` (W5) the
+  reward model's score plus that function's on the decoded text: rollout -> host -> update."""
   cfg = stage_config(ppo, preset, model)
   cfg.algo, cfg.data.batch_size, cfg.sample.max_new_tokens = algo, prompts * k, new_tokens
   cfg.rl.update(dict(samples_per_prompt=k, epochs=epochs, minibatches=minibatches))
+  host = [rewards.HostReward("host", host_reward, 1.0)] if host_reward else []
   rl_cfg = RLConfig(max_new_tokens=new_tokens, eos_id=NEVER, pad_id=0, algo=algo, temperature=cfg.sample.temperature,
-                    **{**rl_trainer.rl_fields(cfg), "penalise_no_eos": False})
+                    host_rewards=tuple(h.name for h in host), **{**rl_trainer.rl_fields(cfg), "penalise_no_eos": False})
   policy_cfg = ModelConfig.from_dict(dict(cfg.model))
   models = rl_trainer.make_models(cfg, policy_cfg, dataclasses.replace(policy_cfg, heads=("reward",)))
   named = {"policy": models.policy, "reward": models.scorer, **({"value": models.critic} if models.critic else {})}
@@ -89,18 +99,25 @@ def rl_workload(algo: str, preset: str = "tiny", model: dict | None = TINY_GPT2,
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   state, shardings = rl_state.place_state(named, policy_tx, value_tx, mesh, rules, cfg.seed, cfg.kl_coef)
   score_fn = functools.partial(frozen.proxy_scores, scorer=models.scorer, gain=1.0, bias=0.0)
-  iteration = rl_trainer.compile_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg,
-                                           vmapped=False)
-  batch = sharding.put_batch({"tokens": random_tokens(0, (prompts, prompt_len), policy_cfg.vocab_size),
-                              "mask": np.ones((prompts, prompt_len), np.int32)}, mesh)
-  step = stateful(iteration, state, batch["tokens"], batch["mask"])
+  tokens = random_tokens(0, (prompts, prompt_len), policy_cfg.vocab_size)
+  batch = sharding.put_batch({"tokens": tokens, "mask": np.ones((prompts, prompt_len), np.int32)}, mesh)
+  if host:
+    texts = [ByteTokenizer().decode(row) for row in tokens]
+    iteration = compile_host_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg,
+                                       host=host, with_model=True, prompts=Prompts(texts, tokens, batch["mask"]),
+                                       tokenizer=ByteTokenizer())
+    step = stateful(iteration, state, {**batch, "ids": np.arange(prompts)})
+  else:
+    iteration = rl_trainer.compile_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg,
+                                             vmapped=False)
+    step = stateful(iteration, state, batch["tokens"], batch["mask"])
   rows, critic = prompts * k, models.critic is not None
   total = flops.rl_iteration(policy_cfg, rows, prompt_len, new_tokens, rl_cfg.epochs, critic=critic)
   generation = (rollout_sampling(models.policy, step, batch, k, rl_cfg, mesh, rules),
                 flops.generate(policy_cfg, rows, prompt_len, new_tokens))
   info = dict(algo=algo, rows=rows, prompt_len=prompt_len, new_tokens=new_tokens, epochs=rl_cfg.epochs,
               minibatches=rl_cfg.minibatches, k=k)
-  return Workload(step, total, info, {"generation": generation}, iteration)
+  return Workload(step, total, info, {"generation": generation}, iteration.update if host else iteration)
 
 
 def rollout_sampling(policy, step, batch, k: int, rl_cfg: RLConfig, mesh, rules) -> Callable:

@@ -36,7 +36,7 @@ def get_config(preset: str = "tiny"):
   # The value function: "reward" a separate critic started from the reward model (Huang et al.'s
   # default), "sft" a separate critic started from the SFT policy, "shared" a value head on the
   # policy backbone (one forward pass, half the parameters; the value loss trains the trunk too).
-  c.critic = "reward"
+  c.critic = "auto"  # "reward" when the reward model is a reward component, else "sft"
   # > 1: seeds seed .. seed + vmap_seeds - 1 as one vmapped program, each in WORKDIR/seed_S.
   c.vmap_seeds = 1
   # Initial (or fixed) beta of the per-token KL penalty. Measured on tiny: 0.2 with PPO at
@@ -72,6 +72,11 @@ def get_config(preset: str = "tiny"):
       oversample=0,
       kl_kind="k1", kl_in_loss=False, kl_target=6.0, kl_horizon=10000.0, adaptive_kl=False,
       no_eos_penalty=-1.0, penalise_no_eos=True))
+  # The score: a weighted sum of reward sources (rlhf_jax/rewards.py): "model" (the reward run's
+  # model), a built-in checker (exact_match, gsm8k) or a Python function (PATH.py:NAME or
+  # module:NAME, called as TRL calls reward functions); weights () = 1 each. Without "model" no
+  # reward model is needed, built or loaded (nor its upstream stage run).
+  c.reward = ml_collections.ConfigDict(dict(fns=("model",), weights=()))
   c.upstream = {"reward": reward.get_config(preset)}
   c.upstream_paths = {"init_from": "sft", "reward_from": "reward"}
   return c

@@ -5,5 +5,10 @@ class UserError(Exception):
   """Bad input (config, data file, checkpoint): the message names the problem and the fix."""
 
 
+class HostStepError(UserError):
+  """Bad input that host work inside a step found (a reward function that raised or returned
+  the wrong thing): the loop checkpoints the last finished step, then stops with it."""
+
+
 class Preempted(Exception):
   """A preemption notice (SIGTERM) stopped the run after a checkpoint: `main` exits 0."""

@@ -111,7 +111,8 @@ def stage_models(cfg, model_cfg: ModelConfig):
   critic = needs_critic and cfg.critic != "shared"
   policy = heads("value") if needs_critic and not critic else model_cfg
   trainable = {"policy": (policy, cfg.optim), **({"critic": (heads("value"), cfg.value_optim)} if critic else {})}
-  return trainable, {"reference": policy, "reward model": heads("reward")}
+  scorer = {"reward model": heads("reward")} if "model" in tuple(cfg.reward.fns) else {}
+  return trainable, {"reference": policy, **scorer}
 
 
 def train_batch(cfg):

@@ -42,7 +42,8 @@ def write_report(stages: list, path: str) -> str | None:
     return None
   plt = plots.pyplot()
   columns = max(len(PANELS[stage]) for _, stage, _ in rows)
-  fig, axes = plt.subplots(len(rows), columns, figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * len(rows)), squeeze=False)
+  size = (PANEL_INCHES[0] * columns, PANEL_INCHES[1] * len(rows))
+  fig, axes = plt.subplots(len(rows), columns, figsize=size, squeeze=False)
   for (name, stage, metrics), row_axes in zip(rows, axes):
     for ax, (title, lines) in zip(row_axes, PANELS[stage]):
       curves = [plots.Curve(label, *plots.series(metrics, key), style=style) for label, key, style in lines]

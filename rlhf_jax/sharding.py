@@ -84,6 +84,13 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in order, each once (the inverse of
+  `put_batch` for one field)."""
+  shards = {shard.index[0].start or 0: shard for shard in x.addressable_shards}
+  return np.concatenate([np.asarray(shards[start].data) for start in sorted(shards)])
+
+
 # The (mesh, rules) that `constrain` lays activations out by, set while a step is traced.
 _LAYOUT = contextvars.ContextVar("activation_layout", default=None)
 

@@ -26,6 +26,8 @@ RUNNERS = {
 }
 # Checks of a stage's fields that need no data, run for every stage before any starts.
 CHECKS = {"rl": rl_trainer.check_config, "dpo": dpo_trainer.check_config}
+# The upstream stages a stage's config does not need (RL with function rewards: the reward stage).
+UNUSED_UPSTREAM = {"rl": rl_trainer.unused_upstream}
 
 
 def run(config, workdir: str) -> dict:
@@ -59,11 +61,11 @@ def run_stage(config, workdir: str, upstream_root: str) -> dict:
   if RunDir(workdir).finished:
     logging.info("%s already finished; not redone", workdir)
     return RunDir(workdir).read_json("summary.json")
-  upstream = config.get("upstream")
+  upstream = needed_upstream(config)
   if not config.init_from and upstream:
-    for name in upstream:
-      run_stage(upstream[name], os.path.join(upstream_root, name), upstream_root)
-    fill_upstream_paths(config, upstream_root, default=list(upstream)[-1])
+    for name, stage_config in upstream.items():
+      run_stage(stage_config, os.path.join(upstream_root, name), upstream_root)
+    fill_upstream_paths(config, upstream_root, default=list(upstream)[-1], stages=upstream)
   logging.info("stage %s in %s", config.stage, workdir)
   summary = RUNNERS[config.stage](config, workdir)
   draw_report([(os.path.basename(workdir.rstrip(os.sep)), config.stage, workdir)], workdir)
@@ -83,14 +85,24 @@ def draw_report(sections: list, workdir: str) -> str | None:
   return path
 
 
-def fill_upstream_paths(config, root: str, default) -> None:
+def needed_upstream(config) -> dict:
+  """`config.upstream` without the stages it does not use, whose own upstream stages (which
+  the stages after them may need) take their place."""
+  unused = UNUSED_UPSTREAM.get(config.stage, lambda _: set())(config)
+  needed = {}
+  for name, stage_config in (config.get("upstream") or {}).items():
+    needed.update(needed_upstream(stage_config) if name in unused else {name: stage_config})
+  return needed
+
+
+def fill_upstream_paths(config, root: str, default, stages=None) -> None:
   """Empty `*_from` fields point at finished stages under `root`: by `upstream_paths`
   (field -> stage, e.g. PPO's init_from -> sft, reward_from -> reward), else init_from ->
-  `default`."""
+  `default`; with `stages` given, only for the stages that ran."""
   paths = dict(config.get("upstream_paths") or {"init_from": default})
   with config.unlocked():
     for field, stage in paths.items():
-      if stage and not config[field]:
+      if stage and not config[field] and (stages is None or stage in stages):
         config[field] = os.path.join(root, stage)
 
 

@@ -6,7 +6,8 @@ prompts and DPO's evaluation prompts all cut document i the same way (`prompt_rn
 """
 
 import random
-from typing import NamedTuple
+import types
+from typing import Mapping, NamedTuple
 
 from absl import logging
 import jax
@@ -22,6 +23,7 @@ class Prompts(NamedTuple):
   tokens: np.ndarray  # [n, len] left-padded, BOS first
   mask: np.ndarray
   truncated: int = 0  # prompts longer than the room for them, cut from the left
+  columns: Mapping = types.MappingProxyType({})  # each record's other fields: name -> [n] values
 
 
 def prompt_rng(seed: int, i: int) -> random.Random:
@@ -62,7 +64,8 @@ def prompt_set(cfg, tokenizer, split: str) -> Prompts:
 
 def prompt_batch(prompts: Prompts, step: int, batch_size: int, mesh) -> dict:
   """Batch `step` of a fixed per-epoch shuffle of the training prompts (a pure function of
-  step); each process puts its own rows of it on its devices."""
+  step); each process puts its own rows of it on its devices, and keeps their indices in
+  `prompts` (`ids`, on the host: what host rewards look the texts and columns up by)."""
   n = len(prompts.texts)
   epoch, offset = divmod(step * batch_size, n)
   order = np.random.default_rng([epoch]).permutation(n)
@@ -70,4 +73,4 @@ def prompt_batch(prompts: Prompts, step: int, batch_size: int, mesh) -> dict:
   if batch_size % jax.process_count():
     raise UserError(f"{batch_size} prompts per iteration do not split over {jax.process_count()} processes")
   mine = ids.reshape(jax.process_count(), -1)[jax.process_index()]
-  return sharding.put_batch({"tokens": prompts.tokens[mine], "mask": prompts.mask[mine]}, mesh)
+  return {**sharding.put_batch({"tokens": prompts.tokens[mine], "mask": prompts.mask[mine]}, mesh), "ids": mine}

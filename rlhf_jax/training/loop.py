@@ -5,7 +5,9 @@ Batches are a pure function of the step, so a resumed run replays exactly the ba
 would have seen. Two things stop a run early, each after writing a checkpoint: a preemption
 notice (SIGTERM; `Preempted`, exit 0) and, with train.on_nonfinite="stop", an update the
 compiled step refused because its loss, gradients or rewards were not finite (`UserError`,
-raised one step later: a step's flags are read once the next one is queued).
+raised one step later: a step's flags are read once the next one is queued). Bad input that
+host work inside a step or an evaluation finds (`HostStepError`: a reward function that
+raised) stops it too, after checkpointing the last finished step.
 """
 
 import dataclasses
@@ -17,7 +19,7 @@ import numpy as np
 
 from rlhf_jax import preemption
 from rlhf_jax.checkpoint import Checkpointer
-from rlhf_jax.errors import Preempted, UserError
+from rlhf_jax.errors import HostStepError, Preempted, UserError
 from rlhf_jax.metrics_log import MetricsLog
 from rlhf_jax.training import setup
 from rlhf_jax.workdir import RunDir
@@ -42,9 +44,10 @@ class Loop:
     started = time.time()
     eval_metrics = {}
     previous = None  # (step, metrics) of the step before this one
+    saved_at = start or None  # the newest step checkpointed (the one resumed from)
     try:
       for step in range(start + 1, t.num_steps + 1):
-        state, metrics = self.train_step(state, self.batch(step - 1))
+        state, metrics = self._step(state, step, saved_at == step - 1)
         # The step before's flags, read now that this step is queued: the host waits for that
         # step (done or nearly), never for this one.
         self._stop_if_nonfinite(previous, state, step, False, log)
@@ -56,17 +59,26 @@ class Loop:
         saved = step % t.checkpoint_every == 0 or last
         if saved:
           self._save(state, step)
+          saved_at = step
         if preemption.reached(step) and not last:  # every process asks at every step
           raise Preempted(f"preempted after step {step}: {self._checkpoint(state, step, saved)}; "
                           "run the same command to resume")
         log.advance(step)
       self._stop_if_nonfinite(previous, state, t.num_steps, True, log)
       if start == t.num_steps:  # killed after the last checkpoint but before the summary: the
-        eval_metrics = self._evaluate(state, start, None)  # eval was logged before the checkpoint
+        eval_metrics = self._evaluate(state, start, None, saved=True)  # eval was logged before the checkpoint
     finally:
       self.checkpointer.wait()
       log.close()
     return {**eval_metrics, "step": t.num_steps, "train_seconds_this_session": time.time() - started}
+
+  def _step(self, state, step: int, saved: bool):
+    """The train step of `step`; a HostStepError stops the run after checkpointing `state`,
+    the step before (untouched: host work fails before the update that would donate it)."""
+    try:
+      return self.train_step(state, self.batch(step - 1))
+    except HostStepError as e:
+      raise UserError(f"step {step}: {e} ({self._checkpoint(state, step - 1, saved)})") from None
 
   def _save(self, state, step: int) -> None:
     self.checkpointer.save(step, {n: getattr(state, n) for n in self.items}, {"step": step, "data_position": step})
@@ -94,8 +106,11 @@ class Loop:
                     f"({self._checkpoint(state, step, saved)}). Lower optim.lr, or set "
                     "train.on_nonfinite=skip to go on")
 
-  def _evaluate(self, state, step: int, log) -> dict:
-    metrics = self.evaluate(state, step)
+  def _evaluate(self, state, step: int, log, saved: bool = False) -> dict:
+    try:
+      metrics = self.evaluate(state, step)
+    except HostStepError as e:
+      raise UserError(f"evaluation at step {step}: {e} ({self._checkpoint(state, step, saved)})") from None
     texts = metrics.pop("samples", None)
     if log is not None:
       if texts:

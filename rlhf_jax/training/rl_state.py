@@ -29,7 +29,7 @@ class RLState:
   value: Any
   value_opt: Any
   ref: Any  # frozen
-  reward: Any  # frozen
+  reward: Any  # frozen (None: no reward model among the rewards)
   kl: KLControllerState
   baseline: jax.Array  # float32 scalar: moving average of returns (REINFORCE)
   rng: jax.Array
@@ -56,7 +56,7 @@ def place_state(models: dict, policy_tx, value_tx, mesh, rules, seed: int, kl_co
   return jax.jit(build, out_shardings=shardings)(**{name: params(name) for name in models}), shardings
 
 
-def assemble_state(policy, reward, value=None, *, policy_tx, value_tx, kl_coef: float, seed: int) -> RLState:
+def assemble_state(policy, reward=None, value=None, *, policy_tx, value_tx, kl_coef: float, seed: int) -> RLState:
   """The RL state around its params: fresh optimizer states, the reference a copy of the policy."""
   return RLState(step=jnp.zeros((), jnp.int32), policy=policy, policy_opt=policy_tx.init(policy), value=value,
                  value_opt=value_tx.init(value) if value_tx else None, ref=jax.tree.map(jnp.copy, policy),

@@ -22,7 +22,7 @@ pass gives logits and values, and the value loss trains the shared trunk too.
 
 import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +67,8 @@ class RLConfig:
   dynamic_sampling: bool = False  # DAPO: groups whose k scores are all equal get weight 0
   overlong_buffer: float = 0.0  # DAPO: a soft length penalty over this fraction of the budget's end
   oversample: int = 0  # DAPO: extra prompts drawn per iteration, so informative groups can fill the batch
+  model_weight: float | None = 1.0  # the reward model's weight in the score (None: there is none)
+  host_rewards: tuple = ()  # the names of the host reward components (rewards.py), in order
   kl_kind: str = "k1"
   kl_in_loss: bool = False  # the KL as a k3 loss term (GRPO's choice) instead of in the reward
   kl_target: float = 6.0
@@ -122,17 +124,42 @@ def logits_and_values(params, tokens, mask, prompt_len: int, *, policy, critic, 
   return logits, jnp.zeros(logits.shape[:2], jnp.float32)
 
 
-def _sample_and_score(state, prompts, prompt_mask, rng, settings, *, policy, score_fn, cfg):
-  """Responses and their scores (no EOS -> the fixed penalty): (tokens, mask, sampled, scores, ended)."""
+class HostScores(NamedTuple):
+  """What the host reward functions made of the sampled responses (rewards.score_on_host)."""
+  total: jax.Array  # [n] their weighted sum
+  components: jax.Array  # [n, components] each one's score (NaN where it does not apply)
+  greedy: jax.Array | None = None  # [n] ReMax: the greedy responses' weighted sum
+
+
+class Sampled(NamedTuple):
+  """The sampling half of a rollout: the responses, whether each ended, and the in-graph part
+  of their scores (the reward model's; 0 with none). Host rewards score it between the halves."""
+  tokens: jax.Array  # [n, prompt + new] prompt then response
+  mask: jax.Array  # [n, prompt + new]
+  response: Any  # models.sampling's output: the response tokens, mask and sampler log-probs
+  ended: jax.Array  # [n] the response holds EOS
+  scores: jax.Array  # [n] the reward model's (unweighted; 0 without one)
+  greedy: Any = None  # ReMax: the greedy responses, a Sampled of their own
+
+
+def _sample(state, prompts, prompt_mask, rng, settings, *, policy, score_fn, cfg) -> Sampled:
   out = sample(policy, state.policy, prompts, prompt_mask, rng, settings, max_new_tokens=cfg.max_new_tokens,
                eos_id=cfg.eos_id, pad_id=cfg.pad_id)
   tokens = jnp.concatenate([prompts, out.tokens], axis=1)
   mask = jnp.concatenate([prompt_mask.astype(jnp.int32), out.mask], axis=1)
   ended = jnp.any((out.tokens == cfg.eos_id) & (out.mask > 0), axis=1)
-  scores = score_fn(state, tokens, mask, out)
-  if cfg.penalise_no_eos:
-    scores = jnp.where(ended, scores, cfg.no_eos_penalty)
-  return tokens, mask, out, scores, ended
+  scores = score_fn(state, tokens, mask, out) if score_fn else jnp.zeros(tokens.shape[0], jnp.float32)
+  return Sampled(tokens, mask, out, ended, scores)
+
+
+def sample_rollout(state: RLState, prompts, prompt_mask, rng, *, policy, score_fn, cfg: RLConfig) -> Sampled:
+  """k responses per prompt (and ReMax's greedy ones), scored by `score_fn` in the graph."""
+  prompts, prompt_mask = (jnp.repeat(x, cfg.samples_per_prompt, axis=0) for x in (prompts, prompt_mask))
+  draw = functools.partial(_sample, state, prompts, prompt_mask, rng, policy=policy, score_fn=score_fn, cfg=cfg)
+  sampled = draw(SamplingParams.make(cfg.temperature))
+  if cfg.needs_greedy:  # ReMax's baseline: the greedy response's score (independent of the sample)
+    sampled = sampled._replace(greedy=draw(SamplingParams.make(cfg.temperature, greedy=True)))
+  return sampled
 
 
 def in_chunks(fn: Callable, rows, chunks: int):
@@ -154,48 +181,81 @@ def _score_tokens(state, tokens, mask, *, policy, critic, prompt_len: int, cfg: 
   return logprobs, response_logprobs(policy, state.ref, tokens, mask, prompt_len, cfg.temperature), values
 
 
-def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_fn: Callable, cfg: RLConfig):
-  """Samples k responses per prompt, scores them, computes advantages. Returns (Rollout, baseline, metrics).
+def prompt_length(sampled: Sampled) -> int:
+  return sampled.tokens.shape[1] - sampled.response.tokens.shape[1]
+
+
+def score_tokens(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLConfig):
+  """(log-probs, reference log-probs, values) of the sampled responses, in update-sized chunks."""
+  p = prompt_length(sampled)
+  return in_chunks(functools.partial(_score_tokens, state, policy=policy, critic=critic, prompt_len=p, cfg=cfg),
+                   (sampled.tokens, sampled.mask), cfg.minibatches * cfg.accum_steps)
+
+
+def total_scores(cfg: RLConfig, sampled: Sampled, host_total):
+  """The weighted reward model's score plus the host rewards' (if any); a response without
+  EOS gets the penalty."""
+  scores = sampled.scores if cfg.model_weight in (None, 1.0) else cfg.model_weight * sampled.scores
+  scores = scores if host_total is None else scores + host_total
+  return jnp.where(sampled.ended, scores, cfg.no_eos_penalty) if cfg.penalise_no_eos else scores
+
+
+def component_metrics(cfg: RLConfig, sampled: Sampled, host: HostScores | None) -> dict:
+  """reward/NAME: the mean of each reward component over the update's responses."""
+  metrics = {"reward/model": jnp.mean(sampled.scores)} if cfg.model_weight is not None else {}
+  for i, name in enumerate(cfg.host_rewards):
+    metrics[f"reward/{name}"] = jnp.nanmean(host.components[:, i])
+  return metrics
+
+
+def finish_rollout(state: RLState, sampled: Sampled, host: HostScores | None = None, token_scores=None, *,
+                   policy, critic, cfg: RLConfig):
+  """From sampled responses to the update's batch: scores, dynamic sampling, shaping, log-probs
+  and values (`token_scores` when already computed), KL-penalised rewards and advantages.
+  `host`: the host reward functions' scores (HostScores), or None. Returns (Rollout, baseline,
+  metrics).
 
   With `cfg.oversample`, that many of the prompts are extra: of the groups drawn, the update
   keeps as many as the batch has without them, informative ones first (`shaping.select_groups`)."""
-  prompts, prompt_mask = (jnp.repeat(x, cfg.samples_per_prompt, axis=0) for x in (prompts, prompt_mask))
-  p = prompts.shape[1]
-  sample_and_score = functools.partial(_sample_and_score, state, policy=policy, score_fn=score_fn, cfg=cfg)
-  tokens, mask, out, scores, ended = sample_and_score(prompts, prompt_mask, rng,
-                                                      SamplingParams.make(cfg.temperature))
+  scores = total_scores(cfg, sampled, None if host is None else host.total)
   scores = scores * guards.injected_nan(state.step, cfg.inject_nan_at)
   # Dynamic sampling judges a group by its task scores, before the length shaping.
   weights = shaping.informative_groups(scores, cfg.samples_per_prompt) if cfg.dynamic_sampling else \
       jnp.ones_like(scores)
   drawn = {"uninformative_fraction": 1.0 - jnp.mean(weights)}
   if cfg.oversample:  # DAPO's refill: keep the informative groups of the prompts drawn
-    rows = shaping.select_groups(weights, cfg.samples_per_prompt, prompts.shape[0] // cfg.samples_per_prompt
+    rows = shaping.select_groups(weights, cfg.samples_per_prompt, scores.shape[0] // cfg.samples_per_prompt
                                  - cfg.oversample)
-    prompts, prompt_mask, tokens, mask, out, scores, ended, weights = jax.tree.map(
-        lambda x: x[rows], (prompts, prompt_mask, tokens, mask, out, scores, ended, weights))
+    sampled, scores, weights, host, token_scores = jax.tree.map(
+        lambda x: x[rows], (sampled, scores, weights, host, token_scores))
     drawn["kept_uninformative_fraction"] = 1.0 - jnp.mean(weights)
-  lengths = jnp.sum(out.mask, axis=1)
+  response_mask = sampled.response.mask
+  lengths = jnp.sum(response_mask, axis=1)
   buffer = int(cfg.overlong_buffer * cfg.max_new_tokens)
   scores = scores + shaping.overlong_penalty(lengths, cfg.max_new_tokens, buffer)
-  greedy_scores = None
-  if cfg.needs_greedy:  # ReMax's baseline: the greedy response's score (independent of the sample)
-    greedy_scores = sample_and_score(prompts, prompt_mask, rng, SamplingParams.make(cfg.temperature,
-                                                                                    greedy=True))[3]
-  logprobs, ref_logprobs, values = in_chunks(
-      functools.partial(_score_tokens, state, policy=policy, critic=critic, prompt_len=p, cfg=cfg),
-      (tokens, mask), cfg.minibatches * cfg.accum_steps)
-  rewards, kl_metrics = kl.penalised_rewards(scores, logprobs, ref_logprobs, out.mask,
+  greedy_scores = total_scores(cfg, sampled.greedy, None if host is None else host.greedy) if cfg.needs_greedy else None
+  if token_scores is None:
+    token_scores = score_tokens(state, sampled, policy=policy, critic=critic, cfg=cfg)
+  logprobs, ref_logprobs, values = token_scores
+  rewards, kl_metrics = kl.penalised_rewards(scores, logprobs, ref_logprobs, response_mask,
                                              kl_coef=0.0 if cfg.kl_in_loss else state.kl.coef, kind=cfg.kl_kind)
-  inputs = AdvantageInputs(rewards, scores, values, out.mask, state.baseline, greedy_scores)
+  inputs = AdvantageInputs(rewards, scores, values, response_mask, state.baseline, greedy_scores)
   estimate = ADVANTAGES[cfg.advantage].fn(inputs, cfg.advantage_params)
   metrics = {**kl_metrics, "kl_coef": state.kl.coef, "response_length": jnp.mean(lengths),
-             "no_eos_fraction": 1.0 - jnp.mean(ended), **drawn,
+             "no_eos_fraction": 1.0 - jnp.mean(sampled.ended), **drawn, **component_metrics(cfg, sampled, host),
              "nonfinite_rewards": jnp.logical_not(guards.all_finite(rewards)).astype(jnp.float32)}
   if cfg.has_critic:
-    metrics["explained_variance"] = ppo.explained_variance(values, estimate.returns, out.mask)
-  batch = Rollout(tokens, mask, logprobs, ref_logprobs, values, estimate.advantages, estimate.returns, weights)
+    metrics["explained_variance"] = ppo.explained_variance(values, estimate.returns, response_mask)
+  batch = Rollout(sampled.tokens, sampled.mask, logprobs, ref_logprobs, values, estimate.advantages,
+                  estimate.returns, weights)
   return batch, estimate.baseline, metrics
+
+
+def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_fn: Callable, cfg: RLConfig):
+  """Samples k responses per prompt, scores them in the graph, computes advantages: the whole
+  rollout of an iteration without host rewards. Returns (Rollout, baseline, metrics)."""
+  sampled = sample_rollout(state, prompts, prompt_mask, rng, policy=policy, score_fn=score_fn, cfg=cfg)
+  return finish_rollout(state, sampled, policy=policy, critic=critic, cfg=cfg)
 
 
 def rl_loss(params, batch, *, policy, critic, cfg: RLConfig, prompt_len: int, kl_coef):
@@ -258,17 +318,20 @@ def minibatch_update(carry, minibatch, *, loss_fn, prompt_len: int, cfg: RLConfi
   return guards.apply_if(ok, apply, carry), {**m, **flags, "skipped_updates": 1.0 - ok}
 
 
-def rl_iteration(state: RLState, prompts, prompt_mask, *, policy, critic, policy_tx, value_tx,
-                 score_fn: Callable, cfg: RLConfig):
-  """One iteration: (state, prompts) -> (state, metrics). Frozen params pass through.
+def sample_phase(state: RLState, prompts, prompt_mask, *, policy, score_fn: Callable, cfg: RLConfig) -> Sampled:
+  """The iteration's sampling half (its rng is the iteration's sampling key)."""
+  _, sample_rng, _ = jax.random.split(state.rng, 3)
+  return sample_rollout(state, prompts, prompt_mask, sample_rng, policy=policy, score_fn=score_fn, cfg=cfg)
 
-  Without a separate critic (`critic` and `value_tx` None) `state.value` is None and
-  `policy_tx` updates all of the policy's params, a shared value head included.
-  """
-  rng, sample_rng, shuffle_rng = jax.random.split(state.rng, 3)
-  batch, baseline, metrics = rollout(state, prompts, prompt_mask, sample_rng, policy=policy, critic=critic,
-                                     score_fn=score_fn, cfg=cfg)
-  p, n = prompts.shape[1], batch.tokens.shape[0]
+
+def update_phase(state: RLState, sampled: Sampled, host: HostScores | None = None, token_scores=None, *,
+                 policy, critic, policy_tx, value_tx, cfg: RLConfig):
+  """The iteration's other half: the rollout finished (`finish_rollout`), `epochs` x
+  `minibatches` updates, the KL controller. Returns (state, metrics)."""
+  rng, _, shuffle_rng = jax.random.split(state.rng, 3)
+  batch, baseline, metrics = finish_rollout(state, sampled, host, token_scores, policy=policy, critic=critic,
+                                            cfg=cfg)
+  p, n = prompt_length(sampled), batch.tokens.shape[0]
   loss_fn = functools.partial(rl_loss, policy=policy, critic=critic, cfg=cfg, prompt_len=p, kl_coef=state.kl.coef)
 
   rewards_ok = metrics["nonfinite_rewards"] == 0
@@ -289,3 +352,16 @@ def rl_iteration(state: RLState, prompts, prompt_mask, *, policy, critic, policy
   state = state.replace(step=state.step + 1, policy=policy_params, policy_opt=policy_opt, value=value_params,
                         value_opt=value_opt, kl=new_kl, baseline=baseline, rng=rng)
   return state, metrics
+
+
+def rl_iteration(state: RLState, prompts, prompt_mask, *, policy, critic, policy_tx, value_tx,
+                 score_fn: Callable, cfg: RLConfig):
+  """One iteration with in-graph rewards only: (state, prompts) -> (state, metrics), one
+  compiled program. Frozen params pass through.
+
+  Without a separate critic (`critic` and `value_tx` None) `state.value` is None and
+  `policy_tx` updates all of the policy's params, a shared value head included.
+  """
+  sampled = sample_phase(state, prompts, prompt_mask, policy=policy, score_fn=score_fn, cfg=cfg)
+  return update_phase(state, sampled, policy=policy, critic=critic, policy_tx=policy_tx, value_tx=value_tx,
+                      cfg=cfg)

@@ -1,14 +1,17 @@
-"""The RL stage (named "ppo" after its default algorithm): policy from the SFT run, scorer
-(and PPO's critic) from the reward run.
+"""The RL stage (every algorithm; `ppo` was its name): policy from the SFT run, rewards as
+`config.reward` says (rewards.py), PPO's critic from the reward run or the SFT run.
 
 The policy and the frozen reference both start as the SFT params. `algo` picks PPO or a
-critic-free method (see rl_steps). For PPO, `critic` picks the value function: "reward"
-(default) a separate model started from the reward model, its reward head becoming the value
-head; "sft" a separate model started from the SFT policy with a fresh value head; "shared" a
-value head on the policy backbone. The reward model scores responses, normalised by the gain
-and bias the reward stage measured on SFT samples. Each iteration is one compiled
-`rl_iteration`; evaluation compares the policy with the reference on held-out prompts by the
-gold judge, the proxy reward and the KL between them.
+critic-free method (see rl_steps). For PPO, `critic` picks the value function: "reward" a
+separate model started from the reward model, its reward head becoming the value head; "sft"
+a separate model started from the SFT policy with a fresh value head; "shared" a value head
+on the policy backbone; "auto" (default) "reward" when the reward model is a reward component,
+else "sft". The reward model, when `reward.fns` names it, scores responses normalised by the
+gain and bias the reward stage measured on SFT samples; without it no reward model is built,
+loaded or held. With in-graph rewards only, each iteration is one compiled `rl_iteration`;
+with host reward functions it is rollout -> host scoring -> update (host_rewards.py).
+Evaluation compares the policy with the reference on held-out prompts by the gold judge, the
+reward (each component and their sum) and the KL between them.
 """
 
 import dataclasses
@@ -17,7 +20,7 @@ import functools
 import jax
 import optax
 
-from rlhf_jax import memory, sharding
+from rlhf_jax import memory, rewards, sharding
 from rlhf_jax.algorithms import aggregation, presets
 from rlhf_jax.algorithms.advantages import ADVANTAGES
 from rlhf_jax.algorithms.policy_losses import POLICY_LOSSES
@@ -27,6 +30,7 @@ from rlhf_jax.errors import UserError
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import frozen, seeds, setup
+from rlhf_jax.training.host_rewards import compile_host_iteration
 from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.optim import make_optimizer
 from rlhf_jax.training.policy_eval import PolicyEvaluator
@@ -34,7 +38,7 @@ from rlhf_jax.training.rl_steps import RLConfig, rl_iteration
 from rlhf_jax.workdir import RunDir
 
 RL_ITEMS = ("policy", "policy_opt", "value", "value_opt", "kl", "baseline", "rng")
-CRITICS = ("reward", "sft", "shared")
+CRITICS = ("auto", "reward", "sft", "shared")
 # The registries whose member each `rl.*` part names.
 PARTS = {"advantage": ADVANTAGES, "policy_loss": POLICY_LOSSES, "loss_aggregation": aggregation.LOSS_AGGREGATIONS}
 
@@ -43,7 +47,7 @@ PARTS = {"advantage": ADVANTAGES, "policy_loss": POLICY_LOSSES, "loss_aggregatio
 class Models:
   policy: Transformer
   critic: Transformer | None  # None: a value head on the policy backbone, or no critic
-  scorer: Transformer
+  scorer: Transformer | None  # the reward model, if it is a reward component
 
 
 def rl_fields(cfg) -> dict:
@@ -70,6 +74,12 @@ def check_config(cfg) -> None:
                     "leaves out; it needs rl.dynamic_sampling=True (algo=dapo sets it)")
   if cfg.vmap_seeds < 1:
     raise UserError(f"vmap_seeds={cfg.vmap_seeds} must be >= 1")
+  plan = rewards.plan(cfg.reward)
+  if plan.host and cfg.vmap_seeds > 1:
+    raise UserError("vmap_seeds > 1 with host reward functions is not supported: run the seeds as separate runs")
+  if critic_source(cfg) == "reward" and plan.model_weight is None:
+    raise UserError("critic=reward starts the critic from the reward model, which reward.fns does not use: "
+                    "set critic=sft (or auto)")
   per_update = rl["minibatches"] * rl["accum_steps"]
   if cfg.data.batch_size % k or cfg.data.batch_size % per_update:
     raise UserError(f"data.batch_size={cfg.data.batch_size} (responses) must be a multiple of "
@@ -81,18 +91,35 @@ def has_critic(cfg) -> bool:
   return presets.needs_critic(rl_fields(cfg)["advantage"])
 
 
+def uses_reward_model(cfg) -> bool:
+  return rewards.MODEL in tuple(cfg.reward.fns)
+
+
+def critic_source(cfg) -> str:
+  """"reward", "sft" or "shared": `cfg.critic` with "auto" resolved."""
+  if cfg.critic != "auto":
+    return cfg.critic
+  return "reward" if uses_reward_model(cfg) else "sft"
+
+
 def separate_critic(cfg) -> bool:
-  return has_critic(cfg) and cfg.get("critic") != "shared"
+  return has_critic(cfg) and critic_source(cfg) != "shared"
 
 
-def make_models(cfg, policy_cfg: ModelConfig, reward_cfg: ModelConfig) -> Models:
+def unused_upstream(cfg) -> set:
+  """Upstream stages this config does not need: the reward stage, without the reward model."""
+  return set() if uses_reward_model(cfg) else {"reward"}
+
+
+def make_models(cfg, policy_cfg: ModelConfig, reward_cfg: ModelConfig | None) -> Models:
   with_value = lambda c: dataclasses.replace(c, heads=("value",))
+  scorer = Transformer(reward_cfg) if reward_cfg else None
   if not has_critic(cfg):
-    return Models(Transformer(policy_cfg), None, Transformer(reward_cfg))
-  if cfg.critic == "shared":
-    return Models(Transformer(with_value(policy_cfg)), None, Transformer(reward_cfg))
-  critic_cfg = reward_cfg if cfg.critic == "reward" else policy_cfg
-  return Models(Transformer(policy_cfg), Transformer(with_value(critic_cfg)), Transformer(reward_cfg))
+    return Models(Transformer(policy_cfg), None, scorer)
+  if critic_source(cfg) == "shared":
+    return Models(Transformer(with_value(policy_cfg)), None, scorer)
+  critic_cfg = reward_cfg if critic_source(cfg) == "reward" else policy_cfg
+  return Models(Transformer(policy_cfg), Transformer(with_value(critic_cfg)), scorer)
 
 
 def make_optimizers(cfg):
@@ -109,18 +136,20 @@ def make_optimizers(cfg):
 
 def run(cfg, workdir: str) -> dict:
   run_dir = RunDir(workdir)
-  sft_run, reward_run = setup.source_run(cfg), frozen.reward_run_of(cfg)
+  plan = rewards.plan(cfg.reward)
+  sft_run = setup.source_run(cfg)
+  reward_run = frozen.reward_run_of(cfg) if plan.model_weight is not None else None
   if sft_run is None:
-    raise UserError("the PPO stage starts from an SFT run: set init_from (or keep config.upstream)")
+    raise UserError("the RL stage starts from an SFT run: set init_from (or keep config.upstream)")
   tokenizer = setup.prepare_tokenizer(cfg, run_dir, sft_run)
-  reward_cfg = ModelConfig.from_dict(reward_run.read_json("model.json"))
+  reward_cfg = ModelConfig.from_dict(reward_run.read_json("model.json")) if reward_run else None
   models = make_models(cfg, setup.model_config(cfg, tokenizer, sft_run), reward_cfg)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   memory.check(cfg, models.policy.cfg, mesh)
   prompts = {split: prompt_set(cfg, tokenizer, split) for split in ("train", "eval")}
   seed_cfgs = [with_seed(cfg, cfg.seed + i) for i in range(cfg.vmap_seeds)]
   seed_dirs = [RunDir(run_dir.file(f"seed_{c.seed}")) for c in seed_cfgs] if len(seed_cfgs) > 1 else []
-  rl_cfg = rl_config(cfg, tokenizer)
+  rl_cfg = rl_config(cfg, tokenizer, plan)
   policy_tx, value_tx = make_optimizers(cfg)
   placed = [initial_state(c, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) for c in seed_cfgs]
   state, shardings = placed[0] if len(placed) == 1 else seeds.stack(placed)
@@ -132,15 +161,21 @@ def run(cfg, workdir: str) -> dict:
   for directory, directory_cfg in [(run_dir, cfg), *zip(seed_dirs, seed_cfgs)]:
     directory.record_config(directory_cfg)
     setup.save_run_files(directory, tokenizer, models.policy.cfg)
-  score_fn = frozen.proxy_score_fn(models.scorer, reward_run)
-  vmapped = bool(seed_dirs)
-  iteration = compile_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg, vmapped)
-  train_step = lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
+  score_fn = frozen.proxy_score_fn(models.scorer, reward_run) if reward_run else None
+  if plan.host:
+    train_step = compile_host_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg,
+                                        host=plan.host, with_model=reward_run is not None,
+                                        prompts=prompts["train"], tokenizer=tokenizer)
+  else:
+    iteration = compile_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg,
+                                  vmapped=bool(seed_dirs))
+    train_step = lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
   per_iteration = cfg.data.batch_size // rl_cfg.samples_per_prompt
   drawn = per_iteration + rl_cfg.oversample  # DAPO's refill draws extra prompts
   next_batch = lambda step: prompt_batch(prompts["train"], step, drawn, mesh)
   evaluator = PolicyEvaluator(cfg, run_dir, models.policy, prompts["eval"], tokenizer, score_fn,
-                              one_seed_shardings.policy, mesh, label=cfg.algo)
+                              one_seed_shardings.policy, mesh, label=cfg.algo, model_weight=plan.model_weight,
+                              host=plan.host)
   loop = Loop(cfg.train, run_dir, train_step, next_batch, evaluator, checkpointer, items)
   summary = train_seeds(loop, state, seed_cfgs, seed_dirs) if seed_dirs else loop.train(state)
   summary["data/truncated_prompts"] = prompts["train"].truncated
@@ -179,17 +214,20 @@ def with_seed(cfg, seed: int):
   return seeded
 
 
-def rl_config(cfg, tokenizer) -> RLConfig:
+def rl_config(cfg, tokenizer, plan: rewards.RewardPlan) -> RLConfig:
   return RLConfig(max_new_tokens=cfg.sample.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                  algo=cfg.algo, temperature=cfg.sample.temperature,
-                  inject_nan_at=tuple(cfg.train.inject_nan_at), **rl_fields(cfg))
+                  algo=cfg.algo, temperature=cfg.sample.temperature, model_weight=plan.model_weight,
+                  host_rewards=tuple(h.name for h in plan.host), inject_nan_at=tuple(cfg.train.inject_nan_at),
+                  **rl_fields(cfg))
 
 
 def initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules):
-  """Policy and reference from SFT; scorer from the RM; the critic as `cfg.critic` says.
-  Returns (state, shardings)."""
-  sources = {"policy": (models.policy, sft_run, None), "reward": (models.scorer, reward_run, None)}
+  """Policy and reference from SFT; scorer from the RM (if used); the critic as `cfg.critic`
+  says. Returns (state, shardings)."""
+  sources = {"policy": (models.policy, sft_run, None)}
+  if models.scorer is not None:
+    sources["reward"] = (models.scorer, reward_run, None)
   if separate_critic(cfg):
-    sources["value"] = ((models.critic, reward_run, {"reward_head": "value_head"}) if cfg.critic == "reward"
-                        else (models.critic, sft_run, None))
+    sources["value"] = ((models.critic, reward_run, {"reward_head": "value_head"})
+                        if critic_source(cfg) == "reward" else (models.critic, sft_run, None))
   return frozen.load_state(sources, policy_tx, value_tx, mesh, rules, cfg.seed, cfg.kl_coef)

@@ -1,0 +1,161 @@
+"""Reward components: the learned reward model, built-in checkers, and users' Python functions.
+
+`reward.fns` names the sources of an RL run's score and `reward.weights` their weights (all 1
+by default); the score of a response is the weighted sum, and each component is logged as
+`reward/NAME`. A source is
+
+  model                the reward model of `reward_from`, normalised by the gain and bias the
+                       reward stage measured; scored inside the compiled iteration
+  exact_match, gsm8k   built-in checkers (`BUILTINS`), on the host
+  PATH.py:NAME         a function in a Python file, on the host
+  module.sub:NAME      a function in an importable module, on the host
+
+Host functions are called as TRL calls its reward functions, so existing ones work unchanged:
+`fn(prompts=[...], completions=[...], completion_ids=[...], **columns)` with decoded text,
+where `columns` are the prompt records' other fields, one entry per completion (repeated for
+the k samples of a prompt, in the same order). It returns one float per completion, or None
+where it does not apply (TRL's convention: that component then adds nothing to the row).
+"""
+
+import dataclasses
+import importlib
+import importlib.util
+import numbers
+import os
+import re
+from typing import Callable
+
+import numpy as np
+
+from rlhf_jax.errors import HostStepError, UserError
+
+MODEL = "model"
+_INTEGER = re.compile(r"-?\d[\d,]*")
+
+
+class RewardError(HostStepError):
+  """A reward function failed or returned something other than one number per completion."""
+
+
+def last_integer(text: str) -> int | None:
+  """The last integer written in `text` (thousands commas allowed), or None."""
+  found = _INTEGER.findall(text)
+  return int(found[-1].replace(",", "")) if found else None
+
+
+def exact_match(prompts, completions, answer, **unused) -> list:
+  """1.0 where the completion's last integer is the `answer` column's integer, else 0.0."""
+  del prompts, unused
+  return [float(last_integer(c) is not None and last_integer(c) == last_integer(str(a)))
+          for c, a in zip(completions, answer)]
+
+
+def gsm8k(prompts, completions, answer, **unused) -> list:
+  """GSM8K's checker: the reference answer is what follows its "#### "; the completion's is its
+  last number (the common convention)."""
+  del prompts, unused
+  final = [str(a).split("####")[-1] for a in answer]
+  return exact_match(None, completions, final)
+
+
+BUILTINS = {"exact_match": exact_match, "gsm8k": gsm8k}
+
+
+def load_function(spec: str) -> Callable:
+  """A built-in by name, or the function `NAME` of `PATH.py:NAME` / `module.sub:NAME`."""
+  if spec in BUILTINS:
+    return BUILTINS[spec]
+  where, _, name = spec.rpartition(":")
+  if not where or not name:
+    raise UserError(f"reward.fns entry {spec!r}: use {MODEL!r}, a built-in ({', '.join(BUILTINS)}), "
+                    "PATH.py:NAME or module.sub:NAME")
+  try:
+    if where.endswith(".py"):
+      if not os.path.isfile(where):
+        raise UserError(f"reward function file not found: {where}")
+      module_spec = importlib.util.spec_from_file_location(f"reward_fn_{abs(hash(where))}", where)
+      module = importlib.util.module_from_spec(module_spec)
+      module_spec.loader.exec_module(module)
+    else:
+      module = importlib.import_module(where)
+  except UserError:
+    raise
+  except Exception as e:  # the user's file may raise anything while it loads
+    raise UserError(f"reward function {spec}: loading {where} raised {type(e).__name__}: {e}") from None
+  fn = getattr(module, name, None)
+  if not callable(fn):
+    raise UserError(f"reward function {spec}: {where} has no function {name!r}")
+  return fn
+
+
+@dataclasses.dataclass
+class HostReward:
+  """One host component: calls `fn` TRL's way and checks what comes back."""
+  name: str
+  fn: Callable
+  weight: float
+
+  def __call__(self, prompts: list, completions: list, completion_ids: list, columns: dict) -> np.ndarray:
+    """Scores [n] float32; NaN where the function returned None."""
+    try:
+      scores = self.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
+    except Exception as e:  # whatever a user's function raises stops the run as one line
+      raise RewardError(f"reward function {self.name} raised {type(e).__name__}: {e}") from None
+    try:
+      count = len(scores)
+    except TypeError:
+      raise RewardError(f"reward function {self.name} returned {type(scores).__name__}, "
+                        f"not one score per completion") from None
+    if count != len(completions):
+      raise RewardError(f"reward function {self.name} returned {count} scores for {len(completions)} completions")
+    for i, score in enumerate(scores):
+      if score is not None and not isinstance(score, (numbers.Real, np.bool_)):
+        raise RewardError(f"reward function {self.name} returned a non-number for completion {i}: {score!r}")
+    return np.array([np.nan if s is None else float(s) for s in scores], np.float32)
+
+
+@dataclasses.dataclass
+class RewardPlan:
+  """What `config.reward` asks for: the reward model's weight (None: no reward model) and the
+  host components."""
+  model_weight: float | None
+  host: list
+
+  @property
+  def names(self) -> list:
+    return ([MODEL] if self.model_weight is not None else []) + [h.name for h in self.host]
+
+
+def plan(reward_cfg) -> RewardPlan:
+  fns = tuple(reward_cfg.fns)
+  weights = tuple(reward_cfg.weights) or (1.0,) * len(fns)
+  if not fns:
+    raise UserError("reward.fns is empty: name at least one reward source (e.g. 'model')")
+  if len(weights) != len(fns):
+    raise UserError(f"reward.weights has {len(weights)} entries for {len(fns)} reward.fns")
+  if len(set(fns)) != len(fns):
+    raise UserError(f"reward.fns names a source twice: {fns}")
+  model_weight = None
+  host = []
+  for spec, weight in zip(fns, weights):
+    if spec == MODEL:
+      model_weight = float(weight)
+    else:
+      host.append(HostReward(component_name(spec), load_function(spec), float(weight)))
+  return RewardPlan(model_weight, host)
+
+
+def component_name(spec: str) -> str:
+  """The metric name of a source: the built-in's or the function's name."""
+  return spec.rpartition(":")[2] if ":" in spec else spec
+
+
+def score_on_host(host: list, prompts: list, completions: list, completion_ids: list, columns: dict,
+                  with_model: bool):
+  """(weighted sum [n], {reward/NAME: scores [n]}) of the host components. A component's None
+  adds nothing to its row; a row that every component skips (the reward model, `with_model`,
+  never does) is NaN, for the non-finite guards."""
+  per = {f"reward/{h.name}": h(prompts, completions, completion_ids, columns) for h in host}
+  weighted = np.stack([h.weight * per[f"reward/{h.name}"] for h in host])
+  skipped = np.all(np.isnan(weighted), 0) & (not with_model)
+  return np.where(skipped, np.nan, np.nansum(weighted, 0)).astype(np.float32), per

@@ -1,0 +1,82 @@
+"""Reward components: the built-in checkers on hand-worked answers, users' functions loaded from
+files and modules and called TRL's way, and every way a function can go wrong."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from rlhf_jax import rewards
+from rlhf_jax.errors import UserError
+
+USER_FILE = '''
+def length_bonus(prompts, completions, completion_ids, topic, **kwargs):
+  return [len(c) / 10 if t == "books" else None for c, t in zip(completions, topic)]
+
+def raises(prompts, completions, **kwargs):
+  raise KeyError("answer")
+'''
+
+
+def test_checkers_take_the_last_integer_and_gsm8k_answers_after_the_hashes():
+  assert rewards.last_integer("12 + 30 = 42, so the answer is 42.") == 42
+  assert rewards.last_integer("it is -1,250 or so") == -1250 and rewards.last_integer("none") is None
+  completions = ["so 4 + 3 = 7", "the answer is 8", "no idea", "7!"]
+  assert rewards.exact_match(None, completions, answer=["7", "7", "7", 7]) == [1.0, 0.0, 0.0, 1.0]
+  answers = ["Natalia sold 48 / 2 = 24 clips in May.\n#### 72", "#### 1,000"]
+  assert rewards.gsm8k(None, ["48 + 24 = 72", "she has 1000 left"], answer=answers) == [1.0, 1.0]
+
+
+def test_functions_load_from_files_modules_and_the_builtins(tmp_path):
+  path = tmp_path / "my_rewards.py"
+  path.write_text(USER_FILE)
+  fn = rewards.load_function(f"{path}:length_bonus")
+  assert fn(prompts=["p", "q"], completions=["abcd", "ab"], completion_ids=[[1], [2]],
+            topic=["books", "films"]) == [0.4, None]
+  assert rewards.load_function("rlhf_jax.rewards:gsm8k") is rewards.gsm8k
+  assert rewards.load_function("exact_match") is rewards.exact_match
+  for spec, message in ((f"{tmp_path}/nope.py:f", "reward function file not found"),
+                        (f"{path}:missing", "has no function 'missing'"), ("vader", "use 'model', a built-in"),
+                        ("no_such_module_here:f", "loading no_such_module_here raised ModuleNotFoundError")):
+    with pytest.raises(UserError, match=message):
+      rewards.load_function(spec)
+
+
+def test_a_host_component_is_called_with_one_column_entry_per_completion_and_checked(tmp_path):
+  seen = {}
+
+  def record(prompts, completions, completion_ids, answer, **kwargs):
+    seen.update(prompts=prompts, answer=answer, ids=completion_ids, extra=kwargs)
+    return [1, 0.5, np.float32(2), True]
+  component = rewards.HostReward("record", record, 1.0)
+  scores = component(["a", "a", "b", "b"], ["x"] * 4, [[1]] * 4, {"answer": [1, 1, 2, 2], "level": [3, 3, 4, 4]})
+  np.testing.assert_array_equal(scores, [1, 0.5, 2, 1])
+  assert seen == {"prompts": ["a", "a", "b", "b"], "answer": [1, 1, 2, 2], "ids": [[1]] * 4,
+                  "extra": {"level": [3, 3, 4, 4]}}
+  bad = {"raises": (lambda **kw: 1 / 0, "reward function bad raised ZeroDivisionError: division by zero"),
+         "short": (lambda **kw: [1.0], "reward function bad returned 1 scores for 4 completions"),
+         "text": (lambda **kw: [1.0, "high", 0.0, 0.0], "returned a non-number for completion 1: 'high'"),
+         "scalar": (lambda **kw: 3.0, "returned float, not one score per completion")}
+  for fn, message in bad.values():
+    with pytest.raises(rewards.RewardError, match=message):
+      rewards.HostReward("bad", fn, 1.0)(["a"] * 4, ["x"] * 4, [[1]] * 4, {})
+
+
+def test_the_weighted_sum_skips_none_and_a_row_no_component_scores_is_nan():
+  half = rewards.HostReward("half", lambda completions, **kw: [0.5, None, None], 2.0)
+  one = rewards.HostReward("one", lambda completions, **kw: [1.0, 1.0, None], 1.0)
+  total, per = rewards.score_on_host([half, one], ["p"] * 3, ["c"] * 3, [[0]] * 3, {}, with_model=False)
+  np.testing.assert_array_equal(total, [2.0, 1.0, np.nan])
+  assert set(per) == {"reward/half", "reward/one"} and np.isnan(per["reward/half"][1])
+  total, _ = rewards.score_on_host([half, one], ["p"] * 3, ["c"] * 3, [[0]] * 3, {}, with_model=True)
+  np.testing.assert_array_equal(total, [2.0, 1.0, 0.0])  # the reward model scores that row
+
+
+def test_the_plan_names_its_components_and_checks_the_weights(tmp_path):
+  cfg = lambda fns, weights=(): ml_collections.ConfigDict(dict(fns=fns, weights=weights))
+  plan = rewards.plan(cfg(("model", "exact_match"), (0.5, 2.0)))
+  assert plan.model_weight == 0.5 and [h.weight for h in plan.host] == [2.0] and plan.names == ["model", "exact_match"]
+  assert rewards.plan(cfg(("gsm8k",))).model_weight is None
+  for fns, weights, message in ((("model", "gsm8k"), (1.0,), "reward.weights has 1 entries for 2"),
+                                ((), (), "reward.fns is empty"), (("gsm8k", "gsm8k"), (), "names a source twice")):
+    with pytest.raises(UserError, match=message):
+      rewards.plan(cfg(fns, weights))
