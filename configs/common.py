@@ -59,7 +59,13 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
       eval_fraction=0.05, train_split="train", eval_split="test", tfds_data_dir="",
       # 128 tokens hold a whole embedded review (at most ~80), so SFT sees every response end with EOS.
       seq_len=128 if small else 1024, batch_size=16 if small else 64,
-      prompt_words_min=2, prompt_words_max=6))
+      prompt_words_min=2, prompt_words_max=6,
+      # Prompt records (RL; SFT's prompts too): the prompt is the `prompt_field` field, or
+      # `prompt_template` (a format string over the fields, "Question: {question}\nAnswer:")
+      # filled from them; the other fields are the reward functions' columns. eval_source: the
+      # held-out records' own source ("": a held-out slice of `source`).
+      prompt_field="prompt", prompt_template="", eval_source="",
+      arithmetic_digits=2))  # embedded:arithmetic: the operands' digits
   c.optim = ml_collections.ConfigDict(dict(
       lr=3e-3 if small else 6e-4, warmup_steps=50 if small else 1000, final_lr_ratio=0.1,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0, accum_steps=1))

@@ -59,6 +59,7 @@ def gsm8k(prompts, completions, answer, **unused) -> list:
 
 
 BUILTINS = {"exact_match": exact_match, "gsm8k": gsm8k}
+CHECKERS = ("exact_match", "gsm8k")  # 0/1 verdicts: their mean is an accuracy
 
 
 def load_function(spec: str) -> Callable:

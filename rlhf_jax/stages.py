@@ -122,7 +122,7 @@ def run_pipeline(config, workdir: str) -> dict:
 
 
 HEADLINES = {"pretrain": ("eval/loss",), "sft": ("eval/loss",), "reward": ("eval/accuracy", "eval/gold_correlation"),
-             "rl": ("eval/ref_gold_reward", "eval/gold_reward", "eval/kl"),
+             "rl": ("eval/ref_gold_reward", "eval/gold_reward", "eval/ref_accuracy", "eval/accuracy", "eval/kl"),
              "dpo": ("eval/ref_gold_reward", "eval/gold_reward", "eval/kl")}
 
 
@@ -137,13 +137,15 @@ def closing_table(summary: dict, workdir: str, config, picture: str | None = Non
     for key in HEADLINES.get(stage, ()):
       if key in metrics:
         lines.append(f"{name:<10}{key:<26}{metrics[key]:.4g}")
-    if stage in ("rl", "dpo") and "eval/gold_reward" in metrics:
+    if stage in ("rl", "dpo") and "eval/kl" in metrics:
       compared = name
   if compared:
     metrics, section = summary[compared], config[compared]
     label = section.algo if section.stage == "rl" else "dpo"
-    gain = metrics["eval/gold_reward"] - metrics["eval/ref_gold_reward"]
-    lines.append(f"{label.upper()} vs SFT by the gold judge: {gain:+.3f} at KL {metrics['eval/kl']:.2f} nats")
+    measure, by = ("gold_reward", "by the gold judge") if "eval/gold_reward" in metrics else ("accuracy", "in accuracy")
+    if f"eval/{measure}" in metrics:
+      gain = metrics[f"eval/{measure}"] - metrics[f"eval/ref_{measure}"]
+      lines.append(f"{label.upper()} vs SFT {by}: {gain:+.3f} at KL {metrics['eval/kl']:.2f} nats")
     samples = sorted(glob.glob(os.path.join(workdir, compared, "samples", "step_*.txt")))
     if samples:
       with open(samples[-1]) as f:

@@ -52,11 +52,11 @@ class RunDir:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(self.file(name))
 
-  def write_samples(self, step: int, lines: list) -> None:
-    """samples/step_N.txt, one sample per line (by process 0; nothing waits for it)."""
+  def write_samples(self, step: int, lines: list, suffix: str = "txt") -> None:
+    """samples/step_N.SUFFIX, one sample per line (by process 0; nothing waits for it)."""
     if jax.process_index() == 0:
       os.makedirs(self.file("samples"), exist_ok=True)
-      with open(self.file("samples", f"step_{step:06d}.txt"), "w") as f:
+      with open(self.file("samples", f"step_{step:06d}.{suffix}"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
   def record_config(self, config: ml_collections.ConfigDict) -> None:

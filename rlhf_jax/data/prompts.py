@@ -50,12 +50,20 @@ def encode_prompts(texts, tokenizer, max_len: int) -> Prompts:
 
 
 def prompt_set(cfg, tokenizer, split: str) -> Prompts:
-  """Openings of the split's documents (`eval_prompts` of them for eval), BOS first,
-  left-padded to one width."""
-  docs = sources.load_documents(cfg.data, split)
-  count = cfg.eval_prompts if split == "eval" else len(docs)
-  texts = openings(docs[:count], cfg.data, cfg.seed)
-  prompts = encode_prompts(texts, tokenizer, cfg.max_prompt_len)
+  """The split's prompts (`eval_prompts` of them for eval), BOS first, left-padded to one
+  width: records' prompts, used whole, with their other fields as columns; or the openings of
+  documents."""
+  columns = {}
+  if sources.is_record_source(cfg.data):
+    records = sources.load_records(cfg.data, split)
+    records = records[:cfg.eval_prompts] if split == "eval" else records
+    texts = [sources.prompt_text(r, cfg.data) for r in records]
+    names = sorted({name for r in records for name in r.fields} - {cfg.data.prompt_field})
+    columns = {name: [r.fields.get(name) for r in records] for name in names}
+  else:
+    docs = sources.load_documents(cfg.data, split)
+    texts = openings(docs[:cfg.eval_prompts] if split == "eval" else docs, cfg.data, cfg.seed)
+  prompts = encode_prompts(texts, tokenizer, cfg.max_prompt_len)._replace(columns=columns)
   if prompts.truncated:
     logging.warning("%d of %d %s prompts are longer than max_prompt_len=%d tokens: cut from the left",
                     prompts.truncated, len(texts), split, cfg.max_prompt_len)

@@ -10,12 +10,13 @@ at the sampled tokens) and the response length, for the policy (`eval/...`) and 
 
 import copy
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import judges, sharding
+from rlhf_jax import judges, rewards, sharding
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.training import host_rewards
 from rlhf_jax.training.logprobs import response_logprobs
@@ -63,36 +64,60 @@ class PolicyEvaluator:
     model = self.score_fn(state, tokens, full_mask, out) if self.score_fn else jnp.zeros(tokens.shape[0])
     return out, model, kl
 
-  def rewards(self, prefix: str, model, out, texts) -> tuple[dict, np.ndarray]:
-    """The reward components' means (`eval/{prefix}reward/NAME`) and the proxy reward per row."""
-    metrics, proxy = {}, np.zeros(len(texts), np.float32)
+  def rewards(self, model, out, texts) -> tuple[dict, np.ndarray]:
+    """({reward/NAME: scores per row} of every reward component, the proxy reward per row)."""
+    per, proxy = {}, np.zeros(len(texts), np.float32)
     if self.model_weight is not None:
-      metrics[f"eval/{prefix}reward/model"] = float(np.mean(model))
+      per["reward/model"] = model
       proxy = proxy + self.model_weight * model
     if self.host:
       ids = [t[m > 0].tolist() for t, m in zip(out.tokens, out.mask)]
       total, components = host_rewards.score_texts(list(self.host), self.prompts.texts, texts, ids,
                                                    dict(self.prompts.columns), self.model_weight is not None)
-      metrics.update({f"eval/{prefix}reward/{h.name}": float(np.nanmean(components[:, i]))
-                      for i, h in enumerate(self.host)})
+      per.update({f"reward/{h.name}": components[:, i] for i, h in enumerate(self.host)})
       proxy = proxy + total
-    return metrics, proxy
+    return per, proxy
 
   def __call__(self, state, step: int) -> dict:
     prompts, mask = jnp.asarray(self.prompts.tokens), jnp.asarray(self.prompts.mask)
     rng = jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed + 1), step)
-    judge = judges.get_judge(self.cfg.judge)
-    metrics, texts = {}, {}
+    judge = judges.get_judge(self.cfg.judge) if self.cfg.judge else None
+    metrics, texts, scores = {}, {}, {}
     for name, params in (("", state.policy), ("ref_", state.ref)):
       out, model, kl = jax.device_get(self.scored(state, params, prompts, mask, rng))
       texts[name] = [self.tokenizer.decode(t[m > 0]) for t, m in zip(out.tokens, out.mask)]
-      components, proxy = self.rewards(name, model, out, texts[name])
-      metrics.update({**components, f"eval/{name}gold_reward": float(np.mean(judge(texts[name]))),
-                      f"eval/{name}proxy_reward": float(np.mean(proxy)),
-                      f"eval/{name}response_length": float(out.mask.sum(1).mean())})
+      per, proxy = self.rewards(model, out, texts[name])
+      if judge:
+        per["gold_reward"] = judge(texts[name])
+      checker = next((key for key in (f"reward/{c}" for c in rewards.CHECKERS) if key in per), None)
+      if checker:  # a verifiable task's pass@1 at the sampling temperature
+        per["accuracy"] = per[checker]
+      scores[name] = {**per, "proxy_reward": proxy}
+      metrics.update({f"eval/{name}{key}": mean(value) for key, value in scores[name].items()})
+      metrics[f"eval/{name}response_length"] = float(out.mask.sum(1).mean())
       if not name:
         metrics["eval/kl"] = float(np.mean(kl))
+    self.write_records(step, texts, scores)
     lines = [f"{p!r}\n  sft: {r!r}\n  {self.label}: {c!r}"
              for p, r, c in zip(self.prompts.texts, texts["ref_"], texts[""])][:self.cfg.sample.num_prompts]
     self.run_dir.write_samples(step, lines)
     return {**metrics, "samples": "\n\n".join(lines)}
+
+  def write_records(self, step: int, texts: dict, scores: dict) -> None:
+    """samples/step_N.jsonl: per held-out prompt, the policy's and the reference's responses,
+    every score of both, and the prompt's columns (under `columns`: a record may have its own
+    `response`)."""
+    rows = []
+    for i, prompt in enumerate(self.prompts.texts):
+      row = {"prompt": prompt, "response": texts[""][i], "ref_response": texts["ref_"][i]}
+      for name, per in scores.items():
+        row.update({f"{name}{key}": float(value[i]) for key, value in per.items()})
+      row["columns"] = {column: values[i] for column, values in self.prompts.columns.items()}
+      rows.append(json.dumps(row))
+    self.run_dir.write_samples(step, rows, suffix="jsonl")
+
+
+def mean(values) -> float:
+  """The mean over the rows a score applies to (a reward function's None is NaN)."""
+  values = np.asarray(values)
+  return float(np.nanmean(values) if np.isnan(values).any() else np.mean(values))

@@ -224,8 +224,8 @@ def finish_rollout(state: RLState, sampled: Sampled, host: HostScores | None = N
       jnp.ones_like(scores)
   drawn = {"uninformative_fraction": 1.0 - jnp.mean(weights)}
   if cfg.oversample:  # DAPO's refill: keep the informative groups of the prompts drawn
-    rows = shaping.select_groups(weights, cfg.samples_per_prompt, scores.shape[0] // cfg.samples_per_prompt
-                                 - cfg.oversample)
+    keep = scores.shape[0] // cfg.samples_per_prompt - cfg.oversample
+    rows = shaping.select_groups(weights, cfg.samples_per_prompt, keep)
     sampled, scores, weights, host, token_scores = jax.tree.map(
         lambda x: x[rows], (sampled, scores, weights, host, token_scores))
     drawn["kept_uninformative_fraction"] = 1.0 - jnp.mean(weights)
@@ -233,7 +233,9 @@ def finish_rollout(state: RLState, sampled: Sampled, host: HostScores | None = N
   lengths = jnp.sum(response_mask, axis=1)
   buffer = int(cfg.overlong_buffer * cfg.max_new_tokens)
   scores = scores + shaping.overlong_penalty(lengths, cfg.max_new_tokens, buffer)
-  greedy_scores = total_scores(cfg, sampled.greedy, None if host is None else host.greedy) if cfg.needs_greedy else None
+  greedy_scores = None
+  if cfg.needs_greedy:
+    greedy_scores = total_scores(cfg, sampled.greedy, None if host is None else host.greedy)
   if token_scores is None:
     token_scores = score_tokens(state, sampled, policy=policy, critic=critic, cfg=cfg)
   logprobs, ref_logprobs, values = token_scores

@@ -97,3 +97,23 @@ def test_a_function_that_raises_stops_the_run_after_the_last_iterations_checkpoi
                                       r"connection \(checkpoint of step 2 in "):
     stages.run(cfg, str(tmp_path / "run"))
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2"]
+
+
+def test_rl_on_prompt_records_reports_accuracy_and_writes_every_score_and_column(tiny_ppo, tiny_upstream,
+                                                                                  tmp_path):
+  cfg = tiny_ppo.copy_and_resolve_references()
+  cfg.update(dict(init_from=tiny_upstream["init_from"], judge="", algo="grpo", eval_prompts=4))
+  cfg.data.update(dict(source="embedded:arithmetic", prompt_template="{question}", eval_docs=16))
+  cfg.reward.fns = ("exact_match",)
+  cfg.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2))
+  summary = stages.run(cfg, str(tmp_path / "run"))
+  assert 0 <= summary["eval/accuracy"] <= 1 and summary["eval/accuracy"] == summary["eval/reward/exact_match"]
+  assert "eval/gold_reward" not in summary and "eval/ref_accuracy" in summary
+  rows = [json.loads(line) for line in open(tmp_path / "run" / "samples" / "step_000002.jsonl")]
+  assert len(rows) == 4 and rows[0]["prompt"].startswith("What is ")
+  assert set(rows[0]) == {"prompt", "response", "ref_response", "reward/exact_match", "ref_reward/exact_match",
+                          "accuracy", "ref_accuracy", "proxy_reward", "ref_proxy_reward", "columns"}
+  assert set(rows[0]["columns"]) == {"answer", "question", "response"}  # the record's worked solution too
+  for row in rows:
+    right = rewards.last_integer(row["response"]) == int(row["columns"]["answer"])
+    assert row["reward/exact_match"] == float(right) and row["prompt"] == row["columns"]["question"]
