@@ -48,10 +48,15 @@ def arithmetic():
     c[stage].data.update(dict(source="embedded:arithmetic", prompt_template="{question}", embedded_docs=20000,
                               eval_docs=256))
     c[stage].tokenizer.kind = "byte"
-  c.sft.train.num_steps = 300
+  # Sized so that SFT is imperfect: 500 + 400 steps gave held-out accuracy 0.30 (250 + 300:
+  # 0.09; 800 + 600: 0.73).
+  c.pretrain.train.update(dict(num_steps=500, eval_every=250, checkpoint_every=250))
+  c.sft.train.update(dict(num_steps=400, eval_every=200, checkpoint_every=200))
   c.rl.algo, c.rl.judge, c.rl.reward.fns = "grpo", "", ("exact_match",)
   c.rl.update(dict(max_prompt_len=24, eval_prompts=128))
-  c.rl.sample.max_new_tokens = 64
-  c.rl.optim.lr = 1e-4  # the critic-free methods' rate on the tiny model (README's showcase)
-  c.rl.train.update(dict(num_steps=30, eval_every=10, checkpoint_every=10))
+  c.rl.sample.max_new_tokens = 96  # the longest worked solution is 63 bytes + EOS: room, so none is cut
+  # lr 1e-4 (the sentiment task's) drove this policy, nearly deterministic after SFT (entropy
+  # ~0.1), away from its answers; 2e-5 holds them (README: not yet the +0.15 the task wants).
+  c.rl.optim.lr = 2e-5
+  c.rl.train.update(dict(num_steps=40, eval_every=10, checkpoint_every=10))
   return c

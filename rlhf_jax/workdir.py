@@ -2,8 +2,9 @@
 
   config.json      the resolved config          metrics.jsonl  one JSON object per logged step
   tb/              TensorBoard event files      checkpoints/   orbax checkpoints
-  tokenizer/       the tokenizer, saved         samples/       sampled texts at eval time
+  tokenizer/       the tokenizer, saved         samples/       sampled texts (and RL/DPO .jsonl) at eval
   summary.json     final eval metrics; its presence marks the run finished
+  report.png       each stage's curves, drawn at the end (rlhf_jax/report.py)
 """
 
 import json

@@ -84,6 +84,15 @@ def test_critic_free_rl_and_vmapped_seeds():
   assert plan["params"] == 3 * SMALL_PARAMS * 4 and plan["frozen models"] == (2 * SMALL_PARAMS + 65) * 4
 
 
+def test_function_rewards_hold_no_reward_model_and_oversampling_fills_more_cache():
+  cfg = ppo.get_config("tiny")
+  cfg.reward.fns = ("exact_match",)
+  plan = memory.plan(cfg, small_model(), mesh())
+  assert plan["frozen models"] == SMALL_PARAMS * 4 and "reward model" not in plan.table()  # the reference alone
+  cfg.algo, cfg.rl.oversample = "dapo", 4  # 4 extra prompts x k = 4: 16 more rows sampled
+  assert memory.plan(cfg, small_model(), mesh())["KV cache"] == plan["KV cache"] * (64 + 16) // 64
+
+
 def test_kv_cache_of_the_rollout():
   # PPO tiny: 64 responses of 16 prompt + 80 new tokens; 2 layers x (k, v) x 4 heads x 16 x f32.
   cfg = ppo.get_config("tiny")
