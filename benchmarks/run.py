@@ -9,9 +9,10 @@
 Workloads: w1 PPO (64 prompts x 16 tokens, 32 new, 4 epochs, 1 minibatch; policy, reference,
 reward model, critic), w2 DPO (64 pairs, 16 + 32 tokens), w3 reward model (64 pairs x 48),
 w4 RLOO (k = 4, 64 responses), w5 w1 with a host reward function added (rollout -> host
-scoring -> update; timed against w1 in the same rounds, alternating: `host_overhead`), sampler (KV cache, w1's batch), pretrain (gpt2_small at 1024),
-decode (gpt2_small, 256 rows, 256 + 256 tokens, against the memory roofline) and ppo_large
-(gpt2_small, 256 prompts x 256 tokens -> 256). The first call (compilation included) is
+scoring -> update; timed against w1 in the same rounds, alternating: `host_overhead`), sampler
+(KV cache, w1's batch), pretrain (gpt2_small at 1024), decode (gpt2_small, 256 rows, 256 +
+256 tokens, against the memory roofline) and ppo_large (gpt2_small, 256 prompts x 256 tokens
+-> 256). The first call (compilation included) is
 reported apart from the steady state, the median of --repeats calls. FLOP/s are model FLOPs
 (benchmarks/flops.py) over the median, against a matmul peak measured in the same run.
 """

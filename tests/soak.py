@@ -27,7 +27,8 @@ from rlhf_jax import stages
 from tests.conftest import make_tiny_reward
 from tests.test_faults import assert_same_run, interrupt, logged_steps, run_to_end, write_config
 
-flags.DEFINE_enum("stage", "pretrain", ["pretrain", "ppo", "reinforce", "dpo"], "the stage to soak (tests/test_faults.py configs)")
+flags.DEFINE_enum("stage", "pretrain", ["pretrain", "ppo", "reinforce", "dpo"],
+                  "the stage to soak (tests/test_faults.py configs)")
 flags.DEFINE_integer("kills", 20, "signals to send before letting the run finish")
 flags.DEFINE_integer("steps", 0, "train steps (0: the fault suite's: 24 for pretraining, 4 for PPO and DPO)")
 flags.DEFINE_integer("seed", None, "seed of the kill moments (default: random, printed)")
