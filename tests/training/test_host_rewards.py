@@ -89,9 +89,19 @@ def test_a_function_in_a_file_drives_ppo_with_no_reward_model_and_its_critic_fro
   assert "value" in os.listdir(tmp_path / "run" / "checkpoints" / "8") and not os.path.exists(tmp_path / "upstream")
 
 
+def records_config(tiny_ppo, tiny_upstream, tmp_path, host: str):
+  """GRPO on the arithmetic records, scored by the reward model plus a host component."""
+  (tmp_path / "my_rewards.py").write_text(BREVITY)
+  cfg = tiny_ppo.copy_and_resolve_references()
+  cfg.update(dict(judge="", algo="grpo", eval_prompts=4, **tiny_upstream))
+  cfg.data.update(dict(source="embedded:arithmetic", prompt_template="{question}", eval_docs=16))
+  cfg.reward.fns = ("model", host if host in rewards.BUILTINS else f"{tmp_path / 'my_rewards.py'}:{host}")
+  return cfg
+
+
 def test_a_function_that_raises_stops_the_run_after_the_last_iterations_checkpoint(tiny_ppo, tiny_upstream,
                                                                                    tmp_path):
-  cfg = host_config(tiny_ppo, tiny_upstream, tmp_path, "flaky")
+  cfg = records_config(tiny_ppo, tiny_upstream, tmp_path, "flaky")
   cfg.train.update(dict(num_steps=4, eval_every=4, checkpoint_every=4))
   with pytest.raises(UserError, match=r"step 3: reward function flaky raised RuntimeError: the checker lost its "
                                       r"connection \(checkpoint of step 2 in "):
@@ -101,18 +111,19 @@ def test_a_function_that_raises_stops_the_run_after_the_last_iterations_checkpoi
 
 def test_rl_on_prompt_records_reports_accuracy_and_writes_every_score_and_column(tiny_ppo, tiny_upstream,
                                                                                   tmp_path):
-  cfg = tiny_ppo.copy_and_resolve_references()
-  cfg.update(dict(init_from=tiny_upstream["init_from"], judge="", algo="grpo", eval_prompts=4))
-  cfg.data.update(dict(source="embedded:arithmetic", prompt_template="{question}", eval_docs=16))
-  cfg.reward.fns = ("exact_match",)
+  cfg = records_config(tiny_ppo, tiny_upstream, tmp_path, "exact_match")
   cfg.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2))
   summary = stages.run(cfg, str(tmp_path / "run"))
   assert 0 <= summary["eval/accuracy"] <= 1 and summary["eval/accuracy"] == summary["eval/reward/exact_match"]
+  assert summary["eval/proxy_reward"] == pytest.approx(summary["eval/reward/model"] + summary["eval/accuracy"])
   assert "eval/gold_reward" not in summary and "eval/ref_accuracy" in summary
+  train = [row for row in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if "reward/model" in row]
+  assert "reward/exact_match" in train[-1]
   rows = [json.loads(line) for line in open(tmp_path / "run" / "samples" / "step_000002.jsonl")]
   assert len(rows) == 4 and rows[0]["prompt"].startswith("What is ")
   assert set(rows[0]) == {"prompt", "response", "ref_response", "reward/exact_match", "ref_reward/exact_match",
-                          "accuracy", "ref_accuracy", "proxy_reward", "ref_proxy_reward", "columns"}
+                          "reward/model", "ref_reward/model", "accuracy", "ref_accuracy", "proxy_reward",
+                          "ref_proxy_reward", "columns"}
   assert set(rows[0]["columns"]) == {"answer", "question", "response"}  # the record's worked solution too
   for row in rows:
     right = rewards.last_integer(row["response"]) == int(row["columns"]["answer"])
