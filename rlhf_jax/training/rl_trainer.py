@@ -162,14 +162,8 @@ def run(cfg, workdir: str) -> dict:
     directory.record_config(directory_cfg)
     setup.save_run_files(directory, tokenizer, models.policy.cfg)
   score_fn = frozen.proxy_score_fn(models.scorer, reward_run) if reward_run else None
-  if plan.host:
-    train_step = compile_host_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg,
-                                        host=plan.host, with_model=reward_run is not None,
-                                        prompts=prompts["train"], tokenizer=tokenizer)
-  else:
-    iteration = compile_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg,
-                                  vmapped=bool(seed_dirs))
-    train_step = lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
+  parts = (shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg)
+  train_step = compile_train_step(parts, plan, prompts["train"], tokenizer, vmapped=bool(seed_dirs))
   per_iteration = cfg.data.batch_size // rl_cfg.samples_per_prompt
   drawn = per_iteration + rl_cfg.oversample  # DAPO's refill draws extra prompts
   next_batch = lambda step: prompt_batch(prompts["train"], step, drawn, mesh)
@@ -181,6 +175,16 @@ def run(cfg, workdir: str) -> dict:
   summary["data/truncated_prompts"] = prompts["train"].truncated
   run_dir.write_json("summary.json", summary)
   return summary
+
+
+def compile_train_step(parts: tuple, plan: rewards.RewardPlan, prompts, tokenizer, vmapped: bool):
+  """(state, batch) -> (state, metrics): one compiled iteration with in-graph rewards only, or
+  rollout -> host scoring -> update with host reward functions."""
+  if plan.host:
+    return compile_host_iteration(*parts, host=plan.host, with_model=plan.model_weight is not None,
+                                  prompts=prompts, tokenizer=tokenizer)
+  iteration = compile_iteration(*parts, vmapped=vmapped)
+  return lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
 
 
 def compile_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg, vmapped: bool):
