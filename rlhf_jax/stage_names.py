@@ -12,10 +12,6 @@ def canonical(stage: str) -> str:
   return RENAMED.get(stage, stage)
 
 
-def is_rl(config) -> bool:
-  return canonical(config.get("stage", "")) == "rl"
-
-
 def normalise(config) -> None:
   """Rewrites earlier stage names in `config` and in every config it would run (a pipeline's
   stages, each stage's upstream) to the current ones, so the rest of the code sees only those.
