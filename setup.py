@@ -20,10 +20,12 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # TFDS datasets (tiny_shakespeare, imdb_reviews, ...) are optional: the default data is embedded.
-    "tfds": ["tensorflow-datasets>=4.9", "tensorflow-cpu>=2.16"],
-    # Hugging Face checkpoints (rlhf_jax.interop.hf): safetensors weights, tokenizer.json. Neither
-    # transformers nor torch is needed; torch (the CPU build will do) only reads pytorch_model.bin.
-    "hf": ["safetensors>=0.4", "tokenizers>=0.19"],
+    "tfds": ["tensorflow-datasets>=4.9", "tensorflow-cpu>=2.16",
+             "importlib_resources>=6"],  # TFDS needs it to prepare a dataset (tfds build, tests)
+    # Hugging Face checkpoints (rlhf_jax.interop.hf): safetensors weights, tokenizer.json, chat
+    # templates (jinja2, as transformers renders them). Neither transformers nor torch is needed;
+    # torch (the CPU build will do) only reads pytorch_model.bin. `datasets` reads hf:PATH records.
+    "hf": ["safetensors>=0.4", "tokenizers>=0.19", "jinja2>=3.1.6", "datasets>=3"],
     # transformers and torch build the reference models of tests/interop. Install torch first from
     # the PyTorch CPU index (.ci/run, README): PyPI's Linux torch pulls several GB of CUDA libraries.
     "test": ["pytest>=8", "pytest-xdist>=3", "transformers>=5", "torch>=2.4",

@@ -45,6 +45,8 @@ def get_config(preset: str = "tiny"):
   # critic-free methods, one update per batch, want lr ~1e-4 here (README's showcase).
   c.kl_coef = 0.2
   c.eval_prompts = 64
+  # A verifiable task's evaluation also samples k >= 2 responses per prompt: pass@k, mean@k, maj@k.
+  c.eval = ml_collections.ConfigDict(dict(k=0))
   c.max_prompt_len = 16  # tokens: openings are 2-6 words
   c.data.batch_size = 64 if small else 256  # responses per iteration
   c.sample.max_new_tokens = 80 if small else 256

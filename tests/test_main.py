@@ -68,8 +68,9 @@ def test_checkpoint_that_does_not_fit_the_model_is_a_clear_error(tiny_pretrain, 
 
 
 def run_main(*args, cwd=ROOT):
+  env = dict(os.environ, PYTHONPATH=ROOT)  # the package from any directory, installed or not
   return subprocess.run([sys.executable, "-m", "rlhf_jax.main", *args], cwd=cwd, capture_output=True,
-                        text=True, timeout=300)
+                        text=True, timeout=300, env=env)
 
 
 BAD_FILES = {"bad.jsonl": '{"text": "fine"}\n{"text": "cut short\n', "empty.jsonl": ""}

@@ -8,6 +8,11 @@ Each problem is a record with the columns RL rewards see:
 Addition and subtraction of two `digits`-digit numbers (a - b with a >= b) and multiplication
 of a `digits`-digit number by one digit. The last integer of a response is its answer, so the
 built-in `exact_match` reward checks it against the `answer` column.
+
+Slips (`data.arithmetic_slips`): a fraction of the training solutions forget their first carry
+or borrow, as a hurried person does, and end in the number their steps then write (the `answer`
+column stays right). A policy imitating them slips as often, at one decision it can also make
+correctly; a verifier's reward can teach it that decision, which imitation alone cannot.
 """
 
 import random
@@ -20,61 +25,70 @@ def _digits(n: int, width: int) -> list[int]:
   return [(n // 10 ** i) % 10 for i in range(width)]
 
 
-def _addition_steps(a: int, b: int, width: int) -> list[str]:
-  steps, carry = [], 0
+def _addition(a: int, b: int, width: int, slip: bool) -> tuple[list[str], int]:
+  """The column sums, least significant first, and the number they write."""
+  steps, carry, value = [], 0, 0
   for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
     total = x + y + carry
     terms = f"{x} + {y}" + (f" + {carry}" if carry else "")
     last = i == width - 1
     steps.append(f"{terms} = {total}" + ("" if last or total < 10 else f", write {total % 10} carry 1"))
+    value += (total if last else total % 10) * 10 ** i
     carry = total // 10
-  return steps
+    if slip and carry and not last:
+      carry, slip = 0, False  # writes "carry 1", then forgets to add it
+  return steps, value
 
 
-def _subtraction_steps(a: int, b: int, width: int) -> list[str]:
-  steps, borrow = [], 0
-  for x, y in zip(_digits(a, width), _digits(b, width)):
+def _subtraction(a: int, b: int, width: int, slip: bool) -> tuple[list[str], int]:
+  steps, borrow, value = [], 0, 0
+  for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
     top = x - borrow
-    if top < y:
-      steps.append(f"{top + 10} - {y} = {top + 10 - y}, borrow 1")
-      borrow = 1
-    else:
-      steps.append(f"{top} - {y} = {top - y}")
-      borrow = 0
-  return steps
+    borrow = int(top < y)
+    difference = top + 10 * borrow - y
+    steps.append(f"{top + 10 * borrow} - {y} = {difference}" + (", borrow 1" if borrow else ""))
+    value += difference * 10 ** i
+    if slip and borrow and i < width - 1:
+      borrow, slip = 0, False  # writes "borrow 1", then forgets it
+  return steps, value
 
 
-def _multiplication_steps(a: int, b: int, width: int) -> list[str]:
-  steps, carry = [], 0
+def _multiplication(a: int, b: int, width: int, slip: bool) -> tuple[list[str], int]:
+  steps, carry, value = [], 0, 0
   for i, x in enumerate(_digits(a, width)):
     total = x * b + carry
     terms = f"{x} * {b}" + (f" + {carry}" if carry else "")
     last = i == width - 1
     steps.append(f"{terms} = {total}" + ("" if last or total < 10 else f", write {total % 10} carry {total // 10}"))
+    value += (total if last else total % 10) * 10 ** i
     carry = total // 10
-  return steps
+    if slip and carry and not last:
+      carry, slip = 0, False
+  return steps, value
 
 
-def problem(rng: random.Random, digits: int = 2, operations=OPERATIONS) -> dict:
-  """One record: question, answer and the worked `response`."""
+def problem(rng: random.Random, digits: int = 2, operations=OPERATIONS, slips: float = 0.0) -> dict:
+  """One record: question, answer and the worked `response`, which forgets its first carry (or
+  borrow) with probability `slips`: then it ends in the wrong number its steps write."""
   operation = rng.choice(tuple(operations))
   low, high = 10 ** (digits - 1), 10 ** digits - 1
   a = rng.randint(low, high)
   if operation == "*":
     b = rng.randint(2, 9)
-    answer, steps = a * b, _multiplication_steps(a, b, digits)
   elif operation == "-":
     a, b = sorted((a, rng.randint(low, high)), reverse=True)
-    answer, steps = a - b, _subtraction_steps(a, b, digits)
   else:
     b = rng.randint(low, high)
-    answer, steps = a + b, _addition_steps(a, b, digits)
-  worked = ". ".join(steps)
+  answer = {"+": a + b, "-": a - b, "*": a * b}[operation]
+  work = {"+": _addition, "-": _subtraction, "*": _multiplication}[operation]
+  steps, written = work(a, b, digits, slip=rng.random() < slips)  # drawn after a and b: they never change
   return {"question": f"What is {a} {operation} {b}?", "answer": str(answer),
-          "response": f" {worked}. The answer is {answer}."}
+          "response": f" {'. '.join(steps)}. The answer is {written}."}
 
 
-def generate_problems(count: int, seed: int = 0, start: int = 0, digits: int = 2, operations=OPERATIONS) -> list:
+def generate_problems(count: int, seed: int = 0, start: int = 0, digits: int = 2, operations=OPERATIONS,
+                      slips: float = 0.0) -> list:
   """Problems start .. start + count - 1 of a fixed sequence: each depends only on (seed, its
   index), so the held-out problems (another start) never change with the training set's size."""
-  return [problem(random.Random(f"arithmetic:{seed}:{i}"), digits, operations) for i in range(start, start + count)]
+  return [problem(random.Random(f"arithmetic:{seed}:{i}"), digits, operations, slips)
+          for i in range(start, start + count)]

@@ -15,8 +15,14 @@ tokenizer_config.json / special_tokens_map.json (token strings), else config.jso
 
 Saved into a run directory as our `tokenizer.json` ({"kind": "hf", resolved ids}) beside a
 copy of the HF files in `hf/` (HF's own file is also called tokenizer.json).
+
+The chat template (tokenizer_config.json's `chat_template`, or `chat_template.jinja`) renders a
+prompt as a user message (`data.chat_template=True`) as transformers' `apply_chat_template`
+does: jinja2's sandbox, its `raise_exception`, `tojson` and `strftime_now`, the special tokens'
+strings as variables.
 """
 
+import datetime
 import json
 import os
 import shutil
@@ -25,8 +31,9 @@ from collections.abc import Iterable
 from rlhf_jax.errors import UserError
 
 FILES_DIR = "hf"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json",
-                   "special_tokens_map.json", "added_tokens.json")
+                   "special_tokens_map.json", "added_tokens.json", CHAT_TEMPLATE_FILE)
 SPECIALS = ("bos", "eos", "pad")
 
 
@@ -176,6 +183,17 @@ class HFTokenizer:
   def id_to_token(self, token_id: int) -> str:
     return self._backend.id_to_token(token_id)
 
+  def chat_prompt(self, text: str) -> str:
+    """`text` as the user's message in the tokenizer's chat template, with the assistant's turn
+    opened (add_generation_prompt), less a leading BOS: our prompts start with BOS's id."""
+    template = chat_template(self.files)
+    if template is None:
+      raise UserError(f"data.chat_template=True, but the tokenizer in {self.files} has no chat template")
+    strings = special_strings(self.files)
+    rendered = render_chat(template, [{"role": "user", "content": text}], strings)
+    bos = strings.get("bos_token")
+    return rendered[len(bos):] if bos and rendered.startswith(bos) else rendered
+
   def copy_files(self, directory: str) -> None:
     """The HF tokenizer files (not config.json) into `directory`."""
     os.makedirs(directory, exist_ok=True)
@@ -193,3 +211,49 @@ class HFTokenizer:
 
   def __repr__(self) -> str:
     return f"HFTokenizer({self.files}, vocab_size={self.vocab_size})"
+
+
+def special_strings(directory: str) -> dict:
+  """The special tokens' strings ({"bos_token": "<s>", ...}) the config files name."""
+  strings = {**_read_json(os.path.join(directory, "tokenizer_config.json")),
+             **_read_json(os.path.join(directory, "special_tokens_map.json"))}
+  names = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+  return {name: _token_string(strings[name]) for name in names if _token_string(strings.get(name)) is not None}
+
+
+def chat_template(directory: str):
+  """tokenizer_config.json's chat template (a string, or the "default" of named ones), else
+  chat_template.jinja's; None without one."""
+  template = _read_json(os.path.join(directory, "tokenizer_config.json")).get("chat_template")
+  if isinstance(template, list):
+    template = {t.get("name"): t.get("template") for t in template}.get("default")
+  path = os.path.join(directory, CHAT_TEMPLATE_FILE)
+  if template is None and os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      template = f.read()
+  return template
+
+
+def render_chat(template: str, messages: list, strings: dict) -> str:
+  try:
+    import jinja2.sandbox  # pylint: disable=g-import-not-at-top
+    import jinja2.ext  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError("chat templates need jinja2: pip install -e '.[hf]'") from None
+
+  def raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+  def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):  # not jinja's HTML-escaping one
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+  env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                     extensions=[jinja2.ext.loopcontrols])
+  env.filters["tojson"] = tojson
+  env.globals.update(raise_exception=raise_exception,
+                     strftime_now=lambda fmt: datetime.datetime.now().strftime(fmt))
+  try:
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True, tools=None,
+                                            documents=None, **strings)
+  except jinja2.exceptions.TemplateError as e:
+    raise UserError(f"the tokenizer's chat template failed: {e}") from None

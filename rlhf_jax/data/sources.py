@@ -4,23 +4,29 @@
   embedded            the generated review corpus (no files, no network)
   embedded:arithmetic the generated arithmetic problems (data/arithmetic.py): records with
                       `question`, `answer` and a worked `response`
-  tfds:NAME           a TFDS dataset the user has prepared (e.g. tfds:tiny_shakespeare)
+  tfds:NAME           a TFDS dataset the user has prepared (e.g. tfds:tiny_shakespeare); records
+                      when it has the prompt field (or a prompt template is set), else documents
   text:PATH           a UTF-8 file; documents are separated by blank lines
   jsonl:PATH          one JSON object per line: `text` for pretraining, `prompt`/`response` for
                       SFT, any fields for RL prompts (records)
+  hf:PATH             Hugging Face `datasets` local files, as records: a parquet, JSON(L) or
+                      arrow file, or a `save_to_disk` folder (of a DatasetDict: its
+                      `train_split` and `eval_split`)
 
 Every loader returns plain Python lists, so what follows (tokenising, batching) is the same.
-The RL stage reads records (`load_records`) from jsonl and embedded:arithmetic: the prompt is
+The RL stage reads records (`load_records`) from jsonl, hf, tfds and embedded:arithmetic: the prompt is
 the `data.prompt_field` field or `data.prompt_template` filled from the fields, used whole, and
 the other fields are columns for the reward functions. The embedded reviews, text and TFDS
 give it documents, whose openings are the prompts.
 """
 
 import dataclasses
-
+import importlib
 import json
 import os
 import random
+
+import numpy as np
 
 from rlhf_jax.data import arithmetic, corpus
 from rlhf_jax.errors import UserError
@@ -39,8 +45,10 @@ def load_documents(data_cfg, split: str) -> list[str]:
     return file_split(_paragraphs([_read_text(arg)]), data_cfg, split)
   if kind == "jsonl":
     return file_split([string_field(r, data_cfg.text_field, arg, n) for n, r in read_jsonl(arg)], data_cfg, split)
-  raise UserError(f"data.source={data_cfg.source!r}: expected embedded, {ARITHMETIC}, tfds:NAME, text:PATH or "
-                  "jsonl:PATH")
+  if kind == "hf":
+    return [string_field(r.fields, data_cfg.text_field, *r.where.rsplit(":", 1)) for r in load_records(data_cfg, split)]
+  raise UserError(f"data.source={data_cfg.source!r}: expected embedded, {ARITHMETIC}, tfds:NAME, text:PATH, "
+                  "jsonl:PATH or hf:PATH")
 
 
 def load_pairs(data_cfg, split: str) -> list[tuple[str, str]]:
@@ -58,12 +66,16 @@ ARITHMETIC = "embedded:arithmetic"
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-  where: str  # FILE:LINE (or the generator's name and index), for errors
+  where: str  # FILE:LINE (a table's FILE:ROW, the generator's name and index), for errors
   fields: dict
 
 
 def is_record_source(data_cfg) -> bool:
-  return data_cfg.source == ARITHMETIC or data_cfg.source.startswith("jsonl:")
+  kind, _, name = data_cfg.source.partition(":")
+  if kind == "tfds":  # records when they hold prompts; a corpus's documents give openings
+    prompt_field = data_cfg.get("prompt_field", "prompt")
+    return bool(data_cfg.get("prompt_template")) or prompt_field in _tfds_fields(name, data_cfg)
+  return data_cfg.source == ARITHMETIC or kind in ("jsonl", "hf")
 
 
 def load_records(data_cfg, split: str) -> list[Record]:
@@ -75,23 +87,58 @@ def load_records(data_cfg, split: str) -> list[Record]:
   if source == ARITHMETIC:
     return _arithmetic_records(data_cfg, held_out=split == "eval" and not eval_source)
   kind, _, path = source.partition(":")
-  if kind != "jsonl":
-    raise UserError(f"prompt records come from jsonl:PATH or {ARITHMETIC}, not {source!r}")
-  records = [Record(f"{path}:{n}", row) for n, row in read_jsonl(path)]
-  return records if split == "eval" and eval_source else file_split(records, data_cfg, split)
+  whole = split == "eval" and bool(eval_source)  # a source of its own is held out whole
+  if kind == "jsonl":
+    records = [Record(f"{path}:{n}", row) for n, row in read_jsonl(path)]
+  elif kind == "hf":
+    records, whole = hf_records(path, data_cfg, split, whole)
+  elif kind == "tfds":
+    return _tfds_records(path, data_cfg, split)
+  else:
+    raise UserError(f"prompt records come from jsonl:PATH, hf:PATH, tfds:NAME or {ARITHMETIC}, not {source!r}")
+  return records if whole else file_split(records, data_cfg, split)
+
+
+HF_FILES = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}  # datasets' builders
+
+
+def hf_records(path: str, data_cfg, split: str, whole: bool) -> tuple[list[Record], bool]:
+  """The rows of a Hugging Face `datasets` table; a DatasetDict gives the split's own rows
+  (then whole: True)."""
+  datasets = _import("datasets", "hf:PATH needs Hugging Face datasets: pip install -e '.[hf]'")
+  datasets.disable_progress_bars()
+  if not os.path.exists(path):
+    raise UserError(f"data file not found: {path}")
+  try:
+    if os.path.isdir(path):
+      table = datasets.load_from_disk(path)
+    else:
+      kind = HF_FILES.get(os.path.splitext(path)[1])
+      if kind is None:
+        raise UserError(f"hf:{path}: expected a .parquet, .json, .jsonl or .arrow file or a save_to_disk folder")
+      table = datasets.load_dataset(kind, data_files=path, split="train")
+  except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as e:
+    raise UserError(f"hf:{path} is not a readable dataset: {str(e).splitlines()[0]}") from None
+  if isinstance(table, datasets.DatasetDict):
+    name = data_cfg.train_split if split == "train" else data_cfg.eval_split
+    if name not in table:
+      raise UserError(f"hf:{path} has no split {name!r} (has {sorted(table)}): set data.train_split / eval_split")
+    table, whole = table[name], True
+  return [Record(f"{path}:{n}", row) for n, row in enumerate(table.to_list(), start=1)], whole
 
 
 def _arithmetic_records(data_cfg, held_out: bool) -> list[Record]:
   """The held-out problems (`eval_docs` of them, after the training ones in the sequence), or
   the training problems without any question the held-out ones ask (two digits allow only
   ~13k distinct problems, so a large training set would contain most of them)."""
-  make = lambda count, start: arithmetic.generate_problems(count, data_cfg.seed, start, data_cfg.arithmetic_digits)
+  make = lambda count, start, slips=0.0: arithmetic.generate_problems(count, data_cfg.seed, start,
+                                                                      data_cfg.arithmetic_digits, slips=slips)
   evaluation = make(data_cfg.eval_docs, data_cfg.embedded_docs)
   if held_out:
     return [Record(f"{ARITHMETIC}:{data_cfg.embedded_docs + i}", p) for i, p in enumerate(evaluation)]
   asked = {p["question"] for p in evaluation}
-  return [Record(f"{ARITHMETIC}:{i}", p) for i, p in enumerate(make(data_cfg.embedded_docs, 0))
-          if p["question"] not in asked]
+  training = make(data_cfg.embedded_docs, 0, data_cfg.get("arithmetic_slips", 0.0))
+  return [Record(f"{ARITHMETIC}:{i}", p) for i, p in enumerate(training) if p["question"] not in asked]
 
 
 def prompt_text(record: Record, data_cfg) -> str:
@@ -161,21 +208,60 @@ def string_field(row: dict, key: str, path: str, number: int) -> str:
   return value
 
 
-def _tfds_texts(name: str, data_cfg, split: str) -> list[str]:
-  """Texts of a TFDS dataset the user has prepared locally (nothing is downloaded here)."""
+def _import(module: str, hint: str):
   try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    return importlib.import_module(module)
   except ImportError:
-    raise UserError("data.source=tfds:... needs tensorflow-datasets: pip install -e '.[tfds]'") from None
+    raise UserError(hint) from None
+
+
+def _tfds():
+  return _import("tensorflow_datasets", "data.source=tfds:... needs tensorflow-datasets: pip install -e '.[tfds]'")
+
+
+def _tfds_fields(name: str, data_cfg) -> set:
+  """The top-level feature names of a locally prepared TFDS dataset."""
+  try:
+    builder = _tfds().builder(name, data_dir=data_cfg.tfds_data_dir or None)
+  except Exception as e:  # TFDS raises many types; the message is what the user needs
+    raise UserError(f"TFDS dataset {name!r} is not available locally: {str(e).splitlines()[0]}") from None
+  return set(builder.info.features.keys())
+
+
+def _tfds_examples(name: str, data_cfg, split: str):
+  """(split name, numpy examples) of a TFDS dataset the user has prepared locally (nothing is
+  downloaded here)."""
+  tfds = _tfds()
   tfds_split = data_cfg.train_split if split == "train" else data_cfg.eval_split
   try:
     ds = tfds.load(name, split=tfds_split, download=False, data_dir=data_cfg.tfds_data_dir or None)
   except Exception as e:  # TFDS raises many types; the message is what the user needs
     raise UserError(f"TFDS dataset {name!r} split {tfds_split!r} is not available locally: "
                     f"{str(e).splitlines()[0]}") from None
+  return tfds_split, tfds.as_numpy(ds)
+
+
+def _tfds_texts(name: str, data_cfg, split: str) -> list[str]:
   texts = []
-  for example in tfds.as_numpy(ds):
+  for example in _tfds_examples(name, data_cfg, split)[1]:
     if data_cfg.text_field not in example:
       raise UserError(f"TFDS {name!r} has no field {data_cfg.text_field!r} (has {sorted(example)})")
     texts.append(example[data_cfg.text_field].decode("utf-8"))
   return texts
+
+
+def _tfds_records(name: str, data_cfg, split: str) -> list[Record]:
+  tfds_split, examples = _tfds_examples(name, data_cfg, split)
+  return [Record(f"tfds:{name}[{tfds_split}]:{n}", {k: python_value(v) for k, v in example.items()})
+          for n, example in enumerate(examples, start=1)]
+
+
+def python_value(value):
+  """A TFDS (numpy) feature value as JSON would give it: bytes decoded, arrays as lists."""
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  if isinstance(value, dict):
+    return {k: python_value(v) for k, v in value.items()}
+  if isinstance(value, np.ndarray):
+    return [python_value(v) for v in value] if value.dtype == object else value.tolist()
+  return value.item() if isinstance(value, np.generic) else value

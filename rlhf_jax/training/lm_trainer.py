@@ -10,7 +10,7 @@ import numpy as np
 from rlhf_jax import memory, sharding
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import batches, sources
-from rlhf_jax.data.prompts import Prompts, encode_prompts, openings
+from rlhf_jax.data.prompts import Prompts, as_chat, encode_prompts, openings
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import setup
@@ -64,8 +64,9 @@ def prepare_data(cfg, tokenizer) -> LMData:
   where = dict(process_index=jax.process_index(), process_count=jax.process_count())
   if cfg.stage == "sft":
     encode = lambda pairs: [(tokenizer.encode(p), tokenizer.encode(r)) for p, r in pairs]
-    eval_pairs = sources.load_pairs(d, "eval")
-    train = batches.SFTData(encode(sources.load_pairs(d, "train")), tokenizer, d.seq_len, d.batch_size,
+    chat = lambda pairs: list(zip(as_chat([p for p, _ in pairs], tokenizer, d), [r for _, r in pairs]))
+    eval_pairs = chat(sources.load_pairs(d, "eval"))
+    train = batches.SFTData(encode(chat(sources.load_pairs(d, "train"))), tokenizer, d.seq_len, d.batch_size,
                             cfg.seed, **where)
     evaluation = batches.SFTData(encode(eval_pairs), tokenizer, d.seq_len, d.batch_size, cfg.seed,
                                  shuffle=False, **where)

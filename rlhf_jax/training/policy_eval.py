@@ -6,6 +6,11 @@ model's, `score_fn`, times its weight plus the host reward components', each als
 as `reward/NAME`), the KL from the reference (the sum over response tokens of log pi - log ref
 at the sampled tokens) and the response length, for the policy (`eval/...`) and the reference
 (`eval/ref_...`), and write both policies' samples side by side to samples/step_N.txt.
+
+On a verifiable task (a checker among the rewards) `eval/accuracy` is pass@1 at the sampling
+temperature; `eval/greedy_accuracy` is the greedy response's, and with `eval.k` >= 2 samples
+per prompt, `eval/pass@k` (any of them right), `eval/mean@k` (their mean: pass@1 with less
+noise) and `eval/maj@k` (the majority answer's verdict; ties go to the answer drawn first).
 """
 
 import copy
@@ -92,6 +97,7 @@ class PolicyEvaluator:
       checker = next((key for key in (f"reward/{c}" for c in rewards.CHECKERS) if key in per), None)
       if checker:  # a verifiable task's pass@1 at the sampling temperature
         per["accuracy"] = per[checker]
+        per.update(self.verifiable(params, checker.removeprefix("reward/"), prompts, mask, rng))
       scores[name] = {**per, "proxy_reward": proxy}
       metrics.update({f"eval/{name}{key}": mean(value) for key, value in scores[name].items()})
       metrics[f"eval/{name}response_length"] = float(out.mask.sum(1).mean())
@@ -102,6 +108,27 @@ class PolicyEvaluator:
              for p, r, c in zip(self.prompts.texts, texts["ref_"], texts[""])][:self.cfg.sample.num_prompts]
     self.run_dir.write_samples(step, lines)
     return {**metrics, "samples": "\n\n".join(lines)}
+
+  def verifiable(self, params, checker: str, prompts, mask, rng) -> dict:
+    """Per prompt: the greedy response's verdict, and over eval.k samples pass@k, mean@k, maj@k."""
+    component = next(h for h in self.host if h.name == checker)
+
+    def check(sampling) -> tuple[np.ndarray, list]:
+      out = jax.device_get(self.sampler(params, prompts, mask, *sampling))  # compiled once
+      ids = [t[m > 0].tolist() for t, m in zip(out.tokens, out.mask)]
+      texts = [self.tokenizer.decode(i) for i in ids]
+      return component(self.prompts.texts, texts, ids, dict(self.prompts.columns)), texts
+
+    per = {"greedy_accuracy": check((rng, SamplingParams.make(greedy=True)))[0]}
+    k = self.cfg.eval.k if "eval" in self.cfg else 0
+    if k >= 2:
+      draws = [check((jax.random.fold_in(rng, 1 + j), SamplingParams.make(self.cfg.sample.temperature)))
+               for j in range(k)]
+      verdicts = np.stack([v for v, _ in draws], 1)  # [prompts, k]
+      answers = [[rewards.last_integer(texts[i]) for _, texts in draws] for i in range(len(self.prompts.texts))]
+      per.update({f"pass@{k}": (verdicts > 0).any(1).astype(np.float32), f"mean@{k}": verdicts.mean(1),
+                  f"maj@{k}": majority_verdicts(answers, verdicts)})
+    return per
 
   def write_records(self, step: int, texts: dict, scores: dict) -> None:
     """samples/step_N.jsonl: per held-out prompt, the policy's and the reference's responses,
@@ -115,6 +142,18 @@ class PolicyEvaluator:
       row["columns"] = {column: values[i] for column, values in self.prompts.columns.items()}
       rows.append(json.dumps(row))
     self.run_dir.write_samples(step, rows, suffix="jsonl")
+
+
+def majority_verdicts(answers: list, verdicts: np.ndarray) -> np.ndarray:
+  """Per prompt, the verdict on its most frequent answer (None: no answer; ties: the answer
+  drawn first), as maj@k scores a majority vote."""
+  out = np.zeros(len(answers), np.float32)
+  for i, row in enumerate(answers):
+    given = [a for a in row if a is not None]
+    if given:
+      top = max(dict.fromkeys(given), key=given.count)  # dict keeps first-seen order: ties go to the first
+      out[i] = verdicts[i, row.index(top)]
+  return out
 
 
 def mean(values) -> float:

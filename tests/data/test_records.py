@@ -64,6 +64,24 @@ def test_arithmetic_problems_are_worked_correctly_and_their_answer_is_the_last_i
   assert rewards.exact_match(None, worked, answers) == [1.0] * 5
 
 
+def test_slipped_solutions_forget_their_first_carry_and_end_in_what_their_steps_write():
+  clean, slipped = arithmetic.generate_problems(600, seed=0), arithmetic.generate_problems(600, seed=0, slips=1.0)
+  carries = 0
+  for c, s in zip(clean, slipped):
+    assert (c["question"], c["answer"]) == (s["question"], s["answer"])  # slips never change the problems
+    carried = "carry" in c["response"] or "borrow" in c["response"]  # written only before the last column
+    carries += carried
+    assert (c != s) == carried and (rewards.last_integer(s["response"]) == int(s["answer"])) == (not carried)
+    if carried:  # the carry is written, then the tens column ignores it (or does not take the borrow)
+      a, op, b = re.match(r"What is (\d+) ([-+*]) (\d+)\?", c["question"]).groups()
+      tens = {"+": f"{a[0]} + {b[0]} = ", "-": f"{a[0]} - {b[0]} = ", "*": f"{a[0]} * {b} = "}[op]
+      assert s["response"].split(". ")[1].startswith(tens) and not c["response"].split(". ")[1].startswith(tens)
+  assert 0.4 < carries / 600 < 0.8
+  half = arithmetic.generate_problems(2000, seed=0, slips=0.5)
+  wrong = rewards.exact_match(None, [p["response"] for p in half], [p["answer"] for p in half]).count(0.0)
+  assert 0.2 < wrong / 2000 < 0.4  # half of the ~60% that carry
+
+
 def test_the_arithmetic_source_gives_documents_sft_pairs_and_held_out_records():
   cfg = rl_config(source="embedded:arithmetic", prompt_template="{question}")
   docs = sources.load_documents(cfg.data, "train")
@@ -76,3 +94,68 @@ def test_the_arithmetic_source_gives_documents_sft_pairs_and_held_out_records():
   evaluation = [sources.prompt_text(r, cfg.data) for r in sources.load_records(cfg.data, "eval")]
   assert len(evaluation) == 256 and not train & set(evaluation)  # ... but never a held-out one
   assert np.all(held_out.tokens[:, -1] != ByteTokenizer().pad_id)  # left-padded, BOS first
+  cfg.data.arithmetic_slips = 0.5  # slips in what is shown; the held-out problems are only asked
+  slipped = sources.load_records(cfg.data, "train")
+  assert [r.fields for r in sources.load_records(cfg.data, "eval")] == [{**p} for p in
+                                                                       arithmetic.generate_problems(256, start=20000)]
+  assert sum(r.fields["response"].endswith(f" {r.fields['answer']}.") for r in slipped) < 0.85 * len(slipped)
+
+
+GSM8K_LIKE = [{"question": f"Tom has {i} apples and buys 2. How many?", "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}",
+               "level": i % 3} for i in range(20)]
+
+
+def test_hf_records_from_parquet_jsonl_arrow_and_save_to_disk_folders(tmp_path):
+  datasets = pytest.importorskip("datasets")
+  table = datasets.Dataset.from_list(GSM8K_LIKE)
+  table.to_parquet(str(tmp_path / "q.parquet"))
+  table.to_json(str(tmp_path / "q.jsonl"))  # JSON lines
+  table.save_to_disk(str(tmp_path / "saved"))
+  for path in ("q.parquet", "q.jsonl", "saved"):
+    cfg = rl_config(source=f"hf:{tmp_path / path}", prompt_field="question")
+    train, held_out = (prompts.prompt_set(cfg, ByteTokenizer(), split) for split in ("train", "eval"))
+    assert train.texts == [r["question"] for r in GSM8K_LIKE[:19]], path  # eval_fraction 0.05: the last row held out
+    assert train.columns == {"answer": [r["answer"] for r in GSM8K_LIKE[:19]], "level": [i % 3 for i in range(19)]}
+    assert held_out.texts == [GSM8K_LIKE[19]["question"]]
+  splits = datasets.DatasetDict(train=table, test=datasets.Dataset.from_list(GSM8K_LIKE[:3]))
+  splits.save_to_disk(str(tmp_path / "splits"))
+  cfg = rl_config(source=f"hf:{tmp_path / 'splits'}", prompt_template="Question: {question}\nAnswer:")
+  assert len(prompts.prompt_set(cfg, ByteTokenizer(), "train").texts) == 20  # a split of its own: used whole
+  assert prompts.prompt_set(cfg, ByteTokenizer(), "eval").texts[2] == f"Question: {GSM8K_LIKE[2]['question']}\nAnswer:"
+  cfg.data.eval_split = "validation"
+  with pytest.raises(UserError, match=r"has no split 'validation' \(has \['test', 'train'\]\)"):
+    prompts.prompt_set(cfg, ByteTokenizer(), "eval")
+
+
+def test_hf_record_errors_name_the_file_and_row(tmp_path):
+  datasets = pytest.importorskip("datasets")
+  rows = [{"question": "fine"}, {"question": None}, {"question": "x"}]  # the last one held out
+  datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "q.parquet"))
+  with pytest.raises(UserError, match=r"q.parquet:2: missing string field 'question'"):
+    prompts.prompt_set(rl_config(source=f"hf:{tmp_path / 'q.parquet'}", prompt_field="question"), ByteTokenizer(),
+                       "train")
+  (tmp_path / "q.csv").write_text("question\nhi\n")
+  with pytest.raises(UserError, match=r"expected a .parquet, .json, .jsonl or .arrow file"):
+    sources.load_records(rl_config(source=f"hf:{tmp_path / 'q.csv'}").data, "train")
+  with pytest.raises(UserError, match=r"data file not found: /nope.parquet"):
+    sources.load_records(rl_config(source="hf:/nope.parquet").data, "train")
+  (tmp_path / "bad.parquet").write_text("not parquet")
+  with pytest.raises(UserError, match=r"bad.parquet is not a readable dataset"):
+    sources.load_records(rl_config(source=f"hf:{tmp_path / 'bad.parquet'}").data, "train")
+
+
+def test_tfds_records_when_the_dataset_holds_prompts(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  features = tfds.features.FeaturesDict({"question": tfds.features.Text(), "answer": tfds.features.Text(),
+                                         "level": np.int64})
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name="word_problems", version="1.0.0", features=features, data_dir=str(tmp_path), disable_shuffling=True,
+      split_datasets={"train": list(enumerate(GSM8K_LIKE)), "test": list(enumerate(GSM8K_LIKE[:3]))})
+  cfg = rl_config(source="tfds:word_problems", tfds_data_dir=str(tmp_path), prompt_field="question")
+  assert sources.is_record_source(cfg.data)
+  train, held_out = (prompts.prompt_set(cfg, ByteTokenizer(), split) for split in ("train", "eval"))
+  assert train.texts == [r["question"] for r in GSM8K_LIKE] and held_out.texts == train.texts[:3]
+  assert train.columns == {"answer": [r["answer"] for r in GSM8K_LIKE], "level": [i % 3 for i in range(20)]}
+  assert rewards.gsm8k(None, ["so 4 in all"], held_out.columns["answer"][2:3]) == [1.0]
+  cfg.data.prompt_field = "prompt"  # no such feature: a corpus, whose documents give openings
+  assert not sources.is_record_source(cfg.data)

@@ -11,20 +11,21 @@ VOCAB = 300
 EOS = "<|endoftext|>"
 
 
-def bpe_tokenizer(directory: str) -> int:
-  """A GPT-2-style byte-level BPE (EOS = BOS = <|endoftext|>, no PAD) of VOCAB pieces trained on
-  the embedded reviews, saved as HF saves one; returns its vocabulary size."""
+def bpe_tokenizer(directory: str, specials=(), **config) -> int:
+  """A GPT-2-style byte-level BPE (EOS = BOS = <|endoftext|>, no PAD; `specials`, e.g. chat
+  markers, as more special tokens) of VOCAB pieces trained on the embedded reviews, saved as HF
+  saves one with `config` in its tokenizer_config.json; returns its vocabulary size."""
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
   tokenizer = Tokenizer(models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=[EOS], show_progress=False,
+  trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=[EOS, *specials], show_progress=False,
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
   tokenizer.train_from_iterator(generate_reviews(300), trainer)
   os.makedirs(directory, exist_ok=True)
   tokenizer.save(os.path.join(directory, "tokenizer.json"))
   write_json(os.path.join(directory, "tokenizer_config.json"),
-             {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "tokenizer_class": "GPT2Tokenizer"})
+             {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS, "tokenizer_class": "GPT2Tokenizer", **config})
   return tokenizer.get_vocab_size()
 
 

@@ -113,6 +113,7 @@ def test_rl_on_prompt_records_reports_accuracy_and_writes_every_score_and_column
                                                                                   tmp_path):
   cfg = records_config(tiny_ppo, tiny_upstream, tmp_path, "exact_match")
   cfg.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2))
+  cfg.eval.k = 2
   summary = stages.run(cfg, str(tmp_path / "run"))
   assert 0 <= summary["eval/accuracy"] <= 1 and summary["eval/accuracy"] == summary["eval/reward/exact_match"]
   assert summary["eval/proxy_reward"] == pytest.approx(summary["eval/reward/model"] + summary["eval/accuracy"])
@@ -121,9 +122,13 @@ def test_rl_on_prompt_records_reports_accuracy_and_writes_every_score_and_column
   assert "reward/exact_match" in train[-1]
   rows = [json.loads(line) for line in open(tmp_path / "run" / "samples" / "step_000002.jsonl")]
   assert len(rows) == 4 and rows[0]["prompt"].startswith("What is ")
+  verifiable = {f"{who}{key}" for who in ("", "ref_") for key in ("greedy_accuracy", "pass@2", "mean@2", "maj@2")}
   assert set(rows[0]) == {"prompt", "response", "ref_response", "reward/exact_match", "ref_reward/exact_match",
                           "reward/model", "ref_reward/model", "accuracy", "ref_accuracy", "proxy_reward",
-                          "ref_proxy_reward", "columns"}
+                          "ref_proxy_reward", "columns"} | verifiable
+  assert {f"eval/{key}" for key in verifiable} <= set(summary)
+  for who in ("", "ref_"):
+    assert all(r[f"{who}pass@2"] >= r[f"{who}mean@2"] >= 0 and r[f"{who}pass@2"] >= r[f"{who}maj@2"] for r in rows)
   assert set(rows[0]["columns"]) == {"answer", "question", "response"}  # the record's worked solution too
   for row in rows:
     right = rewards.last_integer(row["response"]) == int(row["columns"]["answer"])
