@@ -26,12 +26,14 @@ EXTRAS = {
     # templates (jinja2, as transformers renders them). Neither transformers nor torch is needed;
     # torch (the CPU build will do) only reads pytorch_model.bin. `datasets` reads hf:PATH records.
     "hf": ["safetensors>=0.4", "tokenizers>=0.19", "jinja2>=3.1.6", "datasets>=3"],
+    # Weights & Biases beside TensorBoard (log.wandb_project; rlhf_jax/tracking.py).
+    "wandb": ["wandb>=0.17"],
     # transformers and torch build the reference models of tests/interop. Install torch first from
     # the PyTorch CPU index (.ci/run, README): PyPI's Linux torch pulls several GB of CUDA libraries.
     "test": ["pytest>=8", "pytest-xdist>=3", "transformers>=5", "torch>=2.4",
              "filelock>=3"],  # one shared upstream run for the xdist workers
 }
-EXTRAS["test"] += EXTRAS["tfds"] + EXTRAS["hf"]
+EXTRAS["test"] += EXTRAS["tfds"] + EXTRAS["hf"] + EXTRAS["wandb"]
 
 setup(
     name="rlhf_jax",

@@ -7,7 +7,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from benchmarks import flops
+from rlhf_jax import flops
 
 # Dense bf16 tensor-core peaks from the datasheets, for MFU (the convention llm.c and PaLM use).
 DATASHEET_BF16 = {"H100 80GB HBM3": 989e12, "H100 SXM": 989e12, "H200": 989e12, "H100 PCIe": 756e12,

@@ -14,7 +14,7 @@ scoring -> update; timed against w1 in the same rounds, alternating: `host_overh
 256 tokens, against the memory roofline) and ppo_large (gpt2_small, 256 prompts x 256 tokens
 -> 256). The first call (compilation included) is
 reported apart from the steady state, the median of --repeats calls. FLOP/s are model FLOPs
-(benchmarks/flops.py) over the median, against a matmul peak measured in the same run.
+(rlhf_jax/flops.py) over the median, against a matmul peak measured in the same run.
 """
 
 import json

@@ -2,7 +2,7 @@
 the same compiled steps (`compile_iteration`, `jit_steps`), the same sampler.
 
 Each builder returns a `Workload`: one call of `step` runs one iteration or optimizer step
-(and returns arrays to wait on), `flops` counts its model FLOPs (benchmarks/flops.py), and
+(and returns arrays to wait on), `flops` counts its model FLOPs (rlhf_jax/flops.py), and
 `parts` are pieces of it timed on their own (PPO's generation). Weights are random: time
 does not depend on them. No row ever stops early (EOS id -1 matches nothing), so every
 response is exactly `new_tokens` long, as in the peer's workloads.
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import flops
+from rlhf_jax import flops
 from configs import common, dpo, pretrain, ppo, reward
 from rlhf_jax import rewards, sharding
 from rlhf_jax.data.prompts import Prompts

@@ -89,6 +89,10 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
   # The memory plan is printed before compiling; a run over `device_gb` (0: ask the device;
   # unknown on CPU) stops there.
   c.memory = ml_collections.ConfigDict(dict(device_gb=0.0))
+  # Weights & Biases beside TensorBoard (rlhf_jax/tracking.py), when a project is named: each run
+  # is named by its directory and grouped by its parent's (a sweep's root, a pipeline's workdir);
+  # wandb_mode "" is W&B's own choice (WANDB_MODE), "offline" writes locally for `wandb sync`.
+  c.log = ml_collections.ConfigDict(dict(wandb_project="", wandb_entity="", wandb_mode=""))
   return c
 
 

@@ -1,12 +1,18 @@
-"""Collects a sweep's runs into results.csv, results.md (mean and spread over seeds) and plots.
+"""Collects a sweep's runs into results.csv, results.md (means over seeds with 95% bootstrap
+intervals) and plots.
 
-  python -m rlhf_jax.aggregate --root=runs/showcase
+  python -m rlhf_jax.aggregate --root=runs/showcase [--metric=accuracy] [--x=flops]
+      [--compare=grpo:ppo --compare=rloo:ppo]
 
 Every directory under ROOT with a config.json and a metrics.jsonl is a run (the shared
 upstream's stages have no `algo` and are left out). Runs that differ only in their seed form a
-group, named by the run name without its "_s<seed>" suffix. Plots: gold reward per eval step
-per group (mean over seeds, band from min to max), and gold reward against KL to the reference
-at every eval of every run (the reward-KL frontier of the DPO paper's sentiment experiment).
+group, named by the run name without its "_s<seed>" suffix. The measure (`--metric`) is the
+gold judge's reward, or on a verifiable task the accuracy (or any other eval metric: mean@4,
+greedy_accuracy, ...); the table gives each group's seeds and every column's mean and interval
+(rlhf_jax/stats.py), and `--compare=A:B` the difference of group A's mean from group B's with
+its interval. Plots: the measure against `--x` (step, flops, samples, seconds of compute, or
+kl) per group (mean over seeds at each evaluation, band from min to max), and against KL to
+the reference at every eval of every run (the reward-KL frontier).
 """
 
 import collections
@@ -21,21 +27,36 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from rlhf_jax import plots
+from rlhf_jax import plots, stats
 from rlhf_jax.plots import pyplot
 
-COLUMNS = ("run", "group", "algo", "seed", "status", "step", "gold_reward", "ref_gold_reward", "kl", "proxy_reward",
-           "response_length")
+# --x: where each eval row says how far along the run is.
+X_AXES = {"step": "step", "flops": "compute/flops", "samples": "compute/samples", "seconds": "compute/seconds",
+          "kl": "eval/kl"}
+X_LABELS = {"step": "training step (iteration; DPO: pair batch)", "flops": "model FLOPs of training",
+            "samples": "responses generated", "seconds": "seconds of training", "kl": "KL(policy || SFT), nats"}
+VALUES = ("metric", "ref_metric", "kl", "proxy_reward", "response_length", "flops", "seconds")
+COLUMNS = ("run", "group", "algo", "seed", "status", "step", *VALUES)
 
 
-def read_run(directory: str) -> dict | None:
-  """One run's config, final summary (if finished) and eval rows; None if it is not an RL/DPO run."""
+def default_metric(root: str) -> str:
+  """The gold judge's reward where runs have one, else a verifiable task's accuracy."""
+  for path in glob.glob(os.path.join(root, "**", "summary.json"), recursive=True):
+    with open(path) as f:
+      if "eval/gold_reward" in json.load(f):
+        return "gold_reward"
+  return "accuracy"
+
+
+def read_run(directory: str, metric: str) -> dict | None:
+  """One run's config, final values (its summary, if finished; else its last eval) and eval
+  rows; None if it is not an RL/DPO run."""
   with open(os.path.join(directory, "config.json")) as f:
     config = json.load(f)
   if "algo" not in config:
     return None
   with open(os.path.join(directory, "metrics.jsonl")) as f:
-    evals = [row for row in map(json.loads, f) if "eval/gold_reward" in row]
+    evals = [row for row in map(json.loads, f) if f"eval/{metric}" in row]
   summary_path = os.path.join(directory, "summary.json")
   finished = os.path.exists(summary_path)
   if finished:
@@ -43,18 +64,27 @@ def read_run(directory: str) -> dict | None:
       final = json.load(f)
   else:
     final = evals[-1] if evals else {}
+  last_eval = evals[-1] if evals else {}
   name = os.path.basename(directory)
   return {"run": name, "group": re.sub(r"_s\d+$", "", name), "algo": config["algo"], "seed": config["seed"],
           "status": "finished" if finished else "unfinished", "step": final.get("step", 0),
-          "gold_reward": final.get("eval/gold_reward"), "ref_gold_reward": final.get("eval/ref_gold_reward"),
+          "metric": final.get(f"eval/{metric}"), "ref_metric": final.get(f"eval/ref_{metric}"),
           "kl": final.get("eval/kl"), "proxy_reward": final.get("eval/proxy_reward"),
-          "response_length": final.get("eval/response_length"), "evals": evals}
+          "response_length": final.get("eval/response_length"),
+          "flops": last_eval.get("compute/flops"), "seconds": last_eval.get("compute/seconds"), "evals": evals}
 
 
-def read_runs(root: str) -> list:
+def read_runs(root: str, metric: str) -> list:
   paths = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(root, "**", "config.json"), recursive=True))
-  runs = [read_run(p) for p in paths if os.path.exists(os.path.join(p, "metrics.jsonl"))]
+  runs = [read_run(p, metric) for p in paths if os.path.exists(os.path.join(p, "metrics.jsonl"))]
   return [r for r in runs if r is not None]
+
+
+def groups_of(runs: list) -> dict:
+  groups = collections.defaultdict(list)
+  for run in runs:
+    groups[run["group"]].append(run)
+  return groups
 
 
 def write_csv(runs: list, path: str) -> None:
@@ -64,75 +94,79 @@ def write_csv(runs: list, path: str) -> None:
     writer.writerows(runs)
 
 
-def spread(values) -> str:
-  """mean ± std over seeds (std with n - 1; just the value for one seed)."""
-  values = [v for v in values if v is not None]
-  if not values:
-    return "-"
-  if len(values) == 1:
-    return f"{values[0]:.3f}"
-  return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
-
-
-def markdown_table(runs: list) -> str:
-  groups = collections.defaultdict(list)
-  for run in runs:
-    groups[run["group"]].append(run)
-  lines = ["| run | algo | seeds | gold reward | SFT gold reward | KL to SFT (nats) | proxy reward |",
-           "|---|---|---|---|---|---|---|"]
+def markdown_table(runs: list, metric: str, compare=()) -> str:
+  """Per group: finished seeds and each value's mean [95% bootstrap interval]; then each
+  `compare` pair's difference of means."""
+  groups = groups_of(runs)
+  lines = [f"| run | algo | seeds | {metric} | SFT {metric} | KL to SFT (nats) | proxy reward | GFLOP | seconds |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  finished = {name: [r for r in members if r["status"] == "finished"] for name, members in groups.items()}
   for name, members in groups.items():
-    finished = [r for r in members if r["status"] == "finished"]
-    note = "" if len(finished) == len(members) else f" ({len(members) - len(finished)} unfinished)"
-    lines.append(f"| {name} | {members[0]['algo']} | {len(finished)}{note} | "
-                 + " | ".join(spread([r[k] for r in finished]) for k in ("gold_reward", "ref_gold_reward", "kl",
-                                                                           "proxy_reward")) + " |")
+    done = finished[name]
+    note = "" if len(done) == len(members) else f" ({len(members) - len(done)} unfinished)"
+    cells = [stats.bootstrap_mean([r[k] for r in done]) for k in ("metric", "ref_metric", "kl", "proxy_reward")]
+    compute = [np.mean(stats.clean([r[k] for r in done])) if done else np.nan for k in ("flops", "seconds")]
+    lines.append(f"| {name} | {members[0]['algo']} | {len(done)}{note} | " + " | ".join(map(str, cells))
+                 + f" | {compute[0] / 1e9:.3g} | {compute[1]:.0f} |")
+  if compare:
+    lines += ["", f"| difference in {metric} | mean [95% interval] | seeds |", "|---|---|---|"]
+  for a, b in compare:
+    if a not in groups or b not in groups:
+      raise ValueError(f"--compare={a}:{b}: groups are {', '.join(groups)}")
+    difference = stats.bootstrap_difference([r["metric"] for r in finished[a]], [r["metric"] for r in finished[b]])
+    lines.append(f"| {a} - {b} | {difference} | {len(finished[a])}, {len(finished[b])} |")
   return "\n".join(lines) + "\n"
 
 
-def plot(runs: list, root: str) -> list:
-  """gold_reward_by_step.png and reward_kl_frontier.png; returns their paths."""
+def plot(runs: list, root: str, metric: str, x: str = "step") -> list:
+  """{metric}_by_{x}.png and {metric}_kl_frontier.png; returns their paths."""
   plt = pyplot()
-  groups = collections.defaultdict(list)
-  for run in runs:
-    groups[run["group"]].append(run)
   curves = []
-  for name, members in groups.items():
-    steps, mean, low, high = plots.mean_band([r["evals"] for r in members], "eval/gold_reward")
-    curves.append(plots.Curve(f"{name} ({len(members)} seeds)", steps, mean, low, high))
+  for name, members in groups_of(runs).items():
+    steps, mean, low, high = plots.mean_band([r["evals"] for r in members], f"eval/{metric}")
+    where = plots.mean_band([r["evals"] for r in members], X_AXES[x])[1] if x != "step" else steps
+    curves.append(plots.Curve(f"{name} ({len(members)} seeds)", where, mean, low, high))
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  plots.draw_curves(ax, curves, "training step (iteration; DPO: pair batch)", "gold reward (VADER)",
-                    "Gold reward of held-out completions")
-  by_step = plots.save(fig, os.path.join(root, "gold_reward_by_step.png"))
+  plots.draw_curves(ax, curves, X_LABELS[x], metric, f"{metric} of held-out prompts")
+  by_x = plots.save(fig, os.path.join(root, f"{metric}_by_{x}.png"))
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
   colors = {}
   for run in runs:
-    kl = [row["eval/kl"] for row in run["evals"]]
-    gold = [row["eval/gold_reward"] for row in run["evals"]]
+    kl = [row.get("eval/kl") for row in run["evals"]]
+    values = [row[f"eval/{metric}"] for row in run["evals"]]
     label = None if run["algo"] in colors else run["algo"]
-    points = ax.scatter(kl, gold, label=label, color=colors.get(run["algo"]), alpha=0.8)
+    points = ax.scatter(kl, values, label=label, color=colors.get(run["algo"]), alpha=0.8)
     colors.setdefault(run["algo"], points.get_facecolor()[0])
-  ax.set(xlabel="KL(policy || SFT reference), nats per completion", ylabel="gold reward (VADER)",
-         title="Reward-KL frontier: every eval of every run")
+  ax.set(xlabel="KL(policy || SFT reference), nats per completion", ylabel=metric,
+         title=f"{metric} against KL: every eval of every run")
   ax.legend(fontsize=8)
-  return [by_step, plots.save(fig, os.path.join(root, "reward_kl_frontier.png"))]
+  return [by_x, plots.save(fig, os.path.join(root, f"{metric}_kl_frontier.png"))]
 
 
-def aggregate(root: str) -> dict:
-  runs = read_runs(root)
+def aggregate(root: str, metric: str = "", x: str = "step", compare=()) -> dict:
+  """results.csv, results.md and the plots; `compare` holds (group, group) pairs."""
+  if x not in X_AXES:
+    raise ValueError(f"--x={x}: choose one of {', '.join(X_AXES)}")
+  metric = metric or default_metric(root)
+  runs = read_runs(root, metric)
   if not runs:
     raise ValueError(f"no RL or DPO runs under {root}")
   write_csv(runs, os.path.join(root, "results.csv"))
-  table = markdown_table(runs)
+  table = markdown_table(runs, metric, compare)
   with open(os.path.join(root, "results.md"), "w") as f:
     f.write(table)
-  return {"runs": len(runs), "table": table, "plots": plot(runs, root)}
+  return {"runs": len(runs), "table": table, "plots": plot(runs, root, metric, x)}
 
 
 def main(argv):
   del argv
+  f = flags.FLAGS
   try:
-    result = aggregate(flags.FLAGS.root)
+    pairs = [tuple(pair.split(":")) for pair in f.compare]
+    if any(len(pair) != 2 for pair in pairs):
+      raise ValueError(f"--compare takes GROUP:GROUP, not {f.compare}")
+    result = aggregate(f.root, f.metric, f.x, pairs)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -143,4 +177,7 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.DEFINE_string("root", None, "the sweep's directory", required=True)  # only when run as a command
+  flags.DEFINE_string("metric", "", "the eval metric compared (default: gold_reward, else accuracy)")
+  flags.DEFINE_string("x", "step", f"the curves' x-axis: {', '.join(X_AXES)}")
+  flags.DEFINE_multi_string("compare", [], "GROUP:GROUP, the difference of their means with its interval")
   app.run(main)

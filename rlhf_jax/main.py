@@ -10,6 +10,7 @@ the libraries' INFO lines too.
 import logging as pylogging
 import os
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -49,11 +50,22 @@ def last_line(error: Exception) -> str:
   return lines[-1] if lines else type(error).__name__
 
 
+def raised_in_config_file(error: Exception, argv) -> str | None:
+  """FILE:LINE of the --config file's line that raised `error` (its get_config failed), or None."""
+  path = next((a.split("=", 1)[1].split(":")[0] for a in argv if a.startswith("--config=")), None)
+  lines = [line for frame, line in traceback.walk_tb(error.__traceback__)
+           if path and os.path.abspath(frame.f_code.co_filename) == os.path.abspath(path)]
+  return f"{path}:{lines[-1]}" if lines else None
+
+
 def parse_flags(argv):
   """absl's parsing, but a bad override (--config.optim.lrr=1) is one line, not a traceback."""
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError) as e:
+    where = raised_in_config_file(e, argv)
+    if where:  # the config file's own bug, not an override's
+      fail(f"cannot load --config: {where}: {type(e).__name__}: {last_line(e)}")
     for old, new in stage_names.RENAMED.items():
       if any(arg.startswith(f"--config.{old}.") for arg in argv):
         fail(f"a pipeline's {old} stage is now its {new} stage: write --config.{new}.FIELD for --config.{old}.FIELD")

@@ -1,4 +1,5 @@
-"""Host-side metric logging: metrics.jsonl, TensorBoard (tensorboardX) and progress.
+"""Host-side metric logging: metrics.jsonl, TensorBoard (tensorboardX), optionally Weights &
+Biases (rlhf_jax/tracking.py), and progress.
 
 tensorboardX writes event files without TensorFlow, and `purge_step` drops events past the
 resumed step, so a resumed run's curves are not doubled. Only process 0 writes.
@@ -15,6 +16,8 @@ import numpy as np
 import tqdm
 
 from tensorboardX import SummaryWriter
+
+from rlhf_jax import tracking
 
 
 def _plain(value):
@@ -34,6 +37,7 @@ class MetricsLog:
     os.makedirs(run_dir.path, exist_ok=True)
     _truncate_after(self.path, start_step)
     self.tb = SummaryWriter(run_dir.file("tb"), purge_step=start_step + 1)
+    self.wandb = tracking.open_wandb(run_dir)
     # tqdm draws only on a terminal; logs always get the same figures in `write`.
     self.bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=not sys.stderr.isatty(),
                          dynamic_ncols=True, unit="step")
@@ -48,7 +52,17 @@ class MetricsLog:
     for key, value in row.items():
       if key != "step" and isinstance(value, (int, float)):
         self.tb.add_scalar(key, value, step)
+    if self.wandb:
+      self.wandb.write(step, row)
     logging.info("step %d/%d %s%s", step, self.num_steps, _short(row), self._speed(step))
+
+  def last(self, key: str):
+    """`key`'s value in the last row kept (rows past the resumed step are dropped), or None."""
+    if not os.path.isfile(self.path):
+      return None
+    with open(self.path) as f:
+      values = [row[key] for row in map(json.loads, f) if key in row]
+    return values[-1] if values else None
 
   def text(self, step: int, tag: str, text: str) -> None:
     if self.enabled:
@@ -72,6 +86,8 @@ class MetricsLog:
     if self.enabled:
       self.bar.close()
       self.tb.close()
+      if self.wandb:
+        self.wandb.close()
 
 
 def _short(row: dict) -> str:

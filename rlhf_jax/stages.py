@@ -14,7 +14,7 @@ from absl import logging
 from rlhf_jax import report
 from rlhf_jax import stage_names
 from rlhf_jax.errors import UserError
-from rlhf_jax.training import dpo_trainer, guards, lm_trainer, reward_trainer, rl_trainer
+from rlhf_jax.training import best_of_n, dpo_trainer, guards, lm_trainer, reward_trainer, rl_trainer
 from rlhf_jax.workdir import RunDir
 
 RUNNERS = {
@@ -23,6 +23,7 @@ RUNNERS = {
     "reward": reward_trainer.run,
     "rl": rl_trainer.run,  # every RL algorithm; `ppo`, its earlier name, still works (stage_names)
     "dpo": dpo_trainer.run,
+    "best_of_n": best_of_n.run,  # no training: n samples of the SFT policy, the proxy's best kept
 }
 # Checks of a stage's fields that need no data, run for every stage before any starts.
 CHECKS = {"rl": rl_trainer.check_config, "dpo": dpo_trainer.check_config}
@@ -113,6 +114,8 @@ def run_pipeline(config, workdir: str) -> dict:
       raise UserError(f"pipeline stage {name!r} has no config section (config.{name})")
     if previous:
       fill_upstream_paths(config[name], workdir, default=previous)
+    if config.get("log") and config.log.wandb_project and not config[name].log.wandb_project:
+      config[name].log.update(config.log)  # the pipeline's W&B project for every stage
     summary[name] = run_stage(config[name], os.path.join(workdir, name), upstream_root=workdir)
     previous = name
   RunDir(workdir).write_json("summary.json", summary)

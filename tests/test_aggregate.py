@@ -16,7 +16,8 @@ def fake_run(root, name, algo, seed, golds, kls, finished=True):
   run.mkdir(parents=True)
   (run / "config.json").write_text(json.dumps({"algo": algo, "seed": seed, "stage": "ppo"}))
   rows = [{"step": 10 * (i + 1), "eval/gold_reward": g, "eval/kl": k, "eval/ref_gold_reward": 0.1,
-           "eval/proxy_reward": 2 * g, "eval/response_length": 40.0} for i, (g, k) in enumerate(zip(golds, kls))]
+           "eval/proxy_reward": 2 * g, "eval/response_length": 40.0, "compute/flops": 1e9 * (i + 1) * (seed + 1),
+           "compute/seconds": 5.0 * (i + 1)} for i, (g, k) in enumerate(zip(golds, kls))]
   (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [{"step": 5, "loss": 1.0}] + rows))
   if finished:
     (run / "summary.json").write_text(json.dumps(rows[-1]))
@@ -33,13 +34,14 @@ def test_table_csv_and_plots_from_two_seeds_and_an_unfinished_run(tmp_path):
   lines = result["table"].splitlines()
   assert result["runs"] == 3 and len(lines) == 4
   rows = {line.split(" | ")[0]: line for line in lines[2:]}
-  # Mean and sample std over the two seeds: gold (0.5, 0.7) -> 0.600 ± 0.141; KL (2, 3) -> 2.500 ± 0.707.
-  assert rows["| ppo"] == "| ppo | ppo | 2 | 0.600 ± 0.141 | 0.100 ± 0.000 | 2.500 ± 0.707 | 1.200 ± 0.283 |"
+  # Two seeds: the mean and the interval between them (rlhf_jax/stats.py); compute: the mean.
+  assert rows["| ppo"] == ("| ppo | ppo | 2 | 0.600 [0.500, 0.700] | 0.100 [0.100, 0.100] | 2.500 [2.000, 3.000] | "
+                           "1.200 [1.000, 1.400] | 3 | 10 |")
   assert rows["| dpo"].startswith("| dpo | dpo | 0 (1 unfinished) |")
   rows = list(csv.DictReader(open(tmp_path / "results.csv")))
   assert {r["run"] for r in rows} == {"ppo_s0", "ppo_s1", "dpo_s0"}
   assert [r["status"] for r in rows if r["run"] == "dpo_s0"] == ["unfinished"]
-  assert [os.path.basename(p) for p in result["plots"]] == ["gold_reward_by_step.png", "reward_kl_frontier.png"]
+  assert [os.path.basename(p) for p in result["plots"]] == ["gold_reward_by_step.png", "gold_reward_kl_frontier.png"]
   for plot in result["plots"]:
     assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     pixels = matplotlib.image.imread(plot)
@@ -52,3 +54,26 @@ def test_table_csv_and_plots_from_two_seeds_and_an_unfinished_run(tmp_path):
 def test_an_empty_root_is_an_error(tmp_path):
   with pytest.raises(ValueError, match="no RL or DPO runs"):
     aggregate.aggregate(str(tmp_path))
+
+
+def test_accuracy_by_flops_with_a_difference_of_groups(tmp_path):
+  for seed, (grpo, ppo) in enumerate([(0.60, 0.50), (0.64, 0.52), (0.62, 0.48)]):
+    for algo, final in (("grpo", grpo), ("ppo", ppo)):
+      run = tmp_path / f"{algo}_s{seed}"
+      run.mkdir()
+      (run / "config.json").write_text(json.dumps({"algo": algo, "seed": seed}))
+      rows = [{"step": s, "eval/accuracy": final * s / 20, "eval/ref_accuracy": 0.4, "eval/kl": 0.1 * s,
+               "compute/flops": (4e9 if algo == "ppo" else 1e9) * s, "compute/seconds": s} for s in (10, 20)]
+      (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+      (run / "summary.json").write_text(json.dumps(rows[-1]))
+  result = aggregate.aggregate(str(tmp_path), x="flops", compare=[("grpo", "ppo")])  # no gold reward: accuracy
+  table = result["table"]
+  assert "| grpo | grpo | 3 | 0.620 [" in table and "| ppo | ppo | 3 | 0.500 [" in table and "| 20 | 20 |" in table
+  difference = next(line for line in table.splitlines() if line.startswith("| grpo - ppo"))
+  low, high = map(float, difference.split("[")[1].split("]")[0].split(", "))
+  assert difference.startswith("| grpo - ppo | 0.120 [") and 0 < low < 0.12 < high and difference.endswith("| 3, 3 |")
+  assert [os.path.basename(p) for p in result["plots"]] == ["accuracy_by_flops.png", "accuracy_kl_frontier.png"]
+  with pytest.raises(ValueError, match="groups are grpo, ppo"):
+    aggregate.aggregate(str(tmp_path), compare=[("grpo", "dpo")])
+  with pytest.raises(ValueError, match="--x=tokens: choose one of step, flops"):
+    aggregate.aggregate(str(tmp_path), x="tokens")

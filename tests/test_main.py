@@ -19,8 +19,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def read_metrics(workdir):
+  """metrics.jsonl's rows, less compute/seconds: wall-clock time differs between any two runs."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+    rows = [json.loads(line) for line in f]
+  for row in rows:
+    assert "compute/flops" in row and row.pop("compute/seconds") >= 0, row  # every row carries its compute
+  return rows
 
 
 def test_pretraining_loss_falls_on_the_embedded_corpus(tiny_pretrain, tmp_path):
@@ -105,6 +109,14 @@ def test_the_pipeline_stage_ppo_was_says_what_replaced_it(tmp_path):
   result = run_main("--config=configs/pipeline.py:tiny", f"--workdir={tmp_path}", "--config.ppo.algo=grpo")
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert "error: a pipeline's ppo stage is now its rl stage: write --config.rl.FIELD" in result.stderr
+
+
+def test_a_config_file_that_raises_is_named_with_its_line(tmp_path):
+  (tmp_path / "broken.py").write_text("from configs import pretrain\n\ndef get_config(preset):\n"
+                                      "  c = pretrain.get_config(preset)\n  del c.no_such_field\n  return c\n")
+  result = run_main(f"--config={tmp_path / 'broken.py'}:tiny", f"--workdir={tmp_path / 'run'}", "--config.seed=1")
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert f"error: cannot load --config: {tmp_path / 'broken.py'}:5: AttributeError: no_such_field" in result.stderr
 
 
 def test_missing_config_file_is_one_clear_line(tmp_path):

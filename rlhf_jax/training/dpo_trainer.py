@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from rlhf_jax import memory, sharding
+from rlhf_jax import flops, memory, sharding
 from rlhf_jax.algorithms.dpo import PREFERENCE_LOSSES
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import batches
@@ -21,6 +21,7 @@ from rlhf_jax.errors import UserError
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import frozen, setup
+from rlhf_jax.training.compute import StepCost
 from rlhf_jax.training.dpo_steps import averages, compile_dpo_steps
 from rlhf_jax.training.policy_eval import PolicyEvaluator
 from rlhf_jax.training.loop import Loop
@@ -69,7 +70,8 @@ def run(cfg, workdir: str) -> dict:
                                 shardings.policy, mesh, label="dpo")
   evaluate = DPOEvaluator(policy_eval, evaluate_pairs, data["eval"], cfg.train.eval_batches, mesh)
   next_batch = lambda step: sharding.put_batch(data["train"].batch(step), mesh)
-  summary = Loop(cfg.train, run_dir, train, next_batch, evaluate, checkpointer, DPO_ITEMS).train(state)
+  cost = StepCost(flops.dpo_step(policy.cfg, cfg.data.batch_size, cfg.data.seq_len))
+  summary = Loop(cfg.train, run_dir, train, next_batch, evaluate, checkpointer, DPO_ITEMS, cost=cost).train(state)
   summary["data/truncated_pairs"] = data["train"].num_truncated
   run_dir.write_json("summary.json", summary)
   return summary

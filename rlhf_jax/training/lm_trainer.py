@@ -7,13 +7,14 @@ from absl import logging
 import jax
 import numpy as np
 
-from rlhf_jax import memory, sharding
+from rlhf_jax import flops, memory, sharding
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import batches, sources
 from rlhf_jax.data.prompts import Prompts, as_chat, encode_prompts, openings
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import setup
+from rlhf_jax.training.compute import StepCost
 from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.steps import compile_lm_steps
@@ -52,7 +53,8 @@ def run(cfg, workdir: str) -> dict:
                            shardings, mesh, cfg, tokenizer)
   evaluate = LMEvaluator(cfg, run_dir, steps, data, mesh, tokenizer)
   next_batch = lambda step: sharding.put_batch(data.train.batch(step), mesh)
-  summary = Loop(cfg.train, run_dir, steps.train, next_batch, evaluate, checkpointer).train(state)
+  cost = StepCost(flops.train(model_cfg, cfg.data.batch_size, cfg.data.seq_len))
+  summary = Loop(cfg.train, run_dir, steps.train, next_batch, evaluate, checkpointer, cost=cost).train(state)
   if cfg.stage == "sft":
     summary["data/truncated_pairs"] = data.train.num_truncated
   run_dir.write_json("summary.json", summary)

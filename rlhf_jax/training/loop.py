@@ -22,6 +22,7 @@ from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.errors import HostStepError, Preempted, UserError
 from rlhf_jax.metrics_log import MetricsLog
 from rlhf_jax.training import setup
+from rlhf_jax.training.compute import ComputeClock, StepCost
 from rlhf_jax.workdir import RunDir
 
 
@@ -35,12 +36,14 @@ class Loop:
   checkpointer: Checkpointer
   items: tuple = setup.STATE_ITEMS  # the state fields a checkpoint holds
   open_log: Callable = MetricsLog  # (run_dir, start_step, num_steps) -> a MetricsLog-like writer
+  cost: StepCost = StepCost(0.0)  # one step's compute: logged cumulatively (training/compute.py)
 
   def train(self, state) -> dict:
     """Trains to train_cfg.num_steps; returns the final eval metrics."""
     t = self.train_cfg
     start = int(jax.device_get(state.step))
     log = self.open_log(self.run_dir, start, t.num_steps)
+    self.clock = ComputeClock(self.cost, log.last("compute/seconds") or 0.0)
     started = time.time()
     eval_metrics = {}
     previous = None  # (step, metrics) of the step before this one
@@ -53,7 +56,7 @@ class Loop:
         self._stop_if_nonfinite(previous, state, step, False, log)
         previous, last = (step, metrics), step == t.num_steps
         if step % t.log_every == 0 or last:
-          log.write(step, jax.device_get(metrics))
+          log.write(step, {**jax.device_get(metrics), **self.clock.at(step)})
         if step % t.eval_every == 0 or last:
           eval_metrics = self._evaluate(state, step, log)
         saved = step % t.checkpoint_every == 0 or last
@@ -101,19 +104,21 @@ class Loop:
     if not bad:
       return
     if bad_step % self.train_cfg.log_every and bad_step != self.train_cfg.num_steps:
-      log.write(bad_step, jax.device_get(metrics))
+      log.write(bad_step, {**jax.device_get(metrics), **self.clock.at(bad_step)})
     raise UserError(f"step {bad_step}: non-finite {' and '.join(bad)}; that update was not applied "
                     f"({self._checkpoint(state, step, saved)}). Lower optim.lr, or set "
                     "train.on_nonfinite=skip to go on")
 
   def _evaluate(self, state, step: int, log, saved: bool = False) -> dict:
+    started = time.time()
     try:
       metrics = self.evaluate(state, step)
     except HostStepError as e:
       raise UserError(f"evaluation at step {step}: {e} ({self._checkpoint(state, step, saved)})") from None
+    self.clock.pause(time.time() - started)
     texts = metrics.pop("samples", None)
     if log is not None:
       if texts:
         log.text(step, "samples", texts)
-      log.write(step, metrics)
+      log.write(step, {**metrics, **self.clock.at(step)})
     return metrics

@@ -14,7 +14,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from rlhf_jax import judges, memory, sharding
+from rlhf_jax import flops, judges, memory, sharding
 from rlhf_jax.algorithms.reward import normalisation
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import batches, preferences, sources
@@ -23,6 +23,7 @@ from rlhf_jax.errors import UserError
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import setup
+from rlhf_jax.training.compute import StepCost
 from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.reward_steps import compile_reward_steps
@@ -61,7 +62,8 @@ def run(cfg, workdir: str) -> dict:
           for split, p in pairs.items()}
   evaluate = RewardEvaluator(cfg, steps, data["eval"], [p.get("gold") for p in pairs["eval"]], mesh)
   next_batch = lambda step: sharding.put_batch(data["train"].batch(step), mesh)
-  summary = Loop(cfg.train, run_dir, steps.train, next_batch, evaluate, checkpointer).train(state)
+  cost = StepCost(flops.reward_step(model_cfg, cfg.data.batch_size, cfg.data.seq_len))
+  summary = Loop(cfg.train, run_dir, steps.train, next_batch, evaluate, checkpointer, cost=cost).train(state)
   summary["data/truncated_pairs"] = data["train"].num_truncated
   run_dir.write_json("summary.json", summary)
   return summary

@@ -20,7 +20,7 @@ import functools
 import jax
 import optax
 
-from rlhf_jax import memory, rewards, sharding
+from rlhf_jax import flops, memory, rewards, sharding
 from rlhf_jax.algorithms import aggregation, presets
 from rlhf_jax.algorithms.advantages import ADVANTAGES
 from rlhf_jax.algorithms.policy_losses import POLICY_LOSSES
@@ -30,6 +30,7 @@ from rlhf_jax.errors import UserError
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import frozen, seeds, setup
+from rlhf_jax.training.compute import StepCost
 from rlhf_jax.training.host_rewards import compile_host_iteration
 from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.optim import make_optimizer
@@ -170,7 +171,8 @@ def run(cfg, workdir: str) -> dict:
   evaluator = PolicyEvaluator(cfg, run_dir, models.policy, prompts["eval"], tokenizer, score_fn,
                               one_seed_shardings.policy, mesh, label=cfg.algo, model_weight=plan.model_weight,
                               host=plan.host)
-  loop = Loop(cfg.train, run_dir, train_step, next_batch, evaluator, checkpointer, items)
+  cost = iteration_cost(cfg, rl_cfg, models, prompts["train"].tokens.shape[1], uses_model=reward_run is not None)
+  loop = Loop(cfg.train, run_dir, train_step, next_batch, evaluator, checkpointer, items, cost=cost)
   summary = train_seeds(loop, state, seed_cfgs, seed_dirs) if seed_dirs else loop.train(state)
   summary["data/truncated_prompts"] = prompts["train"].truncated
   run_dir.write_json("summary.json", summary)
@@ -216,6 +218,16 @@ def with_seed(cfg, seed: int):
   seeded = cfg.copy_and_resolve_references()
   seeded.seed = seed
   return seeded
+
+
+def iteration_cost(cfg, rl_cfg: RLConfig, models, prompt_len: int, uses_model: bool) -> StepCost:
+  """One iteration's model FLOPs (rlhf_jax/flops.py) and the responses it generates."""
+  rows, k = cfg.data.batch_size, rl_cfg.samples_per_prompt
+  extra, greedy = rl_cfg.oversample * k, (rows // k if rl_cfg.needs_greedy else 0)
+  model_flops = flops.rl_iteration(models.policy.cfg, rows, prompt_len, rl_cfg.max_new_tokens, rl_cfg.epochs,
+                                   critic=models.critic is not None,  # a shared value head rides the policy
+                                   reward_model=uses_model, extra_rows=extra, greedy_rows=greedy)
+  return StepCost(model_flops, samples=rows + extra + greedy)
 
 
 def rl_config(cfg, tokenizer, plan: rewards.RewardPlan) -> RLConfig:

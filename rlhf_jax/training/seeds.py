@@ -60,6 +60,9 @@ class SeedLogs:
     for i, log in enumerate(self.logs):
       log.write(step, per_seed(metrics, i))
 
+  def last(self, key: str):
+    return self.logs[0].last(key)  # the seeds run in step together
+
   def text(self, step: int, tag: str, texts) -> None:
     for log, text in zip(self.logs, texts):
       log.text(step, tag, text)

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import flops, limits, run, workloads
+from benchmarks import limits, run, workloads
+from rlhf_jax import flops
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.transformer import Transformer
 

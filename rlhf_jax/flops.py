@@ -1,4 +1,5 @@
-"""Model FLOPs of each workload, counted from the shapes (matmuls only; the rest is noise).
+"""Model FLOPs, counted from the shapes (matmuls only; the rest is noise): what every run logs
+as `compute/flops` and the benchmarks divide by their times.
 
 The usual convention (Kaplan et al. 2020; PaLM's MFU; llm.c): a forward pass costs 2 FLOPs per
 matmul weight per token, plus 4 * layers * d_model * context for attention's QK^T and AV;
@@ -39,13 +40,17 @@ def generate(cfg: ModelConfig, rows: int, prompt_len: int, new_tokens: int) -> f
 
 
 def rl_iteration(policy: ModelConfig, rows: int, prompt_len: int, new_tokens: int, epochs: int,
-                 critic: bool) -> float:
-  """Rollout (generation; policy, reference, reward and critic scoring) then `epochs` updates
-  of the policy (and critic) over the whole batch."""
-  length = prompt_len + new_tokens
-  scoring = 2 * forward(policy, rows, length) + (2 if critic else 1) * forward(policy, rows, length, logits=False)
+                 critic: bool, reward_model: bool = True, extra_rows: int = 0, greedy_rows: int = 0) -> float:
+  """Rollout, then `epochs` updates of the policy (and critic) over the `rows` the update keeps.
+  The rollout generates those rows, `extra_rows` more (DAPO's oversampled prompts) and
+  `greedy_rows` (ReMax's greedy baseline), all scored by the reward model (if one); the kept
+  rows are scored by the policy, the reference and the critic. The reward model and critic
+  are counted at the policy's shape, without its LM head."""
+  length, drawn = prompt_len + new_tokens, rows + extra_rows + greedy_rows
+  scoring = 2 * forward(policy, rows, length) + (forward(policy, rows, length, logits=False) if critic else 0.0)
+  rewards = forward(policy, drawn, length, logits=False) if reward_model else 0.0
   updates = train(policy, rows, length) + (train(policy, rows, length, logits=False) if critic else 0.0)
-  return generate(policy, rows, prompt_len, new_tokens) + scoring + epochs * updates
+  return generate(policy, drawn, prompt_len, new_tokens) + scoring + rewards + epochs * updates
 
 
 def dpo_step(cfg: ModelConfig, pairs: int, length: int) -> float:
