@@ -5,7 +5,7 @@ proxy reward models trained on 256, 1024 and 4096 preference pairs labelled by t
 rising, and how does that depend on the proxy's data?
 
   python -m rlhf_jax.sweep --sweep=experiments/overoptimisation.py --root=runs/overoptimisation
-  python experiments/overoptimisation.py --root=runs/overoptimisation \\
+  python -m experiments.overoptimisation --root=runs/overoptimisation \\
     [--out=experiments/results/overoptimisation]
 
 This file is both the study's upstream pipeline (`get_config`: pretrain -> SFT -> the three

@@ -113,17 +113,21 @@ class PolicyEvaluator:
     """Per prompt: the greedy response's verdict, and over eval.k samples pass@k, mean@k, maj@k."""
     component = next(h for h in self.host if h.name == checker)
 
-    def check(sampling) -> tuple[np.ndarray, list]:
-      out = jax.device_get(self.sampler(params, prompts, mask, *sampling))  # compiled once
+    def check(out) -> tuple[np.ndarray, list]:
+      out = jax.device_get(out)
       ids = [t[m > 0].tolist() for t, m in zip(out.tokens, out.mask)]
       texts = [self.tokenizer.decode(i) for i in ids]
       return component(self.prompts.texts, texts, ids, dict(self.prompts.columns)), texts
 
-    per = {"greedy_accuracy": check((rng, SamplingParams.make(greedy=True)))[0]}
     k = self.cfg.eval.k if "eval" in self.cfg else 0
-    if k >= 2:
-      draws = [check((jax.random.fold_in(rng, 1 + j), SamplingParams.make(self.cfg.sample.temperature)))
-               for j in range(k)]
+    k = k if k >= 2 else 0  # one sample is eval/accuracy already
+    temperature = SamplingParams.make(self.cfg.sample.temperature)
+    samplings = [(rng, SamplingParams.make(greedy=True))] + [(jax.random.fold_in(rng, 1 + j), temperature)
+                                                             for j in range(k)]
+    outs = [self.sampler(params, prompts, mask, *s) for s in samplings]  # all dispatched before the host decodes
+    per = {"greedy_accuracy": check(outs[0])[0]}
+    if k:
+      draws = [check(out) for out in outs[1:]]
       verdicts = np.stack([v for v, _ in draws], 1)  # [prompts, k]
       answers = [[rewards.last_integer(texts[i]) for _, texts in draws] for i in range(len(self.prompts.texts))]
       per.update({f"pass@{k}": (verdicts > 0).any(1).astype(np.float32), f"mean@{k}": verdicts.mean(1),
