@@ -16,7 +16,6 @@ d = sqrt(KL): RL d (alpha - beta log d), best-of-n d (alpha - beta d); rlhf_jax/
 overoptimisation.png.
 """
 
-import csv
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 
 from configs import pipeline, reward
 from rlhf_jax import fits, plots
+from rlhf_jax.aggregate import write_csv
 from rlhf_jax.sweep import Run, Sweep
 
 PAIRS = (256, 1024, 4096)
@@ -125,21 +125,14 @@ def draw(rows: list, fit_rows: list, path: str) -> str:
   return plots.save(fig, path)
 
 
-def write_csv(path: str, rows: list, columns) -> None:
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-
-
 def analyse(root: str, out: str) -> dict:
   rows = results(root)
   if not rows:
     raise ValueError(f"no finished runs of the study under {root}")
   os.makedirs(out, exist_ok=True)
-  write_csv(os.path.join(out, "results.csv"), rows, COLUMNS)
+  write_csv(rows, os.path.join(out, "results.csv"), COLUMNS)
   fit_rows = fitted(rows)
-  write_csv(os.path.join(out, "fits.csv"), fit_rows, ("method", "proxy_pairs", "alpha", "beta", "rmse", "peak_kl"))
+  write_csv(fit_rows, os.path.join(out, "fits.csv"), ("method", "proxy_pairs", "alpha", "beta", "rmse", "peak_kl"))
   return {"rows": len(rows), "fits": fit_rows, "plot": draw(rows, fit_rows, os.path.join(out, "overoptimisation.png"))}
 
 

@@ -87,9 +87,10 @@ def groups_of(runs: list) -> dict:
   return groups
 
 
-def write_csv(runs: list, path: str) -> None:
+def write_csv(runs: list, path: str, columns=COLUMNS) -> None:
+  """One row per dict of `runs`, the `columns` of each."""
   with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(f, columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(runs)
 

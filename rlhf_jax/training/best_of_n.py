@@ -82,12 +82,15 @@ def draw_and_score(cfg, state, shardings, mesh, rules, policy, scorer, reward_ru
                    out_shardings=sharding.replicated(mesh))
   judge = judges.get_judge(cfg.judge)
   tokens, mask = jnp.asarray(prompts.tokens), jnp.asarray(prompts.mask)
-  proxy, gold = [], []
-  for draw in range(max(cfg.ns)):
+  draws = []
+  for draw in range(max(cfg.ns)):  # all dispatched first: the device samples while the host judges
     rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1), draw)
     out = sampler(state.policy, tokens, mask, rng, SamplingParams.make(cfg.sample.temperature))
     full, full_mask = jnp.concatenate([tokens, out.tokens], 1), jnp.concatenate([mask, out.mask], 1)
-    proxy.append(np.asarray(jax.device_get(scored(state, full, full_mask, out))))
+    draws.append((out, scored(state, full, full_mask, out)))
+  proxy, gold = [], []
+  for out, scores in draws:
     host = jax.device_get(out)
+    proxy.append(np.asarray(jax.device_get(scores)))
     gold.append(np.asarray(judge([tokenizer.decode(t[m > 0]) for t, m in zip(host.tokens, host.mask)]), float))
   return np.stack(proxy, 1), np.stack(gold, 1)
