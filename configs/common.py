@@ -6,6 +6,8 @@ overridden on the command line (`--config.optim.lr=3e-4`). Unknown fields are an
 
 import ml_collections
 
+from rlhf_jax.models.config import LORA_TARGETS
+
 # GPT-2-style and Llama-style blocks differ only in these switches (see ModelConfig).
 GPT2_BLOCK = dict(position="learned", norm="layernorm", mlp="gelu", bias="all", tie_embeddings=True)
 LLAMA_BLOCK = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias="none", tie_embeddings=False)
@@ -35,7 +37,7 @@ def is_small(preset: str) -> bool:
 
 def model_config(preset: str) -> ml_collections.ConfigDict:
   """vocab_size 0 means: the tokenizer's vocabulary, rounded up to a multiple of 128."""
-  base = dict(n_kv_heads=0, head_dim=0, rope_theta=10000.0, norm_eps=1e-5, dtype="float32",
+  base = dict(n_kv_heads=0, head_dim=0, rope_theta=10000.0, qk_norm=False, norm_eps=1e-5, dtype="float32",
               param_dtype="float32", remat=False, attention="auto", dropout=0.0, init_std=0.02, heads=())
   return ml_collections.ConfigDict({**base, **MODELS[preset]})
 
@@ -93,7 +95,20 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
   # is named by its directory and grouped by its parent's (a sweep's root, a pipeline's workdir);
   # wandb_mode "" is W&B's own choice (WANDB_MODE), "offline" writes locally for `wandb sync`.
   c.log = ml_collections.ConfigDict(dict(wandb_project="", wandb_entity="", wandb_mode=""))
+  c.lora = lora_config()
   return c
+
+
+def lora_config() -> ml_collections.ConfigDict:
+  """LoRA adapters (Hu et al. 2021; rlhf_jax/models/lora.py) instead of full fine-tuning.
+
+  rank 0 trains every weight. rank r > 0 freezes the weights the stage starts from and trains
+  adapters of rank r on the `targets` projections (query, key, value, out; the MLP's gate, up,
+  down), scaled by alpha / r, plus the scalar heads. The frozen base is held once: the RL and
+  DPO reference is the base with the adapters off. Checkpoints hold the adapters and heads.
+  A later stage starts from the merged weights, or with continue_adapters from the adapters.
+  """
+  return ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=LORA_TARGETS, continue_adapters=False))
 
 
 def distributed_config() -> ml_collections.ConfigDict:

@@ -29,6 +29,7 @@ from ml_collections import config_flags
 from rlhf_jax import sharding, stage_names
 from rlhf_jax.algorithms import presets
 from rlhf_jax.errors import UserError
+from rlhf_jax.models import lora
 from rlhf_jax.models.config import ModelConfig, padded_vocab
 from rlhf_jax.models.transformer import Transformer, param_shapes
 from rlhf_jax.training.optim import make_optimizer
@@ -168,12 +169,31 @@ def activation_bytes(model_cfg: ModelConfig, b: int, s: int, rules, mesh_shape: 
   return int(scaled + (2 * b * s * vocab * 4 if logits else 0))
 
 
+def trained_params(model_cfg: ModelConfig):
+  """What trains of a model: all of its params, or with LoRA its adapters and heads."""
+  shapes = abstract_params(model_cfg)
+  return lora.split(shapes)[0] if model_cfg.lora_rank else shapes
+
+
 def state_bytes(cfg, trainable: dict, size) -> tuple[int, int]:
-  """(params, optimizer state) of the trainable models: the real `tx.init`'s shapes, which keep the
+  """(params, optimizer state) of what trains: the real `tx.init`'s shapes, which keep the
   params' logical names. (The shared critic's one multi_transform optimizer differs by a counter.)"""
-  params = sum(size(abstract_params(m)) for m, _ in trainable.values())
+  params = sum(size(trained_params(m)) for m, _ in trainable.values())
   tx_init = lambda optim_cfg: make_optimizer(optim_cfg, cfg.train.num_steps).init
-  return params, sum(size(jax.eval_shape(tx_init(o), abstract_params(m))) for m, o in trainable.values())
+  return params, sum(size(jax.eval_shape(tx_init(o), trained_params(m))) for m, o in trainable.values())
+
+
+def frozen_bytes(cfg, model_cfg: ModelConfig, trainable: dict, frozen: dict, size) -> tuple[int, str]:
+  """(bytes, what) of the frozen params. With LoRA the first trainable model's base is frozen
+  too, and it is the reference (RL, DPO); a LoRA critic sits on the reference or the reward model."""
+  if not model_cfg.lora_rank:
+    return sum(size(abstract_params(m)) for m in frozen.values()), " + ".join(frozen) or "none"
+  role, (m, _) = next(iter(trainable.items()))
+  others = {k: v for k, v in frozen.items() if k != "reference"}
+  name = f"{role} base" + (" = reference" if "reference" in frozen else "")
+  merged = lambda f: abstract_params(dataclasses.replace(f, lora_rank=0))  # frozen models load merged
+  return (size(lora.split(abstract_params(m))[1]) + sum(size(merged(f)) for f in others.values()),
+          " + ".join([name, *others]))
 
 
 def plan(cfg, model_cfg: ModelConfig, mesh_shape: dict) -> MemoryPlan:
@@ -188,12 +208,14 @@ def plan(cfg, model_cfg: ModelConfig, mesh_shape: dict) -> MemoryPlan:
                      for role, (m, _) in trainable.items())
   sampled, length = sampled_batch(cfg, model_cfg)
   sampled *= seeds if cfg.stage == "rl" else 1
-  names = " + ".join(trainable) + (f" (x{seeds} seeds)" if seeds > 1 else "")
+  names = " + ".join(trainable) + (f" LoRA r={model_cfg.lora_rank} adapters + heads" if model_cfg.lora_rank else "")
+  names += f" (x{seeds} seeds)" if seeds > 1 else ""
+  frozen_total, frozen_names = frozen_bytes(cfg, model_cfg, trainable, frozen, size)
   return MemoryPlan(cfg.stage, dict(mesh_shape), (
       Row("params", params, names),
       Row("optimizer state", opt, f"{names}: adam moments + counters"),
       Row("gradients", params * (2 if accum > 1 else 1), names + (" + accumulator" if accum > 1 else "")),
-      Row("frozen models", sum(size(abstract_params(m)) for m in frozen.values()), " + ".join(frozen) or "none"),
+      Row("frozen models", frozen_total, frozen_names),
       Row("KV cache", kv_cache_bytes(model_cfg, sampled, length, rules, mesh_shape),
           f"{sampled} rows x {length} tokens"),
       Row("activations", acts, f"estimate: {b} rows/device x {seq} tokens" + (", remat" if model_cfg.remat else ""))))
@@ -246,7 +268,9 @@ def print_plans(cfg, devices: int) -> None:
   for stage_cfg in [cfg[name] for name in cfg.stages] if cfg.stage == "pipeline" else [cfg]:
     mesh = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(stage_cfg.mesh, devices)))
     vocab = stage_cfg.model.vocab_size or padded_vocab(stage_cfg.tokenizer.vocab_size)
-    memory_plan = plan(stage_cfg, ModelConfig.from_dict(stage_cfg.model, vocab_size=vocab), mesh)
+    lora_fields = dict(lora_rank=stage_cfg.lora.rank, lora_alpha=stage_cfg.lora.alpha,
+                       lora_targets=tuple(stage_cfg.lora.targets))
+    memory_plan = plan(stage_cfg, ModelConfig.from_dict(stage_cfg.model, vocab_size=vocab, **lora_fields), mesh)
     print(memory_plan.table())
     gb = stage_cfg.memory.device_gb
     if gb > 0:

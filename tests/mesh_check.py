@@ -26,6 +26,7 @@ from rlhf_jax.training.dpo_steps import compile_dpo_steps
 from rlhf_jax.training.host_rewards import compile_host_iteration
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.rl_steps import RLConfig
+from rlhf_jax.training.state import model_params
 from rlhf_jax.training.steps import compile_lm_steps
 from tests.conftest import small_model
 
@@ -55,9 +56,9 @@ def random_tokens(seed: int, shape):
   return np.random.default_rng(seed).integers(0, 256, shape).astype(np.int32)
 
 
-def pretrain_steps(mesh) -> tuple[list, dict]:
+def pretrain_steps(mesh, model_cfg=MODEL) -> tuple[list, dict]:
   cfg = stage_config(pretrain)
-  model, tx = Transformer(MODEL), make_optimizer(cfg.optim, 10)
+  model, tx = Transformer(model_cfg), make_optimizer(cfg.optim, 10)
   state, shardings = setup.init_state(model, tx, mesh, RULES, seed=0)
   steps = compile_lm_steps(model, tx, learning_rate_schedule(cfg.optim, 10), shardings, mesh, cfg, TOKENIZER)
   initial, metrics = jax.device_get(state.params), []
@@ -67,7 +68,12 @@ def pretrain_steps(mesh) -> tuple[list, dict]:
     batch = dict(inputs=tokens[:, :-1], targets=tokens[:, 1:], mask=ones, loss_mask=ones)
     state, m = steps.train(state, sharding.put_batch(batch, mesh))
     metrics.append(jax.device_get(m))
-  return metrics, {"initial": initial, "final": jax.device_get(state.params), "placed": state.params}
+  return metrics, {"initial": initial, "final": jax.device_get(state.params), "placed": model_params(state)}
+
+
+def lora_steps(mesh) -> tuple[list, dict]:
+  """The LM steps with LoRA adapters (rank 4) on a frozen base: only the adapters train."""
+  return pretrain_steps(mesh, dataclasses.replace(MODEL, lora_rank=4))
 
 
 def rl_iteration(mesh) -> tuple[list, dict]:
@@ -154,8 +160,11 @@ def dpo_steps(mesh) -> tuple[list, dict]:
   return metrics, {"initial": initial, "final": jax.device_get(state.policy), "placed": state.policy}
 
 
-STAGES = {"pretrain": pretrain_steps, "rl": rl_iteration, "rl_host": rl_host_iteration, "dpo": dpo_steps}
-SKIPPED = {"rl_host": ("fsdp",)}  # the rows split as on the data mesh: its time is better spent elsewhere
+STAGES = {"pretrain": pretrain_steps, "lora": lora_steps, "rl": rl_iteration, "rl_host": rl_host_iteration,
+          "dpo": dpo_steps}
+# The rows split as on the data mesh: their time is better spent elsewhere (LoRA's adapters are
+# laid out by the rules as the weights are: fsdp and tensor are the meshes that split them).
+SKIPPED = {"rl_host": ("fsdp",), "lora": ("data",)}
 
 
 def relative_difference(a, b) -> float:
@@ -180,9 +189,10 @@ def compare(result, reference) -> dict:
   metric_diff = max(abs(float(m[k]) - float(r[k])) / max(abs(float(r[k])), 1e-2)
                     for m, r in zip(metrics, ref_metrics) for k in r if np.ndim(r[k]) == 0)
   update = lambda p: jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, p["final"], p["initial"])
-  layer = params["placed"]["layer_0"]["mlp"]["up"]["kernel"]
+  up = params["placed"]["layer_0"]["mlp"]["up"]
+  shard = lambda name: list(up[name].addressable_shards[0].data.shape) if name in up else None
   return {"metrics": metric_diff, "updates": relative_difference(update(params), update(ref_params)),
-          "up_kernel_shard": list(layer.addressable_shards[0].data.shape),
+          "up_kernel_shard": shard("kernel"), "up_lora_shards": [shard("lora_a"), shard("lora_b")],
           "embedding_shard": list(params["placed"]["embed"]["embedding"].addressable_shards[0].data.shape),
           "loss": float(metrics[-1]["loss"]) if "loss" in metrics[-1] else None,
           **{k: float(v) for k, v in metrics[-1].items() if k.startswith("reward/")}}

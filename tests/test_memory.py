@@ -173,3 +173,22 @@ def test_plan_matches_the_shards_jax_places():
   assert result.returncode == 0, result.stderr
   placed_params, planned_params, placed_opt, planned_opt = map(int, result.stdout.split())
   assert planned_params == placed_params and planned_opt == placed_opt
+
+
+def test_lora_trains_and_keeps_optimizer_state_for_adapters_and_heads_and_holds_the_base_once():
+  # small_model with LoRA r = 4 on every projection: per layer q, k, v, out (64 + 64) x 4 each,
+  # up and down (64 + 128) x 4 each.
+  adapters, n, head = 2 * (4 * 128 * 4 + 2 * 192 * 4), SMALL_PARAMS * 4, (64 + 1) * 4
+  cfg = ppo.get_config("tiny")
+  plan = memory.plan(cfg, small_model(lora_rank=4), mesh())
+  # The policy's and the critic's adapters, the critic's value head; gradients and Adam's moments of those only.
+  assert plan["params"] == 2 * adapters * 4 + head and plan["gradients"] == plan["params"]
+  assert plan["optimizer state"] == 2 * plan["params"] + 2 * 8
+  # One base (the reference: the policy with adapters off; the critic's sits on the reward model) and the RM.
+  assert plan["frozen models"] == 2 * n + head
+  assert "policy base = reference + reward model" in plan.table()
+  full = memory.plan(cfg, small_model(), mesh())
+  assert full["total"] - plan["total"] == full["params"] + full["optimizer state"] + full["gradients"] - (
+      plan["params"] + plan["optimizer state"] + plan["gradients"])
+  sft_plan = memory.plan(pretrain.get_config("tiny"), small_model(lora_rank=4), mesh())
+  assert sft_plan["params"] == adapters * 4 and sft_plan["frozen models"] == n

@@ -4,7 +4,8 @@
 
 Pretraining and SFT runs export their LM, a reward run its reward model (as
 *ForSequenceClassification, with the stage's reward normalisation in config.json under
-"rlhf_jax"), PPO / REINFORCE / RLOO / GRPO and DPO runs their policy. The checkpoint is
+"rlhf_jax"), RL and DPO runs their policy. A LoRA run exports its adapters merged into the
+weights of the base they belong to. The checkpoint is
 restored on the host (one CPU device), not on an accelerator.
 """
 
@@ -12,34 +13,30 @@ import sys
 
 from absl import app
 from absl import flags
-import flax.linen as nn
 import jax
 
-from rlhf_jax import sharding
-from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax import sharding, stage_names
 from rlhf_jax.data.tokenizers import load_tokenizer
 from rlhf_jax.errors import UserError
 from rlhf_jax.interop.hf_export import MAX_SHARD_BYTES, export
-from rlhf_jax.models.config import ModelConfig
-from rlhf_jax.models.transformer import Transformer, param_shapes
+from rlhf_jax.training import setup
 from rlhf_jax.workdir import RunDir
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("run", None, "A finished run directory (pretrain, sft, reward, ppo or dpo).")
+flags.DEFINE_string("run", None, "A finished run directory (pretrain, sft, reward, rl or dpo).")
 flags.DEFINE_string("out", None, "The Hugging Face directory to write.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "dtype of the written weights.")
 flags.DEFINE_float("max_shard_gb", MAX_SHARD_BYTES / 2**30, "Largest safetensors file, in GiB.")
 
 # The checkpoint item holding the exported params, by stage.
-ITEMS = {"pretrain": "params", "sft": "params", "reward": "params", "ppo": "policy", "dpo": "policy"}
+ITEMS = {"pretrain": "params", "sft": "params", "reward": "params", "rl": "policy", "dpo": "policy"}
 
 
-def restore_params(run: RunDir, model_cfg: ModelConfig, item: str):
-  """The final checkpoint's `item`, on the host's first CPU device."""
-  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-  abstract = sharding.abstract(nn.meta.unbox(param_shapes(Transformer(model_cfg))), cpu)
-  restored, _ = Checkpointer(run.file("checkpoints"), (item,)).restore({item: abstract})
-  return restored[item]
+def restore_params(run: RunDir, item: str):
+  """The final checkpoint's `item` on the host's first CPU device; a LoRA run's adapters merged
+  into the base they belong to."""
+  cpu_mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices("cpu")[:1])
+  return setup.run_params(run, cpu_mesh, (), item=item)
 
 
 def export_run(run_path: str, out: str, dtype: str = "float32", max_shard_bytes: int = MAX_SHARD_BYTES) -> str:
@@ -48,13 +45,13 @@ def export_run(run_path: str, out: str, dtype: str = "float32", max_shard_bytes:
   if not run.finished:
     raise UserError(f"--run={run_path}: not a finished run (no summary.json there)")
   config = run.read_json("config.json")
-  stage = config.get("stage")
+  stage = stage_names.canonical(config.get("stage"))
   if stage not in ITEMS:
     raise UserError(f"--run={run_path}: a {stage!r} run; export takes one of {', '.join(ITEMS)}")
   if config.get("vmap_seeds", 1) > 1:
     raise UserError(f"--run={run_path} trained {config['vmap_seeds']} seeds at once: export a seed's run instead")
-  model_cfg = ModelConfig.from_dict(run.read_json("model.json"))
-  params = restore_params(run, model_cfg, ITEMS[stage])
+  model_cfg = setup.frozen_model_config(run)  # the adapters merged
+  params = restore_params(run, ITEMS[stage])
   extra = None
   if stage == "reward":
     summary = run.read_json("summary.json")

@@ -1,4 +1,5 @@
-"""Hugging Face `config.json` <-> our ModelConfig, for GPT-2 and the Llama family.
+"""Hugging Face `config.json` <-> our ModelConfig, for GPT-2, GPT-NeoX and the Llama family
+(Llama, Mistral, Qwen2, Qwen3).
 
 Only configs whose model our Transformer computes exactly are accepted; anything else
 (rope scaling, GPT-2's per-layer attention scaling, an unknown model_type, code shipped with
@@ -16,7 +17,7 @@ from rlhf_jax.models.config import ModelConfig
 
 GPT2_TYPES = ("gpt2",)
 NEOX_TYPES = ("gpt_neox",)  # GPT-2's block with rotary positions: our `tiny` preset
-LLAMA_TYPES = ("llama", "mistral", "qwen2")
+LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_TYPES = GPT2_TYPES + NEOX_TYPES + LLAMA_TYPES
 # Keys by which a checkpoint asks to run its own Python code: never honoured.
 REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
@@ -136,6 +137,9 @@ def neox_values(config: dict) -> dict:
 def llama_bias(config: dict) -> str:
   if config["model_type"] == "qwen2":
     return "qkv"
+  if config["model_type"] == "qwen3":  # its attention_bias would put biases on q, k, v and o, but not the MLP
+    refuse_if(config, "attention_bias", False, (False,))
+    return "none"
   attention, mlp = bool(config.get("attention_bias", False)), bool(config.get("mlp_bias", False))
   if attention != mlp:
     raise UserError(f"attention_bias={attention} with mlp_bias={mlp} is not supported (both or neither)")
@@ -166,11 +170,11 @@ def llama_values(config: dict) -> dict:
               head_dim=0 if head_dim * heads == d else head_dim, d_ff=int(config["intermediate_size"]),
               max_len=context_length(config), position="rope", rope_theta=rope_theta(config), norm="rmsnorm",
               norm_eps=float(config.get("rms_norm_eps", 1e-6)), mlp="swiglu", bias=llama_bias(config),
-              tie_embeddings=bool(config.get("tie_word_embeddings", False)))
+              tie_embeddings=bool(config.get("tie_word_embeddings", False)), qk_norm=config["model_type"] == "qwen3")
 
 
 def weights_family(model_type: str) -> str:
-  """How the checkpoint names its tensors (rlhf_jax/interop/hf_weights.py): Mistral and Qwen2 as Llama."""
+  """How the checkpoint names its tensors (rlhf_jax/interop/hf_weights.py): Mistral and Qwen as Llama."""
   return "llama" if model_type in LLAMA_TYPES else model_type
 
 
@@ -182,18 +186,22 @@ def family_of(cfg: ModelConfig) -> str:
     return "gpt2"
   if block == ("rope", "layernorm", "gelu") and plain_heads:
     return "gpt_neox"
-  if block == ("rope", "rmsnorm", "swiglu"):
+  if block == ("rope", "rmsnorm", "swiglu") and cfg.qk_norm:
+    if cfg.bias == "none":
+      return "qwen3"
+  elif block == ("rope", "rmsnorm", "swiglu"):
     return "qwen2" if cfg.bias == "qkv" else "llama"
   raise UserError(f"no Hugging Face architecture computes this model (position={cfg.position}, norm={cfg.norm}, "
                   f"mlp={cfg.mlp}, bias={cfg.bias}, n_kv_heads={cfg.n_kv_heads}): export supports GPT-2 blocks "
                   "(layernorm, gelu, bias all; learned positions: GPT-2, rope: GPT-NeoX) and Llama blocks "
-                  "(rope, rmsnorm, swiglu)")
+                  "(rope, rmsnorm, swiglu; with qk_norm: Qwen3, bias none)")
 
 
 ARCHITECTURES = {("gpt2", "lm"): "GPT2LMHeadModel", ("gpt2", "reward"): "GPT2ForSequenceClassification",
                  ("gpt_neox", "lm"): "GPTNeoXForCausalLM", ("gpt_neox", "reward"): "GPTNeoXForSequenceClassification",
                  ("llama", "lm"): "LlamaForCausalLM", ("llama", "reward"): "LlamaForSequenceClassification",
-                 ("qwen2", "lm"): "Qwen2ForCausalLM", ("qwen2", "reward"): "Qwen2ForSequenceClassification"}
+                 ("qwen2", "lm"): "Qwen2ForCausalLM", ("qwen2", "reward"): "Qwen2ForSequenceClassification",
+                 ("qwen3", "lm"): "Qwen3ForCausalLM", ("qwen3", "reward"): "Qwen3ForSequenceClassification"}
 
 
 def hf_config(cfg: ModelConfig, head: str, dtype: str, specials: dict) -> dict:
@@ -220,6 +228,8 @@ def hf_config(cfg: ModelConfig, head: str, dtype: str, specials: dict) -> dict:
                   rope_parameters=rope, rope_theta=cfg.rope_theta, attention_dropout=0.0)
     if family == "llama":
       config.update(attention_bias=cfg.bias == "all", mlp_bias=cfg.bias == "all")
+    if family == "qwen3":
+      config.update(attention_bias=False, use_sliding_window=False)
   config.update(architectures=[ARCHITECTURES[family, head]], model_type=family, vocab_size=cfg.vocab_size,
                 tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std, dtype=dtype, **specials)
   if head == "reward":

@@ -142,6 +142,9 @@ def llama_layer(cfg: ModelConfig, i: int, prefix: str) -> list:
       groups.append(same(f"{hf}mlp.{name}.bias", f"{ours}mlp/{ours_name}/bias", (shape[0],)))
   if cfg.bias == "all":
     groups.append(same(f"{hf}self_attn.o_proj.bias", f"{ours}attn/out/bias", (d,)))
+  if cfg.qk_norm:  # Qwen3
+    groups += [same(f"{hf}self_attn.q_norm.weight", f"{ours}attn/query_norm/scale", (hd,)),
+               same(f"{hf}self_attn.k_norm.weight", f"{ours}attn/key_norm/scale", (hd,))]
   return groups
 
 

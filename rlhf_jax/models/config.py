@@ -16,6 +16,11 @@ _CHOICES = {
 }
 
 
+# The projections LoRA can adapt, by module name: attention's query, key, value and output, the MLP's.
+LORA_TARGETS = ("query", "key", "value", "out", "gate", "up", "down")
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")
+
+
 def padded_vocab(tokenizer_vocab: int, multiple: int = 128) -> int:
   """Vocabulary rounded up so the embedding splits evenly over tensor-parallel devices and
   fills the accelerator's tiles (GPT-2's 50257 -> 50304). Extra rows are never targets."""
@@ -28,7 +33,8 @@ class ModelConfig:
 
   GPT-2: position=learned, norm=layernorm, mlp=gelu, bias=all, tie_embeddings=True.
   Llama: position=rope, norm=rmsnorm, mlp=swiglu, bias=none, tie_embeddings=False,
-  n_kv_heads < n_heads for grouped-query attention. Qwen2 is Llama with bias=qkv.
+  n_kv_heads < n_heads for grouped-query attention. Qwen2 is Llama with bias=qkv; Qwen3 is
+  Llama with qk_norm (an RMSNorm over each head's queries and keys, before rotary).
   """
   vocab_size: int
   d_model: int = 128
@@ -40,6 +46,7 @@ class ModelConfig:
   max_len: int = 128
   position: str = "learned"
   rope_theta: float = 10000.0
+  qk_norm: bool = False
   norm: str = "layernorm"
   norm_eps: float = 1e-5
   mlp: str = "gelu"
@@ -54,6 +61,11 @@ class ModelConfig:
   dropout: float = 0.0
   init_std: float = 0.02
   heads: tuple[str, ...] = ()  # scalar heads on the final hidden state, e.g. ("value",)
+  # LoRA (Hu et al. 2021; models/lora.py): adapters of this rank on the `lora_targets`
+  # projections, scaled by alpha / rank; 0 is full fine-tuning.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = LORA_TARGETS
 
   def __post_init__(self):
     for field, choices in _CHOICES.items():
@@ -63,6 +75,11 @@ class ModelConfig:
       raise ValueError(f"model.n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
     if not self.head_dim and self.d_model % self.n_heads:
       raise ValueError(f"model.d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+    unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+    if unknown:
+      raise ValueError(f"lora.targets: unknown {unknown}; choose among {LORA_TARGETS}")
+    if self.lora_rank < 0:
+      raise ValueError(f"lora.rank={self.lora_rank} must be >= 0 (0: full fine-tuning)")
     if self.vocab_size <= 0:
       raise ValueError(f"model.vocab_size={self.vocab_size} must be positive")
 
@@ -91,6 +108,7 @@ class ModelConfig:
     if unknown:
       raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
     values["heads"] = tuple(values.get("heads", ()))
+    values["lora_targets"] = tuple(values.get("lora_targets", LORA_TARGETS))
     return cls(**values)
 
   def num_params(self) -> int:
@@ -98,7 +116,7 @@ class ModelConfig:
     d, h, kv, hd, f = self.d_model, self.n_heads, self.kv_heads, self.dim_per_head, self.d_ff
     attn = d * (h + 2 * kv) * hd + h * hd * d
     mlp = d * f * (3 if self.mlp == "swiglu" else 2)
-    norms = 2 * d * (2 if self.norm == "layernorm" else 1)
+    norms = 2 * d * (2 if self.norm == "layernorm" else 1) + (2 * hd if self.qk_norm else 0)
     biases = 0
     if self.bias in ("all", "qkv"):
       biases += (h + 2 * kv) * hd

@@ -8,25 +8,46 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from rlhf_jax.models import lora
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.sharding import constrain
 
 partitioned = nn.with_logical_partitioning
 
 
+class Linear(nn.Module):
+  """DenseGeneral's layout and names (kernel [*in, *out], bias [*out]) with logical axes on both,
+  contracting x's last `in_dims` axes; with LoRA, an adapter beside the kernel (models/lora.py)."""
+  cfg: ModelConfig
+  features: tuple
+  axes: tuple  # logical names: the kernel's input axes, then its output axes
+  in_dims: int = 1
+  use_bias: bool = False
+  std: float | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    cfg, n = self.cfg, self.in_dims
+    in_shape, in_axes, out_axes = x.shape[-n:], self.axes[:n], self.axes[n:]
+    init = nn.initializers.normal(self.std or cfg.init_std)
+    kernel = self.param("kernel", partitioned(init, self.axes), (*in_shape, *self.features), cfg.weight_dtype)
+    x = x.astype(cfg.compute_dtype)
+    contract = (tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))
+    y = jax.lax.dot_general(x, kernel.astype(cfg.compute_dtype), (contract, ((), ())))
+    adapter = lora.adapter_params(self, cfg, self.name, in_shape, in_axes, self.features, out_axes)
+    if adapter is not None:
+      y = y + lora.delta(x, adapter, cfg, n)
+    if self.use_bias:
+      bias = self.param("bias", partitioned(nn.initializers.zeros, out_axes), self.features, cfg.weight_dtype)
+      y = y + bias.astype(cfg.compute_dtype)
+    return y
+
+
 def dense(cfg: ModelConfig, features, axes, *, in_axes=-1, use_bias, std=None, name=None):
-  """A DenseGeneral with logical axes on kernel (in-axes + out-axes) and bias (out-axes)."""
+  """A `Linear` of `features` (an int or a tuple) contracting x's last one or two axes (`in_axes` -1 or (-2, -1))."""
   features = features if isinstance(features, tuple) else (features,)
-  return nn.DenseGeneral(
-      features=features,
-      axis=in_axes,
-      use_bias=use_bias,
-      dtype=cfg.compute_dtype,
-      param_dtype=cfg.weight_dtype,
-      kernel_init=partitioned(nn.initializers.normal(std or cfg.init_std), axes),
-      bias_init=partitioned(nn.initializers.zeros, axes[-len(features):]),
-      name=name,
-  )
+  in_dims = 1 if isinstance(in_axes, int) else len(in_axes)
+  return Linear(cfg, features, axes, in_dims, use_bias, std, name=name)
 
 
 def norm(cfg: ModelConfig, name=None):
@@ -36,6 +57,12 @@ def norm(cfg: ModelConfig, name=None):
   return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
                       scale_init=partitioned(nn.initializers.ones, ("embed",)),
                       bias_init=partitioned(nn.initializers.zeros, ("embed",)), name=name)
+
+
+def head_norm(cfg: ModelConfig, name: str):
+  """An RMSNorm over the last axis of [batch, time, heads, head_dim] (Qwen3's q_norm, k_norm)."""
+  return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                    scale_init=partitioned(nn.initializers.ones, ("head_dim",)), name=name)
 
 
 def rope_tables(positions: jax.Array, head_dim: int, theta: float):
@@ -86,7 +113,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
 
 class Projection(nn.Module):
   """The weights of one of the query / key / value projections (DenseGeneral's layout and
-  names: kernel [embed, heads, head_dim], bias [heads, head_dim]); `project_qkv` applies them."""
+  names: kernel [embed, heads, head_dim], bias [heads, head_dim]) and its LoRA adapter (or
+  None); `project_qkv` applies them."""
   cfg: ModelConfig
   heads: int
   axis: str  # heads or kv_heads
@@ -99,7 +127,7 @@ class Projection(nn.Module):
     kernel = self.param("kernel", partitioned(nn.initializers.normal(cfg.init_std), axes), shape, cfg.weight_dtype)
     bias = (self.param("bias", partitioned(nn.initializers.zeros, axes[1:]), shape[1:], cfg.weight_dtype)
             if self.use_bias else None)
-    return kernel, bias
+    return kernel, bias, lora.adapter_params(self, cfg, self.name, shape[:1], axes[:1], shape[1:], axes[1:])
 
 
 def project_qkv(cfg: ModelConfig, x, projections):
@@ -109,11 +137,13 @@ def project_qkv(cfg: ModelConfig, x, projections):
   weights = [p() for p in projections]
   x = x.astype(cfg.compute_dtype)
   if cfg.kv_heads != cfg.n_heads:
-    return [project(x, kernel, bias, cfg) for kernel, bias in weights]
-  kernels, biases = zip(*weights)
-  stacked = (jnp.stack(kernels, axis=1), None if biases[0] is None else jnp.stack(biases))
-  y = project(x, *stacked, cfg, "btd,dshk->btshk")
-  return [y[:, :, i] for i in range(3)]
+    ys = [project(x, kernel, bias, cfg) for kernel, bias, _ in weights]
+  else:
+    kernels, biases, _ = zip(*weights)
+    stacked = (jnp.stack(kernels, axis=1), None if biases[0] is None else jnp.stack(biases))
+    y = project(x, *stacked, cfg, "btd,dshk->btshk")
+    ys = [y[:, :, i] for i in range(3)]
+  return [y if adapter is None else y + lora.delta(x, adapter, cfg) for y, (_, _, adapter) in zip(ys, weights)]
 
 
 def project(x, kernel, bias, cfg: ModelConfig, spec: str = "btd,dhk->bthk"):
@@ -138,6 +168,8 @@ class Attention(nn.Module):
     q, k, v = project_qkv(cfg, x, [Projection(cfg, heads, axis, qkv_bias, name=name) for name, heads, axis in
                                    (("query", cfg.n_heads, "heads"), ("key", cfg.kv_heads, "kv_heads"),
                                     ("value", cfg.kv_heads, "kv_heads"))])
+    if cfg.qk_norm:  # Qwen3: each head's queries and keys RMS-normalised, before rotary
+      q, k = head_norm(cfg, "query_norm")(q), head_norm(cfg, "key_norm")(k)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     if kv_cache is None and attention_kernel(cfg) == "cudnn":  # the mask is causal (and pads): cuDNN skips blocks

@@ -136,10 +136,14 @@ class Transformer(nn.Module):
     return logits.astype(jnp.float32)
 
   def _scalar_heads(self, hidden):
-    """Scalar heads (reward, value): N(0, 1/sqrt(d+1)) init as in Huang et al. 2024."""
+    """Scalar heads (reward, value): N(0, 1/sqrt(d+1)) init as in Huang et al. 2024. A head the
+    params lack is not computed: LoRA's base (the reference) holds no heads (models/lora.py)."""
     d = self.cfg.d_model
     scalars = {}
+    params = self.variables.get("params", {})
     for head in self.cfg.heads:
+      if not self.is_initializing() and f"{head}_head" not in params:
+        continue
       out = nn.DenseGeneral(1, dtype=jnp.float32, param_dtype=self.cfg.weight_dtype, name=f"{head}_head",
                             kernel_init=partitioned(nn.initializers.normal(1 / (d + 1) ** 0.5),
                                                     ("embed", None)),

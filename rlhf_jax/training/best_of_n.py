@@ -18,10 +18,10 @@ from rlhf_jax import judges, sharding
 from rlhf_jax.data.prompts import prompt_set
 from rlhf_jax.errors import UserError
 from rlhf_jax.metrics_log import MetricsLog
-from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import frozen, setup
+from rlhf_jax.training.rl_state import policy_params
 from rlhf_jax.training.steps import jit_sampler
 from rlhf_jax.workdir import RunDir
 
@@ -51,7 +51,7 @@ def run(cfg, workdir: str) -> dict:
     raise UserError(f"ns={tuple(cfg.ns)}: give one or more n >= 1")
   tokenizer = setup.prepare_tokenizer(cfg, run_dir, sft_run)
   policy = Transformer(setup.model_config(cfg, tokenizer, sft_run))
-  scorer = Transformer(ModelConfig.from_dict(reward_run.read_json("model.json")))
+  scorer = Transformer(setup.frozen_model_config(reward_run))
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   sources = {"policy": (policy, sft_run, None), "reward": (scorer, reward_run, None)}
   state, shardings = frozen.load_state(sources, optax.identity(), None, mesh, rules, cfg.seed, kl_coef=0.0)
@@ -77,7 +77,7 @@ def run(cfg, workdir: str) -> dict:
 
 def draw_and_score(cfg, state, shardings, mesh, rules, policy, scorer, reward_run, prompts, tokenizer):
   """([prompts, N] proxy rewards, [prompts, N] gold rewards) of N = max(ns) samples per prompt."""
-  sampler = jit_sampler(policy, cfg.sample.max_new_tokens, tokenizer, shardings.policy, mesh, rules)
+  sampler = jit_sampler(policy, cfg.sample.max_new_tokens, tokenizer, policy_params(shardings), mesh, rules)
   scored = jax.jit(sharding.with_rules(frozen.proxy_score_fn(scorer, reward_run), mesh, rules),
                    out_shardings=sharding.replicated(mesh))
   judge = judges.get_judge(cfg.judge)
@@ -85,7 +85,7 @@ def draw_and_score(cfg, state, shardings, mesh, rules, policy, scorer, reward_ru
   draws = []
   for draw in range(max(cfg.ns)):  # all dispatched first: the device samples while the host judges
     rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1), draw)
-    out = sampler(state.policy, tokens, mask, rng, SamplingParams.make(cfg.sample.temperature))
+    out = sampler(policy_params(state), tokens, mask, rng, SamplingParams.make(cfg.sample.temperature))
     full, full_mask = jnp.concatenate([tokens, out.tokens], 1), jnp.concatenate([mask, out.mask], 1)
     draws.append((out, scored(state, full, full_mask, out)))
   proxy, gold = [], []

@@ -17,7 +17,8 @@ from rlhf_jax.algorithms import dpo
 from rlhf_jax.algorithms.lm import token_logprobs
 from rlhf_jax.algorithms.masked import masked_sum
 from rlhf_jax.training import guards
-from rlhf_jax.training.rl_state import RLState
+from rlhf_jax.models import lora
+from rlhf_jax.training.rl_state import RLState, frozen_bases, policy_params
 from rlhf_jax.training.steps import accumulate_gradients, jit_steps
 
 
@@ -39,9 +40,10 @@ def pair_lengths(batch):
   return count("chosen"), count("rejected")
 
 
-def pair_loss(params, batch, *, model, cfg, normalizer):
-  """Summed pair metrics; the loss is their mean over the whole batch's `normalizer` pairs."""
-  chosen, rejected = pair_logps(model, params, batch)
+def pair_loss(params, batch, *, model, cfg, normalizer, base=None):
+  """Summed pair metrics; the loss is their mean over the whole batch's `normalizer` pairs.
+  `params` on the frozen LoRA `base` (None: full fine-tuning)."""
+  chosen, rejected = pair_logps(model, lora.combine(base, params), batch)
   inputs = dpo.PreferenceInputs(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], *pair_lengths(batch))
   h = dpo.logratio_margin(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"])
   weight = batch["loss_mask"][:, 0].astype(jnp.float32)
@@ -77,7 +79,7 @@ def averages(sums) -> dict:
 def dpo_train_step(state: RLState, batch: dict, *, model, tx, cfg, accum_steps: int, inject_nan_at: tuple = ()):
   batch = with_reference(state, batch, model, cfg)
   normalizer = jnp.maximum(jnp.sum(batch["loss_mask"][:, 0]), 1).astype(jnp.float32)
-  loss_fn = functools.partial(pair_loss, model=model, cfg=cfg, normalizer=normalizer)
+  loss_fn = functools.partial(pair_loss, model=model, cfg=cfg, normalizer=normalizer, base=frozen_bases(state)[0])
   loss_fn = guards.with_injected_nan(loss_fn, state.step, inject_nan_at)
   grads, sums = accumulate_gradients(loss_fn, state.policy, batch, accum_steps)
   ok, flags = guards.check(loss=sums["loss"], grads=grads)
@@ -88,7 +90,8 @@ def dpo_train_step(state: RLState, batch: dict, *, model, tx, cfg, accum_steps: 
 
 def dpo_eval_step(state: RLState, batch: dict, *, model, cfg) -> dict:
   """Summed metrics of held-out pairs, so the host averages exactly over batches."""
-  return pair_loss(state.policy, with_reference(state, batch, model, cfg), model=model, cfg=cfg, normalizer=1.0)[1]
+  batch = with_reference(state, batch, model, cfg)
+  return pair_loss(policy_params(state), batch, model=model, cfg=cfg, normalizer=1.0)[1]
 
 
 def compile_dpo_steps(model, tx, cfg, state_shardings, mesh):

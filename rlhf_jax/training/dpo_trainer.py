@@ -18,7 +18,6 @@ from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data import batches
 from rlhf_jax.data.prompts import prompt_set
 from rlhf_jax.errors import UserError
-from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import frozen, setup
 from rlhf_jax.training.compute import StepCost
@@ -27,6 +26,7 @@ from rlhf_jax.training.policy_eval import PolicyEvaluator
 from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.optim import make_optimizer
 from rlhf_jax.training.reward_trainer import encode_triples, preference_pairs
+from rlhf_jax.training.rl_state import policy_params
 from rlhf_jax.workdir import RunDir
 
 DPO_ITEMS = ("policy", "policy_opt", "rng")
@@ -47,7 +47,7 @@ def run(cfg, workdir: str) -> dict:
   if sft_run is None:
     raise UserError("the DPO stage starts from an SFT run: set init_from (or keep config.upstream)")
   tokenizer = setup.prepare_tokenizer(cfg, run_dir, sft_run)
-  reward_cfg = ModelConfig.from_dict(reward_run.read_json("model.json"))
+  reward_cfg = setup.frozen_model_config(reward_run)
   policy, scorer = Transformer(setup.model_config(cfg, tokenizer, sft_run)), Transformer(reward_cfg)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   memory.check(cfg, policy.cfg, mesh)
@@ -59,15 +59,18 @@ def run(cfg, workdir: str) -> dict:
   prompts = prompt_set(cfg, tokenizer, "eval")
   tx = make_optimizer(cfg.optim, cfg.train.num_steps)
   sources = {"policy": (policy, sft_run, None), "reward": (scorer, reward_run, None)}
-  state, shardings = frozen.load_state(sources, tx, None, mesh, rules, cfg.seed, kl_coef=0.0)
+  state, shardings = frozen.load_state(sources, tx, None, mesh, rules, cfg.seed, kl_coef=0.0,
+                                       continue_adapters=cfg.lora.continue_adapters)
+  base = setup.lora_base(cfg, sft_run) if cfg.lora.rank else ""
+  setup.check_lora_base(run_dir, base)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), DPO_ITEMS, cfg.train.keep_checkpoints)
   restored = setup.resume(state, shardings, checkpointer, DPO_ITEMS)
   state = restored if restored is not None else state
   run_dir.record_config(cfg)
-  setup.save_run_files(run_dir, tokenizer, policy.cfg)
+  setup.save_run_files(run_dir, tokenizer, policy.cfg, base)
   train, evaluate_pairs = compile_dpo_steps(policy, tx, cfg, shardings, mesh)
   policy_eval = PolicyEvaluator(cfg, run_dir, policy, prompts, tokenizer, frozen.proxy_score_fn(scorer, reward_run),
-                                shardings.policy, mesh, label="dpo")
+                                policy_params(shardings), mesh, label="dpo")
   evaluate = DPOEvaluator(policy_eval, evaluate_pairs, data["eval"], cfg.train.eval_batches, mesh)
   next_batch = lambda step: sharding.put_batch(data["train"].batch(step), mesh)
   cost = StepCost(flops.dpo_step(policy.cfg, cfg.data.batch_size, cfg.data.seq_len))

@@ -29,13 +29,17 @@ def proxy_score_fn(scorer, reward_run: RunDir):
   return functools.partial(proxy_scores, scorer=scorer, gain=norm["reward_gain"], bias=norm["reward_bias"])
 
 
-def load_state(sources: dict, policy_tx, value_tx, mesh, rules, seed: int, kl_coef: float):
+def load_state(sources: dict, policy_tx, value_tx, mesh, rules, seed: int, kl_coef: float, value_base=None,
+               continue_adapters: bool = False):
   """An RLState whose params are read from finished runs: `sources` maps each part (policy,
-  reward, value) to (model, run, rename); the reference starts as a copy of the policy.
-  Returns (state, shardings)."""
+  reward, value) to (model, run, rename); the reference starts as a copy of the policy (with
+  LoRA: is the policy's base). A LoRA source gives its merged weights, or with
+  `continue_adapters` the models started from the policy's source keep its adapters. Returns
+  (state, shardings)."""
   def load(name, fresh, where):
     _, run, rename = sources[name]
-    return setup.load_source_params(run, fresh, where, mesh, rules, rename)
+    merged = not (continue_adapters and run is sources["policy"][1])
+    return setup.load_source_params(run, fresh, where, mesh, rules, rename, merged=merged)
 
   models = {name: model for name, (model, _, _) in sources.items()}
-  return rl_state.place_state(models, policy_tx, value_tx, mesh, rules, seed, kl_coef, load)
+  return rl_state.place_state(models, policy_tx, value_tx, mesh, rules, seed, kl_coef, load, value_base)

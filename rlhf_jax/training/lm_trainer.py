@@ -16,6 +16,7 @@ from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import setup
 from rlhf_jax.training.compute import StepCost
 from rlhf_jax.training.loop import Loop
+from rlhf_jax.training.state import model_params
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.steps import compile_lm_steps
 from rlhf_jax.workdir import RunDir
@@ -41,14 +42,12 @@ def run(cfg, workdir: str) -> dict:
   tx = make_optimizer(cfg.optim, cfg.train.num_steps)
   state, shardings = setup.init_state(model, tx, mesh, rules, cfg.seed)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), setup.STATE_ITEMS, cfg.train.keep_checkpoints)
-  restored = setup.resume(state, shardings, checkpointer)
-  if restored is not None:
-    state = restored
-  elif source:
-    state = state.replace(params=setup.load_source_params(source, state.params, shardings.params, mesh, rules))
+  base = setup.lora_base(cfg, source) if model_cfg.lora_rank else ""
+  setup.check_lora_base(run_dir, base)
+  state = setup.start_state(state, shardings, checkpointer, source, mesh, rules, cfg.lora.continue_adapters)
   # Written only once the config, tokenizer, data and checkpoint (if any) have proved usable.
   run_dir.record_config(cfg)
-  setup.save_run_files(run_dir, tokenizer, model_cfg)
+  setup.save_run_files(run_dir, tokenizer, model_cfg, base)
   steps = compile_lm_steps(model, tx, learning_rate_schedule(cfg.optim, cfg.train.num_steps),
                            shardings, mesh, cfg, tokenizer)
   evaluate = LMEvaluator(cfg, run_dir, steps, data, mesh, tokenizer)
@@ -97,7 +96,7 @@ class LMEvaluator:
   tokenizer: object
 
   def __call__(self, state, step: int) -> dict:
-    params, sums = state.params, None
+    params, sums = model_params(state), None
     for batch in batches.eval_batches(self.data.eval, self.cfg.train.eval_batches):
       out = jax.device_get(self.steps.eval(params, sharding.put_batch(batch, self.mesh)))
       sums = out if sums is None else {k: sums[k] + out[k] for k in out}

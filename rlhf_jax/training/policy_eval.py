@@ -25,6 +25,7 @@ from rlhf_jax import judges, rewards, sharding
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.training import host_rewards
 from rlhf_jax.training.logprobs import response_logprobs
+from rlhf_jax.training.rl_state import policy_params, reference_params
 from rlhf_jax.training.steps import jit_sampler
 from rlhf_jax.workdir import RunDir
 
@@ -63,7 +64,7 @@ class PolicyEvaluator:
     tokens = jnp.concatenate([prompts, out.tokens], 1)
     full_mask = jnp.concatenate([mask, out.mask], 1)
     p = prompts.shape[1]
-    logratio = (response_logprobs(self.policy, state.policy, tokens, full_mask, p, temperature)
+    logratio = (response_logprobs(self.policy, policy_params(state), tokens, full_mask, p, temperature)
                 - response_logprobs(self.policy, state.ref, tokens, full_mask, p, temperature))
     kl = jnp.sum(logratio * out.mask, axis=1)
     model = self.score_fn(state, tokens, full_mask, out) if self.score_fn else jnp.zeros(tokens.shape[0])
@@ -88,7 +89,7 @@ class PolicyEvaluator:
     rng = jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed + 1), step)
     judge = judges.get_judge(self.cfg.judge) if self.cfg.judge else None
     metrics, texts, scores = {}, {}, {}
-    for name, params in (("", state.policy), ("ref_", state.ref)):
+    for name, params in (("", policy_params(state)), ("ref_", reference_params(state))):
       out, model, kl = jax.device_get(self.scored(state, params, prompts, mask, rng))
       texts[name] = [self.tokenizer.decode(t[m > 0]) for t, m in zip(out.tokens, out.mask)]
       per, proxy = self.rewards(model, out, texts[name])

@@ -10,7 +10,8 @@ import optax
 from rlhf_jax import sharding
 from rlhf_jax.algorithms.reward import bradley_terry_loss
 from rlhf_jax.models.transformer import last_token_values
-from rlhf_jax.training.state import TrainState
+from rlhf_jax.models import lora
+from rlhf_jax.training.state import TrainState, model_params
 from rlhf_jax.training import guards
 from rlhf_jax.training.steps import accumulate_gradients, apply_gradients, jit_sampler, jit_steps
 
@@ -29,8 +30,9 @@ def pair_rewards(params, batch, *, model):
   return jnp.split(rewards, 2)
 
 
-def pair_loss(params, batch, normalizer, *, model):
-  chosen, rejected = pair_rewards(params, batch, model=model)
+def pair_loss(params, batch, normalizer, *, model, frozen=None):
+  """`params` on the LoRA base `frozen` (None: full fine-tuning)."""
+  chosen, rejected = pair_rewards(lora.combine(frozen, params), batch, model=model)
   weight = batch["loss_mask"][:, 0].astype(jnp.float32)
   per_pair = jax.vmap(bradley_terry_loss)(chosen[:, None], rejected[:, None])
   sums = {"correct": jnp.sum((chosen > rejected) * weight), "margin": jnp.sum((chosen - rejected) * weight),
@@ -41,7 +43,7 @@ def pair_loss(params, batch, normalizer, *, model):
 def reward_train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_steps: int,
                       inject_nan_at: tuple = ()):
   normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
-  loss_fn = functools.partial(pair_loss, normalizer=normalizer, model=model)
+  loss_fn = functools.partial(pair_loss, normalizer=normalizer, model=model, frozen=state.frozen)
   loss_fn = guards.with_injected_nan(loss_fn, state.step, inject_nan_at)
   grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps)
   pairs = jnp.maximum(sums["pairs"], 1)
@@ -70,5 +72,6 @@ def compile_reward_steps(model, policy, tx, schedule, state_shardings, mesh, cfg
   rules = sharding.rules_of(cfg)
   eval_fn = functools.partial(reward_eval_step, model=model)
   train, evaluate = jit_steps(train_fn, eval_fn, state_shardings, mesh, rules)
-  sampler = jit_sampler(policy, cfg.preference.max_new_tokens, tokenizer, state_shardings.params, mesh, rules)
+  sampler = jit_sampler(policy, cfg.preference.max_new_tokens, tokenizer, model_params(state_shardings), mesh,
+                        rules)
   return RewardSteps(train, evaluate, sampler)

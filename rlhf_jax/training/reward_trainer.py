@@ -25,6 +25,7 @@ from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import setup
 from rlhf_jax.training.compute import StepCost
 from rlhf_jax.training.loop import Loop
+from rlhf_jax.training.state import model_params
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.reward_steps import compile_reward_steps
 from rlhf_jax.workdir import RunDir
@@ -46,11 +47,15 @@ def run(cfg, workdir: str) -> dict:
   tx = make_optimizer(cfg.optim, cfg.train.num_steps)
   state, shardings = setup.init_state(model, tx, mesh, rules, cfg.seed)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), setup.STATE_ITEMS, cfg.train.keep_checkpoints)
-  start_params = setup.load_source_params(source, state.params, shardings.params, mesh, rules)
-  restored = setup.resume(state, shardings, checkpointer)
-  state = restored if restored is not None else state.replace(params=start_params)
+  base = setup.lora_base(cfg, source) if model_cfg.lora_rank else ""
+  setup.check_lora_base(run_dir, base)
+  # The starting policy samples the generated pairs: the source's weights, not a checkpoint's.
+  start = setup.from_source(state, shardings, source, mesh, rules, cfg.lora.continue_adapters)
+  start_params = model_params(start)
+  restored = setup.resume(start, shardings, checkpointer)
+  state = restored if restored is not None else start
   run_dir.record_config(cfg)
-  setup.save_run_files(run_dir, tokenizer, model_cfg)
+  setup.save_run_files(run_dir, tokenizer, model_cfg, base)
   policy = Transformer(dataclasses.replace(model_cfg, heads=()))
   steps = compile_reward_steps(model, policy, tx, learning_rate_schedule(cfg.optim, cfg.train.num_steps),
                                shardings, mesh, cfg, tokenizer)
@@ -125,7 +130,7 @@ class RewardEvaluator:
   mesh: object
 
   def __call__(self, state, step: int) -> dict:
-    params, sums, rewards = state.params, None, []
+    params, sums, rewards = model_params(state), None, []
     for batch in batches.eval_batches(self.data, self.cfg.train.eval_batches):
       out, chosen, rejected, valid = jax.device_get(self.steps.eval(params, sharding.put_batch(batch, self.mesh)))
       sums = out if sums is None else {k: sums[k] + out[k] for k in out}

@@ -6,6 +6,11 @@ the KL penalty) and the reward model: plain arrays with no optimizer state, neve
 differentiated, so updates cannot touch them. Also the KL controller, REINFORCE's
 moving-average baseline, the rng and the iteration count, so the whole future of a run is in
 the state.
+
+With LoRA (models/lora.py) `policy` holds the adapters and heads only, and `ref` is the frozen
+base they sit on: the reference policy is the base with the adapters off, held once. A LoRA
+critic's adapters sit on a frozen part already in the state (`value_base`: the reference, for
+a critic from SFT, or the reward model), so no base is held twice.
 """
 
 import functools
@@ -18,6 +23,7 @@ import jax.numpy as jnp
 
 from rlhf_jax import sharding
 from rlhf_jax.algorithms.kl import KLControllerState, init_kl_controller
+from rlhf_jax.models import lora
 from rlhf_jax.models.transformer import boxed_params
 
 
@@ -33,32 +39,66 @@ class RLState:
   kl: KLControllerState
   baseline: jax.Array  # float32 scalar: moving average of returns (REINFORCE)
   rng: jax.Array
+  lora: bool = flax.struct.field(pytree_node=False, default=False)  # policy: adapters on `ref`
+  value_base: str | None = flax.struct.field(pytree_node=False, default=None)  # "ref" / "reward": the critic's
 
 
-def place_state(models: dict, policy_tx, value_tx, mesh, rules, seed: int, kl_coef: float, load=None):
+def policy_params(state):
+  """The policy's params as the model applies them (an RLState, or its shardings)."""
+  return lora.combine(state.ref, state.policy) if state.lora else state.policy
+
+
+def value_params(state):
+  """The critic's params as the model applies them (None without a separate critic)."""
+  return lora.combine(getattr(state, state.value_base), state.value) if state.value_base else state.value
+
+
+def reference_params(state):
+  """The reference laid out as the policy's params: with LoRA its base with zero adapters and
+  heads, whose outputs are exactly the base's (so the policy's compiled sampler takes it)."""
+  return lora.combine(state.ref, jax.tree.map(jnp.zeros_like, state.policy)) if state.lora else state.ref
+
+
+def frozen_bases(state) -> tuple:
+  """(policy base, critic base): what the trainable params sit on (None: nothing, full fine-tuning)."""
+  return (state.ref if state.lora else None, getattr(state, state.value_base) if state.value_base else None)
+
+
+def place_state(models: dict, policy_tx, value_tx, mesh, rules, seed: int, kl_coef: float, load=None,
+                value_base=None):
   """An RLState laid out on `mesh`, shape-first: its shardings come from its abstract shape
   (params carry logical axis names; counters, the KL controller and the rng are replicated),
   and one jitted function assembles it from the params straight into them.
 
   `models` names the policy, reward and (optional) value models; `load(name, fresh, shardings)`
-  replaces freshly initialised params by loaded ones. Returns (state, shardings).
+  replaces freshly initialised params by loaded ones; `value_base` names the frozen part a LoRA
+  critic sits on. Returns (state, shardings).
   """
   rng = jax.random.key(seed)
   boxed = {name: jax.eval_shape(functools.partial(boxed_params, model), rng) for name, model in models.items()}
-  build = functools.partial(assemble_state, policy_tx=policy_tx, value_tx=value_tx, kl_coef=kl_coef, seed=seed)
+  build = functools.partial(assemble_state, policy_tx=policy_tx, value_tx=value_tx, kl_coef=kl_coef, seed=seed,
+                            value_base=value_base)
   shardings = sharding.logical_shardings(jax.eval_shape(build, **boxed), mesh, rules)
 
-  def params(name):
-    where = getattr(shardings, name)
+  def params(name):  # a model's whole params (with LoRA, the state keeps its adapters and heads)
+    where = sharding.logical_shardings(boxed[name], mesh, rules)
     fresh = jax.jit(lambda r: nn.meta.unbox(boxed_params(models[name], r)), out_shardings=where)(rng)
     return load(name, fresh, where) if load else fresh
 
   return jax.jit(build, out_shardings=shardings)(**{name: params(name) for name in models}), shardings
 
 
-def assemble_state(policy, reward=None, value=None, *, policy_tx, value_tx, kl_coef: float, seed: int) -> RLState:
-  """The RL state around its params: fresh optimizer states, the reference a copy of the policy."""
+def assemble_state(policy, reward=None, value=None, *, policy_tx, value_tx, kl_coef: float, seed: int,
+                   value_base=None) -> RLState:
+  """The RL state around its params: fresh optimizer states for what trains; the reference a copy
+  of the policy, or with LoRA the policy's base itself (the critic's base is `value_base`'s)."""
+  with_adapters = lora.has_adapters(policy)
+  policy, ref = lora.split(policy) if with_adapters else (policy, jax.tree.map(jnp.copy, policy))
+  if value is not None and lora.has_adapters(value):
+    value, _ = lora.split(value)  # its base is the reference's or the reward model's weights
+  else:
+    value_base = None
   return RLState(step=jnp.zeros((), jnp.int32), policy=policy, policy_opt=policy_tx.init(policy), value=value,
-                 value_opt=value_tx.init(value) if value_tx else None, ref=jax.tree.map(jnp.copy, policy),
+                 value_opt=value_tx.init(value) if value_tx else None, ref=ref,
                  reward=reward, kl=init_kl_controller(kl_coef), baseline=jnp.zeros((), jnp.float32),
-                 rng=jax.random.PRNGKey(seed))
+                 rng=jax.random.PRNGKey(seed), lora=with_adapters, value_base=value_base)

@@ -36,7 +36,8 @@ from rlhf_jax.algorithms.policy_losses import PolicyLossParams, surrogate_loss
 from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.training import guards
 from rlhf_jax.training.logprobs import response_logits, response_logprobs
-from rlhf_jax.training.rl_state import RLState
+from rlhf_jax.models import lora
+from rlhf_jax.training.rl_state import RLState, frozen_bases, policy_params, value_params
 from rlhf_jax.training.steps import accumulate_gradients
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +144,7 @@ class Sampled(NamedTuple):
 
 
 def _sample(state, prompts, prompt_mask, rng, settings, *, policy, score_fn, cfg) -> Sampled:
-  out = sample(policy, state.policy, prompts, prompt_mask, rng, settings, max_new_tokens=cfg.max_new_tokens,
+  out = sample(policy, policy_params(state), prompts, prompt_mask, rng, settings, max_new_tokens=cfg.max_new_tokens,
                eos_id=cfg.eos_id, pad_id=cfg.pad_id)
   tokens = jnp.concatenate([prompts, out.tokens], axis=1)
   mask = jnp.concatenate([prompt_mask.astype(jnp.int32), out.mask], axis=1)
@@ -175,8 +176,8 @@ def in_chunks(fn: Callable, rows, chunks: int):
 
 def _score_tokens(state, tokens, mask, *, policy, critic, prompt_len: int, cfg: RLConfig):
   """Log-probs of the response under the policy and the reference, and the critic's values."""
-  logits, values = logits_and_values((state.policy, state.value), tokens, mask, prompt_len, policy=policy,
-                                     critic=critic, temperature=cfg.temperature)
+  logits, values = logits_and_values((policy_params(state), value_params(state)), tokens, mask, prompt_len,
+                                     policy=policy, critic=critic, temperature=cfg.temperature)
   logprobs = token_logprobs(logits, tokens[:, prompt_len:])
   return logprobs, response_logprobs(policy, state.ref, tokens, mask, prompt_len, cfg.temperature), values
 
@@ -260,13 +261,15 @@ def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_
   return finish_rollout(state, sampled, policy=policy, critic=critic, cfg=cfg)
 
 
-def rl_loss(params, batch, *, policy, critic, cfg: RLConfig, prompt_len: int, kl_coef):
-  """The loss of a (micro)batch of `(Rollout, (policy_weights, token_weights))`.
+def rl_loss(params, batch, *, policy, critic, cfg: RLConfig, prompt_len: int, kl_coef, bases=(None, None)):
+  """The loss of a (micro)batch of `(Rollout, (policy_weights, token_weights))`, differentiated
+  in `params` (policy, critic): what trains, on the frozen LoRA `bases` (rl_state.frozen_bases).
 
   Every term is a weighted sum over tokens with weights that sum to 1 over the minibatch, so
   microbatch losses add up to the minibatch's and gradient accumulation is exact.
   """
   rollout_batch, (policy_weights, token_weights) = batch
+  params = tuple(lora.combine(base, p) for base, p in zip(bases, params))
   logits, values = logits_and_values(params, rollout_batch.tokens, rollout_batch.mask, prompt_len, policy=policy,
                                      critic=critic, temperature=cfg.temperature)
   logprobs = token_logprobs(logits, rollout_batch.tokens[:, prompt_len:])
@@ -334,7 +337,8 @@ def update_phase(state: RLState, sampled: Sampled, host: HostScores | None = Non
   batch, baseline, metrics = finish_rollout(state, sampled, host, token_scores, policy=policy, critic=critic,
                                             cfg=cfg)
   p, n = prompt_length(sampled), batch.tokens.shape[0]
-  loss_fn = functools.partial(rl_loss, policy=policy, critic=critic, cfg=cfg, prompt_len=p, kl_coef=state.kl.coef)
+  loss_fn = functools.partial(rl_loss, policy=policy, critic=critic, cfg=cfg, prompt_len=p, kl_coef=state.kl.coef,
+                              bases=frozen_bases(state))
 
   rewards_ok = metrics["nonfinite_rewards"] == 0
   update = functools.partial(minibatch_update, loss_fn=loss_fn, prompt_len=p, cfg=cfg, txs=(policy_tx, value_tx),

@@ -27,7 +27,7 @@ from rlhf_jax.algorithms.policy_losses import POLICY_LOSSES
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data.prompts import prompt_batch, prompt_set
 from rlhf_jax.errors import UserError
-from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.models.config import LORA_FIELDS, ModelConfig
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import frozen, seeds, setup
 from rlhf_jax.training.compute import StepCost
@@ -35,6 +35,7 @@ from rlhf_jax.training.host_rewards import compile_host_iteration
 from rlhf_jax.training.loop import Loop
 from rlhf_jax.training.optim import make_optimizer
 from rlhf_jax.training.policy_eval import PolicyEvaluator
+from rlhf_jax.training.rl_state import policy_params
 from rlhf_jax.training.rl_steps import RLConfig, rl_iteration
 from rlhf_jax.workdir import RunDir
 
@@ -119,7 +120,9 @@ def make_models(cfg, policy_cfg: ModelConfig, reward_cfg: ModelConfig | None) ->
     return Models(Transformer(policy_cfg), None, scorer)
   if critic_source(cfg) == "shared":
     return Models(Transformer(with_value(policy_cfg)), None, scorer)
-  critic_cfg = reward_cfg if critic_source(cfg) == "reward" else policy_cfg
+  critic_cfg = policy_cfg
+  if critic_source(cfg) == "reward":  # the reward model's architecture, adapted as the policy is
+    critic_cfg = dataclasses.replace(reward_cfg, **{k: getattr(policy_cfg, k) for k in LORA_FIELDS})
   return Models(Transformer(policy_cfg), Transformer(with_value(critic_cfg)), scorer)
 
 
@@ -143,7 +146,7 @@ def run(cfg, workdir: str) -> dict:
   if sft_run is None:
     raise UserError("the RL stage starts from an SFT run: set init_from (or keep config.upstream)")
   tokenizer = setup.prepare_tokenizer(cfg, run_dir, sft_run)
-  reward_cfg = ModelConfig.from_dict(reward_run.read_json("model.json")) if reward_run else None
+  reward_cfg = setup.frozen_model_config(reward_run) if reward_run else None
   models = make_models(cfg, setup.model_config(cfg, tokenizer, sft_run), reward_cfg)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   memory.check(cfg, models.policy.cfg, mesh)
@@ -155,13 +158,15 @@ def run(cfg, workdir: str) -> dict:
   placed = [initial_state(c, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) for c in seed_cfgs]
   state, shardings = placed[0] if len(placed) == 1 else seeds.stack(placed)
   one_seed_shardings = placed[0][1]
+  base = setup.lora_base(cfg, sft_run) if cfg.lora.rank else ""
+  setup.check_lora_base(run_dir, base)
   items = tuple(name for name in RL_ITEMS if getattr(state, name) is not None)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), items, cfg.train.keep_checkpoints)
   restored = setup.resume(state, shardings, checkpointer, items)
   state = restored if restored is not None else state
   for directory, directory_cfg in [(run_dir, cfg), *zip(seed_dirs, seed_cfgs)]:
     directory.record_config(directory_cfg)
-    setup.save_run_files(directory, tokenizer, models.policy.cfg)
+    setup.save_run_files(directory, tokenizer, models.policy.cfg, base)
   score_fn = frozen.proxy_score_fn(models.scorer, reward_run) if reward_run else None
   parts = (shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg)
   train_step = compile_train_step(parts, plan, prompts["train"], tokenizer, vmapped=bool(seed_dirs))
@@ -169,7 +174,7 @@ def run(cfg, workdir: str) -> dict:
   drawn = per_iteration + rl_cfg.oversample  # DAPO's refill draws extra prompts
   next_batch = lambda step: prompt_batch(prompts["train"], step, drawn, mesh)
   evaluator = PolicyEvaluator(cfg, run_dir, models.policy, prompts["eval"], tokenizer, score_fn,
-                              one_seed_shardings.policy, mesh, label=cfg.algo, model_weight=plan.model_weight,
+                              policy_params(one_seed_shardings), mesh, label=cfg.algo, model_weight=plan.model_weight,
                               host=plan.host)
   cost = iteration_cost(cfg, rl_cfg, models, prompts["train"].tokens.shape[1], uses_model=reward_run is not None)
   loop = Loop(cfg.train, run_dir, train_step, next_batch, evaluator, checkpointer, items, cost=cost)
@@ -246,4 +251,7 @@ def initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, r
   if separate_critic(cfg):
     sources["value"] = ((models.critic, reward_run, {"reward_head": "value_head"})
                         if critic_source(cfg) == "reward" else (models.critic, sft_run, None))
-  return frozen.load_state(sources, policy_tx, value_tx, mesh, rules, cfg.seed, cfg.kl_coef)
+  # A LoRA critic's adapters sit on weights the state holds already: the reference's or the reward model's.
+  value_base = {"sft": "ref", "reward": "reward"}.get(critic_source(cfg)) if cfg.lora.rank else None
+  return frozen.load_state(sources, policy_tx, value_tx, mesh, rules, cfg.seed, cfg.kl_coef, value_base,
+                           cfg.lora.continue_adapters)

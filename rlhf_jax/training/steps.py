@@ -14,11 +14,14 @@ from rlhf_jax import sharding
 from rlhf_jax.algorithms.lm import next_token_loss
 from rlhf_jax.models.sampling import sample
 from rlhf_jax.training import guards
-from rlhf_jax.training.state import TrainState
+from rlhf_jax.models import lora
+from rlhf_jax.training.state import TrainState, model_params
 
 
-def lm_loss(params, batch, normalizer, *, model, dropout_rng):
-  out = model.apply({"params": params}, batch["inputs"], batch["mask"], rngs={"dropout": dropout_rng})
+def lm_loss(params, batch, normalizer, *, model, dropout_rng, frozen=None):
+  """`params` are what trains; `frozen` the LoRA base they sit on (None: full fine-tuning)."""
+  out = model.apply({"params": lora.combine(frozen, params)}, batch["inputs"], batch["mask"],
+                    rngs={"dropout": dropout_rng})
   return next_token_loss(out.logits, batch["targets"], batch["loss_mask"], normalizer)
 
 
@@ -54,7 +57,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_ste
                inject_nan_at: tuple = ()):
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
   normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
-  loss_fn = functools.partial(lm_loss, normalizer=normalizer, model=model, dropout_rng=dropout_rng)
+  loss_fn = functools.partial(lm_loss, normalizer=normalizer, model=model, dropout_rng=dropout_rng,
+                              frozen=state.frozen)
   loss_fn = guards.with_injected_nan(loss_fn, state.step, inject_nan_at)
   grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps)
   metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / jnp.maximum(sums["tokens"], 1),
@@ -86,12 +90,12 @@ class LMSteps(NamedTuple):
 
 def jit_steps(train_fn, eval_fn, state_shardings, mesh, rules, eval_shardings=None):
   """The one place train and eval steps are jitted: batches split over the data axes,
-  metrics replicated, the state donated (updated in place). The eval step takes the params
-  (`state_shardings.params`) unless `eval_shardings` says otherwise (DPO's takes the state)."""
+  metrics replicated, the state donated (updated in place). The eval step takes the model's
+  params (`model_params`) unless `eval_shardings` says otherwise (DPO's takes the state)."""
   data, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   train = jax.jit(sharding.with_rules(train_fn, mesh, rules), in_shardings=(state_shardings, data),
                   out_shardings=(state_shardings, repl), donate_argnums=0)
-  eval_shardings = state_shardings.params if eval_shardings is None else eval_shardings
+  eval_shardings = model_params(state_shardings) if eval_shardings is None else eval_shardings
   evaluate = jax.jit(sharding.with_rules(eval_fn, mesh, rules), in_shardings=(eval_shardings, data),
                      out_shardings=repl)
   return train, evaluate
@@ -114,5 +118,5 @@ def compile_lm_steps(model, tx, schedule, state_shardings, mesh, cfg, tokenizer)
                                inject_nan_at=tuple(cfg.train.inject_nan_at))
   rules = sharding.rules_of(cfg)
   train, evaluate = jit_steps(train_fn, functools.partial(eval_step, model=model), state_shardings, mesh, rules)
-  sampler = jit_sampler(model, cfg.sample.max_new_tokens, tokenizer, state_shardings.params, mesh, rules)
+  sampler = jit_sampler(model, cfg.sample.max_new_tokens, tokenizer, model_params(state_shardings), mesh, rules)
   return LMSteps(train, evaluate, sampler)

@@ -49,7 +49,7 @@ def save_bin_bf16(model, directory):
 def checkpoints(tmp_path_factory):
   """name -> (directory, the HF model whose logits it must give)."""
   root, found = tmp_path_factory.mktemp("hf"), {}
-  for kind in ("gpt2", "gpt_neox", "llama", "qwen2"):
+  for kind in ("gpt2", "gpt_neox", "llama", "qwen2", "qwen3"):
     model = tiny_hf.hf_model(kind)
     model.save_pretrained(root / kind)
     found[kind] = (str(root / kind), model)
@@ -69,10 +69,12 @@ def bpe_dir(tmp_path_factory):
 ARCHITECTURES = {"gpt2": dict(position="learned", norm="layernorm", bias="all", tie_embeddings=True),
                  "gpt_neox": dict(position="rope", norm="layernorm", bias="all", tie_embeddings=False),
                  "llama": dict(position="rope", norm="rmsnorm", bias="none", n_kv_heads=2, rope_theta=500.0),
-                 "qwen2": dict(position="rope", norm="rmsnorm", bias="qkv", n_kv_heads=2)}
+                 "qwen2": dict(position="rope", norm="rmsnorm", bias="qkv", n_kv_heads=2),
+                 "qwen3": dict(position="rope", norm="rmsnorm", bias="none", n_kv_heads=2, qk_norm=True)}
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "llama", "qwen2", "llama_sharded_bf16", "gpt2_bin_bf16"])
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "llama_sharded_bf16",
+                                  "gpt2_bin_bf16"])
 def test_logits_match_hf_on_a_left_padded_batch(checkpoints, name):
   directory, reference = checkpoints[name]
   assert ("model.safetensors.index.json" in os.listdir(directory)) == (name == "llama_sharded_bf16")
@@ -85,7 +87,7 @@ def test_logits_match_hf_on_a_left_padded_batch(checkpoints, name):
   assert np.abs(ours - tiny_hf.hf_logits(reference, tokens, mask))[mask > 0].max() <= TOLERANCE
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen3"])
 def test_greedy_kv_cache_sampling_matches_hf_generate(checkpoints, name):
   import torch  # pylint: disable=g-import-not-at-top
   directory, reference = checkpoints[name]
@@ -114,7 +116,7 @@ def assert_same_params(a, b):
     assert x.dtype == y.dtype and np.array_equal(x, y), key
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "qwen2"])
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "qwen2", "qwen3"])
 def test_export_then_import_is_bit_exact_and_hf_reads_it(checkpoints, bpe_dir, tmp_path, name):
   directory, reference = checkpoints[name]
   model, params = hf.load(directory)

@@ -47,7 +47,8 @@ def hf_config(kind: str, vocab: int = VOCAB, **overrides):
     return transformers.GPTNeoXConfig(**{**values, **overrides})
   llama = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=128, bos_token_id=0, eos_token_id=0)
-  config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[kind]
+  config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+                  "qwen3": transformers.Qwen3Config}[kind]
   return config_class(**{**llama, "rope_theta": 500.0 if kind == "llama" else 10000.0, **overrides})
 
 
@@ -57,7 +58,7 @@ def hf_model(kind: str, head: str = "lm", seed: int = 0, **overrides):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   torch.manual_seed(seed)
-  name = {"gpt2": "GPT2", "gpt_neox": "GPTNeoX", "llama": "Llama", "qwen2": "Qwen2"}[kind]
+  name = {"gpt2": "GPT2", "gpt_neox": "GPTNeoX", "llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[kind]
   suffix = "ForSequenceClassification" if head == "reward" else ("LMHeadModel" if kind == "gpt2" else "ForCausalLM")
   config = hf_config(kind, **overrides)
   if head == "reward":
