@@ -107,8 +107,10 @@ def lora_config() -> ml_collections.ConfigDict:
   down), scaled by alpha / r, plus the scalar heads. The frozen base is held once: the RL and
   DPO reference is the base with the adapters off. Checkpoints hold the adapters and heads.
   A later stage starts from the merged weights, or with continue_adapters from the adapters.
+  alpha 64 (scale 8 at rank 8): at the tiny RL preset's lr, alpha 16 moved gold 0.128 -> 0.286
+  in 20 PPO iterations, alpha 64 to 0.608 (full fine-tuning: README's LoRA section).
   """
-  return ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=LORA_TARGETS, continue_adapters=False))
+  return ml_collections.ConfigDict(dict(rank=0, alpha=64.0, targets=LORA_TARGETS, continue_adapters=False))
 
 
 def distributed_config() -> ml_collections.ConfigDict:

@@ -64,7 +64,7 @@ class ModelConfig:
   # LoRA (Hu et al. 2021; models/lora.py): adapters of this rank on the `lora_targets`
   # projections, scaled by alpha / rank; 0 is full fine-tuning.
   lora_rank: int = 0
-  lora_alpha: float = 16.0
+  lora_alpha: float = 64.0
   lora_targets: tuple[str, ...] = LORA_TARGETS
 
   def __post_init__(self):
