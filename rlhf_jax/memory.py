@@ -183,7 +183,7 @@ def state_bytes(cfg, trainable: dict, size) -> tuple[int, int]:
   return params, sum(size(jax.eval_shape(tx_init(o), trained_params(m))) for m, o in trainable.values())
 
 
-def frozen_bytes(cfg, model_cfg: ModelConfig, trainable: dict, frozen: dict, size) -> tuple[int, str]:
+def frozen_bytes(model_cfg: ModelConfig, trainable: dict, frozen: dict, size) -> tuple[int, str]:
   """(bytes, what) of the frozen params. With LoRA the first trainable model's base is frozen
   too, and it is the reference (RL, DPO); a LoRA critic sits on the reference or the reward model."""
   if not model_cfg.lora_rank:
@@ -210,7 +210,7 @@ def plan(cfg, model_cfg: ModelConfig, mesh_shape: dict) -> MemoryPlan:
   sampled *= seeds if cfg.stage == "rl" else 1
   names = " + ".join(trainable) + (f" LoRA r={model_cfg.lora_rank} adapters + heads" if model_cfg.lora_rank else "")
   names += f" (x{seeds} seeds)" if seeds > 1 else ""
-  frozen_total, frozen_names = frozen_bytes(cfg, model_cfg, trainable, frozen, size)
+  frozen_total, frozen_names = frozen_bytes(model_cfg, trainable, frozen, size)
   return MemoryPlan(cfg.stage, dict(mesh_shape), (
       Row("params", params, names),
       Row("optimizer state", opt, f"{names}: adam moments + counters"),

@@ -186,11 +186,10 @@ def family_of(cfg: ModelConfig) -> str:
     return "gpt2"
   if block == ("rope", "layernorm", "gelu") and plain_heads:
     return "gpt_neox"
-  if block == ("rope", "rmsnorm", "swiglu") and cfg.qk_norm:
-    if cfg.bias == "none":
-      return "qwen3"
-  elif block == ("rope", "rmsnorm", "swiglu"):
+  if block == ("rope", "rmsnorm", "swiglu") and not cfg.qk_norm:
     return "qwen2" if cfg.bias == "qkv" else "llama"
+  if block == ("rope", "rmsnorm", "swiglu") and cfg.bias == "none":
+    return "qwen3"
   raise UserError(f"no Hugging Face architecture computes this model (position={cfg.position}, norm={cfg.norm}, "
                   f"mlp={cfg.mlp}, bias={cfg.bias}, n_kv_heads={cfg.n_kv_heads}): export supports GPT-2 blocks "
                   "(layernorm, gelu, bias all; learned positions: GPT-2, rope: GPT-NeoX) and Llama blocks "

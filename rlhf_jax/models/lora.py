@@ -67,6 +67,11 @@ def combine(base, trainable):
                                             **flax.traverse_util.flatten_dict(trainable)})
 
 
+def on_base(loss_fn, base):
+  """`loss_fn(params, ...)` as a function of what trains: its params on the frozen `base` (None: itself)."""
+  return loss_fn if base is None else lambda params, *args: loss_fn(combine(base, params), *args)
+
+
 def has_adapters(params) -> bool:
   return any(k[-1] in ADAPTER for k in flax.traverse_util.flatten_dict(params))
 

@@ -40,10 +40,9 @@ def pair_lengths(batch):
   return count("chosen"), count("rejected")
 
 
-def pair_loss(params, batch, *, model, cfg, normalizer, base=None):
-  """Summed pair metrics; the loss is their mean over the whole batch's `normalizer` pairs.
-  `params` on the frozen LoRA `base` (None: full fine-tuning)."""
-  chosen, rejected = pair_logps(model, lora.combine(base, params), batch)
+def pair_loss(params, batch, *, model, cfg, normalizer):
+  """Summed pair metrics; the loss is their mean over the whole batch's `normalizer` pairs."""
+  chosen, rejected = pair_logps(model, params, batch)
   inputs = dpo.PreferenceInputs(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], *pair_lengths(batch))
   h = dpo.logratio_margin(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"])
   weight = batch["loss_mask"][:, 0].astype(jnp.float32)
@@ -79,7 +78,8 @@ def averages(sums) -> dict:
 def dpo_train_step(state: RLState, batch: dict, *, model, tx, cfg, accum_steps: int, inject_nan_at: tuple = ()):
   batch = with_reference(state, batch, model, cfg)
   normalizer = jnp.maximum(jnp.sum(batch["loss_mask"][:, 0]), 1).astype(jnp.float32)
-  loss_fn = functools.partial(pair_loss, model=model, cfg=cfg, normalizer=normalizer, base=frozen_bases(state)[0])
+  loss_fn = lora.on_base(functools.partial(pair_loss, model=model, cfg=cfg, normalizer=normalizer),
+                         frozen_bases(state)[0])
   loss_fn = guards.with_injected_nan(loss_fn, state.step, inject_nan_at)
   grads, sums = accumulate_gradients(loss_fn, state.policy, batch, accum_steps)
   ok, flags = guards.check(loss=sums["loss"], grads=grads)

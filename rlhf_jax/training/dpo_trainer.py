@@ -61,8 +61,7 @@ def run(cfg, workdir: str) -> dict:
   sources = {"policy": (policy, sft_run, None), "reward": (scorer, reward_run, None)}
   state, shardings = frozen.load_state(sources, tx, None, mesh, rules, cfg.seed, kl_coef=0.0,
                                        continue_adapters=cfg.lora.continue_adapters)
-  base = setup.lora_base(cfg, sft_run) if cfg.lora.rank else ""
-  setup.check_lora_base(run_dir, base)
+  base = setup.lora_base(cfg, sft_run, run_dir)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), DPO_ITEMS, cfg.train.keep_checkpoints)
   restored = setup.resume(state, shardings, checkpointer, DPO_ITEMS)
   state = restored if restored is not None else state

@@ -42,8 +42,7 @@ def run(cfg, workdir: str) -> dict:
   tx = make_optimizer(cfg.optim, cfg.train.num_steps)
   state, shardings = setup.init_state(model, tx, mesh, rules, cfg.seed)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), setup.STATE_ITEMS, cfg.train.keep_checkpoints)
-  base = setup.lora_base(cfg, source) if model_cfg.lora_rank else ""
-  setup.check_lora_base(run_dir, base)
+  base = setup.lora_base(cfg, source, run_dir)
   state = setup.start_state(state, shardings, checkpointer, source, mesh, rules, cfg.lora.continue_adapters)
   # Written only once the config, tokenizer, data and checkpoint (if any) have proved usable.
   run_dir.record_config(cfg)

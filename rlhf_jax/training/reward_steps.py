@@ -30,9 +30,8 @@ def pair_rewards(params, batch, *, model):
   return jnp.split(rewards, 2)
 
 
-def pair_loss(params, batch, normalizer, *, model, frozen=None):
-  """`params` on the LoRA base `frozen` (None: full fine-tuning)."""
-  chosen, rejected = pair_rewards(lora.combine(frozen, params), batch, model=model)
+def pair_loss(params, batch, normalizer, *, model):
+  chosen, rejected = pair_rewards(params, batch, model=model)
   weight = batch["loss_mask"][:, 0].astype(jnp.float32)
   per_pair = jax.vmap(bradley_terry_loss)(chosen[:, None], rejected[:, None])
   sums = {"correct": jnp.sum((chosen > rejected) * weight), "margin": jnp.sum((chosen - rejected) * weight),
@@ -43,7 +42,7 @@ def pair_loss(params, batch, normalizer, *, model, frozen=None):
 def reward_train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_steps: int,
                       inject_nan_at: tuple = ()):
   normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
-  loss_fn = functools.partial(pair_loss, normalizer=normalizer, model=model, frozen=state.frozen)
+  loss_fn = lora.on_base(functools.partial(pair_loss, normalizer=normalizer, model=model), state.frozen)
   loss_fn = guards.with_injected_nan(loss_fn, state.step, inject_nan_at)
   grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps)
   pairs = jnp.maximum(sums["pairs"], 1)

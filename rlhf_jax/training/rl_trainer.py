@@ -158,8 +158,7 @@ def run(cfg, workdir: str) -> dict:
   placed = [initial_state(c, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) for c in seed_cfgs]
   state, shardings = placed[0] if len(placed) == 1 else seeds.stack(placed)
   one_seed_shardings = placed[0][1]
-  base = setup.lora_base(cfg, sft_run) if cfg.lora.rank else ""
-  setup.check_lora_base(run_dir, base)
+  base = setup.lora_base(cfg, sft_run, run_dir)
   items = tuple(name for name in RL_ITEMS if getattr(state, name) is not None)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), items, cfg.train.keep_checkpoints)
   restored = setup.resume(state, shardings, checkpointer, items)

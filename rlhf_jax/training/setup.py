@@ -95,19 +95,20 @@ def save_run_files(run_dir: RunDir, tokenizer, model_cfg: ModelConfig, base: str
                                      "targets": list(model_cfg.lora_targets)})
 
 
-def lora_base(cfg, source) -> str:
-  """The run (or hf:DIR) whose weights a LoRA run's adapters sit on: the source itself, whose
-  adapters (if any) are merged into it, or with lora.continue_adapters the source's own base."""
-  if cfg.lora.continue_adapters and source is not None and is_lora_run(source):
-    return source.read_json("lora.json")["base"]
-  return f"{hf.PREFIX}{os.path.abspath(source.path)}" if isinstance(source, hf.HFSource) else source.path
-
-
-def check_lora_base(run_dir: RunDir, base: str) -> None:
-  """A resumed LoRA run's adapters must sit on the base they were trained on."""
+def lora_base(cfg, source, run_dir: RunDir) -> str:
+  """The run (or hf:DIR) whose weights a LoRA run's adapters sit on ("" without LoRA): the source
+  itself, whose adapters (if any) are merged into it, or with lora.continue_adapters the source's
+  own base. A resumed run's adapters must sit on the base they were trained on."""
+  if not cfg.lora.rank:
+    return ""
+  if cfg.lora.continue_adapters and is_lora_run(source):
+    base = source.read_json("lora.json")["base"]
+  else:
+    base = f"{hf.PREFIX}{os.path.abspath(source.path)}" if isinstance(source, hf.HFSource) else source.path
   if os.path.exists(run_dir.file("lora.json")) and run_dir.read_json("lora.json")["base"] != base:
     raise UserError(f"{run_dir.path}: its adapters were trained on {run_dir.read_json('lora.json')['base']}, "
                     f"not on {base}: use a new workdir")
+  return base
 
 
 def is_lora_run(source) -> bool:

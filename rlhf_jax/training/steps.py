@@ -18,10 +18,8 @@ from rlhf_jax.models import lora
 from rlhf_jax.training.state import TrainState, model_params
 
 
-def lm_loss(params, batch, normalizer, *, model, dropout_rng, frozen=None):
-  """`params` are what trains; `frozen` the LoRA base they sit on (None: full fine-tuning)."""
-  out = model.apply({"params": lora.combine(frozen, params)}, batch["inputs"], batch["mask"],
-                    rngs={"dropout": dropout_rng})
+def lm_loss(params, batch, normalizer, *, model, dropout_rng):
+  out = model.apply({"params": params}, batch["inputs"], batch["mask"], rngs={"dropout": dropout_rng})
   return next_token_loss(out.logits, batch["targets"], batch["loss_mask"], normalizer)
 
 
@@ -57,8 +55,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_ste
                inject_nan_at: tuple = ()):
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
   normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
-  loss_fn = functools.partial(lm_loss, normalizer=normalizer, model=model, dropout_rng=dropout_rng,
-                              frozen=state.frozen)
+  loss_fn = lora.on_base(functools.partial(lm_loss, normalizer=normalizer, model=model, dropout_rng=dropout_rng),
+                         state.frozen)
   loss_fn = guards.with_injected_nan(loss_fn, state.step, inject_nan_at)
   grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps)
   metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / jnp.maximum(sums["tokens"], 1),
