@@ -73,7 +73,14 @@ def get_config(preset: str = "tiny"):
       # groups, informative ones first (needs dynamic sampling).
       oversample=0,
       kl_kind="k1", kl_in_loss=False, kl_target=6.0, kl_horizon=10000.0, adaptive_kl=False,
-      no_eos_penalty=-1.0, penalise_no_eos=True))
+      no_eos_penalty=-1.0, penalise_no_eos=True,
+      # Off-policy (rlhf_jax/training/off_policy.py): updates train on responses sampled this many
+      # iterations before; the critic-free methods weight stale tokens by is_correction (none,
+      # tis: min(w, is_cap), clip: clip(w, 1 / is_cap, is_cap)); PPO's ratio is against the sampler.
+      off_policy_steps=0, is_correction="none", is_cap=2.0))
+  # The sampler on the last `devices` devices, on a mesh of its own (needs off_policy_steps >= 1);
+  # 0 keeps it on the training devices.
+  c.rollout = ml_collections.ConfigDict(dict(devices=0, mesh=dict(data=-1, fsdp=1, tensor=1)))
   # The score: a weighted sum of reward sources (rlhf_jax/rewards.py): "model" (the reward run's
   # model), a built-in checker (exact_match, gsm8k) or a Python function (PATH.py:NAME or
   # module:NAME, called as TRL calls reward functions); weights () = 1 each. Without "model" no

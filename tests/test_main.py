@@ -19,11 +19,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def read_metrics(workdir):
-  """metrics.jsonl's rows, less compute/seconds: wall-clock time differs between any two runs."""
+  """metrics.jsonl's rows, less compute/seconds and the phase times (time/*): wall-clock time
+  differs between any two runs."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   for row in rows:
     assert "compute/flops" in row and row.pop("compute/seconds") >= 0, row  # every row carries its compute
+    for key in [key for key in row if key.startswith("time/")]:
+      row.pop(key)
   return rows
 
 

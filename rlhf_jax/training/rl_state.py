@@ -4,8 +4,8 @@ Trainable: the policy and the critic, each with its optimizer state (no critic: 
 value head on the policy backbone or a critic-free method). Frozen: the reference policy (for
 the KL penalty) and the reward model: plain arrays with no optimizer state, never
 differentiated, so updates cannot touch them. Also the KL controller, REINFORCE's
-moving-average baseline, the rng and the iteration count, so the whole future of a run is in
-the state.
+moving-average baseline, the rng, the iteration count and, off-policy, the rollouts sampled
+but not yet trained on, so the whole future of a run is in the state.
 
 With LoRA (models/lora.py) `policy` holds the adapters and heads only, and `ref` is the frozen
 base they sit on: the reference policy is the base with the adapters off, held once. A LoRA
@@ -39,6 +39,7 @@ class RLState:
   kl: KLControllerState
   baseline: jax.Array  # float32 scalar: moving average of returns (REINFORCE)
   rng: jax.Array
+  pending: Any = None  # off-policy: the K rollouts in flight, oldest first (training/off_policy.py)
   lora: bool = flax.struct.field(pytree_node=False, default=False)  # policy: adapters on `ref`
   value_base: str | None = flax.struct.field(pytree_node=False, default=None)  # "ref" / "reward": the critic's
 

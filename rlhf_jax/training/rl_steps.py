@@ -31,6 +31,7 @@ import optax
 from rlhf_jax.algorithms import aggregation, kl, ppo, shaping
 from rlhf_jax.algorithms.lm import token_logprobs
 from rlhf_jax.algorithms.advantages import ADVANTAGES, AdvantageInputs, AdvantageParams
+from rlhf_jax.algorithms.importance import importance_weights
 from rlhf_jax.algorithms.masked import masked_sum
 from rlhf_jax.algorithms.policy_losses import PolicyLossParams, surrogate_loss
 from rlhf_jax.models.sampling import SamplingParams, sample
@@ -78,6 +79,9 @@ class RLConfig:
   no_eos_penalty: float = -1.0
   penalise_no_eos: bool = True
   inject_nan_at: tuple = ()  # fault injection (tests): these iterations' scores are NaN
+  off_policy_steps: int = 0  # K: updates train on responses sampled K iterations before (off_policy.py)
+  is_correction: str = "none"  # algorithms/importance.py: the critic-free methods' weight on stale tokens
+  is_cap: float = 2.0
 
   @property
   def has_critic(self) -> bool:
@@ -105,6 +109,7 @@ class Rollout(NamedTuple):
   advantages: jax.Array  # [batch, new]
   returns: jax.Array  # [batch, new] the critic's targets
   weights: jax.Array  # [batch] 1, or 0 for a response dynamic sampling leaves out
+  is_weights: Any = None  # [batch, new] off-policy: each token's importance correction (None: on-policy)
 
 
 def response_values(model, params, tokens, mask, prompt_len: int):
@@ -240,18 +245,35 @@ def finish_rollout(state: RLState, sampled: Sampled, host: HostScores | None = N
   if token_scores is None:
     token_scores = score_tokens(state, sampled, policy=policy, critic=critic, cfg=cfg)
   logprobs, ref_logprobs, values = token_scores
+  old_logprobs, is_weights, is_metrics = behaviour_correction(cfg, logprobs, sampled.response)
   rewards, kl_metrics = kl.penalised_rewards(scores, logprobs, ref_logprobs, response_mask,
                                              kl_coef=0.0 if cfg.kl_in_loss else state.kl.coef, kind=cfg.kl_kind)
   inputs = AdvantageInputs(rewards, scores, values, response_mask, state.baseline, greedy_scores)
   estimate = ADVANTAGES[cfg.advantage].fn(inputs, cfg.advantage_params)
   metrics = {**kl_metrics, "kl_coef": state.kl.coef, "response_length": jnp.mean(lengths),
              "no_eos_fraction": 1.0 - jnp.mean(sampled.ended), **drawn, **component_metrics(cfg, sampled, host),
+             **is_metrics,
              "nonfinite_rewards": jnp.logical_not(guards.all_finite(rewards)).astype(jnp.float32)}
   if cfg.has_critic:
     metrics["explained_variance"] = ppo.explained_variance(values, estimate.returns, response_mask)
-  batch = Rollout(sampled.tokens, sampled.mask, logprobs, ref_logprobs, values, estimate.advantages,
-                  estimate.returns, weights)
+  batch = Rollout(sampled.tokens, sampled.mask, old_logprobs, ref_logprobs, values, estimate.advantages,
+                  estimate.returns, weights, is_weights)
   return batch, estimate.baseline, metrics
+
+
+def behaviour_correction(cfg: RLConfig, logprobs, response):
+  """(the log-probs the ratio is taken against, importance weights or None, metrics).
+
+  On-policy these are the recomputed log-probs themselves. Off-policy (`cfg.off_policy_steps`)
+  the sampler's (the behaviour policy's, K iterations old) are the ones PPO's ratio takes; a
+  critic-free method keeps the recomputed ones (its update starts at ratio 1, the policy
+  gradient) and weights each token by the importance correction pi_old / mu
+  (algorithms/importance.py). The correction's statistics are logged either way."""
+  if not cfg.off_policy_steps:
+    return logprobs, None, {}
+  behaviour = response.logprobs
+  weights, metrics = importance_weights(cfg.is_correction, logprobs, behaviour, response.mask, cfg.is_cap)
+  return (behaviour, None, metrics) if cfg.has_critic else (logprobs, weights, metrics)
 
 
 def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_fn: Callable, cfg: RLConfig):
@@ -273,8 +295,9 @@ def rl_loss(params, batch, *, policy, critic, cfg: RLConfig, prompt_len: int, kl
   logits, values = logits_and_values(params, rollout_batch.tokens, rollout_batch.mask, prompt_len, policy=policy,
                                      critic=critic, temperature=cfg.temperature)
   logprobs = token_logprobs(logits, rollout_batch.tokens[:, prompt_len:])
+  corrected = policy_weights if rollout_batch.is_weights is None else policy_weights * rollout_batch.is_weights
   loss, metrics = surrogate_loss(cfg.policy_loss, logprobs, rollout_batch.logprobs, rollout_batch.advantages,
-                                 policy_weights, token_weights, cfg.policy_loss_params)
+                                 corrected, token_weights, cfg.policy_loss_params)
   metrics["policy_loss"] = loss
   metrics["entropy"] = masked_sum(ppo.entropy_from_logits(logits), token_weights)
   loss = loss - cfg.ent_coef * metrics["entropy"]

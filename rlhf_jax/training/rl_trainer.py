@@ -23,6 +23,7 @@ import optax
 from rlhf_jax import flops, memory, rewards, sharding
 from rlhf_jax.algorithms import aggregation, presets
 from rlhf_jax.algorithms.advantages import ADVANTAGES
+from rlhf_jax.algorithms.importance import IS_CORRECTIONS
 from rlhf_jax.algorithms.policy_losses import POLICY_LOSSES
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data.prompts import prompt_batch, prompt_set
@@ -33,13 +34,14 @@ from rlhf_jax.training import frozen, seeds, setup
 from rlhf_jax.training.compute import StepCost
 from rlhf_jax.training.host_rewards import compile_host_iteration
 from rlhf_jax.training.loop import Loop
+from rlhf_jax.training.off_policy import compile_off_policy
 from rlhf_jax.training.optim import make_optimizer
 from rlhf_jax.training.policy_eval import PolicyEvaluator
 from rlhf_jax.training.rl_state import policy_params
 from rlhf_jax.training.rl_steps import RLConfig, rl_iteration
 from rlhf_jax.workdir import RunDir
 
-RL_ITEMS = ("policy", "policy_opt", "value", "value_opt", "kl", "baseline", "rng")
+RL_ITEMS = ("policy", "policy_opt", "value", "value_opt", "kl", "baseline", "rng", "pending")
 CRITICS = ("auto", "reward", "sft", "shared")
 # The registries whose member each `rl.*` part names.
 PARTS = {"advantage": ADVANTAGES, "policy_loss": POLICY_LOSSES, "loss_aggregation": aggregation.LOSS_AGGREGATIONS}
@@ -77,6 +79,7 @@ def check_config(cfg) -> None:
   if cfg.vmap_seeds < 1:
     raise UserError(f"vmap_seeds={cfg.vmap_seeds} must be >= 1")
   plan = rewards.plan(cfg.reward)
+  check_off_policy(cfg, rl, plan)
   if plan.host and cfg.vmap_seeds > 1:
     raise UserError("vmap_seeds > 1 with host reward functions is not supported: run the seeds as separate runs")
   if critic_source(cfg) == "reward" and plan.model_weight is None:
@@ -86,6 +89,22 @@ def check_config(cfg) -> None:
   if cfg.data.batch_size % k or cfg.data.batch_size % per_update:
     raise UserError(f"data.batch_size={cfg.data.batch_size} (responses) must be a multiple of "
                     f"rl.samples_per_prompt = {k} and of rl.minibatches x rl.accum_steps = {per_update}")
+
+
+def check_off_policy(cfg, rl: dict, plan) -> None:
+  k, devices = rl["off_policy_steps"], cfg.rollout.devices
+  if not isinstance(k, int) or k < 0:
+    raise UserError(f"rl.off_policy_steps={k!r}: an integer >= 0 (0: synchronous)")
+  if rl["is_correction"] not in IS_CORRECTIONS:
+    raise UserError(f"rl.is_correction={rl['is_correction']!r}: choose one of {', '.join(IS_CORRECTIONS)}")
+  if not rl["is_cap"] >= 1.0:
+    raise UserError(f"rl.is_cap={rl['is_cap']}: the importance weight's cap must be >= 1")
+  if devices < 0 or (devices and not k):
+    raise UserError(f"rollout.devices={devices}: sampling on devices of its own needs rl.off_policy_steps >= 1 "
+                    "(the sampler works ahead of the trainer); 0 keeps them colocated")
+  if k and (plan.host or cfg.vmap_seeds > 1):
+    raise UserError("rl.off_policy_steps >= 1 with " + ("host reward functions" if plan.host else "vmap_seeds > 1")
+                    + " is not supported yet: use in-graph rewards and one seed per run, or off_policy_steps=0")
 
 
 def has_critic(cfg) -> bool:
@@ -148,7 +167,7 @@ def run(cfg, workdir: str) -> dict:
   tokenizer = setup.prepare_tokenizer(cfg, run_dir, sft_run)
   reward_cfg = setup.frozen_model_config(reward_run) if reward_run else None
   models = make_models(cfg, setup.model_config(cfg, tokenizer, sft_run), reward_cfg)
-  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  (mesh, sample_mesh), rules = meshes(cfg), sharding.rules_of(cfg)
   memory.check(cfg, models.policy.cfg, mesh)
   prompts = {split: prompt_set(cfg, tokenizer, split) for split in ("train", "eval")}
   seed_cfgs = [with_seed(cfg, cfg.seed + i) for i in range(cfg.vmap_seeds)]
@@ -159,6 +178,14 @@ def run(cfg, workdir: str) -> dict:
   state, shardings = placed[0] if len(placed) == 1 else seeds.stack(placed)
   one_seed_shardings = placed[0][1]
   base = setup.lora_base(cfg, sft_run, run_dir)
+  score_fn = frozen.proxy_score_fn(models.scorer, reward_run) if reward_run else None
+  drawn = cfg.data.batch_size // rl_cfg.samples_per_prompt + rl_cfg.oversample  # DAPO's refill draws extra prompts
+  batch_of = lambda step: prompt_batch(prompts["train"], step, drawn, sample_mesh)
+  k = rl_cfg.off_policy_steps
+  if k:  # the K rollouts in flight join the state (and its checkpoints)
+    first = batch_of(0)
+    driver, state, shardings = compile_off_policy(state, shardings, mesh, sample_mesh, rules, models, policy_tx,
+                                                  value_tx, score_fn, rl_cfg, (first["tokens"], first["mask"]))
   items = tuple(name for name in RL_ITEMS if getattr(state, name) is not None)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), items, cfg.train.keep_checkpoints)
   restored = setup.resume(state, shardings, checkpointer, items)
@@ -166,12 +193,13 @@ def run(cfg, workdir: str) -> dict:
   for directory, directory_cfg in [(run_dir, cfg), *zip(seed_dirs, seed_cfgs)]:
     directory.record_config(directory_cfg)
     setup.save_run_files(directory, tokenizer, models.policy.cfg, base)
-  score_fn = frozen.proxy_score_fn(models.scorer, reward_run) if reward_run else None
-  parts = (shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg)
-  train_step = compile_train_step(parts, plan, prompts["train"], tokenizer, vmapped=bool(seed_dirs))
-  per_iteration = cfg.data.batch_size // rl_cfg.samples_per_prompt
-  drawn = per_iteration + rl_cfg.oversample  # DAPO's refill draws extra prompts
-  next_batch = lambda step: prompt_batch(prompts["train"], step, drawn, mesh)
+  if k:
+    train_step = driver
+    state = state if restored is not None else driver.prefill(state, [batch_of(j) for j in range(k)])
+  else:
+    parts = (shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg)
+    train_step = compile_train_step(parts, plan, prompts["train"], tokenizer, vmapped=bool(seed_dirs))
+  next_batch = lambda step: batch_of(step + k)  # off-policy, iteration i samples the prompts of i + K
   evaluator = PolicyEvaluator(cfg, run_dir, models.policy, prompts["eval"], tokenizer, score_fn,
                               policy_params(one_seed_shardings), mesh, label=cfg.algo, model_weight=plan.model_weight,
                               host=plan.host)
@@ -181,6 +209,21 @@ def run(cfg, workdir: str) -> dict:
   summary["data/truncated_prompts"] = prompts["train"].truncated
   run_dir.write_json("summary.json", summary)
   return summary
+
+
+def meshes(cfg) -> tuple:
+  """(training mesh, sampler mesh): the same one unless `rollout.devices` gives the sampler the
+  last N devices, on a mesh of its own (`rollout.mesh`)."""
+  n = cfg.rollout.devices
+  if not n:
+    mesh = sharding.make_mesh(cfg.mesh)
+    return mesh, mesh
+  devices = jax.devices()
+  if jax.process_count() > 1:
+    raise UserError("rollout.devices > 0 on several processes is not supported yet: keep rollout.devices=0")
+  if n >= len(devices):
+    raise UserError(f"rollout.devices={n} leaves none of the {len(devices)} devices to train on")
+  return sharding.make_mesh(cfg.mesh, devices[:-n]), sharding.make_mesh(cfg.rollout.mesh, devices[-n:])
 
 
 def compile_train_step(parts: tuple, plan: rewards.RewardPlan, prompts, tokenizer, vmapped: bool):
