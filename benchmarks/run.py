@@ -9,7 +9,10 @@
 Workloads: w1 PPO (64 prompts x 16 tokens, 32 new, 4 epochs, 1 minibatch; policy, reference,
 reward model, critic), w2 DPO (64 pairs, 16 + 32 tokens), w3 reward model (64 pairs x 48),
 w4 RLOO (k = 4, 64 responses), w5 w1 with a host reward function added (rollout -> host
-scoring -> update; timed against w1 in the same rounds, alternating: `host_overhead`), sampler
+scoring -> update; timed against w1 in the same rounds, alternating: `host_overhead`), w6
+off-policy PPO with long generations (64 prompts x 16 -> 256 tokens, K = 1: the sampler on
+one CPU device, the trainer on the other; timed against w6_sync, the same PPO synchronous on
+both devices: `speedup_vs_sync`; parts: the rollout and the update on their own), sampler
 (KV cache, w1's batch), pretrain (gpt2_small at 1024), decode (gpt2_small, 256 rows, 256 +
 256 tokens, against the memory roofline) and ppo_large (gpt2_small, 256 prompts x 256 tokens
 -> 256). The first call (compilation included) is
@@ -33,9 +36,9 @@ from benchmarks import limits, workloads  # pylint: disable=g-import-not-at-top
 from rlhf_jax import distributed  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
-CPU_SET = ("w1", "w2", "w3", "w4", "w5", "sampler")
+CPU_SET = ("w1", "w2", "w3", "w4", "w5", "sampler")  # w6 is timed on its own (long generations)
 GPU_SET = ("pretrain", "decode", "ppo_large")
-flags.DEFINE_enum("workload", "w1", [*CPU_SET, *GPU_SET, "cpu", "gpu"], "What to time (cpu / gpu: each of a set).")
+flags.DEFINE_enum("workload", "w1", [*CPU_SET, "w6", "w6_sync", *GPU_SET, "cpu", "gpu"], "What to time (cpu / gpu: each of a set).")
 flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
 flags.DEFINE_bool("peer", False, "Also run TRL's version (benchmarks/peers, after setup.sh) and give the ratio.")
 flags.DEFINE_integer("rounds", 1, "Timings of --repeats calls, each just after TRL's run with --peer; figures are "
@@ -54,6 +57,8 @@ BUILDERS = {
     "w3": workloads.reward_workload,
     "w4": lambda: workloads.rl_workload("rloo", prompts=16, k=4, epochs=1),
     "w5": lambda: workloads.rl_workload("ppo", host_reward=workloads.distinct_words),
+    "w6": lambda: workloads.off_policy_workload(1),
+    "w6_sync": lambda: workloads.off_policy_workload(0),
     "sampler": workloads.sampler_workload,
     "pretrain": lambda: workloads.lm_workload(FLAGS.preset, preset_model(), rows=FLAGS.rows),
     "decode": lambda: workloads.sampler_workload(FLAGS.preset, preset_model(), rows=256, prompt_len=256,
@@ -64,7 +69,7 @@ BUILDERS = {
 
 
 # Workloads timed against another in the same rounds (just before each of theirs), for a ratio.
-BASELINES = {"w5": "w1"}
+BASELINES = {"w5": "w1", "w6": "w6_sync"}
 
 
 def preset_model() -> dict:
@@ -98,8 +103,9 @@ def measure(name: str, peak: float) -> tuple[dict, list]:
             "repeats": FLAGS.repeats, "round_seconds": rounds, "model_gflop": workload.flops / 1e9,
             "flops_per_s": workload.flops / seconds, "fraction_of_peak": workload.flops / seconds / peak}
   if base:
-    result.update({f"{BASELINES[name]}_round_seconds": base, "host_overhead":
-                   statistics.median(ours / theirs for ours, theirs in zip(rounds, base)) - 1.0})
+    ratio = statistics.median(ours / theirs for ours, theirs in zip(rounds, base))
+    result.update({f"{BASELINES[name]}_round_seconds": base,
+                   **({"host_overhead": ratio - 1.0} if name == "w5" else {"speedup_vs_sync": 1.0 / ratio})})
   if FLAGS.profile:
     with jax.profiler.trace(os.path.join(FLAGS.profile, name), create_perfetto_trace=True):
       for _ in range(3):

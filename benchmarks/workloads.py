@@ -27,6 +27,7 @@ from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import frozen, rl_state, rl_trainer, setup
 from rlhf_jax.training.dpo_steps import compile_dpo_steps
 from rlhf_jax.training.host_rewards import compile_host_iteration
+from rlhf_jax.training.off_policy import compile_off_policy
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.reward_steps import reward_eval_step, reward_train_step
 from rlhf_jax.training.rl_steps import RLConfig
@@ -72,6 +73,7 @@ def stateful(compiled, state, *args) -> Callable:
     return metrics
 
   step.state = lambda: holder["state"]
+  step.set_state = lambda state: holder.update(state=state)
   return step
 
 
@@ -118,6 +120,45 @@ def rl_workload(algo: str, preset: str = "tiny", model: dict | None = TINY_GPT2,
   info = dict(algo=algo, rows=rows, prompt_len=prompt_len, new_tokens=new_tokens, epochs=rl_cfg.epochs,
               minibatches=rl_cfg.minibatches, k=k)
   return Workload(step, total, info, {"generation": generation}, iteration.update if host else iteration)
+
+
+def off_policy_workload(k: int, prompts: int = 64, prompt_len: int = 16, new_tokens: int = 256) -> Workload:
+  """W6 (k = 1) and its synchronous baseline (k = 0): PPO with long generations. Synchronous,
+  one iteration on every device; off-policy, the sampler on the last device and the trainer
+  on the others, the next rollout sampled while this one trains. Parts: the rollout (sampling,
+  scoring and the log-prob check) and the update on their own devices, one at a time."""
+  cfg = stage_config(ppo, "tiny", {**TINY_GPT2, "max_len": prompt_len + new_tokens})
+  cfg.data.batch_size, cfg.sample.max_new_tokens = prompts, new_tokens
+  cfg.rl.update(dict(epochs=4, minibatches=1, off_policy_steps=k))
+  cfg.rollout.devices = 1 if k else 0
+  rl_cfg = RLConfig(max_new_tokens=new_tokens, eos_id=NEVER, pad_id=0, algo="ppo", temperature=cfg.sample.temperature,
+                    **{**rl_trainer.rl_fields(cfg), "penalise_no_eos": False})
+  policy_cfg = ModelConfig.from_dict(dict(cfg.model))
+  models = rl_trainer.make_models(cfg, policy_cfg, dataclasses.replace(policy_cfg, heads=("reward",)))
+  named = {"policy": models.policy, "reward": models.scorer, "value": models.critic}
+  policy_tx, value_tx = rl_trainer.make_optimizers(cfg)
+  (mesh, sample_mesh), rules = rl_trainer.meshes(cfg), sharding.rules_of(cfg)
+  state, shardings = rl_state.place_state(named, policy_tx, value_tx, mesh, rules, cfg.seed, cfg.kl_coef)
+  score_fn = functools.partial(frozen.proxy_scores, scorer=models.scorer, gain=1.0, bias=0.0)
+  tokens = random_tokens(0, (prompts, prompt_len), policy_cfg.vocab_size)
+  batch = sharding.put_batch({"tokens": tokens, "mask": np.ones((prompts, prompt_len), np.int32)}, sample_mesh)
+  info = dict(algo="ppo", rows=prompts, prompt_len=prompt_len, new_tokens=new_tokens, epochs=4, off_policy_steps=k,
+              rollout_devices=cfg.rollout.devices, train_devices=mesh.size)
+  total = flops.rl_iteration(policy_cfg, prompts, prompt_len, new_tokens, 4, critic=True, off_policy=k > 0)
+  if not k:
+    iteration = rl_trainer.compile_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg,
+                                             vmapped=False)
+    return Workload(stateful(iteration, state, batch["tokens"], batch["mask"]), total, info, {}, iteration)
+  driver, state, _ = compile_off_policy(state, shardings, mesh, sample_mesh, rules, models, policy_tx, value_tx,
+                                        score_fn, rl_cfg, (batch["tokens"], batch["mask"]))
+  step = stateful(driver, driver.prefill(state, [batch] * k), batch)
+
+  def update():  # the update alone, on the trainer's devices, its state fed back
+    state, metrics = driver.train(step.state())
+    step.set_state(state)
+    return metrics
+  rollout = lambda: driver.sample(driver.view(step.state()), batch["tokens"], batch["mask"])
+  return Workload(step, total, info, {"rollout": (rollout, 0.0), "update": (update, 0.0)}, driver.train)
 
 
 def rollout_sampling(policy, step, batch, k: int, rl_cfg: RLConfig, mesh, rules) -> Callable:

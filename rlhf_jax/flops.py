@@ -40,17 +40,20 @@ def generate(cfg: ModelConfig, rows: int, prompt_len: int, new_tokens: int) -> f
 
 
 def rl_iteration(policy: ModelConfig, rows: int, prompt_len: int, new_tokens: int, epochs: int,
-                 critic: bool, reward_model: bool = True, extra_rows: int = 0, greedy_rows: int = 0) -> float:
+                 critic: bool, reward_model: bool = True, extra_rows: int = 0, greedy_rows: int = 0,
+                 off_policy: bool = False) -> float:
   """Rollout, then `epochs` updates of the policy (and critic) over the `rows` the update keeps.
   The rollout generates those rows, `extra_rows` more (DAPO's oversampled prompts) and
   `greedy_rows` (ReMax's greedy baseline), all scored by the reward model (if one); the kept
   rows are scored by the policy, the reference and the critic. The reward model and critic
-  are counted at the policy's shape, without its LM head."""
+  are counted at the policy's shape, without its LM head. Off-policy, the sampler also scores
+  what it drew with the trainer's forward pass (its log-prob check, off_policy.py)."""
   length, drawn = prompt_len + new_tokens, rows + extra_rows + greedy_rows
   scoring = 2 * forward(policy, rows, length) + (forward(policy, rows, length, logits=False) if critic else 0.0)
   rewards = forward(policy, drawn, length, logits=False) if reward_model else 0.0
+  check = forward(policy, rows + extra_rows, length) if off_policy else 0.0
   updates = train(policy, rows, length) + (train(policy, rows, length, logits=False) if critic else 0.0)
-  return generate(policy, drawn, prompt_len, new_tokens) + scoring + rewards + epochs * updates
+  return generate(policy, drawn, prompt_len, new_tokens) + scoring + rewards + check + epochs * updates
 
 
 def dpo_step(cfg: ModelConfig, pairs: int, length: int) -> float:

@@ -24,7 +24,7 @@ import pytest
 from configs import pretrain
 from rlhf_jax import stages
 from rlhf_jax.errors import UserError
-from tests.conftest import shrink
+from tests.conftest import shrink, xla_flags
 from tests.test_main import ROOT, read_metrics
 
 # Every stage shrunk as the other tests shrink it, logging every step and checkpointing often,
@@ -47,6 +47,9 @@ def get_config(stage):
       config.rl.update(dict(adaptive_kl=True, kl_target=0.01, kl_horizon=100.0))
     if stage == "reinforce":  # ... and REINFORCE's moving-average baseline
       config.algo = "reinforce"
+    if stage == "ppo_async":  # ... and the rollout in flight, sampled on a device of its own
+      config.rl.off_policy_steps = 1
+      config.rollout.devices = 1
     config.update(dict(eval_prompts=8, max_prompt_len=24, **UPSTREAM))
     config.sample.max_new_tokens = 16
     config.train.update(dict(num_steps=4, checkpoint_every=1, eval_every=4))
@@ -63,10 +66,12 @@ def write_config(directory, upstream=None, steps=None) -> str:
 
 
 def start(config_file: str, stage: str, workdir) -> subprocess.Popen:
-  """The run's command in a child process, its output to a file (read by `finish`)."""
+  """The run's command in a child process, its output to a file (read by `finish`); the
+  asynchronous stage on 2 devices (one samples, one trains)."""
+  env = dict(os.environ, XLA_FLAGS=xla_flags(2)) if stage == "ppo_async" else None
   with open(f"{workdir}.log", "w") as log:
     return subprocess.Popen([sys.executable, "-m", "rlhf_jax.main", f"--config={config_file}:{stage}",
-                             f"--workdir={workdir}"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                             f"--workdir={workdir}"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def finish(process: subprocess.Popen, workdir) -> str:
@@ -167,7 +172,7 @@ def test_pretraining_killed_then_preempted_resumes_to_the_same_metrics(tmp_path)
   assert_same_run(resumed, whole, seed)
 
 
-@pytest.mark.parametrize("stage", ["ppo", "reinforce", "dpo"])
+@pytest.mark.parametrize("stage", ["ppo", "reinforce", "ppo_async", "dpo"])
 def test_rl_and_dpo_killed_at_a_random_moment_resume_to_the_same_metrics(stage, tiny_upstream, tmp_path):
   seed = random.randrange(10**6)
   rng = random.Random(seed)

@@ -273,7 +273,8 @@ def iteration_cost(cfg, rl_cfg: RLConfig, models, prompt_len: int, uses_model: b
   extra, greedy = rl_cfg.oversample * k, (rows // k if rl_cfg.needs_greedy else 0)
   model_flops = flops.rl_iteration(models.policy.cfg, rows, prompt_len, rl_cfg.max_new_tokens, rl_cfg.epochs,
                                    critic=models.critic is not None,  # a shared value head rides the policy
-                                   reward_model=uses_model, extra_rows=extra, greedy_rows=greedy)
+                                   reward_model=uses_model, extra_rows=extra, greedy_rows=greedy,
+                                   off_policy=rl_cfg.off_policy_steps > 0)
   return StepCost(model_flops, samples=rows + extra + greedy)
 
 

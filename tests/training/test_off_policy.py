@@ -1,7 +1,10 @@
 """Off-policy RL (training/off_policy.py): K = 1 is the synchronous steps with the older params,
 the sampler and the trainer agree on log-probs, and the importance corrections are as written."""
 
+import json
 import os
+import subprocess
+import sys
 import types
 
 import jax
@@ -14,7 +17,8 @@ from rlhf_jax import stages
 from rlhf_jax.algorithms.importance import importance_weights
 from rlhf_jax.training import off_policy, rl_steps
 from tests.conftest import run_until_crash
-from tests.test_main import read_metrics
+from tests.test_main import ROOT, read_metrics
+from tests.test_sharding import EIGHT_DEVICES
 from tests.training.test_rl_steps import build
 
 
@@ -108,3 +112,19 @@ def test_an_off_policy_run_checkpoints_its_rollouts_in_flight_and_resumes_bit_fo
   assert resumed == whole
   rows = read_metrics(tmp_path / "whole")
   assert all(row["rl/staleness"] < 1e-4 for row in rows if "rl/staleness" in row) and len(rows) >= 4
+
+
+def test_a_sampler_on_devices_of_its_own_equals_the_colocated_run_and_gets_resharded_weights():
+  result = subprocess.run([sys.executable, "-m", "tests.off_policy_check"], cwd=ROOT, env=EIGHT_DEVICES,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["split_equals_colocated"], report  # devices 4-7 sample what devices 0-3 would have
+  assert report["colocated"]["sampler_devices"] == [0, 1, 2, 3] and not report["colocated"]["transfer_logged"]
+  for name in ("split", "resharded"):
+    found = report[name]
+    assert found["sampler_devices"] == [4, 5, 6, 7] and found["trainer_devices"] == [0, 1, 2, 3], found
+    assert found["staleness"] < 1e-4 and found["transfer_logged"], found
+  # The trainer's fsdp shards became the sampler's tensor shards: up [64, 128] split 2 ways on mlp.
+  assert report["split"]["sampler_shard"] == [64, 128] and report["resharded"]["sampler_shard"] == [64, 64]
+  assert abs(report["resharded"]["kl"] - report["split"]["kl"]) < 1e-4
