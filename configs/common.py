@@ -23,9 +23,11 @@ MODELS = {
     # GPT-2 small's shape (124M with vocab 50304 = 50257 rounded up for the accelerator's tiles).
     "gpt2_small": dict(GPT2_BLOCK, vocab_size=50304, d_model=768, n_layers=12, n_heads=12, d_ff=3072,
                        max_len=1024, dtype="bfloat16"),
-    # A 1.1B Llama-style model (TinyLlama's shape: GQA with 4 KV heads, SwiGLU, RMSNorm, rope).
+    # A 1.1B Llama-style model (TinyLlama's shape: GQA with 4 KV heads, SwiGLU, RMSNorm, rope). Its
+    # losses read the LM head 128 positions at a time (models/head.py): the backward pass recomputes
+    # the head, 6% of this model's weights (31% of GPT-2 small's, which holds its logits at once).
     "llama_1b": dict(LLAMA_BLOCK, vocab_size=32000, d_model=2048, n_layers=22, n_heads=32, n_kv_heads=4,
-                     d_ff=5632, max_len=2048, dtype="bfloat16"),
+                     d_ff=5632, max_len=2048, dtype="bfloat16", logits_chunk=128),
 }
 # Presets that train on a laptop CPU; the others are sized for accelerators.
 SMALL_PRESETS = ("tiny", "llama_tiny")
@@ -38,7 +40,8 @@ def is_small(preset: str) -> bool:
 def model_config(preset: str) -> ml_collections.ConfigDict:
   """vocab_size 0 means: the tokenizer's vocabulary, rounded up to a multiple of 128."""
   base = dict(n_kv_heads=0, head_dim=0, rope_theta=10000.0, qk_norm=False, norm_eps=1e-5, dtype="float32",
-              param_dtype="float32", remat=False, attention="auto", dropout=0.0, init_std=0.02, heads=())
+              param_dtype="float32", remat=False, attention="auto", logits_chunk=0, dropout=0.0, init_std=0.02,
+              heads=())
   return ml_collections.ConfigDict({**base, **MODELS[preset]})
 
 

@@ -160,13 +160,15 @@ def activation_bytes(model_cfg: ModelConfig, b: int, s: int, rules, mesh_shape: 
   Activation Recomputation in Large Transformer Models"): per layer s*b*h*(10 + 24/t + 5*a*s/(h*t))
   bytes at 16 bits with t-way tensor parallelism (34 + 5as/h at t = 1), scaled to the compute
   dtype; with remat only each layer's input (2sbh) plus one layer's full set. Plus the f32 logits
-  and their gradient (2 * b*s*V*4, V split over the vocab axis). b: rows per device."""
+  and their gradient (2 * b*s*V*4, V split over the vocab axis) of `logits_chunk` positions at a
+  time (models/head.py: the losses never hold all s). b: rows per device."""
   h, a, t = model_cfg.d_model, model_cfg.n_heads, logical_size("heads", rules, mesh_shape)
   layer = s * b * h * (10 + 24 / t + 5 * a * s / (h * t))
   layers = model_cfg.n_layers * 2 * s * b * h + layer if model_cfg.remat else model_cfg.n_layers * layer
   scaled = layers * jnp.dtype(model_cfg.dtype).itemsize / 2
   vocab = -(-model_cfg.vocab_size // logical_size("vocab", rules, mesh_shape))
-  return int(scaled + (2 * b * s * vocab * 4 if logits else 0))
+  positions = min(model_cfg.logits_chunk or s, s)
+  return int(scaled + (2 * b * positions * vocab * 4 if logits else 0))
 
 
 def trained_params(model_cfg: ModelConfig):
@@ -218,7 +220,8 @@ def plan(cfg, model_cfg: ModelConfig, mesh_shape: dict) -> MemoryPlan:
       Row("frozen models", frozen_total, frozen_names),
       Row("KV cache", kv_cache_bytes(model_cfg, sampled, length, rules, mesh_shape),
           f"{sampled} rows x {length} tokens"),
-      Row("activations", acts, f"estimate: {b} rows/device x {seq} tokens" + (", remat" if model_cfg.remat else ""))))
+      Row("activations", acts, f"estimate: {b} rows/device x {seq} tokens" + (", remat" if model_cfg.remat else "")
+          + (f", logits {model_cfg.logits_chunk} positions at a time" if 0 < model_cfg.logits_chunk < seq else ""))))
 
 
 def device_bytes(cfg) -> int | None:

@@ -113,6 +113,9 @@ def test_activations_follow_korthikanti_et_al():
   remat = memory.plan(cfg, small_model(remat=True), mesh())["activations"]
   assert remat == int((2 * 2 * s * b * h + layer) * 2 + logits)
   assert memory.plan(cfg, small_model(), mesh(data=8))["activations"] == int((2 * layer * 2 + logits) / 8)
+  chunked = memory.plan(cfg, small_model(logits_chunk=32), mesh())
+  assert chunked["activations"] == int(2 * layer * 2 + logits / 4)  # 32 of the 128 positions' logits at a time
+  assert "logits 32 positions at a time" in chunked.rows[-1].parts
 
 
 def test_check_stops_a_run_that_does_not_fit():

@@ -25,9 +25,16 @@ def next_token_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array, n
   Returns:
     (loss, metrics) with summed `nll`, `correct` and `tokens` for exact averaging across steps.
   """
+  correct = jnp.argmax(logits, axis=-1) == targets
+  return weighted_nll(token_logprobs(logits, targets), correct, weights, normalizer)
+
+
+def weighted_nll(logprobs: jax.Array, correct: jax.Array, weights: jax.Array, normalizer=None):
+  """`next_token_loss` from the targets' log-probs and argmax matches [batch, time] (models/head.py
+  computes them without the whole logits)."""
   weights = weights.astype(jnp.float32)
-  nll = -token_logprobs(logits, targets) * weights
+  nll = -logprobs * weights
   if normalizer is None:
     normalizer = jnp.maximum(weights.sum(), 1.0)
-  correct = (jnp.argmax(logits, axis=-1) == targets) * weights
+  correct = correct * weights
   return nll.sum() / normalizer, {"nll": nll.sum(), "correct": correct.sum(), "tokens": weights.sum()}

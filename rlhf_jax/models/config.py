@@ -58,6 +58,9 @@ class ModelConfig:
   # The full-sequence attention kernel: cudnn (flash attention; GPU, 16-bit compute), xla (any
   # device), or auto (cudnn where it runs, else xla). Decoding with the KV cache is always xla.
   attention: str = "auto"
+  # Losses read the LM head `logits_chunk` positions at a time, each chunk's logits recomputed in
+  # the backward pass, so the [batch, time, vocab] logits never exist (models/head.py); 0: at once.
+  logits_chunk: int = 0
   dropout: float = 0.0
   init_std: float = 0.02
   heads: tuple[str, ...] = ()  # scalar heads on the final hidden state, e.g. ("value",)
@@ -80,6 +83,8 @@ class ModelConfig:
       raise ValueError(f"lora.targets: unknown {unknown}; choose among {LORA_TARGETS}")
     if self.lora_rank < 0:
       raise ValueError(f"lora.rank={self.lora_rank} must be >= 0 (0: full fine-tuning)")
+    if self.logits_chunk < 0:
+      raise ValueError(f"model.logits_chunk={self.logits_chunk} must be >= 0 (0: every position at once)")
     if self.vocab_size <= 0:
       raise ValueError(f"model.vocab_size={self.vocab_size} must be positive")
 

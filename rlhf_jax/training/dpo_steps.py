@@ -14,18 +14,18 @@ import optax
 
 from rlhf_jax import sharding
 from rlhf_jax.algorithms import dpo
-from rlhf_jax.algorithms.lm import token_logprobs
 from rlhf_jax.algorithms.masked import masked_sum
 from rlhf_jax.training import guards
 from rlhf_jax.models import lora
+from rlhf_jax.models.head import next_token_stats
 from rlhf_jax.training.rl_state import RLState, frozen_bases, policy_params
 from rlhf_jax.training.steps import accumulate_gradients, jit_steps
 
 
 def response_logps(model, params, tokens, mask, response) -> jax.Array:
   """sum_t log p(x_t | x_<t) over the tokens `response` marks, [batch]."""
-  logits = model.apply({"params": params}, tokens, mask).logits[:, :-1]
-  return masked_sum(token_logprobs(logits, tokens[:, 1:]), response[:, 1:], axis=1)
+  out = model.apply({"params": params}, tokens, mask, with_logits=False)
+  return masked_sum(next_token_stats(model, params, out.hidden, tokens, 1).logprobs, response[:, 1:], axis=1)
 
 
 def pair_logps(model, params, batch):

@@ -17,7 +17,7 @@ With one epoch and one minibatch the ratio is 1 at the update, so the clipped su
 gradient is the plain policy gradient: that is REINFORCE's and RLOO's update.
 PPO's critic is a separate model (`critic`, with its own params and optimizer) or, with
 `critic=None` and a policy that has a value head, a head on the policy backbone: one forward
-pass gives logits and values, and the value loss trains the shared trunk too.
+pass gives log-probs and values, and the value loss trains the shared trunk too.
 """
 
 import dataclasses
@@ -29,14 +29,13 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax.algorithms import aggregation, kl, ppo, shaping
-from rlhf_jax.algorithms.lm import token_logprobs
 from rlhf_jax.algorithms.advantages import ADVANTAGES, AdvantageInputs, AdvantageParams
 from rlhf_jax.algorithms.importance import importance_weights
 from rlhf_jax.algorithms.masked import masked_sum
 from rlhf_jax.algorithms.policy_losses import PolicyLossParams, surrogate_loss
 from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.training import guards
-from rlhf_jax.training.logprobs import response_logits, response_logprobs
+from rlhf_jax.training.logprobs import response_logprobs, response_stats
 from rlhf_jax.models import lora
 from rlhf_jax.training.rl_state import RLState, frozen_bases, policy_params, value_params
 from rlhf_jax.training.steps import accumulate_gradients
@@ -118,16 +117,17 @@ def response_values(model, params, tokens, mask, prompt_len: int):
   return out.scalars["value"][:, prompt_len - 1:-1]
 
 
-def logits_and_values(params, tokens, mask, prompt_len: int, *, policy, critic, temperature: float):
-  """Response logits (over the temperature) and values: one pass when the critic is shared, 0 with none."""
+def stats_and_values(params, tokens, mask, prompt_len: int, *, policy, critic, temperature: float):
+  """Response token statistics (log-probs, entropy at the temperature) and values: one pass
+  when the critic is shared, 0 with none."""
   policy_params, value_params = params
-  out = policy.apply({"params": policy_params}, tokens, mask)
-  logits = response_logits(out.logits, prompt_len, temperature)
+  out = policy.apply({"params": policy_params}, tokens, mask, with_logits=False)
+  stats = response_stats(policy, policy_params, out, tokens, prompt_len, temperature)
   if critic is not None:
-    return logits, response_values(critic, value_params, tokens, mask, prompt_len)
+    return stats, response_values(critic, value_params, tokens, mask, prompt_len)
   if "value" in out.scalars:  # the value head on the policy backbone
-    return logits, out.scalars["value"][:, prompt_len - 1:-1]
-  return logits, jnp.zeros(logits.shape[:2], jnp.float32)
+    return stats, out.scalars["value"][:, prompt_len - 1:-1]
+  return stats, jnp.zeros(stats.logprobs.shape, jnp.float32)
 
 
 class HostScores(NamedTuple):
@@ -181,10 +181,9 @@ def in_chunks(fn: Callable, rows, chunks: int):
 
 def _score_tokens(state, tokens, mask, *, policy, critic, prompt_len: int, cfg: RLConfig):
   """Log-probs of the response under the policy and the reference, and the critic's values."""
-  logits, values = logits_and_values((policy_params(state), value_params(state)), tokens, mask, prompt_len,
-                                     policy=policy, critic=critic, temperature=cfg.temperature)
-  logprobs = token_logprobs(logits, tokens[:, prompt_len:])
-  return logprobs, response_logprobs(policy, state.ref, tokens, mask, prompt_len, cfg.temperature), values
+  stats, values = stats_and_values((policy_params(state), value_params(state)), tokens, mask, prompt_len,
+                                   policy=policy, critic=critic, temperature=cfg.temperature)
+  return stats.logprobs, response_logprobs(policy, state.ref, tokens, mask, prompt_len, cfg.temperature), values
 
 
 def prompt_length(sampled: Sampled) -> int:
@@ -292,14 +291,14 @@ def rl_loss(params, batch, *, policy, critic, cfg: RLConfig, prompt_len: int, kl
   """
   rollout_batch, (policy_weights, token_weights) = batch
   params = tuple(lora.combine(base, p) for base, p in zip(bases, params))
-  logits, values = logits_and_values(params, rollout_batch.tokens, rollout_batch.mask, prompt_len, policy=policy,
-                                     critic=critic, temperature=cfg.temperature)
-  logprobs = token_logprobs(logits, rollout_batch.tokens[:, prompt_len:])
+  stats, values = stats_and_values(params, rollout_batch.tokens, rollout_batch.mask, prompt_len, policy=policy,
+                                   critic=critic, temperature=cfg.temperature)
+  logprobs = stats.logprobs
   corrected = policy_weights if rollout_batch.is_weights is None else policy_weights * rollout_batch.is_weights
   loss, metrics = surrogate_loss(cfg.policy_loss, logprobs, rollout_batch.logprobs, rollout_batch.advantages,
                                  corrected, token_weights, cfg.policy_loss_params)
   metrics["policy_loss"] = loss
-  metrics["entropy"] = masked_sum(ppo.entropy_from_logits(logits), token_weights)
+  metrics["entropy"] = masked_sum(stats.entropy, token_weights)
   loss = loss - cfg.ent_coef * metrics["entropy"]
   if cfg.kl_in_loss:
     metrics["kl_loss"] = masked_sum(kl.kl_penalty(logprobs, rollout_batch.ref_logprobs, "k3"), policy_weights)

@@ -61,7 +61,7 @@ def model_config(cfg, tokenizer, source) -> ModelConfig:
   values = dict(cfg.model)
   if source:
     arch = source.read_json("model.json")
-    for key in ("dtype", "remat", "dropout", "heads"):
+    for key in ("dtype", "remat", "dropout", "heads", "logits_chunk"):
       arch[key] = values[key]
     values = arch
   if not values["vocab_size"]:

@@ -11,16 +11,24 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax import sharding
-from rlhf_jax.algorithms.lm import next_token_loss
+from rlhf_jax.algorithms.lm import weighted_nll
 from rlhf_jax.models.sampling import sample
 from rlhf_jax.training import guards
 from rlhf_jax.models import lora
+from rlhf_jax.models.head import model_token_stats
 from rlhf_jax.training.state import TrainState, model_params
 
 
+def next_token_loss_of(model, params, batch: dict, normalizer=None, **apply_kwargs):
+  """`algorithms.lm`'s weighted cross-entropy of the batch's targets, the LM head read a chunk at a
+  time (models/head.py). Returns (loss, summed metrics)."""
+  out = model.apply({"params": params}, batch["inputs"], batch["mask"], with_logits=False, **apply_kwargs)
+  stats = model_token_stats(model, params, out.hidden, batch["targets"])
+  return weighted_nll(stats.logprobs, stats.correct, batch["loss_mask"], normalizer)
+
+
 def lm_loss(params, batch, normalizer, *, model, dropout_rng):
-  out = model.apply({"params": params}, batch["inputs"], batch["mask"], rngs={"dropout": dropout_rng})
-  return next_token_loss(out.logits, batch["targets"], batch["loss_mask"], normalizer)
+  return next_token_loss_of(model, params, batch, normalizer, rngs={"dropout": dropout_rng})
 
 
 def accumulate_gradients(loss_fn: Callable, params, batch, accum_steps: int):
@@ -76,8 +84,7 @@ def apply_gradients(state: TrainState, grads, tx, loss) -> tuple[TrainState, dic
 
 def eval_step(params, batch: dict, *, model) -> dict:
   """Summed nll / correct / tokens, so the host averages exactly over any number of batches."""
-  out = model.apply({"params": params}, batch["inputs"], batch["mask"])
-  return next_token_loss(out.logits, batch["targets"], batch["loss_mask"])[1]
+  return next_token_loss_of(model, params, batch)[1]
 
 
 class LMSteps(NamedTuple):
