@@ -5,8 +5,12 @@ A batch is a dict of numpy arrays [batch, seq_len]:
   targets    the next token at each position
   mask       1 where `inputs` is a real token (attention and positions)
   loss_mask  1 where `targets` is trained on (everything for pretraining, the response for SFT)
+  segments   packed rows only (`data.pack`): each input token's sequence id (1, 2, ...; 0 pads):
+             the model attends within a sequence and restarts its positions at each
 Each process builds only its own rows (`process_index` of `process_count`).
 """
+
+import bisect
 
 import numpy as np
 
@@ -59,45 +63,76 @@ class Batcher:
     return self._perm
 
 
-class PretrainData(Batcher):
-  """Non-overlapping windows of seq_len + 1 tokens from one packed stream."""
+def pack_rows(lengths, capacity: int) -> list[list[int]]:
+  """Sequence indices per row, each row's lengths summing to at most `capacity`: best-fit
+  decreasing (the longest first, each into the row it leaves least room in). Deterministic."""
+  rows, free = [], []  # free: sorted (room left, row) of the rows with room
+  for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+    at = bisect.bisect_left(free, (lengths[i], -1))
+    if at == len(free):
+      rows.append([])
+      room, row = capacity, len(rows) - 1
+    else:
+      room, row = free.pop(at)
+    rows[row].append(i)
+    if room > lengths[i]:
+      bisect.insort(free, (room - lengths[i], row))
+  return rows
 
-  def __init__(self, stream: np.ndarray, seq_len: int, batch_size: int, seed: int, **kwargs):
-    self.stream, self.seq_len = stream, seq_len
+
+class PretrainData(Batcher):
+  """Non-overlapping windows of seq_len + 1 tokens from one packed stream. With `bos_id`
+  (`data.pack`), each document is a segment: attention stops at its BOS, positions restart."""
+
+  def __init__(self, stream: np.ndarray, seq_len: int, batch_size: int, seed: int, bos_id=None, **kwargs):
+    self.stream, self.seq_len, self.bos_id = stream, seq_len, bos_id
     super().__init__((len(stream) - 1) // seq_len, batch_size, seed, **kwargs)
 
   def rows(self, ids) -> dict:
     windows = np.stack([self.stream[i * self.seq_len:(i + 1) * self.seq_len + 1] for i in ids])
     ones = np.ones(windows[:, 1:].shape, np.int32)
-    return {"inputs": windows[:, :-1], "targets": windows[:, 1:], "mask": ones, "loss_mask": ones}
+    batch = {"inputs": windows[:, :-1], "targets": windows[:, 1:], "mask": ones, "loss_mask": ones}
+    if self.bos_id is not None:  # 1 + the documents begun before each token in its window
+      batch["segments"] = (1 + np.cumsum(windows[:, :-1] == self.bos_id, axis=1)).astype(np.int32)
+    return batch
 
   def batch(self, step: int) -> dict:
     return self.rows(self.row_ids(step))
 
 
 class SFTData(Batcher):
-  """Prompt/response rows, right-padded; the loss covers the response and its EOS only."""
+  """Prompt/response rows, right-padded; the loss covers the response and its EOS only. With
+  `pack`, each row holds as many sequences as fit (`pack_rows`), each a segment of its own."""
 
-  def __init__(self, pairs_ids, tokenizer, seq_len: int, batch_size: int, seed: int, **kwargs):
+  def __init__(self, pairs_ids, tokenizer, seq_len: int, batch_size: int, seed: int, pack: bool = False,
+               **kwargs):
     built = [sft_sequence(p, r, tokenizer, seq_len) for p, r in pairs_ids]
     self.sequences = [tokens for tokens, _, _ in built]
     self.response_starts = np.array([start for _, start, _ in built])
     self.num_truncated = sum(t for _, _, t in built)
-    self.seq_len, self.pad_id = seq_len, tokenizer.pad_id
-    super().__init__(len(built), batch_size, seed, **kwargs)
+    self.seq_len, self.pad_id, self.pack = seq_len, tokenizer.pad_id, pack
+    self.packed = (pack_rows([len(t) for t in self.sequences], seq_len + 1) if pack
+                   else [[i] for i in range(len(built))])
+    super().__init__(len(self.packed), batch_size, seed, **kwargs)
 
   def rows(self, ids) -> dict:
-    full = np.full((len(ids), self.seq_len + 1), self.pad_id, np.int32)
-    lengths = np.zeros((len(ids),), np.int32)
+    tokens = np.full((len(ids), self.seq_len + 1), self.pad_id, np.int32)
+    segments = np.zeros_like(tokens)
+    trained = np.zeros_like(tokens)  # the response tokens and EOS
     for row, i in enumerate(ids):
-      full[row, :len(self.sequences[i])] = self.sequences[i]
-      lengths[row] = len(self.sequences[i])
-    position = np.arange(self.seq_len)[None, :]
-    target_position = position + 1
-    starts = self.response_starts[np.asarray(ids)][:, None]
-    loss_mask = (target_position >= starts) & (target_position < lengths[:, None])
-    return {"inputs": full[:, :-1], "targets": full[:, 1:],
-            "mask": (position < lengths[:, None]).astype(np.int32), "loss_mask": loss_mask.astype(np.int32)}
+      at = 0
+      for segment, j in enumerate(self.packed[i], 1):
+        sequence = self.sequences[j]
+        tokens[row, at:at + len(sequence)] = sequence
+        segments[row, at:at + len(sequence)] = segment
+        trained[row, at + self.response_starts[j]:at + len(sequence)] = 1
+        at += len(sequence)
+    # A target is trained on if it is a response token of the sequence its input belongs to.
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": (segments[:, :-1] > 0).astype(np.int32),
+             "loss_mask": trained[:, 1:] * (segments[:, 1:] == segments[:, :-1])}
+    if self.pack:
+      batch["segments"] = segments[:, :-1]
+    return batch
 
   def batch(self, step: int) -> dict:
     return self.rows(self.row_ids(step))

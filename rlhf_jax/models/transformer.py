@@ -52,10 +52,15 @@ def param_shapes(model: nn.Module):
   return jax.eval_shape(functools.partial(boxed_params, model), jax.random.key(0))
 
 
-def positions_from_mask(mask: jax.Array) -> jax.Array:
-  """Position of each token = number of real tokens before it (pads get the next one)."""
+def positions_from_mask(mask: jax.Array, segments: Optional[jax.Array] = None) -> jax.Array:
+  """Position of each token = number of real tokens before it (pads get the next one); with
+  `segments` (packed rows: each sequence's id, contiguous), before it in its own sequence."""
   mask = mask.astype(jnp.int32)
-  return jnp.cumsum(mask, axis=-1) - mask
+  before = jnp.cumsum(mask, axis=-1) - mask
+  if segments is None:
+    return before
+  starts = jnp.concatenate([jnp.ones_like(segments[:, :1], bool), segments[:, 1:] != segments[:, :-1]], axis=-1)
+  return before - jax.lax.cummax(jnp.where(starts, before, 0), axis=1)
 
 
 def last_token_values(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -65,8 +70,9 @@ def last_token_values(values: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.take_along_axis(values, last[:, None], axis=-1)[:, 0]
 
 
-def attention_mask(mask: jax.Array, cache: Optional[KVCache]):
-  """Boolean [batch, 1, q_len, k_len] causal mask over real keys, and the cache's new mask."""
+def attention_mask(mask: jax.Array, cache: Optional[KVCache], segments: Optional[jax.Array] = None):
+  """Boolean [batch, 1, q_len, k_len] causal mask over real keys (of the query's own segment,
+  in a packed row), and the cache's new mask."""
   q_len = mask.shape[1]
   if cache is None:
     key_valid, q_index = mask, jnp.arange(q_len)
@@ -75,7 +81,10 @@ def attention_mask(mask: jax.Array, cache: Optional[KVCache]):
     q_index = cache.index + jnp.arange(q_len)
   k_index = jnp.arange(key_valid.shape[1])
   causal = k_index[None, :] <= q_index[:, None]
-  return causal[None, None] & key_valid[:, None, None, :], key_valid
+  allowed = causal[None, None] & key_valid[:, None, None, :]
+  if segments is not None:
+    allowed &= (segments[:, :, None] == segments[:, None, :])[:, None]
+  return allowed, key_valid
 
 
 class Transformer(nn.Module):
@@ -83,17 +92,19 @@ class Transformer(nn.Module):
   deterministic: bool = True  # False turns dropout on (needs a "dropout" rng)
 
   @nn.compact
-  def __call__(self, tokens, mask=None, *, cache: Optional[KVCache] = None, positions=None,
+  def __call__(self, tokens, mask=None, *, cache: Optional[KVCache] = None, positions=None, segments=None,
                with_logits: bool = True, last_logits_only: bool = False) -> ModelOutput:
     """tokens, mask: [batch, time]. With a cache, tokens are written at slot cache.index.
+    `segments` [batch, time]: packed rows' sequence ids (contiguous; no cache): each token
+    attends within its sequence, whose positions start at 0.
     `last_logits_only`: logits of the last position alone, [batch, 1, vocab] (a prefill needs
     no more, and the whole prompt's would be the largest array of sampling)."""
     cfg = self.cfg
     mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
     if positions is None:
       offset = 0 if cache is None else jnp.sum(cache.mask, axis=-1, keepdims=True)
-      positions = offset + positions_from_mask(mask)
-    attn_mask, cache_mask = attention_mask(mask, cache)
+      positions = offset + positions_from_mask(mask, segments)
+    attn_mask, cache_mask = attention_mask(mask, cache, segments)
 
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
                      embedding_init=partitioned(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),

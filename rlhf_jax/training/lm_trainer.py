@@ -67,17 +67,19 @@ def prepare_data(cfg, tokenizer) -> LMData:
     chat = lambda pairs: list(zip(as_chat([p for p, _ in pairs], tokenizer, d), [r for _, r in pairs]))
     eval_pairs = chat(sources.load_pairs(d, "eval"))
     train = batches.SFTData(encode(chat(sources.load_pairs(d, "train"))), tokenizer, d.seq_len, d.batch_size,
-                            cfg.seed, **where)
+                            cfg.seed, pack=d.pack, **where)
     evaluation = batches.SFTData(encode(eval_pairs), tokenizer, d.seq_len, d.batch_size, cfg.seed,
-                                 shuffle=False, **where)
-    logging.info("SFT: %d train pairs (%d truncated)", train.num_rows, train.num_truncated)
+                                 shuffle=False, pack=d.pack, **where)
+    logging.info("SFT: %d train pairs (%d truncated) in %d rows", len(train.sequences), train.num_truncated,
+                 train.num_rows)
     prompt_texts = [p for p, _ in eval_pairs]
   else:
     eval_docs = sources.load_documents(d, "eval")
+    bos = tokenizer.bos_id if d.pack else None  # documents as segments
     train = batches.PretrainData(batches.token_stream(sources.load_documents(d, "train"), tokenizer),
-                                 d.seq_len, d.batch_size, cfg.seed, **where)
+                                 d.seq_len, d.batch_size, cfg.seed, bos_id=bos, **where)
     evaluation = batches.PretrainData(batches.token_stream(eval_docs, tokenizer), d.seq_len, d.batch_size,
-                                      cfg.seed, shuffle=False, **where)
+                                      cfg.seed, shuffle=False, bos_id=bos, **where)
     logging.info("pretraining: %d windows of %d tokens", train.num_rows, d.seq_len)
     prompt_texts = openings(eval_docs, d, cfg.seed)
   max_prompt = max(1, min(d.seq_len, cfg.model.max_len) - cfg.sample.max_new_tokens)

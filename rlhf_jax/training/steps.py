@@ -21,8 +21,9 @@ from rlhf_jax.training.state import TrainState, model_params
 
 def next_token_loss_of(model, params, batch: dict, normalizer=None, **apply_kwargs):
   """`algorithms.lm`'s weighted cross-entropy of the batch's targets, the LM head read a chunk at a
-  time (models/head.py). Returns (loss, summed metrics)."""
-  out = model.apply({"params": params}, batch["inputs"], batch["mask"], with_logits=False, **apply_kwargs)
+  time (models/head.py); packed rows carry `segments`. Returns (loss, summed metrics)."""
+  out = model.apply({"params": params}, batch["inputs"], batch["mask"], segments=batch.get("segments"),
+                    with_logits=False, **apply_kwargs)
   stats = model_token_stats(model, params, out.hidden, batch["targets"])
   return weighted_nll(stats.logprobs, stats.correct, batch["loss_mask"], normalizer)
 

@@ -69,3 +69,46 @@ def test_eval_batches_see_every_row_once_with_zero_weight_padding():
 def test_empty_dataset_is_a_clear_error():
   with pytest.raises(UserError, match="no training sequences"):
     batches.PretrainData(np.zeros((5,), np.int32), seq_len=16, batch_size=4, seed=0)
+
+
+def test_packing_puts_each_sequence_in_one_row_within_its_capacity():
+  lengths = np.random.default_rng(0).integers(3, 61, 200).tolist()
+  rows = batches.pack_rows(lengths, 64)
+  assert sorted(i for row in rows for i in row) == list(range(200))
+  assert all(sum(lengths[i] for i in row) <= 64 for row in rows)
+  assert len(rows) <= 11 / 9 * -(-sum(lengths) // 64) + 1  # best-fit decreasing's bound
+  assert rows == batches.pack_rows(lengths, 64)  # deterministic
+
+
+def sft_pairs(n=12):
+  rng = np.random.default_rng(1)
+  return [(TOK.encode("q" * int(rng.integers(1, 6))), TOK.encode("a" * int(rng.integers(1, 9)))) for _ in range(n)]
+
+
+def trained_targets(data) -> list:
+  """Each sequence's trained (inputs, targets), from the data's rows, sorted."""
+  found = []
+  for batch in batches.eval_batches(data, 100):
+    for row in range(len(batch["inputs"])):
+      segments = batch.get("segments", batch["mask"])[row]
+      for segment in set(segments[batch["mask"][row] > 0].tolist()):
+        trained = (segments == segment) & (batch["loss_mask"][row] > 0)
+        found.append((tuple(batch["inputs"][row][trained]), tuple(batch["targets"][row][trained])))
+  return sorted(found)
+
+
+def test_packed_sft_rows_train_on_the_same_targets_as_one_sequence_per_row():
+  pairs = sft_pairs()
+  padded = batches.SFTData(pairs, TOK, seq_len=32, batch_size=4, seed=0, shuffle=False)
+  packed = batches.SFTData(pairs, TOK, seq_len=32, batch_size=4, seed=0, shuffle=False, pack=True)
+  assert packed.num_rows < padded.num_rows == 12
+  assert trained_targets(packed) == trained_targets(padded)
+  batch = packed.batch(0)
+  assert np.array_equal(batch["segments"] > 0, batch["mask"] > 0) and batch["segments"].max() >= 2
+
+
+def test_packed_pretraining_makes_each_document_a_segment():
+  stream = np.array([TOK.bos_id, 5, 6, TOK.eos_id, TOK.bos_id, 7, TOK.eos_id, TOK.bos_id, 8, 9], np.int32)
+  batch = batches.PretrainData(stream, seq_len=9, batch_size=1, seed=0, bos_id=TOK.bos_id).batch(0)
+  np.testing.assert_array_equal(batch["segments"][0], [2, 2, 2, 2, 3, 3, 3, 4, 4])
+  assert "segments" not in batches.PretrainData(stream, seq_len=9, batch_size=1, seed=0).batch(0)

@@ -119,3 +119,17 @@ def test_bad_model_config_is_rejected():
     small_model(n_kv_heads=3)
   with pytest.raises(ValueError, match="position"):
     small_model(position="alibi")
+
+
+@pytest.mark.parametrize("style", [*STYLES, "gpt2_rope"])
+def test_a_packed_row_gives_each_sequence_the_logits_it_has_alone(style):
+  cfg = small_model(**STYLES.get(style, {"position": "rope"}))
+  _, params = init(cfg)
+  model = Transformer(cfg)
+  a, b = (jax.random.randint(jax.random.key(s), (1, n), 0, 256) for s, n in ((2, 5), (3, 7)))
+  row = jnp.concatenate([a, b, jnp.zeros((1, 2), a.dtype)], axis=1)  # a, b, then 2 pads
+  segments = jnp.array([[1] * 5 + [2] * 7 + [0] * 2])
+  packed = model.apply({"params": params}, row, segments > 0, segments=segments).logits
+  for alone, where in ((a, slice(0, 5)), (b, slice(5, 12))):
+    np.testing.assert_allclose(packed[:, where], model.apply({"params": params}, alone).logits, rtol=1e-5,
+                               atol=1e-5)

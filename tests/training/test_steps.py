@@ -1,19 +1,24 @@
 """Compiled train step: gradient accumulation is exact, repeated steps fit a batch, a non-finite
-update is refused."""
+update is refused, packed rows give the loss of one sequence per row."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
-from configs import common
-from rlhf_jax import sharding
+from configs import common, reward
+from rlhf_jax import sharding, stages
+from rlhf_jax.data import batches
+from rlhf_jax.errors import UserError
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import setup
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
-from rlhf_jax.training.steps import train_step
+from rlhf_jax.training.steps import eval_step, train_step
 from tests.conftest import small_model
+from tests.data.test_batches import TOK, sft_pairs
 
 
 def make(accum_steps, inject_nan_at=()):
@@ -78,3 +83,24 @@ def test_a_non_finite_loss_leaves_params_and_optimizer_state_untouched():
   assert int(state.step) == 2  # the batch is consumed all the same
   state, third = step(state, batch())
   assert float(third["skipped_updates"]) == 0 and np.isfinite(float(third["loss"]))
+
+
+def test_packed_sft_rows_give_the_loss_of_one_sequence_per_row():
+  for style in ({}, {"position": "rope", "tie_embeddings": False}):
+    model = Transformer(small_model(**style))
+    params = nn.meta.unbox(model.init(jax.random.key(0), np.zeros((1, 8), np.int32))["params"])
+    evaluate = jax.jit(functools.partial(eval_step, model=model))
+    sums = []
+    for pack in (False, True):
+      data = batches.SFTData(sft_pairs(), TOK, seq_len=32, batch_size=4, seed=0, shuffle=False, pack=pack)
+      totals = [jax.device_get(evaluate(params, batch)) for batch in batches.eval_batches(data, 100)]
+      sums.append({k: sum(float(t[k]) for t in totals) for k in totals[0]})
+    assert sums[0]["tokens"] == sums[1]["tokens"] and sums[0]["correct"] == sums[1]["correct"]
+    np.testing.assert_allclose(sums[1]["nll"], sums[0]["nll"], rtol=1e-5)
+
+
+def test_packing_is_refused_where_rows_are_pairs_or_prompts():
+  config = reward.get_config("tiny")
+  config.data.pack = True
+  with pytest.raises(UserError, match="data.pack=True: packed rows are for pretrain and sft; the reward stage"):
+    stages.check_all(config)
