@@ -47,8 +47,8 @@ def get_config(stage):
       config.rl.update(dict(adaptive_kl=True, kl_target=0.01, kl_horizon=100.0))
     if stage == "reinforce":  # ... and REINFORCE's moving-average baseline
       config.algo = "reinforce"
-    if stage == "ppo_async":  # ... and the rollout in flight, sampled on a device of its own
-      config.rl.off_policy_steps = 1
+    if stage == "ppo_async":  # ... and the two rollouts in flight, sampled on a device of its own
+      config.rl.off_policy_steps = 2
       config.rollout.devices = 1
     config.update(dict(eval_prompts=8, max_prompt_len=24, **UPSTREAM))
     config.sample.max_new_tokens = 16
@@ -185,6 +185,10 @@ def test_rl_and_dpo_killed_at_a_random_moment_resume_to_the_same_metrics(stage, 
   log = run_to_end(config_file, stage, resumed)
   assert newest >= 1 and resumed_from(log) == [newest], (seed, newest, log[-3000:])
   assert_same_run(resumed, tmp_path / "whole", seed)
+  if stage == "ppo_async":  # the queue is in each checkpoint; the sampler's log-probs are the trainer's
+    assert "pending" in os.listdir(resumed / "checkpoints" / str(newest_checkpoint(resumed)))
+    rows = [row for row in read_metrics(resumed) if "rl/staleness" in row]
+    assert len(rows) == 4 and all(row["rl/staleness"] < 1e-4 for row in rows)
 
 
 def test_unreadable_and_half_written_checkpoints_are_set_aside_and_the_run_resumes(tmp_path, caplog):

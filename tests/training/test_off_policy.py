@@ -1,8 +1,8 @@
 """Off-policy RL (training/off_policy.py): K = 1 is the synchronous steps with the older params,
-the sampler and the trainer agree on log-probs, and the importance corrections are as written."""
+the sampler and the trainer agree on log-probs, and the importance corrections are as written.
+Killed and resumed, an off-policy run goes on bit for bit: tests/test_faults.py (`ppo_async`)."""
 
 import json
-import os
 import subprocess
 import sys
 import types
@@ -13,11 +13,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rlhf_jax import stages
 from rlhf_jax.algorithms.importance import importance_weights
 from rlhf_jax.training import off_policy, rl_steps
-from tests.conftest import run_until_crash
-from tests.test_main import ROOT, read_metrics
+from tests.test_main import ROOT
 from tests.test_sharding import EIGHT_DEVICES
 from tests.training.test_rl_steps import build
 
@@ -94,24 +92,6 @@ def test_ppo_takes_its_ratio_against_the_sampler_and_the_critic_free_weight_thei
     assert (weights is not None) == weighted and metrics["is_weight_mean"] == pytest.approx(2.0)
   synchronous = rl_steps.RLConfig(max_new_tokens=3, eos_id=1, pad_id=0)
   assert rl_steps.behaviour_correction(synchronous, recomputed, sampler) == (recomputed, None, {})
-
-
-def test_an_off_policy_run_checkpoints_its_rollouts_in_flight_and_resumes_bit_for_bit(tiny_ppo, tiny_upstream,
-                                                                                      tmp_path, monkeypatch):
-  tiny_ppo.update(tiny_upstream)
-  tiny_ppo.rl.off_policy_steps = 2
-  whole = stages.run(tiny_ppo.copy_and_resolve_references(), str(tmp_path / "whole"))
-  # Killed at step 3 (after the checkpoint of step 2), then resumed.
-  run_until_crash(lambda: stages.run(tiny_ppo.copy_and_resolve_references(), str(tmp_path / "resumed")),
-                  monkeypatch, step=3)
-  resumed = stages.run(tiny_ppo, str(tmp_path / "resumed"))
-  assert "pending" in os.listdir(tmp_path / "resumed" / "checkpoints" / "2")
-  assert read_metrics(tmp_path / "resumed") == read_metrics(tmp_path / "whole")
-  for summary in (whole, resumed):
-    summary.pop("train_seconds_this_session")
-  assert resumed == whole
-  rows = read_metrics(tmp_path / "whole")
-  assert all(row["rl/staleness"] < 1e-4 for row in rows if "rl/staleness" in row) and len(rows) >= 4
 
 
 def test_a_sampler_on_devices_of_its_own_equals_the_colocated_run_and_gets_resharded_weights():
