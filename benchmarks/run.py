@@ -107,7 +107,7 @@ def paired_rounds(name: str, step, baseline=None) -> tuple[float, list, list, li
   each too: on a noisy machine each round's ratio compares two timings taken back to back."""
   timings, theirs, base = [], [], []
   for _ in range(FLAGS.rounds):
-    if FLAGS.peer and name in PEER_SPECS[FLAGS.peer].workloads:  # none has a baseline-timed one
+    if FLAGS.peer and name in PEER_SPECS[FLAGS.peer].workloads:  # no peer has w5 / w6 (baseline-timed)
       theirs.append(peer(FLAGS.peer, name))
     if baseline is not None:
       base.append(limits.timed(baseline, FLAGS.repeats)[1])

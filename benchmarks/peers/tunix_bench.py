@@ -1,6 +1,6 @@
 """Google Tunix's version of two benchmark workloads, on CPU JAX. Prints ONE JSON line on stdout.
 
-  benchmarks/peers/.venv-tunix/bin/python benchmarks/peers/tunix_bench.py --workload=w1 [--repeats=5]
+  benchmarks/peers/.venv-tunix/bin/python benchmarks/peers/tunix_bench.py --workload=w1 [--repeats=5] [--cpu_devices=1]
 
 w1 PPO through `tunix.rl.ppo.ppo_learner.PPOLearner` (policy, reference, reward model, critic); w4 RLOO
 through `tunix.rl.grpo.grpo_learner.GRPOLearner` with Tunix's "rloo" (leave-one-out) advantage estimator.
@@ -93,9 +93,10 @@ def make_model(cls, mesh, seed: int = 0):
 
 
 def mesh_and_roles():
-  """One CPU device (XLA's intra-op threads spread each op over the cores), every role on it: the
-  rollout shares the actor's weights, so Tunix syncs nothing between them."""
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("fsdp", "tp"))  # Auto axes, Tunix's
+  """All CPU devices on Tunix's `fsdp` axis (default one: XLA's intra-op threads spread each op over the
+  cores), every role on that mesh: the rollout shares the actor's weights, so Tunix syncs nothing."""
+  devices = jax.devices()
+  mesh = jax.sharding.Mesh(np.array(devices).reshape(len(devices), 1), ("fsdp", "tp"))  # Auto axes, Tunix's
   return mesh, {role: mesh for role in Role}
 
 
@@ -220,7 +221,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
   parser.add_argument("--repeats", type=int, default=5, help="Timed steps after the warm-up one.")
+  parser.add_argument("--cpu_devices", type=int, default=1, help="JAX CPU devices, all on Tunix's fsdp axis.")
   flags = parser.parse_args()
+  jax.config.update("jax_num_cpu_devices", flags.cpu_devices)
   quiet()
   with contextlib.redirect_stdout(sys.stderr):  # progress bars and banners
     durations, extra, notes = WORKLOADS[flags.workload](1 + flags.repeats)
@@ -230,7 +233,7 @@ def main():
             f"{tunix_shape.swiglu_hidden(tunix_shape.GPT2['d_ff'])} (FLOPs per token "
             f"{tunix_shape.flops_ratio():.4f}x GPT-2's GELU MLP of 512), random init",
             "pad/EOS ids (256/257) lie outside the model vocabulary: no early stop, every response 32 tokens",
-            f"one JAX CPU device ({jax.devices()[0].device_kind}), every role colocated on it"]
+            f"{jax.device_count()} JAX CPU device(s) on Tunix's fsdp axis, every role colocated on them"]
   result = {"workload": flags.workload, "seconds": statistics.median(durations[1:]),
             "compile_or_warmup_s": durations[0], "step_seconds": durations[1:], **extra, "repeats": flags.repeats,
             **versions(), "devices": jax.device_count(), "notes": "; ".join(notes + shared)}
