@@ -70,14 +70,18 @@ def model_flops_utilisation(flops_per_s: float) -> dict:
   return {"mfu_datasheet": flops_per_s / peak, "datasheet_peak": peak} if peak else {}
 
 
-def table(results: list) -> str:
-  """A markdown table of the figures (with TRL's where measured)."""
-  lines = ["| workload | ours (s) | TRL (s) | speedup | ours % of peak | TRL % of peak |",
+PEER_LABELS = {"trl": "TRL", "tunix": "Tunix"}
+
+
+def table(results: list, peer: str = "trl") -> str:
+  """A markdown table of the figures (with the peer's, from its `{peer}_*` keys, where measured)."""
+  label = PEER_LABELS.get(peer, peer)
+  lines = [f"| workload | ours (s) | {label} (s) | speedup | ours % of peak | {label} % of peak |",
            "|---|---|---|---|---|---|"]
   for r in results:
-    trl = r.get("trl_seconds")
-    cells = [r["workload"], f"{r['seconds']:.4g}", f"{trl:.4g}" if trl else "-",
-             f"{r['speedup_vs_trl']:.2f}x" if trl else "-", f"{100 * r['fraction_of_peak']:.0f}%",
-             f"{100 * r['trl_fraction_of_peak']:.0f}%" if trl else "-"]
+    theirs = r.get(f"{peer}_seconds")
+    cells = [r["workload"], f"{r['seconds']:.4g}", f"{theirs:.4g}" if theirs else "-",
+             f"{r[f'speedup_vs_{peer}']:.2f}x" if theirs else "-", f"{100 * r['fraction_of_peak']:.0f}%",
+             f"{100 * r[f'{peer}_fraction_of_peak']:.0f}%" if theirs else "-"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)

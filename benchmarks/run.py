@@ -1,9 +1,10 @@
 """Time one fixed workload and print one JSON line: the figures, the device, the JAX version.
 
   python benchmarks/run.py --workload=w1             # PPO iteration on the tiny GPT-2 (CPU-sized)
-  python benchmarks/run.py --workload=w1 --peer      # ... and TRL's, measured in the same run
-  python benchmarks/run.py --workload=cpu --peer     # w1 w2 w3 w4 sampler, then a markdown table
-  python benchmarks/run.py --workload=cpu --peer --rounds=3   # ... each side timed 3 times, alternating
+  python benchmarks/run.py --workload=w1 --peer=trl  # ... and TRL's, measured in the same run (bare --peer: trl)
+  python benchmarks/run.py --workload=cpu --peer=trl # w1 w2 w3 w4 sampler, then a markdown table
+  python benchmarks/run.py --workload=cpu --peer=trl --rounds=3   # ... each side timed 3 times, alternating
+  python benchmarks/run.py --workload=w4 --peer=tunix --rounds=3  # Google's Tunix instead (w1 and w4 only)
   python benchmarks/run.py --workload=gpu            # pretrain, decode, ppo_large (gpt2_small)
 
 Workloads: w1 PPO (64 prompts x 16 tokens, 32 new, 4 epochs, 1 minibatch; policy, reference,
@@ -20,6 +21,7 @@ reported apart from the steady state, the median of --repeats calls. FLOP/s are 
 (rlhf_jax/flops.py) over the median, against a matmul peak measured in the same run.
 """
 
+import dataclasses
 import json
 import os
 import platform
@@ -40,8 +42,9 @@ CPU_SET = ("w1", "w2", "w3", "w4", "w5", "sampler")  # w6 is timed on its own (l
 GPU_SET = ("pretrain", "decode", "ppo_large")
 flags.DEFINE_enum("workload", "w1", [*CPU_SET, "w6", "w6_sync", *GPU_SET, "cpu", "gpu"], "What to time (cpu / gpu: each of a set).")
 flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
-flags.DEFINE_bool("peer", False, "Also run TRL's version (benchmarks/peers, after setup.sh) and give the ratio.")
-flags.DEFINE_integer("rounds", 1, "Timings of --repeats calls, each just after TRL's run with --peer; figures are "
+flags.DEFINE_enum("peer", "", ["", "trl", "tunix"], "Also run this library's version (benchmarks/peers, after its "
+                  "setup) and give the ratio; a bare --peer is --peer=trl.")
+flags.DEFINE_integer("rounds", 1, "Timings of --repeats calls, each just after the peer's run with --peer; figures are "
                      "medians over rounds, the speedup the median of each round's ratio.")
 flags.DEFINE_integer("rows", 0, "pretrain: batch rows (0: the preset's).")
 flags.DEFINE_string("preset", "gpt2_small", "Model preset of the accelerator-sized workloads.")
@@ -51,6 +54,26 @@ flags.DEFINE_integer("cpu_devices", -1, "On a CPU host, JAX devices to split it 
 flags.DEFINE_string("profile", "", "Also trace 3 calls with jax.profiler into DIR/WORKLOAD "
                     "(summarise with benchmarks/profile_summary.py).")
 PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers")
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+  """Another library's version of some workloads: a script in its own virtual environment
+  (under PEERS) printing one JSON line. `versions` maps its version keys to ours (Tunix's
+  "jax" must not overwrite our own)."""
+  venv: str
+  script: str
+  setup: str
+  workloads: tuple[str, ...]
+  versions: dict
+
+
+PEER_SPECS = {
+    "trl": Peer(".venv", "trl_bench.py", "bash benchmarks/peers/setup.sh", ("w1", "w2", "w3", "w4", "sampler"),
+                {"trl": "trl", "torch": "torch"}),
+    "tunix": Peer(".venv-tunix", "tunix_bench.py", "bash benchmarks/peers/setup.sh tunix", ("w1", "w4"),
+                  {"tunix": "tunix", "jax": "tunix_jax", "flax": "tunix_flax"}),
+}
 BUILDERS = {
     "w1": lambda: workloads.rl_workload("ppo"),
     "w2": workloads.dpo_workload,
@@ -78,14 +101,14 @@ def preset_model() -> dict:
 
 
 def paired_rounds(name: str, step, baseline=None) -> tuple[float, list, list, list]:
-  """(first call's seconds, our median of each round, TRL's result of each round, the baseline
-  workload's median of each round). With --peer, TRL runs in its own process just before each
-  of our timings, while ours sits idle; a baseline (BASELINES) is timed just before each too:
-  on a noisy machine each round's ratio compares two timings taken back to back."""
+  """(first call's seconds, our median of each round, the peer's result of each round, the
+  baseline workload's median of each round). With --peer, the peer runs in its own process just
+  before each of our timings, while ours sits idle; a baseline (BASELINES) is timed just before
+  each too: on a noisy machine each round's ratio compares two timings taken back to back."""
   timings, theirs, base = [], [], []
   for _ in range(FLAGS.rounds):
-    if FLAGS.peer and name not in BASELINES:  # TRL has no counterpart of a baseline-timed one
-      theirs.append(peer(name))
+    if FLAGS.peer and name in PEER_SPECS[FLAGS.peer].workloads:  # no peer has w5 / w6 (baseline-timed)
+      theirs.append(peer(FLAGS.peer, name))
     if baseline is not None:
       base.append(limits.timed(baseline, FLAGS.repeats)[1])
     timings.append(limits.timed(step, FLAGS.repeats))
@@ -94,7 +117,7 @@ def paired_rounds(name: str, step, baseline=None) -> tuple[float, list, list, li
 
 def measure(name: str, peak: float) -> tuple[dict, list]:
   """Builds, times and (for the GPU figures) relates one workload to the device's limits;
-  also gives TRL's results of the same rounds (none without --peer)."""
+  also gives the peer's results of the same rounds (none without --peer or where it has none)."""
   workload = BUILDERS[name]()
   baseline = BUILDERS[BASELINES[name]]() if name in BASELINES else None
   first, rounds, theirs, base = paired_rounds(name, workload.step, baseline and baseline.step)
@@ -124,27 +147,52 @@ def measure(name: str, peak: float) -> tuple[dict, list]:
   return result, theirs
 
 
-def peer(name: str) -> dict:
-  """TRL's figures for the same workload, from its own virtual environment."""
-  python = os.path.join(PEERS, ".venv", "bin", "python")
+def peer_argv(argv: list) -> list:
+  """argv with a bare `--peer` (once a boolean flag) as `--peer=trl`, unless a value follows it."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg == "--peer" and (i + 1 == len(out) or out[i + 1] not in PEER_SPECS):
+      out[i] = "--peer=trl"
+  return out
+
+
+def peer_python(name: str) -> str:
+  """The peer's interpreter; a one-line exit naming the setup command where it is not built."""
+  spec = PEER_SPECS[name]
+  python = os.path.join(PEERS, spec.venv, "bin", "python")
   if not os.path.exists(python):
-    raise SystemExit(f"no peer environment at {python}: run benchmarks/peers/setup.sh first")
-  out = subprocess.run([python, os.path.join(PEERS, "trl_bench.py"), f"--workload={name}",
-                        f"--repeats={FLAGS.repeats}"], check=True, capture_output=True, text=True)
+    raise SystemExit(f"--peer={name}: no environment at {python}; run `{spec.setup}` first")
+  return python
+
+
+def peer_names(name: str, names: tuple) -> tuple:
+  """The workloads of `names` the peer has; a one-line exit if it has none of them."""
+  shared = tuple(n for n in names if n in PEER_SPECS[name].workloads)
+  if not shared:
+    raise SystemExit(f"--peer={name} has only {', '.join(PEER_SPECS[name].workloads)}; asked for {', '.join(names)}")
+  return shared
+
+
+def peer(name: str, workload: str) -> dict:
+  """The peer's figures for the same workload, from its own virtual environment."""
+  script = os.path.join(PEERS, PEER_SPECS[name].script)
+  out = subprocess.run([peer_python(name), script, f"--workload={workload}", f"--repeats={FLAGS.repeats}"],
+                       check=True, capture_output=True, text=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def with_peer(ours: dict, theirs: list, peak: float) -> dict:
-  """Ours and TRL's figures of the same rounds, medians over them."""
-  trl_seconds = statistics.median(t["seconds"] for t in theirs)
+def with_peer(ours: dict, theirs: list, peak: float, name: str = "trl") -> dict:
+  """Ours and the peer's figures of the same rounds, medians over them, under keys named for it."""
+  seconds = statistics.median(t["seconds"] for t in theirs)
   ratios = [t["seconds"] / o for t, o in zip(theirs, ours["round_seconds"])]
-  merged = {**ours, "trl_seconds": trl_seconds, "trl_round_seconds": [t["seconds"] for t in theirs],
-            "speedup_vs_trl": statistics.median(ratios), "trl_fraction_of_peak": ours["model_gflop"] * 1e9 /
-            trl_seconds / peak, "trl": theirs[0].get("trl"), "torch": theirs[0].get("torch"),
-            "trl_notes": theirs[0].get("notes", "")}
+  versions = {ours_key: theirs[0].get(key) for key, ours_key in PEER_SPECS[name].versions.items()}
+  merged = {**ours, f"{name}_seconds": seconds, f"{name}_round_seconds": [t["seconds"] for t in theirs],
+            f"speedup_vs_{name}": statistics.median(ratios),
+            f"{name}_fraction_of_peak": ours["model_gflop"] * 1e9 / seconds / peak, **versions,
+            f"{name}_notes": theirs[0].get("notes", "")}
   for key in ("generation_share", "tokens_per_s"):
     if key in theirs[0]:
-      merged[f"trl_{key}"] = statistics.median(t[key] for t in theirs)
+      merged[f"{name}_{key}"] = statistics.median(t[key] for t in theirs)
   return merged
 
 
@@ -166,6 +214,9 @@ def main(argv):
   del argv
   distributed.split_cpu(cpu_devices())  # before anything touches a device; no effect off the CPU
   names = {"cpu": CPU_SET, "gpu": GPU_SET}.get(FLAGS.workload, (FLAGS.workload,))
+  if FLAGS.peer:  # fail before any timing
+    peer_python(FLAGS.peer)
+    peer_names(FLAGS.peer, names)
   device = {"device": jax.devices()[0].device_kind, "num_devices": jax.device_count(), "jax": jax.__version__,
             "host": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
   peak = limits.matmul_peak()
@@ -173,12 +224,12 @@ def main(argv):
   for name in names:
     measured, theirs = measure(name, peak["peak_flops_per_s"])
     ours = {**measured, **device, **peak}
-    result = rounded(with_peer(ours, theirs, peak["peak_flops_per_s"]) if theirs else ours)
+    result = rounded(with_peer(ours, theirs, peak["peak_flops_per_s"], FLAGS.peer) if theirs else ours)
     results.append(result)
     print(json.dumps(result), flush=True)
   if len(results) > 1:
-    print(limits.table(results))
+    print(limits.table(results, FLAGS.peer or "trl"))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, argv=peer_argv(sys.argv))
