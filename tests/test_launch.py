@@ -228,7 +228,7 @@ def test_slurm_sweep_with_sbatch_uses_the_upstream_job_id(tmp_path):
                   ONLY="dpo_hinge")
   assert result.returncode == 0, result.stderr
   calls = records(tmp_path)
-  assert len(calls) == 1 + 3 and (tmp_path / "sc" / "logs").is_dir()
+  assert len(calls) == 1 + 2 and (tmp_path / "sc" / "logs").is_dir()
   assert calls[0]["argv"][-3:-1] == ["configs/pipeline.py:tiny", f"{root}/upstream"]
   for call in calls[1:]:
     assert "--dependency=afterok:100" in call["argv"]  # "100;cluster" read as job 100
