@@ -76,20 +76,27 @@ def lora_steps(mesh) -> tuple[list, dict]:
   return pretrain_steps(mesh, dataclasses.replace(MODEL, lora_rank=4))
 
 
-def rl_iteration(mesh) -> tuple[list, dict]:
-  cfg = stage_config(rl)
-  cfg.value_optim.lr = LR
+def ppo_setup(cfg, mesh, **rl_fields):
+  """PPO's models (policy, critic, scorer), optimizers and state placed on `mesh`, the proxy score
+  and the RLConfig (8 new tokens, 2 epochs x 2 minibatches, plus `rl_fields`)."""
   policy = Transformer(MODEL)
   critic = Transformer(dataclasses.replace(MODEL, heads=("value",)))
   scorer = Transformer(dataclasses.replace(MODEL, heads=("reward",)))
-  policy_tx, value_tx = make_optimizer(cfg.optim, 10), make_optimizer(cfg.value_optim, 10)
+  txs = make_optimizer(cfg.optim, 10), make_optimizer(cfg.value_optim, 10)
   models = {"policy": policy, "value": critic, "reward": scorer}
-  state, shardings = rl_state.place_state(models, policy_tx, value_tx, mesh, RULES, seed=0, kl_coef=0.05)
+  state, shardings = rl_state.place_state(models, *txs, mesh, RULES, seed=0, kl_coef=0.05)
   score_fn = functools.partial(frozen.proxy_scores, scorer=scorer, gain=1.0, bias=0.0)
   rl_cfg = RLConfig(max_new_tokens=8, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, algo="ppo", epochs=2,
-                    minibatches=2, temperature=1.0)
-  iteration = rl_trainer.compile_iteration(shardings, mesh, RULES, rl_trainer.Models(policy, critic, scorer),
-                                           policy_tx, value_tx, score_fn, rl_cfg, vmapped=False)
+                    minibatches=2, temperature=1.0, **rl_fields)
+  return rl_trainer.Models(policy, critic, scorer), txs, state, shardings, score_fn, rl_cfg
+
+
+def rl_iteration(mesh) -> tuple[list, dict]:
+  cfg = stage_config(rl)
+  cfg.value_optim.lr = LR
+  models, (policy_tx, value_tx), state, shardings, score_fn, rl_cfg = ppo_setup(cfg, mesh)
+  iteration = rl_trainer.compile_iteration(shardings, mesh, RULES, models, policy_tx, value_tx, score_fn, rl_cfg,
+                                           vmapped=False)
   prompts = sharding.put_batch({"tokens": random_tokens(7, (ROWS, 8)), "mask": np.ones((ROWS, 8), np.int32)}, mesh)
   initial = jax.device_get({"policy": state.policy, "value": state.value})
   state, metrics = iteration(state, prompts["tokens"], prompts["mask"])

@@ -8,8 +8,6 @@ for bit; with another shape (the weights resharded on the way) it runs and its s
 with its trainer. Prints one JSON object.
 """
 
-import dataclasses
-import functools
 import json
 
 import jax
@@ -18,12 +16,8 @@ import numpy as np
 
 from configs import rl
 from rlhf_jax import sharding
-from rlhf_jax.training import frozen, rl_state, rl_trainer
 from rlhf_jax.training.off_policy import compile_off_policy
-from rlhf_jax.training.optim import make_optimizer
-from rlhf_jax.training.rl_steps import RLConfig
-from tests.mesh_check import MODEL, RULES, TOKENIZER, random_tokens
-from rlhf_jax.models.transformer import Transformer
+from tests.mesh_check import RULES, ppo_setup, random_tokens
 
 ITERATIONS, ROWS = 3, 16
 
@@ -33,21 +27,12 @@ def mesh_of(devices, data=1, fsdp=1, tensor=1):
 
 
 def run(train_mesh, sample_mesh) -> dict:
-  cfg = rl.get_config("tiny")
-  policy = Transformer(MODEL)
-  critic = Transformer(dataclasses.replace(MODEL, heads=("value",)))
-  scorer = Transformer(dataclasses.replace(MODEL, heads=("reward",)))
-  policy_tx, value_tx = make_optimizer(cfg.optim, 10), make_optimizer(cfg.value_optim, 10)
-  models = {"policy": policy, "value": critic, "reward": scorer}
-  state, shardings = rl_state.place_state(models, policy_tx, value_tx, train_mesh, RULES, seed=0, kl_coef=0.05)
-  score_fn = functools.partial(frozen.proxy_scores, scorer=scorer, gain=1.0, bias=0.0)
-  rl_cfg = RLConfig(max_new_tokens=8, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, algo="ppo", epochs=2,
-                    minibatches=2, temperature=1.0, off_policy_steps=1)
+  models, (policy_tx, value_tx), state, shardings, score_fn, rl_cfg = ppo_setup(rl.get_config("tiny"), train_mesh,
+                                                                              off_policy_steps=1)
   batch = lambda i: sharding.put_batch({"tokens": random_tokens(i, (ROWS, 8)), "mask": np.ones((ROWS, 8), np.int32)},
                                        sample_mesh)
-  driver, state, _ = compile_off_policy(state, shardings, train_mesh, sample_mesh, RULES,
-                                        rl_trainer.Models(policy, critic, scorer), policy_tx, value_tx, score_fn,
-                                        rl_cfg, (batch(0)["tokens"], batch(0)["mask"]))
+  driver, state, _ = compile_off_policy(state, shardings, train_mesh, sample_mesh, RULES, models, policy_tx, value_tx,
+                                        score_fn, rl_cfg, (batch(0)["tokens"], batch(0)["mask"]))
   state = driver.prefill(state, [batch(0)])
   metrics = []
   for i in range(ITERATIONS):
