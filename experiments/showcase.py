@@ -1,7 +1,8 @@
 """Every RL method (3 seeds) and every preference loss (2 seeds) on the embedded sentiment task.
 
   python -m rlhf_jax.sweep --sweep=experiments/showcase.py --root=runs/showcase
-  python -m rlhf_jax.aggregate --root=runs/showcase --x=flops --compare=ppo:grpo --compare=dpo:dpo_simpo
+  python -m rlhf_jax.aggregate --root=runs/showcase --x=flops --compare=ppo:grpo --compare=rloo:grpo \
+    --compare=cispo:grpo --compare=dapo:grpo --compare=dpo_simpo:dpo
 
 One shared upstream (pretrain -> SFT -> reward model, the tiny pipeline's first three stages)
 so every method starts from the same SFT policy and optimises the same reward model; DPO
