@@ -2,7 +2,7 @@
 iterations behind, gold reward against iterations and against wall time.
 
   python -m rlhf_jax.sweep --sweep=experiments/off_policy.py --root=runs/off_policy
-  python -m rlhf_jax.aggregate --root=runs/off_policy --x=seconds --compare=ppo_k1:ppo_k0
+  python -m rlhf_jax.aggregate --root=runs/off_policy --x=seconds --compare=ppo8_k1:ppo8_k0 --compare=ppo_k1:ppo_k0
 
 The CPU is split into 2 JAX devices (one per core). K = 0 is the synchronous iteration on
 both (rows split over them); K >= 1 samples on one device (rollout.devices=1) while the other
