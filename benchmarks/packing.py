@@ -11,6 +11,7 @@ step times, the latter taken round by round; the gain is the median over rounds.
   python benchmarks/packing.py [--rounds=3] [--steps=6]
 """
 
+import dataclasses
 import functools
 import json
 import statistics
@@ -71,6 +72,16 @@ def trained_per_row(data) -> float:
   return sum(float(data.rows(rows[i:i + 1024])["loss_mask"].sum()) for i in range(0, len(rows), 1024)) / len(rows)
 
 
+@dataclasses.dataclass
+class Layout:
+  """One layout's compiled step, its state (fed back after each timing) and its data's figures."""
+  train: object
+  state: object
+  device_batches: list
+  num_rows: int
+  trained_per_row: float
+
+
 def measure(name: str, pairs, tokenizer, vocab: int, seq_len: int) -> dict:
   cfg = sft.get_config("tiny")
   cfg.model.vocab_size, cfg.model.max_len = vocab, seq_len
@@ -85,22 +96,23 @@ def measure(name: str, pairs, tokenizer, vocab: int, seq_len: int) -> dict:
     train, _ = jit_steps(train_fn, functools.partial(eval_step, model=model), shardings, mesh, rules)
     device_batches = [sharding.put_batch(data.batch(s), mesh) for s in range(FLAGS.steps)]
     state, _ = timed_steps(train, state, device_batches[:1])  # compiles
-    layouts[layout] = [train, state, device_batches, data.num_rows, trained_per_row(data)]
+    layouts[layout] = Layout(train, state, device_batches, data.num_rows, trained_per_row(data))
   for _ in range(FLAGS.rounds):
     for layout, entry in layouts.items():
-      entry[1], seconds = timed_steps(*entry[:3])
+      entry.state, seconds = timed_steps(entry.train, entry.state, entry.device_batches)
       rounds[layout].append(seconds)
-  density = layouts["packed"][4] / layouts["padded"][4]
-  gains = [density * padded / packed for padded, packed in zip(rounds["padded"], rounds["packed"])]
+  padded, packed = layouts["padded"], layouts["packed"]
+  density = packed.trained_per_row / padded.trained_per_row
+  gains = [density * a / b for a, b in zip(rounds["padded"], rounds["packed"])]
   real = sum(len(p) + len(r) + 2 for p, r in pairs)
   rows = cfg.data.batch_size
   return {"distribution": name, "sequences": len(pairs), "seq_len": seq_len,
-          "rows_padded": layouts["padded"][3], "rows_packed": layouts["packed"][3],
-          "fill_padded": real / (layouts["padded"][3] * (seq_len + 1)),
-          "fill_packed": real / (layouts["packed"][3] * (seq_len + 1)),
+          "rows_padded": padded.num_rows, "rows_packed": packed.num_rows,
+          "fill_padded": real / (padded.num_rows * (seq_len + 1)),
+          "fill_packed": real / (packed.num_rows * (seq_len + 1)),
           "step_s_padded": statistics.median(rounds["padded"]), "step_s_packed": statistics.median(rounds["packed"]),
-          "tokens_per_s_padded": rows * layouts["padded"][4] / statistics.median(rounds["padded"]),
-          "tokens_per_s_packed": rows * layouts["packed"][4] / statistics.median(rounds["packed"]),
+          "tokens_per_s_padded": rows * padded.trained_per_row / statistics.median(rounds["padded"]),
+          "tokens_per_s_packed": rows * packed.trained_per_row / statistics.median(rounds["packed"]),
           "round_gains": gains, "gain": statistics.median(gains), "device": jax.devices()[0].device_kind,
           "rounds": FLAGS.rounds, "steps": FLAGS.steps}
 
