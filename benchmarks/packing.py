@@ -1,14 +1,18 @@
-"""Sequence packing's gain in trained tokens per second: SFT steps on packed rows (data.pack)
-against one sequence per row, on the same sequences, rows and model (the tiny preset's).
+"""Sequence packing's gain in trained tokens (or pairs) per second: steps on packed rows
+(data.pack) against one sequence (or pair) per row, on the same data, rows and model (the tiny
+preset's). `--stage=sft` times SFT steps; `--stage=reward` the reward model's Bradley-Terry steps
+(one pair per row: chosen and rejected rows of seq_len; packed: rows of 2 * seq_len holding
+whole pairs, scored at each sequence's last token).
 
 Two length distributions: the embedded corpus's SFT pairs (its sentencepiece tokenizer, rows of
-128 tokens) and a long-tailed one (lognormal lengths, median 64, capped at 512, rows of 512).
+128 tokens; a preference pair is a prompt, its response and another prompt's response) and a
+long-tailed one (lognormal lengths, median 64, capped at 512, rows of 512).
 Each round times --steps steps of each layout, one after the other. The step shapes are the
-same, so the gain is the ratio of trained (response) tokens per row over the whole dataset
+same, so the gain is the ratio of trained tokens (pairs) per row over the whole dataset
 (a few batches of a long-tailed distribution would misstate it) times the ratio of the median
 step times, the latter taken round by round; the gain is the median over rounds. One JSON line each.
 
-  python benchmarks/packing.py [--rounds=3] [--steps=6]
+  python benchmarks/packing.py [--stage=sft|reward] [--rounds=3] [--steps=6]
 """
 
 import dataclasses
@@ -21,7 +25,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from configs import sft
+from configs import reward, sft
 from rlhf_jax import sharding
 from rlhf_jax.data import batches, sources
 from rlhf_jax.data.tokenizers import build_tokenizer
@@ -29,10 +33,12 @@ from rlhf_jax.models.config import ModelConfig, padded_vocab
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training import setup
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
+from rlhf_jax.training.reward_steps import reward_eval_step, reward_train_step
 from rlhf_jax.training.steps import eval_step, jit_steps, train_step
 
 flags.DEFINE_integer("rounds", 3, "Alternating timings of both layouts.")
 flags.DEFINE_integer("steps", 6, "Batches per timing.")
+flags.DEFINE_enum("stage", "sft", ["sft", "reward"], "Whose steps: SFT's, or the reward model's on pairs.")
 FLAGS = flags.FLAGS
 
 
@@ -55,6 +61,30 @@ def long_tailed_pairs(n: int = 2000, cap: int = 512):
   return [(ids(p), ids(t - p)) for p, t in zip(prompt, lengths)], Fake(), 1024
 
 
+def as_triples(pairs, seed: int = 0):
+  """(prompt, response, another prompt's response): preference pairs with the SFT pairs' lengths."""
+  other = np.random.default_rng(seed).permutation(len(pairs))
+  return [(p, r, pairs[j][1]) for (p, r), j in zip(pairs, other)]
+
+
+@dataclasses.dataclass
+class Stage:
+  """What a stage's benchmark needs: its preset, data and steps."""
+  get_config: object
+  data: object  # (sequences, tokenizer, seq_len, batch_size, seed, pack) -> a Batcher
+  train_step: object
+  eval_step: object
+  step_kwargs: dict
+  unit: str  # what the gain counts per row
+
+
+STAGES = {
+    "sft": Stage(sft.get_config, batches.SFTData, train_step, eval_step, {"seed": 0}, "trained tokens"),
+    "reward": Stage(reward.get_config, lambda pairs, *args, **kwargs: batches.PreferenceData(
+        as_triples(pairs), *args, **kwargs), reward_train_step, reward_eval_step, {}, "pairs"),
+}
+
+
 def timed_steps(train, state, device_batches):
   """(state, median seconds of a step) over the batches."""
   times = []
@@ -72,6 +102,13 @@ def trained_per_row(data) -> float:
   return sum(float(data.rows(rows[i:i + 1024])["loss_mask"].sum()) for i in range(0, len(rows), 1024)) / len(rows)
 
 
+def real_tokens(data) -> int:
+  """Tokens of every sequence of the dataset (an SFT sequence, or both of a pair), as truncated."""
+  if isinstance(data, batches.PreferenceData):
+    return sum(len(c[0]) + len(r[0]) for c, r in zip(data.chosen, data.rejected))
+  return sum(len(t) for t in data.sequences)
+
+
 @dataclasses.dataclass
 class Layout:
   """One layout's compiled step, its state (fed back after each timing) and its data's figures."""
@@ -82,18 +119,19 @@ class Layout:
   trained_per_row: float
 
 
-def measure(name: str, pairs, tokenizer, vocab: int, seq_len: int) -> dict:
-  cfg = sft.get_config("tiny")
-  cfg.model.vocab_size, cfg.model.max_len = vocab, seq_len
+def measure(name: str, pairs, tokenizer, vocab: int, seq_len: int, stage: Stage) -> dict:
+  cfg = stage.get_config("tiny")
+  cfg.model.vocab_size, cfg.model.max_len = vocab, (2 if stage.unit == "pairs" else 1) * seq_len
   model = Transformer(ModelConfig.from_dict(dict(cfg.model)))
   tx, schedule = make_optimizer(cfg.optim, 1000), learning_rate_schedule(cfg.optim, 1000)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
-  train_fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule, accum_steps=1, seed=0)
+  train_fn = functools.partial(stage.train_step, model=model, tx=tx, schedule=schedule, accum_steps=1,
+                               **stage.step_kwargs)
   layouts, rounds = {}, {"padded": [], "packed": []}
   for layout in rounds:
-    data = batches.SFTData(pairs, tokenizer, seq_len, cfg.data.batch_size, cfg.seed, pack=layout == "packed")
+    data = stage.data(pairs, tokenizer, seq_len, cfg.data.batch_size, cfg.seed, pack=layout == "packed")
     state, shardings = setup.init_state(model, tx, mesh, rules, cfg.seed)
-    train, _ = jit_steps(train_fn, functools.partial(eval_step, model=model), shardings, mesh, rules)
+    train, _ = jit_steps(train_fn, functools.partial(stage.eval_step, model=model), shardings, mesh, rules)
     device_batches = [sharding.put_batch(data.batch(s), mesh) for s in range(FLAGS.steps)]
     state, _ = timed_steps(train, state, device_batches[:1])  # compiles
     layouts[layout] = Layout(train, state, device_batches, data.num_rows, trained_per_row(data))
@@ -104,15 +142,16 @@ def measure(name: str, pairs, tokenizer, vocab: int, seq_len: int) -> dict:
   padded, packed = layouts["padded"], layouts["packed"]
   density = packed.trained_per_row / padded.trained_per_row
   gains = [density * a / b for a, b in zip(rounds["padded"], rounds["packed"])]
-  real = sum(len(p) + len(r) + 2 for p, r in pairs)
+  # Tokens a row holds: an SFT row seq_len + 1 (inputs and the last target); one pair per row
+  # its chosen and rejected rows of seq_len, a packed row of pairs 2 * seq_len.
+  real, row_len = real_tokens(data), 2 * seq_len if stage.unit == "pairs" else seq_len + 1
   rows = cfg.data.batch_size
-  return {"distribution": name, "sequences": len(pairs), "seq_len": seq_len,
-          "rows_padded": padded.num_rows, "rows_packed": packed.num_rows,
-          "fill_padded": real / (padded.num_rows * (seq_len + 1)),
-          "fill_packed": real / (packed.num_rows * (seq_len + 1)),
+  return {"stage": FLAGS.stage, "distribution": name, "sequences": len(pairs), "seq_len": seq_len,
+          "unit": stage.unit, "rows_padded": padded.num_rows, "rows_packed": packed.num_rows,
+          "fill_padded": real / (padded.num_rows * row_len), "fill_packed": real / (packed.num_rows * row_len),
           "step_s_padded": statistics.median(rounds["padded"]), "step_s_packed": statistics.median(rounds["packed"]),
-          "tokens_per_s_padded": rows * padded.trained_per_row / statistics.median(rounds["padded"]),
-          "tokens_per_s_packed": rows * packed.trained_per_row / statistics.median(rounds["packed"]),
+          "per_s_padded": rows * padded.trained_per_row / statistics.median(rounds["padded"]),
+          "per_s_packed": rows * packed.trained_per_row / statistics.median(rounds["packed"]),
           "round_gains": gains, "gain": statistics.median(gains), "device": jax.devices()[0].device_kind,
           "rounds": FLAGS.rounds, "steps": FLAGS.steps}
 
@@ -122,7 +161,7 @@ def main(argv):
   cfg = sft.get_config("tiny")
   for name, (pairs, tokenizer, vocab), seq_len in (("embedded", embedded_pairs(cfg), cfg.data.seq_len),
                                                    ("long_tailed", long_tailed_pairs(), 512)):
-    result = measure(name, pairs, tokenizer, vocab, seq_len)
+    result = measure(name, pairs, tokenizer, vocab, seq_len, STAGES[FLAGS.stage])
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
 
 

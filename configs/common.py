@@ -64,8 +64,9 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
       eval_fraction=0.05, train_split="train", eval_split="test", tfds_data_dir="",
       # 128 tokens hold a whole embedded review (at most ~80), so SFT sees every response end with EOS.
       seq_len=128 if small else 1024, batch_size=16 if small else 64,
-      # Pretraining and SFT: several sequences per row (SFT: as many as fit; pretraining: each
-      # document its own segment), attention confined to each and its positions restarting.
+      # Several sequences per row, attention confined to each and its positions restarting:
+      # pretraining (each document its own segment), SFT (as many sequences as fit), reward
+      # and DPO (whole pairs in rows of 2 * seq_len; held-out pairs stay one per row).
       pack=False,
       prompt_words_min=2, prompt_words_max=6,
       # Prompt records (RL; SFT's prompts too): the prompt is the `prompt_field` field, or

@@ -25,6 +25,17 @@ def forward(cfg: ModelConfig, rows: int, length: int, logits: bool = True) -> fl
   return float(rows) * length * per_token
 
 
+def score(cfg: ModelConfig, rows: int, length: int, queries: int = 1) -> float:
+  """A reward model's forward pass (`Transformer`'s query_index): every block over the whole
+  row but the last, which projects keys and values of every token and runs the rest (queries,
+  attention, MLP) at `queries` tokens per row; no LM head."""
+  layer = forward(cfg, rows, length, logits=False) / cfg.n_layers
+  keys_and_values = 2 * 2 * cfg.d_model * cfg.kv_heads * cfg.dim_per_head
+  rest = 2 * (matmul_weights(cfg, logits=False) // cfg.n_layers) - keys_and_values
+  last = rows * (length * keys_and_values + queries * (rest + 4 * cfg.n_heads * cfg.dim_per_head * length))
+  return layer * (cfg.n_layers - 1) + last
+
+
 def train(cfg: ModelConfig, rows: int, length: int, logits: bool = True) -> float:
   """Forward and backward (twice the forward) over [rows, length]."""
   return 3 * forward(cfg, rows, length, logits)
@@ -50,16 +61,22 @@ def rl_iteration(policy: ModelConfig, rows: int, prompt_len: int, new_tokens: in
   what it drew with the trainer's forward pass (its log-prob check, off_policy.py)."""
   length, drawn = prompt_len + new_tokens, rows + extra_rows + greedy_rows
   scoring = 2 * forward(policy, rows, length) + (forward(policy, rows, length, logits=False) if critic else 0.0)
-  rewards = forward(policy, drawn, length, logits=False) if reward_model else 0.0
+  rewards = score(policy, drawn, length) if reward_model else 0.0
   check = forward(policy, rows + extra_rows, length) if off_policy else 0.0
   updates = train(policy, rows, length) + (train(policy, rows, length, logits=False) if critic else 0.0)
   return generate(policy, drawn, prompt_len, new_tokens) + scoring + rewards + check + epochs * updates
 
 
-def dpo_step(cfg: ModelConfig, pairs: int, length: int) -> float:
-  """Reference forward and policy forward + backward over chosen and rejected."""
-  return forward(cfg, 2 * pairs, length) + train(cfg, 2 * pairs, length)
+def dpo_step(cfg: ModelConfig, pairs: int, length: int, packed: bool = False) -> float:
+  """Reference forward and policy forward + backward over chosen and rejected: 2 * pairs rows of
+  `length`, or packed (data.pack), `pairs` rows of 2 * length."""
+  rows, length = (pairs, 2 * length) if packed else (2 * pairs, length)
+  return forward(cfg, rows, length) + train(cfg, rows, length)
 
 
-def reward_step(cfg: ModelConfig, pairs: int, length: int) -> float:
-  return train(cfg, 2 * pairs, length, logits=False)
+def reward_step(cfg: ModelConfig, pairs: int, length: int, packed_slots: int = 0) -> float:
+  """Forward + backward (twice the forward) of `score` over chosen and rejected: 2 * pairs rows,
+  or packed, `pairs` rows of 2 * length scored at 2 * packed_slots tokens each."""
+  if packed_slots:
+    return 3 * score(cfg, pairs, 2 * length, 2 * packed_slots)
+  return 3 * score(cfg, 2 * pairs, length)

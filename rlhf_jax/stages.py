@@ -29,7 +29,7 @@ RUNNERS = {
 CHECKS = {"rl": rl_trainer.check_config, "dpo": dpo_trainer.check_config}
 # The upstream stages a stage's config does not need (RL with function rewards: the reward stage).
 UNUSED_UPSTREAM = {"rl": rl_trainer.unused_upstream}
-PACKED_STAGES = ("pretrain", "sft")  # data.pack: several sequences per row (data/batches.py)
+PACKED_STAGES = ("pretrain", "sft", "reward", "dpo")  # data.pack: several sequences per row (data/batches.py)
 
 
 def run(config, workdir: str) -> dict:
@@ -56,7 +56,7 @@ def check_train_fields(config) -> None:
   if train and train.get("on_nonfinite", "stop") not in guards.ON_NONFINITE:
     raise UserError(f"train.on_nonfinite={train.on_nonfinite!r}: choose one of {guards.ON_NONFINITE}")
   if config.get("data", {}).get("pack") and config.stage not in PACKED_STAGES:
-    raise UserError(f"data.pack=True: packed rows are for {' and '.join(PACKED_STAGES)}; "
+    raise UserError(f"data.pack=True: packed rows are for the {', '.join(PACKED_STAGES)} stages; "
                     f"the {config.stage} stage pads each row")
 
 

@@ -154,17 +154,27 @@ class PreferenceData(Batcher):
   """(prompt, chosen, rejected) rows as two right-padded sequences: BOS prompt response EOS.
 
   The reward model reads its score at the last real token (the EOS); DPO sums the log-probs
-  of the tokens `*_response` marks (the response and its EOS).
+  of the tokens `*_response` marks (the response and its EOS). With `pack`, rows of
+  2 * seq_len tokens hold as many whole pairs as fit (`pack_rows`), pair j of a row as
+  segments 2j + 1 (chosen) and 2j + 2 (rejected), and `loss_mask` [rows, slots] marks the
+  slots that hold a pair (training/pairs.py reads them).
   """
 
-  def __init__(self, triples_ids, tokenizer, seq_len: int, batch_size: int, seed: int, **kwargs):
+  def __init__(self, triples_ids, tokenizer, seq_len: int, batch_size: int, seed: int, pack: bool = False,
+               **kwargs):
     self.chosen = [sft_sequence(p, c, tokenizer, seq_len - 1) for p, c, _ in triples_ids]
     self.rejected = [sft_sequence(p, r, tokenizer, seq_len - 1) for p, _, r in triples_ids]
     self.num_truncated = sum(c[2] or r[2] for c, r in zip(self.chosen, self.rejected))  # pairs
-    self.seq_len, self.pad_id = seq_len, tokenizer.pad_id
-    super().__init__(len(triples_ids), batch_size, seed, **kwargs)
+    self.seq_len, self.pad_id, self.pack = seq_len, tokenizer.pad_id, pack
+    lengths = [len(c[0]) + len(r[0]) for c, r in zip(self.chosen, self.rejected)]
+    self.packed = pack_rows(lengths, 2 * seq_len) if pack else [[i] for i in range(len(lengths))]
+    self.slots = max(map(len, self.packed), default=1)
+    super().__init__(len(self.packed), batch_size, seed, **kwargs)
 
   def rows(self, ids) -> dict:
+    return self._packed_rows(ids) if self.pack else self._pair_rows(ids)
+
+  def _pair_rows(self, ids) -> dict:
     batch = {}
     for name, sequences in (("chosen", self.chosen), ("rejected", self.rejected)):
       tokens = np.full((len(ids), self.seq_len), self.pad_id, np.int32)
@@ -177,6 +187,22 @@ class PreferenceData(Batcher):
       batch[f"{name}_response"] = ((positions >= starts) & (positions < lengths)).astype(np.int32)
     batch["loss_mask"] = np.ones((len(ids), 1), np.int32)  # 1 per pair: eval padding zeroes it
     return batch
+
+  def _packed_rows(self, ids) -> dict:
+    tokens = np.full((len(ids), 2 * self.seq_len), self.pad_id, np.int32)
+    segments, response = np.zeros_like(tokens), np.zeros_like(tokens)
+    loss_mask = np.zeros((len(ids), self.slots), np.int32)
+    for row, i in enumerate(ids):
+      at = 0
+      for slot, j in enumerate(self.packed[i]):
+        for half, (sequence, start, _) in enumerate((self.chosen[j], self.rejected[j])):
+          tokens[row, at:at + len(sequence)] = sequence
+          segments[row, at:at + len(sequence)] = 2 * slot + half + 1
+          response[row, at + start:at + len(sequence)] = 1
+          at += len(sequence)
+        loss_mask[row, slot] = 1
+    return {"tokens": tokens, "mask": (segments > 0).astype(np.int32), "response": response,
+            "segments": segments, "loss_mask": loss_mask}
 
   def batch(self, step: int) -> dict:
     return self.rows(self.row_ids(step))

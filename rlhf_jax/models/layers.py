@@ -4,6 +4,8 @@ Logical axis names: vocab, embed, mlp, heads, kv_heads, head_dim, positions.
 `rlhf_jax.sharding` maps them to mesh axes through rules in the config.
 """
 
+from typing import NamedTuple, Optional
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -130,20 +132,23 @@ class Projection(nn.Module):
     return kernel, bias, lora.adapter_params(self, cfg, self.name, shape[:1], axes[:1], shape[1:], axes[1:])
 
 
-def project_qkv(cfg: ModelConfig, x, projections):
-  """q, k, v [batch, time, heads, head_dim]. Without grouped-query heads the three kernels are
-  stacked into one matmul: three small matmuls cost ~1.3x as much on a CPU (W1, W3 benchmarks).
-  The stack's new axis is unsharded, so each kernel keeps its sharding."""
+def project_qkv(cfg: ModelConfig, x, projections, x_query=None):
+  """q, k, v [batch, time, heads, head_dim]; q from `x_query` if given (a subset of x's tokens).
+  Otherwise, without grouped-query heads, the three kernels are stacked into one matmul: three
+  small matmuls cost ~1.3x as much on a CPU (W1, W3 benchmarks). The stack's new axis is
+  unsharded, so each kernel keeps its sharding."""
   weights = [p() for p in projections]
   x = x.astype(cfg.compute_dtype)
-  if cfg.kv_heads != cfg.n_heads:
-    ys = [project(x, kernel, bias, cfg) for kernel, bias, _ in weights]
+  inputs = (x if x_query is None else x_query.astype(cfg.compute_dtype), x, x)
+  if cfg.kv_heads != cfg.n_heads or x_query is not None:
+    ys = [project(h, kernel, bias, cfg) for h, (kernel, bias, _) in zip(inputs, weights)]
   else:
     kernels, biases, _ = zip(*weights)
     stacked = (jnp.stack(kernels, axis=1), None if biases[0] is None else jnp.stack(biases))
     y = project(x, *stacked, cfg, "btd,dshk->btshk")
     ys = [y[:, :, i] for i in range(3)]
-  return [y if adapter is None else y + lora.delta(x, adapter, cfg) for y, (_, _, adapter) in zip(ys, weights)]
+  return [y if adapter is None else y + lora.delta(h, adapter, cfg)
+          for y, h, (_, _, adapter) in zip(ys, inputs, weights)]
 
 
 def project(x, kernel, bias, cfg: ModelConfig, spec: str = "btd,dhk->bthk"):
@@ -158,21 +163,27 @@ class Attention(nn.Module):
   `kv_cache` is None (full forward) or (keys, values, index): keys/values
   [batch, kv_heads, cache_len, head_dim], and the slot `index` where this call's
   tokens are written. `mask` is the boolean attention mask [batch, 1, q_len, k_len].
+  `queries` (no cache): Queries(index, x, rope), the tokens that query when not all do; `mask`
+  is then their rows of it.
   """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, rope, mask, kv_cache=None):
+  def __call__(self, x, rope, mask, kv_cache=None, queries=None):
     cfg = self.cfg
     qkv_bias = cfg.bias in ("all", "qkv")
     q, k, v = project_qkv(cfg, x, [Projection(cfg, heads, axis, qkv_bias, name=name) for name, heads, axis in
                                    (("query", cfg.n_heads, "heads"), ("key", cfg.kv_heads, "kv_heads"),
-                                    ("value", cfg.kv_heads, "kv_heads"))])
+                                    ("value", cfg.kv_heads, "kv_heads"))],
+                          None if queries is None else queries.x)
     if cfg.qk_norm:  # Qwen3: each head's queries and keys RMS-normalised, before rotary
       q, k = head_norm(cfg, "query_norm")(q), head_norm(cfg, "key_norm")(k)
     if rope is not None:
-      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    if kv_cache is None and attention_kernel(cfg) == "cudnn":  # the mask is causal (and pads): cuDNN skips blocks
+      q_rope = rope if queries is None else queries.rope
+      q, k = apply_rope(q, *q_rope), apply_rope(k, *rope)
+    if queries is not None:  # a few queries per row: the einsums (cuDNN's causal kernel assumes all)
+      out, new_cache = attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask), None
+    elif kv_cache is None and attention_kernel(cfg) == "cudnn":  # the mask is causal (and pads): cuDNN skips blocks
       out, new_cache = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation="cudnn"), None
     elif kv_cache is None:  # training and scoring with XLA's attention
       # `attend`'s einsums: W1-W3 steps 1.5-9% faster on a CPU than with jax.nn's (medians, same process)
@@ -207,15 +218,37 @@ class Mlp(nn.Module):
     return dense(cfg, cfg.d_model, ("mlp", "embed"), use_bias=use_bias, std=out_std, name="down")(h)
 
 
+class Queries(NamedTuple):
+  """The tokens at which a block's output is wanted, when not all are: [batch, n] positions in
+  the row, and their inputs and rotary tables, gathered."""
+  index: jax.Array  # [batch, n] int
+  x: jax.Array  # [batch, n, d_model]
+  rope: Optional[tuple]
+
+
+def gather_queries(index: jax.Array, x: jax.Array, rope, mask: jax.Array):
+  """`Queries` at `index`, and their rows of the attention mask [batch, 1, n, k_len]."""
+  take = lambda a: jnp.take_along_axis(a, index.reshape(*index.shape, *(1,) * (a.ndim - 2)), axis=1)
+  rope = None if rope is None else tuple(take(t) for t in rope)
+  return Queries(index, take(x), rope), jnp.take_along_axis(mask, index[:, None, :, None], axis=2)
+
+
 class Block(nn.Module):
-  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)). With `query_index`
+  [batch, n], the output at those tokens only: keys and values still come from every token,
+  so it is exact, and the rest of the block runs on n tokens per row (a reward model's last
+  block needs only the scoring token's)."""
   cfg: ModelConfig
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, rope, mask, kv_cache=None):
+  def __call__(self, x, rope, mask, kv_cache=None, query_index=None):
     drop = nn.Dropout(self.cfg.dropout, deterministic=self.deterministic)
-    h, new_cache = Attention(self.cfg, name="attn")(norm(self.cfg, "attn_norm")(x), rope, mask, kv_cache)
+    normed, queries = norm(self.cfg, "attn_norm")(x), None
+    if query_index is not None:
+      queries, mask = gather_queries(query_index, normed, rope, mask)
+      x = jnp.take_along_axis(x, query_index[..., None], axis=1)
+    h, new_cache = Attention(self.cfg, name="attn")(normed, rope, mask, kv_cache, queries)
     x = x + drop(h)
     x = x + drop(Mlp(self.cfg, name="mlp")(norm(self.cfg, "mlp_norm")(x)))
     return constrain(x, ("batch", "length", "embed")), new_cache

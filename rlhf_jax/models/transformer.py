@@ -63,11 +63,14 @@ def positions_from_mask(mask: jax.Array, segments: Optional[jax.Array] = None) -
   return before - jax.lax.cummax(jnp.where(starts, before, 0), axis=1)
 
 
+def last_token_index(mask: jax.Array) -> jax.Array:
+  """Each row's last real token (left or right padding), [batch]."""
+  return mask.shape[-1] - 1 - jnp.argmax(jnp.flip(mask.astype(bool), axis=-1), axis=-1)
+
+
 def last_token_values(values: jax.Array, mask: jax.Array) -> jax.Array:
-  """values[b, t] at each row's last real token (left or right padding), shape [batch]."""
-  length = mask.shape[-1]
-  last = length - 1 - jnp.argmax(jnp.flip(mask.astype(bool), axis=-1), axis=-1)
-  return jnp.take_along_axis(values, last[:, None], axis=-1)[:, 0]
+  """values[b, t] at each row's last real token, shape [batch]."""
+  return jnp.take_along_axis(values, last_token_index(mask)[:, None], axis=-1)[:, 0]
 
 
 def attention_mask(mask: jax.Array, cache: Optional[KVCache], segments: Optional[jax.Array] = None):
@@ -93,10 +96,12 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, mask=None, *, cache: Optional[KVCache] = None, positions=None, segments=None,
-               with_logits: bool = True, last_logits_only: bool = False) -> ModelOutput:
+               query_index=None, with_logits: bool = True, last_logits_only: bool = False) -> ModelOutput:
     """tokens, mask: [batch, time]. With a cache, tokens are written at slot cache.index.
     `segments` [batch, time]: packed rows' sequence ids (contiguous; no cache): each token
     attends within its sequence, whose positions start at 0.
+    `query_index` [batch, n] (no cache): the outputs at those tokens only, [batch, n, ...]; the
+    last block runs its queries, MLP and heads on them alone (exact: a reward model's score).
     `last_logits_only`: logits of the last position alone, [batch, 1, vocab] (a prefill needs
     no more, and the whole prompt's would be the largest array of sampling)."""
     cfg = self.cfg
@@ -122,7 +127,8 @@ class Transformer(nn.Module):
     new_keys, new_values = [], []
     for i in range(cfg.n_layers):
       layer_cache = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
-      x, kv = block(cfg, self.deterministic, name=f"layer_{i}")(x, rope, attn_mask, layer_cache)
+      last = query_index if i == cfg.n_layers - 1 else None
+      x, kv = block(cfg, self.deterministic, name=f"layer_{i}")(x, rope, attn_mask, layer_cache, last)
       if kv is not None:
         new_keys.append(kv[0])
         new_values.append(kv[1])

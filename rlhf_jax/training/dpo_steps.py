@@ -15,7 +15,7 @@ import optax
 from rlhf_jax import sharding
 from rlhf_jax.algorithms import dpo
 from rlhf_jax.algorithms.masked import masked_sum
-from rlhf_jax.training import guards
+from rlhf_jax.training import guards, pairs
 from rlhf_jax.models import lora
 from rlhf_jax.models.head import next_token_stats
 from rlhf_jax.training.rl_state import RLState, frozen_bases, policy_params
@@ -29,13 +29,28 @@ def response_logps(model, params, tokens, mask, response) -> jax.Array:
 
 
 def pair_logps(model, params, batch):
-  """(chosen, rejected) response log-probs, from one forward pass over both."""
+  """(chosen, rejected) response log-probs, [pairs] each, from one forward pass over both; in
+  packed rows (training/pairs.py) summed per sequence."""
+  if pairs.is_packed(batch):
+    out = model.apply({"params": params}, batch["tokens"], batch["mask"], segments=batch["segments"],
+                      with_logits=False)
+    logprobs = next_token_stats(model, params, out.hidden, batch["tokens"], 1).logprobs
+    return packed_sums(batch, logprobs * batch["response"][:, 1:])
   both = {k: jnp.concatenate([batch[f"chosen{k}"], batch[f"rejected{k}"]]) for k in ("", "_mask", "_response")}
   return jnp.split(response_logps(model, params, both[""], both["_mask"], both["_response"]), 2)
 
 
+def packed_sums(batch, per_target):
+  """(chosen, rejected) sums of per-target values [rows, time - 1], each target in its own
+  sequence: a response target's input is in the same sequence (its BOS and prompt come first)."""
+  per_segment = pairs.segment_sums(per_target, batch["segments"][:, 1:], pairs.segment_count(batch))
+  return pairs.chosen_and_rejected(per_segment)
+
+
 def pair_lengths(batch):
-  """(chosen, rejected) response token counts (the response and its EOS), [batch] each."""
+  """(chosen, rejected) response token counts (the response and its EOS), [pairs] each."""
+  if pairs.is_packed(batch):
+    return packed_sums(batch, batch["response"][:, 1:])
   count = lambda name: jnp.sum(batch[f"{name}_response"][:, 1:], axis=1).astype(jnp.float32)
   return count("chosen"), count("rejected")
 
@@ -45,7 +60,7 @@ def pair_loss(params, batch, *, model, cfg, normalizer):
   chosen, rejected = pair_logps(model, params, batch)
   inputs = dpo.PreferenceInputs(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], *pair_lengths(batch))
   h = dpo.logratio_margin(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"])
-  weight = batch["loss_mask"][:, 0].astype(jnp.float32)
+  weight = pairs.pair_weights(batch)
   losses = dpo.preference_losses(inputs, cfg.loss, preference_params(cfg))
   sums = {"nll": jnp.sum(losses * weight), "correct": jnp.sum((h > 0) * weight), "pairs": jnp.sum(weight),
           "margin": jnp.sum(cfg.beta * h * weight),
@@ -64,7 +79,7 @@ def with_reference(state: RLState, batch, model, cfg):
   if dpo.PREFERENCE_LOSSES[cfg.loss].needs_reference:
     ref_chosen, ref_rejected = pair_logps(model, state.ref, batch)
   else:
-    ref_chosen = ref_rejected = jnp.zeros(batch["chosen"].shape[0], jnp.float32)
+    ref_chosen = ref_rejected = jnp.zeros(pairs.pair_weights(batch).shape, jnp.float32)
   return {**batch, "ref_chosen": ref_chosen, "ref_rejected": ref_rejected}
 
 
@@ -77,7 +92,7 @@ def averages(sums) -> dict:
 
 def dpo_train_step(state: RLState, batch: dict, *, model, tx, cfg, accum_steps: int, inject_nan_at: tuple = ()):
   batch = with_reference(state, batch, model, cfg)
-  normalizer = jnp.maximum(jnp.sum(batch["loss_mask"][:, 0]), 1).astype(jnp.float32)
+  normalizer = jnp.maximum(jnp.sum(pairs.pair_weights(batch)), 1)
   loss_fn = lora.on_base(functools.partial(pair_loss, model=model, cfg=cfg, normalizer=normalizer),
                          frozen_bases(state)[0])
   loss_fn = guards.with_injected_nan(loss_fn, state.step, inject_nan_at)

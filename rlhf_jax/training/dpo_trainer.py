@@ -54,6 +54,7 @@ def run(cfg, workdir: str) -> dict:
   pairs = {split: preference_pairs(cfg, reward_run, tokenizer, None, None, split) for split in ("train", "eval")}
   data = {split: batches.PreferenceData(encode_triples(rows, tokenizer), tokenizer, cfg.data.seq_len,
                                         cfg.data.batch_size, cfg.seed, shuffle=split == "train",
+                                        pack=cfg.data.pack and split == "train",
                                         process_index=jax.process_index(), process_count=jax.process_count())
           for split, rows in pairs.items()}
   prompts = prompt_set(cfg, tokenizer, "eval")
@@ -72,7 +73,7 @@ def run(cfg, workdir: str) -> dict:
                                 policy_params(shardings), mesh, label="dpo")
   evaluate = DPOEvaluator(policy_eval, evaluate_pairs, data["eval"], cfg.train.eval_batches, mesh)
   next_batch = lambda step: sharding.put_batch(data["train"].batch(step), mesh)
-  cost = StepCost(flops.dpo_step(policy.cfg, cfg.data.batch_size, cfg.data.seq_len))
+  cost = StepCost(flops.dpo_step(policy.cfg, cfg.data.batch_size, cfg.data.seq_len, cfg.data.pack))
   summary = Loop(cfg.train, run_dir, train, next_batch, evaluate, checkpointer, DPO_ITEMS, cost=cost).train(state)
   summary["data/truncated_pairs"] = data["train"].num_truncated
   run_dir.write_json("summary.json", summary)

@@ -9,30 +9,37 @@ import optax
 
 from rlhf_jax import sharding
 from rlhf_jax.algorithms.reward import bradley_terry_loss
-from rlhf_jax.models.transformer import last_token_values
+from rlhf_jax.models.transformer import last_token_index
 from rlhf_jax.models import lora
 from rlhf_jax.training.state import TrainState, model_params
-from rlhf_jax.training import guards
+from rlhf_jax.training import guards, pairs
 from rlhf_jax.training.steps import accumulate_gradients, apply_gradients, jit_sampler, jit_steps
 
 
 def sequence_rewards(params, tokens, mask, *, model, head: str = "reward") -> jax.Array:
-  """The head's scalar at each sequence's last real token, [batch]."""
-  out = model.apply({"params": params}, tokens, mask, with_logits=False)
-  return last_token_values(out.scalars[head], mask)
+  """The head's scalar at each sequence's last real token, [batch]; the model's last block runs
+  on that token alone (`query_index`: exact, and a quarter less work for a 4-layer model)."""
+  out = model.apply({"params": params}, tokens, mask, query_index=last_token_index(mask)[:, None],
+                    with_logits=False)
+  return out.scalars[head][:, 0]
 
 
-def pair_rewards(params, batch, *, model):
-  """Rewards of chosen and rejected, from one forward pass over both."""
-  tokens = jnp.concatenate([batch["chosen"], batch["rejected"]])
-  mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
-  rewards = sequence_rewards(params, tokens, mask, model=model)
-  return jnp.split(rewards, 2)
+def pair_rewards(params, batch, *, model, head: str = "reward"):
+  """Rewards of chosen and rejected, [pairs] each, from one forward pass over both; packed rows
+  (training/pairs.py) are scored at each sequence's last token."""
+  if not pairs.is_packed(batch):
+    tokens = jnp.concatenate([batch["chosen"], batch["rejected"]])
+    mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
+    return jnp.split(sequence_rewards(params, tokens, mask, model=model, head=head), 2)
+  ends = pairs.segment_ends(batch["segments"], pairs.segment_count(batch))
+  out = model.apply({"params": params}, batch["tokens"], batch["mask"], segments=batch["segments"],
+                    query_index=ends, with_logits=False)
+  return pairs.chosen_and_rejected(out.scalars[head])
 
 
 def pair_loss(params, batch, normalizer, *, model):
   chosen, rejected = pair_rewards(params, batch, model=model)
-  weight = batch["loss_mask"][:, 0].astype(jnp.float32)
+  weight = pairs.pair_weights(batch)
   per_pair = jax.vmap(bradley_terry_loss)(chosen[:, None], rejected[:, None])
   sums = {"correct": jnp.sum((chosen > rejected) * weight), "margin": jnp.sum((chosen - rejected) * weight),
           "pairs": jnp.sum(weight), "nll": jnp.sum(per_pair * weight)}
@@ -56,7 +63,7 @@ def reward_eval_step(params, batch: dict, *, model):
   """Summed pair metrics, both rewards (for normalisation and the gold correlation) and which
   rows are real pairs: all of the global batch, which no one process holds on the host."""
   chosen, rejected = pair_rewards(params, batch, model=model)
-  return pair_loss(params, batch, 1.0, model=model)[1], chosen, rejected, batch["loss_mask"][:, 0] > 0
+  return pair_loss(params, batch, 1.0, model=model)[1], chosen, rejected, pairs.pair_weights(batch) > 0
 
 
 class RewardSteps(NamedTuple):

@@ -60,13 +60,16 @@ def run(cfg, workdir: str) -> dict:
                                shardings, mesh, cfg, tokenizer)
   pairs = {split: preference_pairs(cfg, run_dir, tokenizer, steps.sample, start_params, split)
            for split in ("train", "eval")}
+  # Held-out pairs stay one per row: their rewards keep the order of the pairs' gold scores.
   data = {split: batches.PreferenceData(encode_triples(p, tokenizer), tokenizer, cfg.data.seq_len,
                                         cfg.data.batch_size, cfg.seed, shuffle=split == "train",
+                                        pack=cfg.data.pack and split == "train",
                                         process_index=jax.process_index(), process_count=jax.process_count())
           for split, p in pairs.items()}
   evaluate = RewardEvaluator(cfg, steps, data["eval"], [p.get("gold") for p in pairs["eval"]], mesh)
   next_batch = lambda step: sharding.put_batch(data["train"].batch(step), mesh)
-  cost = StepCost(flops.reward_step(model_cfg, cfg.data.batch_size, cfg.data.seq_len))
+  cost = StepCost(flops.reward_step(model_cfg, cfg.data.batch_size, cfg.data.seq_len,
+                                    data["train"].slots if cfg.data.pack else 0))
   summary = Loop(cfg.train, run_dir, steps.train, next_batch, evaluate, checkpointer, cost=cost).train(state)
   summary["data/truncated_pairs"] = data["train"].num_truncated
   run_dir.write_json("summary.json", summary)

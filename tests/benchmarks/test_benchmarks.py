@@ -34,6 +34,19 @@ def test_forward_flops_match_what_xla_counts(logits):
   assert ours <= theirs <= 1.15 * ours, (ours, theirs)
 
 
+def test_a_reward_models_scoring_pass_counts_its_last_block_at_the_scored_token():
+  model = Transformer(TINY)
+  tokens = jnp.ones((8, 48), jnp.int32)
+  params = model.init(jax.random.key(0), tokens)["params"]
+  ours = flops.score(TINY, 8, 48)
+  last = jnp.full((8, 1), 47)
+  theirs = xla_flops(lambda p, t: model.apply({"params": p}, t, query_index=last, with_logits=False).hidden, params,
+                     tokens)
+  assert ours <= theirs <= 1.15 * ours, (ours, theirs)
+  assert flops.score(TINY, 8, 48, queries=48) == pytest.approx(flops.forward(TINY, 8, 48, logits=False))
+  assert ours < 0.8 * flops.forward(TINY, 8, 48, logits=False)  # a quarter of 4 layers, less their keys and values
+
+
 def test_training_is_three_forwards_and_generation_counts_the_cache():
   assert flops.train(TINY, 4, 48) == 3 * flops.forward(TINY, 4, 48)
   # Decoding token i attends to prompt + i + 1 keys; the weights cost the same at every step.

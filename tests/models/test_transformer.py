@@ -133,3 +133,29 @@ def test_a_packed_row_gives_each_sequence_the_logits_it_has_alone(style):
   for alone, where in ((a, slice(0, 5)), (b, slice(5, 12))):
     np.testing.assert_allclose(packed[:, where], model.apply({"params": params}, alone).logits, rtol=1e-5,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("style", [*STYLES, "gpt2_rope", "lora"])
+def test_query_index_gives_those_tokens_outputs_and_gradients(style):
+  """The last block on a few tokens (a reward model's scoring token) is exact, packed rows too."""
+  extra = {"lora": {"lora_rank": 4, "lora_targets": ("query", "key", "value", "out", "up", "down")},
+           "gpt2_rope": {"position": "rope"}}.get(style, STYLES.get(style, {}))
+  cfg = small_model(heads=("reward",), **extra)
+  _, params = init(cfg)
+  model = Transformer(cfg)
+  tokens, mask = left_padded_batch()
+  index = jnp.array([[11, 4], [11, 9], [11, 10]])
+  segments = jnp.where(jnp.arange(12) < 6, 1, 2) * mask
+
+  def scores(p, query_index, segs):
+    out = model.apply({"params": p}, tokens, mask, segments=segs, query_index=query_index)
+    values = out.scalars["reward"]
+    return values if query_index is not None else jnp.take_along_axis(values, index, axis=1), out.logits
+
+  for segs in (None, segments):
+    (few, few_logits), (full, full_logits) = scores(params, index, segs), scores(params, None, segs)
+    np.testing.assert_allclose(few, full, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(few_logits, jnp.take_along_axis(full_logits, index[..., None], axis=1), atol=1e-5,
+                               rtol=1e-5)
+    grads = [jax.grad(lambda p: jnp.sum(scores(p, i, segs)[0] ** 2))(params) for i in (index, None)]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), *grads)

@@ -41,9 +41,9 @@ def test_an_rl_iteration_counts_generation_scoring_and_updates():
   cfg = ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128, max_len=64)
   grpo = flops.rl_iteration(cfg, 64, 16, 32, epochs=1, critic=False, reward_model=False)
   with_model = flops.rl_iteration(cfg, 64, 16, 32, epochs=1, critic=False, reward_model=True)
-  assert with_model - grpo == pytest.approx(flops.forward(cfg, 64, 48, logits=False))
+  assert with_model - grpo == pytest.approx(flops.score(cfg, 64, 48))
   ppo = flops.rl_iteration(cfg, 64, 16, 32, epochs=4, critic=True)
   assert ppo > 4 * flops.train(cfg, 64, 48) > with_model
   remax = flops.rl_iteration(cfg, 64, 16, 32, epochs=1, critic=False, reward_model=True, greedy_rows=64)
-  assert remax - with_model == pytest.approx(flops.generate(cfg, 64, 16, 32) + flops.forward(cfg, 64, 48, logits=False))
+  assert remax - with_model == pytest.approx(flops.generate(cfg, 64, 16, 32) + flops.score(cfg, 64, 48))
   assert dataclasses.replace(cfg, d_model=128).num_params() > cfg.num_params()  # the counter's shapes are the model's

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common, reward
+from configs import common, rl
 from rlhf_jax import sharding, stages
 from rlhf_jax.data import batches
 from rlhf_jax.errors import UserError
@@ -99,8 +99,9 @@ def test_packed_sft_rows_give_the_loss_of_one_sequence_per_row():
     np.testing.assert_allclose(sums[1]["nll"], sums[0]["nll"], rtol=1e-5)
 
 
-def test_packing_is_refused_where_rows_are_pairs_or_prompts():
-  config = reward.get_config("tiny")
+def test_packing_is_refused_where_rows_are_prompts():
+  config = rl.get_config("tiny")
   config.data.pack = True
-  with pytest.raises(UserError, match="data.pack=True: packed rows are for pretrain and sft; the reward stage"):
+  with pytest.raises(UserError, match="data.pack=True: packed rows are for the pretrain, sft, reward, dpo stages; "
+                                      "the rl stage"):
     stages.check_all(config)

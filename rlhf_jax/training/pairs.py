@@ -1,0 +1,42 @@
+"""Preference pairs in a batch: one pair per row (chosen and rejected as two arrays), or packed.
+
+A packed batch (`data.pack`, data/batches.py) has rows `tokens`, `mask`, `response` and
+`segments` holding whole pairs: pair j of a row is segments 2j + 1 (chosen) and 2j + 2
+(rejected), and `loss_mask` [rows, slots] marks which of the row's slots hold a pair. Either
+way the steps see each pair-level quantity as a flat [pairs] array, weighted by
+`pair_weights`, so the losses are those of the same pairs one per row (tests/training).
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def is_packed(batch: dict) -> bool:
+  return "segments" in batch
+
+
+def pair_weights(batch: dict) -> jax.Array:
+  """1 for each real pair, [pairs] (loss_mask is [rows, 1] one per row, [rows, slots] packed)."""
+  return batch["loss_mask"].reshape(-1).astype(jnp.float32)
+
+
+def segment_count(batch: dict) -> int:
+  """Sequence slots per packed row: chosen and rejected of each pair slot."""
+  return 2 * batch["loss_mask"].shape[1]
+
+
+def segment_sums(values: jax.Array, segments: jax.Array, count: int) -> jax.Array:
+  """sum of values[b, t] over each segment 1..count of row b, [batch, count] (pads, 0, drop out)."""
+  onehot = segments[:, :, None] == jnp.arange(1, count + 1)
+  return jnp.einsum("bt,bts->bs", values.astype(jnp.float32), onehot.astype(jnp.float32))
+
+
+def segment_ends(segments: jax.Array, count: int) -> jax.Array:
+  """Position of each segment's last token, [batch, count] (0 for a segment the row lacks)."""
+  onehot = segments[:, :, None] == jnp.arange(1, count + 1)
+  return jnp.max(jnp.where(onehot, jnp.arange(segments.shape[1])[None, :, None], 0), axis=1)
+
+
+def chosen_and_rejected(per_segment: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """[batch, 2 * slots] per-segment values -> (chosen, rejected), each flat [pairs]."""
+  return per_segment[:, 0::2].reshape(-1), per_segment[:, 1::2].reshape(-1)
