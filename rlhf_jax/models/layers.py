@@ -163,7 +163,7 @@ class Attention(nn.Module):
   `kv_cache` is None (full forward) or (keys, values, index): keys/values
   [batch, kv_heads, cache_len, head_dim], and the slot `index` where this call's
   tokens are written. `mask` is the boolean attention mask [batch, 1, q_len, k_len].
-  `queries` (no cache): Queries(index, x, rope), the tokens that query when not all do; `mask`
+  `queries` (no cache): Queries(x, rope), the tokens that query when not all do; `mask`
   is then their rows of it.
   """
   cfg: ModelConfig
@@ -219,9 +219,8 @@ class Mlp(nn.Module):
 
 
 class Queries(NamedTuple):
-  """The tokens at which a block's output is wanted, when not all are: [batch, n] positions in
-  the row, and their inputs and rotary tables, gathered."""
-  index: jax.Array  # [batch, n] int
+  """The tokens at which a block's output is wanted, when not all are: their inputs and rotary
+  tables, gathered from the row."""
   x: jax.Array  # [batch, n, d_model]
   rope: Optional[tuple]
 
@@ -230,7 +229,7 @@ def gather_queries(index: jax.Array, x: jax.Array, rope, mask: jax.Array):
   """`Queries` at `index`, and their rows of the attention mask [batch, 1, n, k_len]."""
   take = lambda a: jnp.take_along_axis(a, index.reshape(*index.shape, *(1,) * (a.ndim - 2)), axis=1)
   rope = None if rope is None else tuple(take(t) for t in rope)
-  return Queries(index, take(x), rope), jnp.take_along_axis(mask, index[:, None, :, None], axis=2)
+  return Queries(take(x), rope), jnp.take_along_axis(mask, index[:, None, :, None], axis=2)
 
 
 class Block(nn.Module):

@@ -68,11 +68,6 @@ def last_token_index(mask: jax.Array) -> jax.Array:
   return mask.shape[-1] - 1 - jnp.argmax(jnp.flip(mask.astype(bool), axis=-1), axis=-1)
 
 
-def last_token_values(values: jax.Array, mask: jax.Array) -> jax.Array:
-  """values[b, t] at each row's last real token, shape [batch]."""
-  return jnp.take_along_axis(values, last_token_index(mask)[:, None], axis=-1)[:, 0]
-
-
 def attention_mask(mask: jax.Array, cache: Optional[KVCache], segments: Optional[jax.Array] = None):
   """Boolean [batch, 1, q_len, k_len] causal mask over real keys (of the query's own segment,
   in a packed row), and the cache's new mask."""

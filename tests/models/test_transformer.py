@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.models.transformer import KVCache, Transformer, last_token_values, positions_from_mask
+from rlhf_jax.models.transformer import KVCache, Transformer, last_token_index, positions_from_mask
 from tests.conftest import LLAMA, small_model
 
 STYLES = {"gpt2": {}, "llama_gqa": LLAMA}
@@ -105,13 +105,12 @@ def test_remat_and_bfloat16():
   assert 1e-4 < float(jnp.abs(bf16 - base).max()) < 0.01
 
 
-def test_last_token_values_reads_each_rows_last_real_token_whatever_the_padding():
-  values = jnp.arange(24.0).reshape(4, 6)
+def test_last_token_index_finds_each_rows_last_real_token_whatever_the_padding():
   mask = jnp.array([[1, 1, 1, 1, 1, 1],   # no padding: the last position
                     [0, 0, 1, 1, 1, 1],   # left padding: still the last position
                     [1, 1, 1, 0, 0, 0],   # right padding: position 2
                     [0, 1, 1, 1, 0, 0]])  # both sides: position 3
-  np.testing.assert_array_equal(last_token_values(values, mask), [5.0, 11.0, 14.0, 21.0])
+  np.testing.assert_array_equal(last_token_index(mask), [5, 5, 2, 3])
 
 
 def test_bad_model_config_is_rejected():
