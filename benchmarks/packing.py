@@ -1,8 +1,9 @@
 """Sequence packing's gain in trained tokens (or pairs) per second: steps on packed rows
 (data.pack) against one sequence (or pair) per row, on the same data, rows and model (the tiny
 preset's). `--stage=sft` times SFT steps; `--stage=reward` the reward model's Bradley-Terry steps
-(one pair per row: chosen and rejected rows of seq_len; packed: rows of 2 * seq_len holding
-whole pairs, scored at each sequence's last token).
+and `--stage=dpo` DPO's (sigmoid; the reference's forward and the policy's forward and backward)
+on pairs: one pair per row (chosen and rejected rows of seq_len) or packed (rows of 2 * seq_len
+holding whole pairs).
 
 Two length distributions: the embedded corpus's SFT pairs (its sentencepiece tokenizer, rows of
 128 tokens; a preference pair is a prompt, its response and another prompt's response) and a
@@ -12,7 +13,7 @@ same, so the gain is the ratio of trained tokens (pairs) per row over the whole 
 (a few batches of a long-tailed distribution would misstate it) times the ratio of the median
 step times, the latter taken round by round; the gain is the median over rounds. One JSON line each.
 
-  python benchmarks/packing.py [--stage=sft|reward] [--rounds=3] [--steps=6]
+  python benchmarks/packing.py [--stage=sft|reward|dpo] [--rounds=3] [--steps=6]
 """
 
 import dataclasses
@@ -25,20 +26,22 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from configs import reward, sft
+from configs import dpo, reward, sft
 from rlhf_jax import sharding
 from rlhf_jax.data import batches, sources
 from rlhf_jax.data.tokenizers import build_tokenizer
 from rlhf_jax.models.config import ModelConfig, padded_vocab
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training import setup
+from rlhf_jax.training import rl_state, setup
+from rlhf_jax.training.dpo_steps import compile_dpo_steps
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.reward_steps import reward_eval_step, reward_train_step
 from rlhf_jax.training.steps import eval_step, jit_steps, train_step
 
 flags.DEFINE_integer("rounds", 3, "Alternating timings of both layouts.")
 flags.DEFINE_integer("steps", 6, "Batches per timing.")
-flags.DEFINE_enum("stage", "sft", ["sft", "reward"], "Whose steps: SFT's, or the reward model's on pairs.")
+flags.DEFINE_enum("stage", "sft", ["sft", "reward", "dpo"], "Whose steps: SFT's, or the reward model's or DPO's "
+                  "on pairs.")
 FLAGS = flags.FLAGS
 
 
@@ -67,21 +70,39 @@ def as_triples(pairs, seed: int = 0):
   return [(p, r, pairs[j][1]) for (p, r), j in zip(pairs, other)]
 
 
+def lm_steps(step_fn, eval_fn, **step_kwargs):
+  """(train step, its state) for a stage whose state is a TrainState (SFT, the reward model)."""
+  def build(cfg, model, tx, schedule, mesh, rules):
+    state, shardings = setup.init_state(model, tx, mesh, rules, cfg.seed)
+    train_fn = functools.partial(step_fn, model=model, tx=tx, schedule=schedule, accum_steps=1, **step_kwargs)
+    return jit_steps(train_fn, functools.partial(eval_fn, model=model), shardings, mesh, rules)[0], state
+  return build
+
+
+def dpo_steps(cfg, model, tx, schedule, mesh, rules):
+  """DPO's train step and its RL state: the policy and its frozen reference (as benchmarks/workloads.py's W2)."""
+  del schedule
+  state, shardings = rl_state.place_state({"policy": model, "reward": model}, tx, None, mesh, rules, cfg.seed, 0.0)
+  return compile_dpo_steps(model, tx, cfg, shardings, mesh)[0], state
+
+
+def preference_data(pairs, *args, **kwargs):
+  return batches.PreferenceData(as_triples(pairs), *args, **kwargs)
+
+
 @dataclasses.dataclass
 class Stage:
   """What a stage's benchmark needs: its preset, data and steps."""
   get_config: object
   data: object  # (sequences, tokenizer, seq_len, batch_size, seed, pack) -> a Batcher
-  train_step: object
-  eval_step: object
-  step_kwargs: dict
+  build: object  # (cfg, model, tx, schedule, mesh, rules) -> (train step, state)
   unit: str  # what the gain counts per row
 
 
 STAGES = {
-    "sft": Stage(sft.get_config, batches.SFTData, train_step, eval_step, {"seed": 0}, "trained tokens"),
-    "reward": Stage(reward.get_config, lambda pairs, *args, **kwargs: batches.PreferenceData(
-        as_triples(pairs), *args, **kwargs), reward_train_step, reward_eval_step, {}, "pairs"),
+    "sft": Stage(sft.get_config, batches.SFTData, lm_steps(train_step, eval_step, seed=0), "trained tokens"),
+    "reward": Stage(reward.get_config, preference_data, lm_steps(reward_train_step, reward_eval_step), "pairs"),
+    "dpo": Stage(dpo.get_config, preference_data, dpo_steps, "pairs"),
 }
 
 
@@ -125,13 +146,10 @@ def measure(name: str, pairs, tokenizer, vocab: int, seq_len: int, stage: Stage)
   model = Transformer(ModelConfig.from_dict(dict(cfg.model)))
   tx, schedule = make_optimizer(cfg.optim, 1000), learning_rate_schedule(cfg.optim, 1000)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
-  train_fn = functools.partial(stage.train_step, model=model, tx=tx, schedule=schedule, accum_steps=1,
-                               **stage.step_kwargs)
   layouts, rounds = {}, {"padded": [], "packed": []}
   for layout in rounds:
     data = stage.data(pairs, tokenizer, seq_len, cfg.data.batch_size, cfg.seed, pack=layout == "packed")
-    state, shardings = setup.init_state(model, tx, mesh, rules, cfg.seed)
-    train, _ = jit_steps(train_fn, functools.partial(stage.eval_step, model=model), shardings, mesh, rules)
+    train, state = stage.build(cfg, model, tx, schedule, mesh, rules)
     device_batches = [sharding.put_batch(data.batch(s), mesh) for s in range(FLAGS.steps)]
     state, _ = timed_steps(train, state, device_batches[:1])  # compiles
     layouts[layout] = Layout(train, state, device_batches, data.num_rows, trained_per_row(data))
