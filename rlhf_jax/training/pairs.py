@@ -25,16 +25,20 @@ def segment_count(batch: dict) -> int:
   return 2 * batch["loss_mask"].shape[1]
 
 
+def segment_onehot(segments: jax.Array, count: int) -> jax.Array:
+  """[batch, time, count]: token t belongs to segment s + 1 (pads, 0, to none)."""
+  return segments[:, :, None] == jnp.arange(1, count + 1)
+
+
 def segment_sums(values: jax.Array, segments: jax.Array, count: int) -> jax.Array:
-  """sum of values[b, t] over each segment 1..count of row b, [batch, count] (pads, 0, drop out)."""
-  onehot = segments[:, :, None] == jnp.arange(1, count + 1)
-  return jnp.einsum("bt,bts->bs", values.astype(jnp.float32), onehot.astype(jnp.float32))
+  """sum of values[b, t] over each segment 1..count of row b, [batch, count]."""
+  return jnp.einsum("bt,bts->bs", values.astype(jnp.float32), segment_onehot(segments, count).astype(jnp.float32))
 
 
 def segment_ends(segments: jax.Array, count: int) -> jax.Array:
   """Position of each segment's last token, [batch, count] (0 for a segment the row lacks)."""
-  onehot = segments[:, :, None] == jnp.arange(1, count + 1)
-  return jnp.max(jnp.where(onehot, jnp.arange(segments.shape[1])[None, :, None], 0), axis=1)
+  positions = jnp.arange(segments.shape[1])[None, :, None]
+  return jnp.max(jnp.where(segment_onehot(segments, count), positions, 0), axis=1)
 
 
 def chosen_and_rejected(per_segment: jax.Array) -> tuple[jax.Array, jax.Array]:

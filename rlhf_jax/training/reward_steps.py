@@ -37,12 +37,15 @@ def pair_rewards(params, batch, *, model, head: str = "reward"):
   return pairs.chosen_and_rejected(out.scalars[head])
 
 
-def pair_loss(params, batch, normalizer, *, model):
-  chosen, rejected = pair_rewards(params, batch, model=model)
-  weight = pairs.pair_weights(batch)
+def pair_sums(chosen, rejected, weight) -> dict:
+  """Bradley-Terry NLL, correct rankings, margins and pairs, summed over the weighted pairs."""
   per_pair = jax.vmap(bradley_terry_loss)(chosen[:, None], rejected[:, None])
-  sums = {"correct": jnp.sum((chosen > rejected) * weight), "margin": jnp.sum((chosen - rejected) * weight),
+  return {"correct": jnp.sum((chosen > rejected) * weight), "margin": jnp.sum((chosen - rejected) * weight),
           "pairs": jnp.sum(weight), "nll": jnp.sum(per_pair * weight)}
+
+
+def pair_loss(params, batch, normalizer, *, model):
+  sums = pair_sums(*pair_rewards(params, batch, model=model), pairs.pair_weights(batch))
   return sums["nll"] / normalizer, sums
 
 
@@ -52,8 +55,8 @@ def reward_train_step(state: TrainState, batch: dict, *, model, tx, schedule, ac
   loss_fn = lora.on_base(functools.partial(pair_loss, normalizer=normalizer, model=model), state.frozen)
   loss_fn = guards.with_injected_nan(loss_fn, state.step, inject_nan_at)
   grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps)
-  pairs = jnp.maximum(sums["pairs"], 1)
-  metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / pairs, "margin": sums["margin"] / pairs,
+  count = jnp.maximum(sums["pairs"], 1)
+  metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / count, "margin": sums["margin"] / count,
              "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
   state, flags = apply_gradients(state, grads, tx, sums["loss"])
   return state, {**metrics, **flags}
@@ -63,7 +66,8 @@ def reward_eval_step(params, batch: dict, *, model):
   """Summed pair metrics, both rewards (for normalisation and the gold correlation) and which
   rows are real pairs: all of the global batch, which no one process holds on the host."""
   chosen, rejected = pair_rewards(params, batch, model=model)
-  return pair_loss(params, batch, 1.0, model=model)[1], chosen, rejected, pairs.pair_weights(batch) > 0
+  weight = pairs.pair_weights(batch)
+  return pair_sums(chosen, rejected, weight), chosen, rejected, weight > 0
 
 
 class RewardSteps(NamedTuple):
