@@ -30,7 +30,7 @@ from rlhf_jax.training.host_rewards import compile_host_iteration
 from rlhf_jax.training.off_policy import compile_off_policy
 from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.reward_steps import reward_eval_step, reward_train_step
-from rlhf_jax.training.rl_steps import RLConfig
+from rlhf_jax.training.rl_steps import RLConfig, reuses_scoring_pass
 from rlhf_jax.training.steps import eval_step, jit_steps, train_step
 
 # The fixed model: GPT-2 blocks (learned positions), 4 layers, d_model 128, 4 heads, vocab 256.
@@ -114,7 +114,8 @@ def rl_workload(algo: str, preset: str = "tiny", model: dict | None = TINY_GPT2,
                                              vmapped=False)
     step = stateful(iteration, state, batch["tokens"], batch["mask"])
   rows, critic = prompts * k, models.critic is not None
-  total = flops.rl_iteration(policy_cfg, rows, prompt_len, new_tokens, rl_cfg.epochs, critic=critic)
+  total = flops.rl_iteration(policy_cfg, rows, prompt_len, new_tokens, rl_cfg.epochs, critic=critic,
+                             reused_scoring=reuses_scoring_pass(rl_cfg) and not host)
   generation = (rollout_sampling(models.policy, step, batch, k, rl_cfg, mesh, rules),
                 flops.generate(policy_cfg, rows, prompt_len, new_tokens))
   info = dict(algo=algo, rows=rows, prompt_len=prompt_len, new_tokens=new_tokens, epochs=rl_cfg.epochs,
@@ -144,7 +145,8 @@ def off_policy_workload(k: int, prompts: int = 64, prompt_len: int = 16, new_tok
   batch = sharding.put_batch({"tokens": tokens, "mask": np.ones((prompts, prompt_len), np.int32)}, sample_mesh)
   info = dict(algo="ppo", rows=prompts, prompt_len=prompt_len, new_tokens=new_tokens, epochs=4, off_policy_steps=k,
               rollout_devices=cfg.rollout.devices, train_devices=mesh.size)
-  total = flops.rl_iteration(policy_cfg, prompts, prompt_len, new_tokens, 4, critic=True, off_policy=k > 0)
+  total = flops.rl_iteration(policy_cfg, prompts, prompt_len, new_tokens, 4, critic=True, off_policy=k > 0,
+                             reused_scoring=reuses_scoring_pass(rl_cfg))
   if not k:
     iteration = rl_trainer.compile_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg,
                                              vmapped=False)

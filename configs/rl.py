@@ -77,7 +77,10 @@ def get_config(preset: str = "tiny"):
       # Off-policy (rlhf_jax/training/off_policy.py): updates train on responses sampled this many
       # iterations before; the critic-free methods weight stale tokens by is_correction (none,
       # tis: min(w, is_cap), clip: clip(w, 1 / is_cap, is_cap)); PPO's ratio is against the sampler.
-      off_policy_steps=0, is_correction="none", is_cap=2.0))
+      off_policy_steps=0, is_correction="none", is_cap=2.0,
+      # With one minibatch the first update differentiates the scoring pass (jax.vjp) instead of
+      # running the policy and critic forward again: exact; False runs the separate pass.
+      reuse_scoring_pass=True))
   # The sampler on the last `devices` devices, on a mesh of its own (needs off_policy_steps >= 1);
   # 0 keeps it on the training devices.
   c.rollout = ml_collections.ConfigDict(dict(devices=0, mesh=dict(data=-1, fsdp=1, tensor=1)))

@@ -52,15 +52,19 @@ def generate(cfg: ModelConfig, rows: int, prompt_len: int, new_tokens: int) -> f
 
 def rl_iteration(policy: ModelConfig, rows: int, prompt_len: int, new_tokens: int, epochs: int,
                  critic: bool, reward_model: bool = True, extra_rows: int = 0, greedy_rows: int = 0,
-                 off_policy: bool = False) -> float:
+                 off_policy: bool = False, reused_scoring: bool = False) -> float:
   """Rollout, then `epochs` updates of the policy (and critic) over the `rows` the update keeps.
   The rollout generates those rows, `extra_rows` more (DAPO's oversampled prompts) and
   `greedy_rows` (ReMax's greedy baseline), all scored by the reward model (if one); the kept
-  rows are scored by the policy, the reference and the critic. The reward model and critic
-  are counted at the policy's shape, without its LM head. Off-policy, the sampler also scores
-  what it drew with the trainer's forward pass (its log-prob check, off_policy.py)."""
+  rows are scored by the policy, the reference and the critic, the policy's and critic's pass
+  being the first update's forward when `reused_scoring` (rl_steps.reuses_scoring_pass). The
+  reward model and critic are counted at the policy's shape, without its LM head. Off-policy,
+  the sampler also scores what it drew with the trainer's forward pass (its log-prob check,
+  off_policy.py)."""
   length, drawn = prompt_len + new_tokens, rows + extra_rows + greedy_rows
-  scoring = 2 * forward(policy, rows, length) + (forward(policy, rows, length, logits=False) if critic else 0.0)
+  scoring = forward(policy, rows, length)  # the reference
+  if not reused_scoring:
+    scoring += forward(policy, rows, length) + (forward(policy, rows, length, logits=False) if critic else 0.0)
   rewards = score(policy, drawn, length) if reward_model else 0.0
   check = forward(policy, rows + extra_rows, length) if off_policy else 0.0
   updates = train(policy, rows, length) + (train(policy, rows, length, logits=False) if critic else 0.0)

@@ -81,6 +81,7 @@ class RLConfig:
   off_policy_steps: int = 0  # K: updates train on responses sampled K iterations before (off_policy.py)
   is_correction: str = "none"  # algorithms/importance.py: the critic-free methods' weight on stale tokens
   is_cap: float = 2.0
+  reuse_scoring_pass: bool = True  # the first update differentiates the scoring pass (one minibatch only)
 
   @property
   def has_critic(self) -> bool:
@@ -186,6 +187,28 @@ def _score_tokens(state, tokens, mask, *, policy, critic, prompt_len: int, cfg: 
   return stats.logprobs, response_logprobs(policy, state.ref, tokens, mask, prompt_len, cfg.temperature), values
 
 
+def reuses_scoring_pass(cfg: RLConfig) -> bool:
+  """Whether the first update's backward pass starts from the scoring pass (`scoring_pass`):
+  with one minibatch and no accumulation that update's forward pass is the scoring pass itself
+  (the same params on the same tokens). DAPO's refill scores only the groups it keeps."""
+  return cfg.reuse_scoring_pass and cfg.minibatches * cfg.accum_steps == 1 and not cfg.oversample
+
+
+def scoring_pass(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLConfig):
+  """`score_tokens`'s (log-probs, reference log-probs, values), and the policy's and critic's
+  outputs (`loss_outputs`) with their pullback to the trainable params (`jax.vjp`): the first
+  update differentiates this pass instead of running its own, one forward pass of the policy
+  and of the critic fewer per iteration (a sixth of W4's model FLOPs). Exact: the outputs are
+  the ones the update's forward pass would compute. The pass holds the update's activations
+  (one minibatch: the whole batch) while the reference scores."""
+  p = prompt_length(sampled)
+  forward = functools.partial(loss_outputs, tokens=sampled.tokens, mask=sampled.mask, policy=policy, critic=critic,
+                              cfg=cfg, prompt_len=p, bases=frozen_bases(state))
+  outputs, pullback = jax.vjp(forward, (state.policy, state.value))
+  ref_logprobs = response_logprobs(policy, state.ref, sampled.tokens, sampled.mask, p, cfg.temperature)
+  return (outputs[0], ref_logprobs, outputs[2]), outputs, pullback
+
+
 def prompt_length(sampled: Sampled) -> int:
   return sampled.tokens.shape[1] - sampled.response.tokens.shape[1]
 
@@ -282,23 +305,37 @@ def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_
   return finish_rollout(state, sampled, policy=policy, critic=critic, cfg=cfg)
 
 
+def loss_outputs(params, tokens, mask, *, policy, critic, cfg: RLConfig, prompt_len: int, bases=(None, None)):
+  """What the loss reads of the models: the response tokens' (log-probs, entropies, values)
+  under the trainable `params` (policy, critic) on their frozen LoRA `bases` (rl_state.frozen_bases)."""
+  params = tuple(lora.combine(base, p) for base, p in zip(bases, params))
+  stats, values = stats_and_values(params, tokens, mask, prompt_len, policy=policy, critic=critic,
+                                   temperature=cfg.temperature)
+  return stats.logprobs, stats.entropy, values
+
+
 def rl_loss(params, batch, *, policy, critic, cfg: RLConfig, prompt_len: int, kl_coef, bases=(None, None)):
   """The loss of a (micro)batch of `(Rollout, (policy_weights, token_weights))`, differentiated
-  in `params` (policy, critic): what trains, on the frozen LoRA `bases` (rl_state.frozen_bases).
+  in `params` (policy, critic): what trains, on the frozen LoRA `bases`."""
+  rollout_batch = batch[0]
+  outputs = loss_outputs(params, rollout_batch.tokens, rollout_batch.mask, policy=policy, critic=critic, cfg=cfg,
+                         prompt_len=prompt_len, bases=bases)
+  return loss_of_outputs(outputs, batch, cfg=cfg, kl_coef=kl_coef)
+
+
+def loss_of_outputs(outputs, batch, *, cfg: RLConfig, kl_coef):
+  """`rl_loss` as a function of the models' outputs (`loss_outputs`).
 
   Every term is a weighted sum over tokens with weights that sum to 1 over the minibatch, so
   microbatch losses add up to the minibatch's and gradient accumulation is exact.
   """
+  logprobs, entropy, values = outputs
   rollout_batch, (policy_weights, token_weights) = batch
-  params = tuple(lora.combine(base, p) for base, p in zip(bases, params))
-  stats, values = stats_and_values(params, rollout_batch.tokens, rollout_batch.mask, prompt_len, policy=policy,
-                                   critic=critic, temperature=cfg.temperature)
-  logprobs = stats.logprobs
   corrected = policy_weights if rollout_batch.is_weights is None else policy_weights * rollout_batch.is_weights
   loss, metrics = surrogate_loss(cfg.policy_loss, logprobs, rollout_batch.logprobs, rollout_batch.advantages,
                                  corrected, token_weights, cfg.policy_loss_params)
   metrics["policy_loss"] = loss
-  metrics["entropy"] = masked_sum(stats.entropy, token_weights)
+  metrics["entropy"] = masked_sum(entropy, token_weights)
   loss = loss - cfg.ent_coef * metrics["entropy"]
   if cfg.kl_in_loss:
     metrics["kl_loss"] = masked_sum(kl.kl_penalty(logprobs, rollout_batch.ref_logprobs, "k3"), policy_weights)
@@ -328,13 +365,14 @@ def update_metrics(per_update: dict) -> dict:
   return {k: reduce(k, v) for k, v in per_update.items() if k != "loss"}
 
 
-def minibatch_update(carry, minibatch, *, loss_fn, prompt_len: int, cfg: RLConfig, txs, rewards_ok):
+def minibatch_update(carry, minibatch, *, grad_fn, prompt_len: int, cfg: RLConfig, txs, rewards_ok):
   """One optimizer update of (policy, critic) on a minibatch of the rollout (a `lax.scan`
-  step): refused, carry unchanged, if its loss, gradients or the rollout's rewards are not finite."""
+  step), its gradients from `grad_fn(params, (minibatch, weights))`: refused, carry unchanged,
+  if its loss, gradients or the rollout's rewards are not finite."""
   response_mask = minibatch.mask[:, prompt_len:] * minibatch.weights[:, None]
   weights = (aggregation.token_weights(response_mask, cfg.loss_aggregation, cfg.max_new_tokens),
              aggregation.token_weights(response_mask, "token_mean"))
-  grads, m = accumulate_gradients(loss_fn, carry[0], (minibatch, weights), cfg.accum_steps)
+  grads, m = grad_fn(carry[0], (minibatch, weights))
   ok, flags = guards.check(loss=m["loss"], grads=grads)
   ok = ok & rewards_ok  # no update learns from a non-finite reward
 
@@ -343,6 +381,17 @@ def minibatch_update(carry, minibatch, *, loss_fn, prompt_len: int, cfg: RLConfi
     new = [apply_updates(tx, g, o, p) for tx, g, o, p in zip(txs, grads, opt_states, params)]
     return tuple(p for p, _ in new), tuple(o for _, o in new)
   return guards.apply_if(ok, apply, carry), {**m, **flags, "skipped_updates": 1.0 - ok}
+
+
+def pulled_back_gradients(outputs, pullback, *, cfg: RLConfig, kl_coef):
+  """`grad_fn` of the first update from the scoring pass's outputs and pullback
+  (`scoring_pass`): the loss differentiated in the outputs, then pulled back to the params the
+  pass ran at (which the first update's carry holds)."""
+  def grad_fn(unused_params, batch):
+    (loss, metrics), d_outputs = jax.value_and_grad(loss_of_outputs, has_aux=True)(outputs, batch, cfg=cfg,
+                                                                                   kl_coef=kl_coef)
+    return pullback(d_outputs)[0], {"loss": loss, **metrics}
+  return grad_fn
 
 
 def sample_phase(state: RLState, prompts, prompt_mask, *, policy, score_fn: Callable, cfg: RLConfig) -> Sampled:
@@ -354,25 +403,41 @@ def sample_phase(state: RLState, prompts, prompt_mask, *, policy, score_fn: Call
 def update_phase(state: RLState, sampled: Sampled, host: HostScores | None = None, token_scores=None, *,
                  policy, critic, policy_tx, value_tx, cfg: RLConfig):
   """The iteration's other half: the rollout finished (`finish_rollout`), `epochs` x
-  `minibatches` updates, the KL controller. Returns (state, metrics)."""
+  `minibatches` updates, the KL controller. Returns (state, metrics).
+
+  With one minibatch (`reuses_scoring_pass`) the first update is differentiated from the
+  scoring pass and the other epochs scan; each later epoch shuffles as it would otherwise (the
+  first one's order does not change a full-batch loss)."""
   rng, _, shuffle_rng = jax.random.split(state.rng, 3)
+  first = None
+  if token_scores is None and reuses_scoring_pass(cfg):
+    token_scores, *first = scoring_pass(state, sampled, policy=policy, critic=critic, cfg=cfg)
   batch, baseline, metrics = finish_rollout(state, sampled, host, token_scores, policy=policy, critic=critic,
                                             cfg=cfg)
   p, n = prompt_length(sampled), batch.tokens.shape[0]
   loss_fn = functools.partial(rl_loss, policy=policy, critic=critic, cfg=cfg, prompt_len=p, kl_coef=state.kl.coef,
                               bases=frozen_bases(state))
-
   rewards_ok = metrics["nonfinite_rewards"] == 0
-  update = functools.partial(minibatch_update, loss_fn=loss_fn, prompt_len=p, cfg=cfg, txs=(policy_tx, value_tx),
+  update = functools.partial(minibatch_update, prompt_len=p, cfg=cfg, txs=(policy_tx, value_tx),
                              rewards_ok=rewards_ok)
+  scanned = functools.partial(update, grad_fn=lambda params, b: accumulate_gradients(loss_fn, params, b,
+                                                                                    cfg.accum_steps))
 
   def epoch(carry, key):
     order = jax.random.permutation(key, n).reshape(cfg.minibatches, -1)
-    return jax.lax.scan(update, carry, jax.tree.map(lambda x: x[order], batch))
+    return jax.lax.scan(scanned, carry, jax.tree.map(lambda x: x[order], batch))
 
   carry = ((state.policy, state.value), (state.policy_opt, state.value_opt))
-  ((policy_params, value_params), (policy_opt, value_opt)), losses = jax.lax.scan(
-      epoch, carry, jax.random.split(shuffle_rng, cfg.epochs))
+  keys = jax.random.split(shuffle_rng, cfg.epochs)
+  if first is None:
+    carry, losses = jax.lax.scan(epoch, carry, keys)
+  else:
+    carry, losses = update(carry, batch, grad_fn=pulled_back_gradients(*first, cfg=cfg, kl_coef=state.kl.coef))
+    losses = jax.tree.map(lambda x: x.reshape(1, 1), losses)
+    if cfg.epochs > 1:
+      carry, rest = jax.lax.scan(epoch, carry, keys[1:])
+      losses = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), losses, rest)
+  (policy_params, value_params), (policy_opt, value_opt) = carry
   new_kl = kl.update_kl_controller(state.kl, metrics["kl"], n, target=cfg.kl_target, horizon=cfg.kl_horizon,
                                    adaptive=cfg.adaptive_kl)
   new_kl, baseline = guards.select(rewards_ok, (new_kl, baseline), (state.kl, state.baseline))

@@ -38,7 +38,7 @@ from rlhf_jax.training.off_policy import compile_off_policy
 from rlhf_jax.training.optim import make_optimizer
 from rlhf_jax.training.policy_eval import PolicyEvaluator
 from rlhf_jax.training.rl_state import policy_params
-from rlhf_jax.training.rl_steps import RLConfig, rl_iteration
+from rlhf_jax.training.rl_steps import RLConfig, reuses_scoring_pass, rl_iteration
 from rlhf_jax.workdir import RunDir
 
 RL_ITEMS = ("policy", "policy_opt", "value", "value_opt", "kl", "baseline", "rng", "pending")
@@ -274,7 +274,9 @@ def iteration_cost(cfg, rl_cfg: RLConfig, models, prompt_len: int, uses_model: b
   model_flops = flops.rl_iteration(models.policy.cfg, rows, prompt_len, rl_cfg.max_new_tokens, rl_cfg.epochs,
                                    critic=models.critic is not None,  # a shared value head rides the policy
                                    reward_model=uses_model, extra_rows=extra, greedy_rows=greedy,
-                                   off_policy=rl_cfg.off_policy_steps > 0)
+                                   off_policy=rl_cfg.off_policy_steps > 0,
+                                   # the host path scores in a program of its own, while the host rewards run
+                                   reused_scoring=reuses_scoring_pass(rl_cfg) and not rl_cfg.host_rewards)
   return StepCost(model_flops, samples=rows + extra + greedy)
 
 

@@ -44,6 +44,9 @@ def test_an_rl_iteration_counts_generation_scoring_and_updates():
   assert with_model - grpo == pytest.approx(flops.score(cfg, 64, 48))
   ppo = flops.rl_iteration(cfg, 64, 16, 32, epochs=4, critic=True)
   assert ppo > 4 * flops.train(cfg, 64, 48) > with_model
+  # The first update differentiating the scoring pass: no forward of the policy or critic of its own.
+  reused = flops.rl_iteration(cfg, 64, 16, 32, epochs=4, critic=True, reused_scoring=True)
+  assert ppo - reused == pytest.approx(flops.forward(cfg, 64, 48) + flops.forward(cfg, 64, 48, logits=False))
   remax = flops.rl_iteration(cfg, 64, 16, 32, epochs=1, critic=False, reward_model=True, greedy_rows=64)
   assert remax - with_model == pytest.approx(flops.generate(cfg, 64, 16, 32) + flops.score(cfg, 64, 48))
   assert dataclasses.replace(cfg, d_model=128).num_params() > cfg.num_params()  # the counter's shapes are the model's

@@ -138,6 +138,29 @@ def test_gradient_accumulation_matches_whole_minibatches():
     np.testing.assert_allclose(metrics_a[key], metrics_b[key], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("algo,shared_critic,kl_in_loss", [("ppo", False, False), ("ppo", True, False),
+                                                           ("grpo", False, True)])
+def test_the_first_update_from_the_scoring_pass_equals_one_with_its_own_forward_pass(algo, shared_critic, kl_in_loss):
+  # One minibatch: the first update differentiates the scoring pass (jax.vjp). Two iterations
+  # (PPO: 4 epochs each; GRPO: its KL as a loss term) give the params and metrics of the
+  # separate forward pass, up to float rounding (Adam rescales the tiny differences).
+  results = []
+  for reuse in (False, True):
+    state, step, prompts = setup(algo=algo, shared_critic=shared_critic, minibatches=1, kl_in_loss=kl_in_loss,
+                                 reuse_scoring_pass=reuse)
+    for _ in range(2):
+      state, metrics = step(state, prompts, jnp.ones_like(prompts))
+    results.append((jax.device_get((state.policy, state.value)), jax.device_get(metrics)))
+  (params_a, metrics_a), (params_b, metrics_b) = results
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+  assert metrics_a.keys() == metrics_b.keys()
+  for key in ("policy_loss", "entropy", "kl", *(("value_loss",) if algo == "ppo" else ("kl_loss",))):
+    np.testing.assert_allclose(metrics_a[key], metrics_b[key], rtol=1e-4, atol=1e-6)
+  # The first update's ratio: 1 up to float error from a forward pass of its own, exactly 1 from the scoring pass.
+  assert metrics_a["max_ratio_deviation"] < 1e-5 and metrics_b["max_ratio_deviation"] == 0.0
+
+
 def test_scoring_in_chunks_gives_the_whole_batch_result():
   """Rollout scoring runs minibatch-sized chunks one after another; the rows come back in order."""
   rows = (jnp.arange(24.0).reshape(12, 2), jnp.arange(12))
