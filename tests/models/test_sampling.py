@@ -133,6 +133,19 @@ def test_filter_logits_hand_cases():
   np.testing.assert_array_equal(kept(3, 0.83), [1, 0, 1, 0])
 
 
+def test_tokens_are_jax_random_categoricals_draw():
+  # choose_tokens takes categorical's own Gumbel noise with its own argmax (first_argmax):
+  # the same tokens, ties and -inf (top-k filtered) logits included.
+  logits = jax.random.normal(jax.random.key(0), (64, 50)).at[:, :20].set(-jnp.inf).at[:, 30].set(9.0).at[:, 40].set(9.0)
+  for seed in range(5):
+    key = jax.random.key(seed)
+    tokens, _ = sampling.choose_tokens(logits, key, SamplingParams.make(temperature=1.0))
+    np.testing.assert_array_equal(tokens, jax.random.categorical(key, logits, axis=-1))
+  greedy, _ = sampling.choose_tokens(logits, key, SamplingParams.make(greedy=True))
+  np.testing.assert_array_equal(greedy, np.full(64, 30))  # the first of the tied maxima, as jnp.argmax
+  np.testing.assert_array_equal(sampling.first_argmax(logits), jnp.argmax(logits, axis=-1))
+
+
 def test_changing_sampling_settings_does_not_recompile():
   cfg = small_model()
   _, params = init(cfg)
