@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.algorithms.lm import token_logprobs
+from rlhf_jax.algorithms.lm import first_argmax, token_logprobs
 from rlhf_jax.algorithms.ppo import entropy_from_logits
 from rlhf_jax.sharding import constrain
 
@@ -38,7 +38,7 @@ def head_logits(hidden, kernel, dtype) -> jax.Array:
 def stats_of_logits(logits, targets, temperature: float = 1.0) -> TokenStats:
   scaled = logits / temperature
   return TokenStats(token_logprobs(scaled, targets), entropy_from_logits(scaled),
-                    jnp.argmax(logits, axis=-1) == targets)
+                    first_argmax(logits) == targets)
 
 
 def token_stats(hidden, kernel, targets, *, dtype, temperature: float = 1.0, chunk: int = 0) -> TokenStats:

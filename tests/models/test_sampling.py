@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.algorithms.lm import first_argmax
 from rlhf_jax.models import sampling
 from rlhf_jax.models.sampling import SamplingParams, filter_logits, in_compute_dtype, sample, segment_ends
 from rlhf_jax.models.transformer import Transformer
@@ -143,7 +144,7 @@ def test_tokens_are_jax_random_categoricals_draw():
     np.testing.assert_array_equal(tokens, jax.random.categorical(key, logits, axis=-1))
   greedy, _ = sampling.choose_tokens(logits, key, SamplingParams.make(greedy=True))
   np.testing.assert_array_equal(greedy, np.full(64, 30))  # the first of the tied maxima, as jnp.argmax
-  np.testing.assert_array_equal(sampling.first_argmax(logits), jnp.argmax(logits, axis=-1))
+  np.testing.assert_array_equal(first_argmax(logits), jnp.argmax(logits, axis=-1))
 
 
 def test_changing_sampling_settings_does_not_recompile():
