@@ -12,6 +12,8 @@ a loss aggregation, each picked by name from its registry:
   `minibatches` policy-loss updates (`algorithms/policy_losses.py`, aggregated as
   `algorithms/aggregation.py` says; nested `lax.scan`, each minibatch optionally over
   `accum_steps` microbatches) -> KL controller update. Jit it once; nothing leaves the device.
+With one minibatch the recomputed log-probs' pass is the first update's forward pass too
+(`scoring_pass`: its pullback gives that update's gradients).
 
 With one epoch and one minibatch the ratio is 1 at the update, so the clipped surrogate's
 gradient is the plain policy gradient: that is REINFORCE's and RLOO's update.
@@ -198,7 +200,7 @@ def scoring_pass(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLCon
   """`score_tokens`'s (log-probs, reference log-probs, values), and the policy's and critic's
   outputs (`loss_outputs`) with their pullback to the trainable params (`jax.vjp`): the first
   update differentiates this pass instead of running its own, one forward pass of the policy
-  and of the critic fewer per iteration (a sixth of W4's model FLOPs). Exact: the outputs are
+  and of the critic fewer per iteration (a seventh of W4's model FLOPs). Exact: the outputs are
   the ones the update's forward pass would compute. The pass holds the update's activations
   (one minibatch: the whole batch) while the reference scores."""
   p = prompt_length(sampled)
