@@ -396,6 +396,28 @@ def pulled_back_gradients(outputs, pullback, *, cfg: RLConfig, kl_coef):
   return grad_fn
 
 
+def all_updates(carry, batch: Rollout, keys, *, update, grad_fn, minibatches: int, first_grad_fn=None):
+  """`len(keys)` epochs of `minibatches` updates (`update` with `grad_fn`), each epoch over its
+  own shuffle of the batch: nested `lax.scan`s. With `first_grad_fn` (the scoring pass's,
+  `pulled_back_gradients`) the first update is the whole batch's with it, unshuffled (the order
+  does not change a full-batch loss), and the other epochs shuffle as they would otherwise.
+  Returns (carry, per-update metrics [epochs, minibatches])."""
+  n = batch.tokens.shape[0]
+
+  def epoch(carry, key):
+    order = jax.random.permutation(key, n).reshape(minibatches, -1)
+    return jax.lax.scan(functools.partial(update, grad_fn=grad_fn), carry, jax.tree.map(lambda x: x[order], batch))
+
+  if first_grad_fn is None:
+    return jax.lax.scan(epoch, carry, keys)
+  carry, first = update(carry, batch, grad_fn=first_grad_fn)
+  losses = jax.tree.map(lambda x: x.reshape(1, 1), first)
+  if len(keys) > 1:
+    carry, rest = jax.lax.scan(epoch, carry, keys[1:])
+    losses = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), losses, rest)
+  return carry, losses
+
+
 def sample_phase(state: RLState, prompts, prompt_mask, *, policy, score_fn: Callable, cfg: RLConfig) -> Sampled:
   """The iteration's sampling half (its rng is the iteration's sampling key)."""
   _, sample_rng, _ = jax.random.split(state.rng, 3)
@@ -405,11 +427,8 @@ def sample_phase(state: RLState, prompts, prompt_mask, *, policy, score_fn: Call
 def update_phase(state: RLState, sampled: Sampled, host: HostScores | None = None, token_scores=None, *,
                  policy, critic, policy_tx, value_tx, cfg: RLConfig):
   """The iteration's other half: the rollout finished (`finish_rollout`), `epochs` x
-  `minibatches` updates, the KL controller. Returns (state, metrics).
-
-  With one minibatch (`reuses_scoring_pass`) the first update is differentiated from the
-  scoring pass and the other epochs scan; each later epoch shuffles as it would otherwise (the
-  first one's order does not change a full-batch loss)."""
+  `minibatches` updates (`all_updates`; with one minibatch the first differentiated from the
+  scoring pass, `reuses_scoring_pass`), the KL controller. Returns (state, metrics)."""
   rng, _, shuffle_rng = jax.random.split(state.rng, 3)
   first = None
   if token_scores is None and reuses_scoring_pass(cfg):
@@ -422,24 +441,11 @@ def update_phase(state: RLState, sampled: Sampled, host: HostScores | None = Non
   rewards_ok = metrics["nonfinite_rewards"] == 0
   update = functools.partial(minibatch_update, prompt_len=p, cfg=cfg, txs=(policy_tx, value_tx),
                              rewards_ok=rewards_ok)
-  scanned = functools.partial(update, grad_fn=lambda params, b: accumulate_gradients(loss_fn, params, b,
-                                                                                    cfg.accum_steps))
-
-  def epoch(carry, key):
-    order = jax.random.permutation(key, n).reshape(cfg.minibatches, -1)
-    return jax.lax.scan(scanned, carry, jax.tree.map(lambda x: x[order], batch))
-
+  first_grad_fn = None if first is None else pulled_back_gradients(*first, cfg=cfg, kl_coef=state.kl.coef)
   carry = ((state.policy, state.value), (state.policy_opt, state.value_opt))
-  keys = jax.random.split(shuffle_rng, cfg.epochs)
-  if first is None:
-    carry, losses = jax.lax.scan(epoch, carry, keys)
-  else:
-    carry, losses = update(carry, batch, grad_fn=pulled_back_gradients(*first, cfg=cfg, kl_coef=state.kl.coef))
-    losses = jax.tree.map(lambda x: x.reshape(1, 1), losses)
-    if cfg.epochs > 1:
-      carry, rest = jax.lax.scan(epoch, carry, keys[1:])
-      losses = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), losses, rest)
-  (policy_params, value_params), (policy_opt, value_opt) = carry
+  ((policy_params, value_params), (policy_opt, value_opt)), losses = all_updates(
+      carry, batch, jax.random.split(shuffle_rng, cfg.epochs), update=update, minibatches=cfg.minibatches,
+      grad_fn=lambda params, b: accumulate_gradients(loss_fn, params, b, cfg.accum_steps), first_grad_fn=first_grad_fn)
   new_kl = kl.update_kl_controller(state.kl, metrics["kl"], n, target=cfg.kl_target, horizon=cfg.kl_horizon,
                                    adaptive=cfg.adaptive_kl)
   new_kl, baseline = guards.select(rewards_ok, (new_kl, baseline), (state.kl, state.baseline))
