@@ -115,7 +115,7 @@ def rl_workload(algo: str, preset: str = "tiny", model: dict | None = TINY_GPT2,
     step = stateful(iteration, state, batch["tokens"], batch["mask"])
   rows, critic = prompts * k, models.critic is not None
   total = flops.rl_iteration(policy_cfg, rows, prompt_len, new_tokens, rl_cfg.epochs, critic=critic,
-                             reused_scoring=reuses_scoring_pass(rl_cfg) and not host)
+                             reused_scoring=reuses_scoring_pass(rl_cfg))
   generation = (rollout_sampling(models.policy, step, batch, k, rl_cfg, mesh, rules),
                 flops.generate(policy_cfg, rows, prompt_len, new_tokens))
   info = dict(algo=algo, rows=rows, prompt_len=prompt_len, new_tokens=new_tokens, epochs=rl_cfg.epochs,

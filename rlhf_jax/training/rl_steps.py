@@ -39,7 +39,7 @@ from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.training import guards
 from rlhf_jax.training.logprobs import response_logprobs, response_stats
 from rlhf_jax.models import lora
-from rlhf_jax.training.rl_state import RLState, frozen_bases, policy_params, value_params
+from rlhf_jax.training.rl_state import RLState, frozen_bases, policy_params
 from rlhf_jax.training.steps import accumulate_gradients
 
 @dataclasses.dataclass(frozen=True)
@@ -182,18 +182,27 @@ def in_chunks(fn: Callable, rows, chunks: int):
   return jax.tree.map(merge, jax.lax.map(lambda r: fn(*r), split))
 
 
+def trainable_outputs(state: RLState, tokens, mask, *, policy, critic, prompt_len: int, cfg: RLConfig) -> Callable:
+  """`loss_outputs` on these tokens as a function of the trainable (policy, critic) params on the
+  state's frozen bases: what the scoring pass evaluates and the updates differentiate."""
+  return functools.partial(loss_outputs, tokens=tokens, mask=mask, policy=policy, critic=critic, cfg=cfg,
+                           prompt_len=prompt_len, bases=frozen_bases(state))
+
+
 def _score_tokens(state, tokens, mask, *, policy, critic, prompt_len: int, cfg: RLConfig):
   """Log-probs of the response under the policy and the reference, and the critic's values."""
-  stats, values = stats_and_values((policy_params(state), value_params(state)), tokens, mask, prompt_len,
-                                   policy=policy, critic=critic, temperature=cfg.temperature)
-  return stats.logprobs, response_logprobs(policy, state.ref, tokens, mask, prompt_len, cfg.temperature), values
+  forward = trainable_outputs(state, tokens, mask, policy=policy, critic=critic, prompt_len=prompt_len, cfg=cfg)
+  logprobs, _, values = forward((state.policy, state.value))
+  return logprobs, response_logprobs(policy, state.ref, tokens, mask, prompt_len, cfg.temperature), values
 
 
 def reuses_scoring_pass(cfg: RLConfig) -> bool:
   """Whether the first update's backward pass starts from the scoring pass (`scoring_pass`):
   with one minibatch and no accumulation that update's forward pass is the scoring pass itself
-  (the same params on the same tokens). DAPO's refill scores only the groups it keeps."""
-  return cfg.reuse_scoring_pass and cfg.minibatches * cfg.accum_steps == 1 and not cfg.oversample
+  (the same params on the same tokens). DAPO's refill scores only the groups it keeps; with host
+  rewards the scoring runs in a program of its own, while the host scores (host_rewards.py)."""
+  return (cfg.reuse_scoring_pass and cfg.minibatches * cfg.accum_steps == 1 and not cfg.oversample
+          and not cfg.host_rewards)
 
 
 def scoring_pass(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLConfig):
@@ -204,8 +213,7 @@ def scoring_pass(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLCon
   the ones the update's forward pass would compute. The pass holds the update's activations
   (one minibatch: the whole batch) while the reference scores."""
   p = prompt_length(sampled)
-  forward = functools.partial(loss_outputs, tokens=sampled.tokens, mask=sampled.mask, policy=policy, critic=critic,
-                              cfg=cfg, prompt_len=p, bases=frozen_bases(state))
+  forward = trainable_outputs(state, sampled.tokens, sampled.mask, policy=policy, critic=critic, prompt_len=p, cfg=cfg)
   outputs, pullback = jax.vjp(forward, (state.policy, state.value))
   ref_logprobs = response_logprobs(policy, state.ref, sampled.tokens, sampled.mask, p, cfg.temperature)
   return (outputs[0], ref_logprobs, outputs[2]), outputs, pullback
@@ -443,14 +451,14 @@ def update_phase(state: RLState, sampled: Sampled, host: HostScores | None = Non
                              rewards_ok=rewards_ok)
   first_grad_fn = None if first is None else pulled_back_gradients(*first, cfg=cfg, kl_coef=state.kl.coef)
   carry = ((state.policy, state.value), (state.policy_opt, state.value_opt))
-  ((policy_params, value_params), (policy_opt, value_opt)), losses = all_updates(
+  ((new_policy, new_value), (policy_opt, value_opt)), losses = all_updates(
       carry, batch, jax.random.split(shuffle_rng, cfg.epochs), update=update, minibatches=cfg.minibatches,
       grad_fn=lambda params, b: accumulate_gradients(loss_fn, params, b, cfg.accum_steps), first_grad_fn=first_grad_fn)
   new_kl = kl.update_kl_controller(state.kl, metrics["kl"], n, target=cfg.kl_target, horizon=cfg.kl_horizon,
                                    adaptive=cfg.adaptive_kl)
   new_kl, baseline = guards.select(rewards_ok, (new_kl, baseline), (state.kl, state.baseline))
   metrics.update(update_metrics(losses))
-  state = state.replace(step=state.step + 1, policy=policy_params, policy_opt=policy_opt, value=value_params,
+  state = state.replace(step=state.step + 1, policy=new_policy, policy_opt=policy_opt, value=new_value,
                         value_opt=value_opt, kl=new_kl, baseline=baseline, rng=rng)
   return state, metrics
 

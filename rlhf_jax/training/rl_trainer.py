@@ -275,8 +275,7 @@ def iteration_cost(cfg, rl_cfg: RLConfig, models, prompt_len: int, uses_model: b
                                    critic=models.critic is not None,  # a shared value head rides the policy
                                    reward_model=uses_model, extra_rows=extra, greedy_rows=greedy,
                                    off_policy=rl_cfg.off_policy_steps > 0,
-                                   # the host path scores in a program of its own, while the host rewards run
-                                   reused_scoring=reuses_scoring_pass(rl_cfg) and not rl_cfg.host_rewards)
+                                   reused_scoring=reuses_scoring_pass(rl_cfg))
   return StepCost(model_flops, samples=rows + extra + greedy)
 
 
