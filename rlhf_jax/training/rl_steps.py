@@ -13,7 +13,8 @@ a loss aggregation, each picked by name from its registry:
   `algorithms/aggregation.py` says; nested `lax.scan`, each minibatch optionally over
   `accum_steps` microbatches) -> KL controller update. Jit it once; nothing leaves the device.
 With one minibatch the recomputed log-probs' pass is the first update's forward pass too
-(`scoring_pass`: its pullback gives that update's gradients).
+(`scoring_pass`: its pullback gives that update's gradients). The updates themselves are
+rl_update.py's; the hyperparameters and the update's batch, rl_config.py's.
 
 With one epoch and one minibatch the ratio is 1 at the update, so the clipped surrogate's
 gradient is the plain policy gradient: that is REINFORCE's and RLOO's update.
@@ -22,115 +23,23 @@ PPO's critic is a separate model (`critic`, with its own params and optimizer) o
 pass gives log-probs and values, and the value loss trains the shared trunk too.
 """
 
-import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from rlhf_jax.algorithms import aggregation, kl, ppo, shaping
-from rlhf_jax.algorithms.advantages import ADVANTAGES, AdvantageInputs, AdvantageParams
+from rlhf_jax.algorithms import kl, ppo, shaping
+from rlhf_jax.algorithms.advantages import ADVANTAGES, AdvantageInputs
 from rlhf_jax.algorithms.importance import importance_weights
-from rlhf_jax.algorithms.masked import masked_sum
-from rlhf_jax.algorithms.policy_losses import PolicyLossParams, surrogate_loss
 from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.training import guards
-from rlhf_jax.training.logprobs import response_logprobs, response_stats
-from rlhf_jax.models import lora
+from rlhf_jax.training.logprobs import response_logprobs
+from rlhf_jax.training.rl_config import RLConfig, Rollout
 from rlhf_jax.training.rl_state import RLState, frozen_bases, policy_params
+from rlhf_jax.training.rl_update import all_updates, loss_outputs, minibatch_update, pulled_back_gradients, rl_loss
+from rlhf_jax.training.rl_update import update_metrics
 from rlhf_jax.training.steps import accumulate_gradients
-
-@dataclasses.dataclass(frozen=True)
-class RLConfig:
-  """Static hyperparameters, resolved (`presets.resolve`); PPO defaults from Huang et al. 2024."""
-  max_new_tokens: int
-  eos_id: int
-  pad_id: int
-  algo: str = "ppo"
-  advantage: str = "gae"  # algorithms/advantages.py
-  policy_loss: str = "clip"  # algorithms/policy_losses.py
-  loss_aggregation: str = "token_mean"  # algorithms/aggregation.py
-  samples_per_prompt: int = 1  # k: grouped estimators compare the k responses to one prompt
-  temperature: float = 0.7
-  epochs: int = 4
-  minibatches: int = 1
-  accum_steps: int = 1  # microbatches per minibatch (gradient accumulation)
-  clip_eps: float = 0.2  # the clip range's lower side (and upper, unless clip_eps_high says)
-  clip_eps_high: float = 0.2
-  dual_clip: float = 3.0
-  value_clip: float = 0.2
-  vf_coef: float = 0.1
-  ent_coef: float = 0.0
-  gamma: float = 1.0
-  lam: float = 0.95
-  baseline_decay: float = 0.9  # REINFORCE's moving average
-  scale_by_std: bool = True  # GRPO: divide by the group's std
-  dynamic_sampling: bool = False  # DAPO: groups whose k scores are all equal get weight 0
-  overlong_buffer: float = 0.0  # DAPO: a soft length penalty over this fraction of the budget's end
-  oversample: int = 0  # DAPO: extra prompts drawn per iteration, so informative groups can fill the batch
-  model_weight: float | None = 1.0  # the reward model's weight in the score (None: there is none)
-  host_rewards: tuple = ()  # the names of the host reward components (rewards.py), in order
-  kl_kind: str = "k1"
-  kl_in_loss: bool = False  # the KL as a k3 loss term (GRPO's choice) instead of in the reward
-  kl_target: float = 6.0
-  kl_horizon: float = 10000.0
-  adaptive_kl: bool = False
-  no_eos_penalty: float = -1.0
-  penalise_no_eos: bool = True
-  inject_nan_at: tuple = ()  # fault injection (tests): these iterations' scores are NaN
-  off_policy_steps: int = 0  # K: updates train on responses sampled K iterations before (off_policy.py)
-  is_correction: str = "none"  # algorithms/importance.py: the critic-free methods' weight on stale tokens
-  is_cap: float = 2.0
-  reuse_scoring_pass: bool = True  # the first update differentiates the scoring pass (one minibatch only)
-
-  @property
-  def has_critic(self) -> bool:
-    return ADVANTAGES[self.advantage].needs_critic
-
-  @property
-  def needs_greedy(self) -> bool:
-    return ADVANTAGES[self.advantage].needs_greedy
-
-  @property
-  def policy_loss_params(self) -> PolicyLossParams:
-    return PolicyLossParams(self.clip_eps, self.clip_eps_high, self.dual_clip)
-
-  @property
-  def advantage_params(self) -> AdvantageParams:
-    return AdvantageParams(self.samples_per_prompt, self.gamma, self.lam, self.baseline_decay, self.scale_by_std)
-
-
-class Rollout(NamedTuple):
-  tokens: jax.Array  # [batch, prompt + new] prompt then response
-  mask: jax.Array  # [batch, prompt + new] real tokens
-  logprobs: jax.Array  # [batch, new] at sampling time (the "old" policy)
-  ref_logprobs: jax.Array  # [batch, new] under the frozen reference
-  values: jax.Array  # [batch, new] (0 without a critic)
-  advantages: jax.Array  # [batch, new]
-  returns: jax.Array  # [batch, new] the critic's targets
-  weights: jax.Array  # [batch] 1, or 0 for a response dynamic sampling leaves out
-  is_weights: Any = None  # [batch, new] off-policy: each token's importance correction (None: on-policy)
-
-
-def response_values(model, params, tokens, mask, prompt_len: int):
-  """V(s_t) for each response token t: the value head at the position before it."""
-  out = model.apply({"params": params}, tokens, mask, with_logits=False)
-  return out.scalars["value"][:, prompt_len - 1:-1]
-
-
-def stats_and_values(params, tokens, mask, prompt_len: int, *, policy, critic, temperature: float):
-  """Response token statistics (log-probs, entropy at the temperature) and values: one pass
-  when the critic is shared, 0 with none."""
-  policy_params, value_params = params
-  out = policy.apply({"params": policy_params}, tokens, mask, with_logits=False)
-  stats = response_stats(policy, policy_params, out, tokens, prompt_len, temperature)
-  if critic is not None:
-    return stats, response_values(critic, value_params, tokens, mask, prompt_len)
-  if "value" in out.scalars:  # the value head on the policy backbone
-    return stats, out.scalars["value"][:, prompt_len - 1:-1]
-  return stats, jnp.zeros(stats.logprobs.shape, jnp.float32)
 
 
 class HostScores(NamedTuple):
@@ -313,117 +222,6 @@ def rollout(state: RLState, prompts, prompt_mask, rng, *, policy, critic, score_
   rollout of an iteration without host rewards. Returns (Rollout, baseline, metrics)."""
   sampled = sample_rollout(state, prompts, prompt_mask, rng, policy=policy, score_fn=score_fn, cfg=cfg)
   return finish_rollout(state, sampled, policy=policy, critic=critic, cfg=cfg)
-
-
-def loss_outputs(params, tokens, mask, *, policy, critic, cfg: RLConfig, prompt_len: int, bases=(None, None)):
-  """What the loss reads of the models: the response tokens' (log-probs, entropies, values)
-  under the trainable `params` (policy, critic) on their frozen LoRA `bases` (rl_state.frozen_bases)."""
-  params = tuple(lora.combine(base, p) for base, p in zip(bases, params))
-  stats, values = stats_and_values(params, tokens, mask, prompt_len, policy=policy, critic=critic,
-                                   temperature=cfg.temperature)
-  return stats.logprobs, stats.entropy, values
-
-
-def rl_loss(params, batch, *, policy, critic, cfg: RLConfig, prompt_len: int, kl_coef, bases=(None, None)):
-  """The loss of a (micro)batch of `(Rollout, (policy_weights, token_weights))`, differentiated
-  in `params` (policy, critic): what trains, on the frozen LoRA `bases`."""
-  rollout_batch = batch[0]
-  outputs = loss_outputs(params, rollout_batch.tokens, rollout_batch.mask, policy=policy, critic=critic, cfg=cfg,
-                         prompt_len=prompt_len, bases=bases)
-  return loss_of_outputs(outputs, batch, cfg=cfg, kl_coef=kl_coef)
-
-
-def loss_of_outputs(outputs, batch, *, cfg: RLConfig, kl_coef):
-  """`rl_loss` as a function of the models' outputs (`loss_outputs`).
-
-  Every term is a weighted sum over tokens with weights that sum to 1 over the minibatch, so
-  microbatch losses add up to the minibatch's and gradient accumulation is exact.
-  """
-  logprobs, entropy, values = outputs
-  rollout_batch, (policy_weights, token_weights) = batch
-  corrected = policy_weights if rollout_batch.is_weights is None else policy_weights * rollout_batch.is_weights
-  loss, metrics = surrogate_loss(cfg.policy_loss, logprobs, rollout_batch.logprobs, rollout_batch.advantages,
-                                 corrected, token_weights, cfg.policy_loss_params)
-  metrics["policy_loss"] = loss
-  metrics["entropy"] = masked_sum(entropy, token_weights)
-  loss = loss - cfg.ent_coef * metrics["entropy"]
-  if cfg.kl_in_loss:
-    metrics["kl_loss"] = masked_sum(kl.kl_penalty(logprobs, rollout_batch.ref_logprobs, "k3"), policy_weights)
-    loss = loss + kl_coef * metrics["kl_loss"]
-  if cfg.has_critic:
-    v_loss, v_metrics = ppo.clipped_value_loss(values, rollout_batch.values, rollout_batch.returns, token_weights,
-                                               clip=cfg.value_clip)
-    loss, metrics = loss + cfg.vf_coef * v_loss, {**metrics, **v_metrics}
-  return loss, metrics
-
-
-def apply_updates(tx, grads, opt_state, params):
-  if tx is None:  # no separate critic
-    return params, opt_state
-  updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state
-
-
-def update_metrics(per_update: dict) -> dict:
-  """Means over the iteration's [epochs, minibatches] updates; skipped updates are counted,
-  non-finite flags kept if any, and `max_*` metrics are the first update's (where the ratio
-  must be 1: the rollout's log-probs come from the same params)."""
-  def reduce(key, values):
-    if key.startswith("max_"):
-      return values.reshape(-1)[0]
-    return (jnp.sum if key == "skipped_updates" else jnp.max if key.startswith("nonfinite_") else jnp.mean)(values)
-  return {k: reduce(k, v) for k, v in per_update.items() if k != "loss"}
-
-
-def minibatch_update(carry, minibatch, *, grad_fn, prompt_len: int, cfg: RLConfig, txs, rewards_ok):
-  """One optimizer update of (policy, critic) on a minibatch of the rollout (a `lax.scan`
-  step), its gradients from `grad_fn(params, (minibatch, weights))`: refused, carry unchanged,
-  if its loss, gradients or the rollout's rewards are not finite."""
-  response_mask = minibatch.mask[:, prompt_len:] * minibatch.weights[:, None]
-  weights = (aggregation.token_weights(response_mask, cfg.loss_aggregation, cfg.max_new_tokens),
-             aggregation.token_weights(response_mask, "token_mean"))
-  grads, m = grad_fn(carry[0], (minibatch, weights))
-  ok, flags = guards.check(loss=m["loss"], grads=grads)
-  ok = ok & rewards_ok  # no update learns from a non-finite reward
-
-  def apply(carry):
-    params, opt_states = carry
-    new = [apply_updates(tx, g, o, p) for tx, g, o, p in zip(txs, grads, opt_states, params)]
-    return tuple(p for p, _ in new), tuple(o for _, o in new)
-  return guards.apply_if(ok, apply, carry), {**m, **flags, "skipped_updates": 1.0 - ok}
-
-
-def pulled_back_gradients(outputs, pullback, *, cfg: RLConfig, kl_coef):
-  """`grad_fn` of the first update from the scoring pass's outputs and pullback
-  (`scoring_pass`): the loss differentiated in the outputs, then pulled back to the params the
-  pass ran at (which the first update's carry holds)."""
-  def grad_fn(unused_params, batch):
-    (loss, metrics), d_outputs = jax.value_and_grad(loss_of_outputs, has_aux=True)(outputs, batch, cfg=cfg,
-                                                                                   kl_coef=kl_coef)
-    return pullback(d_outputs)[0], {"loss": loss, **metrics}
-  return grad_fn
-
-
-def all_updates(carry, batch: Rollout, keys, *, update, grad_fn, minibatches: int, first_grad_fn=None):
-  """`len(keys)` epochs of `minibatches` updates (`update` with `grad_fn`), each epoch over its
-  own shuffle of the batch: nested `lax.scan`s. With `first_grad_fn` (the scoring pass's,
-  `pulled_back_gradients`) the first update is the whole batch's with it, unshuffled (the order
-  does not change a full-batch loss), and the other epochs shuffle as they would otherwise.
-  Returns (carry, per-update metrics [epochs, minibatches])."""
-  n = batch.tokens.shape[0]
-
-  def epoch(carry, key):
-    order = jax.random.permutation(key, n).reshape(minibatches, -1)
-    return jax.lax.scan(functools.partial(update, grad_fn=grad_fn), carry, jax.tree.map(lambda x: x[order], batch))
-
-  if first_grad_fn is None:
-    return jax.lax.scan(epoch, carry, keys)
-  carry, first = update(carry, batch, grad_fn=first_grad_fn)
-  losses = jax.tree.map(lambda x: x.reshape(1, 1), first)
-  if len(keys) > 1:
-    carry, rest = jax.lax.scan(epoch, carry, keys[1:])
-    losses = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), losses, rest)
-  return carry, losses
 
 
 def sample_phase(state: RLState, prompts, prompt_mask, *, policy, score_fn: Callable, cfg: RLConfig) -> Sampled:
