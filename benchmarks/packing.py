@@ -3,7 +3,8 @@
 preset's). `--stage=sft` times SFT steps; `--stage=reward` the reward model's Bradley-Terry steps
 and `--stage=dpo` DPO's (sigmoid; the reference's forward and the policy's forward and backward)
 on pairs: one pair per row (chosen and rejected rows of seq_len) or packed (rows of 2 * seq_len
-holding whole pairs).
+holding whole pairs); with `--share_prompt` also packed rows holding each pair's prompt once
+(data.share_prompt).
 
 Two length distributions: the embedded corpus's SFT pairs (its sentencepiece tokenizer, rows of
 128 tokens; a preference pair is a prompt, its response and another prompt's response) and a
@@ -13,7 +14,7 @@ same, so the gain is the ratio of trained tokens (pairs) per row over the whole 
 (a few batches of a long-tailed distribution would misstate it) times the ratio of the median
 step times, the latter taken round by round; the gain is the median over rounds. One JSON line each.
 
-  python benchmarks/packing.py [--stage=sft|reward|dpo] [--rounds=3] [--steps=6]
+  python benchmarks/packing.py [--stage=sft|reward|dpo] [--rounds=3] [--steps=6] [--share_prompt]
 """
 
 import dataclasses
@@ -42,6 +43,8 @@ flags.DEFINE_integer("rounds", 3, "Alternating timings of both layouts.")
 flags.DEFINE_integer("steps", 6, "Batches per timing.")
 flags.DEFINE_enum("stage", "sft", ["sft", "reward", "dpo"], "Whose steps: SFT's, or the reward model's or DPO's "
                   "on pairs.")
+flags.DEFINE_bool("share_prompt", False, "reward, dpo: also time packed rows holding each pair's prompt once "
+                  "(data.share_prompt); its gain is over one pair per row too.")
 FLAGS = flags.FLAGS
 
 
@@ -124,10 +127,14 @@ def trained_per_row(data) -> float:
 
 
 def real_tokens(data) -> int:
-  """Tokens of every sequence of the dataset (an SFT sequence, or both of a pair), as truncated."""
+  """Tokens of every sequence of the dataset (an SFT sequence, or both of a pair), as truncated:
+  the tokens of one pair per row, which a shared prompt holds in fewer positions."""
   if isinstance(data, batches.PreferenceData):
     return sum(len(c[0]) + len(r[0]) for c, r in zip(data.chosen, data.rejected))
   return sum(len(t) for t in data.sequences)
+
+
+LAYOUTS = {"padded": {"pack": False}, "packed": {"pack": True}, "shared": {"pack": True, "share_prompt": True}}
 
 
 @dataclasses.dataclass
@@ -146,9 +153,10 @@ def measure(name: str, pairs, tokenizer, vocab: int, seq_len: int, stage: Stage)
   model = Transformer(ModelConfig.from_dict(dict(cfg.model)))
   tx, schedule = make_optimizer(cfg.optim, 1000), learning_rate_schedule(cfg.optim, 1000)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
-  layouts, rounds = {}, {"padded": [], "packed": []}
+  rounds = {name: [] for name in ("padded", "packed", *(("shared",) if FLAGS.share_prompt else ()))}
+  layouts = {}
   for layout in rounds:
-    data = stage.data(pairs, tokenizer, seq_len, cfg.data.batch_size, cfg.seed, pack=layout == "packed")
+    data = stage.data(pairs, tokenizer, seq_len, cfg.data.batch_size, cfg.seed, **LAYOUTS[layout])
     train, state = stage.build(cfg, model, tx, schedule, mesh, rules)
     device_batches = [sharding.put_batch(data.batch(s), mesh) for s in range(FLAGS.steps)]
     state, _ = timed_steps(train, state, device_batches[:1])  # compiles
@@ -157,25 +165,30 @@ def measure(name: str, pairs, tokenizer, vocab: int, seq_len: int, stage: Stage)
     for layout, entry in layouts.items():
       entry.state, seconds = timed_steps(entry.train, entry.state, entry.device_batches)
       rounds[layout].append(seconds)
-  padded, packed = layouts["padded"], layouts["packed"]
-  density = packed.trained_per_row / padded.trained_per_row
-  gains = [density * a / b for a, b in zip(rounds["padded"], rounds["packed"])]
+  padded = layouts["padded"]
   # Tokens a row holds: an SFT row seq_len + 1 (inputs and the last target); one pair per row
   # its chosen and rejected rows of seq_len, a packed row of pairs 2 * seq_len.
   real, row_len = real_tokens(data), 2 * seq_len if stage.unit == "pairs" else seq_len + 1
   rows = cfg.data.batch_size
-  return {"stage": FLAGS.stage, "distribution": name, "sequences": len(pairs), "seq_len": seq_len,
-          "unit": stage.unit, "rows_padded": padded.num_rows, "rows_packed": packed.num_rows,
-          "fill_padded": real / (padded.num_rows * row_len), "fill_packed": real / (packed.num_rows * row_len),
-          "step_s_padded": statistics.median(rounds["padded"]), "step_s_packed": statistics.median(rounds["packed"]),
-          "per_s_padded": rows * padded.trained_per_row / statistics.median(rounds["padded"]),
-          "per_s_packed": rows * packed.trained_per_row / statistics.median(rounds["packed"]),
-          "round_gains": gains, "gain": statistics.median(gains), "device": jax.devices()[0].device_kind,
-          "rounds": FLAGS.rounds, "steps": FLAGS.steps}
+  result = {"stage": FLAGS.stage, "distribution": name, "sequences": len(pairs), "seq_len": seq_len,
+            "unit": stage.unit}
+  for layout, entry in layouts.items():
+    result.update({f"rows_{layout}": entry.num_rows, f"fill_{layout}": real / (entry.num_rows * row_len),
+                   f"step_s_{layout}": statistics.median(rounds[layout]),
+                   f"per_s_{layout}": rows * entry.trained_per_row / statistics.median(rounds[layout])})
+  for layout in layouts.keys() - {"padded"}:  # the gain over one sequence (pair) per row
+    density = layouts[layout].trained_per_row / padded.trained_per_row
+    gains = [density * a / b for a, b in zip(rounds["padded"], rounds[layout])]
+    suffix = "" if layout == "packed" else f"_{layout}"
+    result.update({f"round_gains{suffix}": gains, f"gain{suffix}": statistics.median(gains)})
+  return {**result, "device": jax.devices()[0].device_kind, "rounds": FLAGS.rounds, "steps": FLAGS.steps}
 
 
 def main(argv):
   del argv
+  if FLAGS.share_prompt and STAGES[FLAGS.stage].unit != "pairs":
+    raise SystemExit(f"--share_prompt: a prompt is shared by a preference pair (--stage=reward or dpo), "
+                     f"not in --stage={FLAGS.stage}")
   cfg = sft.get_config("tiny")
   for name, (pairs, tokenizer, vocab), seq_len in (("embedded", embedded_pairs(cfg), cfg.data.seq_len),
                                                    ("long_tailed", long_tailed_pairs(), 512)):

@@ -8,7 +8,8 @@
   python benchmarks/run.py --workload=gpu            # pretrain, decode, ppo_large (gpt2_small)
 
 Workloads: w1 PPO (64 prompts x 16 tokens, 32 new, 4 epochs, 1 minibatch; policy, reference,
-reward model, critic), w2 DPO (64 pairs, 16 + 32 tokens), w3 reward model (64 pairs x 48),
+reward model, critic), w2 DPO (64 pairs, 16 + 32 tokens; w2_shared: each pair in one row of 81
+tokens holding its prompt once, data.share_prompt's layout, against the peer's w2), w3 reward model (64 pairs x 48),
 w4 RLOO (k = 4, 64 responses), w5 w1 with a host reward function added (rollout -> host
 scoring -> update; timed against w1 in the same rounds, alternating: `host_overhead`), w6
 off-policy PPO with long generations (64 prompts x 16 -> 256 tokens, K = 1: the sampler on
@@ -38,9 +39,10 @@ from benchmarks import limits, workloads  # pylint: disable=g-import-not-at-top
 from rlhf_jax import distributed  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
-CPU_SET = ("w1", "w2", "w3", "w4", "w5", "sampler")  # w6 is timed on its own (long generations)
+CPU_SET = ("w1", "w2", "w3", "w4", "w5", "sampler")  # w6 is timed on its own (long generations), w2_shared too
 GPU_SET = ("pretrain", "decode", "ppo_large")
-flags.DEFINE_enum("workload", "w1", [*CPU_SET, "w6", "w6_sync", *GPU_SET, "cpu", "gpu"], "What to time (cpu / gpu: each of a set).")
+flags.DEFINE_enum("workload", "w1", [*CPU_SET, "w2_shared", "w6", "w6_sync", *GPU_SET, "cpu", "gpu"],
+                  "What to time (cpu / gpu: each of a set).")
 flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
 flags.DEFINE_enum("peer", "", ["", "trl", "tunix"], "Also run this library's version (benchmarks/peers, after its "
                   "setup) and give the ratio; a bare --peer is --peer=trl.")
@@ -77,6 +79,7 @@ PEER_SPECS = {
 BUILDERS = {
     "w1": lambda: workloads.rl_workload("ppo"),
     "w2": workloads.dpo_workload,
+    "w2_shared": lambda: workloads.dpo_workload(share_prompt=True),
     "w3": workloads.reward_workload,
     "w4": lambda: workloads.rl_workload("rloo", prompts=16, k=4, epochs=1),
     "w5": lambda: workloads.rl_workload("ppo", host_reward=workloads.distinct_words),
@@ -93,6 +96,8 @@ BUILDERS = {
 
 # Workloads timed against another in the same rounds (just before each of theirs), for a ratio.
 BASELINES = {"w5": "w1", "w6": "w6_sync"}
+# Ours done another way, against the peer's same workload: w2 with each pair's prompt held once.
+PEER_WORKLOAD = {"w2_shared": "w2"}
 
 
 def preset_model() -> dict:
@@ -107,8 +112,9 @@ def paired_rounds(name: str, step, baseline=None) -> tuple[float, list, list, li
   each too: on a noisy machine each round's ratio compares two timings taken back to back."""
   timings, theirs, base = [], [], []
   for _ in range(FLAGS.rounds):
-    if FLAGS.peer and name in PEER_SPECS[FLAGS.peer].workloads:  # no peer has w5 / w6 (baseline-timed)
-      theirs.append(peer(FLAGS.peer, name))
+    theirs_name = PEER_WORKLOAD.get(name, name)
+    if FLAGS.peer and theirs_name in PEER_SPECS[FLAGS.peer].workloads:  # no peer has w5 / w6 (baseline-timed)
+      theirs.append(peer(FLAGS.peer, theirs_name))
     if baseline is not None:
       base.append(limits.timed(baseline, FLAGS.repeats)[1])
     timings.append(limits.timed(step, FLAGS.repeats))
@@ -167,7 +173,7 @@ def peer_python(name: str) -> str:
 
 def peer_names(name: str, names: tuple) -> tuple:
   """The workloads of `names` the peer has; a one-line exit if it has none of them."""
-  shared = tuple(n for n in names if n in PEER_SPECS[name].workloads)
+  shared = tuple(n for n in names if PEER_WORKLOAD.get(n, n) in PEER_SPECS[name].workloads)
   if not shared:
     raise SystemExit(f"--peer={name} has only {', '.join(PEER_SPECS[name].workloads)}; asked for {', '.join(names)}")
   return shared

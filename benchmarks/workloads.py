@@ -228,9 +228,10 @@ def reward_workload(preset: str = "tiny", model: dict | None = TINY_GPT2, pairs:
 
 
 def dpo_workload(preset: str = "tiny", model: dict | None = TINY_GPT2, pairs: int = 64, prompt_len: int = 16,
-                 response_len: int = 32) -> Workload:
+                 response_len: int = 32, share_prompt: bool = False) -> Workload:
   """W2: one DPO step: the frozen reference's and the policy's log-probs of chosen and
-  rejected (prompt + response), the loss on the responses, AdamW."""
+  rejected (prompt + response), the loss on the responses, AdamW. With `share_prompt`, each
+  pair in one row holding its prompt once (`data.share_prompt`'s layout: `shared_pair_rows`)."""
   cfg = stage_config(dpo, preset, model)
   policy = Transformer(ModelConfig.from_dict(dict(cfg.model)))
   tx = make_optimizer(cfg.optim, 1000)
@@ -247,5 +248,25 @@ def dpo_workload(preset: str = "tiny", model: dict | None = TINY_GPT2, pairs: in
     tokens = random_tokens(i, (pairs, length), policy.cfg.vocab_size)
     tokens[:, :prompt_len] = random_tokens(2, (pairs, prompt_len), policy.cfg.vocab_size)  # one shared prompt
     batch.update({name: tokens, f"{name}_mask": ones, f"{name}_response": response})
-  return Workload(stateful(train, state, sharding.put_batch(batch, mesh)), flops.dpo_step(policy.cfg, pairs, length),
-                  dict(pairs=pairs, prompt_len=prompt_len, response_len=response_len), compiled=train)
+  info = dict(pairs=pairs, prompt_len=prompt_len, response_len=response_len)
+  total = flops.dpo_step(policy.cfg, pairs, length)
+  if share_prompt:
+    batch = shared_pair_rows(batch, prompt_len)
+    rows, width = batch["tokens"].shape
+    total = flops.forward(policy.cfg, rows, width) + flops.train(policy.cfg, rows, width)
+    info.update(share_prompt=True, row_tokens=width)
+  return Workload(stateful(train, state, sharding.put_batch(batch, mesh)), total, info, compiled=train)
+
+
+def shared_pair_rows(batch: dict, prompt_len: int) -> dict:
+  """One pair per row as `data.share_prompt` packs it (data/batches.py): the prompt but its last
+  token, then that token and the chosen response, then that token and the rejected response
+  (which attends to the chosen one's prompt and continues its positions)."""
+  chosen, rejected, keep = batch["chosen"], batch["rejected"], prompt_len - 1
+  pairs, length = chosen.shape
+  tokens = np.concatenate([chosen, rejected[:, keep:]], axis=1)
+  second = np.arange(tokens.shape[1]) >= length  # the rejected sequence's tokens
+  row = lambda a: np.broadcast_to(a, tokens.shape).astype(np.int32)
+  positions = np.concatenate([np.arange(length), np.arange(keep, length)])
+  return {"tokens": tokens, "mask": row(1), "segments": row(1 + second), "shared": row(np.arange(len(second)) < keep),
+          "positions": row(positions), "response": row(positions >= prompt_len), "loss_mask": batch["loss_mask"]}

@@ -68,6 +68,9 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
       # pretraining (each document its own segment), SFT (as many sequences as fit), reward
       # and DPO (whole pairs in rows of 2 * seq_len; held-out pairs stay one per row).
       pack=False,
+      # With pack, reward and DPO: each pair's prompt held once, its rejected response attending
+      # to the chosen one's copy (exact; fewer tokens per pair, the more so the longer the prompts).
+      share_prompt=False,
       prompt_words_min=2, prompt_words_max=6,
       # Prompt records (RL; SFT's prompts too): the prompt is the `prompt_field` field, or
       # `prompt_template` (a format string over the fields, "Question: {question}\nAnswer:")

@@ -29,6 +29,7 @@ RUNNERS = {
 CHECKS = {"rl": rl_trainer.check_config, "dpo": dpo_trainer.check_config}
 # The upstream stages a stage's config does not need (RL with function rewards: the reward stage).
 UNUSED_UPSTREAM = {"rl": rl_trainer.unused_upstream}
+PAIR_STAGES = ("reward", "dpo")  # data.share_prompt: each preference pair's prompt held once
 PACKED_STAGES = ("pretrain", "sft", "reward", "dpo")  # data.pack: several sequences per row (data/batches.py)
 
 
@@ -58,6 +59,10 @@ def check_train_fields(config) -> None:
   if config.get("data", {}).get("pack") and config.stage not in PACKED_STAGES:
     raise UserError(f"data.pack=True: packed rows are for the {', '.join(PACKED_STAGES)} stages; "
                     f"the {config.stage} stage pads each row")
+  if config.get("data", {}).get("share_prompt") and (config.stage not in PAIR_STAGES or not config.data.pack):
+    raise UserError(f"data.share_prompt=True: a pair's prompt is shared within packed rows of the "
+                    f"{' and '.join(PAIR_STAGES)} stages (data.pack=True); here stage={config.stage}, "
+                    f"data.pack={config.data.get('pack')}")
 
 
 def run_stage(config, workdir: str, upstream_root: str) -> dict:

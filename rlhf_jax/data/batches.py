@@ -7,6 +7,8 @@ A batch is a dict of numpy arrays [batch, seq_len]:
   loss_mask  1 where `targets` is trained on (everything for pretraining, the response for SFT)
   segments   packed rows only (`data.pack`): each input token's sequence id (1, 2, ...; 0 pads):
              the model attends within a sequence and restarts its positions at each
+  shared, positions   packed preference rows with `data.share_prompt`: the prompt tokens a pair's
+             rejected sequence reads from its chosen one (not repeated), and every token's position
 Each process builds only its own rows (`process_index` of `process_count`).
 """
 
@@ -34,6 +36,16 @@ def sft_sequence(prompt_ids, response_ids, tokenizer, seq_len: int):
   prompt_ids = list(prompt_ids)[len(prompt_ids) - max(room, 1):] if truncated else list(prompt_ids)
   tokens = [tokenizer.bos_id, *prompt_ids, *response_ids, tokenizer.eos_id][:seq_len + 1]
   return np.array(tokens, np.int32), 1 + len(prompt_ids), truncated
+
+
+def shared_prefix(chosen, rejected) -> int:
+  """How many leading tokens of a pair's two `sft_sequence`s the rejected one can read from the
+  chosen one: their common prompt (BOS included) but its last token, which each sequence keeps to
+  predict its response's first token from."""
+  (c_tokens, c_start, _), (r_tokens, r_start, _) = chosen, rejected
+  limit = min(c_start, r_start) - 1
+  differ = np.flatnonzero(c_tokens[:limit] != r_tokens[:limit])
+  return int(differ[0]) if len(differ) else limit
 
 
 class Batcher:
@@ -157,16 +169,23 @@ class PreferenceData(Batcher):
   of the tokens `*_response` marks (the response and its EOS). With `pack`, rows of
   2 * seq_len tokens hold as many whole pairs as fit (`pack_rows`), pair j of a row as
   segments 2j + 1 (chosen) and 2j + 2 (rejected), and `loss_mask` [rows, slots] marks the
-  slots that hold a pair (training/pairs.py reads them).
+  slots that hold a pair (training/pairs.py reads them). With `share_prompt` too, the rejected
+  sequence leaves out the prompt it shares with the chosen one but the prompt's last token (which
+  predicts its response's first), and attends to the chosen one's copy: rows `shared` mark those
+  tokens and `positions` continue them in the rejected sequence, so its tokens see the context
+  and positions of their own sequence (exact: tests/training/test_pairs.py).
   """
 
   def __init__(self, triples_ids, tokenizer, seq_len: int, batch_size: int, seed: int, pack: bool = False,
-               **kwargs):
+               share_prompt: bool = False, **kwargs):
+    if share_prompt and not pack:
+      raise UserError("data.share_prompt=True shares a prompt within a packed row: set data.pack=True too")
     self.chosen = [sft_sequence(p, c, tokenizer, seq_len - 1) for p, c, _ in triples_ids]
     self.rejected = [sft_sequence(p, r, tokenizer, seq_len - 1) for p, _, r in triples_ids]
     self.num_truncated = sum(c[2] or r[2] for c, r in zip(self.chosen, self.rejected))  # pairs
-    self.seq_len, self.pad_id, self.pack = seq_len, tokenizer.pad_id, pack
-    lengths = [len(c[0]) + len(r[0]) for c, r in zip(self.chosen, self.rejected)]
+    self.seq_len, self.pad_id, self.pack, self.share_prompt = seq_len, tokenizer.pad_id, pack, share_prompt
+    self.shared = [shared_prefix(c, r) if share_prompt else 0 for c, r in zip(self.chosen, self.rejected)]
+    lengths = [len(c[0]) + len(r[0]) - shared for c, r, shared in zip(self.chosen, self.rejected, self.shared)]
     self.packed = pack_rows(lengths, 2 * seq_len) if pack else [[i] for i in range(len(lengths))]
     self.slots = max(map(len, self.packed), default=1)
     super().__init__(len(self.packed), batch_size, seed, **kwargs)
@@ -190,19 +209,25 @@ class PreferenceData(Batcher):
 
   def _packed_rows(self, ids) -> dict:
     tokens = np.full((len(ids), 2 * self.seq_len), self.pad_id, np.int32)
-    segments, response = np.zeros_like(tokens), np.zeros_like(tokens)
+    segments, response, shared, positions = (np.zeros_like(tokens) for _ in range(4))
     loss_mask = np.zeros((len(ids), self.slots), np.int32)
     for row, i in enumerate(ids):
       at = 0
       for slot, j in enumerate(self.packed[i]):
         for half, (sequence, start, _) in enumerate((self.chosen[j], self.rejected[j])):
-          tokens[row, at:at + len(sequence)] = sequence
-          segments[row, at:at + len(sequence)] = 2 * slot + half + 1
-          response[row, at + start:at + len(sequence)] = 1
-          at += len(sequence)
+          skip = self.shared[j] if half else 0  # the rejected sequence's prompt tokens its chosen one holds
+          end = at + len(sequence) - skip
+          tokens[row, at:end] = sequence[skip:]
+          segments[row, at:end] = 2 * slot + half + 1
+          positions[row, at:end] = np.arange(skip, len(sequence))
+          response[row, at + start - skip:end] = 1
+          if not half:
+            shared[row, at:at + self.shared[j]] = 1
+          at = end
         loss_mask[row, slot] = 1
-    return {"tokens": tokens, "mask": (segments > 0).astype(np.int32), "response": response,
-            "segments": segments, "loss_mask": loss_mask}
+    batch = {"tokens": tokens, "mask": (segments > 0).astype(np.int32), "response": response,
+             "segments": segments, "loss_mask": loss_mask}
+    return {**batch, "shared": shared, "positions": positions} if self.share_prompt else batch
 
   def batch(self, step: int) -> dict:
     return self.rows(self.row_ids(step))

@@ -68,9 +68,10 @@ def last_token_index(mask: jax.Array) -> jax.Array:
   return mask.shape[-1] - 1 - jnp.argmax(jnp.flip(mask.astype(bool), axis=-1), axis=-1)
 
 
-def attention_mask(mask: jax.Array, cache: Optional[KVCache], segments: Optional[jax.Array] = None):
+def attention_mask(mask: jax.Array, cache: Optional[KVCache], segments: Optional[jax.Array] = None,
+                   shared: Optional[jax.Array] = None):
   """Boolean [batch, 1, q_len, k_len] causal mask over real keys (of the query's own segment,
-  in a packed row), and the cache's new mask."""
+  in a packed row, and the `shared` keys of the segment before it), and the cache's new mask."""
   q_len = mask.shape[1]
   if cache is None:
     key_valid, q_index = mask, jnp.arange(q_len)
@@ -81,7 +82,10 @@ def attention_mask(mask: jax.Array, cache: Optional[KVCache], segments: Optional
   causal = k_index[None, :] <= q_index[:, None]
   allowed = causal[None, None] & key_valid[:, None, None, :]
   if segments is not None:
-    allowed &= (segments[:, :, None] == segments[:, None, :])[:, None]
+    own = segments[:, :, None] == segments[:, None, :]
+    if shared is not None:  # a pair's rejected sequence reads the prompt its chosen one holds
+      own |= shared.astype(bool)[:, None, :] & (segments[:, :, None] == segments[:, None, :] + 1)
+    allowed &= own[:, None]
   return allowed, key_valid
 
 
@@ -91,10 +95,13 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, mask=None, *, cache: Optional[KVCache] = None, positions=None, segments=None,
-               query_index=None, with_logits: bool = True, last_logits_only: bool = False) -> ModelOutput:
+               shared=None, query_index=None, with_logits: bool = True,
+               last_logits_only: bool = False) -> ModelOutput:
     """tokens, mask: [batch, time]. With a cache, tokens are written at slot cache.index.
     `segments` [batch, time]: packed rows' sequence ids (contiguous; no cache): each token
-    attends within its sequence, whose positions start at 0.
+    attends within its sequence, whose positions start at 0 (unless `positions` are given).
+    `shared` [batch, time] (with segments): tokens the next segment attends to as well (a
+    preference pair's prompt, held once: data/batches.py's `share_prompt`).
     `query_index` [batch, n] (no cache): the outputs at those tokens only, [batch, n, ...]; the
     last block runs its queries, MLP and heads on them alone (exact: a reward model's score).
     `last_logits_only`: logits of the last position alone, [batch, 1, vocab] (a prefill needs
@@ -104,7 +111,7 @@ class Transformer(nn.Module):
     if positions is None:
       offset = 0 if cache is None else jnp.sum(cache.mask, axis=-1, keepdims=True)
       positions = offset + positions_from_mask(mask, segments)
-    attn_mask, cache_mask = attention_mask(mask, cache, segments)
+    attn_mask, cache_mask = attention_mask(mask, cache, segments, shared)
 
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
                      embedding_init=partitioned(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),

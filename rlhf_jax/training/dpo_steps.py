@@ -30,9 +30,9 @@ def response_logps(model, params, tokens, mask, response) -> jax.Array:
 
 def pair_logps(model, params, batch):
   """(chosen, rejected) response log-probs, [pairs] each, from one forward pass over both; in
-  packed rows (training/pairs.py) summed per sequence."""
+  packed rows (training/pairs.py) summed per sequence (a shared prompt is no response token)."""
   if pairs.is_packed(batch):
-    out = model.apply({"params": params}, batch["tokens"], batch["mask"], segments=batch["segments"],
+    out = model.apply({"params": params}, batch["tokens"], batch["mask"], **pairs.packed_layout(batch),
                       with_logits=False)
     logprobs = next_token_stats(model, params, out.hidden, batch["tokens"], 1).logprobs
     return packed_sums(batch, logprobs * batch["response"][:, 1:])

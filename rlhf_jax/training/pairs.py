@@ -4,7 +4,9 @@ A packed batch (`data.pack`, data/batches.py) has rows `tokens`, `mask`, `respon
 `segments` holding whole pairs: pair j of a row is segments 2j + 1 (chosen) and 2j + 2
 (rejected), and `loss_mask` [rows, slots] marks which of the row's slots hold a pair. Either
 way the steps see each pair-level quantity as a flat [pairs] array, weighted by
-`pair_weights`, so the losses are those of the same pairs one per row (tests/training).
+`pair_weights`, so the losses are those of the same pairs one per row (tests/training). With
+`data.share_prompt`, a pair's rejected sequence holds no copy of the prompt: it attends to its
+chosen one's (rows `shared`, `positions`; data/batches.py).
 """
 
 import jax
@@ -13,6 +15,12 @@ import jax.numpy as jnp
 
 def is_packed(batch: dict) -> bool:
   return "segments" in batch
+
+
+def packed_layout(batch: dict) -> dict:
+  """The model's keyword arguments for packed rows: segments, and with a shared prompt
+  (`data.share_prompt`) the shared tokens and every token's position."""
+  return {k: batch[k] for k in ("segments", "shared", "positions") if k in batch}
 
 
 def pair_weights(batch: dict) -> jax.Array:

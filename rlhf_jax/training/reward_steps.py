@@ -32,7 +32,7 @@ def pair_rewards(params, batch, *, model, head: str = "reward"):
     mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
     return jnp.split(sequence_rewards(params, tokens, mask, model=model, head=head), 2)
   ends = pairs.segment_ends(batch["segments"], pairs.segment_count(batch))
-  out = model.apply({"params": params}, batch["tokens"], batch["mask"], segments=batch["segments"],
+  out = model.apply({"params": params}, batch["tokens"], batch["mask"], **pairs.packed_layout(batch),
                     query_index=ends, with_logits=False)
   return pairs.chosen_and_rejected(out.scalars[head])
 

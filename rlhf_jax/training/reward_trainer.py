@@ -64,6 +64,7 @@ def run(cfg, workdir: str) -> dict:
   data = {split: batches.PreferenceData(encode_triples(p, tokenizer), tokenizer, cfg.data.seq_len,
                                         cfg.data.batch_size, cfg.seed, shuffle=split == "train",
                                         pack=cfg.data.pack and split == "train",
+                                        share_prompt=cfg.data.share_prompt and split == "train",
                                         process_index=jax.process_index(), process_count=jax.process_count())
           for split, p in pairs.items()}
   evaluate = RewardEvaluator(cfg, steps, data["eval"], [p.get("gold") for p in pairs["eval"]], mesh)

@@ -12,8 +12,10 @@ import pytest
 
 from benchmarks import limits, run, workloads
 from rlhf_jax import flops
+from rlhf_jax.data import batches
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.transformer import Transformer
+from tests.data.test_batches import TOK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ModelConfig.from_dict(workloads.TINY_GPT2)
@@ -66,6 +68,21 @@ def test_decode_roofline_is_weights_and_the_filled_cache_over_bandwidth(monkeypa
   expected = (2 * weights + kv_per_position * (3 + 4)) / 1e9
   np.testing.assert_allclose(out["roofline_s"], expected)
   np.testing.assert_allclose(out["fraction_of_roofline"], expected)
+
+
+def test_the_shared_prompt_workload_lays_a_pair_out_as_the_batcher_does():
+  rng = np.random.default_rng(0)
+  prompt, chosen, rejected = (rng.integers(3, 250, n).tolist() for n in (15, 31, 31))
+  data = batches.PreferenceData([(prompt, chosen, rejected)], TOK, 48, 1, 0, shuffle=False, pack=True,
+                                share_prompt=True)
+  packed = data.rows(np.arange(1))
+  whole = lambda response: np.array([[TOK.bos_id, *prompt, *response, TOK.eos_id]], np.int32)
+  rows = workloads.shared_pair_rows({"chosen": whole(chosen), "rejected": whole(rejected),
+                                     "loss_mask": np.ones((1, 1), np.int32)}, prompt_len=16)
+  width = rows["tokens"].shape[1]
+  assert width == 16 + 2 * 32 + 1 and not packed["mask"][:, width:].any()
+  for key, value in rows.items():
+    np.testing.assert_array_equal(value, packed[key][:, :width], err_msg=key)
 
 
 def test_the_peer_figures_merge_as_a_ratio():

@@ -11,7 +11,8 @@ from rlhf_jax.errors import UserError
 
 def test_dpo_stage_trains_on_the_reward_runs_pairs_and_reports_like_rl(tiny_dpo, tiny_upstream, tmp_path):
   tiny_dpo.update(tiny_upstream)
-  tiny_dpo.data.pack = True  # the training pairs packed in rows; the held-out ones one per row
+  tiny_dpo.data.update(pack=True, share_prompt=True)  # the training pairs packed in rows, each prompt once;
+  # the held-out ones one per row
   summary = stages.run(tiny_dpo, str(tmp_path))
   assert not (tmp_path / "upstream").exists()  # it started from the given runs
   for key in ("eval/gold_reward", "eval/ref_gold_reward", "eval/proxy_reward", "eval/kl", "eval/pair_accuracy",

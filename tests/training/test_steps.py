@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common, rl
+from configs import common, dpo, rl, sft
 from rlhf_jax import sharding, stages
 from rlhf_jax.data import batches
 from rlhf_jax.errors import UserError
@@ -104,4 +104,12 @@ def test_packing_is_refused_where_rows_are_prompts():
   config.data.pack = True
   with pytest.raises(UserError, match="data.pack=True: packed rows are for the pretrain, sft, reward, dpo stages; "
                                       "the rl stage"):
+    stages.check_all(config)
+
+
+@pytest.mark.parametrize("stage,pack", [("sft", True), ("dpo", False)])
+def test_a_shared_prompt_is_refused_outside_packed_preference_rows(stage, pack):
+  config = {"sft": sft, "dpo": dpo}[stage].get_config("tiny")
+  config.data.update(pack=pack, share_prompt=True)
+  with pytest.raises(UserError, match=f"data.share_prompt=True: .* reward and dpo stages .*stage={stage}"):
     stages.check_all(config)
