@@ -127,10 +127,10 @@ def trained_per_row(data) -> float:
 
 
 def real_tokens(data) -> int:
-  """Tokens of every sequence of the dataset (an SFT sequence, or both of a pair), as truncated:
-  the tokens of one pair per row, which a shared prompt holds in fewer positions."""
+  """Tokens the dataset's rows hold (an SFT sequence, or both of a pair, as truncated; a pair's
+  shared prompt once)."""
   if isinstance(data, batches.PreferenceData):
-    return sum(len(c[0]) + len(r[0]) for c, r in zip(data.chosen, data.rejected))
+    return sum(len(c[0]) + len(r[0]) - s for c, r, s in zip(data.chosen, data.rejected, data.shared))
   return sum(len(t) for t in data.sequences)
 
 
@@ -145,6 +145,7 @@ class Layout:
   device_batches: list
   num_rows: int
   trained_per_row: float
+  real_tokens: int
 
 
 def measure(name: str, pairs, tokenizer, vocab: int, seq_len: int, stage: Stage) -> dict:
@@ -160,7 +161,7 @@ def measure(name: str, pairs, tokenizer, vocab: int, seq_len: int, stage: Stage)
     train, state = stage.build(cfg, model, tx, schedule, mesh, rules)
     device_batches = [sharding.put_batch(data.batch(s), mesh) for s in range(FLAGS.steps)]
     state, _ = timed_steps(train, state, device_batches[:1])  # compiles
-    layouts[layout] = Layout(train, state, device_batches, data.num_rows, trained_per_row(data))
+    layouts[layout] = Layout(train, state, device_batches, data.num_rows, trained_per_row(data), real_tokens(data))
   for _ in range(FLAGS.rounds):
     for layout, entry in layouts.items():
       entry.state, seconds = timed_steps(entry.train, entry.state, entry.device_batches)
@@ -168,12 +169,12 @@ def measure(name: str, pairs, tokenizer, vocab: int, seq_len: int, stage: Stage)
   padded = layouts["padded"]
   # Tokens a row holds: an SFT row seq_len + 1 (inputs and the last target); one pair per row
   # its chosen and rejected rows of seq_len, a packed row of pairs 2 * seq_len.
-  real, row_len = real_tokens(data), 2 * seq_len if stage.unit == "pairs" else seq_len + 1
+  row_len = 2 * seq_len if stage.unit == "pairs" else seq_len + 1
   rows = cfg.data.batch_size
   result = {"stage": FLAGS.stage, "distribution": name, "sequences": len(pairs), "seq_len": seq_len,
             "unit": stage.unit}
   for layout, entry in layouts.items():
-    result.update({f"rows_{layout}": entry.num_rows, f"fill_{layout}": real / (entry.num_rows * row_len),
+    result.update({f"rows_{layout}": entry.num_rows, f"fill_{layout}": entry.real_tokens / (entry.num_rows * row_len),
                    f"step_s_{layout}": statistics.median(rounds[layout]),
                    f"per_s_{layout}": rows * entry.trained_per_row / statistics.median(rounds[layout])})
   for layout in layouts.keys() - {"padded"}:  # the gain over one sequence (pair) per row
