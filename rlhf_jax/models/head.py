@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from rlhf_jax.algorithms.lm import first_argmax, token_logprobs
 from rlhf_jax.algorithms.ppo import entropy_from_logits
+from rlhf_jax.models.layers import weight_product
 from rlhf_jax.sharding import constrain
 
 
@@ -31,7 +32,7 @@ def head_kernel(params, cfg) -> jax.Array:
 
 def head_logits(hidden, kernel, dtype) -> jax.Array:
   """float32 logits of `hidden` [batch, time, embed], the product in the compute dtype as the model's."""
-  logits = jnp.einsum("bte,ev->btv", hidden.astype(dtype), kernel.astype(dtype))
+  logits = weight_product(hidden.astype(dtype), kernel.astype(dtype))
   return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
 
 

@@ -4,6 +4,8 @@ Logical axis names: vocab, embed, mlp, heads, kv_heads, head_dim, positions.
 `rlhf_jax.sharding` maps them to mesh axes through rules in the config.
 """
 
+import functools
+import math
 from typing import NamedTuple, Optional
 
 import jax
@@ -15,6 +17,46 @@ from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.sharding import constrain
 
 partitioned = nn.with_logical_partitioning
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def weight_product(x, kernel, in_dims: int = 1):
+  """x's last `in_dims` axes contracted with kernel's first (DenseGeneral's product), whose
+  backward pass forms the kernel's gradient as the narrower operand transposed times the wider.
+
+  The gradient contracts the batch and time axes, the major axes of both x and the output's
+  gradient, and XLA's CPU matmuls take a left operand contracted on its minor axis only, so one
+  of the two is copied transposed first. JAX's own rule always copies the output's gradient: for
+  an MLP's up-projection [rows, 4 d] where x is [rows, d], and for the stacked q/k/v [rows, 3 d].
+  """
+  return _product(x, kernel, in_dims)
+
+
+def _product(x, kernel, in_dims):
+  contract = (tuple(range(x.ndim - in_dims, x.ndim)), tuple(range(in_dims)))
+  return jax.lax.dot_general(x, kernel, (contract, ((), ())))
+
+
+def _product_fwd(x, kernel, in_dims):
+  return _product(x, kernel, in_dims), (x, kernel)
+
+
+def _product_bwd(in_dims, residuals, grad):
+  x, kernel = residuals
+  lead = x.ndim - in_dims  # the rows' axes: batch, time
+  rows = tuple(range(lead))
+  grad_x = jax.lax.dot_general(grad, kernel, ((tuple(range(lead, grad.ndim)), tuple(range(in_dims, kernel.ndim))),
+                                              ((), ())))
+  if math.prod(x.shape[lead:]) <= math.prod(grad.shape[lead:]):  # x is the narrower: transpose it
+    grad_kernel = jax.lax.dot_general(x, grad, ((rows, rows), ((), ())))
+  else:  # [out..., in...], transposed back: a kernel-sized copy instead of a row-sized one
+    out_dims = kernel.ndim - in_dims
+    grad_kernel = jax.lax.dot_general(grad, x, ((rows, rows), ((), ())))
+    grad_kernel = grad_kernel.transpose(*range(out_dims, kernel.ndim), *range(out_dims))
+  return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
+
+
+weight_product.defvjp(_product_fwd, _product_bwd)
 
 
 class Linear(nn.Module):
@@ -34,8 +76,7 @@ class Linear(nn.Module):
     init = nn.initializers.normal(self.std or cfg.init_std)
     kernel = self.param("kernel", partitioned(init, self.axes), (*in_shape, *self.features), cfg.weight_dtype)
     x = x.astype(cfg.compute_dtype)
-    contract = (tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))
-    y = jax.lax.dot_general(x, kernel.astype(cfg.compute_dtype), (contract, ((), ())))
+    y = weight_product(x, kernel.astype(cfg.compute_dtype), n)
     adapter = lora.adapter_params(self, cfg, self.name, in_shape, in_axes, self.features, out_axes)
     if adapter is not None:
       y = y + lora.delta(x, adapter, cfg, n)
@@ -145,14 +186,15 @@ def project_qkv(cfg: ModelConfig, x, projections, x_query=None):
   else:
     kernels, biases, _ = zip(*weights)
     stacked = (jnp.stack(kernels, axis=1), None if biases[0] is None else jnp.stack(biases))
-    y = project(x, *stacked, cfg, "btd,dshk->btshk")
+    y = project(x, *stacked, cfg)
     ys = [y[:, :, i] for i in range(3)]
   return [y if adapter is None else y + lora.delta(h, adapter, cfg)
           for y, h, (_, _, adapter) in zip(ys, inputs, weights)]
 
 
-def project(x, kernel, bias, cfg: ModelConfig, spec: str = "btd,dhk->bthk"):
-  y = jnp.einsum(spec, x, kernel.astype(cfg.compute_dtype))
+def project(x, kernel, bias, cfg: ModelConfig):
+  """x [batch, time, embed] times kernel [embed, ...]."""
+  y = weight_product(x, kernel.astype(cfg.compute_dtype), 1)
   return y if bias is None else y + bias.astype(cfg.compute_dtype)
 
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.models.head import head_logits
 from rlhf_jax.models.layers import Block, norm, partitioned, rope_tables
 from rlhf_jax.sharding import constrain
 
@@ -144,13 +145,12 @@ class Transformer(nn.Module):
 
   def _logits(self, hidden, embed):
     cfg = self.cfg
-    if cfg.tie_embeddings:
-      logits = embed.attend(hidden)
-    else:
-      logits = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
-                               param_dtype=cfg.weight_dtype, name="lm_head",
-                               kernel_init=partitioned(nn.initializers.normal(cfg.init_std),
-                                                       ("embed", "vocab")))(hidden)
+    if cfg.tie_embeddings:  # embed.attend's product, with weight_product's gradient
+      return head_logits(hidden, embed.embedding.T, cfg.compute_dtype)
+    logits = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+                             param_dtype=cfg.weight_dtype, name="lm_head",
+                             kernel_init=partitioned(nn.initializers.normal(cfg.init_std),
+                                                     ("embed", "vocab")))(hidden)
     logits = constrain(logits, ("batch", "length", "vocab"))
     return logits.astype(jnp.float32)
 

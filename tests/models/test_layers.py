@@ -1,4 +1,5 @@
-"""Attention: our einsum attention against JAX's own, full-forward layout, with pads and GQA."""
+"""Attention: our einsum attention against JAX's own, full-forward layout, with pads and GQA; the
+projections' weight_product against dot_general, gradients included."""
 
 import jax
 import jax.numpy as jnp
@@ -32,3 +33,22 @@ def test_attend_in_bfloat16_matches_jax_and_float32_gradients():
   for exact, rounded in zip(jax.grad(loss, (0, 1, 2))(q, k, v), jax.jit(jax.grad(loss, (0, 1, 2)))(*bf16)):
     assert rounded.dtype == jnp.bfloat16
     np.testing.assert_allclose(rounded.astype(jnp.float32), exact, atol=0.02 * float(jnp.abs(exact).max()))
+
+
+@pytest.mark.parametrize("x_shape,kernel_shape,in_dims", [
+    ((2, 5, 8), (8, 32), 1),       # x narrower than the output: x is transposed
+    ((2, 5, 32), (32, 8), 1),      # x wider: the output's gradient is, and the kernel's gradient back
+    ((2, 5, 8), (8, 3, 2, 4), 1),  # stacked q/k/v
+    ((2, 5, 4, 6), (4, 6, 8), 2),  # heads and head_dim in, as the attention's output projection
+])
+def test_weight_product_gradients_equal_dot_generals(x_shape, kernel_shape, in_dims):
+  x, kernel = (jax.random.normal(jax.random.key(i), s) for i, s in enumerate((x_shape, kernel_shape)))
+  contract = (tuple(range(len(x_shape) - in_dims, len(x_shape))), tuple(range(in_dims)))
+  plain = lambda x, kernel: jax.lax.dot_general(x, kernel, (contract, ((), ())))
+  ours = lambda x, kernel: layers.weight_product(x, kernel, in_dims)
+  np.testing.assert_allclose(ours(x, kernel), plain(x, kernel), atol=1e-5)
+  weights = jax.random.normal(jax.random.key(2), plain(x, kernel).shape)
+  loss = lambda f: lambda x, kernel: jnp.sum(jnp.sin(f(x, kernel)) * weights)
+  for got, want in zip(jax.jit(jax.grad(loss(ours), (0, 1)))(x, kernel), jax.grad(loss(plain), (0, 1))(x, kernel)):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5)
