@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.head import head_logits
-from rlhf_jax.models.layers import Block, norm, partitioned, rope_tables
+from rlhf_jax.models.layers import Block, dense, norm, partitioned, rope_tables
 from rlhf_jax.sharding import constrain
 
 
@@ -145,14 +145,11 @@ class Transformer(nn.Module):
 
   def _logits(self, hidden, embed):
     cfg = self.cfg
-    if cfg.tie_embeddings:  # embed.attend's product, with weight_product's gradient
+    # Both products take weight_product's gradient. lm_head: DenseGeneral's params; never a LoRA target.
+    if cfg.tie_embeddings:
       return head_logits(hidden, embed.embedding.T, cfg.compute_dtype)
-    logits = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
-                             param_dtype=cfg.weight_dtype, name="lm_head",
-                             kernel_init=partitioned(nn.initializers.normal(cfg.init_std),
-                                                     ("embed", "vocab")))(hidden)
-    logits = constrain(logits, ("batch", "length", "vocab"))
-    return logits.astype(jnp.float32)
+    logits = dense(cfg, cfg.vocab_size, ("embed", "vocab"), use_bias=False, name="lm_head")(hidden)
+    return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
 
   def _scalar_heads(self, hidden):
     """Scalar heads (reward, value): N(0, 1/sqrt(d+1)) init as in Huang et al. 2024. A head the
