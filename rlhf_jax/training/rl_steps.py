@@ -166,10 +166,11 @@ def finish_rollout(state: RLState, sampled: Sampled, host: HostScores | None = N
   keeps as many as the batch has without them, informative ones first (`shaping.select_groups`)."""
   scores = total_scores(cfg, sampled, None if host is None else host.total)
   scores = scores * guards.injected_nan(state.step, cfg.inject_nan_at)
-  # Dynamic sampling judges a group by its task scores, before the length shaping.
-  weights = shaping.informative_groups(scores, cfg.samples_per_prompt) if cfg.dynamic_sampling else \
-      jnp.ones_like(scores)
-  drawn = {"uninformative_fraction": 1.0 - jnp.mean(weights)}
+  # A group whose k task scores all agree (before the length shaping) teaches a group baseline
+  # nothing: logged for every k > 1, and given weight 0 by dynamic sampling.
+  informative = shaping.informative_groups(scores, cfg.samples_per_prompt)
+  weights = informative if cfg.dynamic_sampling else jnp.ones_like(scores)
+  drawn = {"uninformative_fraction": 1.0 - jnp.mean(informative)} if cfg.samples_per_prompt > 1 else {}
   if cfg.oversample:  # DAPO's refill: keep the informative groups of the prompts drawn
     keep = scores.shape[0] // cfg.samples_per_prompt - cfg.oversample
     rows = shaping.select_groups(weights, cfg.samples_per_prompt, keep)

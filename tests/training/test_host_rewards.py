@@ -89,6 +89,23 @@ def test_a_function_in_a_file_drives_ppo_with_no_reward_model_and_its_critic_fro
   assert "value" in os.listdir(tmp_path / "run" / "checkpoints" / "8") and not os.path.exists(tmp_path / "upstream")
 
 
+def test_grpo_learns_from_the_pipelines_own_sft_run_and_says_how_many_groups_taught_it(tiny_ppo, tiny_upstream,
+                                                                                        tmp_path):
+  # Issue 46: nothing checked that a critic-free RL stage moves the pipeline's own SFT policy.
+  cfg = host_config(tiny_ppo, tiny_upstream, tmp_path, "brevity")
+  cfg.algo = "grpo"
+  cfg.train.update(dict(num_steps=8, eval_every=8, checkpoint_every=8, log_every=1))
+  cfg.optim.update(dict(lr=1e-3, warmup_steps=0))
+  cfg.data.batch_size = 16
+  cfg.rl.penalise_no_eos, cfg.kl_coef = False, 0.0
+  summary = stages.run(cfg, str(tmp_path / "run"))
+  assert summary["eval/reward/brevity"] > summary["eval/ref_reward/brevity"] + 0.15
+  train = [row for row in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if "reward/brevity" in row]
+  # Groups of 4 whose lengths all agree teach nothing; most groups here differ.
+  assert all(0 <= row["uninformative_fraction"] < 0.5 for row in train)
+  assert float(np.mean([row["kl"] for row in train[-3:]])) > 0
+
+
 def records_config(tiny_ppo, tiny_upstream, tmp_path, host: str):
   """GRPO on the arithmetic records, scored by the reward model plus a host component."""
   (tmp_path / "my_rewards.py").write_text(BREVITY)

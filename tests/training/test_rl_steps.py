@@ -226,6 +226,23 @@ def test_dynamic_sampling_leaves_out_groups_whose_scores_are_all_equal():
     np.testing.assert_array_equal(a, np.asarray(b))
 
 
+@pytest.mark.parametrize("algo", ["grpo", "rloo", "dr_grpo"])
+def test_every_group_method_logs_the_groups_that_teach_nothing(algo):
+  # No dynamic sampling, so every group is trained on; the metric still says how many agree
+  # (a GRPO run whose groups all agree learns nothing, and said 0 here before).
+  k = presets.resolve(algo, {})["samples_per_prompt"]
+
+  def score_fn(state, tokens, mask, out):  # a prompt starting with an even token: 1 for its first sample
+    return jnp.where(tokens[:, 0] % 2 == 0, jnp.arange(tokens.shape[0]) % k == 0, 0).astype(jnp.float32)
+  built = build(algo=algo, score_fn=score_fn)
+  prompts = built["prompts"]
+  _, _, metrics = jax.jit(functools.partial(rollout, **built["parts"]))(
+      built["state"], prompts, jnp.ones_like(prompts), jax.random.key(0))
+  expected = np.mean(np.asarray(prompts[:, 0]) % 2 == 1)
+  assert 0 < expected < 1
+  assert float(metrics["uninformative_fraction"]) == pytest.approx(expected)
+
+
 def test_oversampling_refills_the_batch_with_informative_groups_in_draw_order():
   k = presets.resolve("dapo", {})["samples_per_prompt"]
 
