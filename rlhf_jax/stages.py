@@ -11,7 +11,7 @@ import os
 
 from absl import logging
 
-from rlhf_jax import report
+from rlhf_jax import report, run_lock
 from rlhf_jax import stage_names
 from rlhf_jax.errors import UserError
 from rlhf_jax.training import best_of_n, dpo_trainer, guards, lm_trainer, reward_trainer, rl_trainer
@@ -77,7 +77,10 @@ def run_stage(config, workdir: str, upstream_root: str) -> dict:
       run_stage(stage_config, os.path.join(upstream_root, name), upstream_root)
     fill_upstream_paths(config, upstream_root, default=list(upstream)[-1], stages=upstream)
   logging.info("stage %s in %s", config.stage, workdir)
-  summary = RUNNERS[config.stage](config, workdir)
+  with run_lock.held(workdir):
+    if RunDir(workdir).finished:  # by another process, since the check above
+      return RunDir(workdir).read_json("summary.json")
+    summary = RUNNERS[config.stage](config, workdir)
   draw_report([(os.path.basename(workdir.rstrip(os.sep)), config.stage, workdir)], workdir)
   return summary
 
@@ -117,6 +120,11 @@ def fill_upstream_paths(config, root: str, default, stages=None) -> None:
 
 
 def run_pipeline(config, workdir: str) -> dict:
+  with run_lock.held(workdir):
+    return run_stages(config, workdir)
+
+
+def run_stages(config, workdir: str) -> dict:
   summary, previous = {}, None
   for name in config.stages:
     if name not in config:

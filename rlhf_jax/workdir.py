@@ -5,6 +5,7 @@
   tokenizer/       the tokenizer, saved         samples/       sampled texts (and RL/DPO .jsonl) at eval
   summary.json     final eval metrics; its presence marks the run finished
   report.png       each stage's curves, drawn at the end (rlhf_jax/report.py)
+  run.lock         held by the one process running it (rlhf_jax/run_lock.py); empty when none
 """
 
 import json
