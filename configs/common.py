@@ -91,7 +91,10 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
       # An update whose loss, gradients or rewards are not finite is never applied; then
       # "stop" checkpoints and exits with an error naming the step, "skip" goes on (counted).
       # inject_nan_at: fault injection (tests): at these steps the loss (RL: rewards) is NaN.
-      on_nonfinite="stop", inject_nan_at=()))
+      on_nonfinite="stop", inject_nan_at=(),
+      # A run that failed (status.json: a refused update, a reward function that raised) fails
+      # again on a rerun with its cause; True resumes it from its last checkpoint instead.
+      resume_failed=False))
   c.sample = ml_collections.ConfigDict(dict(
       num_prompts=8, max_new_tokens=96 if small else 256, temperature=0.7, top_k=0, top_p=1.0,
       greedy=False))

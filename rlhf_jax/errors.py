@@ -10,5 +10,11 @@ class HostStepError(UserError):
   the wrong thing): the loop checkpoints the last finished step, then stops with it."""
 
 
+class RunFailed(UserError):
+  """A run stopped for good once training had begun (a refused non-finite update, a reward
+  function that raised): `status.json` records it, and rerunning the run repeats the error
+  unless `train.resume_failed` asks to resume from its last checkpoint."""
+
+
 class Preempted(Exception):
   """A preemption notice (SIGTERM) stopped the run after a checkpoint: `main` exits 0."""

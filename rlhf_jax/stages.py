@@ -80,9 +80,23 @@ def run_stage(config, workdir: str, upstream_root: str) -> dict:
   with run_lock.held(workdir):
     if RunDir(workdir).finished:  # by another process, since the check above
       return RunDir(workdir).read_json("summary.json")
+    refuse_failed(RunDir(workdir), config)
     summary = RUNNERS[config.stage](config, workdir)
+    RunDir(workdir).write_status("finished", summary.get("step"))
   draw_report([(os.path.basename(workdir.rstrip(os.sep)), config.stage, workdir)], workdir)
   return summary
+
+
+def refuse_failed(run_dir: RunDir, config) -> None:
+  """A run that failed (status.json) fails again with its cause, unless train.resume_failed
+  resumes it from its last checkpoint (whose step may hold the refused update's batch)."""
+  status = run_dir.status()
+  if status.get("state") != "failed":
+    return
+  if not config.get("train", {}).get("resume_failed"):
+    raise UserError(f"{run_dir.path} failed: {status['cause']} [--config.train.resume_failed=True resumes it "
+                    "from that checkpoint]")
+  logging.warning("%s failed (%s); resuming it from its last checkpoint", run_dir.path, status["cause"])
 
 
 def draw_report(sections: list, workdir: str) -> str | None:

@@ -4,6 +4,7 @@
   tb/              TensorBoard event files      checkpoints/   orbax checkpoints
   tokenizer/       the tokenizer, saved         samples/       sampled texts (and RL/DPO .jsonl) at eval
   summary.json     final eval metrics; its presence marks the run finished
+  status.json      running, finished, or failed with its cause (a rerun of a failed run repeats it)
   report.png       each stage's curves, drawn at the end (rlhf_jax/report.py)
   run.lock         held by the one process running it (rlhf_jax/run_lock.py); empty when none
 """
@@ -53,6 +54,13 @@ class RunDir:
       os.replace(tmp, self.file(name))
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(self.file(name))
+
+  def status(self) -> dict:
+    """status.json: {"state": running | finished | failed, "step", "cause"}; {} before any."""
+    return self.read_json("status.json") if os.path.isfile(self.file("status.json")) else {}
+
+  def write_status(self, state: str, step: int | None = None, cause: str = "") -> None:
+    self.write_json("status.json", {"state": state, "step": step, "cause": cause})
 
   def write_samples(self, step: int, lines: list, suffix: str = "txt") -> None:
     """samples/step_N.SUFFIX, one sample per line (by process 0; nothing waits for it)."""

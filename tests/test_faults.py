@@ -222,3 +222,24 @@ def test_non_finite_loss_stops_with_a_checkpoint_or_is_skipped(tmp_path):
   rows = {row["step"]: row for row in read_metrics(tmp_path / "skip") if "skipped_updates" in row}
   assert [rows[s]["skipped_updates"] for s in range(1, 7)] == [0, 0, 0, 1, 0, 0]
   assert rows[4]["nonfinite_loss"] == 1 and np.isfinite(summary["eval/loss"])
+
+
+def test_a_run_that_failed_at_its_last_step_stays_failed_until_told_to_resume(tmp_path):
+  # Issue 39: a refused update at the last step used to checkpoint that step, and a plain rerun
+  # then wrote summary.json as if the run had finished.
+  config = shrink(pretrain.get_config("tiny"), steps=6)
+  config.train.update(dict(checkpoint_every=6, eval_every=6, log_every=1, inject_nan_at=(6,)))
+  workdir = tmp_path / "run"
+  cause = r"step 6: non-finite grads and loss; that update was not applied \(checkpoint of step 6 in "
+  with pytest.raises(UserError, match=cause):
+    stages.run(config.copy_and_resolve_references(), str(workdir))
+  status = json.load(open(workdir / "status.json"))
+  assert status["state"] == "failed" and status["cause"].startswith("step 6: non-finite")
+  rows = read_metrics(workdir)
+  for _ in range(2):  # every rerun repeats it, and writes nothing
+    with pytest.raises(UserError, match=rf"{workdir} failed: {cause}.*resume_failed=True resumes it"):
+      stages.run(config.copy_and_resolve_references(), str(workdir))
+    assert not (workdir / "summary.json").exists() and read_metrics(workdir) == rows
+  config.train.resume_failed = True
+  summary = stages.run(config, str(workdir))
+  assert summary["step"] == 6 and json.load(open(workdir / "status.json"))["state"] == "finished"

@@ -4,10 +4,11 @@ It only moves batches in and metrics out; everything numeric happens in the comp
 Batches are a pure function of the step, so a resumed run replays exactly the batches it
 would have seen. Two things stop a run early, each after writing a checkpoint: a preemption
 notice (SIGTERM; `Preempted`, exit 0) and, with train.on_nonfinite="stop", an update the
-compiled step refused because its loss, gradients or rewards were not finite (`UserError`,
+compiled step refused because its loss, gradients or rewards were not finite (`RunFailed`,
 raised one step later: a step's flags are read once the next one is queued). Bad input that
 host work inside a step or an evaluation finds (`HostStepError`: a reward function that
-raised) stops it too, after checkpointing the last finished step.
+raised) stops it too, after checkpointing the last finished step. Either is a `RunFailed`:
+the run directory's status.json says "failed" and why, and a rerun repeats it (stages.py).
 """
 
 import dataclasses
@@ -19,7 +20,7 @@ import numpy as np
 
 from rlhf_jax import preemption
 from rlhf_jax.checkpoint import Checkpointer
-from rlhf_jax.errors import HostStepError, Preempted, UserError
+from rlhf_jax.errors import HostStepError, Preempted, RunFailed
 from rlhf_jax.metrics_log import MetricsLog
 from rlhf_jax.training import setup
 from rlhf_jax.training.compute import ComputeClock, StepCost
@@ -48,6 +49,7 @@ class Loop:
     eval_metrics = {}
     previous = None  # (step, metrics) of the step before this one
     saved_at = start or None  # the newest step checkpointed (the one resumed from)
+    self.run_dir.write_status("running", start)
     try:
       for step in range(start + 1, t.num_steps + 1):
         state, metrics = self._step(state, step, saved_at == step - 1)
@@ -70,6 +72,10 @@ class Loop:
       self._stop_if_nonfinite(previous, state, t.num_steps, True, log)
       if start == t.num_steps:  # killed after the last checkpoint but before the summary: the
         eval_metrics = self._evaluate(state, start, None, saved=True)  # eval was logged before the checkpoint
+    except RunFailed as e:
+      self.checkpointer.wait()
+      self.run_dir.write_status("failed", cause=str(e))
+      raise
     finally:
       self.checkpointer.wait()
       log.close()
@@ -81,7 +87,7 @@ class Loop:
     try:
       return self.train_step(state, self.batch(step - 1))
     except HostStepError as e:
-      raise UserError(f"step {step}: {e} ({self._checkpoint(state, step - 1, saved)})") from None
+      raise RunFailed(f"step {step}: {e} ({self._checkpoint(state, step - 1, saved)})") from None
 
   def _save(self, state, step: int) -> None:
     self.checkpointer.save(step, {n: getattr(state, n) for n in self.items}, {"step": step, "data_position": step})
@@ -105,7 +111,7 @@ class Loop:
       return
     if bad_step % self.train_cfg.log_every and bad_step != self.train_cfg.num_steps:
       log.write(bad_step, {**jax.device_get(metrics), **self.clock.at(bad_step)})
-    raise UserError(f"step {bad_step}: non-finite {' and '.join(bad)}; that update was not applied "
+    raise RunFailed(f"step {bad_step}: non-finite {' and '.join(bad)}; that update was not applied "
                     f"({self._checkpoint(state, step, saved)}). Lower optim.lr, or set "
                     "train.on_nonfinite=skip to go on")
 
@@ -114,7 +120,7 @@ class Loop:
     try:
       metrics = self.evaluate(state, step)
     except HostStepError as e:
-      raise UserError(f"evaluation at step {step}: {e} ({self._checkpoint(state, step, saved)})") from None
+      raise RunFailed(f"evaluation at step {step}: {e} ({self._checkpoint(state, step, saved)})") from None
     self.clock.pause(time.time() - started)
     texts = metrics.pop("samples", None)
     if log is not None:
