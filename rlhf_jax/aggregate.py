@@ -29,6 +29,7 @@ import numpy as np
 
 from rlhf_jax import plots, stats
 from rlhf_jax.plots import pyplot
+from rlhf_jax.workdir import RunDir
 
 # --x: where each eval row says how far along the run is.
 X_AXES = {"step": "step", "flops": "compute/flops", "samples": "compute/samples", "seconds": "compute/seconds",
@@ -66,8 +67,9 @@ def read_run(directory: str, metric: str) -> dict | None:
     final = evals[-1] if evals else {}
   last_eval = evals[-1] if evals else {}
   name = os.path.basename(directory)
+  failed = RunDir(directory).status().get("state") == "failed"  # its last eval is no result
   return {"run": name, "group": re.sub(r"_s\d+$", "", name), "algo": config["algo"], "seed": config["seed"],
-          "status": "finished" if finished else "unfinished", "step": final.get("step", 0),
+          "status": "finished" if finished else "failed" if failed else "unfinished", "step": final.get("step", 0),
           "metric": final.get(f"eval/{metric}"), "ref_metric": final.get(f"eval/ref_{metric}"),
           "kl": final.get("eval/kl"), "proxy_reward": final.get("eval/proxy_reward"),
           "response_length": final.get("eval/response_length"),
@@ -104,7 +106,9 @@ def markdown_table(runs: list, metric: str, compare=()) -> str:
   finished = {name: [r for r in members if r["status"] == "finished"] for name, members in groups.items()}
   for name, members in groups.items():
     done = finished[name]
-    note = "" if len(done) == len(members) else f" ({len(members) - len(done)} unfinished)"
+    failed = sum(r["status"] == "failed" for r in members)
+    unfinished = len(members) - len(done) - failed
+    note = "".join(f" ({n} {word})" for n, word in ((failed, "failed"), (unfinished, "unfinished")) if n)
     cells = [stats.bootstrap_mean([r[k] for r in done]) for k in ("metric", "ref_metric", "kl", "proxy_reward")]
     compute = [np.mean(stats.clean([r[k] for r in done])) if done else np.nan for k in ("flops", "seconds")]
     lines.append(f"| {name} | {members[0]['algo']} | {len(done)}{note} | " + " | ".join(map(str, cells))

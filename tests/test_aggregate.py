@@ -27,20 +27,22 @@ def test_table_csv_and_plots_from_two_seeds_and_an_unfinished_run(tmp_path):
   fake_run(tmp_path, "ppo_s0", "ppo", 0, [0.3, 0.5], [1.0, 2.0])
   fake_run(tmp_path, "ppo_s1", "ppo", 1, [0.4, 0.7], [1.5, 3.0])
   fake_run(tmp_path, "dpo_s0", "dpo", 0, [0.6], [9.0], finished=False)
+  fake_run(tmp_path, "dpo_s1", "dpo", 1, [0.8], [9.0], finished=False)  # stopped by a failure
+  (tmp_path / "dpo_s1" / "status.json").write_text(json.dumps({"state": "failed", "step": 10, "cause": "NaN"}))
   (tmp_path / "upstream" / "sft").mkdir(parents=True)  # upstream stages have no algo: left out
   (tmp_path / "upstream" / "sft" / "config.json").write_text(json.dumps({"stage": "sft", "seed": 0}))
   (tmp_path / "upstream" / "sft" / "metrics.jsonl").write_text("")
   result = aggregate.aggregate(str(tmp_path))
   lines = result["table"].splitlines()
-  assert result["runs"] == 3 and len(lines) == 4
+  assert result["runs"] == 4 and len(lines) == 4
   rows = {line.split(" | ")[0]: line for line in lines[2:]}
   # Two seeds: the mean and the interval between them (rlhf_jax/stats.py); compute: the mean.
   assert rows["| ppo"] == ("| ppo | ppo | 2 | 0.600 [0.500, 0.700] | 0.100 [0.100, 0.100] | 2.500 [2.000, 3.000] | "
                            "1.200 [1.000, 1.400] | 3 | 10 |")
-  assert rows["| dpo"].startswith("| dpo | dpo | 0 (1 unfinished) |")
+  assert rows["| dpo"].startswith("| dpo | dpo | 0 (1 failed) (1 unfinished) |")
   rows = list(csv.DictReader(open(tmp_path / "results.csv")))
-  assert {r["run"] for r in rows} == {"ppo_s0", "ppo_s1", "dpo_s0"}
-  assert [r["status"] for r in rows if r["run"] == "dpo_s0"] == ["unfinished"]
+  assert {r["run"] for r in rows} == {"ppo_s0", "ppo_s1", "dpo_s0", "dpo_s1"}
+  assert {r["run"]: r["status"] for r in rows if r["group"] == "dpo"} == {"dpo_s0": "unfinished", "dpo_s1": "failed"}
   assert [os.path.basename(p) for p in result["plots"]] == ["gold_reward_by_step.png", "gold_reward_kl_frontier.png"]
   for plot in result["plots"]:
     assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
