@@ -23,13 +23,20 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a step directory still 
 
 class Checkpointer:
 
-  def __init__(self, directory: str, items: tuple[str, ...], keep: int = 2):
+  def __init__(self, directory: str, items: tuple[str, ...], keep: int = 2, read_only: bool = False):
+    """`read_only`: another run's checkpoints (a starting point), which nothing here may change:
+    no directory created, no half-written step removed, no unreadable step set aside."""
     self.directory = os.path.abspath(directory)
     self.items = tuple(items)
-    warn_half_written(self.directory)
-    # A kill mid-write leaves STEP.orbax-checkpoint-tmp behind: orbax then removes it, so
-    # that step can be written again.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
+    self.read_only = read_only
+    if read_only:
+      options = ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False, read_only=True,
+                                             save_root_metadata=False)
+    else:
+      warn_half_written(self.directory)
+      # A kill mid-write leaves STEP.orbax-checkpoint-tmp behind: orbax then removes it, so
+      # that step can be written again.
+      options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
     # Handlers named up front, so a fresh manager can read item metadata before any restore.
     handlers = {name: ocp.StandardCheckpointHandler() for name in self.items}
     handlers["meta"] = ocp.JsonCheckpointHandler()
@@ -50,13 +57,15 @@ class Checkpointer:
     steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
     if not steps:
       raise UserError(f"no checkpoint in {self.directory}")
+    if step is not None and step not in self.manager.all_steps():
+      raise UserError(f"checkpoint {self.directory}/{step} is missing")
     for i, candidate in enumerate(steps):
       try:
         return self._restore(abstract, candidate)
       except UserError:
         raise
       except Exception as e:  # pylint: disable=broad-except
-        if step is not None or i == len(steps) - 1:
+        if step is not None or i == len(steps) - 1 or self.read_only:
           raise UserError(f"checkpoint {self.directory}/{candidate} is unreadable: {_first_line(e)}") from None
         logging.warning("checkpoint %s/%d is unreadable, so it is set aside as %d.unreadable (%s); "
                         "trying step %d", self.directory, candidate, candidate, _first_line(e), steps[i + 1])

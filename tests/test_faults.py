@@ -209,6 +209,32 @@ def test_unreadable_and_half_written_checkpoints_are_set_aside_and_the_run_resum
   assert resumed["eval/loss"] == whole["eval/loss"]
 
 
+def snapshot(directory) -> dict:
+  """Every path under `directory` with its size and modification time."""
+  return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(directory.rglob("*"))}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_starting_point_is_read_only_and_its_damaged_final_step_is_one_line(damage, tiny_sft, tmp_path):
+  # Issue 39: an SFT run whose final checkpoint was unreadable was silently replaced by its
+  # step before, renamed 200.unreadable, and the RL run started from there.
+  source = tmp_path / "pretrain"
+  config = shrink(pretrain.get_config("tiny"), steps=4)
+  config.train.update(dict(checkpoint_every=2, eval_every=4))
+  stages.run(config, str(source))
+  final = source / "checkpoints" / "4"
+  if damage == "missing":
+    shutil.rmtree(final)
+  for path in final.rglob("*"):
+    if path.is_file() and path.stat().st_size > 1:
+      os.truncate(path, path.stat().st_size // 2)
+  before = snapshot(source)
+  tiny_sft.init_from = str(source)
+  with pytest.raises(UserError, match=rf"checkpoint {final} is (unreadable: .*|missing)$"):
+    stages.run(tiny_sft, str(tmp_path / "sft"))
+  assert snapshot(source) == before
+
+
 def test_non_finite_loss_stops_with_a_checkpoint_or_is_skipped(tmp_path):
   config = shrink(pretrain.get_config("tiny"), steps=6)
   config.train.update(dict(checkpoint_every=6, eval_every=6, log_every=1, inject_nan_at=(4,)))

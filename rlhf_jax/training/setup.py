@@ -209,7 +209,10 @@ def run_params(source: RunDir, mesh, rules, merged: bool = True, item: str = "pa
 def restore_params(source: RunDir, abstract, item: str = "params"):
   """The `item` of the source's final checkpoint, into `abstract`'s shapes and shardings."""
   items = STATE_ITEMS if item == "params" else (item,)  # as the run wrote them: orbax warns of any other
-  loaded, _ = Checkpointer(source.file("checkpoints"), items).restore({item: abstract})
+  # A starting point is read, never changed: its final step or a one-line error naming it.
+  final = source.read_json("summary.json").get("step") if source.finished else None
+  checkpointer = Checkpointer(source.file("checkpoints"), items, read_only=True)
+  loaded, _ = checkpointer.restore({item: abstract}, step=final)
   return loaded[item]
 
 
