@@ -2,6 +2,9 @@
 
 A checkpoint at step s holds `items` (e.g. params, opt_state) and `meta` (step, data
 position, ...). Items restore one by one, so a downstream stage can read just `params`.
+`meta` also holds each array's CRC-32, dtype and shape, checked on restore: bytes damaged on
+disk make that step unreadable (set aside, or for another run's checkpoint an error), never
+wrong weights.
 Shapes are checked against the model before restoring: a checkpoint that does not fit
 gives one clear line, not an error from deep inside the restore.
 """
@@ -9,6 +12,7 @@ gives one clear line, not an error from deep inside the restore.
 import glob
 import os
 import time
+import zlib
 
 from absl import logging
 import jax
@@ -47,6 +51,7 @@ class Checkpointer:
 
   def save(self, step: int, items: dict, meta: dict) -> None:
     args = {name: ocp.args.StandardSave(_as_tree(items[name])) for name in self.items}
+    meta = {**meta, "checksums": {name: checksums(_as_tree(items[name])) for name in self.items}}
     self.manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args), force=True)
 
   def restore(self, abstract: dict, step=None) -> tuple[dict, dict]:
@@ -90,6 +95,9 @@ class Checkpointer:
       check_shapes(stored[name], _as_tree(tree), f"{self.directory}/{step}/{name}")
     args = {name: ocp.args.StandardRestore(_as_tree(tree)) for name, tree in abstract.items()}
     restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **args))
+    stored_sums = restored["meta"].get("checksums", {})  # none in checkpoints written before them
+    for name in abstract:
+      verify(stored_sums.get(name, {}), restored[name], name)
     return {name: _from_tree(restored[name], abstract[name]) for name in abstract}, restored["meta"]
 
   def wait(self) -> None:
@@ -103,6 +111,33 @@ def warn_half_written(directory: str) -> None:
   for path in sorted(glob.glob(os.path.join(directory, f"*{TMP_SUFFIX}*"))):
     logging.warning("half-written checkpoint %s (the run was killed while writing it) is ignored and removed",
                     path)
+
+
+class ChecksumError(Exception):
+  """An array read back differs from the one written: the step is unreadable."""
+
+
+def checksums(tree) -> dict:
+  """{path: "crc32 dtype shape"} of every array of `tree` this process holds whole (each
+  process of a multi-host run holds only shards of the largest: those are not summed)."""
+  sums = {}
+  for path, leaf in _flat(tree).items():
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      continue
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)
+    values = np.ascontiguousarray(np.asarray(leaf))
+    sums[path] = f"{zlib.crc32(values.tobytes()):08x} {values.dtype} {list(values.shape)}"
+  return sums
+
+
+def verify(stored: dict, tree, item: str) -> None:
+  """Raises ChecksumError naming the first array of `tree` whose checksum is not `stored`'s."""
+  read = checksums(tree)
+  for path, expected in stored.items():
+    if path in read and read[path] != expected:
+      raise ChecksumError(f"checksum mismatch in {item}/{path}: written {expected}, read {read[path]}")
 
 
 def _first_line(error: Exception) -> str:
