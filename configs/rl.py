@@ -88,7 +88,9 @@ def get_config(preset: str = "tiny"):
   # model), a built-in checker (exact_match, gsm8k) or a Python function (PATH.py:NAME or
   # module:NAME, called as TRL calls reward functions); weights () = 1 each. Without "model" no
   # reward model is needed, built or loaded (nor its upstream stage run).
-  c.reward = ml_collections.ConfigDict(dict(fns=("model",), weights=()))
+  # A function's NaN or inf: "error" stops the run naming it; "guard" lets the update's guard
+  # refuse it (train.on_nonfinite then stops or skips, counted in nonfinite_rewards).
+  c.reward = ml_collections.ConfigDict(dict(fns=("model",), weights=(), nonfinite="error"))
   c.upstream = {"reward": reward.get_config(preset)}
   c.upstream_paths = {"init_from": "sft", "reward_from": "reward"}
   return c

@@ -14,7 +14,9 @@ Host functions are called as TRL calls its reward functions, so existing ones wo
 `fn(prompts=[...], completions=[...], completion_ids=[...], **columns)` with decoded text,
 where `columns` are the prompt records' other fields, one entry per completion (repeated for
 the k samples of a prompt, in the same order). It returns one float per completion, or None
-where it does not apply (TRL's convention: that component then adds nothing to the row).
+where it does not apply (TRL's convention: that component then adds nothing to the row, and a
+row no component scores gets 0, with a warning). A NaN or inf is an error naming the function,
+or with `reward.nonfinite="guard"` a non-finite reward the update's guard refuses.
 """
 
 import dataclasses
@@ -27,9 +29,12 @@ from typing import Callable
 
 import numpy as np
 
+from absl import logging
+
 from rlhf_jax.errors import HostStepError, UserError
 
 MODEL = "model"
+NONFINITE = ("error", "guard")  # reward.nonfinite: what a function's NaN or inf does
 _INTEGER = re.compile(r"-?\d[\d,]*")
 
 
@@ -95,6 +100,7 @@ class HostReward:
   name: str
   fn: Callable
   weight: float
+  nonfinite: str = "error"
 
   def __call__(self, prompts: list, completions: list, completion_ids: list, columns: dict) -> np.ndarray:
     """Scores [n] float32; NaN where the function returned None."""
@@ -112,7 +118,14 @@ class HostReward:
     for i, score in enumerate(scores):
       if score is not None and not isinstance(score, (numbers.Real, np.bool_)):
         raise RewardError(f"reward function {self.name} returned a non-number for completion {i}: {score!r}")
-    return np.array([np.nan if s is None else float(s) for s in scores], np.float32)
+    values = np.array([np.nan if s is None else float(s) for s in scores], np.float32)
+    given = np.array([s is not None for s in scores])
+    bad = np.flatnonzero(given & ~np.isfinite(values))
+    if len(bad) and self.nonfinite == "error":
+      raise RewardError(f"reward function {self.name} returned {scores[bad[0]]} for completion {bad[0]} "
+                        f"({len(bad)} non-finite of {count}): return a number, or None where it does not "
+                        'apply (reward.nonfinite="guard" lets the update\'s guard refuse them instead)')
+    return values, given
 
 
 @dataclasses.dataclass
@@ -129,6 +142,9 @@ class RewardPlan:
 
 def plan(reward_cfg) -> RewardPlan:
   fns = tuple(reward_cfg.fns)
+  nonfinite = reward_cfg.get("nonfinite", "error")
+  if nonfinite not in NONFINITE:
+    raise UserError(f"reward.nonfinite={nonfinite!r}: choose one of {NONFINITE}")
   weights = tuple(reward_cfg.weights) or (1.0,) * len(fns)
   if not fns:
     raise UserError("reward.fns is empty: name at least one reward source (e.g. 'model')")
@@ -142,7 +158,7 @@ def plan(reward_cfg) -> RewardPlan:
     if spec == MODEL:
       model_weight = float(weight)
     else:
-      host.append(HostReward(component_name(spec), load_function(spec), float(weight)))
+      host.append(HostReward(component_name(spec), load_function(spec), float(weight), nonfinite))
   return RewardPlan(model_weight, host)
 
 
@@ -154,9 +170,16 @@ def component_name(spec: str) -> str:
 def score_on_host(host: list, prompts: list, completions: list, completion_ids: list, columns: dict,
                   with_model: bool):
   """(weighted sum [n], {reward/NAME: scores [n]}) of the host components. A component's None
-  adds nothing to its row; a row that every component skips (the reward model, `with_model`,
-  never does) is NaN, for the non-finite guards."""
-  per = {f"reward/{h.name}": h(prompts, completions, completion_ids, columns) for h in host}
-  weighted = np.stack([h.weight * per[f"reward/{h.name}"] for h in host])
-  skipped = np.all(np.isnan(weighted), 0) & (not with_model)
-  return np.where(skipped, np.nan, np.nansum(weighted, 0)).astype(np.float32), per
+  adds nothing to its row (NaN in its reward/NAME, which averages over the rows it scored); a
+  row no component scores adds 0, with a warning (TRL's convention). A non-finite score that
+  `reward.nonfinite="guard"` let through stays in the sum, for the update's guard."""
+  scored = {h.name: h(prompts, completions, completion_ids, columns) for h in host}
+  per = {f"reward/{name}": values for name, (values, _) in scored.items()}
+  weighted = np.stack([h.weight * np.where(scored[h.name][1], scored[h.name][0], 0.0) for h in host])
+  unscored = ~np.any(np.stack([given for _, given in scored.values()]), 0)
+  if np.any(unscored) and not with_model:
+    row = int(np.flatnonzero(unscored)[0])
+    logging.warning("no reward function scored %d of %d completions (every one returned None), so they get 0; "
+                    "the first: prompt %r, completion %r", int(unscored.sum()), len(unscored), prompts[row],
+                    completions[row])
+  return weighted.sum(0).astype(np.float32), per

@@ -48,8 +48,9 @@ def test_a_host_component_is_called_with_one_column_entry_per_completion_and_che
     seen.update(prompts=prompts, answer=answer, ids=completion_ids, extra=kwargs)
     return [1, 0.5, np.float32(2), True]
   component = rewards.HostReward("record", record, 1.0)
-  scores = component(["a", "a", "b", "b"], ["x"] * 4, [[1]] * 4, {"answer": [1, 1, 2, 2], "level": [3, 3, 4, 4]})
+  scores, given = component(["a", "a", "b", "b"], ["x"] * 4, [[1]] * 4, {"answer": [1, 1, 2, 2], "level": [3, 3, 4, 4]})
   np.testing.assert_array_equal(scores, [1, 0.5, 2, 1])
+  assert given.all()
   assert seen == {"prompts": ["a", "a", "b", "b"], "answer": [1, 1, 2, 2], "ids": [[1]] * 4,
                   "extra": {"level": [3, 3, 4, 4]}}
   bad = {"raises": (lambda **kw: 1 / 0, "reward function bad raised ZeroDivisionError: division by zero"),
@@ -61,14 +62,27 @@ def test_a_host_component_is_called_with_one_column_entry_per_completion_and_che
       rewards.HostReward("bad", fn, 1.0)(["a"] * 4, ["x"] * 4, [[1]] * 4, {})
 
 
-def test_the_weighted_sum_skips_none_and_a_row_no_component_scores_is_nan():
+def test_the_weighted_sum_skips_none_and_a_row_no_component_scores_adds_zero(caplog):
   half = rewards.HostReward("half", lambda completions, **kw: [0.5, None, None], 2.0)
   one = rewards.HostReward("one", lambda completions, **kw: [1.0, 1.0, None], 1.0)
   total, per = rewards.score_on_host([half, one], ["p"] * 3, ["c"] * 3, [[0]] * 3, {}, with_model=False)
-  np.testing.assert_array_equal(total, [2.0, 1.0, np.nan])
+  np.testing.assert_array_equal(total, [2.0, 1.0, 0.0])  # TRL's nansum, and its warning
+  assert "no reward function scored 1 of 3 completions" in caplog.text
   assert set(per) == {"reward/half", "reward/one"} and np.isnan(per["reward/half"][1])
+  caplog.clear()
   total, _ = rewards.score_on_host([half, one], ["p"] * 3, ["c"] * 3, [[0]] * 3, {}, with_model=True)
   np.testing.assert_array_equal(total, [2.0, 1.0, 0.0])  # the reward model scores that row
+  assert "no reward function scored" not in caplog.text
+
+
+def test_a_functions_nan_or_inf_is_an_error_naming_it_or_left_to_the_guard():
+  fn = lambda completions, **kw: [1.0, None, float("nan"), float("inf")]
+  with pytest.raises(rewards.RewardError, match=r"reward function odd returned nan for completion 2 "
+                                                 r"\(2 non-finite of 4\): return a number, or None"):
+    rewards.HostReward("odd", fn, 1.0)(["a"] * 4, ["x"] * 4, [[1]] * 4, {})
+  guarded = rewards.HostReward("odd", fn, 1.0, nonfinite="guard")
+  total, per = rewards.score_on_host([guarded], ["a"] * 4, ["x"] * 4, [[1]] * 4, {}, with_model=True)
+  assert total[0] == 1.0 and total[1] == 0.0 and np.isnan(total[2]) and np.isinf(total[3])
 
 
 def test_the_plan_names_its_components_and_checks_the_weights(tmp_path):

@@ -111,9 +111,10 @@ class Loop:
       return
     if bad_step % self.train_cfg.log_every and bad_step != self.train_cfg.num_steps:
       log.write(bad_step, {**jax.device_get(metrics), **self.clock.at(bad_step)})
+    advice = ("a reward was NaN or inf: check the reward model and functions (reward/NAME says which)"
+              if "rewards" in bad else "Lower optim.lr")
     raise RunFailed(f"step {bad_step}: non-finite {' and '.join(bad)}; that update was not applied "
-                    f"({self._checkpoint(state, step, saved)}). Lower optim.lr, or set "
-                    "train.on_nonfinite=skip to go on")
+                    f"({self._checkpoint(state, step, saved)}). {advice}, or set train.on_nonfinite=skip to go on")
 
   def _evaluate(self, state, step: int, log, saved: bool = False) -> dict:
     started = time.time()

@@ -118,7 +118,7 @@ class PolicyEvaluator:
       out = jax.device_get(out)
       ids = [t[m > 0].tolist() for t, m in zip(out.tokens, out.mask)]
       texts = [self.tokenizer.decode(i) for i in ids]
-      return component(self.prompts.texts, texts, ids, dict(self.prompts.columns)), texts
+      return component(self.prompts.texts, texts, ids, dict(self.prompts.columns))[0], texts
 
     k = self.cfg.eval.k if "eval" in self.cfg else 0
     k = k if k >= 2 else 0  # one sample is eval/accuracy already
