@@ -11,7 +11,7 @@ import os
 
 from absl import logging
 
-from rlhf_jax import report, run_lock
+from rlhf_jax import field_ranges, report, run_lock
 from rlhf_jax import stage_names
 from rlhf_jax.errors import UserError
 from rlhf_jax.training import best_of_n, dpo_trainer, guards, lm_trainer, reward_trainer, rl_trainer
@@ -46,6 +46,7 @@ def check_all(config) -> None:
   pending = [config[n] for n in config.stages if n in config] if config.stage == "pipeline" else [config]
   while pending:
     stage_config = pending.pop()
+    field_ranges.check_ranges(stage_config)
     check_train_fields(stage_config)
     if stage_config.stage in CHECKS:
       CHECKS[stage_config.stage](stage_config)
