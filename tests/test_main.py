@@ -80,7 +80,8 @@ def run_main(*args, cwd=ROOT):
                         text=True, timeout=300, env=env)
 
 
-BAD_FILES = {"bad.jsonl": '{"text": "fine"}\n{"text": "cut short\n', "empty.jsonl": ""}
+BAD_FILES = {"bad.jsonl": '{"text": "fine"}\n{"text": "cut short\n', "empty.jsonl": "",
+             "latin1.jsonl": b'{"text": "fine"}\n{"text": "caf\xe9"}\n'}
 
 
 @pytest.mark.parametrize("config, override, message", [
@@ -88,6 +89,7 @@ BAD_FILES = {"bad.jsonl": '{"text": "fine"}\n{"text": "cut short\n', "empty.json
     ("pretrain", "--config.data.source=jsonl:/no/such/file.jsonl", "data file not found: /no/such/file.jsonl"),
     ("pretrain", "--config.data.source=jsonl:{dir}/bad.jsonl", "bad.jsonl:2: malformed JSON"),
     ("pretrain", "--config.data.source=jsonl:{dir}/empty.jsonl", "empty.jsonl' has no documents"),
+    ("pretrain", "--config.data.source=jsonl:{dir}/latin1.jsonl", "latin1.jsonl:2: not UTF-8 (byte 0xe9"),
     ("pretrain", "--config.model.vocab_size=128", "tokenizer vocabulary (259) is larger than model.vocab_size (128)"),
     ("pretrain", "--config.mesh.data=3", "does not divide the 1 available devices"),
     ("pretrain", "--config.memory.device_gb=0.001", "the plan needs 1"),  # ~14 MiB of a 1 MiB device
@@ -99,7 +101,7 @@ BAD_FILES = {"bad.jsonl": '{"text": "fine"}\n{"text": "cut short\n', "empty.json
 ])
 def test_bad_input_is_one_clear_line(tmp_path, config, override, message):
   for name, text in BAD_FILES.items():
-    (tmp_path / name).write_text(text)
+    (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
   workdir = tmp_path / "run"
   result = run_main(f"--config=configs/{config}.py:tiny", f"--workdir={workdir}", override.format(dir=tmp_path),
                     "--config.tokenizer.kind=byte")

@@ -183,8 +183,13 @@ def _paragraphs(texts: list[str]) -> list[str]:
 def _read_text(path: str) -> str:
   if not os.path.isfile(path):
     raise UserError(f"data file not found: {path}")
-  with open(path, encoding="utf-8") as f:
-    return f.read()
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:  # name the line, not the byte offset
+    line = data.count(b"\n", 0, e.start) + 1
+    raise UserError(f"{path}:{line}: not UTF-8 (byte {data[e.start]:#04x} at offset {e.start})") from None
 
 
 def read_jsonl(path: str):
