@@ -74,9 +74,26 @@ class RunDir:
     new = json.loads(config.to_json_best_effort())
     if os.path.isfile(self.file("config.json")):
       changed = sorted(_diff(self.read_json("config.json"), new))
+      refused = [field for field in changed if changes_the_run(field)]
+      if refused:
+        raise UserError(f"{self.path} was started with other values of {', '.join(refused)}: resuming would "
+                        "continue another run's checkpoint as this one; use a new workdir")
       if changed:
         logging.warning("resuming %s with changed config fields: %s", self.path, ", ".join(changed))
     self.write_json("config.json", new)
+
+
+# Fields whose change makes a resumed run another experiment (the method, the model, the data,
+# where it starts): refused. Others (logging, evaluation, steps, learning rate, mesh, compute
+# settings) are allowed with a warning: lowering optim.lr is the advice of a non-finite stop.
+RUN_DEFINING = ("algo", "critic", "seed", "init_from", "reward_from", "model.", "tokenizer.", "data.",
+                "lora.", "reward.fns", "reward.weights", "rl.advantage", "rl.policy_loss", "rl.loss_aggregation",
+                "rl.samples_per_prompt", "rl.off_policy_steps", "preference.")
+COMPUTE_SETTINGS = ("model.dtype", "model.remat", "model.attention", "model.logits_chunk", "data.tfds_data_dir")
+
+
+def changes_the_run(field: str) -> bool:
+  return field.startswith(RUN_DEFINING) and not field.startswith(COMPUTE_SETTINGS)
 
 
 def _diff(old, new, prefix=""):

@@ -230,6 +230,23 @@ def test_bytes_damaged_on_disk_fail_their_checksum_and_the_run_resumes_from_the_
   assert resumed["eval/loss"] == whole["eval/loss"]
 
 
+def test_a_resume_that_changes_the_run_is_refused_and_one_that_changes_logging_is_not(tmp_path, caplog):
+  config = shrink(pretrain.get_config("tiny"), steps=4)
+  config.train.update(dict(num_steps=2, checkpoint_every=2, eval_every=2))
+  stages.run(config.copy_and_resolve_references(), str(tmp_path / "run"))
+  config.train.num_steps = 4  # trained further: the same run
+  os.remove(tmp_path / "run" / "summary.json")
+  for field, value in (("seed", 1), ("data.batch_size", 4), ("model.init_std", 0.01)):
+    changed = config.copy_and_resolve_references()
+    parent, _, name = field.rpartition(".")
+    (changed[parent] if parent else changed)[name] = value
+    with pytest.raises(UserError, match=rf"was started with other values of {field}: resuming would continue"):
+      stages.run(changed, str(tmp_path / "run"))
+  config.train.log_every = 1
+  summary = stages.run(config, str(tmp_path / "run"))
+  assert summary["step"] == 4 and "changed config fields: train.log_every, train.num_steps" in caplog.text
+
+
 def snapshot(directory) -> dict:
   """Every path under `directory` with its size and modification time."""
   return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(directory.rglob("*"))}
