@@ -17,6 +17,9 @@ takes 0.2 / 0.28), sg the stop-gradient.
 
 Padding is masked before every exp: the rollout's log-probs there may be a sentinel (-inf,
 -1e9), and exp of it times 0 would make NaN gradients. Masked tokens get loss 0 and gradient 0.
+Every log-ratio is clamped to +-20 before its exp, as verl, OpenRLHF and Tunix do: a token
+whose ratio would overflow float32 (log r > 88) gets a finite loss and no gradient, instead of
+a NaN gradient that makes the guard refuse the whole update.
 `POLICY_LOSSES` is the only place naming the members.
 """
 
@@ -27,6 +30,14 @@ import jax.numpy as jnp
 
 from rlhf_jax.algorithms.masked import masked_sum
 from rlhf_jax.algorithms.ppo import clipped_objective
+
+
+LOG_RATIO_CLAMP = 20.0
+
+
+def clamped_ratio(log_ratio):
+  """exp of the log-ratio clamped to +-LOG_RATIO_CLAMP (gradient 0 beyond it)."""
+  return jnp.exp(jnp.clip(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
 
 
 class PolicyLossParams(NamedTuple):
@@ -51,14 +62,14 @@ def _clipped_objective(ratio, advantages, hp: PolicyLossParams):
 
 def clip(logprobs, old_logprobs, advantages, mask, hp: PolicyLossParams):
   valid, _, log_ratio, advantages = _masked_inputs(logprobs, old_logprobs, advantages, mask)
-  ratio = jnp.exp(log_ratio)
+  ratio = clamped_ratio(log_ratio)
   objective, clipped = _clipped_objective(ratio, advantages, hp)
   return jnp.where(valid, -objective, 0.0), {"ratio": ratio, "clipped": clipped & valid}
 
 
 def dual_clip(logprobs, old_logprobs, advantages, mask, hp: PolicyLossParams):
   valid, _, log_ratio, advantages = _masked_inputs(logprobs, old_logprobs, advantages, mask)
-  ratio = jnp.exp(log_ratio)
+  ratio = clamped_ratio(log_ratio)
   objective, clipped = _clipped_objective(ratio, advantages, hp)
   floor = hp.dual_clip * advantages
   lower_bounded = (advantages < 0) & (objective < floor)
@@ -71,6 +82,7 @@ def gspo(logprobs, old_logprobs, advantages, mask, hp: PolicyLossParams):
   lengths = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1)
   sequence_log_ratio = jnp.sum(log_ratio, axis=1, keepdims=True) / lengths
   # Value s_i on every token; gradient s_i * grad log pi(token).
+  sequence_log_ratio = jnp.clip(sequence_log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
   log_s = logprobs - jax.lax.stop_gradient(logprobs) + jax.lax.stop_gradient(sequence_log_ratio)
   ratio = jnp.exp(jnp.where(valid, log_s, 0.0))
   objective, clipped = _clipped_objective(ratio, advantages, hp)
@@ -79,7 +91,7 @@ def gspo(logprobs, old_logprobs, advantages, mask, hp: PolicyLossParams):
 
 def cispo(logprobs, old_logprobs, advantages, mask, hp: PolicyLossParams):
   valid, logprobs, log_ratio, advantages = _masked_inputs(logprobs, old_logprobs, advantages, mask)
-  ratio = jnp.exp(log_ratio)
+  ratio = clamped_ratio(log_ratio)
   weight = jnp.clip(ratio, 1.0 - hp.clip_eps_low, 1.0 + hp.clip_eps_high)
   loss = -jax.lax.stop_gradient(weight) * advantages * logprobs
   return jnp.where(valid, loss, 0.0), {"ratio": ratio, "clipped": (weight != ratio) & valid}

@@ -94,3 +94,19 @@ def test_sentinel_padding_gives_finite_losses_and_zero_padding_gradients(name, s
   # The same loss as with harmless padding.
   clean, _ = surrogate_loss(name, NEW, OLD, ADVANTAGES, weights, weights, hp)
   np.testing.assert_allclose(float(loss), float(clean), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(POLICY_LOSSES))
+def test_a_ratio_past_float32_gives_a_finite_loss_and_no_nan_gradient(name):
+  # Issue 38: exp of an unclamped log-ratio of 100 overflows; verl, OpenRLHF and Tunix clamp it
+  # to +-20, so the token's loss is finite and the guard does not refuse the whole update.
+  old = jnp.asarray([[-100.0, -1.0, -1.0]])  # the first token: pi / pi_old = e^99
+  advantages, mask = jnp.asarray([[-1.0, 1.0, -1.0]]), jnp.ones((1, 3))
+  hp = PolicyLossParams()
+
+  def loss(logprobs):
+    losses, _ = POLICY_LOSSES[name](logprobs, old, advantages, mask, hp)
+    return jnp.sum(losses)
+  logprobs = jnp.asarray([[-1.0, -0.9, -1.1]])
+  value, grads = jax.value_and_grad(loss)(logprobs)
+  assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grads)))
