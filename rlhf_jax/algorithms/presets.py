@@ -40,7 +40,7 @@ ALGORITHMS = {
                          "Liu et al. 2025"),
     "dapo": Algorithm("grpo", "clip", "token_mean",
                       dict(**GROUPS, **ON_POLICY, clip_eps=0.2, clip_eps_high=0.28, dynamic_sampling=True,
-                           overlong_buffer=0.25), "Yu et al. 2025"),
+                           overlong_buffer=0.2), "Yu et al. 2025"),  # the paper: 4096 of 20480 tokens
     # Several updates per batch, where their sequence-level and weight clips act.
     "gspo": Algorithm("grpo", "gspo", "seq_mean_token_mean",
                       dict(**GROUPS, epochs=1, minibatches=4, clip_eps=3e-4, clip_eps_high=4e-4),
