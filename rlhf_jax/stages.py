@@ -76,7 +76,7 @@ def run_stage(config, workdir: str, upstream_root: str) -> dict:
   if not config.init_from and upstream:
     for name, stage_config in upstream.items():
       run_stage(stage_config, os.path.join(upstream_root, name), upstream_root)
-    fill_upstream_paths(config, upstream_root, default=list(upstream)[-1], stages=upstream)
+    fill_upstream_paths(config, upstream_root, default=list(upstream)[-1], stages=stages_run(upstream))
   logging.info("stage %s in %s", config.stage, workdir)
   with run_lock.held(workdir):
     if RunDir(workdir).finished:  # by another process, since the check above
@@ -121,6 +121,15 @@ def needed_upstream(config) -> dict:
   for name, stage_config in (config.get("upstream") or {}).items():
     needed.update(needed_upstream(stage_config) if name in unused else {name: stage_config})
   return needed
+
+
+def stages_run(upstream: dict) -> set:
+  """The names of the stages `upstream` runs under one root: its own and, recursively, theirs
+  (RL's SFT start is its reward stage's upstream)."""
+  names = set(upstream)
+  for stage_config in upstream.values():
+    names |= stages_run(needed_upstream(stage_config))
+  return names
 
 
 def fill_upstream_paths(config, root: str, default, stages=None) -> None:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -40,6 +41,23 @@ def test_each_critic_and_critic_free_algo_trains_and_checkpoints_only_what_it_ha
     for key in ("eval/gold_reward", "eval/ref_gold_reward", "eval/proxy_reward", "eval/kl"):
       assert key in summary
     assert os.path.exists(workdir / "samples" / "step_000002.txt")
+
+
+def test_the_rl_preset_alone_starts_from_the_sft_run_its_reward_stage_ran_before_it(tiny_ppo, tiny_upstream,
+                                                                                     tmp_path):
+  # Issue 38: `--config=configs/rl.py:tiny` alone ran pretraining, SFT and the reward model, then
+  # stopped with "set init_from": the SFT stage ran as the reward stage's upstream, not RL's.
+  upstream = tmp_path / "run" / "upstream"  # the chain as that command leaves it, finished
+  shutil.copytree(tiny_upstream["reward_from"], upstream / "reward")
+  shutil.copytree(tiny_upstream["init_from"], upstream / "sft")
+  cfg = tiny_ppo.copy_and_resolve_references()
+  cfg.algo = "reinforce"
+  cfg.train.update(dict(num_steps=1, eval_every=1, checkpoint_every=1))
+  assert not cfg.init_from and not cfg.reward_from
+  summary = stages.run(cfg, str(tmp_path / "run"))
+  assert summary["step"] == 1
+  recorded = json.load(open(tmp_path / "run" / "config.json"))
+  assert (recorded["init_from"], recorded["reward_from"]) == (str(upstream / "sft"), str(upstream / "reward"))
 
 
 def test_bad_rl_fields_fail_before_any_upstream_stage_runs(tiny_ppo, tmp_path):
