@@ -92,3 +92,16 @@ def prompt_batch(prompts: Prompts, step: int, batch_size: int, mesh) -> dict:
     raise UserError(f"{batch_size} prompts per iteration do not split over {jax.process_count()} processes")
   mine = ids.reshape(jax.process_count(), -1)[jax.process_index()]
   return {**sharding.put_batch({"tokens": prompts.tokens[mine], "mask": prompts.mask[mine]}, mesh), "ids": mine}
+
+
+def warn_about_prompt_sets(train: Prompts, evaluation: Prompts, per_iteration: int) -> None:
+  """Warns when a records file holds fewer training prompts than an iteration draws (they are
+  repeated within it) or when evaluation prompts are training prompts too (not held out)."""
+  if len(train.texts) < per_iteration:
+    logging.warning("%d training prompts for %d per iteration: every iteration repeats them", len(train.texts),
+                    per_iteration)
+  seen = set(train.texts)
+  overlap = [t for t in evaluation.texts if t in seen]
+  if overlap:
+    logging.warning("%d of the %d evaluation prompts are training prompts too (the first: %r): the evaluation "
+                    "is not held out", len(overlap), len(evaluation.texts), overlap[0])

@@ -26,7 +26,8 @@ from rlhf_jax.algorithms.advantages import ADVANTAGES
 from rlhf_jax.algorithms.importance import IS_CORRECTIONS
 from rlhf_jax.algorithms.policy_losses import POLICY_LOSSES
 from rlhf_jax.checkpoint import Checkpointer
-from rlhf_jax.data.prompts import prompt_batch, prompt_set
+from rlhf_jax.data import sources
+from rlhf_jax.data.prompts import prompt_batch, prompt_set, warn_about_prompt_sets
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.config import LORA_FIELDS, ModelConfig
 from rlhf_jax.models.transformer import Transformer
@@ -173,6 +174,8 @@ def run(cfg, workdir: str) -> dict:
   seed_cfgs = [with_seed(cfg, cfg.seed + i) for i in range(cfg.vmap_seeds)]
   seed_dirs = [RunDir(run_dir.file(f"seed_{c.seed}")) for c in seed_cfgs] if len(seed_cfgs) > 1 else []
   rl_cfg = rl_config(cfg, tokenizer, plan)
+  if sources.is_record_source(cfg.data):  # openings of documents may repeat: only records are checked
+    warn_about_prompt_sets(prompts["train"], prompts["eval"], cfg.data.batch_size // rl_cfg.samples_per_prompt)
   policy_tx, value_tx = make_optimizers(cfg)
   placed = [initial_state(c, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) for c in seed_cfgs]
   state, shardings = placed[0] if len(placed) == 1 else seeds.stack(placed)

@@ -159,3 +159,15 @@ def test_tfds_records_when_the_dataset_holds_prompts(tmp_path):
   assert rewards.gsm8k(None, ["so 4 in all"], held_out.columns["answer"][2:3]) == [1.0]
   cfg.data.prompt_field = "prompt"  # no such feature: a corpus, whose documents give openings
   assert not sources.is_record_source(cfg.data)
+
+
+def test_too_few_training_prompts_and_evaluation_prompts_seen_in_training_are_warned_about(caplog):
+  # Issue 39: a file of 3 prompts silently filled a 64-response batch and evaluated on one of them.
+  make = lambda texts: prompts.Prompts(list(texts), np.zeros((len(texts), 1), np.int32),
+                                          np.ones((len(texts), 1), np.int32))
+  prompts.warn_about_prompt_sets(make(["a", "b", "c"]), make(["c", "d"]), per_iteration=16)
+  assert "3 training prompts for 16 per iteration" in caplog.text
+  assert "1 of the 2 evaluation prompts are training prompts too (the first: 'c')" in caplog.text
+  caplog.clear()
+  prompts.warn_about_prompt_sets(make(["a", "b"]), make(["d"]), per_iteration=2)
+  assert not caplog.text
