@@ -67,6 +67,38 @@ def test_one_step_behind_is_the_synchronous_steps_with_the_older_params(algo):
   assert {"time/rollout", "time/update"} <= set(second)
 
 
+def test_two_steps_behind_trains_on_the_oldest_rollout_of_the_queue():
+  # Issue 38: at K = 1 the oldest and newest rollouts in flight are the same one, so a queue
+  # that trained on the wrong end passed the test above; at K = 2 it does not.
+  built = build(algo="grpo", off_policy_steps=2, is_correction="tis")
+  parts, txs, state = built["parts"], built["txs"], built["state"]
+  b = batches(built["prompts"], 5)
+  sample = jax.jit(lambda s, p, m: off_policy.sample_in_flight(s, p, m, policy=parts["policy"],
+                                                               score_fn=parts["score_fn"], cfg=parts["cfg"]))
+  update = jax.jit(lambda s, sampled: rl_steps.update_phase(s, sampled, policy=parts["policy"],
+                                                             critic=parts["critic"], cfg=parts["cfg"], **txs))
+  # By hand: batches 0 and 1 drawn by the initial policy; iteration i samples batch i + 1 with
+  # the params it starts from and trains on batch i - 1's rollout, two iterations old.
+  drawn = [sample(state.replace(rng=off_policy.prefill_key(state.rng, j)), b[j]["tokens"], b[j]["mask"])
+           for j in range(2)]
+  states = [state]
+  for i in range(3):
+    drawn.append(sample(states[-1], b[i + 2]["tokens"], b[i + 2]["mask"]))
+    states.append(update(states[-1], drawn[i].sampled)[0])
+
+  mesh, shardings = replicated_shardings(state)
+  models = types.SimpleNamespace(policy=parts["policy"], critic=parts["critic"])
+  driver, queued, _ = off_policy.compile_off_policy(state, shardings, mesh, mesh, (), models, txs["policy_tx"],
+                                                    txs["value_tx"], parts["score_fn"], parts["cfg"],
+                                                    (b[0]["tokens"], b[0]["mask"]))
+  queued = driver.prefill(queued, b[:2])
+  for i in range(3):
+    queued, _ = driver(queued, b[i + 2])
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(queued.policy), jax.tree.leaves(states[-1].policy)))
+  for slot, j in ((0, 3), (1, 4)):  # oldest first
+    np.testing.assert_array_equal(queued.pending.sampled.tokens[slot], drawn[j].sampled.tokens)
+
+
 def test_importance_corrections_on_a_hand_case():
   behaviour = jnp.log(jnp.array([[0.5, 0.2, 0.1, 0.3]]))
   proximal = jnp.log(jnp.array([[0.5, 0.8, 0.01, 0.3]]))  # w = 1, 4, 0.1, (padding)
