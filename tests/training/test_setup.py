@@ -56,3 +56,34 @@ def test_policy_reference_critic_and_scorer_start_from_their_runs_and_eval_start
   assert metrics["eval/gold_reward"] == metrics["eval/ref_gold_reward"]
   assert metrics["eval/proxy_reward"] == metrics["eval/ref_proxy_reward"]
   assert metrics["eval/response_length"] > 0
+
+
+def test_evaluations_kl_is_the_policys_against_the_reference_once_they_differ(tiny_ppo, tiny_upstream, tmp_path,
+                                                                               monkeypatch):
+  # Issue 38: the KL was checked only at step 0, where any KL is 0, so one measured against the
+  # wrong params passed. Here the policy is moved off the reference and eval/kl is recomputed
+  # from the evaluation's own samples with plain forward passes.
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.models.sampling import SamplingParams  # pylint: disable=g-import-not-at-top
+  tiny_ppo.update(tiny_upstream)
+  loop, state = start_of(lambda: stages.run(tiny_ppo, str(tmp_path)), monkeypatch)
+  leaves, tree = jax.tree.flatten(state.policy)
+  keys = jax.random.split(jax.random.key(0), len(leaves))
+  state = state.replace(policy=jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape, x.dtype)
+                                                          for x, k in zip(leaves, keys)]))
+  evaluator, step = loop.evaluate, 3
+  kl = evaluator(state, step)["eval/kl"]
+
+  temperature = tiny_ppo.sample.temperature
+  prompts, mask = jnp.asarray(evaluator.prompts.tokens), jnp.asarray(evaluator.prompts.mask)
+  rng = jax.random.fold_in(jax.random.PRNGKey(tiny_ppo.seed + 1), step)
+  out = evaluator.sampler(state.policy, prompts, mask, rng, SamplingParams.make(temperature))
+  tokens, full = jnp.concatenate([prompts, out.tokens], 1), jnp.concatenate([mask, out.mask], 1)
+
+  def response_logprob(params):
+    logits = evaluator.policy.apply({"params": params}, tokens, full).logits[:, :-1] / temperature
+    picked = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[:, 1:, None], -1)[..., 0]
+    return jnp.sum(picked[:, prompts.shape[1] - 1:] * out.mask, axis=1)
+  expected = float(jnp.mean(response_logprob(state.policy) - response_logprob(state.ref)))
+  assert kl > 0.05 and kl == pytest.approx(expected, rel=1e-3, abs=1e-4)
