@@ -182,4 +182,9 @@ def score_on_host(host: list, prompts: list, completions: list, completion_ids: 
     logging.warning("no reward function scored %d of %d completions (every one returned None), so they get 0; "
                     "the first: prompt %r, completion %r", int(unscored.sum()), len(unscored), prompts[row],
                     completions[row])
+  for name, (values, given) in scored.items():  # what the guard will refuse, named here
+    bad = int(np.sum(given & ~np.isfinite(values)))
+    if bad:
+      logging.warning("reward function %s returned %d non-finite scores of %d (reward.nonfinite=guard: the "
+                      "update's guard refuses this batch)", name, bad, len(values))
   return weighted.sum(0).astype(np.float32), per

@@ -75,7 +75,7 @@ def test_the_weighted_sum_skips_none_and_a_row_no_component_scores_adds_zero(cap
   assert "no reward function scored" not in caplog.text
 
 
-def test_a_functions_nan_or_inf_is_an_error_naming_it_or_left_to_the_guard():
+def test_a_functions_nan_or_inf_is_an_error_naming_it_or_left_to_the_guard(caplog):
   fn = lambda completions, **kw: [1.0, None, float("nan"), float("inf")]
   with pytest.raises(rewards.RewardError, match=r"reward function odd returned nan for completion 2 "
                                                  r"\(2 non-finite of 4\): return a number, or None"):
@@ -83,6 +83,7 @@ def test_a_functions_nan_or_inf_is_an_error_naming_it_or_left_to_the_guard():
   guarded = rewards.HostReward("odd", fn, 1.0, nonfinite="guard")
   total, per = rewards.score_on_host([guarded], ["a"] * 4, ["x"] * 4, [[1]] * 4, {}, with_model=True)
   assert total[0] == 1.0 and total[1] == 0.0 and np.isnan(total[2]) and np.isinf(total[3])
+  assert "reward function odd returned 2 non-finite scores of 4" in caplog.text
 
 
 def test_the_plan_names_its_components_and_checks_the_weights(tmp_path):
