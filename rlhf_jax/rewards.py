@@ -27,9 +27,8 @@ import os
 import re
 from typing import Callable
 
-import numpy as np
-
 from absl import logging
+import numpy as np
 
 from rlhf_jax.errors import HostStepError, UserError
 
@@ -102,8 +101,8 @@ class HostReward:
   weight: float
   nonfinite: str = "error"
 
-  def __call__(self, prompts: list, completions: list, completion_ids: list, columns: dict) -> np.ndarray:
-    """Scores [n] float32; NaN where the function returned None."""
+  def __call__(self, prompts: list, completions: list, completion_ids: list, columns: dict):
+    """(scores [n] float32, NaN where the function returned None; given [n] bool, False there)."""
     try:
       scores = self.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
     except Exception as e:  # whatever a user's function raises stops the run as one line

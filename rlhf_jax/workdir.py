@@ -73,8 +73,10 @@ class RunDir:
     """Writes config.json; on a resume, warns about fields that changed since the first start."""
     new = json.loads(config.to_json_best_effort())
     if os.path.isfile(self.file("config.json")):
-      changed = sorted(_diff(self.read_json("config.json"), new))
-      refused = [field for field in changed if changes_the_run(field)]
+      old = self.read_json("config.json")
+      changed = sorted(_diff(old, new))
+      # A field the run's config lacked is one a later version of the code added: not refused.
+      refused = [field for field in changed if changes_the_run(field) and _has(old, field)]
       if refused:
         raise UserError(f"{self.path} was started with other values of {', '.join(refused)}: resuming would "
                         "continue another run's checkpoint as this one; use a new workdir")
@@ -94,6 +96,14 @@ COMPUTE_SETTINGS = ("model.dtype", "model.remat", "model.attention", "model.logi
 
 def changes_the_run(field: str) -> bool:
   return field.startswith(RUN_DEFINING) and not field.startswith(COMPUTE_SETTINGS)
+
+
+def _has(tree: dict, field: str) -> bool:
+  for name in field.split("."):
+    if not isinstance(tree, dict) or name not in tree:
+      return False
+    tree = tree[name]
+  return True
 
 
 def _diff(old, new, prefix=""):
