@@ -34,7 +34,7 @@ def test_sft_starts_from_pretrainings_final_params(tiny_upstream, tmp_path, monk
 
 
 @pytest.mark.parametrize("stage", ["ppo", "dpo"])
-def test_policy_reference_critic_and_scorer_start_from_their_runs_and_eval_starts_at_kl_0(
+def test_policy_reference_critic_and_scorer_start_from_their_runs_and_evals_kl_is_against_the_reference(
     stage, tiny_ppo, tiny_dpo, tiny_upstream, tmp_path, monkeypatch):
   config = tiny_ppo if stage == "ppo" else tiny_dpo
   config.update(tiny_upstream)
@@ -56,18 +56,17 @@ def test_policy_reference_critic_and_scorer_start_from_their_runs_and_eval_start
   assert metrics["eval/gold_reward"] == metrics["eval/ref_gold_reward"]
   assert metrics["eval/proxy_reward"] == metrics["eval/ref_proxy_reward"]
   assert metrics["eval/response_length"] > 0
+  if stage == "ppo":
+    check_eval_kl_once_the_policy_moved(loop, state, config)
 
 
-def test_evaluations_kl_is_the_policys_against_the_reference_once_they_differ(tiny_ppo, tiny_upstream, tmp_path,
-                                                                               monkeypatch):
-  # Issue 38: the KL was checked only at step 0, where any KL is 0, so one measured against the
-  # wrong params passed. Here the policy is moved off the reference and eval/kl is recomputed
-  # from the evaluation's own samples with plain forward passes.
+def check_eval_kl_once_the_policy_moved(loop, state, config):
+  """Issue 38: the KL was checked only at step 0, where any KL is 0, so one measured against the
+  wrong params passed. Here the policy is moved off the reference and eval/kl is recomputed
+  from the evaluation's own samples with plain forward passes."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from rlhf_jax.models.sampling import SamplingParams  # pylint: disable=g-import-not-at-top
-  tiny_ppo.update(tiny_upstream)
-  loop, state = start_of(lambda: stages.run(tiny_ppo, str(tmp_path)), monkeypatch)
   leaves, tree = jax.tree.flatten(state.policy)
   keys = jax.random.split(jax.random.key(0), len(leaves))
   state = state.replace(policy=jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape, x.dtype)
@@ -75,9 +74,9 @@ def test_evaluations_kl_is_the_policys_against_the_reference_once_they_differ(ti
   evaluator, step = loop.evaluate, 3
   kl = evaluator(state, step)["eval/kl"]
 
-  temperature = tiny_ppo.sample.temperature
+  temperature = config.sample.temperature
   prompts, mask = jnp.asarray(evaluator.prompts.tokens), jnp.asarray(evaluator.prompts.mask)
-  rng = jax.random.fold_in(jax.random.PRNGKey(tiny_ppo.seed + 1), step)
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step)
   out = evaluator.sampler(state.policy, prompts, mask, rng, SamplingParams.make(temperature))
   tokens, full = jnp.concatenate([prompts, out.tokens], 1), jnp.concatenate([mask, out.mask], 1)
 
