@@ -2,7 +2,7 @@
 
 A checkpoint at step s holds `items` (e.g. params, opt_state) and `meta` (step, data
 position, ...). Items restore one by one, so a downstream stage can read just `params`.
-`meta` also holds each array's CRC-32, dtype and shape, checked on restore: bytes damaged on
+`meta` also holds each array's checksum, dtype and shape, checked on restore: bytes damaged on
 disk make that step unreadable (set aside, or for another run's checkpoint an error), never
 wrong weights.
 Shapes are checked against the model before restoring: a checkpoint that does not fit
@@ -17,6 +17,7 @@ import zlib
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -118,25 +119,45 @@ class ChecksumError(Exception):
 
 
 def checksums(tree) -> dict:
-  """{path: "crc32 dtype shape"} of every array of `tree` this process holds whole (each
-  process of a multi-host run holds only shards of the largest: those are not summed)."""
+  """{path: "METHOD:HEX dtype shape"} of every array of `tree`: the CRC-32 of its bytes where this
+  process holds its values whole (one process, or replicated over several), else (sharded over
+  processes) `sharded_sum`, computed by all of them on the device."""
   sums = {}
   for path, leaf in _flat(tree).items():
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-      continue
     dtype = getattr(leaf, "dtype", None)
     if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
       leaf = jax.random.key_data(leaf)
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable and not leaf.is_fully_replicated:
+      sums[path] = f"sum:{sharded_sum(leaf):08x} {leaf.dtype} {list(leaf.shape)}"
+      continue
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      leaf = leaf.addressable_data(0)  # replicated: this process's copy is the whole array
     values = np.ascontiguousarray(np.asarray(leaf))
-    sums[path] = f"{zlib.crc32(values.tobytes()):08x} {values.dtype} {list(values.shape)}"
+    sums[path] = f"crc:{zlib.crc32(values.tobytes()):08x} {values.dtype} {list(values.shape)}"
   return sums
 
 
+@jax.jit
+def _weighted_bits(x):
+  """sum_i bits(x_i) * (2654435761 i + 1) mod 2^32: integer, so any reduction order gives it."""
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+  bits = (x if x.dtype == jnp.bool_ else jax.lax.bitcast_convert_type(x, unsigned)).astype(jnp.uint32).reshape(-1)
+  weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1)
+  return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+
+def sharded_sum(x) -> int:
+  """`_weighted_bits` of an array however it is laid out (every process calls it)."""
+  return int(np.asarray(_weighted_bits(x).addressable_data(0)))
+
+
 def verify(stored: dict, tree, item: str) -> None:
-  """Raises ChecksumError naming the first array of `tree` whose checksum is not `stored`'s."""
+  """Raises ChecksumError naming the first array of `tree` whose checksum is not `stored`'s;
+  one summed another way (written on one process, read sharded over several) is not compared."""
   read = checksums(tree)
+  method = lambda s: s.split(":", 1)[0]
   for path, expected in stored.items():
-    if path in read and read[path] != expected:
+    if path in read and method(read[path]) == method(expected) and read[path] != expected:
       raise ChecksumError(f"checksum mismatch in {item}/{path}: written {expected}, read {read[path]}")
 
 
