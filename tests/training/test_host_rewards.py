@@ -58,6 +58,13 @@ def flaky(prompts, completions, **kwargs):
   if len(CALLS) == 3:
     raise RuntimeError("the checker lost its connection")
   return [0.0] * len(completions)
+
+def sometimes(prompts, completions, completion_ids, **kwargs):  # TRL's None: does not apply
+  return [None if i % 3 == 0 else -len(ids) / 16 for i, ids in enumerate(completion_ids)]
+
+def broken(prompts, completions, **kwargs):
+  CALLS.append(len(completions))
+  return [float("nan") if len(CALLS) == 2 and i == 1 else 0.0 for i in range(len(completions))]
 """
 
 
@@ -104,6 +111,22 @@ def test_grpo_learns_from_the_pipelines_own_sft_run_and_says_how_many_groups_tau
   # Groups of 4 whose lengths all agree teach nothing; most groups here differ.
   assert all(0 <= row["uninformative_fraction"] < 0.5 for row in train)
   assert float(np.mean([row["kl"] for row in train[-3:]])) > 0
+
+
+def test_a_lone_functions_none_is_no_reward_and_its_nan_stops_the_run_naming_it(tiny_ppo, tiny_upstream, tmp_path):
+  # Issue 39: a lone function returning None for some rows stopped the run with "non-finite
+  # grads ... Lower optim.lr", naming neither; its NaN was dropped as if it were None.
+  cfg = host_config(tiny_ppo, tiny_upstream, tmp_path, "sometimes")
+  cfg.algo = "rloo"
+  cfg.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2, log_every=1))
+  summary = stages.run(cfg.copy_and_resolve_references(), str(tmp_path / "none"))
+  train = [row for row in map(json.loads, open(tmp_path / "none" / "metrics.jsonl")) if "reward/sometimes" in row]
+  assert summary["step"] == 2 and all(row["skipped_updates"] == 0 and row["nonfinite_rewards"] == 0 for row in train)
+  assert all(-1 <= row["reward/sometimes"] < 0 for row in train)  # the mean of the rows it scored
+  cfg.reward.fns = (f"{tmp_path / 'my_rewards.py'}:broken",)
+  with pytest.raises(UserError, match=r"step 2: reward function broken returned nan for completion 1 \(1 "
+                                      r"non-finite of \d+\): return a number, or None .* \(checkpoint of step 1"):
+    stages.run(cfg, str(tmp_path / "nan"))
 
 
 def records_config(tiny_ppo, tiny_upstream, tmp_path, host: str):
