@@ -124,6 +124,9 @@ class HostReward:
       raise RewardError(f"reward function {self.name} returned {scores[bad[0]]} for completion {bad[0]} "
                         f"({len(bad)} non-finite of {count}): return a number, or None where it does not "
                         'apply (reward.nonfinite="guard" lets the update\'s guard refuse them instead)')
+    if len(bad):  # named here: the guard that refuses the batch sees only a non-finite total
+      logging.warning("reward function %s returned %d non-finite scores of %d (reward.nonfinite=guard: the "
+                      "update's guard refuses this batch)", self.name, len(bad), count)
     return values, given
 
 
@@ -174,16 +177,11 @@ def score_on_host(host: list, prompts: list, completions: list, completion_ids: 
   `reward.nonfinite="guard"` let through stays in the sum, for the update's guard."""
   scored = {h.name: h(prompts, completions, completion_ids, columns) for h in host}
   per = {f"reward/{name}": values for name, (values, _) in scored.items()}
-  weighted = np.stack([h.weight * np.where(scored[h.name][1], scored[h.name][0], 0.0) for h in host])
+  weighted = np.stack([h.weight * np.where(given, values, 0.0) for h, (values, given) in zip(host, scored.values())])
   unscored = ~np.any(np.stack([given for _, given in scored.values()]), 0)
   if np.any(unscored) and not with_model:
     row = int(np.flatnonzero(unscored)[0])
     logging.warning("no reward function scored %d of %d completions (every one returned None), so they get 0; "
                     "the first: prompt %r, completion %r", int(unscored.sum()), len(unscored), prompts[row],
                     completions[row])
-  for name, (values, given) in scored.items():  # what the guard will refuse, named here
-    bad = int(np.sum(given & ~np.isfinite(values)))
-    if bad:
-      logging.warning("reward function %s returned %d non-finite scores of %d (reward.nonfinite=guard: the "
-                      "update's guard refuses this batch)", name, bad, len(values))
   return weighted.sum(0).astype(np.float32), per

@@ -78,12 +78,13 @@ def run_stage(config, workdir: str, upstream_root: str) -> dict:
       run_stage(stage_config, os.path.join(upstream_root, name), upstream_root)
     fill_upstream_paths(config, upstream_root, default=list(upstream)[-1], stages=stages_run(upstream))
   logging.info("stage %s in %s", config.stage, workdir)
+  run_dir = RunDir(workdir)
   with run_lock.held(workdir):
-    if RunDir(workdir).finished:  # by another process, since the check above
-      return RunDir(workdir).read_json("summary.json")
-    refuse_failed(RunDir(workdir), config)
+    if run_dir.finished:  # by another process, since the check above
+      return run_dir.read_json("summary.json")
+    refuse_failed(run_dir, config)
     summary = RUNNERS[config.stage](config, workdir)
-    RunDir(workdir).write_status("finished", summary.get("step"))
+    run_dir.write_status("finished", summary.get("step"))
   draw_report([(os.path.basename(workdir.rstrip(os.sep)), config.stage, workdir)], workdir)
   return summary
 

@@ -191,43 +191,48 @@ def test_rl_and_dpo_killed_at_a_random_moment_resume_to_the_same_metrics(stage, 
     assert len(rows) == 4 and all(row["rl/staleness"] < 1e-4 for row in rows)
 
 
-def test_unreadable_and_half_written_checkpoints_are_set_aside_and_the_run_resumes(tmp_path, caplog):
+def whole_and_killed_copy(tmp_path, checkpoint_every: int):
+  """A finished 12-step pretraining run in tmp_path/whole, and its copy in tmp_path/broken as
+  if killed after its last checkpoint: (config, the whole run's summary)."""
   config = shrink(pretrain.get_config("tiny"), steps=12)
-  config.train.update(dict(checkpoint_every=3, eval_every=12, log_every=1))
+  config.train.update(dict(checkpoint_every=checkpoint_every, eval_every=12, log_every=1))
   whole = stages.run(config.copy_and_resolve_references(), str(tmp_path / "whole"))
   shutil.copytree(tmp_path / "whole", tmp_path / "broken")
-  os.remove(tmp_path / "broken" / "summary.json")  # as if killed after its last checkpoint
+  os.remove(tmp_path / "broken" / "summary.json")
+  return config, whole
+
+
+def resumes_as_the_whole_run(tmp_path, config, whole) -> None:
+  resumed = stages.run(config.copy_and_resolve_references(), str(tmp_path / "broken"))
+  assert read_metrics(tmp_path / "broken") == read_metrics(tmp_path / "whole")
+  assert resumed["eval/loss"] == whole["eval/loss"]
+
+
+def test_unreadable_and_half_written_checkpoints_are_set_aside_and_the_run_resumes(tmp_path, caplog):
+  config, whole = whole_and_killed_copy(tmp_path, checkpoint_every=3)
   for path in (tmp_path / "broken" / "checkpoints" / "12").rglob("*"):  # cut every file short
     if path.is_file() and path.stat().st_size > 1:
       os.truncate(path, path.stat().st_size // 2)
   half = tmp_path / "broken" / "checkpoints" / "15.orbax-checkpoint-tmp"
   shutil.copytree(tmp_path / "broken" / "checkpoints" / "9", half)  # a write a kill cut off
-  resumed = stages.run(config.copy_and_resolve_references(), str(tmp_path / "broken"))
+  resumes_as_the_whole_run(tmp_path, config, whole)
   assert "12 is unreadable" in caplog.text and "half-written checkpoint" in caplog.text
   assert os.path.isdir(tmp_path / "broken" / "checkpoints" / "12.unreadable") and not half.exists()
-  assert read_metrics(tmp_path / "broken") == read_metrics(tmp_path / "whole")
-  assert resumed["eval/loss"] == whole["eval/loss"]
 
 
 def test_bytes_damaged_on_disk_fail_their_checksum_and_the_run_resumes_from_the_step_before(tmp_path, caplog):
   # Issue 39: 4 KiB of random bytes in the newest checkpoint's largest file restored silently
   # (weights up to 3e38), and training then diverged.
-  config = shrink(pretrain.get_config("tiny"), steps=12)
-  config.train.update(dict(checkpoint_every=6, eval_every=12, log_every=1))
-  whole = stages.run(config.copy_and_resolve_references(), str(tmp_path / "whole"))
-  shutil.copytree(tmp_path / "whole", tmp_path / "broken")
-  os.remove(tmp_path / "broken" / "summary.json")  # as if killed after its last checkpoint
+  config, whole = whole_and_killed_copy(tmp_path, checkpoint_every=6)
   # Bytes that still decode, as damage inside an array's data does (random bytes elsewhere
   # break the file's structure, which the restore reports by itself): step 6's params in step 12.
   damaged = tmp_path / "broken" / "checkpoints" / "12" / "params"
   shutil.rmtree(damaged)
   shutil.copytree(tmp_path / "whole" / "checkpoints" / "6" / "params", damaged)
-  resumed = stages.run(config.copy_and_resolve_references(), str(tmp_path / "broken"))
+  resumes_as_the_whole_run(tmp_path, config, whole)
   assert re.search(r"checkpoint \S+/12 is unreadable, so it is set aside as 12.unreadable \(checksum mismatch "
                    r"in params/.*; trying step 6", caplog.text), caplog.text[-2000:]
   assert os.path.isdir(tmp_path / "broken" / "checkpoints" / "12.unreadable")
-  assert read_metrics(tmp_path / "broken") == read_metrics(tmp_path / "whole")
-  assert resumed["eval/loss"] == whole["eval/loss"]
 
 
 def test_a_resume_that_changes_the_run_is_refused_and_one_that_changes_logging_is_not(tmp_path, caplog):

@@ -72,8 +72,7 @@ class Loop:
       self._stop_if_nonfinite(previous, state, t.num_steps, True, log)
       if start == t.num_steps:  # killed after the last checkpoint but before the summary: the
         eval_metrics = self._evaluate(state, start, None, saved=True)  # eval was logged before the checkpoint
-    except RunFailed as e:
-      self.checkpointer.wait()
+    except RunFailed as e:  # its checkpoint is already written (`_checkpoint` waits for it)
       self.run_dir.write_status("failed", cause=str(e))
       raise
     finally:

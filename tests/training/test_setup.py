@@ -9,10 +9,13 @@ to find would keep its fresh init and show here.
 import os
 
 import flax
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rlhf_jax import stages
+from rlhf_jax.models.sampling import SamplingParams
 from tests.conftest import final_params, make_tiny_sft, start_of
 
 
@@ -64,9 +67,6 @@ def check_eval_kl_once_the_policy_moved(loop, state, config):
   """Issue 38: the KL was checked only at step 0, where any KL is 0, so one measured against the
   wrong params passed. Here the policy is moved off the reference and eval/kl is recomputed
   from the evaluation's own samples with plain forward passes."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from rlhf_jax.models.sampling import SamplingParams  # pylint: disable=g-import-not-at-top
   leaves, tree = jax.tree.flatten(state.policy)
   keys = jax.random.split(jax.random.key(0), len(leaves))
   state = state.replace(policy=jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape, x.dtype)
