@@ -34,9 +34,8 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self.items = tuple(items)
     self.read_only = read_only
-    if read_only:
-      options = ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False, read_only=True,
-                                             save_root_metadata=False)
+    if read_only:  # (orbax's own read_only option warns twice per restore, on every stage's terminal)
+      options = ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False, save_root_metadata=False)
     else:
       warn_half_written(self.directory)
       # A kill mid-write leaves STEP.orbax-checkpoint-tmp behind: orbax then removes it, so
