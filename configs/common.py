@@ -54,6 +54,9 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
   c.stage = stage
   c.seed = 0
   c.init_from = ""  # a finished run's workdir to start from; "" = random init (or the upstream stage)
+  # Files (PATH.py) or modules imported before the run's checks, registering their own methods
+  # (rlhf_jax/plugins.py, docs/extending.md): --config.plugins="('my_methods.py',)".
+  c.plugins = ()
   c.model = model_config(preset)
   # A 1024-piece BPE on the embedded corpus gives ~44 tokens per review (bytes: ~167), so every
   # stage of the tiny pipeline runs on sequences ~4x shorter; it trains in memory in ~0.2 s.
@@ -121,7 +124,7 @@ def lora_config() -> ml_collections.ConfigDict:
   DPO reference is the base with the adapters off. Checkpoints hold the adapters and heads.
   A later stage starts from the merged weights, or with continue_adapters from the adapters.
   alpha 64 (scale 8 at rank 8): at the tiny RL preset's lr, alpha 16 moved gold 0.128 -> 0.286
-  in 20 PPO iterations, alpha 64 to 0.608 (full fine-tuning: README's LoRA section).
+  in 20 PPO iterations, alpha 64 to 0.608 (full fine-tuning: docs/huggingface_and_lora.md).
   """
   return ml_collections.ConfigDict(dict(rank=0, alpha=64.0, targets=LORA_TARGETS, continue_adapters=False))
 

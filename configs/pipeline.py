@@ -25,6 +25,7 @@ def get_config(preset: str = "tiny"):
   c.stage = "pipeline"
   c.stages = ("pretrain", "sft", "reward", "rl")
   c.distributed = common.distributed_config()  # the whole pipeline is one multi-host job
+  c.plugins = ()  # rlhf_jax/plugins.py: imported for every stage (a stage's own plugins too)
   c.log = common.base_config("pretrain", preset).log  # W&B for every stage (a stage's own log wins)
   c.pretrain = pretrain.get_config(preset)
   c.sft = sft.get_config(preset)

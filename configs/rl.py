@@ -12,7 +12,8 @@ prompt), grpo (group-normalised), remax (greedy-response baseline), dr_grpo, dap
 and reinforce_pp (REINFORCE++); all share sampling, scoring, the KL penalty, evaluation and
 metrics. An algorithm is an advantage estimator, a policy loss and a loss aggregation, each
 also its own switch (`rl.advantage`, `rl.policy_loss`, `rl.loss_aggregation`); `rl` fields
-left unset (None, or 0 / "") take the algorithm's preset. `data.batch_size` counts responses
+left unset (None) take the algorithm's preset, and a value set, 0 and False included, wins.
+The run directory's plan.json says what each field resolved to and where it came from. `data.batch_size` counts responses
 per iteration, so every algorithm samples as many: k = 4 means batch_size / 4 prompts.
 
 With `init_from`/`reward_from` empty, the upstream stages (pretrain -> SFT -> reward model)
@@ -42,8 +43,8 @@ def get_config(preset: str = "tiny"):
   # Initial (or fixed) beta of the per-token KL penalty. Measured on tiny: 0.2 with PPO at
   # lr 1.5e-5 gives gold 0.785 (SFT 0.128) at KL 1.24 with fluent text. (On the earlier
   # byte-level model, beta 0.05 with lr 3e-5 reached KL 34 with degenerate text.) The
-  # critic-free methods, one update per batch, want lr ~1e-4 here (README's showcase).
-  c.kl_coef = 0.2
+  # critic-free methods, one update per batch, want lr ~1e-4 here (docs/experiments.md's showcase).
+  c.kl_coef = ml_collections.config_dict.placeholder(float)  # None: the algorithm's (0 for DAPO), else 0.2
   c.eval_prompts = 64
   # A verifiable task's evaluation also samples k >= 2 responses per prompt: pass@k, mean@k, maj@k.
   c.eval = ml_collections.ConfigDict(dict(k=0))
@@ -60,9 +61,9 @@ def get_config(preset: str = "tiny"):
   unset = lambda kind: ml_collections.config_dict.placeholder(kind)  # None: the algorithm's (presets.py)
   c.rl = ml_collections.ConfigDict(dict(
       # The algorithm's parts: names in algorithms/advantages.py, policy_losses.py, aggregation.py.
-      advantage="", policy_loss="", loss_aggregation="",
-      loss_reduction="",  # the earlier name of loss_aggregation (token, sequence, sequence_mean)
-      samples_per_prompt=0, epochs=0, minibatches=0 if small else 4, accum_steps=1,
+      advantage=unset(str), policy_loss=unset(str), loss_aggregation=unset(str),
+      loss_reduction=unset(str),  # the earlier name of loss_aggregation (token, sequence, sequence_mean)
+      samples_per_prompt=unset(int), epochs=unset(int), minibatches=unset(int) if small else 4, accum_steps=1,
       # The clip range [1 - clip_eps, 1 + clip_eps_high] (clip_eps_high unset: symmetric).
       clip_eps=unset(float), clip_eps_high=unset(float), dual_clip=3.0,
       value_clip=0.2, vf_coef=0.1, ent_coef=0.0, gamma=1.0, lam=0.95, baseline_decay=0.9,

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 from ml_collections import config_flags
 
-from rlhf_jax import sharding, stage_names
-from rlhf_jax.algorithms import presets
+from rlhf_jax import rl_plan, sharding, stage_names
+from rlhf_jax.stage_specs import STAGES
 from rlhf_jax.errors import UserError
 from rlhf_jax.models import lora
 from rlhf_jax.models.config import ModelConfig, padded_vocab
@@ -101,50 +101,13 @@ def abstract_params(model_cfg: ModelConfig):
   return param_shapes(Transformer(model_cfg))
 
 
-def stage_models(cfg, model_cfg: ModelConfig):
-  """(trainable, frozen): role -> (ModelConfig, optimizer config) / ModelConfig, as the trainers hold them."""
-  heads = lambda *names: dataclasses.replace(model_cfg, heads=names)
-  if cfg.stage in ("pretrain", "sft", "reward"):
-    return {"reward model" if cfg.stage == "reward" else "model": (model_cfg, cfg.optim)}, {}
-  if cfg.stage == "dpo":
-    return {"policy": (model_cfg, cfg.optim)}, {"reference": model_cfg, "reward scorer": heads("reward")}
-  needs_critic = presets.needs_critic(presets.resolve(cfg.algo, dict(cfg.rl))["advantage"])
-  critic = needs_critic and cfg.critic != "shared"
-  policy = heads("value") if needs_critic and not critic else model_cfg
-  trainable = {"policy": (policy, cfg.optim), **({"critic": (heads("value"), cfg.value_optim)} if critic else {})}
-  scorer = {"reward model": heads("reward")} if "model" in tuple(cfg.reward.fns) else {}
-  return trainable, {"reference": policy, **scorer}
-
-
-def train_batch(cfg):
+def train_batch(cfg, rl: rl_plan.RLPlan | None):
   """(rows per micro-step, sequence length, gradient accumulation steps) of the training step."""
-  if cfg.stage == "rl":
-    accum, minibatches = cfg.rl.accum_steps, presets.resolve(cfg.algo, dict(cfg.rl))["minibatches"]
+  if rl is not None:
+    accum, minibatches = rl.fields["accum_steps"], rl.fields["minibatches"]
     return cfg.data.batch_size // minibatches // accum, cfg.max_prompt_len + cfg.sample.max_new_tokens, accum
-  pairs = 2 if cfg.stage in ("reward", "dpo") else 1  # chosen and rejected in one forward pass
+  pairs = 2 if STAGES[cfg.stage].pairs else 1  # chosen and rejected in one forward pass
   return pairs * cfg.data.batch_size // cfg.optim.accum_steps, cfg.data.seq_len, cfg.optim.accum_steps
-
-
-def sampled_batch(cfg, model_cfg: ModelConfig):
-  """(rows, prompt + new tokens) of the largest batch the stage samples (what fills the KV cache).
-
-  pretrain/SFT: eval samples of `sample.num_prompts` prompts cut to fit min(seq_len, max_len);
-  reward: pair generation, 2 x `preference.gen_batch` rows within `seq_len`; RL: the
-  rollout's `data.batch_size` responses and k for each extra prompt `rl.oversample` draws (or
-  eval's `eval_prompts`); DPO: eval's `eval_prompts`.
-  """
-  if cfg.stage == "reward":
-    new = cfg.preference.max_new_tokens
-    return 2 * cfg.preference.gen_batch, max(1, cfg.data.seq_len - new) + new
-  if cfg.stage in ("rl", "dpo"):
-    if cfg.stage == "rl":
-      rl = presets.resolve(cfg.algo, dict(cfg.rl))
-      rows = max(cfg.data.batch_size + rl.get("oversample", 0) * rl["samples_per_prompt"], cfg.eval_prompts)
-    else:
-      rows = cfg.eval_prompts
-    return rows, cfg.max_prompt_len + cfg.sample.max_new_tokens
-  new = cfg.sample.max_new_tokens
-  return cfg.sample.num_prompts, max(1, min(cfg.data.seq_len, model_cfg.max_len) - new) + new
 
 
 def kv_cache_bytes(model_cfg: ModelConfig, rows: int, length: int, rules, mesh_shape: dict) -> int:
@@ -198,18 +161,21 @@ def frozen_bytes(model_cfg: ModelConfig, trainable: dict, frozen: dict, size) ->
           " + ".join([name, *others]))
 
 
-def plan(cfg, model_cfg: ModelConfig, mesh_shape: dict) -> MemoryPlan:
-  """The stage's bytes per device on a mesh of these sizes ("data", "fsdp", "tensor")."""
-  rules, trainable, frozen = sharding.rules_of(cfg), *stage_models(cfg, model_cfg)
+def plan(cfg, model_cfg: ModelConfig, mesh_shape: dict, rl: rl_plan.RLPlan | None = None) -> MemoryPlan:
+  """The stage's bytes per device on a mesh of these sizes ("data", "fsdp", "tensor"); `rl` the
+  RL stage's resolved plan (resolved here if not given)."""
+  stage = STAGES[cfg.stage]
+  rl = stage.plan(cfg) if rl is None else rl
+  rules, (trainable, frozen) = sharding.rules_of(cfg), stage.models(cfg, model_cfg, rl)
   size = lambda tree: tree_bytes(tree, rules, mesh_shape)
   seeds = cfg.get("vmap_seeds", 1)  # the RL stage's vmapped seeds: per-seed state, rollouts and updates
   params, opt = (seeds * n for n in state_bytes(cfg, trainable, size))
-  rows, seq, accum = train_batch(cfg)
+  rows, seq, accum = train_batch(cfg, rl)
   b = -(-rows // logical_size("batch", rules, mesh_shape))
   acts = seeds * sum(activation_bytes(m, b, seq, rules, mesh_shape, logits=role in ("model", "policy"))
                      for role, (m, _) in trainable.items())
-  sampled, length = sampled_batch(cfg, model_cfg)
-  sampled *= seeds if cfg.stage == "rl" else 1
+  sampled, length = stage.sampled(cfg, model_cfg, rl)
+  sampled *= seeds
   names = " + ".join(trainable) + (f" LoRA r={model_cfg.lora_rank} adapters + heads" if model_cfg.lora_rank else "")
   names += f" (x{seeds} seeds)" if seeds > 1 else ""
   frozen_total, frozen_names = frozen_bytes(model_cfg, trainable, frozen, size)
@@ -254,11 +220,11 @@ def check_divisible(model_cfg: ModelConfig, rules, mesh_shape: dict) -> None:
                         f"{axes} of {mesh_size(axes, mesh_shape)} devices; change config.mesh")
 
 
-def check(cfg, model_cfg: ModelConfig, mesh) -> MemoryPlan:
+def check(cfg, model_cfg: ModelConfig, mesh, rl: rl_plan.RLPlan | None = None) -> MemoryPlan:
   """Logs the plan on `mesh` (a jax Mesh); raises UserError if a parameter does not split
   evenly over it or the plan exceeds the device's memory."""
   check_divisible(model_cfg, sharding.rules_of(cfg), dict(mesh.shape))
-  memory_plan = plan(cfg, model_cfg, dict(mesh.shape))
+  memory_plan = plan(cfg, model_cfg, dict(mesh.shape), rl)
   logging.info("%s", memory_plan.table())
   problem = verdict(memory_plan, device_bytes(cfg))
   if problem:

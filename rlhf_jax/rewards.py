@@ -30,6 +30,7 @@ from typing import Callable
 from absl import logging
 import numpy as np
 
+from rlhf_jax import registry
 from rlhf_jax.errors import HostStepError, UserError
 
 MODEL = "model"
@@ -63,7 +64,15 @@ def gsm8k(prompts, completions, answer, **unused) -> list:
 
 
 BUILTINS = {"exact_match": exact_match, "gsm8k": gsm8k}
-CHECKERS = ("exact_match", "gsm8k")  # 0/1 verdicts: their mean is an accuracy
+CHECKERS = ["exact_match", "gsm8k"]  # 0/1 verdicts: their mean is an accuracy
+
+
+def register(name: str, fn: Callable, *, checker: bool = False) -> None:
+  """Adds a reward function by name (`reward.fns=(NAME,)`), called as TRL calls reward
+  functions; `checker`: its 0/1 verdicts' mean is evaluation's accuracy."""
+  registry.add(BUILTINS, "reward function", name, fn)
+  if checker and name not in CHECKERS:
+    CHECKERS.append(name)
 
 
 def load_function(spec: str) -> Callable:

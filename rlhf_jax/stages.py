@@ -11,30 +11,19 @@ import os
 
 from absl import logging
 
-from rlhf_jax import field_ranges, report, run_lock
-from rlhf_jax import stage_names
+from rlhf_jax import field_ranges, plugins, report, run_lock, stage_names, stage_specs
 from rlhf_jax.errors import UserError
-from rlhf_jax.training import best_of_n, dpo_trainer, guards, lm_trainer, reward_trainer, rl_trainer
+from rlhf_jax.stage_specs import STAGES
+from rlhf_jax.training import guards
 from rlhf_jax.workdir import RunDir
 
-RUNNERS = {
-    "pretrain": lm_trainer.run,
-    "sft": lm_trainer.run,
-    "reward": reward_trainer.run,
-    "rl": rl_trainer.run,  # every RL algorithm; `ppo`, its earlier name, still works (stage_names)
-    "dpo": dpo_trainer.run,
-    "best_of_n": best_of_n.run,  # no training: n samples of the SFT policy, the proxy's best kept
-}
-# Checks of a stage's fields that need no data, run for every stage before any starts.
-CHECKS = {"rl": rl_trainer.check_config, "dpo": dpo_trainer.check_config}
-# The upstream stages a stage's config does not need (RL with function rewards: the reward stage).
-UNUSED_UPSTREAM = {"rl": rl_trainer.unused_upstream}
-PAIR_STAGES = ("reward", "dpo")  # data.share_prompt: each preference pair's prompt held once
-PACKED_STAGES = ("pretrain", "sft", "reward", "dpo")  # data.pack: several sequences per row (data/batches.py)
+PAIR_STAGES = stage_specs.with_trait("pairs")  # data.share_prompt: each preference pair's prompt held once
+PACKED_STAGES = stage_specs.with_trait("packs")  # data.pack: several sequences per row (data/batches.py)
 
 
 def run(config, workdir: str) -> dict:
   stage_names.normalise(config)
+  plugins.load(plugins.of(config))  # before the checks: they look names up in the registries
   check_all(config)
   if config.stage == "pipeline":
     return run_pipeline(config, workdir)
@@ -48,8 +37,8 @@ def check_all(config) -> None:
     stage_config = pending.pop()
     field_ranges.check_ranges(stage_config)
     check_train_fields(stage_config)
-    if stage_config.stage in CHECKS:
-      CHECKS[stage_config.stage](stage_config)
+    if stage_config.stage in STAGES:
+      STAGES[stage_config.stage].check_config(stage_config)
     pending.extend((stage_config.get("upstream") or {}).values())
 
 
@@ -67,8 +56,8 @@ def check_train_fields(config) -> None:
 
 
 def run_stage(config, workdir: str, upstream_root: str) -> dict:
-  if config.stage not in RUNNERS:
-    raise UserError(f"config.stage={config.stage!r}: choose one of {sorted(RUNNERS)} or pipeline")
+  if config.stage not in STAGES:
+    raise UserError(f"config.stage={config.stage!r}: choose one of {sorted(STAGES)} or pipeline")
   if RunDir(workdir).finished:
     logging.info("%s already finished; not redone", workdir)
     return RunDir(workdir).read_json("summary.json")
@@ -83,7 +72,7 @@ def run_stage(config, workdir: str, upstream_root: str) -> dict:
     if run_dir.finished:  # by another process, since the check above
       return run_dir.read_json("summary.json")
     refuse_failed(run_dir, config)
-    summary = RUNNERS[config.stage](config, workdir)
+    summary = STAGES[config.stage].run(config, workdir)
     run_dir.write_status("finished", summary.get("step"))
   draw_report([(os.path.basename(workdir.rstrip(os.sep)), config.stage, workdir)], workdir)
   return summary
@@ -117,7 +106,7 @@ def draw_report(sections: list, workdir: str) -> str | None:
 def needed_upstream(config) -> dict:
   """`config.upstream` without the stages it does not use, whose own upstream stages (which
   the stages after them may need) take their place."""
-  unused = UNUSED_UPSTREAM.get(config.stage, lambda _: set())(config)
+  unused = STAGES[config.stage].unused_upstream(config) if config.stage in STAGES else set()
   needed = {}
   for name, stage_config in (config.get("upstream") or {}).items():
     needed.update(needed_upstream(stage_config) if name in unused else {name: stage_config})
@@ -165,12 +154,6 @@ def run_stages(config, workdir: str) -> dict:
   print(closing_table(summary, workdir, config, picture))
   return summary
 
-
-HEADLINES = {"pretrain": ("eval/loss",), "sft": ("eval/loss",), "reward": ("eval/accuracy", "eval/gold_correlation"),
-             "rl": ("eval/ref_gold_reward", "eval/gold_reward", "eval/ref_accuracy", "eval/accuracy", "eval/kl"),
-             "dpo": ("eval/ref_gold_reward", "eval/gold_reward", "eval/kl")}
-
-
 def closing_table(summary: dict, workdir: str, config, picture: str | None = None) -> str:
   """The pipeline's closing table (by section, each with its stage's headline metrics), the
   last policy-vs-SFT section's gain and last samples beside the SFT policy's, and where the
@@ -178,15 +161,15 @@ def closing_table(summary: dict, workdir: str, config, picture: str | None = Non
   lines = [f"{'stage':<10}{'metric':<26}value"]
   compared = None
   for name, metrics in summary.items():
-    stage = config[name].stage
-    for key in HEADLINES.get(stage, ()):
+    stage = STAGES.get(config[name].stage)
+    for key in stage.headlines if stage else ():
       if key in metrics:
         lines.append(f"{name:<10}{key:<26}{metrics[key]:.4g}")
-    if stage in ("rl", "dpo") and "eval/kl" in metrics:
+    if stage and stage.compares_policy and "eval/kl" in metrics:
       compared = name
   if compared:
     metrics, section = summary[compared], config[compared]
-    label = section.algo if section.stage == "rl" else "dpo"
+    label = section.get("algo") or section.stage
     measure, by = ("gold_reward", "by the gold judge") if "eval/gold_reward" in metrics else ("accuracy", "in accuracy")
     if f"eval/{measure}" in metrics:
       gain = metrics[f"eval/{measure}"] - metrics[f"eval/ref_{measure}"]

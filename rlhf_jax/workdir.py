@@ -74,6 +74,10 @@ class RunDir:
     new = json.loads(config.to_json_best_effort())
     if os.path.isfile(self.file("config.json")):
       old = self.read_json("config.json")
+      for field in LEGACY_UNSET:  # the same setting, written as it was before None meant unset
+        section, _, name = field.partition(".")
+        if old.get(section, {}).get(name) in (0, "") and new.get(section, {}).get(name, 1) is None:
+          old[section][name] = None
       changed = sorted(_diff(old, new))
       # A field the run's config lacked is one a later version of the code added: not refused.
       refused = [field for field in changed if changes_the_run(field) and _has(old, field)]
@@ -91,6 +95,9 @@ class RunDir:
 RUN_DEFINING = ("algo", "critic", "seed", "init_from", "reward_from", "model.", "tokenizer.", "data.",
                 "lora.", "reward.fns", "reward.weights", "rl.advantage", "rl.policy_loss", "rl.loss_aggregation",
                 "rl.samples_per_prompt", "rl.off_policy_steps", "preference.")
+# What runs before None meant "unset" wrote as "" or 0 (the algorithm's preset).
+LEGACY_UNSET = ("rl.advantage", "rl.policy_loss", "rl.loss_aggregation", "rl.loss_reduction",
+                "rl.samples_per_prompt", "rl.epochs", "rl.minibatches")
 COMPUTE_SETTINGS = ("model.dtype", "model.remat", "model.attention", "model.logits_chunk", "data.tfds_data_dir")
 
 

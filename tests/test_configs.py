@@ -3,7 +3,7 @@
 import pytest
 
 from configs import common, dpo, pipeline, ppo, pretrain, reward, rl, sft
-from rlhf_jax import stages
+from rlhf_jax import stage_specs, stages
 from rlhf_jax.models.config import ModelConfig
 
 PRESETS = tuple(common.MODELS)
@@ -13,7 +13,7 @@ PRESETS = tuple(common.MODELS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_configs_load_and_pass_the_stage_checks(module, preset):
   config = module.get_config(preset)
-  assert config.stage in ("pipeline", *stages.RUNNERS)
+  assert config.stage in ("pipeline", *stage_specs.STAGES)
   stages.check_all(config)  # every algo/critic/batch field of every stage it would run
 
 

@@ -1,7 +1,7 @@
 """The RL stage's earlier name, `ppo`, still works wherever users typed it."""
 
 from configs import pipeline, ppo, rl
-from rlhf_jax import stage_names, stages
+from rlhf_jax import stage_names, stage_specs, stages
 
 
 def test_old_stage_configs_and_their_upstream_run_as_the_rl_stage():
@@ -9,7 +9,7 @@ def test_old_stage_configs_and_their_upstream_run_as_the_rl_stage():
   config.stage = "ppo"  # a config file written when the stage was `ppo`
   config.upstream.reward.stage = "reward"
   stage_names.normalise(config)
-  assert config.stage == "rl" and config.stage in stages.RUNNERS and config.upstream.reward.stage == "reward"
+  assert config.stage == "rl" and config.stage in stage_specs.STAGES and config.upstream.reward.stage == "reward"
   stages.check_all(config)
   assert ppo.get_config("tiny").stage == "rl" and ppo.get_config("tiny").algo == "ppo"
 

@@ -23,6 +23,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax import registry
 from rlhf_jax.algorithms import gae as gae_lib
 from rlhf_jax.algorithms import ppo, reinforce
 from rlhf_jax.algorithms.masked import last_token
@@ -115,3 +116,9 @@ ADVANTAGES: dict[str, Estimator] = {
     "reinforce_pp": Estimator(reinforce_pp),
     "reinforce_pp_baseline": Estimator(reinforce_pp_baseline, min_group_size=2),
 }
+
+
+def register(name: str, fn: Callable, *, needs_critic: bool = False, needs_greedy: bool = False,
+             min_group_size: int = 1) -> None:
+  """Adds an estimator `fn(AdvantageInputs, AdvantageParams) -> Advantages` (a plugin's, say)."""
+  registry.add(ADVANTAGES, "advantage estimator", name, Estimator(fn, needs_critic, needs_greedy, min_group_size))

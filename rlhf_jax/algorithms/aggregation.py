@@ -23,6 +23,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax import registry
+
 
 def token_mean(mask: jax.Array, max_len: int) -> jax.Array:
   del max_len
@@ -49,6 +51,13 @@ LOSS_AGGREGATIONS: dict[str, Callable] = {
     "seq_mean_token_sum": seq_mean_token_sum,
     "constant": constant,
 }
+
+
+def register(name: str, fn: Callable) -> None:
+  """Adds an aggregation `fn(mask [n, t], max_len) -> per-token weights [n, t]` (a plugin's, say)."""
+  registry.add(LOSS_AGGREGATIONS, "loss aggregation", name, fn)
+
+
 # Names of earlier versions (`rl.loss_reduction`), still accepted.
 ALIASES = {"token": "token_mean", "sequence_mean": "seq_mean_token_mean", "sequence": "seq_mean_token_sum"}
 

@@ -24,6 +24,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax import registry
+
 
 class PreferenceInputs(NamedTuple):
   policy_chosen: jax.Array
@@ -98,6 +100,11 @@ PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
     "hinge": PreferenceLoss(hinge),
     "simpo": PreferenceLoss(simpo, needs_reference=False),
 }
+
+
+def register(name: str, fn: Callable, *, needs_reference: bool = True) -> None:
+  """Adds a preference loss `fn(PreferenceInputs, PreferenceParams) -> per-pair losses [batch]`."""
+  registry.add(PREFERENCE_LOSSES, "preference loss", name, PreferenceLoss(fn, needs_reference))
 
 
 def preference_losses(x: PreferenceInputs, kind: str, hp: PreferenceParams) -> jax.Array:

@@ -6,22 +6,8 @@ tokens, 0 on the prompt), so the prompt never contributes to the loss or its gra
 
 import jax
 import jax.numpy as jnp
-import optax
 
-
-def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """log p(targets | logits) at each position, in float32, shape targets.shape: the project's
-  one log-prob (sampler, rollout, RL, DPO and SFT losses, evaluation)."""
-  return -optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-
-
-def first_argmax(x: jax.Array) -> jax.Array:
-  """jnp.argmax over the last axis (the first index of the maximum) as two plain reductions: a
-  CPU runs XLA's (value, index) reduction an element at a time; fused with the Gumbel noise it
-  was half of a decode step's sampling time (models/sampling.py: the sampler workload 1.14x
-  faster on two CPU devices, median of 4 alternating rounds, 1.02-1.25x)."""
-  top = jnp.max(x, axis=-1, keepdims=True)
-  return jnp.min(jnp.where(x == top, jnp.arange(x.shape[-1]), x.shape[-1] - 1), axis=-1)
+from rlhf_jax.models.logits import first_argmax, token_logprobs
 
 
 def next_token_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array, normalizer=None):

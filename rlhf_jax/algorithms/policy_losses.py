@@ -28,6 +28,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax import registry
+
 from rlhf_jax.algorithms.masked import masked_sum
 from rlhf_jax.algorithms.ppo import clipped_objective
 
@@ -98,6 +100,12 @@ def cispo(logprobs, old_logprobs, advantages, mask, hp: PolicyLossParams):
 
 
 POLICY_LOSSES: dict[str, Callable] = {"clip": clip, "dual_clip": dual_clip, "gspo": gspo, "cispo": cispo}
+
+
+def register(name: str, fn: Callable) -> None:
+  """Adds a policy loss `fn(logprobs, old_logprobs, advantages, mask, hp) -> (per-token loss,
+  {"ratio", "clipped"})` (a plugin's, say)."""
+  registry.add(POLICY_LOSSES, "policy loss", name, fn)
 
 
 def surrogate_loss(name: str, logprobs, old_logprobs, advantages, weights, metric_weights, hp: PolicyLossParams):

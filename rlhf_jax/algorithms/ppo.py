@@ -56,17 +56,6 @@ def clipped_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Ar
   return loss, {"value_clip_fraction": clip_fraction, "value_loss": loss}
 
 
-def entropy_from_logits(logits: jax.Array) -> jax.Array:
-  """H = -sum_v p_v log p_v over the last axis, [batch, time, vocab] -> [batch, time].
-
-  Via log_softmax, so large logits do not overflow; tokens with p = 0 (logit -inf, e.g. filtered by
-  top-k) contribute 0 rather than 0 * -inf = nan, in the value and in the gradient.
-  """
-  logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
-  p = jnp.exp(logp)
-  return -jnp.sum(p * jnp.where(p > 0, logp, 0.0), axis=-1)
-
-
 def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -> jax.Array:
   """1 - Var[R - V] / Var[R] over the masked entries: 1 for a perfect critic, 0 for a constant one.
 

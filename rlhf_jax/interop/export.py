@@ -19,6 +19,7 @@ from rlhf_jax import sharding, stage_names
 from rlhf_jax.data.tokenizers import load_tokenizer
 from rlhf_jax.errors import UserError
 from rlhf_jax.interop.hf_export import MAX_SHARD_BYTES, export
+from rlhf_jax.stage_specs import STAGES
 from rlhf_jax.training import setup
 from rlhf_jax.workdir import RunDir
 
@@ -28,8 +29,7 @@ flags.DEFINE_string("out", None, "The Hugging Face directory to write.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "dtype of the written weights.")
 flags.DEFINE_float("max_shard_gb", MAX_SHARD_BYTES / 2**30, "Largest safetensors file, in GiB.")
 
-# The checkpoint item holding the exported params, by stage.
-ITEMS = {"pretrain": "params", "sft": "params", "reward": "params", "rl": "policy", "dpo": "policy"}
+EXPORTED = tuple(name for name, stage in STAGES.items() if stage.export_item)
 
 
 def restore_params(run: RunDir, item: str):
@@ -46,12 +46,12 @@ def export_run(run_path: str, out: str, dtype: str = "float32", max_shard_bytes:
     raise UserError(f"--run={run_path}: not a finished run (no summary.json there)")
   config = run.read_json("config.json")
   stage = stage_names.canonical(config.get("stage"))
-  if stage not in ITEMS:
-    raise UserError(f"--run={run_path}: a {stage!r} run; export takes one of {', '.join(ITEMS)}")
+  if stage not in EXPORTED:
+    raise UserError(f"--run={run_path}: a {stage!r} run; export takes one of {', '.join(EXPORTED)}")
   if config.get("vmap_seeds", 1) > 1:
     raise UserError(f"--run={run_path} trained {config['vmap_seeds']} seeds at once: export a seed's run instead")
   model_cfg = setup.frozen_model_config(run)  # the adapters merged
-  params = restore_params(run, ITEMS[stage])
+  params = restore_params(run, STAGES[stage].export_item)
   extra = None
   if stage == "reward":
     summary = run.read_json("summary.json")

@@ -11,7 +11,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.algorithms.lm import first_argmax, token_logprobs
+from rlhf_jax.models.logits import first_argmax, token_logprobs
 from rlhf_jax.models.transformer import KVCache, Transformer
 
 # Steps between two checks that every row is done. The check is a reduction over the devices

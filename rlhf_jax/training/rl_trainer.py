@@ -20,8 +20,8 @@ import functools
 import jax
 import optax
 
-from rlhf_jax import flops, memory, rewards, sharding
-from rlhf_jax.algorithms import aggregation, presets
+from rlhf_jax import flops, memory, rewards, rl_plan, sharding
+from rlhf_jax.algorithms import aggregation
 from rlhf_jax.algorithms.advantages import ADVANTAGES
 from rlhf_jax.algorithms.importance import IS_CORRECTIONS
 from rlhf_jax.algorithms.policy_losses import POLICY_LOSSES
@@ -40,10 +40,10 @@ from rlhf_jax.training.optim import make_optimizer
 from rlhf_jax.training.policy_eval import PolicyEvaluator
 from rlhf_jax.training.rl_state import policy_params
 from rlhf_jax.training.rl_steps import RLConfig, reuses_scoring_pass, rl_iteration
-from rlhf_jax.workdir import RunDir
 
 RL_ITEMS = ("policy", "policy_opt", "value", "value_opt", "kl", "baseline", "rng", "pending")
-CRITICS = ("auto", "reward", "sft", "shared")
+from rlhf_jax.workdir import RunDir
+
 # The registries whose member each `rl.*` part names.
 PARTS = {"advantage": ADVANTAGES, "policy_loss": POLICY_LOSSES, "loss_aggregation": aggregation.LOSS_AGGREGATIONS}
 
@@ -55,35 +55,30 @@ class Models:
   scorer: Transformer | None  # the reward model, if it is a reward component
 
 
-def rl_fields(cfg) -> dict:
-  """`cfg.rl` with what it leaves unset taken from the algorithm's preset."""
-  return presets.resolve(cfg.algo, dict(cfg.rl))
-
-
 def check_config(cfg) -> None:
-  """The RL fields that need no data, checked before any stage runs."""
-  if cfg.algo not in presets.ALGORITHMS:
-    raise UserError(f"algo={cfg.algo!r}: choose one of {', '.join(presets.ALGORITHMS)}")
-  if cfg.critic not in CRITICS:
-    raise UserError(f"critic={cfg.critic!r}: choose one of {', '.join(CRITICS)}")
-  rl = rl_fields(cfg)
+  """The RL fields that need no data, checked before any stage runs (on the resolved plan)."""
+  plan = rl_plan.resolve(cfg)
+  rl = plan.fields
   for part, registry in PARTS.items():
     if rl[part] not in registry:
       raise UserError(f"rl.{part}={rl[part]!r}: choose one of {', '.join(registry)}")
   k, estimator = rl["samples_per_prompt"], ADVANTAGES[rl["advantage"]]
-  if k < estimator.min_group_size or (rl["dynamic_sampling"] and k < 2):
+  if k < 1 or k < estimator.min_group_size or (rl["dynamic_sampling"] and k < 2):
     raise UserError(f"algo={cfg.algo} (rl.advantage={rl['advantage']}) compares samples of one prompt: "
-                    "rl.samples_per_prompt must be >= 2")
+                    "rl.samples_per_prompt must be >= 2" if k >= 1 else
+                    f"rl.samples_per_prompt={k}: each prompt needs >= 1 response")
+  for name in ("epochs", "minibatches"):
+    if rl[name] < 1:
+      raise UserError(f"rl.{name}={rl[name]} must be >= 1 (None takes algo={cfg.algo}'s)")
   if rl["oversample"] < 0 or (rl["oversample"] and not rl["dynamic_sampling"]):
     raise UserError(f"rl.oversample={rl['oversample']}: extra prompts (>= 0) refill what dynamic sampling "
                     "leaves out; it needs rl.dynamic_sampling=True (algo=dapo sets it)")
   if cfg.vmap_seeds < 1:
     raise UserError(f"vmap_seeds={cfg.vmap_seeds} must be >= 1")
-  plan = rewards.plan(cfg.reward)
-  check_off_policy(cfg, rl, plan)
-  if plan.host and cfg.vmap_seeds > 1:
+  check_off_policy(cfg, plan)
+  if plan.rewards.host and cfg.vmap_seeds > 1:
     raise UserError("vmap_seeds > 1 with host reward functions is not supported: run the seeds as separate runs")
-  if critic_source(cfg) == "reward" and plan.model_weight is None:
+  if plan.critic == "reward" and not plan.uses_reward_model:
     raise UserError("critic=reward starts the critic from the reward model, which reward.fns does not use: "
                     "set critic=sft (or auto)")
   per_update = rl["minibatches"] * rl["accum_steps"]
@@ -92,8 +87,9 @@ def check_config(cfg) -> None:
                     f"rl.samples_per_prompt = {k} and of rl.minibatches x rl.accum_steps = {per_update}")
 
 
-def check_off_policy(cfg, rl: dict, plan) -> None:
-  k, devices = rl["off_policy_steps"], cfg.rollout.devices
+def check_off_policy(cfg, plan: rl_plan.RLPlan) -> None:
+  rl, devices = plan.fields, cfg.rollout.devices
+  k = rl["off_policy_steps"]
   if not isinstance(k, int) or k < 0:
     raise UserError(f"rl.off_policy_steps={k!r}: an integer >= 0 (0: synchronous)")
   if rl["is_correction"] not in IS_CORRECTIONS:
@@ -103,56 +99,36 @@ def check_off_policy(cfg, rl: dict, plan) -> None:
   if devices < 0 or (devices and not k):
     raise UserError(f"rollout.devices={devices}: sampling on devices of its own needs rl.off_policy_steps >= 1 "
                     "(the sampler works ahead of the trainer); 0 keeps them colocated")
-  if k and (plan.host or cfg.vmap_seeds > 1):
-    raise UserError("rl.off_policy_steps >= 1 with " + ("host reward functions" if plan.host else "vmap_seeds > 1")
+  if k and (plan.rewards.host or cfg.vmap_seeds > 1):
+    raise UserError("rl.off_policy_steps >= 1 with " + ("host reward functions" if plan.rewards.host else "vmap_seeds > 1")
                     + " is not supported yet: use in-graph rewards and one seed per run, or off_policy_steps=0")
 
 
-def has_critic(cfg) -> bool:
-  """Whether the algorithm's advantage estimator needs a critic's values (its declaration)."""
-  return presets.needs_critic(rl_fields(cfg)["advantage"])
-
-
-def uses_reward_model(cfg) -> bool:
-  return rewards.MODEL in tuple(cfg.reward.fns)
-
-
-def critic_source(cfg) -> str:
-  """"reward", "sft" or "shared": `cfg.critic` with "auto" resolved."""
-  if cfg.critic != "auto":
-    return cfg.critic
-  return "reward" if uses_reward_model(cfg) else "sft"
-
-
-def separate_critic(cfg) -> bool:
-  return has_critic(cfg) and critic_source(cfg) != "shared"
-
-
 def unused_upstream(cfg) -> set:
-  """Upstream stages this config does not need: the reward stage, without the reward model."""
-  return set() if uses_reward_model(cfg) else {"reward"}
+  """Upstream stages this config does not need (the plan's answer)."""
+  return rl_plan.resolve(cfg).unused_upstream
 
 
-def make_models(cfg, policy_cfg: ModelConfig, reward_cfg: ModelConfig | None) -> Models:
+def make_models(plan: rl_plan.RLPlan, policy_cfg: ModelConfig, reward_cfg: ModelConfig | None) -> Models:
   with_value = lambda c: dataclasses.replace(c, heads=("value",))
   scorer = Transformer(reward_cfg) if reward_cfg else None
-  if not has_critic(cfg):
+  if plan.critic is None:
     return Models(Transformer(policy_cfg), None, scorer)
-  if critic_source(cfg) == "shared":
+  if plan.critic == "shared":
     return Models(Transformer(with_value(policy_cfg)), None, scorer)
   critic_cfg = policy_cfg
-  if critic_source(cfg) == "reward":  # the reward model's architecture, adapted as the policy is
+  if plan.critic == "reward":  # the reward model's architecture, adapted as the policy is
     critic_cfg = dataclasses.replace(reward_cfg, **{k: getattr(policy_cfg, k) for k in LORA_FIELDS})
   return Models(Transformer(policy_cfg), Transformer(with_value(critic_cfg)), scorer)
 
 
-def make_optimizers(cfg):
+def make_optimizers(cfg, plan: rl_plan.RLPlan):
   """(policy_tx, value_tx). Shared critic: one optimizer, the value head at the value lr."""
   policy_tx = make_optimizer(cfg.optim, cfg.train.num_steps)
   value_tx = make_optimizer(cfg.value_optim, cfg.train.num_steps)
-  if separate_critic(cfg):
+  if plan.separate_critic:
     return policy_tx, value_tx
-  if not has_critic(cfg):
+  if plan.critic is None:
     return policy_tx, None
   labels = lambda params: {k: "value" if k == "value_head" else "policy" for k in params}
   return optax.multi_transform({"policy": policy_tx, "value": value_tx}, labels), None
@@ -160,24 +136,24 @@ def make_optimizers(cfg):
 
 def run(cfg, workdir: str) -> dict:
   run_dir = RunDir(workdir)
-  plan = rewards.plan(cfg.reward)
+  plan = rl_plan.resolve(cfg)
   sft_run = setup.source_run(cfg)
-  reward_run = frozen.reward_run_of(cfg) if plan.model_weight is not None else None
+  reward_run = frozen.reward_run_of(cfg) if plan.uses_reward_model else None
   if sft_run is None:
     raise UserError("the RL stage starts from an SFT run: set init_from (or keep config.upstream)")
   tokenizer = setup.prepare_tokenizer(cfg, run_dir, sft_run)
   reward_cfg = setup.frozen_model_config(reward_run) if reward_run else None
-  models = make_models(cfg, setup.model_config(cfg, tokenizer, sft_run), reward_cfg)
+  models = make_models(plan, setup.model_config(cfg, tokenizer, sft_run), reward_cfg)
   (mesh, sample_mesh), rules = meshes(cfg), sharding.rules_of(cfg)
-  memory.check(cfg, models.policy.cfg, mesh)
+  memory.check(cfg, models.policy.cfg, mesh, rl=plan)
   prompts = {split: prompt_set(cfg, tokenizer, split) for split in ("train", "eval")}
   seed_cfgs = [with_seed(cfg, cfg.seed + i) for i in range(cfg.vmap_seeds)]
   seed_dirs = [RunDir(run_dir.file(f"seed_{c.seed}")) for c in seed_cfgs] if len(seed_cfgs) > 1 else []
   rl_cfg = rl_config(cfg, tokenizer, plan)
   if sources.is_record_source(cfg.data):  # openings of documents may repeat: only records are checked
     warn_about_prompt_sets(prompts["train"], prompts["eval"], cfg.data.batch_size // rl_cfg.samples_per_prompt)
-  policy_tx, value_tx = make_optimizers(cfg)
-  placed = [initial_state(c, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) for c in seed_cfgs]
+  policy_tx, value_tx = make_optimizers(cfg, plan)
+  placed = [initial_state(c, plan, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules) for c in seed_cfgs]
   state, shardings = placed[0] if len(placed) == 1 else seeds.stack(placed)
   one_seed_shardings = placed[0][1]
   base = setup.lora_base(cfg, sft_run, run_dir)
@@ -189,23 +165,25 @@ def run(cfg, workdir: str) -> dict:
     first = batch_of(0)
     driver, state, shardings = compile_off_policy(state, shardings, mesh, sample_mesh, rules, models, policy_tx,
                                                   value_tx, score_fn, rl_cfg, (first["tokens"], first["mask"]))
-  items = tuple(name for name in RL_ITEMS if getattr(state, name) is not None)
+  items = plan.items
+  assert items == tuple(name for name in RL_ITEMS if getattr(state, name) is not None), (items, state)
   checkpointer = Checkpointer(run_dir.file("checkpoints"), items, cfg.train.keep_checkpoints)
   restored = setup.resume(state, shardings, checkpointer, items)
   state = restored if restored is not None else state
   for directory, directory_cfg in [(run_dir, cfg), *zip(seed_dirs, seed_cfgs)]:
     directory.record_config(directory_cfg)
+    directory.write_json("plan.json", plan.to_json())
     setup.save_run_files(directory, tokenizer, models.policy.cfg, base)
   if k:
     train_step = driver
     state = state if restored is not None else driver.prefill(state, [batch_of(j) for j in range(k)])
   else:
     parts = (shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg)
-    train_step = compile_train_step(parts, plan, prompts["train"], tokenizer, vmapped=bool(seed_dirs))
+    train_step = compile_train_step(parts, plan.rewards, prompts["train"], tokenizer, vmapped=bool(seed_dirs))
   next_batch = lambda step: batch_of(step + k)  # off-policy, iteration i samples the prompts of i + K
   evaluator = PolicyEvaluator(cfg, run_dir, models.policy, prompts["eval"], tokenizer, score_fn,
-                              policy_params(one_seed_shardings), mesh, label=cfg.algo, model_weight=plan.model_weight,
-                              host=plan.host)
+                              policy_params(one_seed_shardings), mesh, label=cfg.algo, model_weight=plan.rewards.model_weight,
+                              host=plan.rewards.host)
   cost = iteration_cost(cfg, rl_cfg, models, prompts["train"].tokens.shape[1], uses_model=reward_run is not None)
   loop = Loop(cfg.train, run_dir, train_step, next_batch, evaluator, checkpointer, items, cost=cost)
   summary = train_seeds(loop, state, seed_cfgs, seed_dirs) if seed_dirs else loop.train(state)
@@ -282,23 +260,23 @@ def iteration_cost(cfg, rl_cfg: RLConfig, models, prompt_len: int, uses_model: b
   return StepCost(model_flops, samples=rows + extra + greedy)
 
 
-def rl_config(cfg, tokenizer, plan: rewards.RewardPlan) -> RLConfig:
+def rl_config(cfg, tokenizer, plan: rl_plan.RLPlan) -> RLConfig:
   return RLConfig(max_new_tokens=cfg.sample.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                  algo=cfg.algo, temperature=cfg.sample.temperature, model_weight=plan.model_weight,
-                  host_rewards=tuple(h.name for h in plan.host), inject_nan_at=tuple(cfg.train.inject_nan_at),
-                  **rl_fields(cfg))
+                  algo=cfg.algo, temperature=cfg.sample.temperature, model_weight=plan.rewards.model_weight,
+                  host_rewards=tuple(h.name for h in plan.rewards.host), inject_nan_at=tuple(cfg.train.inject_nan_at),
+                  **plan.fields)
 
 
-def initial_state(cfg, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules):
+def initial_state(cfg, plan: rl_plan.RLPlan, models, sft_run, reward_run, policy_tx, value_tx, mesh, rules):
   """Policy and reference from SFT; scorer from the RM (if used); the critic as `cfg.critic`
   says. Returns (state, shardings)."""
   sources = {"policy": (models.policy, sft_run, None)}
   if models.scorer is not None:
     sources["reward"] = (models.scorer, reward_run, None)
-  if separate_critic(cfg):
+  if plan.separate_critic:
     sources["value"] = ((models.critic, reward_run, {"reward_head": "value_head"})
-                        if critic_source(cfg) == "reward" else (models.critic, sft_run, None))
+                        if plan.critic == "reward" else (models.critic, sft_run, None))
   # A LoRA critic's adapters sit on weights the state holds already: the reference's or the reward model's.
-  value_base = {"sft": "ref", "reward": "reward"}.get(critic_source(cfg)) if cfg.lora.rank else None
-  return frozen.load_state(sources, policy_tx, value_tx, mesh, rules, cfg.seed, cfg.kl_coef, value_base,
+  value_base = {"sft": "ref", "reward": "reward"}.get(plan.critic) if cfg.lora.rank else None
+  return frozen.load_state(sources, policy_tx, value_tx, mesh, rules, cfg.seed, plan.kl_coef, value_base,
                            cfg.lora.continue_adapters)

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.algorithms.lm import next_token_loss, token_logprobs
+from rlhf_jax.algorithms.lm import next_token_loss
+from rlhf_jax.models.logits import token_logprobs
 
 
 def test_loss_on_a_hand_case():

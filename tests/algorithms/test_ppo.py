@@ -11,6 +11,7 @@ from rlhf_jax.algorithms.aggregation import token_weights
 from rlhf_jax.algorithms.masked import masked_mean, masked_var
 from rlhf_jax.algorithms.policy_losses import PolicyLossParams, surrogate_loss
 from rlhf_jax.algorithms.ppo import clipped_objective
+from rlhf_jax.models import logits
 
 
 def mean_of(mask):
@@ -28,7 +29,7 @@ def clipped_surrogate_loss(logprobs, old_logprobs, advantages, weights, clip_eps
 # Jitted, as the trainer calls them: this checks they trace, and one compile per shape is much
 # faster than eager mode's one per op.
 clipped_value_loss = jax.jit(ppo.clipped_value_loss)
-entropy_from_logits = jax.jit(ppo.entropy_from_logits)
+entropy_from_logits = jax.jit(logits.entropy_from_logits)
 explained_variance = jax.jit(ppo.explained_variance)
 whiten = jax.jit(ppo.whiten, static_argnames="shift_mean")
 

@@ -29,5 +29,22 @@ def test_the_papers_settings_and_what_a_config_sets_itself():
   # An explicit False, an explicit clip range and the earlier field name all win over the preset.
   assert presets.resolve("grpo", {"scale_by_std": False})["scale_by_std"] is False
   assert presets.resolve("ppo", {"clip_eps": 0.1})["clip_eps_high"] == 0.1  # symmetric unless told
-  assert presets.resolve("grpo", {"loss_reduction": "sequence", "loss_aggregation": ""})["loss_aggregation"] == \
+  assert presets.resolve("grpo", {"loss_reduction": "sequence", "loss_aggregation": None})["loss_aggregation"] == \
       "seq_mean_token_sum"
+
+
+ZERO = {bool: False, int: 0, float: 0.0, str: ""}
+
+
+def test_a_zero_or_false_set_in_the_config_wins_over_every_preset():
+  # None is "unset"; 0, 0.0, False and "" are settings (a config could not turn DAPO's overlong
+  # penalty off when 0 meant unset). Checks reject the ones no run can use, naming the field.
+  for name, algorithm in presets.ALGORITHMS.items():
+    defaults = presets.resolve(name, {})
+    for field in presets.PRESET_FIELDS:
+      zero = ZERO[type(defaults[field]) if defaults[field] is not None else float]
+      fields, origins = presets.resolve_fields(name, {field: zero})
+      assert fields[field] == zero and type(fields[field]) is type(zero) and origins[field] == "config", (name, field)
+      assert all(origins[other] in ("preset", "default", "clip_eps") for other in fields if other != field)
+  assert presets.kl_coef("dapo", None) == (0.0, "preset") and presets.kl_coef("grpo", None) == (0.2, "default")
+  assert presets.kl_coef("dapo", 0.05) == (0.05, "config") and presets.kl_coef("ppo", 0.0) == (0.0, "config")

@@ -1,5 +1,5 @@
-"""The README's GSM8K commands (configs/gsm8k.py) end to end: a tiny random Qwen2 checkpoint
-with a chat template, and GSM8K-format parquet files the test writes where the README's
+"""The GSM8K commands of docs/data.md (configs/gsm8k.py) end to end: a tiny random Qwen2 checkpoint
+with a chat template, and GSM8K-format parquet files the test writes where docs/data.md's
 download puts them."""
 
 import json

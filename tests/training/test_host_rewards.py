@@ -9,12 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import rewards, sharding, stages
+from rlhf_jax import rewards, rl_plan, sharding, stages
 from rlhf_jax.data.prompts import Prompts
 from rlhf_jax.data.tokenizers import ByteTokenizer
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.sampling import SampleOutput
-from rlhf_jax.training import rl_trainer
 from rlhf_jax.training.host_rewards import HostScoredIteration
 from rlhf_jax.training.rl_steps import Sampled
 
@@ -84,7 +83,8 @@ def test_a_function_in_a_file_drives_ppo_with_no_reward_model_and_its_critic_fro
   cfg.optim.update(dict(lr=1e-3, warmup_steps=0))
   cfg.data.batch_size = 16
   cfg.rl.penalise_no_eos, cfg.kl_coef = False, 0.0  # either alone would teach it to end sooner
-  assert rl_trainer.critic_source(cfg) == "sft" and rl_trainer.unused_upstream(cfg) == {"reward"}
+  plan = rl_plan.resolve(cfg)
+  assert plan.critic == "sft" and plan.unused_upstream == {"reward"} and plan.driver == "host"
   summary = stages.run(cfg, str(tmp_path / "run"))
   # It learnt to write less: measured 10.0 tokens against the SFT policy's 14.6 (brevity -0.63 vs
   # -0.91); with the host's scores left out of the update, 15.8.

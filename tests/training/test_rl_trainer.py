@@ -41,6 +41,11 @@ def test_each_critic_and_critic_free_algo_trains_and_checkpoints_only_what_it_ha
     for key in ("eval/gold_reward", "eval/ref_gold_reward", "eval/proxy_reward", "eval/kl"):
       assert key in summary
     assert os.path.exists(workdir / "samples" / "step_000002.txt")
+    plan = json.load(open(workdir / "plan.json"))  # what ran, each field with where it came from
+    assert plan["critic"] == (None if algo == "dapo" else critic) and plan["driver"] == "fused"
+    assert set(plan["checkpoint_items"]) <= saved and ("value" in plan["checkpoint_items"]) == ("value" in saved)
+    assert plan["rl"]["advantage"] == {"value": "grpo" if algo == "dapo" else "gae", "origin": "preset"}
+    assert plan["rl"]["accum_steps"] == {"value": 2, "origin": "config"}
 
 
 def test_the_rl_preset_alone_starts_from_the_sft_run_its_reward_stage_ran_before_it(tiny_ppo, tiny_upstream,
@@ -71,14 +76,14 @@ def test_bad_rl_fields_fail_before_any_upstream_stage_runs(tiny_ppo, tmp_path):
   tiny_ppo.algo, tiny_ppo.rl.policy_loss = "grpo", "trpo"
   with pytest.raises(UserError, match="rl.policy_loss='trpo': choose one of clip, dual_clip, gspo, cispo"):
     stages.run(tiny_ppo, str(tmp_path))
-  tiny_ppo.rl.policy_loss, tiny_ppo.rl.loss_aggregation = "", "median"
+  tiny_ppo.rl.policy_loss, tiny_ppo.rl.loss_aggregation = None, "median"
   with pytest.raises(UserError, match="rl.loss_aggregation='median': choose one of token_mean"):
     stages.run(tiny_ppo, str(tmp_path))
-  tiny_ppo.rl.loss_aggregation = ""
+  tiny_ppo.rl.loss_aggregation = None
   tiny_ppo.algo, tiny_ppo.rl.samples_per_prompt = "rloo", 1
   with pytest.raises(UserError, match="samples_per_prompt must be >= 2"):
     stages.run(tiny_ppo, str(tmp_path))
-  tiny_ppo.algo, tiny_ppo.rl.samples_per_prompt, tiny_ppo.rl.oversample = "grpo", 0, 4
+  tiny_ppo.algo, tiny_ppo.rl.samples_per_prompt, tiny_ppo.rl.oversample = "grpo", None, 4
   with pytest.raises(UserError, match="rl.oversample=4: .* needs rl.dynamic_sampling=True"):
     stages.run(tiny_ppo, str(tmp_path))
   tiny_ppo.algo, tiny_ppo.rl.oversample = "ppo", 0

@@ -1,0 +1,64 @@
+"""User code that registers methods: the files (or importable modules) `config.plugins` names,
+imported before a run's checks. A researcher's advantage estimator, policy loss, loss
+aggregation, preference loss, algorithm or reward lives in their own file and registers itself
+with the registry's `register`, without editing the package (docs/extending.md):
+
+  # my_methods.py
+  from rlhf_jax.algorithms import advantages
+  def median_baseline(x, hp): ...
+  advantages.register("median_baseline", median_baseline, min_group_size=2)
+
+  python -m rlhf_jax.main --config=configs/rl.py:tiny --workdir=runs/median \\
+    --config.plugins="('my_methods.py',)" --config.algo=grpo --config.rl.advantage=median_baseline
+
+Each is imported once per process (every process of a multi-host run imports it).
+"""
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+
+from rlhf_jax.errors import UserError
+
+_LOADED: dict = {}  # path or module name -> module
+
+
+def load(specs) -> None:
+  """Imports each plugin: a PATH.py or a module name. A missing file or a plugin that raises is a
+  UserError naming it."""
+  for spec in specs:
+    key = os.path.abspath(spec) if spec.endswith(".py") else spec
+    if key not in _LOADED:
+      _LOADED[key] = _import(spec, key)
+
+
+def _import(spec: str, key: str):
+  if spec.endswith(".py") and not os.path.isfile(key):
+    raise UserError(f"plugins: {spec} not found")
+  try:
+    if not spec.endswith(".py"):
+      return importlib.import_module(spec)
+    name = "rlhf_jax_plugin_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+    module_spec = importlib.util.spec_from_file_location(name, key)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # so pickling and dataclasses in the plugin find their module
+    module_spec.loader.exec_module(module)
+    return module
+  except UserError:
+    raise
+  except Exception as e:  # the plugin's own error, whatever it is: one line naming the plugin
+    sys.modules.pop(name if spec.endswith(".py") else spec, None)
+    raise UserError(f"plugins: {spec} failed to import: {type(e).__name__}: {e}") from e
+
+
+def of(config) -> tuple:
+  """Every plugin a command's config names: its own and its stages' and upstream stages'."""
+  found, pending = [], [config]
+  while pending:
+    section = pending.pop()
+    found += [p for p in section.get("plugins", ()) if p not in found]
+    pending += [section[n] for n in section.get("stages", ()) if n in section]
+    pending += list((section.get("upstream") or {}).values())
+  return tuple(found)

@@ -1,0 +1,90 @@
+"""The RL stage's resolved plan: what a run does, decided once from its config (`resolve`).
+
+The algorithm's preset fills the `rl.*` fields (and `kl_coef`) the config leaves None; `critic`
+"auto" becomes the critic's source; the reward plan says which sources score a response; the
+driver is the iteration that runs. The checks, the trainer, the memory planner, the FLOP count
+and the evaluator read these answers and decide none of them again, and the run directory keeps
+them (plan.json), so what ran can be read from the run, each field with where its value came
+from ("config", "preset", "default").
+"""
+
+import dataclasses
+
+from rlhf_jax import rewards
+from rlhf_jax.algorithms import presets
+from rlhf_jax.algorithms.advantages import ADVANTAGES
+from rlhf_jax.errors import UserError
+
+CRITICS = ("auto", "reward", "sft", "shared")
+# The iteration that runs: one compiled program with in-graph rewards ("fused"), rollout -> host
+# scoring -> update ("host", rewards.py functions), or the K-deep queue ("off_policy").
+DRIVERS = ("fused", "host", "off_policy")
+
+
+@dataclasses.dataclass(frozen=True)
+class RLPlan:
+  algo: str
+  fields: dict  # every rl.* field (loss_reduction folded into loss_aggregation)
+  origins: dict  # field (and "kl_coef", "critic") -> "config", "preset", "default"
+  kl_coef: float  # the KL penalty's initial (or fixed) beta
+  critic: str | None  # "reward", "sft", "shared"; None: the estimator needs no values
+  rewards: rewards.RewardPlan
+  driver: str  # DRIVERS
+
+  @property
+  def uses_reward_model(self) -> bool:
+    return self.rewards.model_weight is not None
+
+  @property
+  def separate_critic(self) -> bool:
+    """A critic model of its own (with its optimizer), not a value head on the policy."""
+    return self.critic in ("reward", "sft")
+
+  @property
+  def unused_upstream(self) -> set:
+    """Upstream stages the run does not need: the reward stage, without the reward model."""
+    return set() if self.uses_reward_model else {"reward"}
+
+  @property
+  def reward_weights(self) -> list:
+    return ([self.rewards.model_weight] if self.uses_reward_model else []) + [h.weight for h in self.rewards.host]
+
+  @property
+  def items(self) -> tuple:
+    """What a checkpoint holds: the state's parts the plan gives a value."""
+    critic = ("value", "value_opt") if self.separate_critic else ()
+    queue = ("pending",) if self.driver == "off_policy" else ()
+    return ("policy", "policy_opt", *critic, "kl", "baseline", "rng", *queue)
+
+  def to_json(self) -> dict:
+    return dict(algo=self.algo, driver=self.driver, critic=self.critic, kl_coef=self.kl_coef,
+                rewards=dict(zip(self.rewards.names, self.reward_weights)), checkpoint_items=list(self.items),
+                rl={key: dict(value=value, origin=self.origins.get(key, "config"))
+                    for key, value in sorted(self.fields.items())},
+                origins=dict(kl_coef=self.origins["kl_coef"], critic=self.origins["critic"]))
+
+
+def resolve(cfg) -> RLPlan:
+  """The plan of an RL stage config; a UserError for a name no registry holds."""
+  if cfg.algo not in presets.ALGORITHMS:
+    raise UserError(f"algo={cfg.algo!r}: choose one of {', '.join(presets.ALGORITHMS)}")
+  if cfg.critic not in CRITICS:
+    raise UserError(f"critic={cfg.critic!r}: choose one of {', '.join(CRITICS)}")
+  fields, origins = presets.resolve_fields(cfg.algo, dict(cfg.rl))
+  if fields["advantage"] not in ADVANTAGES:
+    raise UserError(f"rl.advantage={fields['advantage']!r}: choose one of {', '.join(ADVANTAGES)}")
+  kl_coef, origins["kl_coef"] = presets.kl_coef(cfg.algo, cfg.kl_coef)
+  reward_plan = rewards.plan(cfg.reward)
+  critic, origins["critic"] = critic_of(cfg.critic, fields["advantage"], reward_plan)
+  driver = "off_policy" if fields["off_policy_steps"] else "host" if reward_plan.host else "fused"
+  return RLPlan(cfg.algo, fields, origins, kl_coef, critic, reward_plan, driver)
+
+
+def critic_of(configured: str, advantage: str, reward_plan: rewards.RewardPlan) -> tuple:
+  """(source, origin): None where the estimator needs no critic; "auto" starts it from the
+  reward model when that is a reward component, else from the SFT policy."""
+  if not ADVANTAGES[advantage].needs_critic:
+    return None, "preset"
+  if configured != "auto":
+    return configured, "config"
+  return ("reward" if reward_plan.model_weight is not None else "sft"), "default"
