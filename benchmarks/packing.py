@@ -33,11 +33,12 @@ from rlhf_jax.data import batches, sources
 from rlhf_jax.data.tokenizers import build_tokenizer
 from rlhf_jax.models.config import ModelConfig, padded_vocab
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training import rl_state, setup
-from rlhf_jax.training.dpo_steps import compile_dpo_steps
-from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
-from rlhf_jax.training.reward_steps import reward_eval_step, reward_train_step
-from rlhf_jax.training.steps import eval_step, jit_steps, train_step
+from rlhf_jax.training.core import setup
+from rlhf_jax.training.core.optim import learning_rate_schedule, make_optimizer
+from rlhf_jax.training.core.steps import eval_step, jit_steps, train_step
+from rlhf_jax.training.preference.dpo_steps import compile_dpo_steps
+from rlhf_jax.training.preference.reward_steps import reward_eval_step, reward_train_step
+from rlhf_jax.training.rl import rl_state
 
 flags.DEFINE_integer("rounds", 3, "Alternating timings of both layouts.")
 flags.DEFINE_integer("steps", 6, "Batches per timing.")

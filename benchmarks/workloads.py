@@ -18,20 +18,22 @@ import numpy as np
 
 from rlhf_jax import flops
 from configs import common, dpo, pretrain, ppo, reward
-from rlhf_jax import rewards, sharding
+from rlhf_jax import rewards, rl_plan, sharding
 from rlhf_jax.data.prompts import Prompts
 from rlhf_jax.data.tokenizers import ByteTokenizer
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training import frozen, rl_state, rl_trainer, setup
-from rlhf_jax.training.dpo_steps import compile_dpo_steps
-from rlhf_jax.training.host_rewards import compile_host_iteration
-from rlhf_jax.training.off_policy import compile_off_policy
-from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
-from rlhf_jax.training.reward_steps import reward_eval_step, reward_train_step
-from rlhf_jax.training.rl_steps import RLConfig, reuses_scoring_pass
-from rlhf_jax.training.steps import eval_step, jit_steps, train_step
+from rlhf_jax.training.core import setup
+from rlhf_jax.training.core.optim import learning_rate_schedule, make_optimizer
+from rlhf_jax.training.core.steps import eval_step, jit_steps, train_step
+from rlhf_jax.training.policy import frozen
+from rlhf_jax.training.preference.dpo_steps import compile_dpo_steps
+from rlhf_jax.training.preference.reward_steps import reward_eval_step, reward_train_step
+from rlhf_jax.training.rl import rl_state, rl_trainer
+from rlhf_jax.training.rl.host_rewards import compile_host_iteration
+from rlhf_jax.training.rl.off_policy import compile_off_policy
+from rlhf_jax.training.rl.rl_steps import RLConfig, reuses_scoring_pass
 
 # The fixed model: GPT-2 blocks (learned positions), 4 layers, d_model 128, 4 heads, vocab 256.
 TINY_GPT2 = dict(common.GPT2_BLOCK, vocab_size=256, d_model=128, n_layers=4, n_heads=4, d_ff=512, max_len=128)
@@ -92,14 +94,15 @@ def rl_workload(algo: str, preset: str = "tiny", model: dict | None = TINY_GPT2,
   cfg.algo, cfg.data.batch_size, cfg.sample.max_new_tokens = algo, prompts * k, new_tokens
   cfg.rl.update(dict(samples_per_prompt=k, epochs=epochs, minibatches=minibatches))
   host = [rewards.HostReward("host", host_reward, 1.0)] if host_reward else []
+  plan = rl_plan.resolve(cfg)
   rl_cfg = RLConfig(max_new_tokens=new_tokens, eos_id=NEVER, pad_id=0, algo=algo, temperature=cfg.sample.temperature,
-                    host_rewards=tuple(h.name for h in host), **{**rl_trainer.rl_fields(cfg), "penalise_no_eos": False})
+                    host_rewards=tuple(h.name for h in host), **{**plan.fields, "penalise_no_eos": False})
   policy_cfg = ModelConfig.from_dict(dict(cfg.model))
-  models = rl_trainer.make_models(cfg, policy_cfg, dataclasses.replace(policy_cfg, heads=("reward",)))
+  models = rl_trainer.make_models(plan, policy_cfg, dataclasses.replace(policy_cfg, heads=("reward",)))
   named = {"policy": models.policy, "reward": models.scorer, **({"value": models.critic} if models.critic else {})}
-  policy_tx, value_tx = rl_trainer.make_optimizers(cfg)
+  policy_tx, value_tx = rl_trainer.make_optimizers(cfg, plan)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
-  state, shardings = rl_state.place_state(named, policy_tx, value_tx, mesh, rules, cfg.seed, cfg.kl_coef)
+  state, shardings = rl_state.place_state(named, policy_tx, value_tx, mesh, rules, cfg.seed, plan.kl_coef)
   score_fn = functools.partial(frozen.proxy_scores, scorer=models.scorer, gain=1.0, bias=0.0)
   tokens = random_tokens(0, (prompts, prompt_len), policy_cfg.vocab_size)
   batch = sharding.put_batch({"tokens": tokens, "mask": np.ones((prompts, prompt_len), np.int32)}, mesh)
@@ -132,14 +135,15 @@ def off_policy_workload(k: int, prompts: int = 64, prompt_len: int = 16, new_tok
   cfg.data.batch_size, cfg.sample.max_new_tokens = prompts, new_tokens
   cfg.rl.update(dict(epochs=4, minibatches=1, off_policy_steps=k))
   cfg.rollout.devices = 1 if k else 0
+  plan = rl_plan.resolve(cfg)
   rl_cfg = RLConfig(max_new_tokens=new_tokens, eos_id=NEVER, pad_id=0, algo="ppo", temperature=cfg.sample.temperature,
-                    **{**rl_trainer.rl_fields(cfg), "penalise_no_eos": False})
+                    **{**plan.fields, "penalise_no_eos": False})
   policy_cfg = ModelConfig.from_dict(dict(cfg.model))
-  models = rl_trainer.make_models(cfg, policy_cfg, dataclasses.replace(policy_cfg, heads=("reward",)))
+  models = rl_trainer.make_models(plan, policy_cfg, dataclasses.replace(policy_cfg, heads=("reward",)))
   named = {"policy": models.policy, "reward": models.scorer, "value": models.critic}
-  policy_tx, value_tx = rl_trainer.make_optimizers(cfg)
+  policy_tx, value_tx = rl_trainer.make_optimizers(cfg, plan)
   (mesh, sample_mesh), rules = rl_trainer.meshes(cfg), sharding.rules_of(cfg)
-  state, shardings = rl_state.place_state(named, policy_tx, value_tx, mesh, rules, cfg.seed, cfg.kl_coef)
+  state, shardings = rl_state.place_state(named, policy_tx, value_tx, mesh, rules, cfg.seed, plan.kl_coef)
   score_fn = functools.partial(frozen.proxy_scores, scorer=models.scorer, gain=1.0, bias=0.0)
   tokens = random_tokens(0, (prompts, prompt_len), policy_cfg.vocab_size)
   batch = sharding.put_batch({"tokens": tokens, "mask": np.ones((prompts, prompt_len), np.int32)}, sample_mesh)

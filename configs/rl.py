@@ -75,7 +75,7 @@ def get_config(preset: str = "tiny"):
       oversample=0,
       kl_kind="k1", kl_in_loss=False, kl_target=6.0, kl_horizon=10000.0, adaptive_kl=False,
       no_eos_penalty=-1.0, penalise_no_eos=True,
-      # Off-policy (rlhf_jax/training/off_policy.py): updates train on responses sampled this many
+      # Off-policy (rlhf_jax/training/rl/off_policy.py): updates train on responses sampled this many
       # iterations before; the critic-free methods weight stale tokens by is_correction (none,
       # tis: min(w, is_cap), clip: clip(w, 1 / is_cap, is_cap)); PPO's ratio is against the sampler.
       off_policy_steps=0, is_correction="none", is_cap=2.0,

@@ -27,12 +27,12 @@ from jax.sharding import PartitionSpec
 from ml_collections import config_flags
 
 from rlhf_jax import rl_plan, sharding, stage_names
-from rlhf_jax.stage_specs import STAGES
 from rlhf_jax.errors import UserError
 from rlhf_jax.models import lora
 from rlhf_jax.models.config import ModelConfig, padded_vocab
 from rlhf_jax.models.transformer import Transformer, param_shapes
-from rlhf_jax.training.optim import make_optimizer
+from rlhf_jax.stage_specs import STAGES
+from rlhf_jax.training import make_optimizer
 
 GiB = 2**30
 

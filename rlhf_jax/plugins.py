@@ -29,14 +29,21 @@ def load(specs) -> None:
   """Imports each plugin: a PATH.py or a module name. A missing file or a plugin that raises is a
   UserError naming it."""
   for spec in specs:
-    key = os.path.abspath(spec) if spec.endswith(".py") else spec
-    if key not in _LOADED:
-      _LOADED[key] = _import(spec, key)
+    load_module(spec)
 
 
-def _import(spec: str, key: str):
+def load_module(spec: str, kind: str = "plugins"):
+  """The module a PATH.py or a module name names, imported once per process; a UserError
+  naming `kind` (the config field) if it is missing or raises."""
+  key = os.path.abspath(spec) if spec.endswith(".py") else spec
+  if key not in _LOADED:
+    _LOADED[key] = _import(spec, key, kind)
+  return _LOADED[key]
+
+
+def _import(spec: str, key: str, kind: str):
   if spec.endswith(".py") and not os.path.isfile(key):
-    raise UserError(f"plugins: {spec} not found")
+    raise UserError(f"{kind}: {spec} not found")
   try:
     if not spec.endswith(".py"):
       return importlib.import_module(spec)
@@ -50,7 +57,7 @@ def _import(spec: str, key: str):
     raise
   except Exception as e:  # the plugin's own error, whatever it is: one line naming the plugin
     sys.modules.pop(name if spec.endswith(".py") else spec, None)
-    raise UserError(f"plugins: {spec} failed to import: {type(e).__name__}: {e}") from e
+    raise UserError(f"{kind}: {spec} failed to import: {type(e).__name__}: {e}") from e
 
 
 def of(config) -> tuple:

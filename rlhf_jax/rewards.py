@@ -194,3 +194,9 @@ def score_on_host(host: list, prompts: list, completions: list, completion_ids: 
                     "the first: prompt %r, completion %r", int(unscored.sum()), len(unscored), prompts[row],
                     completions[row])
   return weighted.sum(0).astype(np.float32), per
+
+
+def score_texts(host: list, prompts, completions, completion_ids, columns, with_model: bool):
+  """(weighted sum [n], components [n, len(host)]) of the host components."""
+  total, per = score_on_host(host, prompts, completions, completion_ids, columns, with_model)
+  return total, np.stack([per[f"reward/{h.name}"] for h in host], 1)

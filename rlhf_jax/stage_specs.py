@@ -29,14 +29,15 @@ class Stage:
   plan: Callable = lambda cfg: None  # the run's resolved plan, where the stage has one (rl_plan.py)
 
   def run(self, cfg, workdir: str) -> dict:
-    return _named(self.runner)(cfg, workdir)
+    return named(self.runner)(cfg, workdir)
 
   def check_config(self, cfg) -> None:
     if self.check:
-      _named(self.check)(cfg)
+      named(self.check)(cfg)
 
 
-def _named(spec: str) -> Callable:
+def named(spec: str) -> Callable:
+  """The function a "module:function" spec names, imported now."""
   module, _, name = spec.partition(":")
   return getattr(importlib.import_module(module), name)
 
@@ -97,25 +98,24 @@ def best_of_n_sampled(cfg, model_cfg, rl):
   return cfg.eval_prompts * max(cfg.ns), cfg.max_prompt_len + cfg.sample.max_new_tokens
 
 
-TRAINING = "rlhf_jax.training."
-LM = dict(runner=TRAINING + "lm_trainer:run", models=lm_models, sampled=lm_sampled, export_item="params",
+LM = dict(runner="rlhf_jax.training.lm.lm_trainer:run", models=lm_models, sampled=lm_sampled, export_item="params",
           headlines=("eval/loss",), packs=True)
 POLICY_HEADLINES = ("eval/ref_gold_reward", "eval/gold_reward", "eval/kl")
 STAGES = {
     "pretrain": Stage(**LM),
     "sft": Stage(**LM),
-    "reward": Stage(TRAINING + "reward_trainer:run", reward_models, reward_sampled, export_item="params",
+    "reward": Stage("rlhf_jax.training.preference.reward_trainer:run", reward_models, reward_sampled, export_item="params",
                     headlines=("eval/accuracy", "eval/gold_correlation"), pairs=True, packs=True),
     # Every RL algorithm; `ppo`, the stage's earlier name, still works (stage_names.py).
-    "rl": Stage(TRAINING + "rl_trainer:run", rl_models, rl_sampled, check=TRAINING + "rl_trainer:check_config",
+    "rl": Stage("rlhf_jax.training.rl.rl_trainer:run", rl_models, rl_sampled, check="rlhf_jax.training.rl.rl_trainer:check_config",
                 unused_upstream=lambda cfg: rl_plan.resolve(cfg).unused_upstream, export_item="policy",
                 plan=rl_plan.resolve,
                 headlines=("eval/ref_gold_reward", "eval/gold_reward", "eval/ref_accuracy", "eval/accuracy", "eval/kl"),
                 compares_policy=True),
-    "dpo": Stage(TRAINING + "dpo_trainer:run", dpo_models, eval_sampled, check=TRAINING + "dpo_trainer:check_config",
+    "dpo": Stage("rlhf_jax.training.preference.dpo_trainer:run", dpo_models, eval_sampled, check="rlhf_jax.training.preference.dpo_trainer:check_config",
                  export_item="policy", headlines=POLICY_HEADLINES, pairs=True, packs=True, compares_policy=True),
     # No training: n samples of the SFT policy, the proxy's best kept.
-    "best_of_n": Stage(TRAINING + "best_of_n:run", best_of_n_models, best_of_n_sampled),
+    "best_of_n": Stage("rlhf_jax.training.policy.best_of_n:run", best_of_n_models, best_of_n_sampled),
 }
 
 

@@ -14,7 +14,7 @@ from absl import logging
 from rlhf_jax import field_ranges, plugins, report, run_lock, stage_names, stage_specs
 from rlhf_jax.errors import UserError
 from rlhf_jax.stage_specs import STAGES
-from rlhf_jax.training import guards
+from rlhf_jax.training.core import guards
 from rlhf_jax.workdir import RunDir
 
 PAIR_STAGES = stage_specs.with_trait("pairs")  # data.share_prompt: each preference pair's prompt held once

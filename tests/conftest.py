@@ -120,7 +120,7 @@ def start_of(run, monkeypatch, stop: bool = True):
   """Runs `run()` (a stage) up to its host loop and returns (loop, host copy of the state the
   loop starts from): what the stage built, loaded and restored, before any step. With
   stop=False the run then trains on (its result is dropped)."""
-  from rlhf_jax.training.loop import Loop  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.training.core.loop import Loop  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   original, seen = Loop.train, []
 

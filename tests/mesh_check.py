@@ -21,13 +21,15 @@ from rlhf_jax import rewards, sharding
 from rlhf_jax.data.prompts import Prompts, prompt_batch
 from rlhf_jax.data.tokenizers import ByteTokenizer
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training import frozen, rl_state, rl_trainer, setup
-from rlhf_jax.training.dpo_steps import compile_dpo_steps
-from rlhf_jax.training.host_rewards import compile_host_iteration
-from rlhf_jax.training.optim import learning_rate_schedule, make_optimizer
-from rlhf_jax.training.rl_steps import RLConfig
-from rlhf_jax.training.state import model_params
-from rlhf_jax.training.steps import compile_lm_steps
+from rlhf_jax.training.core import setup
+from rlhf_jax.training.core.optim import learning_rate_schedule, make_optimizer
+from rlhf_jax.training.core.state import model_params
+from rlhf_jax.training.core.steps import compile_lm_steps
+from rlhf_jax.training.policy import frozen
+from rlhf_jax.training.preference.dpo_steps import compile_dpo_steps
+from rlhf_jax.training.rl import rl_state, rl_trainer
+from rlhf_jax.training.rl.host_rewards import compile_host_iteration
+from rlhf_jax.training.rl.rl_steps import RLConfig
 from tests.conftest import small_model
 
 # (data, fsdp, tensor): one device, then plain data parallel, fully sharded data parallel, and

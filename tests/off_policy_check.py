@@ -16,7 +16,7 @@ import numpy as np
 
 from configs import rl
 from rlhf_jax import sharding
-from rlhf_jax.training.off_policy import compile_off_policy
+from rlhf_jax.training.rl.off_policy import compile_off_policy
 from tests.mesh_check import RULES, ppo_setup, random_tokens
 
 ITERATIONS, ROWS = 3, 16

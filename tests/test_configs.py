@@ -42,3 +42,9 @@ def test_unknown_preset_and_model_key_are_errors():
     common.base_config("pretrain", "huge")
   with pytest.raises(ValueError, match="unknown model config keys"):
     ModelConfig.from_dict({"vocab_size": 10, "d_modle": 3})
+
+
+def test_every_stage_declaration_names_a_runner_and_checks_that_exist():
+  for name, stage in stage_specs.STAGES.items():
+    assert callable(stage_specs.named(stage.runner)), name
+    assert not stage.check or callable(stage_specs.named(stage.check)), name

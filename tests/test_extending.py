@@ -14,8 +14,9 @@ from configs import rl as rl_config
 from rlhf_jax import plugins, rewards, rl_plan
 from rlhf_jax.algorithms import advantages, aggregation, dpo, policy_losses, presets
 from rlhf_jax.errors import UserError
-from rlhf_jax.training import dpo_trainer, rl_trainer
-from tests.training.test_rl_steps import setup
+from rlhf_jax.training.preference import dpo_trainer
+from rlhf_jax.training.rl import rl_trainer
+from tests.training.rl.test_rl_steps import setup
 
 PAGE = os.path.join(os.path.dirname(__file__), "..", "docs", "extending.md")
 REGISTRIES = (advantages.ADVANTAGES, policy_losses.POLICY_LOSSES, aggregation.LOSS_AGGREGATIONS,

@@ -154,8 +154,8 @@ import jax
 from configs import pretrain
 from rlhf_jax import memory, sharding
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training import setup
-from rlhf_jax.training.optim import make_optimizer
+from rlhf_jax.training.core import setup
+from rlhf_jax.training.core.optim import make_optimizer
 from tests.conftest import small_model
 cfg = pretrain.get_config("tiny")
 cfg.mesh.update(dict(data=1, fsdp=2, tensor=4))

@@ -8,7 +8,7 @@ import pytest
 
 from experiments import overoptimisation as study
 from rlhf_jax import stages
-from rlhf_jax.training.best_of_n import kl_of
+from rlhf_jax.training.policy.best_of_n import kl_of
 
 
 def test_every_reward_model_starts_from_the_one_sft_run():

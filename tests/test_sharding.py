@@ -17,7 +17,7 @@ from configs import common
 from rlhf_jax import sharding
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.transformer import Transformer
-from rlhf_jax.training.setup import boxed_params
+from rlhf_jax.training.core.setup import boxed_params
 from tests.conftest import small_model, xla_flags
 from tests.test_main import ROOT
 

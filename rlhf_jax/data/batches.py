@@ -169,7 +169,7 @@ class PreferenceData(Batcher):
   of the tokens `*_response` marks (the response and its EOS). With `pack`, rows of
   2 * seq_len tokens hold as many whole pairs as fit (`pack_rows`), pair j of a row as
   segments 2j + 1 (chosen) and 2j + 2 (rejected), and `loss_mask` [rows, slots] marks the
-  slots that hold a pair (training/pairs.py reads them). With `share_prompt` too, the rejected
+  slots that hold a pair (training/preference/pairs.py reads them). With `share_prompt` too, the rejected
   sequence leaves out the prompt it shares with the chosen one but the prompt's last token (which
   predicts its response's first), and attends to the chosen one's copy: rows `shared` mark those
   tokens and `positions` continue them in the rejected sequence, so its tokens see the context

@@ -20,7 +20,7 @@ from rlhf_jax.data.tokenizers import load_tokenizer
 from rlhf_jax.errors import UserError
 from rlhf_jax.interop.hf_export import MAX_SHARD_BYTES, export
 from rlhf_jax.stage_specs import STAGES
-from rlhf_jax.training import setup
+from rlhf_jax import training
 from rlhf_jax.workdir import RunDir
 
 FLAGS = flags.FLAGS
@@ -36,7 +36,7 @@ def restore_params(run: RunDir, item: str):
   """The final checkpoint's `item` on the host's first CPU device; a LoRA run's adapters merged
   into the base they belong to."""
   cpu_mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices("cpu")[:1])
-  return setup.run_params(run, cpu_mesh, (), item=item)
+  return training.run_params(run, cpu_mesh, (), item=item)
 
 
 def export_run(run_path: str, out: str, dtype: str = "float32", max_shard_bytes: int = MAX_SHARD_BYTES) -> str:
@@ -50,7 +50,7 @@ def export_run(run_path: str, out: str, dtype: str = "float32", max_shard_bytes:
     raise UserError(f"--run={run_path}: a {stage!r} run; export takes one of {', '.join(EXPORTED)}")
   if config.get("vmap_seeds", 1) > 1:
     raise UserError(f"--run={run_path} trained {config['vmap_seeds']} seeds at once: export a seed's run instead")
-  model_cfg = setup.frozen_model_config(run)  # the adapters merged
+  model_cfg = training.frozen_model_config(run)  # the adapters merged
   params = restore_params(run, STAGES[stage].export_item)
   extra = None
   if stage == "reward":

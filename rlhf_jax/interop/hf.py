@@ -144,7 +144,7 @@ def place(host: np.ndarray, leaf, name: str) -> jax.Array:
 
 @dataclasses.dataclass
 class HFSource:
-  """An `init_from=hf:DIR` source, seen by rlhf_jax/training/setup.py as a finished run:
+  """An `init_from=hf:DIR` source, seen by rlhf_jax/training/core/setup.py as a finished run:
   `file("tokenizer")` is the directory itself (its HF tokenizer files), `read_json("model.json")`
   the architecture from its config.json, and `read_params` its weights."""
   path: str

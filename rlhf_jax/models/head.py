@@ -13,8 +13,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.models.logits import entropy_from_logits, first_argmax, token_logprobs
 from rlhf_jax.models.layers import weight_product
+from rlhf_jax.models.logits import entropy_from_logits, first_argmax, token_logprobs
 from rlhf_jax.sharding import constrain
 
 

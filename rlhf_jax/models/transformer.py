@@ -69,6 +69,15 @@ def last_token_index(mask: jax.Array) -> jax.Array:
   return mask.shape[-1] - 1 - jnp.argmax(jnp.flip(mask.astype(bool), axis=-1), axis=-1)
 
 
+def sequence_scalars(params, tokens, mask, *, model, head: str = "reward") -> jax.Array:
+  """The scalar head's value at each sequence's last real token, [batch] (a reward model's score);
+  the model's last block runs on that token alone (`query_index`: exact, about a fifth less
+  work for a 4-layer model)."""
+  out = model.apply({"params": params}, tokens, mask, query_index=last_token_index(mask)[:, None],
+                    with_logits=False)
+  return out.scalars[head][:, 0]
+
+
 def attention_mask(mask: jax.Array, cache: Optional[KVCache], segments: Optional[jax.Array] = None,
                    shared: Optional[jax.Array] = None):
   """Boolean [batch, 1, q_len, k_len] causal mask over real keys (of the query's own segment,

@@ -4,7 +4,7 @@ from rlhf_jax.algorithms import presets
 from rlhf_jax.algorithms.advantages import ADVANTAGES
 from rlhf_jax.algorithms.aggregation import LOSS_AGGREGATIONS
 from rlhf_jax.algorithms.policy_losses import POLICY_LOSSES
-from rlhf_jax.training.rl_steps import RLConfig
+from rlhf_jax.training.rl.rl_steps import RLConfig
 
 
 def test_every_algorithm_is_registered_parts_and_rl_config_fields():

@@ -66,7 +66,7 @@ def test_rl_and_sft_prompts_are_rendered_with_data_chat_template(tokenizer_dir, 
   sft = common.base_config("sft", "tiny")
   sft.data.update(cfg.data)
   sft.sample.num_prompts = 2
-  from rlhf_jax.training import lm_trainer  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.training.lm import lm_trainer
   assert lm_trainer.prepare_data(sft, ours).prompts.texts == held_out.texts[:2]  # SFT's prompts: the same turns
   ours.save(str(tmp_path))  # a run directory's copy keeps the template
   ids = {f"{name}_id": getattr(ours, f"{name}_id") for name in hf_tokenizer.SPECIALS}

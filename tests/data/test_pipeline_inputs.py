@@ -15,7 +15,7 @@ import numpy as np
 from configs import pipeline
 from rlhf_jax.data import prompts as prompt_lib
 from rlhf_jax.data.tokenizers import build_tokenizer
-from rlhf_jax.training import lm_trainer
+from rlhf_jax.training.lm import lm_trainer
 
 EXPECTED = {"pretrain": "0f7d8a7a3431a103", "sft": "e08907b2a8c52540", "rl_train": "1a931c06d07eb6d3",
             "rl_eval": "7fe45262d76e508f"}

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.models.logits import first_argmax
 from rlhf_jax.models import sampling
+from rlhf_jax.models.logits import first_argmax
 from rlhf_jax.models.sampling import SamplingParams, filter_logits, in_compute_dtype, sample, segment_ends
 from rlhf_jax.models.transformer import Transformer
 from tests.conftest import small_model

@@ -15,7 +15,7 @@ from rlhf_jax.interop import hf
 from rlhf_jax.interop.export import export_run
 from rlhf_jax.models import lora
 from rlhf_jax.models.config import ModelConfig
-from rlhf_jax.training import setup
+from rlhf_jax.training.core import setup
 from rlhf_jax.workdir import RunDir
 from tests.conftest import final_params, run_until_crash, start_of
 from tests.test_main import read_metrics

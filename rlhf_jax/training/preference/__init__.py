@@ -1,0 +1,1 @@
+"""Training on preference pairs: the pairs' batches, the reward model (Bradley-Terry) and DPO."""

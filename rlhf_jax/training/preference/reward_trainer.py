@@ -1,0 +1,142 @@
+"""Reward modelling: the SFT backbone with a scalar head, trained with Bradley-Terry.
+
+With `preference.source=generated`, pairs are two samples of the starting (SFT) policy per
+prompt, labelled by a gold judge through a Bradley-Terry draw (noisy, as human labels
+are). They are written to preferences_{train,eval}.jsonl, so a resumed run reuses them.
+After training, a gain and bias make the rewards of SFT samples mean 0 and std 1.
+"""
+
+import dataclasses
+import json
+import os
+
+from absl import logging
+import jax
+import numpy as np
+
+from rlhf_jax import flops, judges, memory, sharding
+from rlhf_jax.algorithms.reward import normalisation
+from rlhf_jax.data import batches, preferences, sources
+from rlhf_jax.data.prompts import encode_prompts, openings
+from rlhf_jax.errors import UserError
+from rlhf_jax.models.sampling import SamplingParams
+from rlhf_jax.models.transformer import Transformer
+from rlhf_jax.training.core import setup, trainer
+from rlhf_jax.training.core.compute import StepCost
+from rlhf_jax.training.core.loop import Loop
+from rlhf_jax.training.core.optim import learning_rate_schedule, make_optimizer
+from rlhf_jax.training.core.state import model_params
+from rlhf_jax.training.preference.reward_steps import compile_reward_steps
+from rlhf_jax.workdir import RunDir
+
+
+def run(cfg, workdir: str) -> dict:
+  """Trains a reward model in `workdir`, starting from the SFT run `init_from`."""
+  run_dir = RunDir(workdir)
+  source = setup.source_run(cfg)
+  if source is None:
+    raise UserError("the reward stage starts from an SFT run: set init_from (or keep config.upstream)")
+  tokenizer = setup.prepare_tokenizer(cfg, run_dir, source)
+  model_cfg = setup.model_config(cfg, tokenizer, source)
+  if "reward" not in model_cfg.heads:
+    raise UserError("the reward stage needs model.heads to include 'reward'")
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  memory.check(cfg, model_cfg, mesh)
+  model = Transformer(model_cfg)
+  tx = make_optimizer(cfg.optim, cfg.train.num_steps)
+  state, shardings = setup.init_state(model, tx, mesh, rules, cfg.seed)
+  # The starting policy samples the generated pairs: the source's weights, not a checkpoint's.
+  start = setup.from_source(state, shardings, source, mesh, rules, cfg.lora.continue_adapters)
+  start_params = model_params(start)
+  state, checkpointer, _ = trainer.checkpointed(cfg, run_dir, start, shardings)
+  trainer.record(run_dir, cfg, trainer.RunFiles(tokenizer, model_cfg, setup.lora_base(cfg, source, run_dir)))
+  policy = Transformer(dataclasses.replace(model_cfg, heads=()))
+  steps = compile_reward_steps(model, policy, tx, learning_rate_schedule(cfg.optim, cfg.train.num_steps),
+                               shardings, mesh, cfg, tokenizer)
+  pairs = {split: preference_pairs(cfg, run_dir, tokenizer, steps.sample, start_params, split)
+           for split in ("train", "eval")}
+  # Held-out pairs stay one per row: their rewards keep the order of the pairs' gold scores.
+  data = {split: batches.PreferenceData(encode_triples(p, tokenizer), tokenizer, cfg.data.seq_len,
+                                        cfg.data.batch_size, cfg.seed, shuffle=split == "train",
+                                        pack=cfg.data.pack and split == "train",
+                                        share_prompt=cfg.data.share_prompt and split == "train",
+                                        process_index=jax.process_index(), process_count=jax.process_count())
+          for split, p in pairs.items()}
+  evaluate = RewardEvaluator(cfg, steps, data["eval"], [p.get("gold") for p in pairs["eval"]], mesh)
+  next_batch = lambda step: sharding.put_batch(data["train"].batch(step), mesh)
+  cost = StepCost(flops.reward_step(model_cfg, cfg.data.batch_size, cfg.data.seq_len,
+                                    data["train"].slots if cfg.data.pack else 0))
+  summary = Loop(cfg.train, run_dir, steps.train, next_batch, evaluate, checkpointer, cost=cost).train(state)
+  return trainer.finish(run_dir, summary, **{"data/truncated_pairs": data["train"].num_truncated})
+
+
+def encode_triples(pairs, tokenizer):
+  return [tuple(tokenizer.encode(p[k]) for k in ("prompt", "chosen", "rejected")) for p in pairs]
+
+
+def preference_pairs(cfg, run_dir: RunDir, tokenizer, sampler, params, split: str) -> list[dict]:
+  """Pairs as dicts (prompt, chosen, rejected[, gold]); generated ones are cached as JSONL in
+  `run_dir`. With no `sampler`, generated pairs must already be there (DPO reads the RM's)."""
+  pref = cfg.preference
+  if pref.source != "generated":
+    return [dict(zip(("prompt", "chosen", "rejected"), t)) for t in preferences.load_pairs(pref, split)]
+  name = f"preferences_{split}.jsonl"
+  path = run_dir.file(name)
+  if not os.path.isfile(path) and sampler is None:
+    raise UserError(f"{path}: the reward run has no generated pairs; set preference.source")
+  if not os.path.isfile(path):
+    count = pref.train_pairs if split == "train" else pref.eval_pairs
+    rows = generate_pairs(cfg, tokenizer, sampler, params, split, count)
+    run_dir.write_text(name, "".join(json.dumps(r) + "\n" for r in rows))
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def generate_pairs(cfg, tokenizer, sampler, params, split: str, count: int) -> list[dict]:
+  """Two policy samples per held-out-split prompt, labelled by the gold judge."""
+  pref, judge = cfg.preference, judges.get_judge(cfg.preference.judge)
+  docs = sources.load_documents(cfg.data, split)[:count]
+  seed = cfg.seed + (0 if split == "train" else 1)
+  prompts = openings(docs, cfg.data, seed)
+  settings = SamplingParams.make(pref.temperature)
+  rows = []
+  for first in range(0, len(prompts), pref.gen_batch):
+    chunk = prompts[first:first + pref.gen_batch]
+    encoded = encode_prompts([p for p in chunk for _ in range(2)], tokenizer, cfg.data.seq_len - pref.max_new_tokens)
+    rng = jax.random.fold_in(jax.random.key(seed + 17), first)
+    out = jax.device_get(sampler(params, encoded.tokens, encoded.mask, rng, settings))
+    texts = [tokenizer.decode(t[m > 0]) for t, m in zip(out.tokens, out.mask)]
+    gold = judge(texts)
+    a_wins = preferences.label_pairs(gold[0::2], gold[1::2], pref.gold_scale, np.random.default_rng([seed, first]))
+    for i, prompt in enumerate(chunk):
+      a, b = (2 * i, 2 * i + 1) if a_wins[i] else (2 * i + 1, 2 * i)
+      rows.append({"prompt": prompt, "chosen": texts[a], "rejected": texts[b],
+                   "gold": [float(gold[a]), float(gold[b])]})
+  logging.info("generated %d %s preference pairs", len(rows), split)
+  return rows
+
+
+@dataclasses.dataclass
+class RewardEvaluator:
+  """Held-out accuracy and margin, the SFT-sample normalisation, and agreement with gold."""
+  cfg: object
+  steps: object
+  data: batches.PreferenceData
+  gold: list  # per eval pair [gold_chosen, gold_rejected], or None for file data
+  mesh: object
+
+  def __call__(self, state, step: int) -> dict:
+    params, sums, rewards = model_params(state), None, []
+    for batch in batches.eval_batches(self.data, self.cfg.train.eval_batches):
+      out, chosen, rejected, valid = jax.device_get(self.steps.eval(params, sharding.put_batch(batch, self.mesh)))
+      sums = out if sums is None else {k: sums[k] + out[k] for k in out}
+      rewards.append(np.stack([chosen[valid], rejected[valid]], axis=1))
+    rewards = np.concatenate(rewards)
+    pairs = max(float(sums["pairs"]), 1.0)
+    gain, bias = normalisation(rewards.reshape(-1))
+    metrics = {"eval/loss": float(sums["nll"]) / pairs, "eval/accuracy": float(sums["correct"]) / pairs,
+               "eval/margin": float(sums["margin"]) / pairs, "reward_gain": float(gain), "reward_bias": float(bias)}
+    if self.gold and self.gold[0] is not None:
+      gold = np.array(self.gold[:len(rewards)], np.float32).reshape(-1)
+      metrics["eval/gold_correlation"] = float(np.corrcoef(rewards.reshape(-1), gold)[0, 1])
+    return metrics

@@ -1,0 +1,68 @@
+"""An RL iteration with host reward functions: compiled rollout -> host scoring -> compiled update.
+
+JAX dispatches asynchronously, so the device does not wait for the host: the sampling half
+returns once the responses exist, the log-probs and values (policy, reference, critic: none of
+them needs the score) are dispatched next, and the host decodes and scores while the device
+computes them; the update then takes the host's scores. Each process scores its own rows.
+"""
+
+import dataclasses
+import functools
+from typing import Callable
+
+import jax
+import numpy as np
+
+from rlhf_jax import rewards, sharding
+from rlhf_jax.training.rl import rl_steps
+from rlhf_jax.training.rl.rl_steps import HostScores
+
+
+@dataclasses.dataclass
+class HostScoredIteration:
+  """(state, batch) -> (state, metrics), as the fused iteration, for host reward components."""
+  sample: Callable  # compiled (state, prompts, mask) -> Sampled
+  score_tokens: Callable  # compiled (state, Sampled) -> (log-probs, reference log-probs, values)
+  update: Callable  # compiled (state, Sampled, HostScores, token scores) -> (state, metrics), state donated
+  host: list  # rewards.HostReward components
+  with_model: bool  # the reward model is a component too (scored in the sampling half)
+  prompts: object  # data.prompts.Prompts of the training split
+  tokenizer: object
+  samples_per_prompt: int
+  mesh: object
+
+  def __call__(self, state, batch):
+    sampled = self.sample(state, batch["tokens"], batch["mask"])
+    token_scores = self.score_tokens(state, sampled)  # runs while the host scores
+    return self.update(state, sampled, self.score(sampled, batch["ids"]), token_scores)
+
+  def score(self, sampled, prompt_ids) -> HostScores:
+    """The host components on this process's rows, as global arrays laid out like the batch."""
+    rows = [i for i in prompt_ids for _ in range(self.samples_per_prompt)]
+    prompts = [self.prompts.texts[i] for i in rows]
+    columns = {name: [values[i] for i in rows] for name, values in self.prompts.columns.items()}
+    total, components = self._score_rows(sampled, prompts, columns)
+    greedy = self._score_rows(sampled.greedy, prompts, columns)[0] if sampled.greedy is not None else None
+    put = lambda x: None if x is None else sharding.put_batch({"x": x}, self.mesh)["x"]
+    return HostScores(put(total), put(components), put(greedy))
+
+  def _score_rows(self, sampled, prompts, columns):
+    tokens, mask = (sharding.local_rows(x) for x in (sampled.response.tokens, sampled.response.mask))
+    completion_ids = [t[m > 0].tolist() for t, m in zip(tokens, mask)]
+    completions = [self.tokenizer.decode(np.asarray(ids, np.int32)) for ids in completion_ids]
+    return rewards.score_texts(self.host, prompts, completions, completion_ids, columns, self.with_model)
+
+
+def compile_host_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg, **host_fields):
+  """The three compiled parts around the host's scoring, laid out as the fused iteration is."""
+  data, wrap = sharding.batch_sharding(mesh), lambda fn: sharding.with_rules(fn, mesh, rules)
+  sample = functools.partial(rl_steps.sample_phase, policy=models.policy, score_fn=score_fn, cfg=rl_cfg)
+  score_tokens = functools.partial(rl_steps.score_tokens, policy=models.policy, critic=models.critic, cfg=rl_cfg)
+  update = functools.partial(rl_steps.update_phase, policy=models.policy, critic=models.critic, policy_tx=policy_tx,
+                             value_tx=value_tx, cfg=rl_cfg)
+  return HostScoredIteration(
+      sample=jax.jit(wrap(sample), in_shardings=(shardings, data, data), out_shardings=data),
+      score_tokens=jax.jit(wrap(score_tokens), in_shardings=(shardings, data), out_shardings=data),
+      update=jax.jit(wrap(update), in_shardings=(shardings, data, data, data),
+                     out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0),
+      samples_per_prompt=rl_cfg.samples_per_prompt, mesh=mesh, **host_fields)

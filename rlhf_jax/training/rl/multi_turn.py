@@ -1,0 +1,275 @@
+"""Multi-turn rollouts: the policy and an environment (envs/environments.py) take turns, and a
+trajectory is one row of tokens with a loss mask, 1 on the policy's tokens and 0 on the
+prompt's and the environment's.
+
+Each turn samples up to `env.turn_tokens` new tokens for every unfinished row from its whole
+context so far (one compiled sampler, fixed shapes), keeps them up to the turn's end (EOS, or
+the first prefix whose text closes a tool call) with the sampler's log-probs, and gives the
+turn's text to the environment, whose observation is encoded once and appended (loss mask 0,
+log-prob 0). A turn without a call, an EOS, `env.max_turns` turns or a full `env.max_tokens`
+budget ends the row. Token in, token out: the sampled ids are kept as sampled, and text is
+only read, never encoded again.
+
+The result is the `Sampled` the one-turn rollout gives, with `response.mask` the loss mask
+(the attention mask, `mask`, covers the observations too), so every advantage estimator,
+policy loss, aggregation and KL term train on it unchanged; GAE passes over environment tokens
+(algorithms/gae.py) and an outcome score lands on the trajectory's last policy token.
+"""
+
+import dataclasses
+import functools
+import json
+from typing import Callable
+
+import jax
+import numpy as np
+
+from rlhf_jax import rewards, sharding
+from rlhf_jax.envs import tools as tool_format
+from rlhf_jax.models.sampling import SampleOutput, SamplingParams
+from rlhf_jax.training.policy.policy_state import policy_params, reference_params
+from rlhf_jax.training.rl import rl_steps
+from rlhf_jax.training.rl.rl_steps import HostScores, Sampled
+
+
+@dataclasses.dataclass
+class Trajectory:
+  """One row, built on the host."""
+  prompt: list  # the prompt's ids, unpadded
+  env: object  # the environment answering this row (one per trajectory)
+  response: list = dataclasses.field(default_factory=list)  # policy and observation ids, in order
+  loss_mask: list = dataclasses.field(default_factory=list)  # 1: the policy's token
+  logprobs: list = dataclasses.field(default_factory=list)  # the sampler's; 0 on observations
+  done: bool = False
+  ended: bool = False  # its last turn ended with EOS
+  turns: int = 0
+  tool_calls: int = 0
+  tool_errors: int = 0
+  transcript: list = dataclasses.field(default_factory=list)  # (who, text): "policy" or "env"
+
+  def append(self, ids, logprobs, policy: bool) -> None:
+    self.response += list(ids)
+    self.loss_mask += [int(policy)] * len(ids)
+    self.logprobs += list(logprobs) if policy else [0.0] * len(ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnLimits:
+  max_turns: int = 4
+  turn_tokens: int = 32  # new tokens per policy turn
+  max_tokens: int = 128  # of a whole response: the policy's turns and the observations
+
+
+def turn_length(ids, tokenizer) -> int:
+  """How many of a turn's sampled ids it keeps: through its EOS, or through the first prefix
+  whose text closes a tool call, else all of them."""
+  ids = list(ids)
+  if tokenizer.eos_id in ids:
+    ids = ids[:ids.index(tokenizer.eos_id) + 1]
+  text = tokenizer.decode(ids)
+  if tool_format.CALL_CLOSE not in text:
+    return len(ids)
+  for k in range(1, len(ids) + 1):
+    if tool_format.CALL_CLOSE in tokenizer.decode(ids[:k]):
+      return k
+  return len(ids)
+
+
+def contexts(rows: list, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Each row's prompt and response so far, left-padded to `width`: [n, width] ids and mask."""
+  tokens = np.full((len(rows), width), pad_id, np.int32)
+  mask = np.zeros((len(rows), width), np.int32)
+  for i, row in enumerate(rows):
+    ids = (row.prompt + row.response)[-width:]
+    tokens[i, width - len(ids):], mask[i, width - len(ids):] = ids, 1
+  return tokens, mask
+
+
+def roll_out(rows: list, sample, rng, tokenizer, limits: TurnLimits) -> list:
+  """Runs every row's turns; `sample(tokens, mask, rng) -> SampleOutput` of `turn_tokens` new
+  tokens (host arrays). Returns the rows, finished."""
+  width = max(len(r.prompt) for r in rows) + limits.max_tokens
+  for turn in range(limits.max_turns):
+    live = [r for r in rows if not r.done]
+    if not live:
+      break
+    tokens, mask = contexts(rows, width, tokenizer.pad_id)
+    out = jax.device_get(sample(tokens, mask, jax.random.fold_in(rng, turn)))
+    for i, row in enumerate(rows):
+      if not row.done:
+        take_turn(row, out.tokens[i][out.mask[i] > 0], out.logprobs[i][out.mask[i] > 0], tokenizer, limits)
+  return rows
+
+
+def take_turn(row: Trajectory, ids, logprobs, tokenizer, limits: TurnLimits) -> None:
+  """The policy's turn (cut at its end and to the budget), then the environment's answer."""
+  room = limits.max_tokens - len(row.response)
+  keep = min(turn_length(ids, tokenizer), room)
+  ids, logprobs = [int(t) for t in ids[:keep]], [float(p) for p in logprobs[:keep]]
+  row.append(ids, logprobs, policy=True)
+  row.turns += 1
+  text = tokenizer.decode([t for t in ids if t != tokenizer.eos_id])
+  row.transcript.append(("policy", text))
+  if ids and ids[-1] == tokenizer.eos_id:
+    row.done = row.ended = True
+  step = row.env.step(text)
+  row.tool_calls += step.tool_call
+  row.tool_errors += step.tool_error
+  if step.observation and not row.ended:
+    observation = tokenizer.encode(step.observation)[:limits.max_tokens - len(row.response)]
+    row.append(observation, None, policy=False)
+    row.transcript.append(("env", tokenizer.decode(observation)))
+  if step.done or row.turns >= limits.max_turns or len(row.response) >= limits.max_tokens:
+    row.done = True
+
+
+def assemble(rows: list, prompt_len: int, response_len: int, pad_id: int):
+  """Host arrays of the `Sampled` fields: (tokens [n, P + T], attention mask, SampleOutput of the
+  response with the loss mask, ended [n]). Prompts left-padded to P, responses right-padded to T."""
+  n = len(rows)
+  tokens = np.full((n, prompt_len + response_len), pad_id, np.int32)
+  mask = np.zeros_like(tokens)
+  response = SampleOutput(np.full((n, response_len), pad_id, np.int32), np.zeros((n, response_len), np.float32),
+                          np.zeros((n, response_len), np.int32))
+  for i, row in enumerate(rows):
+    p, t = len(row.prompt), len(row.response)
+    tokens[i, prompt_len - p:prompt_len], mask[i, prompt_len - p:prompt_len] = row.prompt, 1
+    tokens[i, prompt_len:prompt_len + t], mask[i, prompt_len:prompt_len + t] = row.response, 1
+    response.tokens[i, :t], response.logprobs[i, :t], response.mask[i, :t] = row.response, row.logprobs, row.loss_mask
+  ended = np.array([row.ended for row in rows])
+  return tokens, mask, response, ended
+
+
+def transcript_text(row: Trajectory) -> str:
+  """The trajectory's response as text, turn by turn (what reward functions read)."""
+  return "".join(text for _, text in row.transcript)
+
+
+def turn_metrics(rows: list) -> dict:
+  """Means per trajectory: turns, tool calls, tool errors; and the loss-masked share of tokens."""
+  tokens = max(sum(len(r.response) for r in rows), 1)
+  return {"turns": float(np.mean([r.turns for r in rows])), "tool_calls": float(np.mean([r.tool_calls for r in rows])),
+          "tool_errors": float(np.mean([r.tool_errors for r in rows])),
+          "policy_token_fraction": sum(sum(r.loss_mask) for r in rows) / tokens}
+
+
+@dataclasses.dataclass
+class Rollouts:
+  """Multi-turn rollouts of a prompt set's rows with the policy's params: the host side of an
+  iteration and of an evaluation."""
+  sampler: Callable  # compiled (params, tokens, mask, rng, SamplingParams) -> SampleOutput of turn_tokens
+  make_env: Callable  # () -> one environment
+  prompts: object  # data.prompts.Prompts
+  tokenizer: object
+  limits: TurnLimits
+  temperature: float
+
+  def run(self, params, prompt_ids, rng, repeat: int = 1) -> list:
+    """Each prompt's `repeat` trajectories (next to each other, as groups are), finished."""
+    rows = []
+    for i in prompt_ids:
+      record = {name: values[i] for name, values in self.prompts.columns.items()}
+      ids = self.prompts.tokens[i][self.prompts.mask[i] > 0].tolist()
+      for _ in range(repeat):
+        env = self.make_env()
+        opening = env.reset(record)
+        row = Trajectory(prompt=ids + (self.tokenizer.encode(opening) if opening else []), env=env)
+        rows.append(row)
+    settings = SamplingParams.make(self.temperature)
+    sample = lambda tokens, mask, key: self.sampler(params, tokens, mask, key, settings)
+    return roll_out(rows, sample, rng, self.tokenizer, self.limits)
+
+  def scores(self, rows: list, prompt_ids, repeat: int, host: list) -> tuple:
+    """(total [n], components [n, len(host)], env rewards [n]): the reward functions on each
+    trajectory's text, plus its environment's reward (TRL's get_reward, the tool penalties)."""
+    index = [i for i in prompt_ids for _ in range(repeat)]
+    env_rewards = np.array([row.env.reward() for row in rows], np.float32)
+    if not host:
+      return env_rewards, np.zeros((len(rows), 0), np.float32), env_rewards
+    prompts = [self.prompts.texts[i] for i in index]
+    columns = {name: [values[i] for i in index] for name, values in self.prompts.columns.items()}
+    completion_ids = [[t for t, m in zip(r.response, r.loss_mask) if m] for r in rows]
+    total, components = rewards.score_texts(host, prompts, [transcript_text(r) for r in rows], completion_ids,
+                                            columns, with_model=False)
+    return total + env_rewards, components, env_rewards
+
+
+@dataclasses.dataclass
+class MultiTurnIteration:
+  """(state, batch) -> (state, metrics), as the fused iteration: the turns on the host with a
+  compiled sampler, then the same compiled scoring pass and update as every iteration."""
+  rollouts: Rollouts
+  score_tokens: Callable  # compiled (state, Sampled) -> (log-probs, reference log-probs, values)
+  update: Callable  # compiled (state, Sampled, HostScores, token scores) -> (state, metrics), state donated
+  host: list  # rewards.HostReward components
+  samples_per_prompt: int
+  response_len: int
+  mesh: object
+
+  def __call__(self, state, batch):
+    _, rng, _ = jax.random.split(state.rng, 3)  # the iteration's sampling key, as sample_phase's
+    ids = [int(i) for i in np.asarray(jax.device_get(batch["ids"]))]
+    rows = self.rollouts.run(policy_params(state), ids, rng, self.samples_per_prompt)
+    total, components, env_rewards = self.rollouts.scores(rows, ids, self.samples_per_prompt, self.host)
+    sampled = self.sampled(rows)
+    token_scores = self.score_tokens(state, sampled)
+    put = lambda x: sharding.put_batch({"x": x}, self.mesh)["x"]
+    state, metrics = self.update(state, sampled, HostScores(put(total), put(components)), token_scores)
+    return state, {**metrics, **turn_metrics(rows), "reward/env": float(np.mean(env_rewards))}
+
+  def sampled(self, rows: list) -> Sampled:
+    prompt_len = self.rollouts.prompts.tokens.shape[1]
+    tokens, mask, response, ended = assemble(rows, prompt_len, self.response_len, self.rollouts.tokenizer.pad_id)
+    fields = {"tokens": tokens, "mask": mask, "ended": ended, "scores": np.zeros(len(rows), np.float32),
+              **{f"response_{k}": v for k, v in response._asdict().items()}}
+    placed = sharding.put_batch(fields, self.mesh)
+    response = SampleOutput(**{k: placed[f"response_{k}"] for k in SampleOutput._fields})
+    return Sampled(placed["tokens"], placed["mask"], response, placed["ended"], placed["scores"])
+
+
+def compile_multi_turn_iteration(shardings, mesh, rules, models, policy_tx, value_tx, rl_cfg, *, rollouts: Rollouts,
+                                 host: list) -> MultiTurnIteration:
+  """The compiled scoring pass and update around the host's turns, laid out as the fused iteration is."""
+  data, wrap = sharding.batch_sharding(mesh), lambda fn: sharding.with_rules(fn, mesh, rules)
+  score_tokens = functools.partial(rl_steps.score_tokens, policy=models.policy, critic=models.critic, cfg=rl_cfg)
+  update = functools.partial(rl_steps.update_phase, policy=models.policy, critic=models.critic, policy_tx=policy_tx,
+                             value_tx=value_tx, cfg=rl_cfg)
+  return MultiTurnIteration(
+      rollouts=rollouts,
+      score_tokens=jax.jit(wrap(score_tokens), in_shardings=(shardings, data), out_shardings=data),
+      update=jax.jit(wrap(update), in_shardings=(shardings, data, data, data),
+                     out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0),
+      host=host, samples_per_prompt=rl_cfg.samples_per_prompt, response_len=rl_cfg.max_new_tokens, mesh=mesh)
+
+
+@dataclasses.dataclass
+class MultiTurnEvaluator:
+  """The policy against the reference on held-out prompts, each rolled out with its environment
+  (one trajectory per prompt, the same key for both: at step 0 they agree): every reward
+  component, accuracy (the first checker's mean), turns, tool calls and tool errors per
+  trajectory; the whole transcripts, turns marked, in samples/step_N.jsonl."""
+  rollouts: Rollouts  # over the eval prompts
+  host: list
+  run_dir: object
+  seed: int
+  label: str
+
+  def __call__(self, state, step: int) -> dict:
+    ids = list(range(len(self.rollouts.prompts.texts)))
+    rng = jax.random.fold_in(jax.random.key(self.seed + 2), step)
+    metrics, lines = {}, [{"prompt": self.rollouts.prompts.texts[i]} for i in ids]
+    for prefix, params in (("", policy_params(state)), ("ref_", reference_params(state))):
+      rows = self.rollouts.run(params, ids, rng)
+      total, components, _ = self.rollouts.scores(rows, ids, 1, self.host)
+      metrics[f"eval/{prefix}reward"] = float(np.mean(total))
+      for j, reward in enumerate(self.host):
+        metrics[f"eval/{prefix}reward/{reward.name}"] = float(np.nanmean(components[:, j]))
+      checker = next((j for j, r in enumerate(self.host) if r.name in rewards.CHECKERS), None)
+      if checker is not None:
+        metrics[f"eval/{prefix}accuracy"] = float(np.nanmean(components[:, checker]))
+      metrics.update({f"eval/{prefix}{k}": v for k, v in turn_metrics(rows).items()})
+      for line, row, score in zip(lines, rows, total):
+        line[f"{prefix}transcript"] = [{"turn": who, "text": text} for who, text in row.transcript]
+        line[f"{prefix}reward"] = float(score)
+    self.run_dir.write_samples(step, [json.dumps(line) for line in lines], suffix="jsonl")
+    return metrics

@@ -1,0 +1,95 @@
+"""Multi-turn trajectories: the policy's tokens are kept as sampled (never decoded and encoded
+again), observations are encoded once with loss mask 0, and a turn ends at its tool call."""
+
+import jax
+import numpy as np
+
+from rlhf_jax.envs import environments, tools
+from rlhf_jax.envs.calculator import calculator
+from rlhf_jax.models.sampling import SampleOutput
+from rlhf_jax.training.rl import multi_turn
+
+
+class MergingTokenizer:
+  """Characters as ids, except that encode() merges "ab" into one id: ids sampled as "a", "b"
+  decode to text that encodes to other ids (the round trip peers' multi-turn code breaks on)."""
+  pad_id, eos_id, AB = 0, 1, 2
+
+  def encode(self, text):
+    ids, i = [], 0
+    while i < len(text):
+      if text.startswith("ab", i):
+        ids, i = ids + [self.AB], i + 2
+      else:
+        ids, i = ids + [ord(text[i]) + 3], i + 1
+    return ids
+
+  def decode(self, ids):
+    return "".join("ab" if t == self.AB else chr(t - 3) for t in ids if t > 2)
+
+
+TOKENIZER = MergingTokenizer()
+
+
+def scripted_sampler(turns: list, width: int):
+  """A sampler that writes, at turn i, turns[i] as its ids for every row, log-prob -0.5 each."""
+  calls = []
+
+  def sample(tokens, mask, rng):
+    del mask, rng
+    text_ids = turns[len(calls)]
+    calls.append(tokens.copy())
+    out = np.zeros((tokens.shape[0], width), np.int32)
+    out[:, :len(text_ids)] = text_ids
+    live = np.zeros_like(out)
+    live[:, :len(text_ids)] = 1
+    return SampleOutput(out, np.where(live > 0, -0.5, 0.0).astype(np.float32), live)
+  return sample, calls
+
+
+def char_ids(text: str) -> list:
+  return [ord(c) + 3 for c in text]  # never merged: what a policy may sample
+
+
+def test_a_tool_call_turn_keeps_the_sampled_ids_and_appends_the_observation_once():
+  call = tools.format_call("calculator", "12*34")
+  first = char_ids("ab " + call + " extra")  # sampled past the call's end: cut there
+  second = char_ids("ab 408") + [TOKENIZER.eos_id]
+  sample, calls = scripted_sampler([first, second], width=48)
+  env = environments.ToolEnvironment({"calculator": calculator})
+  env.reset({})
+  row = multi_turn.Trajectory(prompt=TOKENIZER.encode("Q?"), env=env)
+  limits = multi_turn.TurnLimits(max_turns=4, turn_tokens=48, max_tokens=120)
+  multi_turn.roll_out([row], sample, jax.random.key(0), TOKENIZER, limits)
+  kept = char_ids("ab " + call)
+  observation = TOKENIZER.encode(tools.format_result("408"))
+  assert row.response == kept + observation + second  # "a", "b" stay two ids, as sampled
+  assert TOKENIZER.encode(TOKENIZER.decode(kept))[:1] == [TOKENIZER.AB]  # the round trip would have merged them
+  assert row.loss_mask == [1] * len(kept) + [0] * len(observation) + [1] * len(second)
+  assert row.logprobs == [-0.5] * len(kept) + [0.0] * len(observation) + [-0.5] * len(second)
+  assert (row.turns, row.tool_calls, row.tool_errors, row.done, row.ended) == (2, 1, 0, True, True)
+  # The second turn was sampled from the whole context: prompt, the first turn and the observation.
+  context = calls[1][0][calls[1][0] != TOKENIZER.pad_id].tolist()
+  assert context == row.prompt + kept + observation
+
+
+def test_a_turn_without_a_call_ends_the_trajectory_and_the_budget_cuts_it():
+  sample, _ = scripted_sampler([char_ids("the answer is 7")], width=20)
+  env = environments.ToolEnvironment({"calculator": calculator})
+  row = multi_turn.Trajectory(prompt=[5, 6], env=env)
+  multi_turn.roll_out([row], sample, jax.random.key(0), TOKENIZER, multi_turn.TurnLimits(max_turns=3, turn_tokens=20,
+                                                                              max_tokens=10))
+  assert row.turns == 1 and row.done and not row.ended and len(row.response) == 10
+
+
+def test_rows_assemble_into_the_one_turn_layout_with_the_loss_mask():
+  rows = [multi_turn.Trajectory(prompt=[5, 6, 7], env=None), multi_turn.Trajectory(prompt=[8], env=None)]
+  rows[0].append([10, 11], [-1.0, -2.0], policy=True)
+  rows[0].append([12], None, policy=False)
+  rows[0].append([13], [-3.0], policy=True)
+  rows[1].append([14], [-4.0], policy=True)
+  tokens, mask, response, ended = multi_turn.assemble(rows, prompt_len=4, response_len=5, pad_id=0)
+  np.testing.assert_array_equal(tokens, [[0, 5, 6, 7, 10, 11, 12, 13, 0], [0, 0, 0, 8, 14, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(mask, [[0, 1, 1, 1, 1, 1, 1, 1, 0], [0, 0, 0, 1, 1, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(response.mask, [[1, 1, 0, 1, 0], [1, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(response.logprobs, [[-1, -2, 0, -3, 0], [-4, 0, 0, 0, 0]])
