@@ -92,6 +92,14 @@ def get_config(preset: str = "tiny"):
   # A function's NaN or inf: "error" stops the run naming it; "guard" lets the update's guard
   # refuse it (train.on_nonfinite then stops or skips, counted in nonfinite_rewards).
   c.reward = ml_collections.ConfigDict(dict(fns=("model",), weights=(), nonfinite="error"))
+  # Multi-turn RL (rlhf_jax/envs/, training/rl/multi_turn.py, docs/multi_turn.md): with `tools`
+  # (built-ins by name: calculator, python; or PATH.py:NAME, TRL's `tools=[fn]`) or `factory`
+  # (PATH.py:CLASS, TRL's `environment_factory`), the policy and the environment take turns: at
+  # most `max_turns` policy turns of `turn_tokens` each, the whole response (turns and
+  # observations) within sample.max_new_tokens. A tool call has `tool_seconds`; a failed one
+  # adds `tool_error_penalty` to the trajectory's reward. Empty: one-turn responses.
+  c.env = ml_collections.ConfigDict(dict(name="", tools=(), factory="", max_turns=4, turn_tokens=32,
+                                         tool_seconds=5.0, tool_output_chars=256, tool_error_penalty=0.0))
   c.upstream = {"reward": reward.get_config(preset)}
   c.upstream_paths = {"init_from": "sft", "reward_from": "reward"}
   return c

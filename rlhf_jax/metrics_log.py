@@ -15,9 +15,26 @@ import jax
 import numpy as np
 import tqdm
 
-from tensorboardX import SummaryWriter
-
 from rlhf_jax import tracking
+
+
+def _summary_writer():
+  """tensorboardX's SummaryWriter class, imported without torch: tensorboardX imports torch, if
+  installed, only to accept torch tensors, which nothing here logs, and that import took every
+  process ~2.4 s of its start (the interop extras install torch). Torch is importable again
+  afterwards."""
+  blocked = "torch" not in sys.modules
+  if blocked:
+    sys.modules["torch"] = None  # `import torch` raises ImportError: tensorboardX's optional path
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if blocked:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
+SummaryWriter = _summary_writer()
 
 
 def _plain(value):

@@ -17,8 +17,9 @@ from rlhf_jax.errors import UserError
 
 CRITICS = ("auto", "reward", "sft", "shared")
 # The iteration that runs: one compiled program with in-graph rewards ("fused"), rollout -> host
-# scoring -> update ("host", rewards.py functions), or the K-deep queue ("off_policy").
-DRIVERS = ("fused", "host", "off_policy")
+# scoring -> update ("host", rewards.py functions), the K-deep queue ("off_policy"), or turns
+# with an environment on the host around the compiled update ("multi_turn", config.env).
+DRIVERS = ("fused", "host", "off_policy", "multi_turn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +77,8 @@ def resolve(cfg) -> RLPlan:
   kl_coef, origins["kl_coef"] = presets.kl_coef(cfg.algo, cfg.kl_coef)
   reward_plan = rewards.plan(cfg.reward)
   critic, origins["critic"] = critic_of(cfg.critic, fields["advantage"], reward_plan)
-  driver = "off_policy" if fields["off_policy_steps"] else "host" if reward_plan.host else "fused"
+  driver = ("multi_turn" if multi_turn(cfg) else "off_policy" if fields["off_policy_steps"]
+            else "host" if reward_plan.host else "fused")
   return RLPlan(cfg.algo, fields, origins, kl_coef, critic, reward_plan, driver)
 
 
@@ -88,3 +90,9 @@ def critic_of(configured: str, advantage: str, reward_plan: rewards.RewardPlan) 
   if configured != "auto":
     return configured, "config"
   return ("reward" if reward_plan.model_weight is not None else "sft"), "default"
+
+
+def multi_turn(cfg) -> bool:
+  """Whether `config.env` names an environment (tools, a factory class or a registered name)."""
+  env = cfg.get("env")
+  return bool(env and (env.tools or env.factory or env.name))

@@ -86,7 +86,8 @@ def rl_sampled(cfg, model_cfg, rl: rl_plan.RLPlan):
   """The rollout's `data.batch_size` responses and k for each extra prompt `rl.oversample`
   draws, or evaluation's `eval_prompts`."""
   extra = rl.fields["oversample"] * rl.fields["samples_per_prompt"]
-  return max(cfg.data.batch_size + extra, cfg.eval_prompts), cfg.max_prompt_len + cfg.sample.max_new_tokens
+  turn = cfg.env.turn_tokens if rl.driver == "multi_turn" else 0  # a turn sampled after a full context
+  return max(cfg.data.batch_size + extra, cfg.eval_prompts), cfg.max_prompt_len + cfg.sample.max_new_tokens + turn
 
 
 def best_of_n_models(cfg, model_cfg, rl):

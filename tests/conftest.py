@@ -177,3 +177,17 @@ def tiny_dpo():
   config.update(dict(eval_prompts=8, max_prompt_len=24))
   config.sample.max_new_tokens = 16
   return config
+
+
+# The longest tests (each a minute or more on 2 cores: processes of their own, or a whole run
+# killed and resumed), started first so that the other worker runs the short ones beside them
+# rather than one core finishing a long test alone at the end.
+LONGEST_FIRST = ("tests/test_distributed.py::test_two_processes", "tests/test_sharding.py::test_steps_match",
+                 "tests/test_faults.py::test_rl_and_dpo_killed", "tests/training/rl/test_rl_trainer.py::test_vmapped",
+                 "tests/training/test_lora_stages.py::test_lora_ppo", "tests/test_faults.py::test_pretraining_killed")
+
+
+def pytest_collection_modifyitems(items):
+  rank = lambda item: next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
+                           len(LONGEST_FIRST))
+  items.sort(key=rank)  # stable: the rest keep their order

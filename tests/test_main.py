@@ -96,7 +96,7 @@ BAD_FILES = {"bad.jsonl": '{"text": "fine"}\n{"text": "cut short\n', "empty.json
     ("pretrain", "--config.train.on_nonfinite=ignore", "train.on_nonfinite='ignore': choose one of"),
     ("ppo", "--config.algo=a2c", "algo='a2c'"),
     ("rl", "--config.rl.policy_loss=trpo", "rl.policy_loss='trpo': choose one of clip, dual_clip"),
-    ("rl", "--config.rl.epochs=-1", "rl.epochs=-1 must be >= 0"),
+    ("rl", "--config.rl.epochs=0", "rl.epochs=0 must be >= 1"),  # 0 is a value, not "the preset's"
     ("pretrain", "--config.data.batch_size=0", "data.batch_size=0 must be >= 1"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, config, override, message):

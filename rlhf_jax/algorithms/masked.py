@@ -29,7 +29,9 @@ def masked_var(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
 
 
 def last_token(mask: jax.Array) -> jax.Array:
-  """1.0 at each row's last valid token, else 0. The mask is one contiguous block of ones per
-  row, so its last token is the only valid one whose successor is not valid."""
-  mask = jnp.asarray(mask, jnp.float32)
-  return mask * (1.0 - jnp.pad(mask[:, 1:], ((0, 0), (0, 1))))
+  """1.0 at each row's last valid token, else 0 (a row with none: all 0). A multi-turn row's
+  mask has a block per policy turn; only the last block's last token is marked."""
+  valid = jnp.asarray(mask) > 0
+  last = valid.shape[-1] - 1 - jnp.argmax(jnp.flip(valid, axis=-1), axis=-1)
+  at_last = jnp.arange(valid.shape[-1]) == last[..., None]
+  return (at_last & valid).astype(jnp.float32)

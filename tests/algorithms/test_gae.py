@@ -104,3 +104,40 @@ def test_jit_with_traced_gamma_and_lam_compiles_once():
     np.testing.assert_allclose(advantages, expected_advantages, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(returns, expected_returns, rtol=1e-5, atol=1e-5)
   chex.assert_shape([advantages, returns], (4, 7))
+
+
+def one_block_gae(rewards, values, mask, gamma, lam):
+  """The implementation before multi-turn masks, kept to show that one-turn rows give its
+  numbers bit for bit."""
+  valid = mask > 0
+  rewards = jnp.where(valid, jnp.asarray(rewards, jnp.float32), 0.0)
+  values = jnp.where(valid, jnp.asarray(values, jnp.float32), 0.0)
+  deltas = rewards + gamma * jnp.pad(values[:, 1:], ((0, 0), (0, 1))) - values
+
+  def step(next_advantage, inputs):
+    delta, m = inputs
+    advantage = jnp.where(m, delta + gamma * lam * next_advantage, 0.0)
+    return advantage, advantage
+
+  _, advantages = jax.lax.scan(step, jnp.zeros(rewards.shape[0], jnp.float32), (deltas.T, valid.T), reverse=True)
+  return advantages.T, jnp.where(valid, advantages.T + values, 0.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_one_turn_rows_are_unchanged_bit_for_bit_and_turns_chain_over_the_environments_tokens(seed):
+  rng = np.random.default_rng(seed)
+  rewards, values = (rng.normal(size=(8, 12)).astype(np.float32) for _ in range(2))
+  mask = random_masks(rng, 8, 12)
+  for new, old in zip(generalized_advantage_estimation(rewards, values, mask, 1.0, 0.95),
+                      one_block_gae(rewards, values, mask, 1.0, 0.95)):
+    np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+  # Two policy turns with three environment tokens between them: the policy's tokens alone,
+  # as one sequence, give the same advantages; the environment's get none.
+  turns = np.array([[0, 1, 1, 0, 0, 0, 1, 1, 0]], np.float32)
+  kept = turns[0] > 0
+  advantages, returns = generalized_advantage_estimation(rewards[:1, :9], values[:1, :9], turns, 0.9, 0.8)
+  chained, chained_returns = reference_gae(rewards[:1, :9][:, kept], values[:1, :9][:, kept],
+                                           np.ones((1, kept.sum()), np.float32), 0.9, 0.8)
+  np.testing.assert_allclose(np.asarray(advantages)[:, kept], chained, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(returns)[:, kept], chained_returns, rtol=1e-6)
+  assert np.all(np.asarray(advantages)[:, ~kept] == 0)

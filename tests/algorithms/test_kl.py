@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.algorithms import kl
+from rlhf_jax.algorithms.masked import last_token
 from rlhf_jax.algorithms.kl import (KL_KINDS, init_kl_controller, kl_penalty, masked_mean, masked_sum,
                                     update_kl_controller)
 
@@ -115,3 +116,11 @@ def test_masked_reductions_skip_padding_even_if_it_is_inf():
   grads = jax.grad(lambda v: masked_mean(v, mask))(x)
   np.testing.assert_allclose(grads, np.asarray(mask) / 4)
   assert set(KL_KINDS) == {"k1", "k2", "k3", "abs"}
+
+
+def test_the_score_lands_on_the_last_policy_token_of_a_multi_turn_row():
+  one_turn = jnp.array([[0, 1, 1, 1, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]], jnp.float32)
+  old = one_turn * (1.0 - jnp.pad(one_turn[:, 1:], ((0, 0), (0, 1))))  # the one-block rule it replaced
+  np.testing.assert_array_equal(np.asarray(last_token(one_turn)), np.asarray(old))
+  turns = jnp.array([[1, 1, 0, 0, 1, 0]], jnp.float32)  # two turns, environment tokens between
+  np.testing.assert_array_equal(np.asarray(last_token(turns)), [[0, 0, 0, 0, 1, 0]])

@@ -26,7 +26,7 @@ from rlhf_jax.training.policy import frozen
 from rlhf_jax.training.policy.policy_eval import PolicyEvaluator
 from rlhf_jax.training.policy.policy_state import policy_params
 from rlhf_jax.training.preference.dpo_steps import averages, compile_dpo_steps
-from rlhf_jax.training.preference.reward_trainer import encode_triples, preference_pairs
+from rlhf_jax.training.preference.reward_trainer import preference_batches, preference_pairs
 from rlhf_jax.workdir import RunDir
 
 DPO_ITEMS = ("policy", "policy_opt", "rng")
@@ -52,12 +52,7 @@ def run(cfg, workdir: str) -> dict:
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   memory.check(cfg, policy.cfg, mesh)
   pairs = {split: preference_pairs(cfg, reward_run, tokenizer, None, None, split) for split in ("train", "eval")}
-  data = {split: batches.PreferenceData(encode_triples(rows, tokenizer), tokenizer, cfg.data.seq_len,
-                                        cfg.data.batch_size, cfg.seed, shuffle=split == "train",
-                                        pack=cfg.data.pack and split == "train",
-                                        share_prompt=cfg.data.share_prompt and split == "train",
-                                        process_index=jax.process_index(), process_count=jax.process_count())
-          for split, rows in pairs.items()}
+  data = preference_batches(cfg, pairs, tokenizer)
   prompts = prompt_set(cfg, tokenizer, "eval")
   tx = make_optimizer(cfg.optim, cfg.train.num_steps)
   sources = {"policy": (policy, sft_run, None), "reward": (scorer, reward_run, None)}

@@ -55,19 +55,25 @@ def run(cfg, workdir: str) -> dict:
                                shardings, mesh, cfg, tokenizer)
   pairs = {split: preference_pairs(cfg, run_dir, tokenizer, steps.sample, start_params, split)
            for split in ("train", "eval")}
-  # Held-out pairs stay one per row: their rewards keep the order of the pairs' gold scores.
-  data = {split: batches.PreferenceData(encode_triples(p, tokenizer), tokenizer, cfg.data.seq_len,
-                                        cfg.data.batch_size, cfg.seed, shuffle=split == "train",
-                                        pack=cfg.data.pack and split == "train",
-                                        share_prompt=cfg.data.share_prompt and split == "train",
-                                        process_index=jax.process_index(), process_count=jax.process_count())
-          for split, p in pairs.items()}
+  data = preference_batches(cfg, pairs, tokenizer)
   evaluate = RewardEvaluator(cfg, steps, data["eval"], [p.get("gold") for p in pairs["eval"]], mesh)
   next_batch = lambda step: sharding.put_batch(data["train"].batch(step), mesh)
   cost = StepCost(flops.reward_step(model_cfg, cfg.data.batch_size, cfg.data.seq_len,
                                     data["train"].slots if cfg.data.pack else 0))
   summary = Loop(cfg.train, run_dir, steps.train, next_batch, evaluate, checkpointer, cost=cost).train(state)
   return trainer.finish(run_dir, summary, **{"data/truncated_pairs": data["train"].num_truncated})
+
+
+def preference_batches(cfg, pairs: dict, tokenizer) -> dict:
+  """split -> PreferenceData of that split's pairs: training's shuffled (and packed, its prompts
+  shared, as data.pack and data.share_prompt say); held-out pairs stay one per row, in order,
+  so their rewards keep the order of the pairs' gold scores."""
+  return {split: batches.PreferenceData(encode_triples(p, tokenizer), tokenizer, cfg.data.seq_len,
+                                        cfg.data.batch_size, cfg.seed, shuffle=split == "train",
+                                        pack=cfg.data.pack and split == "train",
+                                        share_prompt=cfg.data.share_prompt and split == "train",
+                                        process_index=jax.process_index(), process_count=jax.process_count())
+          for split, p in pairs.items()}
 
 
 def encode_triples(pairs, tokenizer):

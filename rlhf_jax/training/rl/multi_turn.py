@@ -26,6 +26,7 @@ import numpy as np
 
 from rlhf_jax import rewards, sharding
 from rlhf_jax.envs import tools as tool_format
+from rlhf_jax.errors import HostStepError
 from rlhf_jax.models.sampling import SampleOutput, SamplingParams
 from rlhf_jax.training.policy.policy_state import policy_params, reference_params
 from rlhf_jax.training.rl import rl_steps
@@ -75,6 +76,23 @@ def turn_length(ids, tokenizer) -> int:
   return len(ids)
 
 
+class EnvironmentFailed(HostStepError):
+  """A user's environment raised: the run stops with one line naming it, after the last
+  finished iteration's checkpoint (as a reward function that raises does)."""
+
+
+def _call(env, method: str, argument):
+  """`env.method(argument)` (or `env()` to construct one); what it raises becomes EnvironmentFailed.
+  Tool calls are not here: the environment turns their failures into error observations."""
+  name = type(env).__name__ if method else "config.env's environment"
+  try:
+    if not method:
+      return env()
+    return getattr(env, method)() if argument is None else getattr(env, method)(argument)
+  except Exception as e:  # the user's code, whatever it raises
+    raise EnvironmentFailed(f"environment {name}.{method or '__init__'} raised {type(e).__name__}: {e}") from None
+
+
 def contexts(rows: list, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
   """Each row's prompt and response so far, left-padded to `width`: [n, width] ids and mask."""
   tokens = np.full((len(rows), width), pad_id, np.int32)
@@ -85,10 +103,11 @@ def contexts(rows: list, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarra
   return tokens, mask
 
 
-def roll_out(rows: list, sample, rng, tokenizer, limits: TurnLimits) -> list:
+def roll_out(rows: list, sample, rng, tokenizer, limits: TurnLimits, width: int | None = None) -> list:
   """Runs every row's turns; `sample(tokens, mask, rng) -> SampleOutput` of `turn_tokens` new
-  tokens (host arrays). Returns the rows, finished."""
-  width = max(len(r.prompt) for r in rows) + limits.max_tokens
+  tokens (host arrays) from contexts left-padded to `width` (one shape every turn: one compile).
+  Returns the rows, finished."""
+  width = width or max(len(r.prompt) for r in rows) + limits.max_tokens
   for turn in range(limits.max_turns):
     live = [r for r in rows if not r.done]
     if not live:
@@ -112,7 +131,7 @@ def take_turn(row: Trajectory, ids, logprobs, tokenizer, limits: TurnLimits) -> 
   row.transcript.append(("policy", text))
   if ids and ids[-1] == tokenizer.eos_id:
     row.done = row.ended = True
-  step = row.env.step(text)
+  step = _call(row.env, "step", text)
   row.tool_calls += step.tool_call
   row.tool_errors += step.tool_error
   if step.observation and not row.ended:
@@ -166,24 +185,24 @@ class Rollouts:
 
   def run(self, params, prompt_ids, rng, repeat: int = 1) -> list:
     """Each prompt's `repeat` trajectories (next to each other, as groups are), finished."""
-    rows = []
+    rows, prompt_len = [], self.prompts.tokens.shape[1]
     for i in prompt_ids:
       record = {name: values[i] for name, values in self.prompts.columns.items()}
       ids = self.prompts.tokens[i][self.prompts.mask[i] > 0].tolist()
       for _ in range(repeat):
-        env = self.make_env()
-        opening = env.reset(record)
-        row = Trajectory(prompt=ids + (self.tokenizer.encode(opening) if opening else []), env=env)
-        rows.append(row)
+        env = _call(self.make_env, "", None)
+        opening = _call(env, "reset", record)  # TRL's reset: text after the prompt (its start cut to fit)
+        prompt = (ids + (self.tokenizer.encode(opening) if opening else []))[-prompt_len:]
+        rows.append(Trajectory(prompt=prompt, env=env))
     settings = SamplingParams.make(self.temperature)
     sample = lambda tokens, mask, key: self.sampler(params, tokens, mask, key, settings)
-    return roll_out(rows, sample, rng, self.tokenizer, self.limits)
+    return roll_out(rows, sample, rng, self.tokenizer, self.limits, prompt_len + self.limits.max_tokens)
 
   def scores(self, rows: list, prompt_ids, repeat: int, host: list) -> tuple:
     """(total [n], components [n, len(host)], env rewards [n]): the reward functions on each
     trajectory's text, plus its environment's reward (TRL's get_reward, the tool penalties)."""
     index = [i for i in prompt_ids for _ in range(repeat)]
-    env_rewards = np.array([row.env.reward() for row in rows], np.float32)
+    env_rewards = np.array([_call(row.env, "reward", None) for row in rows], np.float32)
     if not host:
       return env_rewards, np.zeros((len(rows), 0), np.float32), env_rewards
     prompts = [self.prompts.texts[i] for i in index]

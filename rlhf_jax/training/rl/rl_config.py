@@ -11,7 +11,8 @@ from rlhf_jax.algorithms.policy_losses import PolicyLossParams
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-  """Static hyperparameters, resolved (`presets.resolve`); PPO defaults from Huang et al. 2024."""
+  """Static hyperparameters, resolved (rl_plan.py: the algorithm's preset fills what the config
+  leaves None); PPO defaults from Huang et al. 2024."""
   max_new_tokens: int
   eos_id: int
   pad_id: int

@@ -27,6 +27,7 @@ from rlhf_jax.algorithms.importance import IS_CORRECTIONS
 from rlhf_jax.algorithms.policy_losses import POLICY_LOSSES
 from rlhf_jax.data import sources
 from rlhf_jax.data.prompts import prompt_batch, prompt_set, warn_about_prompt_sets
+from rlhf_jax.envs import environments
 from rlhf_jax.errors import UserError
 from rlhf_jax.metrics_log import MetricsLog
 from rlhf_jax.models.config import LORA_FIELDS, ModelConfig
@@ -35,10 +36,11 @@ from rlhf_jax.training.core import setup, trainer
 from rlhf_jax.training.core.compute import StepCost
 from rlhf_jax.training.core.loop import Loop
 from rlhf_jax.training.core.optim import make_optimizer
+from rlhf_jax.training.core.steps import jit_sampler
 from rlhf_jax.training.policy import frozen
 from rlhf_jax.training.policy.policy_eval import PolicyEvaluator
 from rlhf_jax.training.policy.policy_state import policy_params
-from rlhf_jax.training.rl import rl_state, seeds
+from rlhf_jax.training.rl import multi_turn, rl_state, seeds
 from rlhf_jax.training.rl.host_rewards import compile_host_iteration
 from rlhf_jax.training.rl.off_policy import compile_off_policy
 from rlhf_jax.training.rl.rl_steps import RLConfig, reuses_scoring_pass, rl_iteration
@@ -65,19 +67,17 @@ def check_config(cfg) -> None:
     if rl[part] not in registry:
       raise UserError(f"rl.{part}={rl[part]!r}: choose one of {', '.join(registry)}")
   k, estimator = rl["samples_per_prompt"], ADVANTAGES[rl["advantage"]]
-  if k < 1 or k < estimator.min_group_size or (rl["dynamic_sampling"] and k < 2):
+  if k < estimator.min_group_size or (rl["dynamic_sampling"] and k < 2):
     raise UserError(f"algo={cfg.algo} (rl.advantage={rl['advantage']}) compares samples of one prompt: "
-                    "rl.samples_per_prompt must be >= 2" if k >= 1 else
-                    f"rl.samples_per_prompt={k}: each prompt needs >= 1 response")
-  for name in ("epochs", "minibatches"):
-    if rl[name] < 1:
-      raise UserError(f"rl.{name}={rl[name]} must be >= 1 (None takes algo={cfg.algo}'s)")
+                    "rl.samples_per_prompt must be >= 2")
   if rl["oversample"] < 0 or (rl["oversample"] and not rl["dynamic_sampling"]):
     raise UserError(f"rl.oversample={rl['oversample']}: extra prompts (>= 0) refill what dynamic sampling "
                     "leaves out; it needs rl.dynamic_sampling=True (algo=dapo sets it)")
   if cfg.vmap_seeds < 1:
     raise UserError(f"vmap_seeds={cfg.vmap_seeds} must be >= 1")
   check_off_policy(cfg, plan)
+  if plan.driver == "multi_turn":
+    check_multi_turn(cfg, plan)
   if plan.rewards.host and cfg.vmap_seeds > 1:
     raise UserError("vmap_seeds > 1 with host reward functions is not supported: run the seeds as separate runs")
   if plan.critic == "reward" and not plan.uses_reward_model:
@@ -106,9 +106,19 @@ def check_off_policy(cfg, plan: rl_plan.RLPlan) -> None:
                     + " is not supported yet: use in-graph rewards and one seed per run, or off_policy_steps=0")
 
 
-def unused_upstream(cfg) -> set:
-  """Upstream stages this config does not need (the plan's answer)."""
-  return rl_plan.resolve(cfg).unused_upstream
+def check_multi_turn(cfg, plan: rl_plan.RLPlan) -> None:
+  """What multi-turn runs with, and its environment loaded now: a bad tool or class fails here,
+  before any stage runs."""
+  unsupported = ("rl.off_policy_steps >= 1" if plan.fields["off_policy_steps"] else
+                 "vmap_seeds > 1" if cfg.vmap_seeds > 1 else
+                 "the reward model among reward.fns" if plan.uses_reward_model else
+                 f"algo={cfg.algo}'s greedy baseline" if ADVANTAGES[plan.fields["advantage"]].needs_greedy else "")
+  if unsupported:
+    raise UserError(f"config.env (multi-turn) with {unsupported} is not supported yet: the turns run on the host "
+                    "between compiled updates; use reward functions (reward.fns) and a synchronous single-seed run")
+  if cfg.env.max_turns < 1 or cfg.env.turn_tokens < 1:
+    raise UserError(f"env.max_turns={cfg.env.max_turns} and env.turn_tokens={cfg.env.turn_tokens} must be >= 1")
+  environments.from_config(cfg.env)
 
 
 def make_models(plan: rl_plan.RLPlan, policy_cfg: ModelConfig, reward_cfg: ModelConfig | None) -> Models:
@@ -176,13 +186,16 @@ def run(cfg, workdir: str) -> dict:
   if k:
     train_step = driver
     state = state if resumed else driver.prefill(state, [batch_of(j) for j in range(k)])
+  elif plan.driver == "multi_turn":
+    train_step, multi_turn_eval = compile_multi_turn(cfg, plan, run_dir, models, shardings, mesh, rules, policy_tx,
+                                                     value_tx, rl_cfg, prompts, tokenizer)
   else:
     parts = (shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg)
     train_step = compile_train_step(parts, plan.rewards, prompts["train"], tokenizer, vmapped=bool(seed_dirs))
   next_batch = lambda step: batch_of(step + k)  # off-policy, iteration i samples the prompts of i + K
-  evaluator = PolicyEvaluator(cfg, run_dir, models.policy, prompts["eval"], tokenizer, score_fn,
-                              policy_params(one_seed_shardings), mesh, label=cfg.algo, model_weight=plan.rewards.model_weight,
-                              host=plan.rewards.host)
+  evaluator = multi_turn_eval if plan.driver == "multi_turn" else PolicyEvaluator(
+      cfg, run_dir, models.policy, prompts["eval"], tokenizer, score_fn, policy_params(one_seed_shardings), mesh,
+      label=cfg.algo, model_weight=plan.rewards.model_weight, host=plan.rewards.host)
   cost = iteration_cost(cfg, rl_cfg, models, prompts["train"].tokens.shape[1], uses_model=reward_run is not None)
   open_log = MetricsLog
   if seed_dirs:  # each seed evaluated and logged in its own directory
@@ -208,6 +221,22 @@ def meshes(cfg) -> tuple:
   if n >= len(devices):
     raise UserError(f"rollout.devices={n} leaves none of the {len(devices)} devices to train on")
   return sharding.make_mesh(cfg.mesh, devices[:-n]), sharding.make_mesh(cfg.rollout.mesh, devices[-n:])
+
+
+def compile_multi_turn(cfg, plan, run_dir, models, shardings, mesh, rules, policy_tx, value_tx, rl_cfg, prompts,
+                       tokenizer):
+  """(the iteration, the evaluator) of a multi-turn run: the environment's turns on the host with
+  one compiled sampler of `env.turn_tokens`, around the compiled scoring pass and update."""
+  if jax.process_count() > 1:
+    raise UserError("config.env (multi-turn) on several processes is not supported yet: run it on one process")
+  sampler = jit_sampler(models.policy, cfg.env.turn_tokens, tokenizer, policy_params(shardings), mesh, rules)
+  limits = multi_turn.TurnLimits(cfg.env.max_turns, cfg.env.turn_tokens, cfg.sample.max_new_tokens)
+  rollouts = {split: multi_turn.Rollouts(sampler, environments.from_config(cfg.env), prompts[split], tokenizer, limits,
+                                         cfg.sample.temperature) for split in ("train", "eval")}
+  iteration = multi_turn.compile_multi_turn_iteration(shardings, mesh, rules, models, policy_tx, value_tx, rl_cfg,
+                                                      rollouts=rollouts["train"], host=plan.rewards.host)
+  evaluator = multi_turn.MultiTurnEvaluator(rollouts["eval"], plan.rewards.host, run_dir, cfg.seed, cfg.algo)
+  return iteration, evaluator
 
 
 def compile_train_step(parts: tuple, plan: rewards.RewardPlan, prompts, tokenizer, vmapped: bool):

@@ -1,9 +1,13 @@
 """Multi-turn trajectories: the policy's tokens are kept as sampled (never decoded and encoded
 again), observations are encoded once with loss mask 0, and a turn ends at its tool call."""
 
+import json
+
 import jax
 import numpy as np
+import pytest
 
+from rlhf_jax import stages
 from rlhf_jax.envs import environments, tools
 from rlhf_jax.envs.calculator import calculator
 from rlhf_jax.models.sampling import SampleOutput
@@ -93,3 +97,56 @@ def test_rows_assemble_into_the_one_turn_layout_with_the_loss_mask():
   np.testing.assert_array_equal(mask, [[0, 1, 1, 1, 1, 1, 1, 1, 0], [0, 0, 0, 1, 1, 0, 0, 0, 0]])
   np.testing.assert_array_equal(response.mask, [[1, 1, 0, 1, 0], [1, 0, 0, 0, 0]])
   np.testing.assert_array_equal(response.logprobs, [[-1, -2, 0, -3, 0], [-4, 0, 0, 0, 0]])
+
+
+class Echo:
+  """An environment that answers every turn, so that the tiny policy's trajectories have turns
+  and observations whatever it writes; its reward is the turns' count."""
+
+  def __init__(self, tool_fns, limits):
+    del tool_fns, limits
+    self.turns = 0
+
+  def reset(self, record):
+    self.turns = 0
+    return None
+
+  def step(self, turn_text):
+    self.turns += 1
+    return environments.Step(" <result>noted</result>", tool_call=True, tool_error=self.turns == 2)
+
+  def reward(self):
+    return 0.1 * self.turns
+
+
+def test_an_rl_stage_with_an_environment_trains_on_its_trajectories(tiny_ppo, tiny_upstream, tmp_path, monkeypatch):
+  monkeypatch.setitem(environments.ENVIRONMENTS, "echo", lambda tool_fns, limits: (lambda: Echo(tool_fns, limits)))
+  (tmp_path / "length.py").write_text("def short(prompts, completions, **unused):\n"
+                                      "  return [-len(c.split()) / 10 for c in completions]\n")
+  cfg = tiny_ppo.copy_and_resolve_references()
+  cfg.update(dict(algo="grpo", **tiny_upstream))
+  cfg.reward.fns = (f"{tmp_path / 'length.py'}:short",)
+  cfg.env.update(dict(name="echo", max_turns=3, turn_tokens=6))
+  cfg.sample.max_new_tokens = 40
+  cfg.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2))
+  summary = stages.run(cfg, str(tmp_path / "run"))
+  assert json.load(open(tmp_path / "run" / "plan.json"))["driver"] == "multi_turn"
+  train = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if "policy_loss" in line]
+  assert len(train) == 2 and all(np.isfinite(row["policy_loss"]) for row in train)
+  assert 1 <= train[-1]["turns"] <= 3 and 0 < train[-1]["policy_token_fraction"] < 1
+  assert train[-1]["tool_errors"] <= train[-1]["tool_calls"] and train[-1]["reward/env"] > 0
+  assert 1 <= summary["eval/turns"] <= 3 and "eval/ref_turns" in summary and "eval/reward/short" in summary
+  lines = [json.loads(line) for line in open(tmp_path / "run" / "samples" / "step_000002.jsonl")]
+  assert len(lines) == cfg.eval_prompts and lines[0]["transcript"][0]["turn"] == "policy"
+  assert any(turn["turn"] == "env" and turn["text"] == " <result>noted</result>" for turn in lines[0]["transcript"])
+
+
+def test_an_environment_that_raises_is_one_line_naming_it():
+  class Broken:
+    def step(self, turn_text):
+      raise KeyError("board")
+
+  sample, _ = scripted_sampler([char_ids("move")], width=8)
+  row = multi_turn.Trajectory(prompt=[5], env=Broken())
+  with pytest.raises(multi_turn.EnvironmentFailed, match="environment Broken.step raised KeyError: 'board'"):
+    multi_turn.roll_out([row], sample, jax.random.key(0), TOKENIZER, multi_turn.TurnLimits(1, 8, 16))
