@@ -46,6 +46,7 @@ class Trajectory:
   turns: int = 0
   tool_calls: int = 0
   tool_errors: int = 0
+  step_rewards: float = 0.0  # the environment's per-turn rewards, summed
   transcript: list = dataclasses.field(default_factory=list)  # (who, text): "policy" or "env"
 
   def append(self, ids, logprobs, policy: bool) -> None:
@@ -134,6 +135,7 @@ def take_turn(row: Trajectory, ids, logprobs, tokenizer, limits: TurnLimits) -> 
   step = _call(row.env, "step", text)
   row.tool_calls += step.tool_call
   row.tool_errors += step.tool_error
+  row.step_rewards += step.reward
   if step.observation and not row.ended:
     observation = tokenizer.encode(step.observation)[:limits.max_tokens - len(row.response)]
     row.append(observation, None, policy=False)
@@ -200,9 +202,10 @@ class Rollouts:
 
   def scores(self, rows: list, prompt_ids, repeat: int, host: list) -> tuple:
     """(total [n], components [n, len(host)], env rewards [n]): the reward functions on each
-    trajectory's text, plus its environment's reward (TRL's get_reward, the tool penalties)."""
+    trajectory's text, plus its environment's rewards (per turn, and its final one: TRL's
+    get_reward, the tool penalties). The sum is the trajectory's outcome score."""
     index = [i for i in prompt_ids for _ in range(repeat)]
-    env_rewards = np.array([_call(row.env, "reward", None) for row in rows], np.float32)
+    env_rewards = np.array([row.step_rewards + _call(row.env, "reward", None) for row in rows], np.float32)
     if not host:
       return env_rewards, np.zeros((len(rows), 0), np.float32), env_rewards
     prompts = [self.prompts.texts[i] for i in index]

@@ -9,7 +9,9 @@ on the policy backbone; "auto" (default) "reward" when the reward model is a rew
 else "sft". The reward model, when `reward.fns` names it, scores responses normalised by the
 gain and bias the reward stage measured on SFT samples; without it no reward model is built,
 loaded or held. With in-graph rewards only, each iteration is one compiled `rl_iteration`;
-with host reward functions it is rollout -> host scoring -> update (host_rewards.py).
+with host reward functions it is rollout -> host scoring -> update (host_rewards.py); with an
+environment (`config.env`) the policy's and the environment's turns on the host, then the
+same update (multi_turn.py). Which one runs is the plan's `driver` (rl_plan.py).
 Evaluation compares the policy with the reference on held-out prompts by the gold judge, the
 reward (each component and their sum) and the KL between them.
 """
@@ -44,9 +46,9 @@ from rlhf_jax.training.rl import multi_turn, rl_state, seeds
 from rlhf_jax.training.rl.host_rewards import compile_host_iteration
 from rlhf_jax.training.rl.off_policy import compile_off_policy
 from rlhf_jax.training.rl.rl_steps import RLConfig, reuses_scoring_pass, rl_iteration
+from rlhf_jax.workdir import RunDir
 
 RL_ITEMS = ("policy", "policy_opt", "value", "value_opt", "kl", "baseline", "rng", "pending")
-from rlhf_jax.workdir import RunDir
 
 # The registries whose member each `rl.*` part names.
 PARTS = {"advantage": ADVANTAGES, "policy_loss": POLICY_LOSSES, "loss_aggregation": aggregation.LOSS_AGGREGATIONS}
@@ -183,17 +185,18 @@ def run(cfg, workdir: str) -> dict:
   files = trainer.RunFiles(tokenizer, models.policy.cfg, base, extra={"plan.json": plan.to_json()})
   for directory, directory_cfg in [(run_dir, cfg), *zip(seed_dirs, seed_cfgs)]:
     trainer.record(directory, directory_cfg, files)
+  evaluator = None  # the policy's evaluation (below), unless the driver brings its own
   if k:
     train_step = driver
     state = state if resumed else driver.prefill(state, [batch_of(j) for j in range(k)])
   elif plan.driver == "multi_turn":
-    train_step, multi_turn_eval = compile_multi_turn(cfg, plan, run_dir, models, shardings, mesh, rules, policy_tx,
-                                                     value_tx, rl_cfg, prompts, tokenizer)
+    train_step, evaluator = compile_multi_turn(cfg, plan, run_dir, models, shardings, mesh, rules, policy_tx,
+                                               value_tx, rl_cfg, prompts, tokenizer)
   else:
     parts = (shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg)
     train_step = compile_train_step(parts, plan.rewards, prompts["train"], tokenizer, vmapped=bool(seed_dirs))
   next_batch = lambda step: batch_of(step + k)  # off-policy, iteration i samples the prompts of i + K
-  evaluator = multi_turn_eval if plan.driver == "multi_turn" else PolicyEvaluator(
+  evaluator = evaluator or PolicyEvaluator(
       cfg, run_dir, models.policy, prompts["eval"], tokenizer, score_fn, policy_params(one_seed_shardings), mesh,
       label=cfg.algo, model_weight=plan.rewards.model_weight, host=plan.rewards.host)
   cost = iteration_cost(cfg, rl_cfg, models, prompts["train"].tokens.shape[1], uses_model=reward_run is not None)

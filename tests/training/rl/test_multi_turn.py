@@ -101,7 +101,7 @@ def test_rows_assemble_into_the_one_turn_layout_with_the_loss_mask():
 
 class Echo:
   """An environment that answers every turn, so that the tiny policy's trajectories have turns
-  and observations whatever it writes; its reward is the turns' count."""
+  and observations whatever it writes; 0.05 a turn, and 0.1 a turn at the end."""
 
   def __init__(self, tool_fns, limits):
     del tool_fns, limits
@@ -113,7 +113,7 @@ class Echo:
 
   def step(self, turn_text):
     self.turns += 1
-    return environments.Step(" <result>noted</result>", tool_call=True, tool_error=self.turns == 2)
+    return environments.Step(" <result>noted</result>", reward=0.05, tool_call=True, tool_error=self.turns == 2)
 
   def reward(self):
     return 0.1 * self.turns
@@ -134,7 +134,8 @@ def test_an_rl_stage_with_an_environment_trains_on_its_trajectories(tiny_ppo, ti
   train = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if "policy_loss" in line]
   assert len(train) == 2 and all(np.isfinite(row["policy_loss"]) for row in train)
   assert 1 <= train[-1]["turns"] <= 3 and 0 < train[-1]["policy_token_fraction"] < 1
-  assert train[-1]["tool_errors"] <= train[-1]["tool_calls"] and train[-1]["reward/env"] > 0
+  assert train[-1]["tool_errors"] <= train[-1]["tool_calls"]
+  assert abs(train[-1]["reward/env"] - 0.15 * train[-1]["turns"]) < 1e-5  # per turn and final, summed
   assert 1 <= summary["eval/turns"] <= 3 and "eval/ref_turns" in summary and "eval/reward/short" in summary
   lines = [json.loads(line) for line in open(tmp_path / "run" / "samples" / "step_000002.jsonl")]
   assert len(lines) == cfg.eval_prompts and lines[0]["transcript"][0]["turn"] == "policy"
