@@ -39,6 +39,10 @@ RANGES = {
 }
 
 
+# Counts an algorithm's preset fills when the config leaves them None; before None meant unset, 0 did.
+PRESET_COUNTS = ("rl.samples_per_prompt", "rl.epochs", "rl.minibatches")
+
+
 def check_ranges(config) -> None:
   """Raises UserError naming the first field of `config` outside its range."""
   for path, bound in RANGES.items():
@@ -46,7 +50,8 @@ def check_ranges(config) -> None:
     if value is None or isinstance(value, bool):
       continue
     if not isinstance(value, (int, float)) or math.isnan(value) or not _HOLDS[bound](value):
-      raise UserError(f"{path}={value!r} must be {bound}")
+      hint = " (0 no longer means the algorithm's: leave it unset, None)" if path in PRESET_COUNTS and value == 0 else ""
+      raise UserError(f"{path}={value!r} must be {bound}{hint}")
 
 
 def lookup(config, path: str):

@@ -73,7 +73,8 @@ def resolve(cfg) -> RLPlan:
     raise UserError(f"critic={cfg.critic!r}: choose one of {', '.join(CRITICS)}")
   fields, origins = presets.resolve_fields(cfg.algo, dict(cfg.rl))
   if fields["advantage"] not in ADVANTAGES:
-    raise UserError(f"rl.advantage={fields['advantage']!r}: choose one of {', '.join(ADVANTAGES)}")
+    unset = " (\"\" no longer means the algorithm's: leave it unset, None)" if fields["advantage"] == "" else ""
+    raise UserError(f"rl.advantage={fields['advantage']!r}: choose one of {', '.join(ADVANTAGES)}{unset}")
   kl_coef, origins["kl_coef"] = presets.kl_coef(cfg.algo, cfg.kl_coef)
   reward_plan = rewards.plan(cfg.reward)
   critic, origins["critic"] = critic_of(cfg.critic, fields["advantage"], reward_plan)

@@ -1,12 +1,13 @@
 """The RL plan: each question about a run answered once, from the config, and recorded."""
 
 import json
+import re
 
 import pytest
 
 from configs import arithmetic
 from configs import rl as rl_config
-from rlhf_jax import memory, rl_plan
+from rlhf_jax import memory, rl_plan, stages
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.workdir import RunDir
@@ -64,3 +65,12 @@ def test_a_run_recorded_before_none_meant_unset_resumes(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(old))
   with pytest.raises(UserError, match="other values of rl.advantage"):
     RunDir(str(tmp_path)).record_config(cfg)
+
+
+def test_the_earlier_unset_values_say_what_replaced_them():
+  for field, value, message in (("advantage", "", 'rl.advantage=\'\': choose one of gae'),
+                                ("epochs", 0, "rl.epochs=0 must be >= 1")):
+    cfg = rl_config.get_config("tiny")
+    cfg.rl[field] = value
+    with pytest.raises(UserError, match=re.escape(message) + ".*leave it unset, None"):
+      stages.check_all(cfg)

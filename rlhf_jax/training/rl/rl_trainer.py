@@ -67,7 +67,8 @@ def check_config(cfg) -> None:
   rl = plan.fields
   for part, registry in PARTS.items():
     if rl[part] not in registry:
-      raise UserError(f"rl.{part}={rl[part]!r}: choose one of {', '.join(registry)}")
+      unset = " (\"\" no longer means the algorithm's: leave it unset, None)" if rl[part] == "" else ""
+      raise UserError(f"rl.{part}={rl[part]!r}: choose one of {', '.join(registry)}{unset}")
   k, estimator = rl["samples_per_prompt"], ADVANTAGES[rl["advantage"]]
   if k < estimator.min_group_size or (rl["dynamic_sampling"] and k < 2):
     raise UserError(f"algo={cfg.algo} (rl.advantage={rl['advantage']}) compares samples of one prompt: "
