@@ -30,7 +30,7 @@ EXTRAS = {
     "wandb": ["wandb>=0.17"],
     # transformers and torch build the reference models of tests/interop. Install torch first from
     # the PyTorch CPU index (.ci/run, README): PyPI's Linux torch pulls several GB of CUDA libraries.
-    "test": ["pytest>=8", "pytest-xdist>=3", "transformers>=5", "torch>=2.4",
+    "test": ["pytest>=8", "pytest-xdist>=3.2", "transformers>=5", "torch>=2.4",
              "filelock>=3"],  # one shared upstream run for the xdist workers
 }
 EXTRAS["test"] += EXTRAS["tfds"] + EXTRAS["hf"] + EXTRAS["wandb"]
