@@ -33,31 +33,37 @@ def load(specs) -> None:
 
 
 def load_module(spec: str, kind: str = "plugins"):
-  """The module a PATH.py or a module name names, imported once per process; a UserError
-  naming `kind` (the config field) if it is missing or raises."""
-  key = os.path.abspath(spec) if spec.endswith(".py") else spec
-  if key not in _LOADED:
-    _LOADED[key] = _import(spec, key, kind)
-  return _LOADED[key]
-
-
-def _import(spec: str, key: str, kind: str):
-  if spec.endswith(".py") and not os.path.isfile(key):
+  """The module a PATH.py or a module name names (`import_module_at`); a UserError naming `kind`
+  (the config field) if it is missing or raises."""
+  if spec.endswith(".py") and not os.path.isfile(spec):
     raise UserError(f"{kind}: {spec} not found")
   try:
-    if not spec.endswith(".py"):
-      return importlib.import_module(spec)
+    return import_module_at(spec)
+  except Exception as e:  # the user's code, whatever it raises: one line naming it
+    raise UserError(f"{kind}: {spec} failed to import: {type(e).__name__}: {e}") from e
+
+
+def import_module_at(spec: str):
+  """The module a PATH.py or a module name names, imported once per process (plugins, reward
+  functions, tools and environments from users' files all come through here); raises what the
+  import raises."""
+  key = os.path.abspath(spec) if spec.endswith(".py") else spec
+  if key in _LOADED:
+    return _LOADED[key]
+  if not spec.endswith(".py"):
+    module = importlib.import_module(spec)
+  else:
     name = "rlhf_jax_plugin_" + hashlib.sha1(key.encode()).hexdigest()[:12]
     module_spec = importlib.util.spec_from_file_location(name, key)
     module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module  # so pickling and dataclasses in the plugin find their module
-    module_spec.loader.exec_module(module)
-    return module
-  except UserError:
-    raise
-  except Exception as e:  # the plugin's own error, whatever it is: one line naming the plugin
-    sys.modules.pop(name if spec.endswith(".py") else spec, None)
-    raise UserError(f"{kind}: {spec} failed to import: {type(e).__name__}: {e}") from e
+    sys.modules[name] = module  # so pickling and dataclasses in the file find their module
+    try:
+      module_spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[name]
+      raise
+  _LOADED[key] = module
+  return module
 
 
 def of(config) -> tuple:

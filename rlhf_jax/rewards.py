@@ -20,8 +20,6 @@ or with `reward.nonfinite="guard"` a non-finite reward the update's guard refuse
 """
 
 import dataclasses
-import importlib
-import importlib.util
 import numbers
 import os
 import re
@@ -30,7 +28,7 @@ from typing import Callable
 from absl import logging
 import numpy as np
 
-from rlhf_jax import registry
+from rlhf_jax import plugins, registry
 from rlhf_jax.errors import HostStepError, UserError
 
 MODEL = "model"
@@ -83,17 +81,10 @@ def load_function(spec: str) -> Callable:
   if not where or not name:
     raise UserError(f"reward.fns entry {spec!r}: use {MODEL!r}, a built-in ({', '.join(BUILTINS)}), "
                     "PATH.py:NAME or module.sub:NAME")
+  if where.endswith(".py") and not os.path.isfile(where):
+    raise UserError(f"reward function file not found: {where}")
   try:
-    if where.endswith(".py"):
-      if not os.path.isfile(where):
-        raise UserError(f"reward function file not found: {where}")
-      module_spec = importlib.util.spec_from_file_location(f"reward_fn_{abs(hash(where))}", where)
-      module = importlib.util.module_from_spec(module_spec)
-      module_spec.loader.exec_module(module)
-    else:
-      module = importlib.import_module(where)
-  except UserError:
-    raise
+    module = plugins.import_module_at(where)
   except Exception as e:  # the user's file may raise anything while it loads
     raise UserError(f"reward function {spec}: loading {where} raised {type(e).__name__}: {e}") from None
   fn = getattr(module, name, None)

@@ -13,9 +13,13 @@ import dataclasses
 from rlhf_jax import rewards
 from rlhf_jax.algorithms import presets
 from rlhf_jax.algorithms.advantages import ADVANTAGES
+from rlhf_jax.algorithms.aggregation import LOSS_AGGREGATIONS
+from rlhf_jax.algorithms.policy_losses import POLICY_LOSSES
 from rlhf_jax.errors import UserError
 
 CRITICS = ("auto", "reward", "sft", "shared")
+# The registries whose member each `rl.*` part names.
+PARTS = {"advantage": ADVANTAGES, "policy_loss": POLICY_LOSSES, "loss_aggregation": LOSS_AGGREGATIONS}
 # The iteration that runs: one compiled program with in-graph rewards ("fused"), rollout -> host
 # scoring -> update ("host", rewards.py functions), the K-deep queue ("off_policy"), or turns
 # with an environment on the host around the compiled update ("multi_turn", config.env).
@@ -66,15 +70,16 @@ class RLPlan:
 
 
 def resolve(cfg) -> RLPlan:
-  """The plan of an RL stage config; a UserError for a name no registry holds."""
+  """The plan of an RL stage config; a UserError for an algorithm, critic or part no registry holds."""
   if cfg.algo not in presets.ALGORITHMS:
     raise UserError(f"algo={cfg.algo!r}: choose one of {', '.join(presets.ALGORITHMS)}")
   if cfg.critic not in CRITICS:
     raise UserError(f"critic={cfg.critic!r}: choose one of {', '.join(CRITICS)}")
   fields, origins = presets.resolve_fields(cfg.algo, dict(cfg.rl))
-  if fields["advantage"] not in ADVANTAGES:
-    unset = " (\"\" no longer means the algorithm's: leave it unset, None)" if fields["advantage"] == "" else ""
-    raise UserError(f"rl.advantage={fields['advantage']!r}: choose one of {', '.join(ADVANTAGES)}{unset}")
+  for part, registry in PARTS.items():
+    if fields[part] not in registry:
+      unset = " (\"\" no longer means the algorithm's: leave it unset, None)" if fields[part] == "" else ""
+      raise UserError(f"rl.{part}={fields[part]!r}: choose one of {', '.join(registry)}{unset}")
   kl_coef, origins["kl_coef"] = presets.kl_coef(cfg.algo, cfg.kl_coef)
   reward_plan = rewards.plan(cfg.reward)
   critic, origins["critic"] = critic_of(cfg.critic, fields["advantage"], reward_plan)

@@ -82,16 +82,13 @@ class EnvironmentFailed(HostStepError):
   finished iteration's checkpoint (as a reward function that raises does)."""
 
 
-def _call(env, method: str, argument):
-  """`env.method(argument)` (or `env()` to construct one); what it raises becomes EnvironmentFailed.
-  Tool calls are not here: the environment turns their failures into error observations."""
-  name = type(env).__name__ if method else "config.env's environment"
+def _guarded(call, what: str):
+  """call(); what it raises becomes EnvironmentFailed naming `what` ("Board.step"). Tool calls
+  are not here: the environment turns their failures into error observations."""
   try:
-    if not method:
-      return env()
-    return getattr(env, method)() if argument is None else getattr(env, method)(argument)
+    return call()
   except Exception as e:  # the user's code, whatever it raises
-    raise EnvironmentFailed(f"environment {name}.{method or '__init__'} raised {type(e).__name__}: {e}") from None
+    raise EnvironmentFailed(f"environment {what} raised {type(e).__name__}: {e}") from None
 
 
 def contexts(rows: list, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +129,7 @@ def take_turn(row: Trajectory, ids, logprobs, tokenizer, limits: TurnLimits) -> 
   row.transcript.append(("policy", text))
   if ids and ids[-1] == tokenizer.eos_id:
     row.done = row.ended = True
-  step = _call(row.env, "step", text)
+  step = _guarded(lambda: row.env.step(text), f"{type(row.env).__name__}.step")
   row.tool_calls += step.tool_call
   row.tool_errors += step.tool_error
   row.step_rewards += step.reward
@@ -192,8 +189,9 @@ class Rollouts:
       record = {name: values[i] for name, values in self.prompts.columns.items()}
       ids = self.prompts.tokens[i][self.prompts.mask[i] > 0].tolist()
       for _ in range(repeat):
-        env = _call(self.make_env, "", None)
-        opening = _call(env, "reset", record)  # TRL's reset: text after the prompt (its start cut to fit)
+        env = _guarded(self.make_env, "construction (config.env)")
+        # TRL's reset: text after the prompt (its start cut to fit).
+        opening = _guarded(lambda: env.reset(record), f"{type(env).__name__}.reset")
         prompt = (ids + (self.tokenizer.encode(opening) if opening else []))[-prompt_len:]
         rows.append(Trajectory(prompt=prompt, env=env))
     settings = SamplingParams.make(self.temperature)
@@ -205,7 +203,8 @@ class Rollouts:
     trajectory's text, plus its environment's rewards (per turn, and its final one: TRL's
     get_reward, the tool penalties). The sum is the trajectory's outcome score."""
     index = [i for i in prompt_ids for _ in range(repeat)]
-    env_rewards = np.array([row.step_rewards + _call(row.env, "reward", None) for row in rows], np.float32)
+    env_rewards = np.array([row.step_rewards + _guarded(row.env.reward, f"{type(row.env).__name__}.reward")
+                            for row in rows], np.float32)
     if not host:
       return env_rewards, np.zeros((len(rows), 0), np.float32), env_rewards
     prompts = [self.prompts.texts[i] for i in index]

@@ -23,10 +23,8 @@ import jax
 import optax
 
 from rlhf_jax import flops, memory, rewards, rl_plan, sharding
-from rlhf_jax.algorithms import aggregation
 from rlhf_jax.algorithms.advantages import ADVANTAGES
 from rlhf_jax.algorithms.importance import IS_CORRECTIONS
-from rlhf_jax.algorithms.policy_losses import POLICY_LOSSES
 from rlhf_jax.data import sources
 from rlhf_jax.data.prompts import prompt_batch, prompt_set, warn_about_prompt_sets
 from rlhf_jax.envs import environments
@@ -50,9 +48,6 @@ from rlhf_jax.workdir import RunDir
 
 RL_ITEMS = ("policy", "policy_opt", "value", "value_opt", "kl", "baseline", "rng", "pending")
 
-# The registries whose member each `rl.*` part names.
-PARTS = {"advantage": ADVANTAGES, "policy_loss": POLICY_LOSSES, "loss_aggregation": aggregation.LOSS_AGGREGATIONS}
-
 
 @dataclasses.dataclass
 class Models:
@@ -63,12 +58,8 @@ class Models:
 
 def check_config(cfg) -> None:
   """The RL fields that need no data, checked before any stage runs (on the resolved plan)."""
-  plan = rl_plan.resolve(cfg)
+  plan = rl_plan.resolve(cfg)  # the algorithm and its parts' names are checked there
   rl = plan.fields
-  for part, registry in PARTS.items():
-    if rl[part] not in registry:
-      unset = " (\"\" no longer means the algorithm's: leave it unset, None)" if rl[part] == "" else ""
-      raise UserError(f"rl.{part}={rl[part]!r}: choose one of {', '.join(registry)}{unset}")
   k, estimator = rl["samples_per_prompt"], ADVANTAGES[rl["advantage"]]
   if k < estimator.min_group_size or (rl["dynamic_sampling"] and k < 2):
     raise UserError(f"algo={cfg.algo} (rl.advantage={rl['advantage']}) compares samples of one prompt: "
@@ -201,10 +192,7 @@ def run(cfg, workdir: str) -> dict:
       cfg, run_dir, models.policy, prompts["eval"], tokenizer, score_fn, policy_params(one_seed_shardings), mesh,
       label=cfg.algo, model_weight=plan.rewards.model_weight, host=plan.rewards.host)
   cost = iteration_cost(cfg, rl_cfg, models, prompts["train"].tokens.shape[1], uses_model=reward_run is not None)
-  open_log = MetricsLog
-  if seed_dirs:  # each seed evaluated and logged in its own directory
-    evaluator = seeds.SeedEvaluator([evaluator.for_seed(c, d) for c, d in zip(seed_cfgs, seed_dirs)])
-    open_log = lambda _, start, num_steps: seeds.SeedLogs(seed_dirs, start, num_steps)
+  evaluator, open_log = per_seed(evaluator, seed_cfgs, seed_dirs) if seed_dirs else (evaluator, MetricsLog)
   loop = Loop(cfg.train, run_dir, train_step, next_batch, evaluator, checkpointer, items, open_log, cost)
   summary = loop.train(state)
   if seed_dirs:
@@ -265,6 +253,12 @@ def compile_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score
   data = sharding.batch_sharding(mesh)
   return jax.jit(sharding.with_rules(iteration, mesh, rules), in_shardings=(shardings, data, data),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def per_seed(evaluator, seed_cfgs, seed_dirs) -> tuple:
+  """(evaluator, log opener) of vmapped seeds: each seed evaluated and logged in its own directory."""
+  evaluator = seeds.SeedEvaluator([evaluator.for_seed(c, d) for c, d in zip(seed_cfgs, seed_dirs)])
+  return evaluator, lambda _, start, num_steps: seeds.SeedLogs(seed_dirs, start, num_steps)
 
 
 def seed_summaries(summary: dict, seed_cfgs, seed_dirs) -> dict:
