@@ -80,9 +80,10 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
       # filled from them; the other fields are the reward functions' columns. eval_source: the
       # held-out records' own source ("": a held-out slice of `source`).
       prompt_field="prompt", prompt_template="", eval_source="",
-      # embedded:arithmetic: the operands' digits; the fraction of training solutions that
-      # forget a carry or borrow (data/arithmetic.py; held-out problems are asked, never shown).
-      arithmetic_digits=2, arithmetic_slips=0.0,
+      # embedded:arithmetic: the operands' digits; the operations asked ("+", "-", "*"); the
+      # fraction of training solutions that forget a carry or borrow (data/arithmetic.py;
+      # held-out problems are asked, never shown).
+      arithmetic_digits=2, arithmetic_operations=("+", "-", "*"), arithmetic_slips=0.0,
       chat_template=False))  # True: the prompt as a user message in an HF tokenizer's chat template
   c.optim = ml_collections.ConfigDict(dict(
       lr=3e-3 if small else 6e-4, warmup_steps=50 if small else 1000, final_lr_ratio=0.1,

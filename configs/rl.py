@@ -30,6 +30,11 @@ from configs import reward
 
 
 def get_config(preset: str = "tiny"):
+  """Presets: the model sizes (common.py), and `tools`, the RL stage of configs/pipeline.py:tools
+  on its own: multi-turn GRPO with the calculator, from that pipeline's SFT run (init_from)."""
+  if preset == "tools":
+    from configs import pipeline  # pylint: disable=import-outside-toplevel (pipeline imports this file)
+    return pipeline.tools().rl
   c = common.base_config("rl", preset)
   small = common.is_small(preset)
   c.reward_from = ""  # a finished reward run; "" = the upstream one

@@ -6,7 +6,7 @@ embedded arithmetic problems, 3 seeds each, from one shared SFT policy.
     --compare=grpo:ppo --compare=rloo:grpo
 
 The upstream is configs/pipeline.py:arithmetic's pretraining and SFT (800 + 600 steps, slips
-0.6); every method then runs the pipeline's RL stage as it is (configs/arithmetic.py: 60
+0.8, addition and subtraction); every method then runs the pipeline's RL stage as it is (configs/arithmetic.py: 60
 iterations of 8 prompts x 8 samples, lr 5e-5, KL coefficient 0.05, eval.k = 4), so they sample
 the same number of responses per iteration. Seeds change sampling, the prompt order and the
 evaluation's draws, not the SFT policy.

@@ -1,4 +1,4 @@
-"""Steps of pretraining, PPO and DPO on 8-device meshes against the same steps on one device.
+"""Steps of pretraining, PPO (one-turn, host-scored and multi-turn) and DPO on 8-device meshes against the same steps on one device.
 
 Run by tests/test_sharding.py in a child process with 8 simulated CPU devices
 (`python -m tests.mesh_check`). Every state is built and every step compiled by the code the
@@ -24,13 +24,15 @@ from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training.core import setup
 from rlhf_jax.training.core.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.core.state import model_params
-from rlhf_jax.training.core.steps import compile_lm_steps
+from rlhf_jax.training.core.steps import compile_lm_steps, jit_sampler
 from rlhf_jax.training.policy import frozen
+from rlhf_jax.training.policy.policy_state import policy_params
 from rlhf_jax.training.preference.dpo_steps import compile_dpo_steps
-from rlhf_jax.training.rl import rl_state, rl_trainer
+from rlhf_jax.training.rl import multi_turn, rl_state, rl_trainer
 from rlhf_jax.training.rl.host_rewards import compile_host_iteration
 from rlhf_jax.training.rl.rl_steps import RLConfig
 from tests.conftest import small_model
+from tests.training.rl.echo_environment import Echo
 
 # (data, fsdp, tensor): one device, then plain data parallel, fully sharded data parallel, and
 # tensor parallel (4 heads, so at most 4 ways) with 2-way data parallel.
@@ -139,6 +141,30 @@ def rl_host_iteration(mesh) -> tuple[list, dict]:
   return [jax.device_get(metrics)], {"initial": initial, "final": final, "placed": state.policy}
 
 
+def rl_multi_turn_iteration(mesh) -> tuple[list, dict]:
+  """GRPO (k = 4) on trajectories of up to 2 turns of 4 tokens, the echo environment answering
+  each: the host's turns between the compiled sampler and update give the one-device run's
+  trajectories on every mesh."""
+  cfg = stage_config(rl)
+  policy = Transformer(MODEL)
+  policy_tx = make_optimizer(cfg.optim, 10)
+  state, shardings = rl_state.place_state({"policy": policy}, policy_tx, None, mesh, RULES, seed=0, kl_coef=0.05)
+  host = [rewards.HostReward("evens", evens, 1.0)]
+  limits = multi_turn.TurnLimits(max_turns=2, turn_tokens=4, max_tokens=32)  # room for 2 turns and an answer
+  rl_cfg = RLConfig(max_new_tokens=limits.max_tokens, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, algo="grpo",
+                    advantage="grpo", samples_per_prompt=4, temperature=1.0, host_rewards=("evens",),
+                    model_weight=None, penalise_no_eos=False)
+  prompts = Prompts([f"p{i}" for i in range(8)], random_tokens(7, (8, 8)), np.ones((8, 8), np.int32), columns={})
+  sampler = jit_sampler(policy, limits.turn_tokens, TOKENIZER, policy_params(shardings), mesh, RULES)
+  rollouts = multi_turn.Rollouts(sampler, lambda: Echo(None, None), prompts, TOKENIZER, limits, temperature=1.0)
+  iteration = multi_turn.compile_multi_turn_iteration(shardings, mesh, RULES, rl_trainer.Models(policy, None, None),
+                                                      policy_tx, None, rl_cfg, rollouts=rollouts, host=host)
+  initial = jax.device_get({"policy": state.policy})
+  state, metrics = iteration(state, prompt_batch(prompts, 0, 8, mesh))
+  final = jax.device_get({"policy": state.policy})
+  return [jax.device_get(metrics)], {"initial": initial, "final": final, "placed": state.policy}
+
+
 def preference_pairs(seed: int) -> dict:
   """Pairs of random right-padded responses after a shared prompt of 8 tokens."""
   rng = np.random.default_rng(seed)
@@ -170,10 +196,10 @@ def dpo_steps(mesh) -> tuple[list, dict]:
 
 
 STAGES = {"pretrain": pretrain_steps, "lora": lora_steps, "rl": rl_iteration, "rl_host": rl_host_iteration,
-          "dpo": dpo_steps}
+          "rl_multi_turn": rl_multi_turn_iteration, "dpo": dpo_steps}
 # The rows split as on the data mesh: their time is better spent elsewhere (LoRA's adapters are
 # laid out by the rules as the weights are: fsdp and tensor are the meshes that split them).
-SKIPPED = {"rl_host": ("fsdp",), "lora": ("data",)}
+SKIPPED = {"rl_host": ("fsdp",), "rl_multi_turn": ("fsdp",), "lora": ("data",)}
 
 
 def relative_difference(a, b) -> float:
@@ -187,6 +213,9 @@ def relative_difference(a, b) -> float:
   pairs = [(np.asarray(x, np.float64), np.asarray(y, np.float64)) for x, y in zip(jax.tree.leaves(a),
                                                                                   jax.tree.leaves(b))]
   return float(np.sqrt(sum(np.sum((x - y) ** 2) for x, y in pairs) / sum(np.sum(y ** 2) for _, y in pairs)))
+
+
+MULTI_TURN = ("turns", "policy_token_fraction")
 
 
 def compare(result, reference) -> dict:
@@ -204,7 +233,7 @@ def compare(result, reference) -> dict:
           "up_kernel_shard": shard("kernel"), "up_lora_shards": [shard("lora_a"), shard("lora_b")],
           "embedding_shard": list(params["placed"]["embed"]["embedding"].addressable_shards[0].data.shape),
           "loss": float(metrics[-1]["loss"]) if "loss" in metrics[-1] else None,
-          **{k: float(v) for k, v in metrics[-1].items() if k.startswith("reward/")}}
+          **{k: float(v) for k, v in metrics[-1].items() if k.startswith("reward/") or k in MULTI_TURN}}
 
 
 def main():

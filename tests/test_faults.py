@@ -43,14 +43,21 @@ def get_config(stage):
   else:
     config = shrink(dpo.get_config("tiny"), steps=6) if stage == "dpo" else make_tiny_ppo()
     del config.upstream
+    echo = "tests/training/rl/echo_environment.py"  # the `echo` environment and the `short` reward
     if stage == "reinforce":  # state only some configs carry: REINFORCE's moving-average baseline
       config.algo = "reinforce"  # and the adaptive KL coefficient
       config.rl.update(dict(adaptive_kl=True, kl_target=0.01, kl_horizon=100.0))
     if stage == "ppo_async":  # ... and the two rollouts in flight, sampled on a device of its own
-      config.rl.off_policy_steps = 2
+      config.rl.off_policy_steps = 2  # and scored on the host too: their host scores are in the queue
       config.rollout.devices = 1
+      config.reward.fns = ("model", echo + ":short")
     config.update(dict(eval_prompts=8, max_prompt_len=24, **UPSTREAM))
     config.sample.max_new_tokens = 16
+    if stage == "multi_turn":  # ... and trajectories of turns, an environment answering each
+      config.update(dict(algo="grpo", plugins=(echo,)))
+      config.reward.fns = (echo + ":short",)
+      config.env.update(dict(name="echo", max_turns=3, turn_tokens=6))
+      config.sample.max_new_tokens = 40
     config.train.update(dict(num_steps=4, checkpoint_every=1, eval_every=4))
   config.train.update(dict(log_every=1, num_steps=STEPS or config.train.num_steps))
   return config
@@ -173,7 +180,7 @@ def test_pretraining_killed_then_preempted_resumes_to_the_same_metrics(tmp_path)
 
 # PPO's critic (and its optimizer state) is resumed in ppo_async, with the queue; synchronous
 # PPO's resume is also the LoRA test's (tests/training/test_lora_stages.py) and the two-process one's.
-@pytest.mark.parametrize("stage", ["reinforce", "ppo_async", "dpo"])
+@pytest.mark.parametrize("stage", ["reinforce", "ppo_async", "multi_turn", "dpo"])
 def test_rl_and_dpo_killed_at_a_random_moment_resume_to_the_same_metrics(stage, tiny_upstream, tmp_path):
   seed = random.randrange(10**6)
   rng = random.Random(seed)

@@ -44,7 +44,7 @@ def test_steps_match_one_device_on_data_fsdp_and_tensor_meshes():
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
-  assert set(report) == {"pretrain", "lora", "rl", "rl_host", "dpo"}
+  assert set(report) == {"pretrain", "lora", "rl", "rl_host", "rl_multi_turn", "dpo"}
   for stage, meshes in report.items():
     for mesh, found in meshes.items():
       assert found["metrics"] < 1e-4, (stage, mesh, found)  # loss, grad norm, KL, ...: relative
@@ -52,7 +52,10 @@ def test_steps_match_one_device_on_data_fsdp_and_tensor_meshes():
       if stage == "rl_host":  # every row scored against its own prompt and column, on every mesh
         assert found["reward/aligned"] == 1.0 and 0 < found["reward/evens"] < 1, (mesh, found)
         assert "reward/model" not in found  # no reward model: not a component
-    skipped = {"rl_host": {"fsdp"}, "lora": {"data"}}.get(stage, set())
+      if stage == "rl_multi_turn":  # the environment answered every turn on every mesh
+        assert 1.5 < found["turns"] <= 2 and 0 < found["policy_token_fraction"] < 1, found
+        assert abs(found["reward/env"] - 0.15 * found["turns"]) < 1e-6, found
+    skipped = {"rl_host": {"fsdp"}, "rl_multi_turn": {"fsdp"}, "lora": {"data"}}.get(stage, set())
     assert set(meshes) == {"one", "data", "fsdp", "tensor"} - skipped
     if stage == "lora":  # the adapters of up [64, 128]: A [64, 4] split as its input axis, B [4, 128] as its output
       assert meshes["fsdp"]["up_lora_shards"] == [[8, 4], [4, 128]], meshes["fsdp"]

@@ -4,10 +4,18 @@ Each problem is a record with the columns RL rewards see:
   question  "What is 47 + 38?"
   answer    "85"
   response  the worked solution SFT trains on, column by column, ending in the answer:
-            "7 + 8 = 15, write 5 carry 1. 4 + 3 + 1 = 8. The answer is 85."
+            "7 + 8 = 15, write 5 carry 1. 5 + 3 = 8. The answer is 85."
 Addition and subtraction of two `digits`-digit numbers (a - b with a >= b) and multiplication
-of a `digits`-digit number by one digit. The last integer of a response is its answer, so the
-built-in `exact_match` reward checks it against the `answer` column.
+of a `digits`-digit number by one digit (`operations` picks among them). The last integer of a
+response is its answer, so the built-in `exact_match` reward checks it against the `answer`
+column.
+
+A carry is added to the next column's top digit (4 + 1 -> "5 + 3"), as a borrow is taken
+from it (6 - 1 + 10 -> "15 - 8"): taking or forgetting it is one written digit in both
+operations. Until issue 46 addition wrote the carry as a third term ("4 + 3 + 1 = 8"), which
+its SFT policy sometimes folded into the operand instead; RL from it learnt the borrow but
+barely the carry (docs/data.md). Multiplication's carry has no digit to join and stays a
+term: "4 * 7 + 2 = 30".
 
 Slips (`data.arithmetic_slips`): a fraction of the training solutions forget their first carry
 or borrow, as a hurried person does, and end in the number their steps then write (the `answer`
@@ -30,9 +38,8 @@ def _addition(a: int, b: int, width: int, slip: bool) -> tuple[list[str], int]:
   steps, carry, value = [], 0, 0
   for i, (x, y) in enumerate(zip(_digits(a, width), _digits(b, width))):
     total = x + y + carry
-    terms = f"{x} + {y}" + (f" + {carry}" if carry else "")
     last = i == width - 1
-    steps.append(f"{terms} = {total}" + ("" if last or total < 10 else f", write {total % 10} carry 1"))
+    steps.append(f"{x + carry} + {y} = {total}" + ("" if last or total < 10 else f", write {total % 10} carry 1"))
     value += (total if last else total % 10) * 10 ** i
     carry = total // 10
     if slip and carry and not last:
@@ -80,10 +87,17 @@ def problem(rng: random.Random, digits: int = 2, operations=OPERATIONS, slips: f
   else:
     b = rng.randint(low, high)
   answer = {"+": a + b, "-": a - b, "*": a * b}[operation]
-  work = {"+": _addition, "-": _subtraction, "*": _multiplication}[operation]
-  steps, written = work(a, b, digits, slip=rng.random() < slips)  # drawn after a and b: they never change
+  slip = rng.random() < slips  # drawn after a and b: slips never change the problems
   return {"question": f"What is {a} {operation} {b}?", "answer": str(answer),
-          "response": f" {'. '.join(steps)}. The answer is {written}."}
+          "response": worked_solution(a, operation, b, digits, slip)}
+
+
+def worked_solution(a: int, operation: str, b: int, digits: int = 2, slip: bool = False) -> str:
+  """The response SFT trains on: the columns' steps, then "The answer is N." with the number
+  they write (the wrong one when `slip` forgets the first carry or borrow)."""
+  work = {"+": _addition, "-": _subtraction, "*": _multiplication}[operation]
+  steps, written = work(a, b, digits, slip)
+  return f" {'. '.join(steps)}. The answer is {written}."
 
 
 def generate_problems(count: int, seed: int = 0, start: int = 0, digits: int = 2, operations=OPERATIONS,

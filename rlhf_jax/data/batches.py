@@ -112,15 +112,29 @@ class PretrainData(Batcher):
     return self.rows(self.row_ids(step))
 
 
+def _loss_mask(length: int, response_start: int, response_loss=None) -> np.ndarray:
+  """1 on a sequence's response and EOS; within the response, `response_loss` (0 on the
+  environment's tokens of a multi-turn demonstration) when given."""
+  mask = np.zeros(length, np.int32)
+  mask[response_start:] = 1
+  if response_loss is not None:
+    given = np.asarray(response_loss, np.int32)[:length - response_start]
+    mask[response_start:response_start + len(given)] = given
+  return mask
+
+
 class SFTData(Batcher):
   """Prompt/response rows, right-padded; the loss covers the response and its EOS only. With
-  `pack`, each row holds as many sequences as fit (`pack_rows`), each a segment of its own."""
+  `pack`, each row holds as many sequences as fit (`pack_rows`), each a segment of its own.
+  A pair may carry a third item, the response's 0/1 loss mask (a multi-turn demonstration's
+  environment tokens are context, not targets)."""
 
   def __init__(self, pairs_ids, tokenizer, seq_len: int, batch_size: int, seed: int, pack: bool = False,
                **kwargs):
-    built = [sft_sequence(p, r, tokenizer, seq_len) for p, r in pairs_ids]
+    built = [sft_sequence(pair[0], pair[1], tokenizer, seq_len) for pair in pairs_ids]
     self.sequences = [tokens for tokens, _, _ in built]
-    self.response_starts = np.array([start for _, start, _ in built])
+    self.loss_masks = [_loss_mask(len(tokens), start, pair[2] if len(pair) > 2 else None)
+                       for (tokens, start, _), pair in zip(built, pairs_ids)]
     self.num_truncated = sum(t for _, _, t in built)
     self.seq_len, self.pad_id, self.pack = seq_len, tokenizer.pad_id, pack
     self.packed = (pack_rows([len(t) for t in self.sequences], seq_len + 1) if pack
@@ -137,7 +151,7 @@ class SFTData(Batcher):
         sequence = self.sequences[j]
         tokens[row, at:at + len(sequence)] = sequence
         segments[row, at:at + len(sequence)] = segment
-        trained[row, at + self.response_starts[j]:at + len(sequence)] = 1
+        trained[row, at:at + len(sequence)] = self.loss_masks[j]
         at += len(sequence)
     # A target is trained on if it is a response token of the sequence its input belongs to.
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": (segments[:, :-1] > 0).astype(np.int32),

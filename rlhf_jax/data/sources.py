@@ -4,6 +4,8 @@
   embedded            the generated review corpus (no files, no network)
   embedded:arithmetic the generated arithmetic problems (data/arithmetic.py): records with
                       `question`, `answer` and a worked `response`
+  embedded:tool_arithmetic  chained arithmetic whose demonstrations call the calculator tool
+                      (data/tool_arithmetic.py), for multi-turn RL with `env.tools`
   tfds:NAME           a TFDS dataset the user has prepared (e.g. tfds:tiny_shakespeare); records
                       when it has the prompt field (or a prompt template is set), else documents
   text:PATH           a UTF-8 file; documents are separated by blank lines
@@ -14,7 +16,7 @@
                       `train_split` and `eval_split`)
 
 Every loader returns plain Python lists, so what follows (tokenising, batching) is the same.
-The RL stage reads records (`load_records`) from jsonl, hf, tfds and embedded:arithmetic: the prompt is
+The RL stage reads records (`load_records`) from jsonl, hf, tfds and the generated tasks: the prompt is
 the `data.prompt_field` field or `data.prompt_template` filled from the fields, used whole, and
 the other fields are columns for the reward functions. The embedded reviews, text and TFDS
 give it documents, whose openings are the prompts.
@@ -28,14 +30,14 @@ import random
 
 import numpy as np
 
-from rlhf_jax.data import arithmetic, corpus
+from rlhf_jax.data import arithmetic, corpus, tool_arithmetic
 from rlhf_jax.errors import UserError
 
 
 def load_documents(data_cfg, split: str) -> list[str]:
   """Documents of `split` ('train' or 'eval') for language modelling."""
   kind, _, arg = data_cfg.source.partition(":")
-  if data_cfg.source == ARITHMETIC:
+  if data_cfg.source in GENERATED:
     return [r.fields["question"] + r.fields["response"] for r in load_records(data_cfg, split)]
   if kind == "embedded":
     return _embedded(data_cfg, split)
@@ -47,7 +49,7 @@ def load_documents(data_cfg, split: str) -> list[str]:
     return file_split([string_field(r, data_cfg.text_field, arg, n) for n, r in read_jsonl(arg)], data_cfg, split)
   if kind == "hf":
     return [string_field(r.fields, data_cfg.text_field, *r.where.rsplit(":", 1)) for r in load_records(data_cfg, split)]
-  raise UserError(f"data.source={data_cfg.source!r}: expected embedded, {ARITHMETIC}, tfds:NAME, text:PATH, "
+  raise UserError(f"data.source={data_cfg.source!r}: expected embedded, {', '.join(GENERATED)}, tfds:NAME, text:PATH, "
                   "jsonl:PATH or hf:PATH")
 
 
@@ -62,6 +64,7 @@ def load_pairs(data_cfg, split: str) -> list[tuple[str, str]]:
 
 
 ARITHMETIC = "embedded:arithmetic"
+GENERATED = (ARITHMETIC, "embedded:tool_arithmetic")  # records made by data/arithmetic.py, data/tool_arithmetic.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +78,7 @@ def is_record_source(data_cfg) -> bool:
   if kind == "tfds":  # records when they hold prompts; a corpus's documents give openings
     prompt_field = data_cfg.get("prompt_field", "prompt")
     return bool(data_cfg.get("prompt_template")) or prompt_field in _tfds_fields(name, data_cfg)
-  return data_cfg.source == ARITHMETIC or kind in ("jsonl", "hf")
+  return data_cfg.source in GENERATED or kind in ("jsonl", "hf")
 
 
 def load_records(data_cfg, split: str) -> list[Record]:
@@ -84,8 +87,8 @@ def load_records(data_cfg, split: str) -> list[Record]:
   training ones)."""
   eval_source = data_cfg.get("eval_source", "")
   source = eval_source if split == "eval" and eval_source else data_cfg.source
-  if source == ARITHMETIC:
-    return _arithmetic_records(data_cfg, held_out=split == "eval" and not eval_source)
+  if source in GENERATED:
+    return _generated_records(source, data_cfg, held_out=split == "eval" and not eval_source)
   kind, _, path = source.partition(":")
   whole = split == "eval" and bool(eval_source)  # a source of its own is held out whole
   if kind == "jsonl":
@@ -95,7 +98,7 @@ def load_records(data_cfg, split: str) -> list[Record]:
   elif kind == "tfds":
     return _tfds_records(path, data_cfg, split)
   else:
-    raise UserError(f"prompt records come from jsonl:PATH, hf:PATH, tfds:NAME or {ARITHMETIC}, not {source!r}")
+    raise UserError(f"prompt records come from jsonl:PATH, hf:PATH, tfds:NAME or {', '.join(GENERATED)}, not {source!r}")
   return records if whole else file_split(records, data_cfg, split)
 
 
@@ -127,18 +130,25 @@ def hf_records(path: str, data_cfg, split: str, whole: bool) -> tuple[list[Recor
   return [Record(f"{path}:{n}", row) for n, row in enumerate(table.to_list(), start=1)], whole
 
 
-def _arithmetic_records(data_cfg, held_out: bool) -> list[Record]:
+def _generated_records(source: str, data_cfg, held_out: bool) -> list[Record]:
   """The held-out problems (`eval_docs` of them, after the training ones in the sequence), or
   the training problems without any question the held-out ones ask (two digits allow only
   ~13k distinct problems, so a large training set would contain most of them)."""
-  make = lambda count, start, slips=0.0: arithmetic.generate_problems(count, data_cfg.seed, start,
-                                                                      data_cfg.arithmetic_digits, slips=slips)
+  if source == ARITHMETIC:
+    operations = tuple(data_cfg.get("arithmetic_operations", arithmetic.OPERATIONS))
+    if not operations or set(operations) - set(arithmetic.OPERATIONS):
+      raise UserError(f"data.arithmetic_operations={operations}: choose among {arithmetic.OPERATIONS}")
+    make = lambda count, start, slips=0.0: arithmetic.generate_problems(
+        count, data_cfg.seed, start, data_cfg.arithmetic_digits, operations, slips)
+  else:
+    make = lambda count, start, slips=0.0: tool_arithmetic.generate_problems(
+        count, data_cfg.seed, start, data_cfg.arithmetic_digits, slips)
   evaluation = make(data_cfg.eval_docs, data_cfg.embedded_docs)
   if held_out:
-    return [Record(f"{ARITHMETIC}:{data_cfg.embedded_docs + i}", p) for i, p in enumerate(evaluation)]
+    return [Record(f"{source}:{data_cfg.embedded_docs + i}", p) for i, p in enumerate(evaluation)]
   asked = {p["question"] for p in evaluation}
   training = make(data_cfg.embedded_docs, 0, data_cfg.get("arithmetic_slips", 0.0))
-  return [Record(f"{ARITHMETIC}:{i}", p) for i, p in enumerate(training) if p["question"] not in asked]
+  return [Record(f"{source}:{i}", p) for i, p in enumerate(training) if p["question"] not in asked]
 
 
 def prompt_text(record: Record, data_cfg) -> str:

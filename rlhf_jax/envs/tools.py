@@ -22,6 +22,7 @@ from typing import Callable
 CALL_OPEN, CALL_CLOSE = "<call>", "</call>"
 RESULT_OPEN, RESULT_CLOSE = "<result>", "</result>"
 _CALL = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.S)
+_RESULT = re.compile(re.escape(RESULT_OPEN) + r".*?" + re.escape(RESULT_CLOSE), re.S)
 ENV_METHODS = ("reset", "get_reward")  # an environment class's methods that are not tools
 
 
@@ -56,6 +57,16 @@ def format_call(name: str, *args, **kwargs) -> str:
 
 def format_result(text: str) -> str:
   return f"{RESULT_OPEN}{text}{RESULT_CLOSE}"
+
+
+def split_observations(text: str) -> list[tuple[str, bool]]:
+  """A demonstration's text as (piece, written by the policy) in order: each `<result>...</result>`
+  is the environment's (SFT encodes it apart and trains no loss on it, as RL appends it)."""
+  pieces, at = [], 0
+  for found in _RESULT.finditer(text):
+    pieces += [(text[at:found.start()], True), (found.group(), False)]
+    at = found.end()
+  return [(piece, policy) for piece, policy in pieces + [(text[at:], True)] if piece]
 
 
 def tools_of(environment) -> dict[str, Callable]:

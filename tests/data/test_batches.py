@@ -51,6 +51,21 @@ def test_sft_loss_mask_covers_response_and_eos_only():
   assert row[3].sum() == len(sequence) and row[3][len(sequence):].sum() == 0  # pads are not attended
 
 
+def test_a_demonstrations_tool_results_are_context_not_targets():
+  """SFT encodes a `<result>` apart and trains no loss on it, as RL's trajectories append it."""
+  from rlhf_jax.training.lm.lm_trainer import encode_response
+  turns = ["<call>calculator('6 * 7')</call>", "<result>42</result>", " The answer is 42."]
+  response, loss = encode_response("".join(turns), TOK)
+  assert response == [i for turn in turns for i in TOK.encode(turn)]
+  assert loss == [1] * len(TOK.encode(turns[0])) + [0] * len(TOK.encode(turns[1])) + [1] * len(TOK.encode(turns[2]))
+  assert encode_response(" no tools here", TOK) == (TOK.encode(" no tools here"),)
+  prompt = TOK.encode("What is 6 * 7?")
+  for pack in (False, True):
+    batch = batches.SFTData([(prompt, response, loss)], TOK, seq_len=96, batch_size=1, seed=0, pack=pack).batch(0)
+    trained = batch["targets"][0][batch["loss_mask"][0] > 0]
+    np.testing.assert_array_equal(trained, [*TOK.encode(turns[0]), *TOK.encode(turns[2]), TOK.eos_id])
+
+
 def test_sft_long_prompt_is_cut_from_the_left():
   tokens, start, truncated = batches.sft_sequence(list(range(10, 40)), [1, 2, 3], TOK, seq_len=10)
   assert truncated and len(tokens) == 11

@@ -101,6 +101,42 @@ def test_the_arithmetic_source_gives_documents_sft_pairs_and_held_out_records():
   assert sum(r.fields["response"].endswith(f" {r.fields['answer']}.") for r in slipped) < 0.85 * len(slipped)
 
 
+def test_a_carry_joins_the_next_top_digit_as_a_borrow_leaves_it():
+  assert arithmetic.worked_solution(47, "+", 38) == " 7 + 8 = 15, write 5 carry 1. 5 + 3 = 8. The answer is 85."
+  assert arithmetic.worked_solution(95, "+", 18) == " 5 + 8 = 13, write 3 carry 1. 10 + 1 = 11. The answer is 113."
+  assert arithmetic.worked_solution(47, "+", 38, slip=True) == " 7 + 8 = 15, write 5 carry 1. 4 + 3 = 7. The answer is 75."
+  assert arithmetic.worked_solution(62, "-", 38) == " 12 - 8 = 4, borrow 1. 5 - 3 = 2. The answer is 24."
+  assert arithmetic.worked_solution(47, "*", 6) == " 7 * 6 = 42, write 2 carry 4. 4 * 6 + 4 = 28. The answer is 282."
+
+
+def test_the_arithmetic_operations_asked_are_a_config_field():
+  cfg = rl_config(source="embedded:arithmetic", prompt_template="{question}", arithmetic_operations=("+", "-"))
+  asked = {r.fields["question"].split()[3] for r in sources.load_records(cfg.data, "train")}
+  assert asked == {"+", "-"}
+  cfg.data.arithmetic_operations = ("+", "/")
+  with pytest.raises(UserError, match=r"data.arithmetic_operations=\('\+', '/'\): choose among"):
+    sources.load_records(cfg.data, "train")
+
+
+def test_tool_task_demonstrations_call_the_calculator_or_slip_into_answering_in_their_head():
+  from rlhf_jax.envs import calculator, tools
+  from rlhf_jax.data import tool_arithmetic
+  clean = tool_arithmetic.generate_problems(300, seed=0)
+  slipped = tool_arithmetic.generate_problems(300, seed=0, slips=0.5)
+  for c, s in zip(clean, slipped):
+    assert (c["question"], c["answer"]) == (s["question"], s["answer"])
+    call = tools.parse_call(c["response"])
+    assert call.name == "calculator" and f"What is {call.args[0]}?" == c["question"]
+    assert c["response"] == (f" {tools.format_call('calculator', call.args[0])}"
+                             f"{tools.format_result(calculator.calculator(call.args[0]))} The answer is {c['answer']}.")
+    assert s in (c, {**c, "response": f" The answer is {c['answer']}."})
+  assert 0.35 < sum(s != c for s, c in zip(slipped, clean)) / 300 < 0.65
+  cfg = rl_config(source="embedded:tool_arithmetic", prompt_template="{question}")
+  cfg.data.update(dict(embedded_docs=200, eval_docs=50))
+  train = {r.fields["question"] for r in sources.load_records(cfg.data, "train")}
+  assert len(train) > 100 and not train & {r.fields["question"] for r in sources.load_records(cfg.data, "eval")}
+
+
 GSM8K_LIKE = [{"question": f"Tom has {i} apples and buys 2. How many?", "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}",
                "level": i % 3} for i in range(20)]
 

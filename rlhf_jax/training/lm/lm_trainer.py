@@ -10,6 +10,7 @@ import numpy as np
 from rlhf_jax import flops, memory, sharding
 from rlhf_jax.data import batches, sources
 from rlhf_jax.data.prompts import Prompts, as_chat, encode_prompts, openings
+from rlhf_jax.envs import tools
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training.core import setup, trainer
@@ -59,7 +60,7 @@ def prepare_data(cfg, tokenizer) -> LMData:
   d = cfg.data
   where = dict(process_index=jax.process_index(), process_count=jax.process_count())
   if cfg.stage == "sft":
-    encode = lambda pairs: [(tokenizer.encode(p), tokenizer.encode(r)) for p, r in pairs]
+    encode = lambda pairs: [(tokenizer.encode(p), *encode_response(r, tokenizer)) for p, r in pairs]
     chat = lambda pairs: list(zip(as_chat([p for p, _ in pairs], tokenizer, d), [r for _, r in pairs]))
     eval_pairs = chat(sources.load_pairs(d, "eval"))
     train = batches.SFTData(encode(chat(sources.load_pairs(d, "train"))), tokenizer, d.seq_len, d.batch_size,
@@ -80,6 +81,16 @@ def prepare_data(cfg, tokenizer) -> LMData:
     prompt_texts = openings(eval_docs, d, cfg.seed)
   max_prompt = max(1, min(d.seq_len, cfg.model.max_len) - cfg.sample.max_new_tokens)
   return LMData(train, evaluation, encode_prompts(prompt_texts[:cfg.sample.num_prompts], tokenizer, max_prompt))
+
+
+def encode_response(text: str, tokenizer) -> tuple:
+  """(ids,) for a one-turn response; (ids, loss mask) for a demonstration with tool results,
+  each piece encoded apart, as RL's trajectories are (token in, token out)."""
+  pieces = tools.split_observations(text)
+  if all(policy for _, policy in pieces):
+    return (tokenizer.encode(text),)
+  encoded = [(tokenizer.encode(piece), policy) for piece, policy in pieces]
+  return ([i for ids, _ in encoded for i in ids], [int(policy) for ids, policy in encoded for _ in ids])
 
 
 @dataclasses.dataclass

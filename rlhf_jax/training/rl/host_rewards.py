@@ -19,11 +19,9 @@ from rlhf_jax.training.rl.rl_steps import HostScores
 
 
 @dataclasses.dataclass
-class HostScoredIteration:
-  """(state, batch) -> (state, metrics), as the fused iteration, for host reward components."""
-  sample: Callable  # compiled (state, prompts, mask) -> Sampled
-  score_tokens: Callable  # compiled (state, Sampled) -> (log-probs, reference log-probs, values)
-  update: Callable  # compiled (state, Sampled, HostScores, token scores) -> (state, metrics), state donated
+class HostScorer:
+  """The host reward components on this process's rows of a `Sampled` (and of its greedy
+  responses, for ReMax), as global arrays laid out like the batch on `mesh`."""
   host: list  # rewards.HostReward components
   with_model: bool  # the reward model is a component too (scored in the sampling half)
   prompts: object  # data.prompts.Prompts of the training split
@@ -31,13 +29,7 @@ class HostScoredIteration:
   samples_per_prompt: int
   mesh: object
 
-  def __call__(self, state, batch):
-    sampled = self.sample(state, batch["tokens"], batch["mask"])
-    token_scores = self.score_tokens(state, sampled)  # runs while the host scores
-    return self.update(state, sampled, self.score(sampled, batch["ids"]), token_scores)
-
-  def score(self, sampled, prompt_ids) -> HostScores:
-    """The host components on this process's rows, as global arrays laid out like the batch."""
+  def __call__(self, sampled, prompt_ids) -> HostScores:
     rows = [i for i in prompt_ids for _ in range(self.samples_per_prompt)]
     prompts = [self.prompts.texts[i] for i in rows]
     columns = {name: [values[i] for i in rows] for name, values in self.prompts.columns.items()}
@@ -53,6 +45,20 @@ class HostScoredIteration:
     return rewards.score_texts(self.host, prompts, completions, completion_ids, columns, self.with_model)
 
 
+@dataclasses.dataclass
+class HostScoredIteration:
+  """(state, batch) -> (state, metrics), as the fused iteration, for host reward components."""
+  sample: Callable  # compiled (state, prompts, mask) -> Sampled
+  score_tokens: Callable  # compiled (state, Sampled) -> (log-probs, reference log-probs, values)
+  update: Callable  # compiled (state, Sampled, HostScores, token scores) -> (state, metrics), state donated
+  score: HostScorer
+
+  def __call__(self, state, batch):
+    sampled = self.sample(state, batch["tokens"], batch["mask"])
+    token_scores = self.score_tokens(state, sampled)  # runs while the host scores
+    return self.update(state, sampled, self.score(sampled, batch["ids"]), token_scores)
+
+
 def compile_host_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg, **host_fields):
   """The three compiled parts around the host's scoring, laid out as the fused iteration is."""
   data, wrap = sharding.batch_sharding(mesh), lambda fn: sharding.with_rules(fn, mesh, rules)
@@ -65,4 +71,4 @@ def compile_host_iteration(shardings, mesh, rules, models, policy_tx, value_tx, 
       score_tokens=jax.jit(wrap(score_tokens), in_shardings=(shardings, data), out_shardings=data),
       update=jax.jit(wrap(update), in_shardings=(shardings, data, data, data),
                      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0),
-      samples_per_prompt=rl_cfg.samples_per_prompt, mesh=mesh, **host_fields)
+      score=HostScorer(samples_per_prompt=rl_cfg.samples_per_prompt, mesh=mesh, **host_fields))

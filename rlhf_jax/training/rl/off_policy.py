@@ -12,6 +12,10 @@ JAX's asynchronous dispatch; after each update the policy's weights move to the 
 by shard (`device_put` between the meshes: nothing is gathered onto one device). With
 `rollout.devices = 0` both run on the same devices, one after the other.
 
+Host reward functions (`reward.fns`) score each rollout on the host as soon as it is sampled,
+while the device trains on the oldest, and their scores join it in the queue: a rollout is
+trained on K iterations after it was scored, so the host's work is off the device's path.
+
 The behaviour policy's log-probs are the sampler's; `rl_steps.behaviour_correction` takes PPO's
 ratio against them and weights the critic-free methods' tokens by `rl.is_correction`. Each
 rollout also carries `rl/staleness`: the largest gap between the sampler's log-probs and the
@@ -32,13 +36,14 @@ from rlhf_jax import sharding
 from rlhf_jax.training.core.logprobs import response_logprobs
 from rlhf_jax.training.policy.policy_state import policy_params
 from rlhf_jax.training.rl import rl_steps
-from rlhf_jax.training.rl.rl_steps import Sampled
+from rlhf_jax.training.rl.rl_steps import HostScores, Sampled
 
 
 class InFlight(NamedTuple):
   """A rollout sampled and scored, waiting for its update."""
   sampled: Sampled
   logprob_gap: jax.Array  # max |sampler - trainer| log-prob of its tokens under the sampling params
+  host: HostScores | None = None  # the host reward functions' scores (None: in-graph rewards only)
 
 
 def sample_in_flight(state, prompts, prompt_mask, *, policy, score_fn, cfg) -> InFlight:
@@ -55,8 +60,8 @@ def train_on_oldest(state, *, policy, critic, policy_tx, value_tx, cfg):
   """The update half on the oldest rollout in flight: (state, metrics); the queue is unchanged
   until `push` (so the update need not wait for the sampler)."""
   oldest = jax.tree.map(lambda x: x[0], state.pending)
-  state, metrics = rl_steps.update_phase(state, oldest.sampled, policy=policy, critic=critic, policy_tx=policy_tx,
-                                         value_tx=value_tx, cfg=cfg)
+  state, metrics = rl_steps.update_phase(state, oldest.sampled, oldest.host, policy=policy, critic=critic,
+                                         policy_tx=policy_tx, value_tx=value_tx, cfg=cfg)
   return state, {**metrics, "rl/staleness": oldest.logprob_gap}
 
 
@@ -98,12 +103,14 @@ class OffPolicyIteration:
   push: Callable  # compiled (state, InFlight) -> state, donated
   arrival: object  # the InFlight's shardings on the training mesh
   split: bool  # the sampler has devices of its own
+  score: Callable | None = None  # host_rewards.HostScorer on the sampler's mesh (None: in-graph rewards)
 
   def __call__(self, state, batch):
     started = time.perf_counter()
     view = self.view(state)
     in_flight = self.sample(view, batch["tokens"], batch["mask"])
     state, metrics = self.train(state)
+    in_flight = self.scored(in_flight, batch)  # on the host, while the device trains
     state = self.push(state, jax.device_put(in_flight, self.arrival))
     ready = lambda x: (jax.block_until_ready(x), time.perf_counter() - started)[1]
     # Colocated, the view is the state's own arrays, which the update has donated.
@@ -111,12 +118,15 @@ class OffPolicyIteration:
     times.update({"time/rollout": ready(in_flight), "time/update": ready(metrics)})
     return state, {**metrics, **times}
 
+  def scored(self, in_flight: InFlight, batch) -> InFlight:
+    return in_flight if self.score is None else in_flight._replace(host=self.score(in_flight.sampled, batch["ids"]))
+
   def prefill(self, state, batches: list):
     """The state with its queue filled by the initial policy on the first K batches."""
     drawn = [self.sample(self.view(state.replace(rng=prefill_key(state.rng, j))), b["tokens"], b["mask"])
              for j, b in enumerate(batches)]
-    for in_flight in drawn:
-      state = self.push(state, jax.device_put(in_flight, self.arrival))
+    for in_flight, batch in zip(drawn, batches):
+      state = self.push(state, jax.device_put(self.scored(in_flight, batch), self.arrival))
     return state
 
 
@@ -141,9 +151,10 @@ def sampler_fields(state):
 
 
 def compile_off_policy(state, shardings, train_mesh, sample_mesh, rules, models, policy_tx, value_tx, score_fn,
-                       rl_cfg, prompts_abstract):
+                       rl_cfg, prompts_abstract, host_scorer=None):
   """(driver, state with an empty queue, its shardings): the compiled halves laid out on their
-  meshes (the same one when colocated). `prompts_abstract`: (tokens, mask) of a prompt batch."""
+  meshes (the same one when colocated). `prompts_abstract`: (tokens, mask) of a prompt batch;
+  `host_scorer`: a function (Sampled, prompt ids) -> HostScores on the sampler's mesh, or None."""
   k = rl_cfg.off_policy_steps
   split = sample_mesh is not train_mesh
   view_shardings = on_mesh(sampler_fields(shardings), sample_mesh)
@@ -159,6 +170,8 @@ def compile_off_policy(state, shardings, train_mesh, sample_mesh, rules, models,
   abstract = jax.eval_shape(sample_fn, sampler_fields(state), *prompts_abstract)
   sample = jax.jit(sample_fn, in_shardings=(view_shardings, data, data),
                    out_shardings=in_flight_shardings(abstract, sample_mesh, False))
+  if host_scorer is not None:  # the queue holds the host's scores too
+    abstract = abstract._replace(host=host_scores_shape(abstract.sampled, len(rl_cfg.host_rewards)))
   queue, arrival = (in_flight_shardings(abstract, train_mesh, queued) for queued in (True, False))
   state = state.replace(pending=jax.jit(lambda: stacked(jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract),
                                                         k), out_shardings=queue)())
@@ -170,5 +183,13 @@ def compile_off_policy(state, shardings, train_mesh, sample_mesh, rules, models,
       train=jax.jit(sharding.with_rules(train, train_mesh, rules), in_shardings=(shardings,),
                     out_shardings=(shardings, sharding.replicated(train_mesh)), donate_argnums=0),
       push=jax.jit(push, in_shardings=(shardings, arrival), out_shardings=shardings, donate_argnums=0),
-      arrival=arrival, split=split)
+      arrival=arrival, split=split, score=host_scorer)
   return driver, state, shardings
+
+
+def host_scores_shape(sampled: Sampled, components: int) -> HostScores:
+  """The HostScores of a rollout's rows: total [n], components [n, c], the greedy total [n] (ReMax)."""
+  n = sampled.scores.shape[0]
+  row = jax.ShapeDtypeStruct((n,), jnp.float32)
+  return HostScores(row, jax.ShapeDtypeStruct((n, components), jnp.float32),
+                    row if sampled.greedy is not None else None)

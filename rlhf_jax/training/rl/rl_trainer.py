@@ -41,7 +41,7 @@ from rlhf_jax.training.policy import frozen
 from rlhf_jax.training.policy.policy_eval import PolicyEvaluator
 from rlhf_jax.training.policy.policy_state import policy_params
 from rlhf_jax.training.rl import multi_turn, rl_state, seeds
-from rlhf_jax.training.rl.host_rewards import compile_host_iteration
+from rlhf_jax.training.rl.host_rewards import HostScorer, compile_host_iteration
 from rlhf_jax.training.rl.off_policy import compile_off_policy
 from rlhf_jax.training.rl.rl_steps import RLConfig, reuses_scoring_pass, rl_iteration
 from rlhf_jax.workdir import RunDir
@@ -95,9 +95,9 @@ def check_off_policy(cfg, plan: rl_plan.RLPlan) -> None:
   if devices < 0 or (devices and not k):
     raise UserError(f"rollout.devices={devices}: sampling on devices of its own needs rl.off_policy_steps >= 1 "
                     "(the sampler works ahead of the trainer); 0 keeps them colocated")
-  if k and (plan.rewards.host or cfg.vmap_seeds > 1):
-    raise UserError("rl.off_policy_steps >= 1 with " + ("host reward functions" if plan.rewards.host else "vmap_seeds > 1")
-                    + " is not supported yet: use in-graph rewards and one seed per run, or off_policy_steps=0")
+  if k and cfg.vmap_seeds > 1:
+    raise UserError("rl.off_policy_steps >= 1 with vmap_seeds > 1 is not supported yet: run one seed per run, "
+                    "or off_policy_steps=0")
 
 
 def check_multi_turn(cfg, plan: rl_plan.RLPlan) -> None:
@@ -106,7 +106,8 @@ def check_multi_turn(cfg, plan: rl_plan.RLPlan) -> None:
   unsupported = ("rl.off_policy_steps >= 1" if plan.fields["off_policy_steps"] else
                  "vmap_seeds > 1" if cfg.vmap_seeds > 1 else
                  "the reward model among reward.fns" if plan.uses_reward_model else
-                 f"algo={cfg.algo}'s greedy baseline" if ADVANTAGES[plan.fields["advantage"]].needs_greedy else "")
+                 f"algo={cfg.algo}'s greedy baseline" if ADVANTAGES[plan.fields["advantage"]].needs_greedy else
+                 "eval.k > 1 (one trajectory per held-out prompt)" if cfg.eval.k > 1 else "")
   if unsupported:
     raise UserError(f"config.env (multi-turn) with {unsupported} is not supported yet: the turns run on the host "
                     "between compiled updates; use reward functions (reward.fns) and a synchronous single-seed run")
@@ -169,8 +170,10 @@ def run(cfg, workdir: str) -> dict:
   k = rl_cfg.off_policy_steps
   if k:  # the K rollouts in flight join the state (and its checkpoints)
     first = batch_of(0)
+    scorer = HostScorer(plan.rewards.host, plan.rewards.model_weight is not None, prompts["train"], tokenizer,
+                        rl_cfg.samples_per_prompt, sample_mesh) if plan.rewards.host else None
     driver, state, shardings = compile_off_policy(state, shardings, mesh, sample_mesh, rules, models, policy_tx,
-                                                  value_tx, score_fn, rl_cfg, (first["tokens"], first["mask"]))
+                                                  value_tx, score_fn, rl_cfg, (first["tokens"], first["mask"]), scorer)
   items = plan.items
   assert items == tuple(name for name in RL_ITEMS if getattr(state, name) is not None), (items, state)
   state, checkpointer, resumed = trainer.checkpointed(cfg, run_dir, state, shardings, items)

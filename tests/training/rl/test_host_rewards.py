@@ -14,7 +14,7 @@ from rlhf_jax.data.prompts import Prompts
 from rlhf_jax.data.tokenizers import ByteTokenizer
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.sampling import SampleOutput
-from rlhf_jax.training.rl.host_rewards import HostScoredIteration
+from rlhf_jax.training.rl.host_rewards import HostScorer
 from rlhf_jax.training.rl.rl_steps import Sampled
 
 
@@ -29,8 +29,7 @@ def test_each_completion_gets_its_own_prompt_and_columns_through_k_samples_and_t
     seen.update(prompts=prompts, answer=answer)
     return [float(c == a) for c, a in zip(completions, answer)]
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-  iteration = HostScoredIteration(None, None, None, [rewards.HostReward("echo", echo, 2.0)], False, prompts,
-                                  tokenizer, k, mesh)
+  score = HostScorer([rewards.HostReward("echo", echo, 2.0)], False, prompts, tokenizer, k, mesh)
   rows = [i for i in ids for _ in range(k)]
   response = np.full((len(rows), 4), tokenizer.pad_id, np.int32)
   for r, i in enumerate(rows):
@@ -38,7 +37,7 @@ def test_each_completion_gets_its_own_prompt_and_columns_through_k_samples_and_t
     response[r, :len(answer)] = answer
   mask = (response != tokenizer.pad_id).astype(np.int32)
   out = SampleOutput(jnp.asarray(response), jnp.zeros(response.shape), jnp.asarray(mask))
-  host = iteration.score(Sampled(None, None, out, None, None), ids)
+  host = score(Sampled(None, None, out, None, None), ids)
   assert seen["prompts"] == [texts[i] for i in rows] and seen["answer"] == [str(10 * i) for i in rows]
   np.testing.assert_array_equal(np.asarray(host.total), [0, 2, 2] * 3)
   np.testing.assert_array_equal(np.asarray(host.components)[:, 0], [0, 1, 1] * 3)

@@ -12,6 +12,9 @@ from rlhf_jax.envs import environments, tools
 from rlhf_jax.envs.calculator import calculator
 from rlhf_jax.models.sampling import SampleOutput
 from rlhf_jax.training.rl import multi_turn
+from tests.training.rl import echo_environment
+
+ECHO = echo_environment.__file__  # a plugin file: the `echo` environment and the `short` reward
 
 
 class MergingTokenizer:
@@ -99,33 +102,10 @@ def test_rows_assemble_into_the_one_turn_layout_with_the_loss_mask():
   np.testing.assert_array_equal(response.logprobs, [[-1, -2, 0, -3, 0], [-4, 0, 0, 0, 0]])
 
 
-class Echo:
-  """An environment that answers every turn, so that the tiny policy's trajectories have turns
-  and observations whatever it writes; 0.05 a turn, and 0.1 a turn at the end."""
-
-  def __init__(self, tool_fns, limits):
-    del tool_fns, limits
-    self.turns = 0
-
-  def reset(self, record):
-    self.turns = 0
-    return None
-
-  def step(self, turn_text):
-    self.turns += 1
-    return environments.Step(" <result>noted</result>", reward=0.05, tool_call=True, tool_error=self.turns == 2)
-
-  def reward(self):
-    return 0.1 * self.turns
-
-
-def test_an_rl_stage_with_an_environment_trains_on_its_trajectories(tiny_ppo, tiny_upstream, tmp_path, monkeypatch):
-  monkeypatch.setitem(environments.ENVIRONMENTS, "echo", lambda tool_fns, limits: (lambda: Echo(tool_fns, limits)))
-  (tmp_path / "length.py").write_text("def short(prompts, completions, **unused):\n"
-                                      "  return [-len(c.split()) / 10 for c in completions]\n")
+def test_an_rl_stage_with_an_environment_trains_on_its_trajectories(tiny_ppo, tiny_upstream, tmp_path):
   cfg = tiny_ppo.copy_and_resolve_references()
-  cfg.update(dict(algo="grpo", **tiny_upstream))
-  cfg.reward.fns = (f"{tmp_path / 'length.py'}:short",)
+  cfg.update(dict(algo="grpo", plugins=(ECHO,), **tiny_upstream))  # the environment `echo`, from a plugin file
+  cfg.reward.fns = (f"{ECHO}:short",)
   cfg.env.update(dict(name="echo", max_turns=3, turn_tokens=6))
   cfg.sample.max_new_tokens = 40
   cfg.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2))
@@ -139,7 +119,7 @@ def test_an_rl_stage_with_an_environment_trains_on_its_trajectories(tiny_ppo, ti
   assert 1 <= summary["eval/turns"] <= 3 and "eval/ref_turns" in summary and "eval/reward/short" in summary
   lines = [json.loads(line) for line in open(tmp_path / "run" / "samples" / "step_000002.jsonl")]
   assert len(lines) == cfg.eval_prompts and lines[0]["transcript"][0]["turn"] == "policy"
-  assert any(turn["turn"] == "env" and turn["text"] == " <result>noted</result>" for turn in lines[0]["transcript"])
+  assert any(turn["turn"] == "env" and turn["text"] == echo_environment.OBSERVATION for turn in lines[0]["transcript"])
 
 
 def test_an_environment_that_raises_is_one_line_naming_it():

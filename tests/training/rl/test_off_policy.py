@@ -17,7 +17,7 @@ from rlhf_jax.algorithms.importance import importance_weights
 from rlhf_jax.training.rl import off_policy, rl_steps
 from tests.test_main import ROOT
 from tests.test_sharding import EIGHT_DEVICES
-from tests.training.rl.test_rl_steps import build
+from tests.training.rl.test_rl_steps import TARGET, build
 
 
 def replicated_shardings(tree):
@@ -97,6 +97,52 @@ def test_two_steps_behind_trains_on_the_oldest_rollout_of_the_queue():
   assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(queued.policy), jax.tree.leaves(states[-1].policy)))
   for slot, j in ((0, 3), (1, 4)):  # oldest first
     np.testing.assert_array_equal(queued.pending.sampled.tokens[slot], drawn[j].sampled.tokens)
+
+
+def test_host_rewards_score_each_rollout_as_it_is_drawn_and_ride_the_queue_to_its_update():
+  """K = 2 with a host reward: each rollout's host scores are computed once, when it is drawn
+  (for its own prompts' ids), and its update, two iterations later, trains on them."""
+  no_model = lambda state, tokens, mask, out: jnp.zeros(tokens.shape[0])
+  built = build(algo="grpo", off_policy_steps=2, score_fn=no_model, host_rewards=("targets",), model_weight=None)
+  parts, txs, state = built["parts"], built["txs"], built["state"]
+  b = [{**batch, "ids": np.arange(4) + 10 * j} for j, batch in enumerate(batches(built["prompts"], 5))]
+  scored_ids = []
+
+  def score(sampled, ids):  # the fraction of TARGET tokens, on the host, plus the batch's own tag
+    scored_ids.append([int(i) for i in ids])
+    tokens, mask = np.asarray(sampled.response.tokens), np.asarray(sampled.response.mask)
+    total = ((tokens == TARGET) * mask).sum(1) / np.maximum(mask.sum(1), 1) + ids[0] / 10
+    return rl_steps.HostScores(jnp.asarray(total, jnp.float32), jnp.asarray(total[:, None], jnp.float32))
+
+  sample = jax.jit(lambda s, p, m: off_policy.sample_in_flight(s, p, m, policy=parts["policy"],
+                                                               score_fn=parts["score_fn"], cfg=parts["cfg"]))
+  update = jax.jit(lambda s, sampled, host: rl_steps.update_phase(s, sampled, host, policy=parts["policy"],
+                                                                   critic=parts["critic"], cfg=parts["cfg"], **txs))
+  drawn = [sample(state.replace(rng=off_policy.prefill_key(state.rng, j)), b[j]["tokens"], b[j]["mask"])
+           for j in range(2)]
+  states, by_hand = [state], []
+  for i in range(3):
+    drawn.append(sample(states[-1], b[i + 2]["tokens"], b[i + 2]["mask"]))
+    new_state, metrics = update(states[-1], drawn[i].sampled, score(drawn[i].sampled, b[i]["ids"]))
+    states.append(new_state)
+    by_hand.append(metrics)
+
+  mesh, shardings = replicated_shardings(state)
+  models = types.SimpleNamespace(policy=parts["policy"], critic=parts["critic"])
+  driver, queued, _ = off_policy.compile_off_policy(state, shardings, mesh, mesh, (), models, txs["policy_tx"],
+                                                    txs["value_tx"], parts["score_fn"], parts["cfg"],
+                                                    (b[0]["tokens"], b[0]["mask"]), host_scorer=score)
+  scored_ids.clear()
+  queued = driver.prefill(queued, b[:2])
+  found = []
+  for i in range(3):
+    queued, metrics = driver(queued, b[i + 2])
+    found.append(metrics)
+  assert scored_ids == [list(batch["ids"]) for batch in b]  # each batch once, as it was drawn
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(queued.policy), jax.tree.leaves(states[-1].policy)))
+  for got, want in zip(found, by_hand):  # reward/targets: the tag says which batch each update trained on
+    np.testing.assert_allclose([got["reward/targets"], got["kl"]], [want["reward/targets"], want["kl"]], rtol=1e-6)
+  assert [round(float(m["reward/targets"])) for m in found] == [0, 1, 2]
 
 
 def test_importance_corrections_on_a_hand_case():
