@@ -19,6 +19,7 @@ policy loss, aggregation and KL term train on it unchanged; GAE passes over envi
 import dataclasses
 import functools
 import json
+import time
 from typing import Callable
 
 import jax
@@ -101,20 +102,28 @@ def contexts(rows: list, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarra
   return tokens, mask
 
 
-def roll_out(rows: list, sample, rng, tokenizer, limits: TurnLimits, width: int | None = None) -> list:
+def roll_out(rows: list, sample, rng, tokenizer, limits: TurnLimits, width: int | None = None,
+             clock: dict | None = None) -> list:
   """Runs every row's turns; `sample(tokens, mask, rng) -> SampleOutput` of `turn_tokens` new
   tokens (host arrays) from contexts left-padded to `width` (one shape every turn: one compile).
-  Returns the rows, finished."""
+  Returns the rows, finished. `clock` adds up the seconds spent sampling (the device's turn,
+  contexts built and results fetched) and in the environment (decoding, its steps and tools,
+  encoding its answers)."""
   width = width or max(len(r.prompt) for r in rows) + limits.max_tokens
+  clock = {} if clock is None else clock
   for turn in range(limits.max_turns):
     live = [r for r in rows if not r.done]
     if not live:
       break
+    started = time.perf_counter()
     tokens, mask = contexts(rows, width, tokenizer.pad_id)
     out = jax.device_get(sample(tokens, mask, jax.random.fold_in(rng, turn)))
+    sampled = time.perf_counter()
     for i, row in enumerate(rows):
       if not row.done:
         take_turn(row, out.tokens[i][out.mask[i] > 0], out.logprobs[i][out.mask[i] > 0], tokenizer, limits)
+    clock["sampling"] = clock.get("sampling", 0.0) + sampled - started
+    clock["environment"] = clock.get("environment", 0.0) + time.perf_counter() - sampled
   return rows
 
 
@@ -182,8 +191,9 @@ class Rollouts:
   limits: TurnLimits
   temperature: float
 
-  def run(self, params, prompt_ids, rng, repeat: int = 1) -> list:
-    """Each prompt's `repeat` trajectories (next to each other, as groups are), finished."""
+  def run(self, params, prompt_ids, rng, repeat: int = 1, clock: dict | None = None) -> list:
+    """Each prompt's `repeat` trajectories (next to each other, as groups are), finished
+    (`clock`: roll_out's)."""
     rows, prompt_len = [], self.prompts.tokens.shape[1]
     for i in prompt_ids:
       record = {name: values[i] for name, values in self.prompts.columns.items()}
@@ -196,7 +206,7 @@ class Rollouts:
         rows.append(Trajectory(prompt=prompt, env=env))
     settings = SamplingParams.make(self.temperature)
     sample = lambda tokens, mask, key: self.sampler(params, tokens, mask, key, settings)
-    return roll_out(rows, sample, rng, self.tokenizer, self.limits, prompt_len + self.limits.max_tokens)
+    return roll_out(rows, sample, rng, self.tokenizer, self.limits, prompt_len + self.limits.max_tokens, clock)
 
   def scores(self, rows: list, prompt_ids, repeat: int, host: list) -> tuple:
     """(total [n], components [n, len(host)], env rewards [n]): the reward functions on each
@@ -228,15 +238,23 @@ class MultiTurnIteration:
   mesh: object
 
   def __call__(self, state, batch):
+    """Also logs where the iteration's time went, in seconds (time/sampling, time/environment:
+    roll_out's; time/rewards: the reward functions; time/update: the scoring pass and update)."""
     _, rng, _ = jax.random.split(state.rng, 3)  # the iteration's sampling key, as sample_phase's
     ids = [int(i) for i in np.asarray(jax.device_get(batch["ids"]))]
-    rows = self.rollouts.run(policy_params(state), ids, rng, self.samples_per_prompt)
+    clock = {}
+    rows = self.rollouts.run(policy_params(state), ids, rng, self.samples_per_prompt, clock)
+    started = time.perf_counter()
     total, components, env_rewards = self.rollouts.scores(rows, ids, self.samples_per_prompt, self.host)
+    scored = time.perf_counter()
     sampled = self.sampled(rows)
     token_scores = self.score_tokens(state, sampled)
     put = lambda x: sharding.put_batch({"x": x}, self.mesh)["x"]
     state, metrics = self.update(state, sampled, HostScores(put(total), put(components)), token_scores)
-    return state, {**metrics, **turn_metrics(rows), "reward/env": float(np.mean(env_rewards))}
+    jax.block_until_ready(metrics)  # the next iteration's turns wait for these params anyway
+    times = {"time/sampling": clock.get("sampling", 0.0), "time/environment": clock.get("environment", 0.0),
+             "time/rewards": scored - started, "time/update": time.perf_counter() - scored}
+    return state, {**metrics, **turn_metrics(rows), "reward/env": float(np.mean(env_rewards)), **times}
 
   def sampled(self, rows: list) -> Sampled:
     prompt_len = self.rollouts.prompts.tokens.shape[1]

@@ -115,6 +115,7 @@ def test_an_rl_stage_with_an_environment_trains_on_its_trajectories(tiny_ppo, ti
   assert len(train) == 2 and all(np.isfinite(row["policy_loss"]) for row in train)
   assert 1 <= train[-1]["turns"] <= 3 and 0 < train[-1]["policy_token_fraction"] < 1
   assert train[-1]["tool_errors"] <= train[-1]["tool_calls"]
+  assert all(train[-1][f"time/{phase}"] > 0 for phase in ("sampling", "environment", "rewards", "update"))
   assert abs(train[-1]["reward/env"] - 0.15 * train[-1]["turns"]) < 1e-5  # per turn and final, summed
   assert 1 <= summary["eval/turns"] <= 3 and "eval/ref_turns" in summary and "eval/reward/short" in summary
   lines = [json.loads(line) for line in open(tmp_path / "run" / "samples" / "step_000002.jsonl")]
