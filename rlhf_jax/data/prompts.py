@@ -25,6 +25,12 @@ class Prompts(NamedTuple):
   truncated: int = 0  # prompts longer than the room for them, cut from the left
   columns: Mapping = types.MappingProxyType({})  # each record's other fields: name -> [n] values
 
+  def of_rows(self, prompt_ids, repeat: int = 1) -> tuple[list, dict]:
+    """(texts, columns) of each prompt repeated `repeat` times, next to each other as a group's
+    samples are: what host reward functions read for those rows."""
+    index = [i for i in prompt_ids for _ in range(repeat)]
+    return [self.texts[i] for i in index], {name: [values[i] for i in index] for name, values in self.columns.items()}
+
 
 def prompt_rng(seed: int, i: int) -> random.Random:
   """Where document i is cut into a prompt: fixed by (seed, i), so every stage agrees."""

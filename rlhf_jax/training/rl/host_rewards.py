@@ -30,9 +30,7 @@ class HostScorer:
   mesh: object
 
   def __call__(self, sampled, prompt_ids) -> HostScores:
-    rows = [i for i in prompt_ids for _ in range(self.samples_per_prompt)]
-    prompts = [self.prompts.texts[i] for i in rows]
-    columns = {name: [values[i] for i in rows] for name, values in self.prompts.columns.items()}
+    prompts, columns = self.prompts.of_rows(prompt_ids, self.samples_per_prompt)
     total, components = self._score_rows(sampled, prompts, columns)
     greedy = self._score_rows(sampled.greedy, prompts, columns)[0] if sampled.greedy is not None else None
     put = lambda x: None if x is None else sharding.put_batch({"x": x}, self.mesh)["x"]

@@ -212,13 +212,11 @@ class Rollouts:
     """(total [n], components [n, len(host)], env rewards [n]): the reward functions on each
     trajectory's text, plus its environment's rewards (per turn, and its final one: TRL's
     get_reward, the tool penalties). The sum is the trajectory's outcome score."""
-    index = [i for i in prompt_ids for _ in range(repeat)]
     env_rewards = np.array([row.step_rewards + _guarded(row.env.reward, f"{type(row.env).__name__}.reward")
                             for row in rows], np.float32)
     if not host:
       return env_rewards, np.zeros((len(rows), 0), np.float32), env_rewards
-    prompts = [self.prompts.texts[i] for i in index]
-    columns = {name: [values[i] for i in index] for name, values in self.prompts.columns.items()}
+    prompts, columns = self.prompts.of_rows(prompt_ids, repeat)
     completion_ids = [[t for t, m in zip(r.response, r.loss_mask) if m] for r in rows]
     total, components = rewards.score_texts(host, prompts, [transcript_text(r) for r in rows], completion_ids,
                                             columns, with_model=False)
