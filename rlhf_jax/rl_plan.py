@@ -58,7 +58,7 @@ class RLPlan:
   def items(self) -> tuple:
     """What a checkpoint holds: the state's parts the plan gives a value."""
     critic = ("value", "value_opt") if self.separate_critic else ()
-    queue = ("pending",) if self.driver == "off_policy" else ()
+    queue = ("pending",) if self.fields["off_policy_steps"] else ()
     return ("policy", "policy_opt", *critic, "kl", "baseline", "rng", *queue)
 
   def to_json(self) -> dict:

@@ -15,6 +15,7 @@ import json
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding
 
 from configs import common, dpo, pretrain, rl
 from rlhf_jax import rewards, sharding
@@ -141,26 +142,37 @@ def rl_host_iteration(mesh) -> tuple[list, dict]:
   return [jax.device_get(metrics)], {"initial": initial, "final": final, "placed": state.policy}
 
 
-def rl_multi_turn_iteration(mesh) -> tuple[list, dict]:
+def multi_turn_setup(mesh, sample_mesh=None, **rl_fields) -> dict:
   """GRPO (k = 4) on trajectories of up to 2 turns of 4 tokens, the echo environment answering
-  each: the host's turns between the compiled sampler and update give the one-device run's
-  trajectories on every mesh."""
+  each: the policy, its optimizer, its state on `mesh`, the reward, the RLConfig (and
+  `rl_fields`), 8 prompts and their rollouts, sampled on `sample_mesh` (default `mesh`)."""
   cfg = stage_config(rl)
   policy = Transformer(MODEL)
   policy_tx = make_optimizer(cfg.optim, 10)
   state, shardings = rl_state.place_state({"policy": policy}, policy_tx, None, mesh, RULES, seed=0, kl_coef=0.05)
-  host = [rewards.HostReward("evens", evens, 1.0)]
   limits = multi_turn.TurnLimits(max_turns=2, turn_tokens=4, max_tokens=32)  # room for 2 turns and an answer
   rl_cfg = RLConfig(max_new_tokens=limits.max_tokens, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, algo="grpo",
                     advantage="grpo", samples_per_prompt=4, temperature=1.0, host_rewards=("evens",),
-                    model_weight=None, penalise_no_eos=False)
+                    model_weight=None, penalise_no_eos=False, **rl_fields)
   prompts = Prompts([f"p{i}" for i in range(8)], random_tokens(7, (8, 8)), np.ones((8, 8), np.int32), columns={})
-  sampler = jit_sampler(policy, limits.turn_tokens, TOKENIZER, policy_params(shardings), mesh, RULES)
+  sample_mesh = sample_mesh or mesh
+  params = jax.tree.map(lambda s: NamedSharding(sample_mesh, s.spec), policy_params(shardings))
+  sampler = jit_sampler(policy, limits.turn_tokens, TOKENIZER, params, sample_mesh, RULES)
   rollouts = multi_turn.Rollouts(sampler, lambda: Echo(None, None), prompts, TOKENIZER, limits, temperature=1.0)
-  iteration = multi_turn.compile_multi_turn_iteration(shardings, mesh, RULES, rl_trainer.Models(policy, None, None),
-                                                      policy_tx, None, rl_cfg, rollouts=rollouts, host=host)
+  return dict(models=rl_trainer.Models(policy, None, None), policy_tx=policy_tx, state=state, shardings=shardings,
+              host=[rewards.HostReward("evens", evens, 1.0)], rl_cfg=rl_cfg, prompts=prompts, rollouts=rollouts)
+
+
+def rl_multi_turn_iteration(mesh) -> tuple[list, dict]:
+  """The host's turns between the compiled sampler and update (multi_turn_setup's) give the
+  one-device run's trajectories on every mesh."""
+  built = multi_turn_setup(mesh)
+  iteration = multi_turn.compile_multi_turn_iteration(built["shardings"], mesh, RULES, built["models"],
+                                                      built["policy_tx"], None, built["rl_cfg"],
+                                                      rollouts=built["rollouts"], host=built["host"])
+  state = built["state"]
   initial = jax.device_get({"policy": state.policy})
-  state, metrics = iteration(state, prompt_batch(prompts, 0, 8, mesh))
+  state, metrics = iteration(state, prompt_batch(built["prompts"], 0, 8, mesh))
   final = jax.device_get({"policy": state.policy})
   return [jax.device_get(metrics)], {"initial": initial, "final": final, "placed": state.policy}
 

@@ -1,4 +1,4 @@
-"""Off-policy PPO with the sampler on devices of its own, against the same run colocated.
+"""Off-policy PPO (and multi-turn GRPO) with the sampler on devices of its own, against the same run colocated.
 
 Run by tests/training/test_off_policy.py in a child process with 8 simulated CPU devices
 (`python -m tests.off_policy_check`). The trainer holds devices 0-3; the sampler, on devices
@@ -16,8 +16,10 @@ import numpy as np
 
 from configs import rl
 from rlhf_jax import sharding
+from rlhf_jax.data.prompts import prompt_batch
+from rlhf_jax.training.rl.multi_turn_off_policy import compile_multi_turn_off_policy
 from rlhf_jax.training.rl.off_policy import compile_off_policy
-from tests.mesh_check import RULES, ppo_setup, random_tokens
+from tests.mesh_check import RULES, multi_turn_setup, ppo_setup, random_tokens
 
 ITERATIONS, ROWS = 3, 16
 
@@ -46,6 +48,22 @@ def run(train_mesh, sample_mesh) -> dict:
           "trainer_devices": sorted(d.id for d in state.policy["layer_0"]["mlp"]["up"]["kernel"].devices())}
 
 
+def multi_turn_run(train_mesh, sample_mesh) -> dict:
+  """Multi-turn GRPO one iteration behind (mesh_check's echo task): the turns on the host with
+  the sampler on `sample_mesh`, the update on `train_mesh`."""
+  built = multi_turn_setup(train_mesh, sample_mesh, off_policy_steps=1)
+  driver, state, _ = compile_multi_turn_off_policy(
+      built["state"], built["shardings"], train_mesh, sample_mesh, RULES, built["models"], built["policy_tx"], None,
+      built["rl_cfg"], rollouts=built["rollouts"], host=built["host"], rows=16)
+  batch = lambda i: prompt_batch(built["prompts"], i, 4, sample_mesh)
+  state = driver.prefill(state, [batch(0)])
+  metrics = []
+  for i in range(ITERATIONS):
+    state, m = driver(state, batch(i + 1))
+    metrics.append({k: float(v) for k, v in jax.device_get(m).items()})
+  return {"metrics": metrics, "policy": jax.device_get(state.policy)}
+
+
 def main():
   assert jax.device_count() >= 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
   devices = jax.devices()
@@ -57,6 +75,12 @@ def main():
   untimed = lambda rows: [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
   report = {"split_equals_colocated": same(split["policy"], colocated["policy"])
             and untimed(split["metrics"]) == untimed(colocated["metrics"])}
+  turns = {name: multi_turn_run(trainer, sample_mesh) for name, sample_mesh in (("colocated", trainer),
+                                                                                ("split", mesh_of(devices[4:], data=4)))}
+  report["multi_turn"] = {"split_equals_colocated": same(turns["split"]["policy"], turns["colocated"]["policy"])
+                          and untimed(turns["split"]["metrics"]) == untimed(turns["colocated"]["metrics"]),
+                          "staleness": max(row["rl/staleness"] for t in turns.values() for row in t["metrics"]),
+                          "turns": turns["split"]["metrics"][-1]["turns"]}
   for name, result in (("colocated", colocated), ("split", split), ("resharded", resharded)):
     report[name] = {k: result[k] for k in ("sampler_devices", "sampler_shard", "trainer_devices")}
     report[name]["staleness"] = max(row["rl/staleness"] for row in result["metrics"])

@@ -53,8 +53,9 @@ def get_config(stage):
       config.reward.fns = ("model", echo + ":short")
     config.update(dict(eval_prompts=8, max_prompt_len=24, **UPSTREAM))
     config.sample.max_new_tokens = 16
-    if stage == "multi_turn":  # ... and trajectories of turns, an environment answering each
-      config.update(dict(algo="grpo", plugins=(echo,)))
+    if stage == "multi_turn":  # ... and trajectories of turns, an environment answering each, one
+      config.update(dict(algo="grpo", plugins=(echo,)))  # iteration behind: a rollout in the queue
+      config.rl.off_policy_steps = 1
       config.reward.fns = (echo + ":short",)
       config.env.update(dict(name="echo", max_turns=3, turn_tokens=6))
       config.sample.max_new_tokens = 40
@@ -178,7 +179,8 @@ def test_pretraining_killed_then_preempted_resumes_to_the_same_metrics(tmp_path)
   assert_same_run(resumed, whole, seed)
 
 
-# PPO's critic (and its optimizer state) is resumed in ppo_async, with the queue; synchronous
+# PPO's critic (and its optimizer state) is resumed in ppo_async, with the queue (multi_turn has
+# one too: its trajectories, one iteration behind, with their host scores); synchronous
 # PPO's resume is also the LoRA test's (tests/training/test_lora_stages.py) and the two-process one's.
 @pytest.mark.parametrize("stage", ["reinforce", "ppo_async", "multi_turn", "dpo"])
 def test_rl_and_dpo_killed_at_a_random_moment_resume_to_the_same_metrics(stage, tiny_upstream, tmp_path):
@@ -193,7 +195,7 @@ def test_rl_and_dpo_killed_at_a_random_moment_resume_to_the_same_metrics(stage, 
   log = run_to_end(config_file, stage, resumed)
   assert newest >= 1 and resumed_from(log) == [newest], (seed, newest, log[-3000:])
   assert_same_run(resumed, tmp_path / "whole", seed)
-  if stage == "ppo_async":  # the queue is in each checkpoint; the sampler's log-probs are the trainer's
+  if stage in ("ppo_async", "multi_turn"):  # the queue is in each checkpoint; the sampler's log-probs are the trainer's
     assert "pending" in os.listdir(resumed / "checkpoints" / str(newest_checkpoint(resumed)))
     rows = [row for row in read_metrics(resumed) if "rl/staleness" in row]
     assert len(rows) == 4 and all(row["rl/staleness"] < 1e-4 for row in rows)

@@ -222,6 +222,16 @@ class Rollouts:
                                             columns, with_model=False)
     return total + env_rewards, components, env_rewards
 
+  def sampled(self, rows: list, response_len: int, mesh) -> Sampled:
+    """The rows as the update's `Sampled`, laid out as a batch on `mesh`."""
+    prompt_len = self.prompts.tokens.shape[1]
+    tokens, mask, response, ended = assemble(rows, prompt_len, response_len, self.tokenizer.pad_id)
+    fields = {"tokens": tokens, "mask": mask, "ended": ended, "scores": np.zeros(len(rows), np.float32),
+              **{f"response_{k}": v for k, v in response._asdict().items()}}
+    placed = sharding.put_batch(fields, mesh)
+    response = SampleOutput(**{k: placed[f"response_{k}"] for k in SampleOutput._fields})
+    return Sampled(placed["tokens"], placed["mask"], response, placed["ended"], placed["scores"])
+
 
 @dataclasses.dataclass
 class MultiTurnIteration:
@@ -245,7 +255,7 @@ class MultiTurnIteration:
     started = time.perf_counter()
     total, components, env_rewards = self.rollouts.scores(rows, ids, self.samples_per_prompt, self.host)
     scored = time.perf_counter()
-    sampled = self.sampled(rows)
+    sampled = self.rollouts.sampled(rows, self.response_len, self.mesh)
     token_scores = self.score_tokens(state, sampled)
     put = lambda x: sharding.put_batch({"x": x}, self.mesh)["x"]
     state, metrics = self.update(state, sampled, HostScores(put(total), put(components)), token_scores)
@@ -253,15 +263,6 @@ class MultiTurnIteration:
     times = {"time/sampling": clock.get("sampling", 0.0), "time/environment": clock.get("environment", 0.0),
              "time/rewards": scored - started, "time/update": time.perf_counter() - scored}
     return state, {**metrics, **turn_metrics(rows), "reward/env": float(np.mean(env_rewards)), **times}
-
-  def sampled(self, rows: list) -> Sampled:
-    prompt_len = self.rollouts.prompts.tokens.shape[1]
-    tokens, mask, response, ended = assemble(rows, prompt_len, self.response_len, self.rollouts.tokenizer.pad_id)
-    fields = {"tokens": tokens, "mask": mask, "ended": ended, "scores": np.zeros(len(rows), np.float32),
-              **{f"response_{k}": v for k, v in response._asdict().items()}}
-    placed = sharding.put_batch(fields, self.mesh)
-    response = SampleOutput(**{k: placed[f"response_{k}"] for k in SampleOutput._fields})
-    return Sampled(placed["tokens"], placed["mask"], response, placed["ended"], placed["scores"])
 
 
 def compile_multi_turn_iteration(shardings, mesh, rules, models, policy_tx, value_tx, rl_cfg, *, rollouts: Rollouts,

@@ -49,11 +49,16 @@ class InFlight(NamedTuple):
 def sample_in_flight(state, prompts, prompt_mask, *, policy, score_fn, cfg) -> InFlight:
   """The sampling half of an iteration (rl_steps.sample_phase) and its log-prob check."""
   sampled = rl_steps.sample_phase(state, prompts, prompt_mask, policy=policy, score_fn=score_fn, cfg=cfg)
-  forward = functools.partial(response_logprobs, policy, policy_params(state), prompt_len=rl_steps.prompt_length(
-      sampled), temperature=cfg.temperature)
+  return InFlight(sampled, logprob_gap(policy_params(state), sampled, policy=policy, cfg=cfg))
+
+
+def logprob_gap(params, sampled: Sampled, *, policy, cfg) -> jax.Array:
+  """max |sampler - trainer| log-prob over the sampled responses' (loss-masked) tokens, the
+  trainer's forward pass taken under the params that sampled them: ~0, as one model does both."""
+  forward = functools.partial(response_logprobs, policy, params, prompt_len=rl_steps.prompt_length(sampled),
+                              temperature=cfg.temperature)
   trainer = rl_steps.in_chunks(forward, (sampled.tokens, sampled.mask), cfg.minibatches * cfg.accum_steps)
-  gap = jnp.where(sampled.response.mask > 0, jnp.abs(trainer - sampled.response.logprobs), 0.0)
-  return InFlight(sampled, jnp.max(gap))
+  return jnp.max(jnp.where(sampled.response.mask > 0, jnp.abs(trainer - sampled.response.logprobs), 0.0))
 
 
 def train_on_oldest(state, *, policy, critic, policy_tx, value_tx, cfg):

@@ -40,8 +40,9 @@ from rlhf_jax.training.core.steps import jit_sampler
 from rlhf_jax.training.policy import frozen
 from rlhf_jax.training.policy.policy_eval import PolicyEvaluator
 from rlhf_jax.training.policy.policy_state import policy_params
-from rlhf_jax.training.rl import multi_turn, rl_state, seeds
+from rlhf_jax.training.rl import multi_turn, off_policy, rl_state, seeds
 from rlhf_jax.training.rl.host_rewards import HostScorer, compile_host_iteration
+from rlhf_jax.training.rl.multi_turn_off_policy import compile_multi_turn_off_policy
 from rlhf_jax.training.rl.off_policy import compile_off_policy
 from rlhf_jax.training.rl.rl_steps import RLConfig, reuses_scoring_pass, rl_iteration
 from rlhf_jax.workdir import RunDir
@@ -103,14 +104,13 @@ def check_off_policy(cfg, plan: rl_plan.RLPlan) -> None:
 def check_multi_turn(cfg, plan: rl_plan.RLPlan) -> None:
   """What multi-turn runs with, and its environment loaded now: a bad tool or class fails here,
   before any stage runs."""
-  unsupported = ("rl.off_policy_steps >= 1" if plan.fields["off_policy_steps"] else
-                 "vmap_seeds > 1" if cfg.vmap_seeds > 1 else
+  unsupported = ("vmap_seeds > 1" if cfg.vmap_seeds > 1 else
                  "the reward model among reward.fns" if plan.uses_reward_model else
                  f"algo={cfg.algo}'s greedy baseline" if ADVANTAGES[plan.fields["advantage"]].needs_greedy else
                  "eval.k > 1 (one trajectory per held-out prompt)" if cfg.eval.k > 1 else "")
   if unsupported:
     raise UserError(f"config.env (multi-turn) with {unsupported} is not supported yet: the turns run on the host "
-                    "between compiled updates; use reward functions (reward.fns) and a synchronous single-seed run")
+                    "between compiled updates; use reward functions (reward.fns) and one seed per run")
   if cfg.env.max_turns < 1 or cfg.env.turn_tokens < 1:
     raise UserError(f"env.max_turns={cfg.env.max_turns} and env.turn_tokens={cfg.env.turn_tokens} must be >= 1")
   environments.from_config(cfg.env)
@@ -168,7 +168,12 @@ def run(cfg, workdir: str) -> dict:
   drawn = cfg.data.batch_size // rl_cfg.samples_per_prompt + rl_cfg.oversample  # DAPO's refill draws extra prompts
   batch_of = lambda step: prompt_batch(prompts["train"], step, drawn, sample_mesh)
   k = rl_cfg.off_policy_steps
-  if k:  # the K rollouts in flight join the state (and its checkpoints)
+  evaluator = None  # the policy's evaluation (below), unless the driver brings its own
+  if plan.driver == "multi_turn":  # with K >= 1 the K rollouts in flight join the state, as below
+    driver, evaluator, state, shardings = compile_multi_turn(
+        cfg, plan, run_dir, models, state, shardings, (mesh, sample_mesh), rules, policy_tx, value_tx, rl_cfg, prompts,
+        tokenizer)
+  elif k:  # the K rollouts in flight join the state (and its checkpoints)
     first = batch_of(0)
     scorer = HostScorer(plan.rewards.host, plan.rewards.model_weight is not None, prompts["train"], tokenizer,
                         rl_cfg.samples_per_prompt, sample_mesh) if plan.rewards.host else None
@@ -180,13 +185,9 @@ def run(cfg, workdir: str) -> dict:
   files = trainer.RunFiles(tokenizer, models.policy.cfg, base, extra={"plan.json": plan.to_json()})
   for directory, directory_cfg in [(run_dir, cfg), *zip(seed_dirs, seed_cfgs)]:
     trainer.record(directory, directory_cfg, files)
-  evaluator = None  # the policy's evaluation (below), unless the driver brings its own
-  if k:
+  if k or plan.driver == "multi_turn":
     train_step = driver
-    state = state if resumed else driver.prefill(state, [batch_of(j) for j in range(k)])
-  elif plan.driver == "multi_turn":
-    train_step, evaluator = compile_multi_turn(cfg, plan, run_dir, models, shardings, mesh, rules, policy_tx,
-                                               value_tx, rl_cfg, prompts, tokenizer)
+    state = state if resumed or not k else driver.prefill(state, [batch_of(j) for j in range(k)])
   else:
     parts = (shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg)
     train_step = compile_train_step(parts, plan.rewards, prompts["train"], tokenizer, vmapped=bool(seed_dirs))
@@ -218,20 +219,34 @@ def meshes(cfg) -> tuple:
   return sharding.make_mesh(cfg.mesh, devices[:-n]), sharding.make_mesh(cfg.rollout.mesh, devices[-n:])
 
 
-def compile_multi_turn(cfg, plan, run_dir, models, shardings, mesh, rules, policy_tx, value_tx, rl_cfg, prompts,
-                       tokenizer):
-  """(the iteration, the evaluator) of a multi-turn run: the environment's turns on the host with
-  one compiled sampler of `env.turn_tokens`, around the compiled scoring pass and update."""
+def compile_multi_turn(cfg, plan, run_dir, models, state, shardings, meshes_, rules, policy_tx, value_tx, rl_cfg,
+                       prompts, tokenizer):
+  """(the iteration, the evaluator, state, shardings) of a multi-turn run: the environment's turns
+  on the host with one compiled sampler of `env.turn_tokens`, around the compiled scoring pass and
+  update; with K >= 1 (multi_turn_off_policy.py) the state gets its queue and the sampler may sit
+  on devices of its own (the second of `meshes_`)."""
   if jax.process_count() > 1:
     raise UserError("config.env (multi-turn) on several processes is not supported yet: run it on one process")
-  sampler = jit_sampler(models.policy, cfg.env.turn_tokens, tokenizer, policy_params(shardings), mesh, rules)
+  mesh, sample_mesh = meshes_
   limits = multi_turn.TurnLimits(cfg.env.max_turns, cfg.env.turn_tokens, cfg.sample.max_new_tokens)
-  rollouts = {split: multi_turn.Rollouts(sampler, environments.from_config(cfg.env), prompts[split], tokenizer, limits,
-                                         cfg.sample.temperature) for split in ("train", "eval")}
+
+  samplers = {id(m): jit_sampler(models.policy, cfg.env.turn_tokens, tokenizer,
+                                 off_policy.on_mesh(policy_params(shardings), m), m, rules) for m in meshes_}
+
+  def rollouts(split, on_mesh):
+    return multi_turn.Rollouts(samplers[id(on_mesh)], environments.from_config(cfg.env), prompts[split], tokenizer,
+                               limits, cfg.sample.temperature)
+
+  evaluator = multi_turn.MultiTurnEvaluator(rollouts("eval", mesh), plan.rewards.host, run_dir, cfg.seed, cfg.algo)
+  train_rollouts = rollouts("train", sample_mesh)
+  if rl_cfg.off_policy_steps:
+    driver, state, shardings = compile_multi_turn_off_policy(
+        state, shardings, mesh, sample_mesh, rules, models, policy_tx, value_tx, rl_cfg, rollouts=train_rollouts,
+        host=plan.rewards.host, rows=cfg.data.batch_size)
+    return driver, evaluator, state, shardings
   iteration = multi_turn.compile_multi_turn_iteration(shardings, mesh, rules, models, policy_tx, value_tx, rl_cfg,
-                                                      rollouts=rollouts["train"], host=plan.rewards.host)
-  evaluator = multi_turn.MultiTurnEvaluator(rollouts["eval"], plan.rewards.host, run_dir, cfg.seed, cfg.algo)
-  return iteration, evaluator
+                                                      rollouts=train_rollouts, host=plan.rewards.host)
+  return iteration, evaluator, state, shardings
 
 
 def compile_train_step(parts: tuple, plan: rewards.RewardPlan, prompts, tokenizer, vmapped: bool):

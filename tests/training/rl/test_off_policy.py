@@ -173,6 +173,7 @@ def test_ppo_takes_its_ratio_against_the_sampler_and_the_critic_free_weight_thei
 
 
 def test_a_sampler_on_devices_of_its_own_equals_the_colocated_run_and_gets_resharded_weights():
+  """One-turn PPO and multi-turn GRPO (training/rl/multi_turn_off_policy.py)."""
   result = subprocess.run([sys.executable, "-m", "tests.off_policy_check"], cwd=ROOT, env=EIGHT_DEVICES,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -186,3 +187,6 @@ def test_a_sampler_on_devices_of_its_own_equals_the_colocated_run_and_gets_resha
   # The trainer's fsdp shards became the sampler's tensor shards: up [64, 128] split 2 ways on mlp.
   assert report["split"]["sampler_shard"] == [64, 128] and report["resharded"]["sampler_shard"] == [64, 64]
   assert abs(report["resharded"]["kl"] - report["split"]["kl"]) < 1e-4
+  # Multi-turn, the turns on the host: the sampler's own devices roll out what the colocated one would.
+  assert report["multi_turn"]["split_equals_colocated"] and report["multi_turn"]["staleness"] < 1e-4, report
+  assert report["multi_turn"]["turns"] > 1
