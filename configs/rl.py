@@ -94,9 +94,11 @@ def get_config(preset: str = "tiny"):
   # model), a built-in checker (exact_match, gsm8k) or a Python function (PATH.py:NAME or
   # module:NAME, called as TRL calls reward functions); weights () = 1 each. Without "model" no
   # reward model is needed, built or loaded (nor its upstream stage run).
+  # Token rewards, from the response's ids alone, run inside the compiled iteration: length
+  # (-tokens / max_new_tokens) and format (1 where the response holds format_text's ids).
   # A function's NaN or inf: "error" stops the run naming it; "guard" lets the update's guard
   # refuse it (train.on_nonfinite then stops or skips, counted in nonfinite_rewards).
-  c.reward = ml_collections.ConfigDict(dict(fns=("model",), weights=(), nonfinite="error"))
+  c.reward = ml_collections.ConfigDict(dict(fns=("model",), weights=(), nonfinite="error", format_text=""))
   # Multi-turn RL (rlhf_jax/envs/, training/rl/multi_turn.py, docs/multi_turn.md): with `tools`
   # (built-ins by name: calculator, python; or PATH.py:NAME, TRL's `tools=[fn]`) or `factory`
   # (PATH.py:CLASS, TRL's `environment_factory`), the policy and the environment take turns: at

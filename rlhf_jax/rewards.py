@@ -6,6 +6,8 @@ by default); the score of a response is the weighted sum, and each component is 
 
   model                the reward model of `reward_from`, normalised by the gain and bias the
                        reward stage measured; scored inside the compiled iteration
+  length, format       token rewards (algorithms/token_rewards.py): from the response's ids and
+                       masks alone, inside the compiled iteration
   exact_match, gsm8k   built-in checkers (`BUILTINS`), on the host
   PATH.py:NAME         a function in a Python file, on the host
   module.sub:NAME      a function in an importable module, on the host
@@ -29,6 +31,7 @@ from absl import logging
 import numpy as np
 
 from rlhf_jax import plugins, registry
+from rlhf_jax.algorithms import token_rewards
 from rlhf_jax.errors import HostStepError, UserError
 
 MODEL = "model"
@@ -68,6 +71,8 @@ CHECKERS = ["exact_match", "gsm8k"]  # 0/1 verdicts: their mean is an accuracy
 def register(name: str, fn: Callable, *, checker: bool = False) -> None:
   """Adds a reward function by name (`reward.fns=(NAME,)`), called as TRL calls reward
   functions; `checker`: its 0/1 verdicts' mean is evaluation's accuracy."""
+  if name in token_rewards.TOKEN_REWARDS:
+    raise UserError(f"reward function {name!r}: the name of a token reward (algorithms/token_rewards.py)")
   registry.add(BUILTINS, "reward function", name, fn)
   if checker and name not in CHECKERS:
     CHECKERS.append(name)
@@ -80,6 +85,7 @@ def load_function(spec: str) -> Callable:
   where, _, name = spec.rpartition(":")
   if not where or not name:
     raise UserError(f"reward.fns entry {spec!r}: use {MODEL!r}, a built-in ({', '.join(BUILTINS)}), "
+                    f"a token reward ({', '.join(token_rewards.TOKEN_REWARDS)}), "
                     "PATH.py:NAME or module.sub:NAME")
   if where.endswith(".py") and not os.path.isfile(where):
     raise UserError(f"reward function file not found: {where}")
@@ -132,14 +138,25 @@ class HostReward:
 
 @dataclasses.dataclass
 class RewardPlan:
-  """What `config.reward` asks for: the reward model's weight (None: no reward model) and the
-  host components."""
+  """What `config.reward` asks for: the reward model's weight (None: no reward model), the
+  host components, and the token rewards ((name, weight) pairs, scored in the graph)."""
   model_weight: float | None
   host: list
+  token: tuple = ()
 
   @property
   def names(self) -> list:
-    return ([MODEL] if self.model_weight is not None else []) + [h.name for h in self.host]
+    return ([MODEL] if self.model_weight is not None else []) + [n for n, _ in self.token] + [h.name for h in self.host]
+
+  @property
+  def in_graph(self) -> bool:
+    """Whether a component scored in the compiled iteration (and so on every row) is there."""
+    return self.model_weight is not None or bool(self.token)
+
+  @property
+  def weights(self) -> list:
+    return (([self.model_weight] if self.model_weight is not None else []) + [w for _, w in self.token]
+            + [h.weight for h in self.host])
 
 
 def plan(reward_cfg) -> RewardPlan:
@@ -154,14 +171,15 @@ def plan(reward_cfg) -> RewardPlan:
     raise UserError(f"reward.weights has {len(weights)} entries for {len(fns)} reward.fns")
   if len(set(fns)) != len(fns):
     raise UserError(f"reward.fns names a source twice: {fns}")
-  model_weight = None
-  host = []
+  model_weight, host, token = None, [], []
   for spec, weight in zip(fns, weights):
     if spec == MODEL:
       model_weight = float(weight)
+    elif spec in token_rewards.TOKEN_REWARDS:
+      token.append((spec, float(weight)))
     else:
       host.append(HostReward(component_name(spec), load_function(spec), float(weight), nonfinite))
-  return RewardPlan(model_weight, host)
+  return RewardPlan(model_weight, host, tuple(token))
 
 
 def component_name(spec: str) -> str:

@@ -51,10 +51,6 @@ class RLPlan:
     return set() if self.uses_reward_model else {"reward"}
 
   @property
-  def reward_weights(self) -> list:
-    return ([self.rewards.model_weight] if self.uses_reward_model else []) + [h.weight for h in self.rewards.host]
-
-  @property
   def items(self) -> tuple:
     """What a checkpoint holds: the state's parts the plan gives a value."""
     critic = ("value", "value_opt") if self.separate_critic else ()
@@ -63,7 +59,7 @@ class RLPlan:
 
   def to_json(self) -> dict:
     return dict(algo=self.algo, driver=self.driver, critic=self.critic, kl_coef=self.kl_coef,
-                rewards=dict(zip(self.rewards.names, self.reward_weights)), checkpoint_items=list(self.items),
+                rewards=dict(zip(self.rewards.names, self.rewards.weights)), checkpoint_items=list(self.items),
                 rl={key: dict(value=value, origin=self.origins.get(key, "config"))
                     for key, value in sorted(self.fields.items())},
                 origins=dict(kl_coef=self.origins["kl_coef"], critic=self.origins["critic"]))

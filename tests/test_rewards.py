@@ -91,6 +91,9 @@ def test_the_plan_names_its_components_and_checks_the_weights(tmp_path):
   plan = rewards.plan(cfg(("model", "exact_match"), (0.5, 2.0)))
   assert plan.model_weight == 0.5 and [h.weight for h in plan.host] == [2.0] and plan.names == ["model", "exact_match"]
   assert rewards.plan(cfg(("gsm8k",))).model_weight is None
+  token = rewards.plan(cfg(("length", "gsm8k", "model"), (0.1, 1.0, 2.0)))  # in the graph: no host function
+  assert token.token == (("length", 0.1),) and token.names == ["model", "length", "gsm8k"]
+  assert token.weights == [2.0, 0.1, 1.0] and token.in_graph
   for fns, weights, message in ((("model", "gsm8k"), (1.0,), "reward.weights has 1 entries for 2"),
                                 ((), (), "reward.fns is empty"), (("gsm8k", "gsm8k"), (), "names a source twice")):
     with pytest.raises(UserError, match=message):

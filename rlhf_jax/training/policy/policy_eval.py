@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import judges, rewards, sharding
+from rlhf_jax.algorithms import token_rewards
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.training.core.logprobs import response_logprobs
 from rlhf_jax.training.core.steps import jit_sampler
@@ -43,6 +44,8 @@ class PolicyEvaluator:
   label: str  # the policy's name in the samples file ("ppo", "dpo", ...)
   model_weight: float | None = 1.0  # the reward model's weight in the proxy reward (None: not in it)
   host: tuple = ()  # rewards.HostReward components of the proxy reward
+  token: tuple = ()  # (name, weight) of the token rewards in the proxy reward (algorithms/token_rewards.py)
+  token_params: object = None  # their TokenRewardParams
 
   def __post_init__(self):
     rules = sharding.rules_of(self.cfg)
@@ -75,10 +78,16 @@ class PolicyEvaluator:
     if self.model_weight is not None:
       per["reward/model"] = model
       proxy = proxy + self.model_weight * model
+    if self.token:
+      ended = np.any((out.tokens == self.tokenizer.eos_id) & (out.mask > 0), axis=1)
+      scores, total = token_rewards.weighted_sum(self.token, out.tokens, out.mask, ended, self.token_params)
+      per.update({f"reward/{name}": np.asarray(s) for name, s in scores.items()})
+      proxy = proxy + np.asarray(total)
     if self.host:
       ids = [t[m > 0].tolist() for t, m in zip(out.tokens, out.mask)]
       total, components = rewards.score_texts(list(self.host), self.prompts.texts, texts, ids,
-                                                   dict(self.prompts.columns), self.model_weight is not None)
+                                                   dict(self.prompts.columns),
+                                                   self.model_weight is not None or bool(self.token))
       per.update({f"reward/{h.name}": components[:, i] for i, h in enumerate(self.host)})
       proxy = proxy + total
     return per, proxy

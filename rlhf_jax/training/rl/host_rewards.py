@@ -23,7 +23,7 @@ class HostScorer:
   """The host reward components on this process's rows of a `Sampled` (and of its greedy
   responses, for ReMax), as global arrays laid out like the batch on `mesh`."""
   host: list  # rewards.HostReward components
-  with_model: bool  # the reward model is a component too (scored in the sampling half)
+  with_model: bool  # a component scored in the graph (the reward model, a token reward) scores every row too
   prompts: object  # data.prompts.Prompts of the training split
   tokenizer: object
   samples_per_prompt: int

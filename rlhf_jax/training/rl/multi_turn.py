@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from rlhf_jax import rewards, sharding
+from rlhf_jax.algorithms import token_rewards
 from rlhf_jax.envs import tools as tool_format
 from rlhf_jax.errors import HostStepError
 from rlhf_jax.models.sampling import SampleOutput, SamplingParams
@@ -291,6 +292,8 @@ class MultiTurnEvaluator:
   run_dir: object
   seed: int
   label: str
+  token: tuple = ()  # (name, weight) of the token rewards (algorithms/token_rewards.py)
+  token_params: object = None  # their TokenRewardParams
 
   def __call__(self, state, step: int) -> dict:
     ids = list(range(len(self.rollouts.prompts.texts)))
@@ -299,6 +302,13 @@ class MultiTurnEvaluator:
     for prefix, params in (("", policy_params(state)), ("ref_", reference_params(state))):
       rows = self.rollouts.run(params, ids, rng)
       total, components, _ = self.rollouts.scores(rows, ids, 1, self.host)
+      if self.token:  # the token rewards on the policy's tokens, as the update scores them
+        _, _, response, ended = assemble(rows, self.rollouts.prompts.tokens.shape[1], self.rollouts.limits.max_tokens,
+                                         self.rollouts.tokenizer.pad_id)
+        scores, weighted = token_rewards.weighted_sum(self.token, response.tokens, response.mask, ended,
+                                                      self.token_params)
+        total = total + np.asarray(weighted)
+        metrics.update({f"eval/{prefix}reward/{name}": float(np.mean(s)) for name, s in scores.items()})
       metrics[f"eval/{prefix}reward"] = float(np.mean(total))
       for j, reward in enumerate(self.host):
         metrics[f"eval/{prefix}reward/{reward.name}"] = float(np.nanmean(components[:, j]))

@@ -7,6 +7,7 @@ import jax
 
 from rlhf_jax.algorithms.advantages import ADVANTAGES, AdvantageParams
 from rlhf_jax.algorithms.policy_losses import PolicyLossParams
+from rlhf_jax.algorithms.token_rewards import TokenRewardParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,8 @@ class RLConfig:
   oversample: int = 0  # DAPO: extra prompts drawn per iteration, so informative groups can fill the batch
   model_weight: float | None = 1.0  # the reward model's weight in the score (None: there is none)
   host_rewards: tuple = ()  # the names of the host reward components (rewards.py), in order
+  token_rewards: tuple = ()  # (name, weight) of the token rewards (algorithms/token_rewards.py), in order
+  format_ids: tuple = ()  # reward.format_text's ids (the `format` token reward)
   kl_kind: str = "k1"
   kl_in_loss: bool = False  # the KL as a k3 loss term (GRPO's choice) instead of in the reward
   kl_target: float = 6.0
@@ -64,6 +67,10 @@ class RLConfig:
   @property
   def policy_loss_params(self) -> PolicyLossParams:
     return PolicyLossParams(self.clip_eps, self.clip_eps_high, self.dual_clip)
+
+  @property
+  def token_reward_params(self) -> TokenRewardParams:
+    return TokenRewardParams(self.max_new_tokens, self.format_ids)
 
   @property
   def advantage_params(self) -> AdvantageParams:

@@ -29,7 +29,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.algorithms import kl, ppo, shaping
+from rlhf_jax.algorithms import kl, ppo, shaping, token_rewards
 from rlhf_jax.algorithms.advantages import ADVANTAGES, AdvantageInputs
 from rlhf_jax.algorithms.importance import importance_weights
 from rlhf_jax.models.sampling import SamplingParams, sample
@@ -141,16 +141,27 @@ def score_tokens(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLCon
 
 
 def total_scores(cfg: RLConfig, sampled: Sampled, host_total):
-  """The weighted reward model's score plus the host rewards' (if any); a response without
-  EOS gets the penalty."""
+  """The weighted reward model's score plus the token rewards' and the host rewards' (if any);
+  a response without EOS gets the penalty."""
   scores = sampled.scores if cfg.model_weight in (None, 1.0) else cfg.model_weight * sampled.scores
+  if cfg.token_rewards:
+    scores = scores + token_scores_of(cfg, sampled)[1]
   scores = scores if host_total is None else scores + host_total
   return jnp.where(sampled.ended, scores, cfg.no_eos_penalty) if cfg.penalise_no_eos else scores
+
+
+def token_scores_of(cfg: RLConfig, sampled: Sampled):
+  """({NAME: [n]}, weighted sum [n]) of the token rewards on the sampled responses."""
+  response = sampled.response
+  return token_rewards.weighted_sum(cfg.token_rewards, response.tokens, response.mask, sampled.ended,
+                                    cfg.token_reward_params)
 
 
 def component_metrics(cfg: RLConfig, sampled: Sampled, host: HostScores | None) -> dict:
   """reward/NAME: the mean of each reward component over the update's responses."""
   metrics = {"reward/model": jnp.mean(sampled.scores)} if cfg.model_weight is not None else {}
+  if cfg.token_rewards:
+    metrics.update({f"reward/{name}": jnp.mean(scores) for name, scores in token_scores_of(cfg, sampled)[0].items()})
   for i, name in enumerate(cfg.host_rewards):
     metrics[f"reward/{name}"] = jnp.nanmean(host.components[:, i])
   return metrics

@@ -73,6 +73,8 @@ def check_config(cfg) -> None:
   check_off_policy(cfg, plan)
   if plan.driver == "multi_turn":
     check_multi_turn(cfg, plan)
+  if "format" in dict(plan.rewards.token) and not cfg.reward.get("format_text"):
+    raise UserError("reward.fns names the token reward `format`: set reward.format_text to the text it looks for")
   if plan.rewards.host and cfg.vmap_seeds > 1:
     raise UserError("vmap_seeds > 1 with host reward functions is not supported: run the seeds as separate runs")
   if plan.critic == "reward" and not plan.uses_reward_model:
@@ -175,7 +177,7 @@ def run(cfg, workdir: str) -> dict:
         tokenizer)
   elif k:  # the K rollouts in flight join the state (and its checkpoints)
     first = batch_of(0)
-    scorer = HostScorer(plan.rewards.host, plan.rewards.model_weight is not None, prompts["train"], tokenizer,
+    scorer = HostScorer(plan.rewards.host, plan.rewards.in_graph, prompts["train"], tokenizer,
                         rl_cfg.samples_per_prompt, sample_mesh) if plan.rewards.host else None
     driver, state, shardings = compile_off_policy(state, shardings, mesh, sample_mesh, rules, models, policy_tx,
                                                   value_tx, score_fn, rl_cfg, (first["tokens"], first["mask"]), scorer)
@@ -194,7 +196,8 @@ def run(cfg, workdir: str) -> dict:
   next_batch = lambda step: batch_of(step + k)  # off-policy, iteration i samples the prompts of i + K
   evaluator = evaluator or PolicyEvaluator(
       cfg, run_dir, models.policy, prompts["eval"], tokenizer, score_fn, policy_params(one_seed_shardings), mesh,
-      label=cfg.algo, model_weight=plan.rewards.model_weight, host=plan.rewards.host)
+      label=cfg.algo, model_weight=plan.rewards.model_weight, host=plan.rewards.host,
+      token=plan.rewards.token, token_params=rl_cfg.token_reward_params)
   cost = iteration_cost(cfg, rl_cfg, models, prompts["train"].tokens.shape[1], uses_model=reward_run is not None)
   evaluator, open_log = per_seed(evaluator, seed_cfgs, seed_dirs) if seed_dirs else (evaluator, MetricsLog)
   loop = Loop(cfg.train, run_dir, train_step, next_batch, evaluator, checkpointer, items, open_log, cost)
@@ -237,7 +240,8 @@ def compile_multi_turn(cfg, plan, run_dir, models, state, shardings, meshes_, ru
     return multi_turn.Rollouts(samplers[id(on_mesh)], environments.from_config(cfg.env), prompts[split], tokenizer,
                                limits, cfg.sample.temperature)
 
-  evaluator = multi_turn.MultiTurnEvaluator(rollouts("eval", mesh), plan.rewards.host, run_dir, cfg.seed, cfg.algo)
+  evaluator = multi_turn.MultiTurnEvaluator(rollouts("eval", mesh), plan.rewards.host, run_dir, cfg.seed, cfg.algo,
+                                            token=plan.rewards.token, token_params=rl_cfg.token_reward_params)
   train_rollouts = rollouts("train", sample_mesh)
   if rl_cfg.off_policy_steps:
     driver, state, shardings = compile_multi_turn_off_policy(
@@ -253,7 +257,7 @@ def compile_train_step(parts: tuple, plan: rewards.RewardPlan, prompts, tokenize
   """(state, batch) -> (state, metrics): one compiled iteration with in-graph rewards only, or
   rollout -> host scoring -> update with host reward functions."""
   if plan.host:
-    return compile_host_iteration(*parts, host=plan.host, with_model=plan.model_weight is not None,
+    return compile_host_iteration(*parts, host=plan.host, with_model=plan.in_graph,
                                   prompts=prompts, tokenizer=tokenizer)
   iteration = compile_iteration(*parts, vmapped=vmapped)
   return lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
@@ -307,7 +311,9 @@ def iteration_cost(cfg, rl_cfg: RLConfig, models, prompt_len: int, uses_model: b
 def rl_config(cfg, tokenizer, plan: rl_plan.RLPlan) -> RLConfig:
   return RLConfig(max_new_tokens=cfg.sample.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                   algo=cfg.algo, temperature=cfg.sample.temperature, model_weight=plan.rewards.model_weight,
-                  host_rewards=tuple(h.name for h in plan.rewards.host), inject_nan_at=tuple(cfg.train.inject_nan_at),
+                  host_rewards=tuple(h.name for h in plan.rewards.host), token_rewards=plan.rewards.token,
+                  format_ids=tuple(tokenizer.encode(cfg.reward.get("format_text", ""))),
+                  inject_nan_at=tuple(cfg.train.inject_nan_at),
                   **plan.fields)
 
 

@@ -112,6 +112,26 @@ def test_grpo_learns_from_the_pipelines_own_sft_run_and_says_how_many_groups_tau
   assert float(np.mean([row["kl"] for row in train[-3:]])) > 0
 
 
+def test_grpo_learns_from_a_token_reward_inside_the_compiled_iteration(tiny_ppo, tiny_upstream, tmp_path):
+  """`length` (algorithms/token_rewards.py) needs no host: the fused iteration scores it."""
+  cfg = host_config(tiny_ppo, tiny_upstream, tmp_path, "brevity")
+  cfg.algo, cfg.reward.fns, cfg.reward.format_text = "grpo", ("length", "format"), "the"
+  cfg.train.update(dict(num_steps=8, eval_every=8, checkpoint_every=8, log_every=1))
+  cfg.optim.update(dict(lr=1e-3, warmup_steps=0))
+  cfg.data.batch_size = 16
+  cfg.rl.penalise_no_eos, cfg.kl_coef = False, 0.0
+  assert rl_plan.resolve(cfg).driver == "fused"
+  summary = stages.run(cfg, str(tmp_path / "run"))
+  assert summary["eval/response_length"] < 0.85 * summary["eval/ref_response_length"]
+  assert summary["eval/proxy_reward"] == pytest.approx(summary["eval/reward/length"] + summary["eval/reward/format"])
+  train = [row for row in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if "reward/length" in row]
+  assert len(train) == 8 and all(0 <= row["reward/format"] <= 1 for row in train)
+  assert train[0]["reward/length"] == pytest.approx(-train[0]["response_length"] / cfg.sample.max_new_tokens)
+  cfg.reward.format_text = ""
+  with pytest.raises(UserError, match="token reward `format`: set reward.format_text"):
+    stages.run(cfg, str(tmp_path / "unset"))
+
+
 def test_a_lone_functions_none_is_no_reward_and_its_nan_stops_the_run_naming_it(tiny_ppo, tiny_upstream, tmp_path):
   # Issue 39: a lone function returning None for some rows stopped the run with "non-finite
   # grads ... Lower optim.lr", naming neither; its NaN was dropped as if it were None.
