@@ -104,9 +104,13 @@ def get_config(preset: str = "tiny"):
   # (PATH.py:CLASS, TRL's `environment_factory`), the policy and the environment take turns: at
   # most `max_turns` policy turns of `turn_tokens` each, the whole response (turns and
   # observations) within sample.max_new_tokens. A tool call has `tool_seconds`; a failed one
-  # adds `tool_error_penalty` to the trajectory's reward. Empty: one-turn responses.
+  # adds `tool_error_penalty` to the trajectory's reward. Empty: one-turn responses. Calls are
+  # written in `call_format`: tagged (<call>f(x)</call>, the embedded tokenizers'), chat_template
+  # (<tool_call> JSON, answered by the HF chat template's tool message), auto (chat_template with
+  # data.chat_template, else tagged).
   c.env = ml_collections.ConfigDict(dict(name="", tools=(), factory="", max_turns=4, turn_tokens=32,
-                                         tool_seconds=5.0, tool_output_chars=256, tool_error_penalty=0.0))
+                                         tool_seconds=5.0, tool_output_chars=256, tool_error_penalty=0.0,
+                                         call_format="auto"))
   c.upstream = {"reward": reward.get_config(preset)}
   c.upstream_paths = {"init_from": "sft", "reward_from": "reward"}
   return c

@@ -183,16 +183,20 @@ class HFTokenizer:
   def id_to_token(self, token_id: int) -> str:
     return self._backend.id_to_token(token_id)
 
-  def chat_prompt(self, text: str) -> str:
+  def chat_prompt(self, text: str, tools: list | None = None) -> str:
     """`text` as the user's message in the tokenizer's chat template, with the assistant's turn
-    opened (add_generation_prompt), less a leading BOS: our prompts start with BOS's id."""
+    opened (add_generation_prompt), less a leading BOS: our prompts start with BOS's id.
+    `tools`: JSON schemas the template lists (a tool-using policy's prompt)."""
+    rendered = self.render_messages([{"role": "user", "content": text}], True, tools)
+    bos = special_strings(self.files).get("bos_token")
+    return rendered[len(bos):] if bos and rendered.startswith(bos) else rendered
+
+  def render_messages(self, messages: list, add_generation_prompt: bool, tools: list | None = None) -> str:
+    """`messages` rendered by the tokenizer's chat template, as transformers' apply_chat_template."""
     template = chat_template(self.files)
     if template is None:
       raise UserError(f"data.chat_template=True, but the tokenizer in {self.files} has no chat template")
-    strings = special_strings(self.files)
-    rendered = render_chat(template, [{"role": "user", "content": text}], strings)
-    bos = strings.get("bos_token")
-    return rendered[len(bos):] if bos and rendered.startswith(bos) else rendered
+    return render_chat(template, messages, special_strings(self.files), add_generation_prompt, tools)
 
   def copy_files(self, directory: str) -> None:
     """The HF tokenizer files (not config.json) into `directory`."""
@@ -234,7 +238,8 @@ def chat_template(directory: str):
   return template
 
 
-def render_chat(template: str, messages: list, strings: dict) -> str:
+def render_chat(template: str, messages: list, strings: dict, add_generation_prompt: bool = True,
+                tools: list | None = None) -> str:
   try:
     import jinja2.sandbox  # pylint: disable=g-import-not-at-top
     import jinja2.ext  # pylint: disable=g-import-not-at-top
@@ -253,7 +258,7 @@ def render_chat(template: str, messages: list, strings: dict) -> str:
   env.globals.update(raise_exception=raise_exception,
                      strftime_now=lambda fmt: datetime.datetime.now().strftime(fmt))
   try:
-    return env.from_string(template).render(messages=messages, add_generation_prompt=True, tools=None,
-                                            documents=None, **strings)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                            tools=tools, documents=None, **strings)
   except jinja2.exceptions.TemplateError as e:
     raise UserError(f"the tokenizer's chat template failed: {e}") from None

@@ -55,19 +55,20 @@ def encode_prompts(texts, tokenizer, max_len: int) -> Prompts:
   return Prompts(list(texts), tokens, mask, sum(len(x) > max_len for x in full))
 
 
-def as_chat(texts: list, tokenizer, data_cfg) -> list:
-  """With `data.chat_template`, each prompt as a user message in the HF tokenizer's chat template."""
+def as_chat(texts: list, tokenizer, data_cfg, tools: list | None = None) -> list:
+  """With `data.chat_template`, each prompt as a user message in the HF tokenizer's chat template
+  (listing `tools`, JSON schemas, where given)."""
   if not data_cfg.get("chat_template"):
     return list(texts)
   if not hasattr(tokenizer, "chat_prompt"):
     raise UserError(f"data.chat_template=True needs a Hugging Face tokenizer with a chat template, not {tokenizer!r}")
-  return [tokenizer.chat_prompt(t) for t in texts]
+  return [tokenizer.chat_prompt(t, tools) if tools else tokenizer.chat_prompt(t) for t in texts]
 
 
-def prompt_set(cfg, tokenizer, split: str) -> Prompts:
+def prompt_set(cfg, tokenizer, split: str, tools: list | None = None) -> Prompts:
   """The split's prompts (`eval_prompts` of them for eval), BOS first, left-padded to one
   width: records' prompts, used whole, with their other fields as columns; or the openings of
-  documents."""
+  documents. `tools`: the JSON schemas a chat template lists in each prompt."""
   columns = {}
   if sources.is_record_source(cfg.data):
     records = sources.load_records(cfg.data, split)
@@ -78,7 +79,7 @@ def prompt_set(cfg, tokenizer, split: str) -> Prompts:
   else:
     docs = sources.load_documents(cfg.data, split)
     texts = openings(docs[:cfg.eval_prompts] if split == "eval" else docs, cfg.data, cfg.seed)
-  prompts = encode_prompts(as_chat(texts, tokenizer, cfg.data), tokenizer, cfg.max_prompt_len)
+  prompts = encode_prompts(as_chat(texts, tokenizer, cfg.data, tools), tokenizer, cfg.max_prompt_len)
   prompts = prompts._replace(columns=columns)
   if prompts.truncated:
     logging.warning("%d of %d %s prompts are longer than max_prompt_len=%d tokens: cut from the left",

@@ -68,8 +68,9 @@ class ToolEnvironment:
   """Tools called in the tagged format: each turn that ends in a call gets the result (or an
   error) as its observation; a turn without a call ends the trajectory (its answer)."""
 
-  def __init__(self, tool_fns: dict[str, Callable], limits: ToolLimits = ToolLimits(), instance=None):
-    self.tools, self.limits, self.instance = dict(tool_fns), limits, instance
+  def __init__(self, tool_fns: dict[str, Callable], limits: ToolLimits = ToolLimits(), instance=None,
+               call_format=tools.TaggedFormat()):
+    self.tools, self.limits, self.instance, self.format = dict(tool_fns), limits, instance, call_format
     self.penalty = 0.0
 
   def reset(self, record: dict) -> str | None:
@@ -79,13 +80,13 @@ class ToolEnvironment:
     return None
 
   def step(self, turn_text: str) -> Step:
-    call = tools.parse_call(turn_text)
+    call = self.format.parse(turn_text)
     if call is None:
       return Step("", done=True)
     text, failed = self._call(call)
     if failed:
       self.penalty += self.limits.error_penalty
-    return Step(tools.format_result(text[:self.limits.output_chars]), tool_call=True, tool_error=failed)
+    return Step(self.format.observation(call, text[:self.limits.output_chars]), tool_call=True, tool_error=failed)
 
   def reward(self) -> float:
     extra = self.instance.get_reward() if self.instance is not None and hasattr(self.instance, "get_reward") else 0.0
@@ -115,8 +116,10 @@ def _accepted(fn: Callable, record: dict) -> dict:
 
 
 ENVIRONMENTS: dict[str, Callable] = {
-    # name -> (tools, limits) -> a factory of one environment per trajectory
-    "tools": lambda tool_fns, limits: (lambda: ToolEnvironment(tool_fns, limits)),
+    # name -> (tools, limits) -> a factory of one environment per trajectory (the built-in tool
+    # environment also takes the call format)
+    "tools": lambda tool_fns, limits, call_format=tools.TaggedFormat(): (
+        lambda: ToolEnvironment(tool_fns, limits, call_format=call_format)),
 }
 
 
@@ -126,11 +129,11 @@ def register(name: str, factory: Callable) -> None:
   registry.add(ENVIRONMENTS, "environment", name, factory)
 
 
-def from_factory_class(cls, limits: ToolLimits = ToolLimits()) -> Callable:
+def from_factory_class(cls, limits: ToolLimits = ToolLimits(), call_format=tools.TaggedFormat()) -> Callable:
   """TRL's environment_factory convention: one instance per trajectory, its public methods the tools."""
   def make():
     instance = cls()
-    return ToolEnvironment(tools.tools_of(instance), limits, instance=instance)
+    return ToolEnvironment(tools.tools_of(instance), limits, instance=instance, call_format=call_format)
   return make
 
 
@@ -146,23 +149,62 @@ def load_object(spec: str, kind: str):
   return found
 
 
-def from_config(env_cfg) -> Callable | None:
-  """A constructor of one environment per trajectory, from `config.env` (None: single-turn)."""
+def from_config(env_cfg, call_format=tools.TaggedFormat()) -> Callable | None:
+  """A constructor of one environment per trajectory, from `config.env` (None: single-turn);
+  the built-in tool environment and factory classes parse and answer calls in `call_format`."""
   limits = ToolLimits(env_cfg.tool_seconds, env_cfg.tool_output_chars, env_cfg.tool_error_penalty)
   if env_cfg.factory:
-    cls = load_object(env_cfg.factory, "env.factory")
-    if not isinstance(cls, type):
-      raise UserError(f"env.factory={env_cfg.factory!r} is not a class (TRL's environment_factory convention)")
-    return from_factory_class(cls, limits)
+    return from_factory_class(factory_class(env_cfg), limits, call_format)
   if not env_cfg.tools and not env_cfg.name:
     return None
+  name = env_cfg.name or "tools"
+  if name not in ENVIRONMENTS:
+    raise UserError(f"env.name={name!r}: choose one of {', '.join(ENVIRONMENTS)}")
+  if name == "tools":
+    return ENVIRONMENTS[name](tool_functions(env_cfg), limits, call_format=call_format)
+  return ENVIRONMENTS[name](tool_functions(env_cfg), limits)
+
+
+def factory_class(env_cfg) -> type:
+  cls = load_object(env_cfg.factory, "env.factory")
+  if not isinstance(cls, type):
+    raise UserError(f"env.factory={env_cfg.factory!r} is not a class (TRL's environment_factory convention)")
+  return cls
+
+
+def tool_functions(env_cfg) -> dict[str, Callable]:
+  """`env.tools` by name: built-ins, or PATH.py:NAME / module:NAME."""
   tool_fns = {}
   for spec in env_cfg.tools:
     fn = BUILTIN_TOOLS.get(spec) or load_object(spec, "env.tools entry")
     if not callable(fn):
       raise UserError(f"env.tools entry {spec!r} is not a function")
     tool_fns[getattr(fn, "__name__", spec)] = fn
-  name = env_cfg.name or "tools"
-  if name not in ENVIRONMENTS:
-    raise UserError(f"env.name={name!r}: choose one of {', '.join(ENVIRONMENTS)}")
-  return ENVIRONMENTS[name](tool_fns, limits)
+  return tool_fns
+
+
+def tool_schemas(env_cfg) -> list[dict]:
+  """The JSON schemas of the tools `config.env` gives the policy (a factory class's public
+  methods, on one instance), as a chat template lists them."""
+  fns = tools.tools_of(factory_class(env_cfg)()) if env_cfg.factory else tool_functions(env_cfg)
+  return [tools.json_schema(fn) for fn in fns.values()]
+
+
+CALL_FORMATS = ("auto", "tagged", "chat_template")
+
+
+def call_format(env_cfg, tokenizer, chat: bool):
+  """`env.call_format`: `auto` takes the chat template's where the prompts are rendered by one
+  (`chat`: data.chat_template), else the tagged format; checked against every tool now."""
+  kind = env_cfg.get("call_format", "auto")
+  if kind not in CALL_FORMATS:
+    raise UserError(f"env.call_format={kind!r}: choose one of {', '.join(CALL_FORMATS)}")
+  if kind == "tagged" or (kind == "auto" and not chat):
+    return tools.TaggedFormat()
+  if not hasattr(tokenizer, "render_messages"):
+    raise UserError(f"env.call_format=chat_template needs a Hugging Face tokenizer with a chat template, "
+                    f"not {tokenizer!r}")
+  found = tools.ChatTemplateFormat(tokenizer.render_messages)
+  for schema in tool_schemas(env_cfg):
+    found.observation(tools.Call(schema["function"]["name"], (), {}), "")
+  return found

@@ -64,17 +64,17 @@ class TurnLimits:
   max_tokens: int = 128  # of a whole response: the policy's turns and the observations
 
 
-def turn_length(ids, tokenizer) -> int:
+def turn_length(ids, tokenizer, close: str = tool_format.CALL_CLOSE) -> int:
   """How many of a turn's sampled ids it keeps: through its EOS, or through the first prefix
-  whose text closes a tool call, else all of them."""
+  whose text closes a tool call (`close`: the call format's), else all of them."""
   ids = list(ids)
   if tokenizer.eos_id in ids:
     ids = ids[:ids.index(tokenizer.eos_id) + 1]
   text = tokenizer.decode(ids)
-  if tool_format.CALL_CLOSE not in text:
+  if close not in text:
     return len(ids)
   for k in range(1, len(ids) + 1):
-    if tool_format.CALL_CLOSE in tokenizer.decode(ids[:k]):
+    if close in tokenizer.decode(ids[:k]):
       return k
   return len(ids)
 
@@ -104,7 +104,7 @@ def contexts(rows: list, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarra
 
 
 def roll_out(rows: list, sample, rng, tokenizer, limits: TurnLimits, width: int | None = None,
-             clock: dict | None = None) -> list:
+             clock: dict | None = None, close: str = tool_format.CALL_CLOSE) -> list:
   """Runs every row's turns; `sample(tokens, mask, rng) -> SampleOutput` of `turn_tokens` new
   tokens (host arrays) from contexts left-padded to `width` (one shape every turn: one compile).
   Returns the rows, finished. `clock` adds up the seconds spent sampling (the device's turn,
@@ -122,16 +122,17 @@ def roll_out(rows: list, sample, rng, tokenizer, limits: TurnLimits, width: int 
     sampled = time.perf_counter()
     for i, row in enumerate(rows):
       if not row.done:
-        take_turn(row, out.tokens[i][out.mask[i] > 0], out.logprobs[i][out.mask[i] > 0], tokenizer, limits)
+        take_turn(row, out.tokens[i][out.mask[i] > 0], out.logprobs[i][out.mask[i] > 0], tokenizer, limits, close)
     clock["sampling"] = clock.get("sampling", 0.0) + sampled - started
     clock["environment"] = clock.get("environment", 0.0) + time.perf_counter() - sampled
   return rows
 
 
-def take_turn(row: Trajectory, ids, logprobs, tokenizer, limits: TurnLimits) -> None:
+def take_turn(row: Trajectory, ids, logprobs, tokenizer, limits: TurnLimits,
+              close: str = tool_format.CALL_CLOSE) -> None:
   """The policy's turn (cut at its end and to the budget), then the environment's answer."""
   room = limits.max_tokens - len(row.response)
-  keep = min(turn_length(ids, tokenizer), room)
+  keep = min(turn_length(ids, tokenizer, close), room)
   ids, logprobs = [int(t) for t in ids[:keep]], [float(p) for p in logprobs[:keep]]
   row.append(ids, logprobs, policy=True)
   row.turns += 1
@@ -191,6 +192,7 @@ class Rollouts:
   tokenizer: object
   limits: TurnLimits
   temperature: float
+  call_close: str = tool_format.CALL_CLOSE  # where a turn that calls a tool ends (the call format's)
 
   def run(self, params, prompt_ids, rng, repeat: int = 1, clock: dict | None = None) -> list:
     """Each prompt's `repeat` trajectories (next to each other, as groups are), finished
@@ -207,7 +209,8 @@ class Rollouts:
         rows.append(Trajectory(prompt=prompt, env=env))
     settings = SamplingParams.make(self.temperature)
     sample = lambda tokens, mask, key: self.sampler(params, tokens, mask, key, settings)
-    return roll_out(rows, sample, rng, self.tokenizer, self.limits, prompt_len + self.limits.max_tokens, clock)
+    return roll_out(rows, sample, rng, self.tokenizer, self.limits, prompt_len + self.limits.max_tokens, clock,
+                    self.call_close)
 
   def scores(self, rows: list, prompt_ids, repeat: int, host: list) -> tuple:
     """(total [n], components [n, len(host)], env rewards [n]): the reward functions on each

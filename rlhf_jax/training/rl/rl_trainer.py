@@ -113,6 +113,8 @@ def check_multi_turn(cfg, plan: rl_plan.RLPlan) -> None:
   if unsupported:
     raise UserError(f"config.env (multi-turn) with {unsupported} is not supported yet: the turns run on the host "
                     "between compiled updates; use reward functions (reward.fns) and one seed per run")
+  if cfg.env.get("call_format", "auto") not in environments.CALL_FORMATS:
+    raise UserError(f"env.call_format={cfg.env.call_format!r}: choose one of {', '.join(environments.CALL_FORMATS)}")
   if cfg.env.max_turns < 1 or cfg.env.turn_tokens < 1:
     raise UserError(f"env.max_turns={cfg.env.max_turns} and env.turn_tokens={cfg.env.turn_tokens} must be >= 1")
   environments.from_config(cfg.env)
@@ -155,7 +157,7 @@ def run(cfg, workdir: str) -> dict:
   models = make_models(plan, setup.model_config(cfg, tokenizer, sft_run), reward_cfg)
   (mesh, sample_mesh), rules = meshes(cfg), sharding.rules_of(cfg)
   memory.check(cfg, models.policy.cfg, mesh, rl=plan)
-  prompts = {split: prompt_set(cfg, tokenizer, split) for split in ("train", "eval")}
+  prompts = {split: prompt_set(cfg, tokenizer, split, listed_tools(cfg, plan)) for split in ("train", "eval")}
   seed_cfgs = [with_seed(cfg, cfg.seed + i) for i in range(cfg.vmap_seeds)]
   seed_dirs = [RunDir(run_dir.file(f"seed_{c.seed}")) for c in seed_cfgs] if len(seed_cfgs) > 1 else []
   rl_cfg = rl_config(cfg, tokenizer, plan)
@@ -232,13 +234,14 @@ def compile_multi_turn(cfg, plan, run_dir, models, state, shardings, meshes_, ru
     raise UserError("config.env (multi-turn) on several processes is not supported yet: run it on one process")
   mesh, sample_mesh = meshes_
   limits = multi_turn.TurnLimits(cfg.env.max_turns, cfg.env.turn_tokens, cfg.sample.max_new_tokens)
+  call_format = environments.call_format(cfg.env, tokenizer, bool(cfg.data.get("chat_template")))
 
   samplers = {id(m): jit_sampler(models.policy, cfg.env.turn_tokens, tokenizer,
                                  off_policy.on_mesh(policy_params(shardings), m), m, rules) for m in meshes_}
 
   def rollouts(split, on_mesh):
-    return multi_turn.Rollouts(samplers[id(on_mesh)], environments.from_config(cfg.env), prompts[split], tokenizer,
-                               limits, cfg.sample.temperature)
+    return multi_turn.Rollouts(samplers[id(on_mesh)], environments.from_config(cfg.env, call_format), prompts[split],
+                               tokenizer, limits, cfg.sample.temperature, call_format.close)
 
   evaluator = multi_turn.MultiTurnEvaluator(rollouts("eval", mesh), plan.rewards.host, run_dir, cfg.seed, cfg.algo,
                                             token=plan.rewards.token, token_params=rl_cfg.token_reward_params)
@@ -251,6 +254,13 @@ def compile_multi_turn(cfg, plan, run_dir, models, state, shardings, meshes_, ru
   iteration = multi_turn.compile_multi_turn_iteration(shardings, mesh, rules, models, policy_tx, value_tx, rl_cfg,
                                                       rollouts=train_rollouts, host=plan.rewards.host)
   return iteration, evaluator, state, shardings
+
+
+def listed_tools(cfg, plan: rl_plan.RLPlan) -> list | None:
+  """The tools' JSON schemas a chat template lists in each prompt (multi-turn in the chat
+  template's call format), else None."""
+  chat_calls = cfg.data.get("chat_template") and cfg.env.get("call_format", "auto") != "tagged"
+  return (environments.tool_schemas(cfg.env) or None) if plan.driver == "multi_turn" and chat_calls else None
 
 
 def compile_train_step(parts: tuple, plan: rewards.RewardPlan, prompts, tokenizer, vmapped: bool):
