@@ -75,8 +75,9 @@ def check_config(cfg) -> None:
     check_multi_turn(cfg, plan)
   if "format" in dict(plan.rewards.token) and not cfg.reward.get("format_text"):
     raise UserError("reward.fns names the token reward `format`: set reward.format_text to the text it looks for")
-  if plan.rewards.host and cfg.vmap_seeds > 1:
-    raise UserError("vmap_seeds > 1 with host reward functions is not supported: run the seeds as separate runs")
+  if plan.rewards.host and cfg.vmap_seeds > 1 and jax.process_count() > 1:
+    raise UserError("vmap_seeds > 1 with host reward functions runs on one process: run the seeds as separate "
+                    "runs, or vmap_seeds=1")
   if plan.critic == "reward" and not plan.uses_reward_model:
     raise UserError("critic=reward starts the critic from the reward model, which reward.fns does not use: "
                     "set critic=sft (or auto)")
@@ -194,7 +195,7 @@ def run(cfg, workdir: str) -> dict:
     state = state if resumed or not k else driver.prefill(state, [batch_of(j) for j in range(k)])
   else:
     parts = (shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg)
-    train_step = compile_train_step(parts, plan.rewards, prompts["train"], tokenizer, vmapped=bool(seed_dirs))
+    train_step = compile_train_step(parts, plan.rewards, prompts["train"], tokenizer, vmap_seeds=len(seed_cfgs))
   next_batch = lambda step: batch_of(step + k)  # off-policy, iteration i samples the prompts of i + K
   evaluator = evaluator or PolicyEvaluator(
       cfg, run_dir, models.policy, prompts["eval"], tokenizer, score_fn, policy_params(one_seed_shardings), mesh,
@@ -263,13 +264,13 @@ def listed_tools(cfg, plan: rl_plan.RLPlan) -> list | None:
   return (environments.tool_schemas(cfg.env) or None) if plan.driver == "multi_turn" and chat_calls else None
 
 
-def compile_train_step(parts: tuple, plan: rewards.RewardPlan, prompts, tokenizer, vmapped: bool):
+def compile_train_step(parts: tuple, plan: rewards.RewardPlan, prompts, tokenizer, vmap_seeds: int):
   """(state, batch) -> (state, metrics): one compiled iteration with in-graph rewards only, or
   rollout -> host scoring -> update with host reward functions."""
   if plan.host:
-    return compile_host_iteration(*parts, host=plan.host, with_model=plan.in_graph,
+    return compile_host_iteration(*parts, vmap_seeds=vmap_seeds, host=plan.host, with_model=plan.in_graph,
                                   prompts=prompts, tokenizer=tokenizer)
-  iteration = compile_iteration(*parts, vmapped=vmapped)
+  iteration = compile_iteration(*parts, vmapped=vmap_seeds > 1)
   return lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
 
 

@@ -132,6 +132,29 @@ def test_grpo_learns_from_a_token_reward_inside_the_compiled_iteration(tiny_ppo,
     stages.run(cfg, str(tmp_path / "unset"))
 
 
+def test_vmapped_seeds_with_a_host_reward_score_each_seeds_own_rows(tiny_ppo, tiny_upstream, tmp_path):
+  """Seed 0 of the vmapped program is the single run (the seeds share its prompts), and each
+  seed's host scores are of its own responses (brevity is -tokens / 16 of each)."""
+  cfg = host_config(tiny_ppo, tiny_upstream, tmp_path, "brevity")
+  cfg.algo = "grpo"
+  cfg.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2, log_every=1))
+  cfg.data.batch_size = 16
+  stages.run(cfg.copy_and_resolve_references(), str(tmp_path / "single"))
+  cfg.vmap_seeds = 2
+  summary = stages.run(cfg, str(tmp_path / "vmapped"))
+  rows = lambda d: [json.loads(line) for line in open(d / "metrics.jsonl") if "reward/brevity" in line]
+  seeds = [rows(tmp_path / "vmapped" / f"seed_{seed}") for seed in (0, 1)]
+  single = rows(tmp_path / "single")
+  assert len(seeds[0]) == len(single) == 3  # 2 iterations and the evaluation
+  for mine, theirs in zip(seeds[0], single):
+    for key in ("reward/brevity", "score", "kl", "eval/reward/brevity"):
+      if key in theirs:
+        assert mine[key] == pytest.approx(theirs[key], rel=1e-3, abs=1e-4), key
+  for seed in seeds:
+    assert all(row["reward/brevity"] == pytest.approx(-row["response_length"] / 16) for row in seed[:2])
+  assert seeds[1][0]["reward/brevity"] != seeds[0][0]["reward/brevity"] and summary["seeds"] == [0, 1]
+
+
 def test_a_lone_functions_none_is_no_reward_and_its_nan_stops_the_run_naming_it(tiny_ppo, tiny_upstream, tmp_path):
   # Issue 39: a lone function returning None for some rows stopped the run with "non-finite
   # grads ... Lower optim.lr", naming neither; its NaN was dropped as if it were None.
