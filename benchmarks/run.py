@@ -6,6 +6,7 @@
   python benchmarks/run.py --workload=cpu --peer=trl --rounds=3   # ... each side timed 3 times, alternating
   python benchmarks/run.py --workload=w4 --peer=tunix --rounds=3  # Google's Tunix instead (w1 and w4 only)
   python benchmarks/run.py --workload=gpu            # pretrain, decode, ppo_large (gpt2_small)
+  python benchmarks/run.py --workload=rollout --preset=tiny --lengths=benchmarks/lengths/lognormal_256.txt --budget=256
 
 Workloads: w1 PPO (64 prompts x 16 tokens, 32 new, 4 epochs, 1 minibatch; policy, reference,
 reward model, critic), w2 DPO (64 pairs, 16 + 32 tokens; w2_shared: each pair in one row of 81
@@ -15,7 +16,9 @@ scoring -> update; timed against w1 in the same rounds, alternating: `host_overh
 off-policy PPO with long generations (64 prompts x 16 -> 256 tokens, K = 1: the sampler on
 one CPU device, the trainer on the other; timed against w6_sync, the same PPO synchronous on
 both devices: `speedup_vs_sync`; parts: the rollout and the update on their own), sampler
-(KV cache, w1's batch), pretrain (gpt2_small at 1024), decode (gpt2_small, 256 rows, 256 +
+(KV cache, w1's batch), rollout (one rollout replaying a file of response lengths, each row
+stopped at its own: tokens per second and the KV cache's peak bytes; --preset, --lengths,
+--budget), pretrain (gpt2_small at 1024), decode (gpt2_small, 256 rows, 256 +
 256 tokens, against the memory roofline) and ppo_large (gpt2_small, 256 prompts x 256 tokens
 -> 256). The first call (compilation included) is
 reported apart from the steady state, the median of --repeats calls. FLOP/s are model FLOPs
@@ -41,8 +44,11 @@ from rlhf_jax import distributed  # pylint: disable=g-import-not-at-top
 FLAGS = flags.FLAGS
 CPU_SET = ("w1", "w2", "w3", "w4", "w5", "sampler")  # w6 is timed on its own (long generations), w2_shared too
 GPU_SET = ("pretrain", "decode", "ppo_large")
-flags.DEFINE_enum("workload", "w1", [*CPU_SET, "w2_shared", "w6", "w6_sync", *GPU_SET, "cpu", "gpu"],
+flags.DEFINE_enum("workload", "w1", [*CPU_SET, "w2_shared", "w6", "w6_sync", "rollout", *GPU_SET, "cpu", "gpu"],
                   "What to time (cpu / gpu: each of a set).")
+flags.DEFINE_string("lengths", "benchmarks/lengths/lognormal_256.txt", "rollout: the response lengths to replay, "
+                    "one integer a line (benchmarks/lengths.py writes them).")
+flags.DEFINE_integer("budget", 0, "rollout: max_new_tokens (0: the longest of --lengths).")
 flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
 flags.DEFINE_enum("peer", "", ["", "trl", "tunix"], "Also run this library's version (benchmarks/peers, after its "
                   "setup) and give the ratio; a bare --peer is --peer=trl.")
@@ -86,6 +92,8 @@ BUILDERS = {
     "w6": lambda: workloads.off_policy_workload(1),
     "w6_sync": lambda: workloads.off_policy_workload(0),
     "sampler": workloads.sampler_workload,
+    "rollout": lambda: workloads.rollout_workload(workloads.read_lengths(FLAGS.lengths), FLAGS.preset,
+                                                  workloads.preset_model(FLAGS.preset), budget=FLAGS.budget),
     "pretrain": lambda: workloads.lm_workload(FLAGS.preset, preset_model(), rows=FLAGS.rows),
     "decode": lambda: workloads.sampler_workload(FLAGS.preset, preset_model(), rows=256, prompt_len=256,
                                                  new_tokens=256),

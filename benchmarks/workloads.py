@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import flops
+from rlhf_jax import flops, memory
 from configs import common, dpo, pretrain, ppo, reward
 from rlhf_jax import rewards, rl_plan, sharding
 from rlhf_jax.data.prompts import Prompts
@@ -192,6 +192,41 @@ def sampler_workload(preset: str = "tiny", model: dict | None = TINY_GPT2, rows:
   step = lambda: sampler(state.params, prompts, mask, jax.random.key(0), settings).tokens
   info = dict(rows=rows, prompt_len=prompt_len, new_tokens=new_tokens, generated_tokens=rows * new_tokens)
   return Workload(step, flops.generate(model_.cfg, rows, prompt_len, new_tokens), info, compiled=sampler,
+                  model_cfg=model_.cfg)
+
+
+def read_lengths(path: str) -> list[int]:
+  """A response-length file (benchmarks/lengths.py): one integer >= 1 a line."""
+  with open(path, encoding="utf-8") as f:
+    lengths = [int(line) for line in f if line.strip()]
+  if not lengths or min(lengths) < 1:
+    raise SystemExit(f"--lengths={path}: one integer >= 1 a line")
+  return lengths
+
+
+def rollout_workload(lengths: list[int], preset: str = "tiny", model: dict | None = None, prompt_len: int = 16,
+                     budget: int = 0) -> Workload:
+  """One rollout of len(lengths) responses, row i stopping after lengths[i] tokens (`stop_at`),
+  within a budget of `budget` new tokens (default: the longest); the static sampler decodes
+  every row until the longest is done, its KV cache sized rows x (prompt + budget)."""
+  cfg = stage_config(pretrain, preset, model)
+  model_ = Transformer(ModelConfig.from_dict(dict(cfg.model)))
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  state, _ = setup.init_state(model_, make_optimizer(cfg.optim, 10), mesh, rules, cfg.seed)
+  rows, budget = len(lengths), budget or max(lengths)
+  fn = functools.partial(sample, model_, max_new_tokens=budget, eos_id=NEVER, pad_id=0)
+  sampler = jax.jit(sharding.with_rules(fn, mesh, rules))
+  batch = sharding.put_batch({"prompts": random_tokens(1, (rows, prompt_len), model_.cfg.vocab_size),
+                              "mask": np.ones((rows, prompt_len), np.int32),
+                              "stop_at": np.asarray(lengths, np.int32)}, mesh)
+  settings = SamplingParams.make(temperature=0.7)
+  step = lambda: sampler(state.params, batch["prompts"], batch["mask"], jax.random.key(0), settings,
+                         stop_at=batch["stop_at"]).tokens
+  cache = memory.kv_cache_bytes(model_.cfg, rows, prompt_len + budget, rules, dict(mesh.shape))
+  info = dict(batching="static", rows=rows, prompt_len=prompt_len, budget=budget, generated_tokens=int(sum(lengths)),
+              mean_length=float(np.mean(lengths)), max_length=max(lengths), peak_cache_bytes=cache,
+              decode_steps=-(-max(lengths) // 8) * 8)  # the loop asks whether every row is done every 8 steps
+  return Workload(step, flops.generate(model_.cfg, rows, prompt_len, max(lengths)), info, compiled=sampler,
                   model_cfg=model_.cfg)
 
 

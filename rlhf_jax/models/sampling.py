@@ -71,12 +71,14 @@ def choose_tokens(logits: jax.Array, rng: jax.Array, params: SamplingParams):
 
 
 def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
-           sampling: SamplingParams, *, max_new_tokens: int, eos_id: int, pad_id: int) -> SampleOutput:
+           sampling: SamplingParams, *, max_new_tokens: int, eos_id: int, pad_id: int,
+           stop_at: jax.Array | None = None) -> SampleOutput:
   """Samples continuations of left-padded prompts [batch, prompt_len].
 
   Stops each row at its first EOS (included, mask 1) and the whole loop when every row has
   stopped (asked every DONE_CHECK_EVERY steps). Jit with `model`, `max_new_tokens`, `eos_id`
-  and `pad_id` static (closed over).
+  and `pad_id` static (closed over). `stop_at` [batch] (benchmarks replaying a distribution of
+  response lengths): each row also stops after that many tokens, as if its EOS came there.
   """
   batch, prompt_len = prompts.shape
   if model.cfg.position == "learned" and prompt_len + max_new_tokens > model.cfg.max_len:
@@ -95,7 +97,7 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
     result = SampleOutput(result.tokens.at[:, step].set(token),
                           result.logprobs.at[:, step].set(jnp.where(alive, logprob, 0.0)),
                           result.mask.at[:, step].set(alive.astype(jnp.int32)))
-    done = done | (token == eos_id)
+    done = done | (token == eos_id) | (False if stop_at is None else step + 1 >= stop_at)
     out = model.apply({"params": params}, token[:, None], alive[:, None], cache=cache)
     return step + 1, out.cache, out.logits[:, -1], result, done, rng
 

@@ -95,6 +95,22 @@ def test_stops_at_eos_and_pads_after():
   np.testing.assert_array_equal(out.logprobs[0, stop + 1:], np.zeros(9 - stop))
 
 
+def test_stop_at_ends_each_row_after_its_count_with_the_same_draws():
+  """A benchmark's replayed lengths (stop_at): row i stops after stop_at[i] tokens, as at an EOS."""
+  cfg = small_model()
+  _, params = init(cfg)
+  prompts, mask = left_padded_batch()
+  key, settings = jax.random.key(4), SamplingParams.make(temperature=1.5)
+  sampler = make_sampler(cfg, eos_id=-1)  # no token ends a row by itself
+  free = sampler(params, prompts, mask, key, settings)
+  stop_at = jnp.array([3, 7][:prompts.shape[0]] + [1] * (prompts.shape[0] - 2), jnp.int32)
+  out = sampler(params, prompts, mask, key, settings, stop_at=stop_at)
+  np.testing.assert_array_equal(out.mask.sum(axis=1), stop_at)
+  for i, n in enumerate(np.asarray(stop_at)):
+    np.testing.assert_array_equal(out.tokens[i, :n], free.tokens[i, :n])
+    assert (np.asarray(out.tokens[i, n:]) == PAD).all()
+
+
 def test_checking_for_done_rows_less_often_changes_no_output(monkeypatch):
   cfg = small_model()
   _, params = init(cfg)
