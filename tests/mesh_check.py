@@ -25,11 +25,11 @@ from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training.core import setup
 from rlhf_jax.training.core.optim import learning_rate_schedule, make_optimizer
 from rlhf_jax.training.core.state import model_params
-from rlhf_jax.training.core.steps import compile_lm_steps, jit_sampler
+from rlhf_jax.training.core.steps import compile_lm_steps
 from rlhf_jax.training.policy import frozen
 from rlhf_jax.training.policy.policy_state import policy_params
 from rlhf_jax.training.preference.dpo_steps import compile_dpo_steps
-from rlhf_jax.training.rl import multi_turn, rl_state, rl_trainer
+from rlhf_jax.training.rl import multi_turn, rl_state, rl_trainer, turn_cache
 from rlhf_jax.training.rl.host_rewards import compile_host_iteration
 from rlhf_jax.training.rl.rl_steps import RLConfig
 from tests.conftest import small_model
@@ -157,7 +157,9 @@ def multi_turn_setup(mesh, sample_mesh=None, **rl_fields) -> dict:
   prompts = Prompts([f"p{i}" for i in range(8)], random_tokens(7, (8, 8)), np.ones((8, 8), np.int32), columns={})
   sample_mesh = sample_mesh or mesh
   params = jax.tree.map(lambda s: NamedSharding(sample_mesh, s.spec), policy_params(shardings))
-  sampler = jit_sampler(policy, limits.turn_tokens, TOKENIZER, params, sample_mesh, RULES)
+  sampler = turn_cache.turn_sampler(policy, params, sample_mesh, RULES, turn_tokens=limits.turn_tokens,
+                                    capacity=8 + limits.max_tokens + limits.turn_tokens, eos_id=TOKENIZER.eos_id,
+                                    pad_id=TOKENIZER.pad_id)
   rollouts = multi_turn.Rollouts(sampler, lambda: Echo(None, None), prompts, TOKENIZER, limits, temperature=1.0)
   return dict(models=rl_trainer.Models(policy, None, None), policy_tx=policy_tx, state=state, shardings=shardings,
               host=[rewards.HostReward("evens", evens, 1.0)], rl_cfg=rl_cfg, prompts=prompts, rollouts=rollouts)

@@ -204,7 +204,8 @@ class Attention(nn.Module):
   `rope` is None (learned positions) or the (sin, cos) tables of `rope_tables`.
   `kv_cache` is None (full forward) or (keys, values, index): keys/values
   [batch, kv_heads, cache_len, head_dim], and the slot `index` where this call's
-  tokens are written. `mask` is the boolean attention mask [batch, 1, q_len, k_len].
+  tokens are written (a scalar; or [batch], each row's own: a ragged cache's lengths).
+  `mask` is the boolean attention mask [batch, 1, q_len, k_len].
   `queries` (no cache): Queries(x, rope), the tokens that query when not all do; `mask`
   is then their rows of it.
   """
@@ -232,13 +233,22 @@ class Attention(nn.Module):
       out, new_cache = attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask), None
     else:
       cached_k, cached_v, index = kv_cache
-      k, v = (jax.lax.dynamic_update_slice(cached, new.transpose(0, 2, 1, 3).astype(cached.dtype), (0, 0, index, 0))
+      k, v = (write_cache(cached, new.transpose(0, 2, 1, 3).astype(cached.dtype), index)
               for cached, new in ((cached_k, k), (cached_v, v)))
       out, new_cache = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask), (k, v)
     out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # GPT-2's scaled residual init
     out = dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), in_axes=(-2, -1),
                 use_bias=cfg.bias == "all", std=out_std, name="out")(out)
     return out, new_cache
+
+
+def write_cache(cached, new, index):
+  """`new` [batch, kv_heads, q_len, head_dim] into `cached` at slot `index` (scalar), or at
+  each row's own slot (`index` [batch]; the caller leaves room: a slice that would overrun the
+  cache is moved back by dynamic_update_slice)."""
+  if not index.ndim:
+    return jax.lax.dynamic_update_slice(cached, new, (0, 0, index, 0))
+  return jax.vmap(lambda c, x, at: jax.lax.dynamic_update_slice(c, x, (0, at, 0)))(cached, new, index)
 
 
 class Mlp(nn.Module):

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models.logits import first_argmax, token_logprobs
-from rlhf_jax.models.transformer import KVCache, Transformer
+from rlhf_jax.models.transformer import KVCache, RaggedCache, Transformer
 
 # Steps between two checks that every row is done. The check is a reduction over the devices
 # holding the rows, a sync each time; checked at every step, the syncs were a third of the
@@ -87,7 +87,43 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
   ends = segment_ends(max_new_tokens)
   cache = KVCache.empty(model.cfg, batch, prompt_len + ends[0])
   out = model.apply({"params": params}, prompts, prompt_mask, cache=cache, last_logits_only=True)
+  body = decode_step(model, params, sampling, eos_id, pad_id, stop_at)
+  carry = (jnp.int32(0), out.cache, out.logits[:, -1], empty_output(batch, max_new_tokens, pad_id),
+           jnp.zeros((batch,), bool), rng)
+  for end in ends:
+    carry = (carry[0], grown(carry[1], prompt_len + end), *carry[2:])
+    carry = decode_until(end, body, carry)
+  return carry[3]
 
+
+def extend(model: Transformer, params, cache: RaggedCache, tokens: jax.Array, mask: jax.Array, rng: jax.Array,
+           sampling: SamplingParams, *, max_new_tokens: int, eos_id: int, pad_id: int,
+           live: jax.Array | None = None) -> tuple[SampleOutput, RaggedCache]:
+  """Continues each row of a ragged cache: prefills `tokens` [batch, block] (right-padded, `mask`
+  1 on the real ones, at least one per live row) from the row's length, then samples up to
+  `max_new_tokens` for the `live` rows (default all; the others stay done). Returns (the samples,
+  the cache holding the prefilled and the sampled tokens). A multi-turn trajectory's next turn:
+  only its new tokens are prefilled. The cache needs room for block + max_new_tokens past each
+  row's length. Draws as `sample`'s: one key per step for the batch."""
+  batch = tokens.shape[0]
+  params = in_compute_dtype(params, model.cfg)
+  last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
+  out = model.apply({"params": params}, tokens, mask, cache=cache, logits_at=last)
+  done = jnp.zeros((batch,), bool) if live is None else ~live
+  carry = (jnp.int32(0), out.cache, out.logits[:, 0], empty_output(batch, max_new_tokens, pad_id), done, rng)
+  carry = decode_until(max_new_tokens, decode_step(model, params, sampling, eos_id, pad_id), carry)
+  return carry[3], carry[1]
+
+
+def empty_output(batch: int, max_new_tokens: int, pad_id: int) -> SampleOutput:
+  return SampleOutput(jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
+                      jnp.zeros((batch, max_new_tokens), jnp.float32), jnp.zeros((batch, max_new_tokens), jnp.int32))
+
+
+def decode_step(model: Transformer, params, sampling: SamplingParams, eos_id: int, pad_id: int, stop_at=None):
+  """One decode step on the carry (step, cache, logits, result, done, rng): a token for each row
+  not done (pad for the others), its log-prob and mask written at `step`, then fed through the
+  model (its cache: a KVCache or a RaggedCache). `stop_at`: `sample`'s."""
   def body(carry):
     step, cache, logits, result, done, rng = carry
     rng, key = jax.random.split(rng)
@@ -100,15 +136,7 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
     done = done | (token == eos_id) | (False if stop_at is None else step + 1 >= stop_at)
     out = model.apply({"params": params}, token[:, None], alive[:, None], cache=cache)
     return step + 1, out.cache, out.logits[:, -1], result, done, rng
-
-  empty = SampleOutput(jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
-                       jnp.zeros((batch, max_new_tokens), jnp.float32),
-                       jnp.zeros((batch, max_new_tokens), jnp.int32))
-  carry = (jnp.int32(0), out.cache, out.logits[:, -1], empty, jnp.zeros((batch,), bool), rng)
-  for end in ends:
-    carry = (carry[0], grown(carry[1], prompt_len + end), *carry[2:])
-    carry = decode_until(end, body, carry)
-  return carry[3]
+  return body
 
 
 def decode_until(end: int, step_fn, carry):

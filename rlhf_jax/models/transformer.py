@@ -36,6 +36,23 @@ class KVCache:
                index=jnp.zeros((), jnp.int32))
 
 
+@flax.struct.dataclass
+class RaggedCache:
+  """Keys and values of every layer with each row's own length: row i's tokens fill slots
+  0 .. lengths[i] - 1, in order and unpadded, so a row can be cut back (its length lowered:
+  what follows gets overwritten) and extended from its own end by any number of tokens (a
+  multi-turn trajectory's next turn: only the new tokens are prefilled). Tokens given with it
+  are right-padded; their positions are the row's length onwards."""
+  keys: tuple  # per layer [batch, kv_heads, length, head_dim]
+  values: tuple
+  lengths: jax.Array  # [batch] int32
+
+  @classmethod
+  def empty(cls, cfg: ModelConfig, batch: int, length: int, dtype=None) -> "RaggedCache":
+    cache = KVCache.empty(cfg, batch, length, dtype)
+    return cls(cache.keys, cache.values, jnp.zeros((batch,), jnp.int32))
+
+
 class ModelOutput(NamedTuple):
   logits: Optional[jax.Array]  # [batch, time, vocab], float32
   hidden: jax.Array  # [batch, time, d_model], after the final norm
@@ -106,7 +123,7 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens, mask=None, *, cache: Optional[KVCache] = None, positions=None, segments=None,
                shared=None, query_index=None, with_logits: bool = True,
-               last_logits_only: bool = False) -> ModelOutput:
+               last_logits_only: bool = False, logits_at=None) -> ModelOutput:
     """tokens, mask: [batch, time]. With a cache, tokens are written at slot cache.index.
     `segments` [batch, time]: packed rows' sequence ids (contiguous; no cache): each token
     attends within its sequence, whose positions start at 0 (unless `positions` are given).
@@ -115,13 +132,20 @@ class Transformer(nn.Module):
     `query_index` [batch, n] (no cache): the outputs at those tokens only, [batch, n, ...]; the
     last block runs its queries, MLP and heads on them alone (exact: a reward model's score).
     `last_logits_only`: logits of the last position alone, [batch, 1, vocab] (a prefill needs
-    no more, and the whole prompt's would be the largest array of sampling)."""
+    no more, and the whole prompt's would be the largest array of sampling). `logits_at`
+    [batch]: the logits of that position of each row alone, [batch, 1, vocab] (a right-padded
+    block's last real token)."""
     cfg = self.cfg
     mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
-    if positions is None:
+    ragged = isinstance(cache, RaggedCache)
+    if ragged:  # right-padded tokens from each row's length on; a key is seen by the queries after it
+      positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1])
+      attn_mask = (jnp.arange(cache.keys[0].shape[2]) <= positions[:, :, None])[:, None]
+    elif positions is None:
       offset = 0 if cache is None else jnp.sum(cache.mask, axis=-1, keepdims=True)
       positions = offset + positions_from_mask(mask, segments)
-    attn_mask, cache_mask = attention_mask(mask, cache, segments, shared)
+    if not ragged:
+      attn_mask, cache_mask = attention_mask(mask, cache, segments, shared)
 
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
                      embedding_init=partitioned(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),
@@ -138,7 +162,8 @@ class Transformer(nn.Module):
     block = nn.remat(Block) if cfg.remat else Block
     new_keys, new_values = [], []
     for i in range(cfg.n_layers):
-      layer_cache = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
+      layer_cache = None if cache is None else (cache.keys[i], cache.values[i],
+                                                cache.lengths if ragged else cache.index)
       last = query_index if i == cfg.n_layers - 1 else None
       x, kv = block(cfg, self.deterministic, name=f"layer_{i}")(x, rope, attn_mask, layer_cache, last)
       if kv is not None:
@@ -147,9 +172,15 @@ class Transformer(nn.Module):
     hidden = norm(cfg, "final_norm")(x)
 
     new_cache = None
-    if cache is not None:
+    if ragged:
+      new_cache = RaggedCache(tuple(new_keys), tuple(new_values), cache.lengths + jnp.sum(mask, axis=1, dtype=jnp.int32))
+    elif cache is not None:
       new_cache = KVCache(tuple(new_keys), tuple(new_values), cache_mask, cache.index + tokens.shape[1])
-    logits = self._logits(hidden[:, -1:] if last_logits_only else hidden, embed) if with_logits else None
+    if logits_at is not None:
+      hidden_for_logits = jnp.take_along_axis(hidden, logits_at[:, None, None], axis=1)
+    else:
+      hidden_for_logits = hidden[:, -1:] if last_logits_only else hidden
+    logits = self._logits(hidden_for_logits, embed) if with_logits else None
     return ModelOutput(logits, hidden, self._scalar_heads(hidden), new_cache)
 
   def _logits(self, hidden, embed):

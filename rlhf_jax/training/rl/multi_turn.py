@@ -2,10 +2,11 @@
 trajectory is one row of tokens with a loss mask, 1 on the policy's tokens and 0 on the
 prompt's and the environment's.
 
-Each turn samples up to `env.turn_tokens` new tokens for every unfinished row from its whole
-context so far (one compiled sampler, fixed shapes), keeps them up to the turn's end (EOS, or
-the first prefix whose text closes a tool call) with the sampler's log-probs, and gives the
-turn's text to the environment, whose observation is encoded once and appended (loss mask 0,
+Each turn samples up to `env.turn_tokens` new tokens for every unfinished row, continuing it
+from its KV cache (turn_cache.py: only the tokens new since its last turn are prefilled, and
+rows that are done are left out of the decode), keeps them up to the turn's end (EOS, or the
+first prefix whose text closes a tool call) with the sampler's log-probs, and gives the turn's
+text to the environment, whose observation is encoded once and appended (loss mask 0,
 log-prob 0). A turn without a call, an EOS, `env.max_turns` turns or a full `env.max_tokens`
 budget ends the row. Token in, token out: the sampled ids are kept as sampled, and text is
 only read, never encoded again.
@@ -93,35 +94,23 @@ def _guarded(call, what: str):
     raise EnvironmentFailed(f"environment {what} raised {type(e).__name__}: {e}") from None
 
 
-def contexts(rows: list, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Each row's prompt and response so far, left-padded to `width`: [n, width] ids and mask."""
-  tokens = np.full((len(rows), width), pad_id, np.int32)
-  mask = np.zeros((len(rows), width), np.int32)
-  for i, row in enumerate(rows):
-    ids = (row.prompt + row.response)[-width:]
-    tokens[i, width - len(ids):], mask[i, width - len(ids):] = ids, 1
-  return tokens, mask
-
-
-def roll_out(rows: list, sample, rng, tokenizer, limits: TurnLimits, width: int | None = None,
-             clock: dict | None = None, close: str = tool_format.CALL_CLOSE) -> list:
-  """Runs every row's turns; `sample(tokens, mask, rng) -> SampleOutput` of `turn_tokens` new
-  tokens (host arrays) from contexts left-padded to `width` (one shape every turn: one compile).
-  Returns the rows, finished. `clock` adds up the seconds spent sampling (the device's turn,
-  contexts built and results fetched) and in the environment (decoding, its steps and tools,
-  encoding its answers)."""
-  width = width or max(len(r.prompt) for r in rows) + limits.max_tokens
+def roll_out(rows: list, sample, rng, tokenizer, limits: TurnLimits, clock: dict | None = None,
+             close: str = tool_format.CALL_CLOSE) -> list:
+  """Runs every row's turns; `sample(contexts, live, key) -> SampleOutput` of `turn_tokens` new
+  tokens (host arrays) for the `live` rows, from each row's whole context so far (a list of
+  ids: prompt, then response; turn_cache.Turns prefills only what it has not seen). Returns the
+  rows, finished. `clock` adds up the seconds spent sampling (the device's turn, blocks built and
+  results fetched) and in the environment (decoding, its steps and tools, encoding its answers)."""
   clock = {} if clock is None else clock
   for turn in range(limits.max_turns):
-    live = [r for r in rows if not r.done]
-    if not live:
+    live = np.array([not r.done for r in rows])
+    if not live.any():
       break
     started = time.perf_counter()
-    tokens, mask = contexts(rows, width, tokenizer.pad_id)
-    out = jax.device_get(sample(tokens, mask, jax.random.fold_in(rng, turn)))
+    out = sample([r.prompt + r.response for r in rows], live, jax.random.fold_in(rng, turn))
     sampled = time.perf_counter()
     for i, row in enumerate(rows):
-      if not row.done:
+      if live[i]:
         take_turn(row, out.tokens[i][out.mask[i] > 0], out.logprobs[i][out.mask[i] > 0], tokenizer, limits, close)
     clock["sampling"] = clock.get("sampling", 0.0) + sampled - started
     clock["environment"] = clock.get("environment", 0.0) + time.perf_counter() - sampled
@@ -186,7 +175,7 @@ def turn_metrics(rows: list) -> dict:
 class Rollouts:
   """Multi-turn rollouts of a prompt set's rows with the policy's params: the host side of an
   iteration and of an evaluation."""
-  sampler: Callable  # compiled (params, tokens, mask, rng, SamplingParams) -> SampleOutput of turn_tokens
+  sampler: object  # turn_cache.TurnSampler: the compiled turn, from each row's KV cache
   make_env: Callable  # () -> one environment
   prompts: object  # data.prompts.Prompts
   tokenizer: object
@@ -207,10 +196,8 @@ class Rollouts:
         opening = _guarded(lambda: env.reset(record), f"{type(env).__name__}.reset")
         prompt = (ids + (self.tokenizer.encode(opening) if opening else []))[-prompt_len:]
         rows.append(Trajectory(prompt=prompt, env=env))
-    settings = SamplingParams.make(self.temperature)
-    sample = lambda tokens, mask, key: self.sampler(params, tokens, mask, key, settings)
-    return roll_out(rows, sample, rng, self.tokenizer, self.limits, prompt_len + self.limits.max_tokens, clock,
-                    self.call_close)
+    sample = self.sampler.session(params, SamplingParams.make(self.temperature), len(rows))
+    return roll_out(rows, sample, rng, self.tokenizer, self.limits, clock, self.call_close)
 
   def scores(self, rows: list, prompt_ids, repeat: int, host: list) -> tuple:
     """(total [n], components [n, len(host)], env rewards [n]): the reward functions on each

@@ -36,11 +36,10 @@ from rlhf_jax.training.core import setup, trainer
 from rlhf_jax.training.core.compute import StepCost
 from rlhf_jax.training.core.loop import Loop
 from rlhf_jax.training.core.optim import make_optimizer
-from rlhf_jax.training.core.steps import jit_sampler
 from rlhf_jax.training.policy import frozen
 from rlhf_jax.training.policy.policy_eval import PolicyEvaluator
 from rlhf_jax.training.policy.policy_state import policy_params
-from rlhf_jax.training.rl import multi_turn, off_policy, rl_state, seeds
+from rlhf_jax.training.rl import multi_turn, off_policy, rl_state, seeds, turn_cache
 from rlhf_jax.training.rl.host_rewards import HostScorer, compile_host_iteration
 from rlhf_jax.training.rl.multi_turn_off_policy import compile_multi_turn_off_policy
 from rlhf_jax.training.rl.off_policy import compile_off_policy
@@ -237,8 +236,10 @@ def compile_multi_turn(cfg, plan, run_dir, models, state, shardings, meshes_, ru
   limits = multi_turn.TurnLimits(cfg.env.max_turns, cfg.env.turn_tokens, cfg.sample.max_new_tokens)
   call_format = environments.call_format(cfg.env, tokenizer, bool(cfg.data.get("chat_template")))
 
-  samplers = {id(m): jit_sampler(models.policy, cfg.env.turn_tokens, tokenizer,
-                                 off_policy.on_mesh(policy_params(shardings), m), m, rules) for m in meshes_}
+  capacity = cfg.max_prompt_len + cfg.sample.max_new_tokens + cfg.env.turn_tokens  # a full context, then a turn
+  samplers = {id(m): turn_cache.turn_sampler(models.policy, off_policy.on_mesh(policy_params(shardings), m), m, rules,
+                                             turn_tokens=cfg.env.turn_tokens, capacity=capacity,
+                                             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id) for m in meshes_}
 
   def rollouts(split, on_mesh):
     return multi_turn.Rollouts(samplers[id(on_mesh)], environments.from_config(cfg.env, call_format), prompts[split],

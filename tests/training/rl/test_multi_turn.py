@@ -39,18 +39,19 @@ TOKENIZER = MergingTokenizer()
 
 
 def scripted_sampler(turns: list, width: int):
-  """A sampler that writes, at turn i, turns[i] as its ids for every row, log-prob -0.5 each."""
+  """A sampler that writes, at turn i, turns[i] as its ids for every live row, log-prob -0.5
+  each; `calls` keeps the contexts it was given."""
   calls = []
 
-  def sample(tokens, mask, rng):
-    del mask, rng
+  def sample(contexts, live, rng):
+    del rng
     text_ids = turns[len(calls)]
-    calls.append(tokens.copy())
-    out = np.zeros((tokens.shape[0], width), np.int32)
+    calls.append([list(c) for c in contexts])
+    out = np.zeros((len(contexts), width), np.int32)
     out[:, :len(text_ids)] = text_ids
-    live = np.zeros_like(out)
-    live[:, :len(text_ids)] = 1
-    return SampleOutput(out, np.where(live > 0, -0.5, 0.0).astype(np.float32), live)
+    written = np.zeros_like(out)
+    written[np.asarray(live), :len(text_ids)] = 1
+    return SampleOutput(out, np.where(written > 0, -0.5, 0.0).astype(np.float32), written)
   return sample, calls
 
 
@@ -76,8 +77,7 @@ def test_a_tool_call_turn_keeps_the_sampled_ids_and_appends_the_observation_once
   assert row.logprobs == [-0.5] * len(kept) + [0.0] * len(observation) + [-0.5] * len(second)
   assert (row.turns, row.tool_calls, row.tool_errors, row.done, row.ended) == (2, 1, 0, True, True)
   # The second turn was sampled from the whole context: prompt, the first turn and the observation.
-  context = calls[1][0][calls[1][0] != TOKENIZER.pad_id].tolist()
-  assert context == row.prompt + kept + observation
+  assert calls[1][0] == row.prompt + kept + observation
 
 
 def test_a_turn_without_a_call_ends_the_trajectory_and_the_budget_cuts_it():
