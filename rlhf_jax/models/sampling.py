@@ -58,14 +58,19 @@ def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
   return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
-def choose_tokens(logits: jax.Array, rng: jax.Array, params: SamplingParams):
-  """Picks one token per row; returns (tokens, log-probs under logits / temperature)."""
+def choose_tokens(logits: jax.Array, rng: jax.Array, params: SamplingParams, per_row: bool = False):
+  """Picks one token per row; returns (tokens, log-probs under logits / temperature). `per_row`:
+  `rng` holds one key per row, so a row's draw does not depend on the others in the batch."""
   scaled = logits.astype(jnp.float32) / jnp.maximum(params.temperature, 1e-6)
   # The sort behind top-k/top-p costs more than the model's step at small sizes: skip it when off.
   filtering = (params.top_k > 0) | (params.top_p < 1.0)
   filtered = jax.lax.cond(filtering, lambda x: filter_logits(x, params.top_k, params.top_p), lambda x: x, scaled)
   # jax.random.categorical's own draw (the same noise, the same tokens), with first_argmax.
-  sampled = first_argmax(filtered + jax.random.gumbel(rng, filtered.shape, filtered.dtype))
+  if per_row:
+    noise = jax.vmap(lambda key, row: jax.random.gumbel(key, row.shape, row.dtype))(rng, filtered)
+  else:
+    noise = jax.random.gumbel(rng, filtered.shape, filtered.dtype)
+  sampled = first_argmax(filtered + noise)
   tokens = jnp.where(params.greedy, first_argmax(scaled), sampled).astype(jnp.int32)
   return tokens, token_logprobs(scaled, tokens)
 
@@ -104,14 +109,15 @@ def extend(model: Transformer, params, cache: RaggedCache, tokens: jax.Array, ma
   `max_new_tokens` for the `live` rows (default all; the others stay done). Returns (the samples,
   the cache holding the prefilled and the sampled tokens). A multi-turn trajectory's next turn:
   only its new tokens are prefilled. The cache needs room for block + max_new_tokens past each
-  row's length. Draws as `sample`'s: one key per step for the batch."""
+  row's length. `rng` [batch]: each row's own key (its draw at step s from fold_in(key, s)), so
+  a row samples the same tokens whatever rows share its batch."""
   batch = tokens.shape[0]
   params = in_compute_dtype(params, model.cfg)
   last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
   out = model.apply({"params": params}, tokens, mask, cache=cache, logits_at=last)
   done = jnp.zeros((batch,), bool) if live is None else ~live
   carry = (jnp.int32(0), out.cache, out.logits[:, 0], empty_output(batch, max_new_tokens, pad_id), done, rng)
-  carry = decode_until(max_new_tokens, decode_step(model, params, sampling, eos_id, pad_id), carry)
+  carry = decode_until(max_new_tokens, decode_step(model, params, sampling, eos_id, pad_id, per_row=True), carry)
   return carry[3], carry[1]
 
 
@@ -120,14 +126,19 @@ def empty_output(batch: int, max_new_tokens: int, pad_id: int) -> SampleOutput:
                       jnp.zeros((batch, max_new_tokens), jnp.float32), jnp.zeros((batch, max_new_tokens), jnp.int32))
 
 
-def decode_step(model: Transformer, params, sampling: SamplingParams, eos_id: int, pad_id: int, stop_at=None):
+def decode_step(model: Transformer, params, sampling: SamplingParams, eos_id: int, pad_id: int, stop_at=None,
+                per_row: bool = False):
   """One decode step on the carry (step, cache, logits, result, done, rng): a token for each row
   not done (pad for the others), its log-prob and mask written at `step`, then fed through the
-  model (its cache: a KVCache or a RaggedCache). `stop_at`: `sample`'s."""
+  model (its cache: a KVCache or a RaggedCache). `stop_at`: `sample`'s. `per_row`: `rng` is one
+  key per row, each step's draw from fold_in(key, step)."""
   def body(carry):
     step, cache, logits, result, done, rng = carry
-    rng, key = jax.random.split(rng)
-    token, logprob = choose_tokens(logits, key, sampling)
+    if per_row:
+      key = jax.vmap(jax.random.fold_in, in_axes=(0, None))(rng, step)
+    else:
+      rng, key = jax.random.split(rng)
+    token, logprob = choose_tokens(logits, key, sampling, per_row)
     token = jnp.where(done, pad_id, token)
     alive = ~done
     result = SampleOutput(result.tokens.at[:, step].set(token),

@@ -8,7 +8,9 @@ observation. The row's length is cut back to what is still its context, less its
 which is fed again with the observation (so every row's next logits come out of the prefill,
 even where the environment answered nothing). Rows that are done are left out: the live ones
 are gathered into a batch of the next power of two (at least `min_rows`, the data-parallel
-ways), decoded, and scattered back; each batch size and block width compiles once.
+ways), decoded, and scattered back; each batch size and block width compiles once. Each row
+draws from its own key (the turn's, folded with the row's index), so its tokens do not depend
+on which rows share its batch, nor on the mesh.
 """
 
 import dataclasses
@@ -74,8 +76,9 @@ class Turns:
     block, block_mask = np.zeros((size, width), np.int32), np.zeros((size, width), np.int32)
     for r, ids in enumerate(blocks):
       block[r, :len(ids)], block_mask[r, :len(ids)] = ids, 1
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)  # each row's own: the same in any batch
     out, self.cache = self.sampler.step(self.cache, self.params, rows, block, block_mask,
-                                        np.asarray(starts, np.int32), live[rows], key, self.settings)
+                                        np.asarray(starts, np.int32), live[rows], keys, self.settings)
     out = jax.device_get(out)
     full = SampleOutput(*(np.zeros((n,) + x.shape[1:], x.dtype) for x in out))
     for r, i in enumerate(rows):

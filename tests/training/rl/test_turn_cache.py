@@ -57,3 +57,18 @@ def test_a_turn_continued_from_the_cache_samples_what_the_whole_context_does(sty
   np.testing.assert_array_equal(second.tokens[:3], reference.tokens)
   np.testing.assert_allclose(second.logprobs[:3], reference.logprobs, atol=2e-5)
   assert second.mask[3].sum() == 0  # done: not decoded
+
+
+def test_a_rows_draws_do_not_depend_on_the_rows_sharing_its_batch():
+  cfg = small_model()
+  _, params = init(cfg)
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  sampler = turn_cache.turn_sampler(Transformer(cfg), None, mesh, common.DEFAULT_RULES, turn_tokens=TURN,
+                                    capacity=32, eos_id=EOS, pad_id=PAD)
+  contexts = [np.random.default_rng(i).integers(0, 250, 4 + i).tolist() for i in range(4)]
+  warm = SamplingParams.make(temperature=1.5)
+  together = sampler.session(params, warm, 4)(contexts, np.ones(4, bool), jax.random.key(3))
+  alone = sampler.session(params, warm, 4)(contexts, np.array([False, False, True, False]), jax.random.key(3))
+  np.testing.assert_array_equal(alone.tokens[2], together.tokens[2])  # a batch of 4, then of 1
+  np.testing.assert_allclose(alone.logprobs[2], together.logprobs[2], atol=2e-5)
+  assert alone.mask[[0, 1, 3]].sum() == 0
