@@ -227,15 +227,14 @@ def meshes(cfg) -> tuple:
 def compile_multi_turn(cfg, plan, run_dir, models, state, shardings, meshes_, rules, policy_tx, value_tx, rl_cfg,
                        prompts, tokenizer):
   """(the iteration, the evaluator, state, shardings) of a multi-turn run: the environment's turns
-  on the host with one compiled sampler of `env.turn_tokens`, around the compiled scoring pass and
-  update; with K >= 1 (multi_turn_off_policy.py) the state gets its queue and the sampler may sit
-  on devices of its own (the second of `meshes_`)."""
+  on the host, each row's turns of `env.turn_tokens` continued from its KV cache (turn_cache.py),
+  around the compiled scoring pass and update; with K >= 1 (multi_turn_off_policy.py) the state
+  gets its queue and the sampler may sit on devices of its own (the second of `meshes_`)."""
   if jax.process_count() > 1:
     raise UserError("config.env (multi-turn) on several processes is not supported yet: run it on one process")
   mesh, sample_mesh = meshes_
   limits = multi_turn.TurnLimits(cfg.env.max_turns, cfg.env.turn_tokens, cfg.sample.max_new_tokens)
   call_format = environments.call_format(cfg.env, tokenizer, bool(cfg.data.get("chat_template")))
-
   capacity = cfg.max_prompt_len + cfg.sample.max_new_tokens + cfg.env.turn_tokens  # a full context, then a turn
   samplers = {id(m): turn_cache.turn_sampler(models.policy, off_policy.on_mesh(policy_params(shardings), m), m, rules,
                                              turn_tokens=cfg.env.turn_tokens, capacity=capacity,

@@ -105,4 +105,5 @@ def turn_sampler(model, params_shardings, mesh, rules, *, turn_tokens: int, capa
                  out_shardings=(sharding.replicated(mesh), rows))
   empty = jax.jit(lambda n, length: RaggedCache.empty(model.cfg, n, length), static_argnums=(0, 1),
                   out_shardings=rows)
-  return TurnSampler(step, empty, capacity, min_rows=mesh.shape["data"] * mesh.shape["fsdp"])
+  # Room for a block's padding too: a write that overran the cache would be moved back over the row.
+  return TurnSampler(step, empty, capacity + BLOCK_ROUNDING, min_rows=mesh.shape["data"] * mesh.shape["fsdp"])
