@@ -56,7 +56,7 @@ def get_config(stage):
     if stage == "multi_turn":  # ... and trajectories of turns, an environment answering each, one
       config.update(dict(algo="grpo", plugins=(echo,)))  # iteration behind: a rollout in the queue
       config.rl.off_policy_steps = 1
-      config.reward.fns = (echo + ":short",)
+      config.reward.fns = (echo + ":short", "model")  # the reward model scores the whole transcript
       config.env.update(dict(name="echo", max_turns=3, turn_tokens=6))
       config.sample.max_new_tokens = 40
     config.train.update(dict(num_steps=4, checkpoint_every=1, eval_every=4))

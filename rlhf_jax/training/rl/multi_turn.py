@@ -235,6 +235,7 @@ class MultiTurnIteration:
   samples_per_prompt: int
   response_len: int
   mesh: object
+  model_scores: Callable | None = None  # compiled (state, Sampled) -> the reward model's scores [n]
 
   def __call__(self, state, batch):
     """Also logs where the iteration's time went, in seconds (time/sampling, time/environment:
@@ -246,7 +247,7 @@ class MultiTurnIteration:
     started = time.perf_counter()
     total, components, env_rewards = self.rollouts.scores(rows, ids, self.samples_per_prompt, self.host)
     scored = time.perf_counter()
-    sampled = self.rollouts.sampled(rows, self.response_len, self.mesh)
+    sampled = with_model_scores(self.model_scores, state, self.rollouts.sampled(rows, self.response_len, self.mesh))
     token_scores = self.score_tokens(state, sampled)
     put = lambda x: sharding.put_batch({"x": x}, self.mesh)["x"]
     state, metrics = self.update(state, sampled, HostScores(put(total), put(components)), token_scores)
@@ -256,9 +257,25 @@ class MultiTurnIteration:
     return state, {**metrics, **turn_metrics(rows), "reward/env": float(np.mean(env_rewards)), **times}
 
 
+def with_model_scores(model_scores, state, sampled: Sampled) -> Sampled:
+  """The trajectories with the reward model's scores of their whole text (turns and
+  observations), where the run has one (`model_scores` not None)."""
+  return sampled if model_scores is None else sampled._replace(scores=model_scores(state, sampled))
+
+
+def compile_model_scores(score_fn, mesh, rules):
+  """The reward model's scores of a `Sampled` (its whole rows), compiled; None without one. The
+  state is taken as laid out (with or without an off-policy queue)."""
+  if score_fn is None:
+    return None
+  fn = lambda state, sampled: score_fn(state, sampled.tokens, sampled.mask, sampled.response)
+  return jax.jit(sharding.with_rules(fn, mesh, rules), out_shardings=sharding.batch_sharding(mesh))
+
+
 def compile_multi_turn_iteration(shardings, mesh, rules, models, policy_tx, value_tx, rl_cfg, *, rollouts: Rollouts,
-                                 host: list) -> MultiTurnIteration:
-  """The compiled scoring pass and update around the host's turns, laid out as the fused iteration is."""
+                                 host: list, score_fn=None) -> MultiTurnIteration:
+  """The compiled scoring pass and update around the host's turns, laid out as the fused iteration
+  is; `score_fn`: the reward model's (rl_steps' score_fn), or None."""
   data, wrap = sharding.batch_sharding(mesh), lambda fn: sharding.with_rules(fn, mesh, rules)
   score_tokens = functools.partial(rl_steps.score_tokens, policy=models.policy, critic=models.critic, cfg=rl_cfg)
   update = functools.partial(rl_steps.update_phase, policy=models.policy, critic=models.critic, policy_tx=policy_tx,
@@ -268,7 +285,8 @@ def compile_multi_turn_iteration(shardings, mesh, rules, models, policy_tx, valu
       score_tokens=jax.jit(wrap(score_tokens), in_shardings=(shardings, data), out_shardings=data),
       update=jax.jit(wrap(update), in_shardings=(shardings, data, data, data),
                      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0),
-      host=host, samples_per_prompt=rl_cfg.samples_per_prompt, response_len=rl_cfg.max_new_tokens, mesh=mesh)
+      host=host, samples_per_prompt=rl_cfg.samples_per_prompt, response_len=rl_cfg.max_new_tokens, mesh=mesh,
+      model_scores=compile_model_scores(score_fn, mesh, rules))
 
 
 @dataclasses.dataclass
@@ -284,6 +302,9 @@ class MultiTurnEvaluator:
   label: str
   token: tuple = ()  # (name, weight) of the token rewards (algorithms/token_rewards.py)
   token_params: object = None  # their TokenRewardParams
+  model_scores: Callable | None = None  # compile_model_scores' (the reward model), or None
+  model_weight: float = 1.0
+  mesh: object = None  # where model_scores reads the trajectories
 
   def __call__(self, state, step: int) -> dict:
     ids = list(range(len(self.rollouts.prompts.texts)))
@@ -292,6 +313,11 @@ class MultiTurnEvaluator:
     for prefix, params in (("", policy_params(state)), ("ref_", reference_params(state))):
       rows = self.rollouts.run(params, ids, rng)
       total, components, _ = self.rollouts.scores(rows, ids, 1, self.host)
+      if self.model_scores is not None:
+        sampled = self.rollouts.sampled(rows, self.rollouts.limits.max_tokens, self.mesh)
+        model = np.asarray(jax.device_get(self.model_scores(state, sampled)))
+        total = total + self.model_weight * model
+        metrics[f"eval/{prefix}reward/model"] = float(np.mean(model))
       if self.token:  # the token rewards on the policy's tokens, as the update scores them
         _, _, response, ended = assemble(rows, self.rollouts.prompts.tokens.shape[1], self.rollouts.limits.max_tokens,
                                          self.rollouts.tokenizer.pad_id)

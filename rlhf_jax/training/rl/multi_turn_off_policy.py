@@ -47,6 +47,7 @@ class MultiTurnOffPolicy:
   response_len: int
   sample_mesh: object
   split: bool  # the sampler has devices of its own
+  model_scores: Callable | None = None  # compiled (state, Sampled) -> the reward model's scores, on the training mesh
 
   def __call__(self, state, batch):
     """Also logs time/sampling and time/environment (roll_out's), time/rewards, and
@@ -62,7 +63,7 @@ class MultiTurnOffPolicy:
     started = time.perf_counter()
     in_flight, env_rewards = self.scored(in_flight, rows, batch)  # while the device trains
     clock["rewards"] = time.perf_counter() - started
-    state = self.push(state, jax.device_put(in_flight, self.arrival))
+    state = self.push(state, self.arrived(state, in_flight))
     clock["update"] = (jax.block_until_ready(metrics), time.perf_counter() - dispatched)[1]
     times = {f"time/{phase}": seconds for phase, seconds in clock.items()}
     return state, {**metrics, **multi_turn.turn_metrics(rows), "reward/env": float(np.mean(env_rewards)), **times}
@@ -85,8 +86,14 @@ class MultiTurnOffPolicy:
     for j, batch in enumerate(batches):
       key = sampling_key(off_policy.prefill_key(state.rng, j), self.sample_mesh)
       in_flight, rows, _ = self.draw(self.view(state), key, batch)
-      state = self.push(state, jax.device_put(self.scored(in_flight, rows, batch)[0], self.arrival))
+      state = self.push(state, self.arrived(state, self.scored(in_flight, rows, batch)[0]))
     return state
+
+  def arrived(self, state, in_flight: InFlight) -> InFlight:
+    """The rollout on the training mesh, with the reward model's scores where the run has one
+    (frozen: the state of any iteration scores alike)."""
+    in_flight = jax.device_put(in_flight, self.arrival)
+    return in_flight._replace(sampled=multi_turn.with_model_scores(self.model_scores, state, in_flight.sampled))
 
 
 def sampling_key(rng, mesh):
@@ -109,10 +116,10 @@ def abstract_in_flight(rows: int, prompt_len: int, response_len: int, components
 
 
 def compile_multi_turn_off_policy(state, shardings, train_mesh, sample_mesh, rules, models, policy_tx, value_tx,
-                                  rl_cfg, *, rollouts: multi_turn.Rollouts, host: list, rows: int):
+                                  rl_cfg, *, rollouts: multi_turn.Rollouts, host: list, rows: int, score_fn=None):
   """(driver, state with an empty queue, its shardings). `rollouts`' sampler reads the params
   laid out by `policy_params(shardings)` moved onto `sample_mesh`; `rows`: trajectories per
-  iteration."""
+  iteration; `score_fn`: the reward model's, or None."""
   split = sample_mesh is not train_mesh
   view_shardings = off_policy.on_mesh(policy_params(shardings), sample_mesh)
   view = (lambda s: jax.device_put(policy_params(s), view_shardings)) if split else policy_params
@@ -134,5 +141,6 @@ def compile_multi_turn_off_policy(state, shardings, train_mesh, sample_mesh, rul
                     out_shardings=(shardings, sharding.replicated(train_mesh)), donate_argnums=0),
       push=jax.jit(off_policy.push, in_shardings=(shardings, arrival), out_shardings=shardings, donate_argnums=0),
       arrival=arrival, host=host, samples_per_prompt=rl_cfg.samples_per_prompt, response_len=rl_cfg.max_new_tokens,
-      sample_mesh=sample_mesh, split=split)
+      sample_mesh=sample_mesh, split=split,
+      model_scores=multi_turn.compile_model_scores(score_fn, train_mesh, rules))
   return driver, state, shardings

@@ -107,7 +107,6 @@ def check_multi_turn(cfg, plan: rl_plan.RLPlan) -> None:
   """What multi-turn runs with, and its environment loaded now: a bad tool or class fails here,
   before any stage runs."""
   unsupported = ("vmap_seeds > 1" if cfg.vmap_seeds > 1 else
-                 "the reward model among reward.fns" if plan.uses_reward_model else
                  f"algo={cfg.algo}'s greedy baseline" if ADVANTAGES[plan.fields["advantage"]].needs_greedy else
                  "eval.k > 1 (one trajectory per held-out prompt)" if cfg.eval.k > 1 else "")
   if unsupported:
@@ -176,7 +175,7 @@ def run(cfg, workdir: str) -> dict:
   if plan.driver == "multi_turn":  # with K >= 1 the K rollouts in flight join the state, as below
     driver, evaluator, state, shardings = compile_multi_turn(
         cfg, plan, run_dir, models, state, shardings, (mesh, sample_mesh), rules, policy_tx, value_tx, rl_cfg, prompts,
-        tokenizer)
+        tokenizer, score_fn)
   elif k:  # the K rollouts in flight join the state (and its checkpoints)
     first = batch_of(0)
     scorer = HostScorer(plan.rewards.host, plan.rewards.in_graph, prompts["train"], tokenizer,
@@ -225,7 +224,7 @@ def meshes(cfg) -> tuple:
 
 
 def compile_multi_turn(cfg, plan, run_dir, models, state, shardings, meshes_, rules, policy_tx, value_tx, rl_cfg,
-                       prompts, tokenizer):
+                       prompts, tokenizer, score_fn):
   """(the iteration, the evaluator, state, shardings) of a multi-turn run: the environment's turns
   on the host, each row's turns of `env.turn_tokens` continued from its KV cache (turn_cache.py),
   around the compiled scoring pass and update; with K >= 1 (multi_turn_off_policy.py) the state
@@ -244,16 +243,19 @@ def compile_multi_turn(cfg, plan, run_dir, models, state, shardings, meshes_, ru
     return multi_turn.Rollouts(samplers[id(on_mesh)], environments.from_config(cfg.env, call_format), prompts[split],
                                tokenizer, limits, cfg.sample.temperature, call_format.close)
 
-  evaluator = multi_turn.MultiTurnEvaluator(rollouts("eval", mesh), plan.rewards.host, run_dir, cfg.seed, cfg.algo,
-                                            token=plan.rewards.token, token_params=rl_cfg.token_reward_params)
+  evaluator = multi_turn.MultiTurnEvaluator(
+      rollouts("eval", mesh), plan.rewards.host, run_dir, cfg.seed, cfg.algo, token=plan.rewards.token,
+      token_params=rl_cfg.token_reward_params, model_scores=multi_turn.compile_model_scores(score_fn, mesh, rules),
+      model_weight=plan.rewards.model_weight or 0.0, mesh=mesh)
   train_rollouts = rollouts("train", sample_mesh)
   if rl_cfg.off_policy_steps:
     driver, state, shardings = compile_multi_turn_off_policy(
         state, shardings, mesh, sample_mesh, rules, models, policy_tx, value_tx, rl_cfg, rollouts=train_rollouts,
-        host=plan.rewards.host, rows=cfg.data.batch_size)
+        host=plan.rewards.host, rows=cfg.data.batch_size, score_fn=score_fn)
     return driver, evaluator, state, shardings
   iteration = multi_turn.compile_multi_turn_iteration(shardings, mesh, rules, models, policy_tx, value_tx, rl_cfg,
-                                                      rollouts=train_rollouts, host=plan.rewards.host)
+                                                      rollouts=train_rollouts, host=plan.rewards.host,
+                                                      score_fn=score_fn)
   return iteration, evaluator, state, shardings
 
 

@@ -105,7 +105,7 @@ def test_rows_assemble_into_the_one_turn_layout_with_the_loss_mask():
 def test_an_rl_stage_with_an_environment_trains_on_its_trajectories(tiny_ppo, tiny_upstream, tmp_path):
   cfg = tiny_ppo.copy_and_resolve_references()
   cfg.update(dict(algo="grpo", plugins=(ECHO,), **tiny_upstream))  # the environment `echo`, from a plugin file
-  cfg.reward.fns = (f"{ECHO}:short", "length")  # a host function and a token reward (in the update's graph)
+  cfg.reward.fns = (f"{ECHO}:short", "length", "model")  # a host function, a token reward, the reward model
   cfg.env.update(dict(name="echo", max_turns=3, turn_tokens=6))
   cfg.sample.max_new_tokens = 40
   cfg.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2))
@@ -121,6 +121,7 @@ def test_an_rl_stage_with_an_environment_trains_on_its_trajectories(tiny_ppo, ti
   # length counts the policy's tokens (the loss mask), not the echoed observations
   assert train[-1]["reward/length"] == pytest.approx(-train[-1]["response_length"] / 40)
   assert -1 <= summary["eval/reward/length"] < 0 and "eval/ref_reward/length" in summary
+  assert np.isfinite(train[-1]["reward/model"]) and np.isfinite(summary["eval/reward/model"])  # the whole transcript
   lines = [json.loads(line) for line in open(tmp_path / "run" / "samples" / "step_000002.jsonl")]
   assert len(lines) == cfg.eval_prompts and lines[0]["transcript"][0]["turn"] == "policy"
   assert any(turn["turn"] == "env" and turn["text"] == echo_environment.OBSERVATION for turn in lines[0]["transcript"])
