@@ -86,8 +86,10 @@ def rl_sampled(cfg, model_cfg, rl: rl_plan.RLPlan):
   """The rollout's `data.batch_size` responses and k for each extra prompt `rl.oversample`
   draws, or evaluation's `eval_prompts`."""
   extra = rl.fields["oversample"] * rl.fields["samples_per_prompt"]
-  turn = cfg.env.turn_tokens if rl.driver == "multi_turn" else 0  # a turn sampled after a full context
-  return max(cfg.data.batch_size + extra, cfg.eval_prompts), cfg.max_prompt_len + cfg.sample.max_new_tokens + turn
+  rows = max(cfg.data.batch_size + extra, cfg.eval_prompts)
+  if rl.driver == "multi_turn":  # a turn sampled after a full context; the live rows gathered apart (turn_cache.py)
+    return 2 * rows, cfg.max_prompt_len + cfg.sample.max_new_tokens + cfg.env.turn_tokens
+  return rows, cfg.max_prompt_len + cfg.sample.max_new_tokens
 
 
 def best_of_n_models(cfg, model_cfg, rl):
