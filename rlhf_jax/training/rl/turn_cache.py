@@ -26,12 +26,13 @@ from rlhf_jax.models.transformer import RaggedCache
 BLOCK_ROUNDING = 8  # a block's width rounds up to this: fewer shapes to compile
 
 
-def turn_step(cache: RaggedCache, params, rows, block, block_mask, starts, live, key, settings, *, model, **kwargs):
+def turn_step(cache: RaggedCache, params, rows, block, block_mask, starts, live, keys, settings, *, model, **kwargs):
   """The compiled turn: the `rows` of the cache cut back to `starts`, `block` prefilled, up to
-  max_new_tokens sampled for the `live` ones, the rows written back. (SampleOutput, cache)."""
+  max_new_tokens sampled for the `live` ones (each from its own of `keys`), the rows written
+  back. (SampleOutput, cache)."""
   take = lambda x: x[rows]
   sub = RaggedCache(tuple(map(take, cache.keys)), tuple(map(take, cache.values)), starts)
-  out, sub = extend(model, params, sub, block, block_mask, key, settings, live=live, **kwargs)
+  out, sub = extend(model, params, sub, block, block_mask, keys, settings, live=live, **kwargs)
   put = lambda full, part: full.at[rows].set(part)
   return out, RaggedCache(tuple(map(put, cache.keys, sub.keys)), tuple(map(put, cache.values, sub.values)),
                           cache.lengths.at[rows].set(sub.lengths))
