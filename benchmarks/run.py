@@ -44,11 +44,12 @@ from rlhf_jax import distributed  # pylint: disable=g-import-not-at-top
 FLAGS = flags.FLAGS
 CPU_SET = ("w1", "w2", "w3", "w4", "w5", "sampler")  # w6 is timed on its own (long generations), w2_shared too
 GPU_SET = ("pretrain", "decode", "ppo_large")
-flags.DEFINE_enum("workload", "w1", [*CPU_SET, "w2_shared", "w6", "w6_sync", "rollout", *GPU_SET, "cpu", "gpu"],
+flags.DEFINE_enum("workload", "w1", [*CPU_SET, "w2_shared", "w6", "w6_sync", "rollout", "rollout_static", *GPU_SET, "cpu", "gpu"],
                   "What to time (cpu / gpu: each of a set).")
 flags.DEFINE_string("lengths", "benchmarks/lengths/lognormal_256.txt", "rollout: the response lengths to replay, "
                     "one integer a line (benchmarks/lengths.py writes them).")
 flags.DEFINE_integer("budget", 0, "rollout: max_new_tokens (0: the longest of --lengths).")
+flags.DEFINE_integer("slots", 0, "rollout: continuous batching's slots (0: a quarter of the rows).")
 flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
 flags.DEFINE_enum("peer", "", ["", "trl", "tunix"], "Also run this library's version (benchmarks/peers, after its "
                   "setup) and give the ratio; a bare --peer is --peer=trl.")
@@ -92,8 +93,8 @@ BUILDERS = {
     "w6": lambda: workloads.off_policy_workload(1),
     "w6_sync": lambda: workloads.off_policy_workload(0),
     "sampler": workloads.sampler_workload,
-    "rollout": lambda: workloads.rollout_workload(workloads.read_lengths(FLAGS.lengths), FLAGS.preset,
-                                                  workloads.preset_model(FLAGS.preset), budget=FLAGS.budget),
+    "rollout": lambda: rollout(continuous=True),
+    "rollout_static": lambda: rollout(continuous=False),
     "pretrain": lambda: workloads.lm_workload(FLAGS.preset, preset_model(), rows=FLAGS.rows),
     "decode": lambda: workloads.sampler_workload(FLAGS.preset, preset_model(), rows=256, prompt_len=256,
                                                  new_tokens=256),
@@ -103,9 +104,17 @@ BUILDERS = {
 
 
 # Workloads timed against another in the same rounds (just before each of theirs), for a ratio.
-BASELINES = {"w5": "w1", "w6": "w6_sync"}
+BASELINES = {"w5": "w1", "w6": "w6_sync", "rollout": "rollout_static"}
 # Ours done another way, against the peer's same workload: w2 with each pair's prompt held once.
 PEER_WORKLOAD = {"w2_shared": "w2"}
+
+
+def rollout(continuous: bool) -> workloads.Workload:
+  """The rollout replaying --lengths, with continuous batching (--slots) or static."""
+  lengths = workloads.read_lengths(FLAGS.lengths)
+  slots = (FLAGS.slots or max(1, len(lengths) // 4)) if continuous else 0
+  return workloads.rollout_workload(lengths, FLAGS.preset, workloads.preset_model(FLAGS.preset),
+                                    budget=FLAGS.budget, slots=slots)
 
 
 def preset_model() -> dict:
@@ -139,7 +148,14 @@ def measure(name: str, peak: float) -> tuple[dict, list]:
   result = {"workload": name, **workload.info, "compile_s": first - rounds[0], "seconds": seconds,
             "repeats": FLAGS.repeats, "round_seconds": rounds, "model_gflop": workload.flops / 1e9,
             "flops_per_s": workload.flops / seconds, "fraction_of_peak": workload.flops / seconds / peak}
-  if base:
+  if name == "rollout":  # static and continuous side by side, timed in alternation
+    sides = {"continuous": (workload.info, rounds), "static": (baseline.info, base)}
+    result.update({side: {"tokens_per_s": info["generated_tokens"] / statistics.median(times),
+                          "peak_cache_bytes": info["peak_cache_bytes"], "slots": info["slots"],
+                          "seconds": statistics.median(times)} for side, (info, times) in sides.items()})
+    result["speedup"] = statistics.median(theirs / ours for ours, theirs in zip(rounds, base))
+    result["cache_ratio"] = workload.info["peak_cache_bytes"] / baseline.info["peak_cache_bytes"]
+  elif base:
     ratio = statistics.median(ours / theirs for ours, theirs in zip(rounds, base))
     result.update({f"{BASELINES[name]}_round_seconds": base,
                    **({"host_overhead": ratio - 1.0} if name == "w5" else {"speedup_vs_sync": 1.0 / ratio})})

@@ -101,7 +101,10 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
       resume_failed=False))
   c.sample = ml_collections.ConfigDict(dict(
       num_prompts=8, max_new_tokens=96 if small else 256, temperature=0.7, top_k=0, top_p=1.0,
-      greedy=False))
+      greedy=False,
+      # "continuous": `slots` rows decode at a time, a finished row's slot taking the next prompt
+      # (0: a quarter of the rows); the same tokens as "static" (models/continuous.py).
+      batching="static", slots=0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = DEFAULT_RULES
   c.distributed = distributed_config()

@@ -13,6 +13,7 @@ from absl import logging
 
 from rlhf_jax import field_ranges, plugins, report, run_lock, stage_names, stage_specs
 from rlhf_jax.errors import UserError
+from rlhf_jax.models.continuous import BATCHINGS
 from rlhf_jax.stage_specs import STAGES
 from rlhf_jax.training.core import guards
 from rlhf_jax.workdir import RunDir
@@ -46,6 +47,9 @@ def check_train_fields(config) -> None:
   train = config.get("train")
   if train and train.get("on_nonfinite", "stop") not in guards.ON_NONFINITE:
     raise UserError(f"train.on_nonfinite={train.on_nonfinite!r}: choose one of {guards.ON_NONFINITE}")
+  batching = config.get("sample", {}).get("batching", "static")
+  if batching not in BATCHINGS:
+    raise UserError(f"sample.batching={batching!r}: choose one of {BATCHINGS}")
   if config.get("data", {}).get("pack") and config.stage not in PACKED_STAGES:
     raise UserError(f"data.pack=True: packed rows are for the {', '.join(PACKED_STAGES)} stages; "
                     f"the {config.stage} stage pads each row")

@@ -84,6 +84,8 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
   stopped (asked every DONE_CHECK_EVERY steps). Jit with `model`, `max_new_tokens`, `eos_id`
   and `pad_id` static (closed over). `stop_at` [batch] (benchmarks replaying a distribution of
   response lengths): each row also stops after that many tokens, as if its EOS came there.
+  Row i draws its token at step s from fold_in(fold_in(rng, i), s) (`sample_keys`): its tokens
+  do not depend on the other rows, so continuous batching (models/continuous.py) draws the same.
   """
   batch, prompt_len = prompts.shape
   if model.cfg.position == "learned" and prompt_len + max_new_tokens > model.cfg.max_len:
@@ -94,11 +96,17 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
   out = model.apply({"params": params}, prompts, prompt_mask, cache=cache, last_logits_only=True)
   body = decode_step(model, params, sampling, eos_id, pad_id, stop_at)
   carry = (jnp.int32(0), out.cache, out.logits[:, -1], empty_output(batch, max_new_tokens, pad_id),
-           jnp.zeros((batch,), bool), rng)
+           jnp.zeros((batch,), bool), sample_keys(rng, batch))
   for end in ends:
     carry = (carry[0], grown(carry[1], prompt_len + end), *carry[2:])
     carry = decode_until(end, body, carry)
   return carry[3]
+
+
+def sample_keys(rng: jax.Array, rows: int) -> jax.Array:
+  """Each sample's own key [rows]: fold_in(rng, row), rng the rollout's (seed and iteration);
+  a row is a (prompt, sample) pair (prompts are repeated k times, in order)."""
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(rows))
 
 
 def extend(model: Transformer, params, cache: RaggedCache, tokens: jax.Array, mask: jax.Array, rng: jax.Array,
@@ -117,7 +125,7 @@ def extend(model: Transformer, params, cache: RaggedCache, tokens: jax.Array, ma
   out = model.apply({"params": params}, tokens, mask, cache=cache, logits_at=last)
   done = jnp.zeros((batch,), bool) if live is None else ~live
   carry = (jnp.int32(0), out.cache, out.logits[:, 0], empty_output(batch, max_new_tokens, pad_id), done, rng)
-  carry = decode_until(max_new_tokens, decode_step(model, params, sampling, eos_id, pad_id, per_row=True), carry)
+  carry = decode_until(max_new_tokens, decode_step(model, params, sampling, eos_id, pad_id), carry)
   return carry[3], carry[1]
 
 
@@ -126,19 +134,14 @@ def empty_output(batch: int, max_new_tokens: int, pad_id: int) -> SampleOutput:
                       jnp.zeros((batch, max_new_tokens), jnp.float32), jnp.zeros((batch, max_new_tokens), jnp.int32))
 
 
-def decode_step(model: Transformer, params, sampling: SamplingParams, eos_id: int, pad_id: int, stop_at=None,
-                per_row: bool = False):
-  """One decode step on the carry (step, cache, logits, result, done, rng): a token for each row
-  not done (pad for the others), its log-prob and mask written at `step`, then fed through the
-  model (its cache: a KVCache or a RaggedCache). `stop_at`: `sample`'s. `per_row`: `rng` is one
-  key per row, each step's draw from fold_in(key, step)."""
+def decode_step(model: Transformer, params, sampling: SamplingParams, eos_id: int, pad_id: int, stop_at=None):
+  """One decode step on the carry (step, cache, logits, result, done, keys): a token for each
+  row not done (pad for the others), its log-prob and mask written at `step`, then fed through
+  the model (its cache: a KVCache or a RaggedCache). `stop_at`: `sample`'s. `keys`: one per
+  row, each step's draw from fold_in(key, step)."""
   def body(carry):
     step, cache, logits, result, done, rng = carry
-    if per_row:
-      key = jax.vmap(jax.random.fold_in, in_axes=(0, None))(rng, step)
-    else:
-      rng, key = jax.random.split(rng)
-    token, logprob = choose_tokens(logits, key, sampling, per_row)
+    token, logprob = choose_tokens(logits, jax.vmap(jax.random.fold_in, in_axes=(0, None))(rng, step), sampling, True)
     token = jnp.where(done, pad_id, token)
     alive = ~done
     result = SampleOutput(result.tokens.at[:, step].set(token),

@@ -14,7 +14,7 @@ from rlhf_jax import sharding
 from rlhf_jax.algorithms.lm import weighted_nll
 from rlhf_jax.models import lora
 from rlhf_jax.models.head import model_token_stats
-from rlhf_jax.models.sampling import sample
+from rlhf_jax.models.continuous import batching_of, generate
 from rlhf_jax.training.core import guards
 from rlhf_jax.training.core.state import TrainState, model_params
 
@@ -107,12 +107,12 @@ def jit_steps(train_fn, eval_fn, state_shardings, mesh, rules, eval_shardings=No
   return train, evaluate
 
 
-def jit_sampler(model, max_new_tokens: int, tokenizer, param_shardings, mesh, rules):
+def jit_sampler(model, max_new_tokens: int, tokenizer, param_shardings, mesh, rules, sample_cfg=None):
   """(params, prompts, prompt_mask, rng, SamplingParams) -> SampleOutput, compiled once: the
   params as laid out for training, the prompts as given, the samples replicated (every
-  process decodes them)."""
-  fn = functools.partial(sample, model, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
-                         pad_id=tokenizer.pad_id)
+  process decodes them). `sample_cfg`: the config's `sample` (its batching and slots)."""
+  fn = functools.partial(generate, model, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
+                         pad_id=tokenizer.pad_id, **batching_of(sample_cfg))
   return jax.jit(sharding.with_rules(fn, mesh, rules), in_shardings=(param_shardings, None, None, None, None),
                  out_shardings=sharding.replicated(mesh))
 
@@ -124,5 +124,6 @@ def compile_lm_steps(model, tx, schedule, state_shardings, mesh, cfg, tokenizer)
                                inject_nan_at=tuple(cfg.train.inject_nan_at))
   rules = sharding.rules_of(cfg)
   train, evaluate = jit_steps(train_fn, functools.partial(eval_step, model=model), state_shardings, mesh, rules)
-  sampler = jit_sampler(model, cfg.sample.max_new_tokens, tokenizer, model_params(state_shardings), mesh, rules)
+  sampler = jit_sampler(model, cfg.sample.max_new_tokens, tokenizer, model_params(state_shardings), mesh, rules,
+                        cfg.sample)
   return LMSteps(train, evaluate, sampler)

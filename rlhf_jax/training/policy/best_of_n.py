@@ -77,7 +77,8 @@ def run(cfg, workdir: str) -> dict:
 
 def draw_and_score(cfg, state, shardings, mesh, rules, policy, scorer, reward_run, prompts, tokenizer):
   """([prompts, N] proxy rewards, [prompts, N] gold rewards) of N = max(ns) samples per prompt."""
-  sampler = jit_sampler(policy, cfg.sample.max_new_tokens, tokenizer, policy_params(shardings), mesh, rules)
+  sampler = jit_sampler(policy, cfg.sample.max_new_tokens, tokenizer, policy_params(shardings), mesh, rules,
+                        cfg.sample)
   scored = jax.jit(sharding.with_rules(frozen.proxy_score_fn(scorer, reward_run), mesh, rules),
                    out_shardings=sharding.replicated(mesh))
   judge = judges.get_judge(cfg.judge)

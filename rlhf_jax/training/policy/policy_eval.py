@@ -50,7 +50,7 @@ class PolicyEvaluator:
   def __post_init__(self):
     rules = sharding.rules_of(self.cfg)
     self.sampler = jit_sampler(self.policy, self.cfg.sample.max_new_tokens, self.tokenizer,
-                               self.policy_shardings, self.mesh, rules)
+                               self.policy_shardings, self.mesh, rules, self.cfg.sample)
     self.scored = jax.jit(sharding.with_rules(self._score, self.mesh, rules),
                           out_shardings=sharding.replicated(self.mesh))
 

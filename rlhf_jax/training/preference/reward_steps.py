@@ -79,5 +79,5 @@ def compile_reward_steps(model, policy, tx, schedule, state_shardings, mesh, cfg
   eval_fn = functools.partial(reward_eval_step, model=model)
   train, evaluate = jit_steps(train_fn, eval_fn, state_shardings, mesh, rules)
   sampler = jit_sampler(policy, cfg.preference.max_new_tokens, tokenizer, model_params(state_shardings), mesh,
-                        rules)
+                        rules, cfg.get("sample"))
   return RewardSteps(train, evaluate, sampler)

@@ -32,7 +32,8 @@ import jax.numpy as jnp
 from rlhf_jax.algorithms import kl, ppo, shaping, token_rewards
 from rlhf_jax.algorithms.advantages import ADVANTAGES, AdvantageInputs
 from rlhf_jax.algorithms.importance import importance_weights
-from rlhf_jax.models.sampling import SamplingParams, sample
+from rlhf_jax.models.continuous import generate
+from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.training.core import guards
 from rlhf_jax.training.core.logprobs import response_logprobs
 from rlhf_jax.training.core.steps import accumulate_gradients
@@ -62,8 +63,8 @@ class Sampled(NamedTuple):
 
 
 def _sample(state, prompts, prompt_mask, rng, settings, *, policy, score_fn, cfg) -> Sampled:
-  out = sample(policy, policy_params(state), prompts, prompt_mask, rng, settings, max_new_tokens=cfg.max_new_tokens,
-               eos_id=cfg.eos_id, pad_id=cfg.pad_id)
+  out = generate(policy, policy_params(state), prompts, prompt_mask, rng, settings, max_new_tokens=cfg.max_new_tokens,
+                 eos_id=cfg.eos_id, pad_id=cfg.pad_id, batching=cfg.batching, slots=cfg.slots)
   tokens = jnp.concatenate([prompts, out.tokens], axis=1)
   mask = jnp.concatenate([prompt_mask.astype(jnp.int32), out.mask], axis=1)
   ended = jnp.any((out.tokens == cfg.eos_id) & (out.mask > 0), axis=1)

@@ -31,6 +31,7 @@ from rlhf_jax.envs import environments
 from rlhf_jax.errors import UserError
 from rlhf_jax.metrics_log import MetricsLog
 from rlhf_jax.models.config import LORA_FIELDS, ModelConfig
+from rlhf_jax.models.continuous import batching_of
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training.core import setup, trainer
 from rlhf_jax.training.core.compute import StepCost
@@ -108,7 +109,9 @@ def check_multi_turn(cfg, plan: rl_plan.RLPlan) -> None:
   before any stage runs."""
   unsupported = ("vmap_seeds > 1" if cfg.vmap_seeds > 1 else
                  f"algo={cfg.algo}'s greedy baseline" if ADVANTAGES[plan.fields["advantage"]].needs_greedy else
-                 "eval.k > 1 (one trajectory per held-out prompt)" if cfg.eval.k > 1 else "")
+                 "eval.k > 1 (one trajectory per held-out prompt)" if cfg.eval.k > 1 else
+                 "sample.batching=continuous (a turn decodes only its live rows already: turn_cache.py)"
+                 if cfg.sample.get("batching", "static") == "continuous" else "")
   if unsupported:
     raise UserError(f"config.env (multi-turn) with {unsupported} is not supported yet: the turns run on the host "
                     "between compiled updates; use reward functions (reward.fns) and one seed per run")
@@ -326,7 +329,7 @@ def rl_config(cfg, tokenizer, plan: rl_plan.RLPlan) -> RLConfig:
                   algo=cfg.algo, temperature=cfg.sample.temperature, model_weight=plan.rewards.model_weight,
                   host_rewards=tuple(h.name for h in plan.rewards.host), token_rewards=plan.rewards.token,
                   format_ids=tuple(tokenizer.encode(cfg.reward.get("format_text", ""))),
-                  inject_nan_at=tuple(cfg.train.inject_nan_at),
+                  inject_nan_at=tuple(cfg.train.inject_nan_at), **batching_of(cfg.sample),
                   **plan.fields)
 
 

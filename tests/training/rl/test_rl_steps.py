@@ -260,3 +260,17 @@ def test_oversampling_refills_the_batch_with_informative_groups_in_draw_order():
   np.testing.assert_array_equal(np.asarray(batch.tokens[:, 0]), np.repeat(kept, k))
   assert float(metrics["uninformative_fraction"]) == pytest.approx(2 / (groups + 2))
   assert float(metrics["kept_uninformative_fraction"]) == 0.0 and float(jnp.min(batch.weights)) == 1.0
+
+
+def test_continuous_batching_gives_the_static_iterations_rollout_and_update(algo="grpo"):
+  """sample.batching=continuous draws the same responses (each its own key), so the iteration's
+  update is the static one's to float rounding; the sampler/trainer check still holds."""
+  outputs = []
+  for batching in ("static", "continuous"):
+    state, step, prompts = setup(algo=algo, batching=batching, slots=5)  # 5 slots for 32 responses
+    outputs.append(step(state, prompts, jnp.ones_like(prompts)))
+  (static_state, static), (state, metrics) = outputs
+  assert float(metrics["max_ratio_deviation"]) < 1e-4
+  for key in ("score", "kl", "response_length", "policy_loss"):
+    np.testing.assert_allclose(float(metrics[key]), float(static[key]), rtol=1e-4, atol=1e-6, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), state.policy, static_state.policy)
