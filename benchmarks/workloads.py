@@ -217,7 +217,8 @@ def rollout_workload(lengths: list[int], preset: str = "tiny", model: dict | Non
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   state, _ = setup.init_state(model_, make_optimizer(cfg.optim, 10), mesh, rules, cfg.seed)
   rows, budget = len(lengths), budget or max(lengths)
-  fn = functools.partial(generate, model_, max_new_tokens=budget, eos_id=NEVER, pad_id=0, slots=slots)
+  fn = functools.partial(generate, model_, max_new_tokens=budget, eos_id=NEVER, pad_id=0,
+                         batching="continuous" if slots else "static", slots=slots)
   sampler = jax.jit(sharding.with_rules(fn, mesh, rules))
   batch = sharding.put_batch({"prompts": random_tokens(1, (rows, prompt_len), model_.cfg.vocab_size),
                               "mask": np.ones((rows, prompt_len), np.int32),

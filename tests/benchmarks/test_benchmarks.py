@@ -119,7 +119,8 @@ def test_a_workload_runs_once_compiled_and_its_profile_summarises(tmp_path):
 
 
 def test_the_rollout_workload_replays_a_length_file(tmp_path):
-  """Each row stops at its own length; the static sampler's cache is rows x (prompt + budget)."""
+  """Each row stops at its own length; the static sampler's cache is rows x (prompt + budget),
+  continuous batching's slots x (prompt + budget), and both draw the same tokens."""
   path = tmp_path / "lengths.txt"
   path.write_text("3\n9\n1\n5\n")
   lengths = workloads.read_lengths(str(path))
@@ -128,6 +129,9 @@ def test_the_rollout_workload_replays_a_length_file(tmp_path):
   assert tokens.shape == (4, 12) and workload.info["generated_tokens"] == 18 and workload.info["decode_steps"] == 16
   cfg = workload.model_cfg  # keys and values, float32, of every layer
   assert workload.info["peak_cache_bytes"] == 2 * cfg.n_layers * 4 * cfg.kv_heads * 16 * cfg.dim_per_head * 4
+  slots = workloads.rollout_workload(lengths, "tiny", workloads.preset_model("tiny"), prompt_len=4, budget=12, slots=2)
+  np.testing.assert_array_equal(jax.device_get(slots.step()), tokens)  # continuous batching: the same draws
+  assert slots.info["batching"] == "continuous" and slots.info["peak_cache_bytes"] == workload.info["peak_cache_bytes"] // 2
   path.write_text("3\n0\n")
   with pytest.raises(SystemExit, match="one integer >= 1 a line"):
     workloads.read_lengths(str(path))
