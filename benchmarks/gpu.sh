@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The accelerator figures: gpt2_small pretraining MFU, decode at batch 256 against the memory
 # roofline, and the generation share of a 256 x (256 -> 256) PPO iteration. Each workload
-# runs in its own process (an out-of-memory in one leaves the others). One JSON line each;
+# runs in its own process (an out-of-memory in one leaves the others). Then issue 41's rollouts:
+# 512 responses within a 1000-token budget, log-normal and uniform lengths, static against
+# continuous batching with a quarter and a half of the rows as slots. One JSON line each;
 # full logs in $LOGS (default /tmp/rlhf_jax_gpu).
 #
-#   benchmarks/gpu.sh [--repeats=5] [--preset=gpt2_small]
+#   benchmarks/gpu.sh [--repeats=5] [--preset=gpt2_small]   (and --preset=llama_1b)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 logs=${LOGS:-/tmp/rlhf_jax_gpu}
@@ -21,3 +23,10 @@ for rows in ${PRETRAIN_ROWS:-16 32}; do
 done
 run decode --workload=decode "$@"
 run ppo_large --workload=ppo_large "$@"
+for dist in lognormal uniform; do
+  lengths="$logs/${dist}_1000_512.txt"
+  python3 benchmarks/lengths.py --dist="$dist" --budget=1000 --rows=512 --out="$lengths"
+  for slots in 128 256; do
+    run "rollout_${dist}_$slots" --workload=rollout --lengths="$lengths" --budget=1000 --slots="$slots" "$@"
+  done
+done

@@ -17,8 +17,8 @@ off-policy PPO with long generations (64 prompts x 16 -> 256 tokens, K = 1: the 
 one CPU device, the trainer on the other; timed against w6_sync, the same PPO synchronous on
 both devices: `speedup_vs_sync`; parts: the rollout and the update on their own), sampler
 (KV cache, w1's batch), rollout (one rollout replaying a file of response lengths, each row
-stopped at its own: tokens per second and the KV cache's peak bytes; --preset, --lengths,
---budget), pretrain (gpt2_small at 1024), decode (gpt2_small, 256 rows, 256 +
+stopped at its own, with static and with continuous batching (--slots), timed alternately:
+each one's tokens per second and KV cache peak bytes; --preset, --lengths, --budget), pretrain (gpt2_small at 1024), decode (gpt2_small, 256 rows, 256 +
 256 tokens, against the memory roofline) and ppo_large (gpt2_small, 256 prompts x 256 tokens
 -> 256). The first call (compilation included) is
 reported apart from the steady state, the median of --repeats calls. FLOP/s are model FLOPs
@@ -152,7 +152,8 @@ def measure(name: str, peak: float) -> tuple[dict, list]:
     sides = {"continuous": (workload.info, rounds), "static": (baseline.info, base)}
     result.update({side: {"tokens_per_s": info["generated_tokens"] / statistics.median(times),
                           "peak_cache_bytes": info["peak_cache_bytes"], "slots": info["slots"],
-                          "seconds": statistics.median(times)} for side, (info, times) in sides.items()})
+                          "seconds": statistics.median(times), "round_seconds": times}
+                   for side, (info, times) in sides.items()})
     result["speedup"] = statistics.median(theirs / ours for ours, theirs in zip(rounds, base))
     result["cache_ratio"] = workload.info["peak_cache_bytes"] / baseline.info["peak_cache_bytes"]
   elif base:

@@ -14,6 +14,7 @@ from rlhf_jax.errors import UserError
     ("rl.gamma", float("nan"), "rl.gamma=nan must be in [0, 1]"),
     ("rl.clip_eps", 0.0, "rl.clip_eps=0.0 must be > 0"),
     ("kl_coef", -0.1, "kl_coef=-0.1 must be >= 0"),
+    ("sample.slots", -4, "sample.slots=-4 must be >= 0"),
 ])
 def test_a_field_out_of_range_is_one_line_before_any_stage_runs(field, value, message):
   config = rl.get_config("tiny")
@@ -29,4 +30,14 @@ def test_every_preset_is_within_its_ranges_and_upstream_stages_are_checked_too()
   config = rl.get_config("tiny")
   config.upstream.reward.upstream.sft.optim.lr = 0.0  # the SFT stage it would run first
   with pytest.raises(UserError, match=r"optim.lr=0.0 must be > 0"):
+    stages.check_all(config)
+
+
+def test_a_batching_no_sampler_has_and_continuous_batching_with_turns_are_one_line():
+  config = rl.get_config("tiny")
+  config.sample.batching = "paged"
+  with pytest.raises(UserError, match=r"^sample.batching='paged': choose one of \('static', 'continuous'\)$"):
+    stages.check_all(config)
+  config.sample.batching, config.env.tools = "continuous", ("calculator",)
+  with pytest.raises(UserError, match="sample.batching=continuous .* turn_cache.py"):
     stages.check_all(config)

@@ -100,6 +100,10 @@ def test_kv_cache_of_the_rollout():
   assert memory.plan(cfg, small_model(), mesh())["KV cache"] == whole
   assert memory.plan(cfg, small_model(), mesh(data=8))["KV cache"] == whole // 8
   assert memory.plan(cfg, small_model(), mesh(data=2, tensor=4))["KV cache"] == whole // 8
+  cfg.sample.batching = "continuous"  # the cache is the slots': a quarter of the rows by default
+  assert memory.plan(cfg, small_model(), mesh())["KV cache"] == whole // 4
+  cfg.sample.slots = 32
+  assert "32 slots x 96 tokens" in memory.plan(cfg, small_model(), mesh()).table()
 
 
 def test_activations_follow_korthikanti_et_al():

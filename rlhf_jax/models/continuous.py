@@ -19,8 +19,8 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.models.sampling import (DONE_CHECK_EVERY, SampleOutput, SamplingParams, choose_tokens, empty_output,
-                                      in_compute_dtype, sample, sample_keys)
+from rlhf_jax.models.sampling import (DONE_CHECK_EVERY, SampleOutput, SamplingParams, check_length, choose_tokens,
+                                      empty_output, in_compute_dtype, sample, sample_keys)
 from rlhf_jax.models.transformer import RaggedCache, Transformer
 
 # A freed slot waits until 1 / ADMIT_FRACTION of the slots is free (or no sample is left to
@@ -88,6 +88,7 @@ def sample_continuous(model: Transformer, params, prompts: jax.Array, prompt_mas
   out), decoded `slots` rows at a time. Every DONE_CHECK_EVERY steps the free slots take the next
   prompts (`admission_width` at a time), prefilled in the loop."""
   rows, prompt_len = prompts.shape
+  check_length(model, prompt_len, max_new_tokens)
   params = in_compute_dtype(params, model.cfg)
   keys = sample_keys(rng, rows)
   lengths = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)

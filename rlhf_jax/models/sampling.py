@@ -88,8 +88,7 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
   do not depend on the other rows, so continuous batching (models/continuous.py) draws the same.
   """
   batch, prompt_len = prompts.shape
-  if model.cfg.position == "learned" and prompt_len + max_new_tokens > model.cfg.max_len:
-    raise ValueError(f"prompt {prompt_len} + {max_new_tokens} new tokens exceed max_len {model.cfg.max_len}")
+  check_length(model, prompt_len, max_new_tokens)
   params = in_compute_dtype(params, model.cfg)
   ends = segment_ends(max_new_tokens)
   cache = KVCache.empty(model.cfg, batch, prompt_len + ends[0])
@@ -101,6 +100,12 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
     carry = (carry[0], grown(carry[1], prompt_len + end), *carry[2:])
     carry = decode_until(end, body, carry)
   return carry[3]
+
+
+def check_length(model: Transformer, prompt_len: int, max_new_tokens: int) -> None:
+  """Learned positions end at max_len (past it the embedding would be clamped, silently)."""
+  if model.cfg.position == "learned" and prompt_len + max_new_tokens > model.cfg.max_len:
+    raise ValueError(f"prompt {prompt_len} + {max_new_tokens} new tokens exceed max_len {model.cfg.max_len}")
 
 
 def sample_keys(rng: jax.Array, rows: int) -> jax.Array:
