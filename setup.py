@@ -28,12 +28,14 @@ EXTRAS = {
     "hf": ["safetensors>=0.4", "tokenizers>=0.19", "jinja2>=3.1.6", "datasets>=3"],
     # Weights & Biases beside TensorBoard (log.wandb_project; rlhf_jax/tracking.py).
     "wandb": ["wandb>=0.17"],
+    # The math_verify reward (reward.fns=("math_verify",)): Hugging Face's answer verifier.
+    "math": ["math-verify>=0.9"],
     # transformers and torch build the reference models of tests/interop. Install torch first from
     # the PyTorch CPU index (.ci/run, README): PyPI's Linux torch pulls several GB of CUDA libraries.
     "test": ["pytest>=8", "pytest-xdist>=3.2", "transformers>=5", "torch>=2.4",
              "filelock>=3"],  # one shared upstream run for the xdist workers
 }
-EXTRAS["test"] += EXTRAS["tfds"] + EXTRAS["hf"] + EXTRAS["wandb"]
+EXTRAS["test"] += EXTRAS["tfds"] + EXTRAS["hf"] + EXTRAS["wandb"] + EXTRAS["math"]
 
 setup(
     name="rlhf_jax",

@@ -9,6 +9,8 @@ by default); the score of a response is the weighted sum, and each component is 
   length, format       token rewards (algorithms/token_rewards.py): from the response's ids and
                        masks alone, inside the compiled iteration
   exact_match, gsm8k   built-in checkers (`BUILTINS`), on the host
+  math_verify          Hugging Face's math-verify (`pip install math-verify`): LaTeX answers,
+                       \\boxed{}, fractions, sets, equivalent forms; on the host
   PATH.py:NAME         a function in a Python file, on the host
   module.sub:NAME      a function in an importable module, on the host
 
@@ -22,9 +24,11 @@ or with `reward.nonfinite="guard"` a non-finite reward the update's guard refuse
 """
 
 import dataclasses
+import importlib.util
 import numbers
 import os
 import re
+import threading
 from typing import Callable
 
 from absl import logging
@@ -64,8 +68,48 @@ def gsm8k(prompts, completions, answer, **unused) -> list:
   return exact_match(None, completions, final)
 
 
-BUILTINS = {"exact_match": exact_match, "gsm8k": gsm8k}
-CHECKERS = ["exact_match", "gsm8k"]  # 0/1 verdicts: their mean is an accuracy
+# math-verify's limits on one parse and one comparison (its own defaults): sympy can take
+# unbounded time on adversarial expressions; past the limit the completion scores 0.
+MATH_VERIFY_SECONDS = 5
+
+
+def math_verify(prompts, completions, answer, **unused) -> list:
+  """1.0 where Hugging Face's math-verify finds the completion's answer equivalent to the
+  `answer` column's (LaTeX or plain: \\boxed{}, fractions, sets, intervals, 1/2 = 0.5), else
+  0.0; each parse and comparison limited to MATH_VERIFY_SECONDS (its SIGALRM limit works in the
+  main thread, where host rewards run; elsewhere the calls run without one)."""
+  del prompts, unused
+  import math_verify as mv  # pylint: disable=g-import-not-at-top  (optional: load_function checks it is there)
+  seconds = math_verify_seconds()
+  parse = lambda text: mv.parse(text, parsing_timeout=seconds)
+  return [float(mv.verify(parse(latex_answer(str(a))), parse(c), timeout_seconds=seconds))
+          for c, a in zip(completions, answer)]
+
+
+def math_verify_seconds() -> int | None:
+  """MATH_VERIFY_SECONDS in the main thread; None (no limit) elsewhere, where SIGALRM is not ours."""
+  return MATH_VERIFY_SECONDS if threading.current_thread() is threading.main_thread() else None
+
+
+def final_answer(checker: str, text: str):
+  """The answer a majority vote (maj@k) counts: math-verify's parsed expression, printed (1/2
+  and \\frac{1}{2} are one answer, 0.5 another), for `math_verify`; else the last integer."""
+  if checker != "math_verify":
+    return last_integer(text)
+  import math_verify as mv  # pylint: disable=g-import-not-at-top
+  parsed = mv.parse(text, parsing_timeout=math_verify_seconds())
+  return str(parsed[0]) if parsed else None
+
+
+def latex_answer(answer: str) -> str:
+  """A bare answer column (MATH's "\\frac12", "\\{1, 2\\}") in $...$: math-verify reads LaTeX
+  only between delimiters or in \\boxed{}."""
+  return answer if "$" in answer or "\\boxed" in answer else f"${answer}$"
+
+
+BUILTINS = {"exact_match": exact_match, "gsm8k": gsm8k, "math_verify": math_verify}
+CHECKERS = ["exact_match", "gsm8k", "math_verify"]  # 0/1 verdicts: their mean is an accuracy
+PACKAGES = {"math_verify": ("math_verify", "math-verify")}  # built-in -> (module, the pip package it needs)
 
 
 def register(name: str, fn: Callable, *, checker: bool = False) -> None:
@@ -81,6 +125,8 @@ def register(name: str, fn: Callable, *, checker: bool = False) -> None:
 def load_function(spec: str) -> Callable:
   """A built-in by name, or the function `NAME` of `PATH.py:NAME` / `module.sub:NAME`."""
   if spec in BUILTINS:
+    if spec in PACKAGES and importlib.util.find_spec(PACKAGES[spec][0]) is None:
+      raise UserError(f"reward function {spec!r} needs the {PACKAGES[spec][1]} package: pip install {PACKAGES[spec][1]}")
     return BUILTINS[spec]
   where, _, name = spec.rpartition(":")
   if not where or not name:

@@ -1,6 +1,9 @@
 """Reward components: the built-in checkers on hand-worked answers, users' functions loaded from
 files and modules and called TRL's way, and every way a function can go wrong."""
 
+import concurrent.futures
+import importlib.util
+
 import ml_collections
 import numpy as np
 import pytest
@@ -24,6 +27,25 @@ def test_checkers_take_the_last_integer_and_gsm8k_answers_after_the_hashes():
   assert rewards.exact_match(None, completions, answer=["7", "7", "7", 7]) == [1.0, 0.0, 0.0, 1.0]
   answers = ["Natalia sold 48 / 2 = 24 clips in May.\n#### 72", "#### 1,000"]
   assert rewards.gsm8k(None, ["48 + 24 = 72", "she has 1000 left"], answer=answers) == [1.0, 1.0]
+
+
+def test_math_verify_takes_equivalent_latex_answers_within_a_time_limit(monkeypatch):
+  completions = [r"so x = \boxed{\frac{1}{2}}", "The answer is 0.5", "I think 2/4", r"$\{1,2\}$",
+                 r"x \in \boxed{(0, 1]}", "it is 3", "no answer at all"]
+  answers = ["$0.5$", r"\frac12", "1/2", r"\{2, 1\}", r"\left(0,1\right]", "4", "7"]  # bare LaTeX too
+  assert rewards.load_function("math_verify")(None, completions, answer=answers) == [1, 1, 1, 1, 1, 0, 0]
+  assert "math_verify" in rewards.CHECKERS  # its mean is evaluation's accuracy
+  votes = [rewards.final_answer("math_verify", c) for c in (r"\boxed{\frac12}", "so 1/2", "no answer")]
+  assert votes == ["1/2", "1/2", None]  # maj@k counts parsed answers
+  monkeypatch.setattr(rewards, "MATH_VERIFY_SECONDS", 1)
+  tower = [r"$9^{9^{9^{9}}}$"]  # sympy would compute the power for ever: the limit scores it 0
+  assert rewards.math_verify(None, tower, answer=[r"$3^{3^{3^{3^{3}}}}$"]) == [0.0]
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:  # no SIGALRM off the main thread: no limit, no error
+    assert pool.submit(rewards.math_verify, None, completions[:1], answer=answers[:1]).result() == [1.0]
+  real_find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "math_verify" else real_find_spec(name))
+  with pytest.raises(UserError, match="^reward function 'math_verify' needs the math-verify package: pip install"):
+    rewards.load_function("math_verify")
 
 
 def test_functions_load_from_files_modules_and_the_builtins(tmp_path):
