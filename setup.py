@@ -30,12 +30,14 @@ EXTRAS = {
     "wandb": ["wandb>=0.17"],
     # The math_verify reward (reward.fns=("math_verify",)): Hugging Face's answer verifier.
     "math": ["math-verify>=0.9"],
+    # data.source=reasoning_gym:NAME and its scorer (reward.fns=("reasoning_gym",)): generated offline.
+    "reasoning": ["reasoning-gym>=0.1.19"],
     # transformers and torch build the reference models of tests/interop. Install torch first from
     # the PyTorch CPU index (.ci/run, README): PyPI's Linux torch pulls several GB of CUDA libraries.
     "test": ["pytest>=8", "pytest-xdist>=3.2", "transformers>=5", "torch>=2.4",
              "filelock>=3"],  # one shared upstream run for the xdist workers
 }
-EXTRAS["test"] += EXTRAS["tfds"] + EXTRAS["hf"] + EXTRAS["wandb"] + EXTRAS["math"]
+EXTRAS["test"] += EXTRAS["tfds"] + EXTRAS["hf"] + EXTRAS["wandb"] + EXTRAS["math"] + EXTRAS["reasoning"]
 
 setup(
     name="rlhf_jax",

@@ -80,6 +80,9 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
       # filled from them; the other fields are the reward functions' columns. eval_source: the
       # held-out records' own source ("": a held-out slice of `source`).
       prompt_field="prompt", prompt_template="", eval_source="",
+      # reasoning_gym:NAME: the task's own settings as JSON ('{"min_terms": 2}'); its counts are
+      # embedded_docs (training) and eval_docs (held out).
+      reasoning_gym_options="",
       # embedded:arithmetic: the operands' digits; the operations asked ("+", "-", "*"); the
       # fraction of training solutions that forget a carry or borrow (data/arithmetic.py;
       # held-out problems are asked, never shown).

@@ -11,6 +11,8 @@ by default); the score of a response is the weighted sum, and each component is 
   exact_match, gsm8k   built-in checkers (`BUILTINS`), on the host
   math_verify          Hugging Face's math-verify (`pip install math-verify`): LaTeX answers,
                        \\boxed{}, fractions, sets, equivalent forms; on the host
+  reasoning_gym        a reasoning-gym task's own scorer (`pip install reasoning-gym`), on the
+                       records of `data.source=reasoning_gym:NAME`; on the host
   PATH.py:NAME         a function in a Python file, on the host
   module.sub:NAME      a function in an importable module, on the host
 
@@ -107,9 +109,22 @@ def latex_answer(answer: str) -> str:
   return answer if "$" in answer or "\\boxed" in answer else f"${answer}$"
 
 
-BUILTINS = {"exact_match": exact_match, "gsm8k": gsm8k, "math_verify": math_verify}
+def reasoning_gym(prompts, completions, entry, **unused) -> list:
+  """A reasoning-gym task's own scorer (`data.source=reasoning_gym:NAME` gives the `entry`
+  column) on the completion's <answer>...</answer>, or on the whole completion without one;
+  some tasks give partial credit."""
+  del prompts, unused
+  import reasoning_gym as rg  # pylint: disable=g-import-not-at-top  (optional: load_function checks it is there)
+  from reasoning_gym.utils import extract_answer  # pylint: disable=g-import-not-at-top
+  score = lambda c, e: rg.get_score_answer_fn(e["metadata"]["source_dataset"])(answer=extract_answer(c) or c.strip(),
+                                                                               entry=e)
+  return [float(score(c, e)) for c, e in zip(completions, entry)]
+
+
+BUILTINS = {"exact_match": exact_match, "gsm8k": gsm8k, "math_verify": math_verify, "reasoning_gym": reasoning_gym}
 CHECKERS = ["exact_match", "gsm8k", "math_verify"]  # 0/1 verdicts: their mean is an accuracy
-PACKAGES = {"math_verify": ("math_verify", "math-verify")}  # built-in -> (module, the pip package it needs)
+# built-in -> (module, the pip package it needs)
+PACKAGES = {"math_verify": ("math_verify", "math-verify"), "reasoning_gym": ("reasoning_gym", "reasoning-gym")}
 
 
 def register(name: str, fn: Callable, *, checker: bool = False) -> None:

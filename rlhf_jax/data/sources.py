@@ -14,6 +14,11 @@
   hf:PATH             Hugging Face `datasets` local files, as records: a parquet, JSON(L) or
                       arrow file, or a `save_to_disk` folder (of a DatasetDict: its
                       `train_split` and `eval_split`)
+  reasoning_gym:NAME  a task of PyPI's reasoning-gym, generated offline: records with `prompt`
+                      (the question), `answer` and `entry` (what its scorer reads: the
+                      `reasoning_gym` reward); `embedded_docs` training and `eval_docs` held-out
+                      ones, from seeds that do not overlap; `reasoning_gym_options` (JSON) the
+                      task's own settings
 
 Every loader returns plain Python lists, so what follows (tokenising, batching) is the same.
 The RL stage reads records (`load_records`) from jsonl, hf, tfds and the generated tasks: the prompt is
@@ -24,6 +29,7 @@ give it documents, whose openings are the prompts.
 
 import dataclasses
 import importlib
+import importlib.util
 import json
 import os
 import random
@@ -78,7 +84,7 @@ def is_record_source(data_cfg) -> bool:
   if kind == "tfds":  # records when they hold prompts; a corpus's documents give openings
     prompt_field = data_cfg.get("prompt_field", "prompt")
     return bool(data_cfg.get("prompt_template")) or prompt_field in _tfds_fields(name, data_cfg)
-  return data_cfg.source in GENERATED or kind in ("jsonl", "hf")
+  return data_cfg.source in GENERATED or kind in ("jsonl", "hf", "reasoning_gym")
 
 
 def load_records(data_cfg, split: str) -> list[Record]:
@@ -97,8 +103,11 @@ def load_records(data_cfg, split: str) -> list[Record]:
     records, whole = hf_records(path, data_cfg, split, whole)
   elif kind == "tfds":
     return _tfds_records(path, data_cfg, split)
+  elif kind == "reasoning_gym":
+    return reasoning_gym_records(path, data_cfg, held_out=split == "eval")
   else:
-    raise UserError(f"prompt records come from jsonl:PATH, hf:PATH, tfds:NAME or {', '.join(GENERATED)}, not {source!r}")
+    raise UserError(f"prompt records come from jsonl:PATH, hf:PATH, tfds:NAME, reasoning_gym:NAME or "
+                    f"{', '.join(GENERATED)}, not {source!r}")
   return records if whole else file_split(records, data_cfg, split)
 
 
@@ -149,6 +158,24 @@ def _generated_records(source: str, data_cfg, held_out: bool) -> list[Record]:
   asked = {p["question"] for p in evaluation}
   training = make(data_cfg.embedded_docs, 0, data_cfg.get("arithmetic_slips", 0.0))
   return [Record(f"{source}:{i}", p) for i, p in enumerate(training) if p["question"] not in asked]
+
+
+def reasoning_gym_records(name: str, data_cfg, held_out: bool) -> list[Record]:
+  """`embedded_docs` problems of the reasoning-gym task `name` from `data.seed`, or (held out)
+  `eval_docs` from `data.seed + embedded_docs`: a task draws item i from seed + i, so the two
+  sets' seeds never overlap."""
+  if importlib.util.find_spec("reasoning_gym") is None:
+    raise UserError(f"data.source=reasoning_gym:{name} needs the reasoning-gym package: pip install reasoning-gym")
+  import reasoning_gym  # pylint: disable=g-import-not-at-top
+  options = data_cfg.get("reasoning_gym_options", "") or "{}"
+  try:
+    options = json.loads(options)
+    task = reasoning_gym.create_dataset(name, size=data_cfg.eval_docs if held_out else data_cfg.embedded_docs,
+                                        seed=data_cfg.seed + (data_cfg.embedded_docs if held_out else 0), **options)
+  except Exception as e:  # an unknown task or option: the library's own message
+    raise UserError(f"data.source=reasoning_gym:{name} (options {options!r}): {type(e).__name__}: {e}") from None
+  return [Record(f"reasoning_gym:{name}:{i}", {"prompt": entry["question"], "answer": entry["answer"], "entry": entry})
+          for i, entry in enumerate(task)]
 
 
 def prompt_text(record: Record, data_cfg) -> str:

@@ -1,6 +1,7 @@
 """Prompt records: JSONL and the embedded arithmetic problems, prompts by field or template,
 columns for the reward functions, held-out records, and file:line errors."""
 
+import importlib.util
 import json
 import re
 
@@ -207,3 +208,30 @@ def test_too_few_training_prompts_and_evaluation_prompts_seen_in_training_are_wa
   caplog.clear()
   prompts.warn_about_prompt_sets(make(["a", "b"]), make(["d"]), per_iteration=2)
   assert not caplog.text
+
+
+def test_reasoning_gym_tasks_give_records_scored_by_their_own_scorer_from_disjoint_seeds(monkeypatch):
+  cfg = rl_config(source="reasoning_gym:basic_arithmetic", prompt_template="{prompt} Answer in <answer></answer> tags.")
+  cfg.data.update(dict(embedded_docs=12, eval_docs=4))
+  train, held_out = (prompts.prompt_set(cfg, ByteTokenizer(), split) for split in ("train", "eval"))
+  assert len(train.texts) == 12 and len(held_out.texts) == 4 and set(train.columns) == {"answer", "entry"}
+  assert train.texts[0].startswith("Calculate ") and train.texts[0].endswith("tags.")
+  # A task draws item i from seed + i: the held-out items are the training set's next ones, never its own.
+  longer = rl_config(source=cfg.data.source)
+  longer.data.update(dict(embedded_docs=16, eval_docs=4))
+  assert [r.fields["prompt"] for r in sources.load_records(longer.data, "train")[12:]] == [
+      e["question"] for e in held_out.columns["entry"]]
+  score = rewards.load_function("reasoning_gym")
+  right = [f"so <answer>{a}</answer>" for a in train.columns["answer"][:2]]
+  assert score(None, right + ["<answer>not a number</answer>"], entry=train.columns["entry"][:3]) == [1.0, 1.0, 0.0]
+  cfg.data.reasoning_gym_options = '{"min_terms": 2, "max_terms": 2}'  # the task's own settings
+  two_terms = sources.load_records(cfg.data, "train")
+  assert all(r.fields["entry"]["metadata"]["num_terms"] == 2 for r in two_terms)
+  for source, options, message in (("reasoning_gym:no_such_task", "", "Dataset 'no_such_task' not registered"),
+                                   (cfg.data.source, '{"nope": 1}', "unexpected keyword argument 'nope'")):
+    cfg.data.update(dict(source=source, reasoning_gym_options=options))
+    with pytest.raises(UserError, match=f"^data.source={source}.*{message}"):
+      sources.load_records(cfg.data, "train")
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as if reasoning-gym were not installed
+  with pytest.raises(UserError, match="needs the reasoning-gym package: pip install reasoning-gym$"):
+    sources.load_records(cfg.data, "train")
