@@ -18,10 +18,10 @@ one CPU device, the trainer on the other; timed against w6_sync, the same PPO sy
 both devices: `speedup_vs_sync`; parts: the rollout and the update on their own), sampler
 (KV cache, w1's batch), rollout (one rollout replaying a file of response lengths, each row
 stopped at its own, with static and with continuous batching (--slots), timed alternately:
-each one's tokens per second and KV cache peak bytes; --preset, --lengths, --budget), pretrain (gpt2_small at 1024), decode (gpt2_small, 256 rows, 256 +
-256 tokens, against the memory roofline) and ppo_large (gpt2_small, 256 prompts x 256 tokens
--> 256). The first call (compilation included) is
-reported apart from the steady state, the median of --repeats calls. FLOP/s are model FLOPs
+each one's tokens per second and KV cache peak bytes; --preset, --lengths, --budget;
+rollout_static: the static side alone, for --profile), pretrain (gpt2_small at 1024), decode
+(gpt2_small, 256 rows, 256 + 256 tokens, against the memory roofline) and ppo_large
+(gpt2_small, 256 prompts x 256 tokens -> 256). The first call (compilation included) is reported apart from the steady state, the median of --repeats calls. FLOP/s are model FLOPs
 (rlhf_jax/flops.py) over the median, against a matmul peak measured in the same run.
 """
 
@@ -40,6 +40,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import limits, workloads  # pylint: disable=g-import-not-at-top
 from rlhf_jax import distributed  # pylint: disable=g-import-not-at-top
+from rlhf_jax.models.continuous import slots_for  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 CPU_SET = ("w1", "w2", "w3", "w4", "w5", "sampler")  # w6 is timed on its own (long generations), w2_shared too
@@ -112,7 +113,7 @@ PEER_WORKLOAD = {"w2_shared": "w2"}
 def rollout(continuous: bool) -> workloads.Workload:
   """The rollout replaying --lengths, with continuous batching (--slots) or static."""
   lengths = workloads.read_lengths(FLAGS.lengths)
-  slots = (FLAGS.slots or max(1, len(lengths) // 4)) if continuous else 0
+  slots = slots_for("continuous", FLAGS.slots, len(lengths)) if continuous else 0
   return workloads.rollout_workload(lengths, FLAGS.preset, workloads.preset_model(FLAGS.preset),
                                     budget=FLAGS.budget, slots=slots)
 

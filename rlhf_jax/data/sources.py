@@ -29,7 +29,6 @@ give it documents, whose openings are the prompts.
 
 import dataclasses
 import importlib
-import importlib.util
 import json
 import os
 import random
@@ -164,9 +163,8 @@ def reasoning_gym_records(name: str, data_cfg, held_out: bool) -> list[Record]:
   """`embedded_docs` problems of the reasoning-gym task `name` from `data.seed`, or (held out)
   `eval_docs` from `data.seed + embedded_docs`: a task draws item i from seed + i, so the two
   sets' seeds never overlap."""
-  if importlib.util.find_spec("reasoning_gym") is None:
-    raise UserError(f"data.source=reasoning_gym:{name} needs the reasoning-gym package: pip install reasoning-gym")
-  import reasoning_gym  # pylint: disable=g-import-not-at-top
+  reasoning_gym = _import("reasoning_gym", f"data.source=reasoning_gym:{name} needs the reasoning-gym package: "
+                                           "pip install reasoning-gym")
   options = data_cfg.get("reasoning_gym_options", "") or "{}"
   try:
     options = json.loads(options)

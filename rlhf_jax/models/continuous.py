@@ -14,6 +14,7 @@ its batch, and equal the static sampler's (a test); its log-probs are the traini
 """
 
 import functools
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -81,6 +82,24 @@ def left_aligned(prompts: jax.Array, lengths: jax.Array) -> jax.Array:
   return jnp.take_along_axis(prompts, (jnp.arange(width) + width - lengths[:, None]) % width, axis=1)
 
 
+class Queue(NamedTuple):
+  """What the loop draws from: the model and settings, and each sample's key, prompt (left-
+  aligned, and its length) and step budget."""
+  model: Transformer
+  params: Any  # in the compute dtype
+  sampling: SamplingParams
+  eos_id: int
+  pad_id: int
+  keys: jax.Array  # [rows]
+  prompts: jax.Array  # [rows, prompt_len], real tokens first
+  lengths: jax.Array  # [rows] int32
+  stop: jax.Array  # [rows] int32: tokens at most
+
+  @property
+  def rows(self) -> int:
+    return self.keys.shape[0]
+
+
 def sample_continuous(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
                       sampling: SamplingParams, *, slots: int, max_new_tokens: int, eos_id: int, pad_id: int,
                       stop_at: jax.Array | None = None) -> SampleOutput:
@@ -89,69 +108,72 @@ def sample_continuous(model: Transformer, params, prompts: jax.Array, prompt_mas
   prompts (`admission_width` at a time), prefilled in the loop."""
   rows, prompt_len = prompts.shape
   check_length(model, prompt_len, max_new_tokens)
-  params = in_compute_dtype(params, model.cfg)
-  keys = sample_keys(rng, rows)
   lengths = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)
-  aligned = left_aligned(prompts, lengths)
   stop = jnp.full((rows,), max_new_tokens, jnp.int32)
-  stop = stop if stop_at is None else jnp.minimum(stop, stop_at.astype(jnp.int32))
+  q = Queue(model, in_compute_dtype(params, model.cfg), sampling, eos_id, pad_id, sample_keys(rng, rows),
+            left_aligned(prompts, lengths), lengths, stop if stop_at is None else jnp.minimum(stop, stop_at.astype(jnp.int32)))
   width = min(admission_width(slots), rows)
-
-  def admit(c: Slots, width: int) -> Slots:
-    """The next `width` samples (or as many as slots are free, or samples left) prefilled into
-    free slots."""
-    free = c.row >= rows
-    k = jnp.arange(width)
-    started = jnp.minimum(jnp.minimum(jnp.sum(free), rows - c.next_row), width)
-    slot = jnp.where(k < started, jnp.argsort(~free, stable=True)[:width], slots)  # `slots`: dropped
-    row = jnp.minimum(c.next_row + k, rows - 1)
-    length = lengths[row]
-    fresh = RaggedCache.empty(model.cfg, width, prompt_len)
-    out = model.apply({"params": params}, aligned[row], jnp.arange(prompt_len) < length[:, None], cache=fresh,
-                      logits_at=jnp.maximum(length - 1, 0))
-    put = lambda old, new: old.at[slot, :, :prompt_len].set(new, mode="drop")
-    cache = RaggedCache(tuple(map(put, c.cache.keys, out.cache.keys)), tuple(map(put, c.cache.values, out.cache.values)),
-                        c.cache.lengths.at[slot].set(length, mode="drop"))
-    return c.replace(cache=cache, logits=c.logits.at[slot].set(out.logits[:, 0], mode="drop"),
-                     row=c.row.at[slot].set(c.next_row + k, mode="drop"), step=c.step.at[slot].set(0, mode="drop"),
-                     next_row=c.next_row + started)
-
-  def decode(c: Slots) -> Slots:
-    active = c.row < rows
-    row = jnp.minimum(c.row, rows - 1)
-    token, logprob = choose_tokens(c.logits, jax.vmap(jax.random.fold_in)(keys[row], c.step), sampling, True)
-    token = jnp.where(active, token, pad_id)
-    at = (c.row, c.step)  # an idle slot's row is out of range: its writes are dropped
-    result = SampleOutput(c.result.tokens.at[at].set(token, mode="drop"),
-                          c.result.logprobs.at[at].set(logprob, mode="drop"),
-                          c.result.mask.at[at].set(1, mode="drop"))
-    finished = active & ((token == eos_id) | (c.step + 1 >= stop[row]))
-    out = model.apply({"params": params}, token[:, None], active[:, None], cache=c.cache)
-    return c.replace(cache=out.cache, logits=out.logits[:, -1], row=jnp.where(finished, rows, c.row),
-                     step=c.step + active, result=result)
 
   def ready(c: Slots) -> jax.Array:
     """Enough free slots for an admission's batch, or none decoding, while samples are left."""
     free, left = jnp.sum(c.row >= rows), rows - c.next_row
     return (left > 0) & ((free >= jnp.minimum(width, left)) | (free == slots))
 
-  def decode_while(c: Slots, going) -> Slots:
-    """DONE_CHECK_EVERY steps at a time while `going(c)`."""
-    steps = lambda c: jax.lax.fori_loop(0, DONE_CHECK_EVERY, lambda _, c: decode(c), c)
-    return jax.lax.while_loop(going, steps, c)
-
   # While samples are left: decode until an admission is due, then admit (no lax.cond around
   # it: on the CPU a conditional copied the whole carry, cache included, each time).
   c = Slots(RaggedCache.empty(model.cfg, slots, prompt_len + max_new_tokens),
             jnp.zeros((slots, model.cfg.vocab_size), jnp.float32), jnp.full((slots,), rows, jnp.int32),
             jnp.zeros((slots,), jnp.int32), jnp.int32(0), empty_output(rows, max_new_tokens, pad_id))
-  c = admit(c, min(slots, rows))  # the first prompts fill every slot, in one prefill
-  c = jax.lax.while_loop(lambda c: c.next_row < rows, lambda c: admit(decode_while(c, lambda c: ~ready(c)), width), c)
+  c = admit(q, c, min(slots, rows))  # the first prompts fill every slot, in one prefill
+  c = jax.lax.while_loop(lambda c: c.next_row < rows, lambda c: admit(q, decode_while(q, c, lambda c: ~ready(c)),
+                                                                      width), c)
   # The tail, no sample left to start: as the slots empty, the active ones move to half as many
   # (a step costs about its rows), down to an eighth.
   for size in tail_sizes(slots):
-    c = compacted(decode_while(c, lambda c: jnp.sum(c.row < rows) > size), size, rows)
-  return decode_while(c, lambda c: jnp.any(c.row < rows)).result
+    c = compacted(decode_while(q, c, lambda c: jnp.sum(c.row < rows) > size), size, rows)
+  return decode_while(q, c, lambda c: jnp.any(c.row < rows)).result
+
+
+def admit(q: Queue, c: Slots, width: int) -> Slots:
+  """The next `width` samples (or as many as slots are free, or samples are left) prefilled,
+  as one batch, into free slots."""
+  slots, prompt_len = c.row.shape[0], q.prompts.shape[1]
+  free = c.row >= q.rows
+  k = jnp.arange(width)
+  started = jnp.minimum(jnp.minimum(jnp.sum(free), q.rows - c.next_row), width)
+  slot = jnp.where(k < started, jnp.argsort(~free, stable=True)[:width], slots)  # `slots`: dropped
+  row = jnp.minimum(c.next_row + k, q.rows - 1)
+  length = q.lengths[row]
+  out = q.model.apply({"params": q.params}, q.prompts[row], jnp.arange(prompt_len) < length[:, None],
+                      cache=RaggedCache.empty(q.model.cfg, width, prompt_len), logits_at=jnp.maximum(length - 1, 0))
+  put = lambda old, new: old.at[slot, :, :prompt_len].set(new, mode="drop")
+  cache = RaggedCache(tuple(map(put, c.cache.keys, out.cache.keys)), tuple(map(put, c.cache.values, out.cache.values)),
+                      c.cache.lengths.at[slot].set(length, mode="drop"))
+  return c.replace(cache=cache, logits=c.logits.at[slot].set(out.logits[:, 0], mode="drop"),
+                   row=c.row.at[slot].set(c.next_row + k, mode="drop"), step=c.step.at[slot].set(0, mode="drop"),
+                   next_row=c.next_row + started)
+
+
+def decode(q: Queue, c: Slots) -> Slots:
+  """One token for every active slot, written at its sample's row and step, then fed back."""
+  active = c.row < q.rows
+  row = jnp.minimum(c.row, q.rows - 1)
+  token, logprob = choose_tokens(c.logits, jax.vmap(jax.random.fold_in)(q.keys[row], c.step), q.sampling, True)
+  token = jnp.where(active, token, q.pad_id)
+  at = (c.row, c.step)  # an idle slot's row is out of range: its writes are dropped
+  result = SampleOutput(c.result.tokens.at[at].set(token, mode="drop"),
+                        c.result.logprobs.at[at].set(logprob, mode="drop"),
+                        c.result.mask.at[at].set(1, mode="drop"))
+  finished = active & ((token == q.eos_id) | (c.step + 1 >= q.stop[row]))
+  out = q.model.apply({"params": q.params}, token[:, None], active[:, None], cache=c.cache)
+  return c.replace(cache=out.cache, logits=out.logits[:, -1], row=jnp.where(finished, q.rows, c.row),
+                   step=c.step + active, result=result)
+
+
+def decode_while(q: Queue, c: Slots, going) -> Slots:
+  """DONE_CHECK_EVERY steps at a time while `going(c)`."""
+  steps = lambda c: jax.lax.fori_loop(0, DONE_CHECK_EVERY, lambda _, c: decode(q, c), c)
+  return jax.lax.while_loop(going, steps, c)
 
 
 def tail_sizes(slots: int) -> list[int]:
@@ -163,7 +185,5 @@ def tail_sizes(slots: int) -> list[int]:
 def compacted(c: Slots, size: int, rows: int) -> Slots:
   """The first `size` slots after moving the active ones (at most `size`) to the front."""
   keep = jnp.argsort(c.row >= rows, stable=True)[:size]
-  take = lambda x: x[keep]
-  return c.replace(cache=RaggedCache(tuple(map(take, c.cache.keys)), tuple(map(take, c.cache.values)),
-                                     c.cache.lengths[keep]),
-                   logits=c.logits[keep], row=c.row[keep], step=c.step[keep])
+  cache, logits, row, step = jax.tree.map(lambda x: x[keep], (c.cache, c.logits, c.row, c.step))
+  return c.replace(cache=cache, logits=logits, row=row, step=step)

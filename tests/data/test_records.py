@@ -1,7 +1,7 @@
 """Prompt records: JSONL and the embedded arithmetic problems, prompts by field or template,
 columns for the reward functions, held-out records, and file:line errors."""
 
-import importlib.util
+import importlib
 import json
 import re
 
@@ -232,6 +232,8 @@ def test_reasoning_gym_tasks_give_records_scored_by_their_own_scorer_from_disjoi
     cfg.data.update(dict(source=source, reasoning_gym_options=options))
     with pytest.raises(UserError, match=f"^data.source={source}.*{message}"):
       sources.load_records(cfg.data, "train")
-  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as if reasoning-gym were not installed
+  real_import = importlib.import_module
+  monkeypatch.setattr(importlib, "import_module",  # as if reasoning-gym were not installed
+                      lambda name: (_ for _ in ()).throw(ImportError(name)) if name == "reasoning_gym" else real_import(name))
   with pytest.raises(UserError, match="needs the reasoning-gym package: pip install reasoning-gym$"):
     sources.load_records(cfg.data, "train")

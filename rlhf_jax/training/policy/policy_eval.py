@@ -138,7 +138,8 @@ class PolicyEvaluator:
     if k:
       draws = [check(out) for out in outs[1:]]
       verdicts = np.stack([v for v, _ in draws], 1)  # [prompts, k]
-      answers = [[rewards.final_answer(checker, texts[i]) for _, texts in draws] for i in range(len(self.prompts.texts))]
+      answers = [[rewards.final_answer(checker, texts[i]) for _, texts in draws]
+                 for i in range(len(self.prompts.texts))]
       per.update({f"pass@{k}": (verdicts > 0).any(1).astype(np.float32), f"mean@{k}": verdicts.mean(1),
                   f"maj@{k}": majority_verdicts(answers, verdicts)})
     return per
