@@ -69,6 +69,10 @@ def get_config(preset: str = "tiny"):
       advantage=unset(str), policy_loss=unset(str), loss_aggregation=unset(str),
       loss_reduction=unset(str),  # the earlier name of loss_aggregation (token, sequence, sequence_mean)
       samples_per_prompt=unset(int), epochs=unset(int), minibatches=unset(int) if small else 4, accum_steps=1,
+      # Scoring and updates on the trajectories packed into rows by length (training/rl/packing.py):
+      # exact, and the work of the tokens rather than of the padding; microbatches of pack_rows
+      # rows (0: an eighth of a padded microbatch's).
+      packing=False, pack_rows=0,
       # The clip range [1 - clip_eps, 1 + clip_eps_high] (clip_eps_high unset: symmetric).
       clip_eps=unset(float), clip_eps_high=unset(float), dual_clip=3.0,
       value_clip=0.2, vf_coef=0.1, ent_coef=0.0, gamma=1.0, lam=0.95, baseline_decay=0.9,

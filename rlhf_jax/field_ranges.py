@@ -33,7 +33,7 @@ RANGES = {
     "eval_prompts": AT_LEAST_1, "max_prompt_len": AT_LEAST_1, "kl_coef": NON_NEGATIVE,
     # None takes the algorithm's (rl_plan.py); a value set is used as it is, so 0 is refused.
     "rl.samples_per_prompt": AT_LEAST_1, "rl.epochs": AT_LEAST_1, "rl.minibatches": AT_LEAST_1,
-    "rl.accum_steps": AT_LEAST_1, "rl.clip_eps": POSITIVE, "rl.clip_eps_high": POSITIVE,
+    "rl.accum_steps": AT_LEAST_1, "rl.pack_rows": NON_NEGATIVE, "rl.clip_eps": POSITIVE, "rl.clip_eps_high": POSITIVE,
     "rl.dual_clip": AT_LEAST_1, "rl.value_clip": POSITIVE, "rl.vf_coef": NON_NEGATIVE, "rl.ent_coef": NON_NEGATIVE,
     "rl.gamma": UNIT, "rl.lam": UNIT, "rl.baseline_decay": UNIT, "rl.overlong_buffer": UNIT,
     "rl.kl_target": POSITIVE, "rl.kl_horizon": POSITIVE,

@@ -14,7 +14,8 @@ def response_stats(model, params, out, tokens, prompt_len: int, temperature: flo
   return next_token_stats(model, params, out.hidden, tokens, prompt_len, temperature)
 
 
-def response_logprobs(model, params, tokens, mask, prompt_len: int, temperature: float):
-  """log p(response token t | what precedes it) at the temperature, [batch, response]."""
-  out = model.apply({"params": params}, tokens, mask, with_logits=False)
+def response_logprobs(model, params, tokens, mask, prompt_len: int, temperature: float, segments=None):
+  """log p(response token t | what precedes it) at the temperature, [batch, response]; packed
+  rows (`segments`, prompt_len 1): of every token after the first."""
+  out = model.apply({"params": params}, tokens, mask, segments=segments, with_logits=False)
   return response_stats(model, params, out, tokens, prompt_len, temperature).logprobs

@@ -28,6 +28,8 @@ class RLConfig:
   epochs: int = 4
   minibatches: int = 1
   accum_steps: int = 1  # microbatches per minibatch (gradient accumulation)
+  packing: bool = False  # training/rl/packing.py: scoring and updates on trajectories packed into rows
+  pack_rows: int = 0  # rows of a packed microbatch (0: an eighth of a padded microbatch's rows)
   clip_eps: float = 0.2  # the clip range's lower side (and upper, unless clip_eps_high says)
   clip_eps_high: float = 0.2
   dual_clip: float = 3.0
@@ -57,6 +59,10 @@ class RLConfig:
   is_correction: str = "none"  # algorithms/importance.py: the critic-free methods' weight on stale tokens
   is_cap: float = 2.0
   reuse_scoring_pass: bool = True  # the first update differentiates the scoring pass (one minibatch only)
+
+  def packed_rows(self, batch_rows: int) -> int:
+    """Rows of a packed microbatch, for a rollout of `batch_rows` rows."""
+    return self.pack_rows or max(1, batch_rows // (self.minibatches * self.accum_steps * 8))
 
   @property
   def has_critic(self) -> bool:
@@ -88,4 +94,5 @@ class Rollout(NamedTuple):
   advantages: jax.Array  # [batch, new]
   returns: jax.Array  # [batch, new] the critic's targets
   weights: jax.Array  # [batch] 1, or 0 for a response dynamic sampling leaves out
+  loss_mask: jax.Array  # [batch, new] the policy's tokens: the response mask, less a multi-turn environment's tokens
   is_weights: Any = None  # [batch, new] off-policy: each token's importance correction (None: on-policy)

@@ -40,8 +40,9 @@ from rlhf_jax.training.core.steps import accumulate_gradients
 from rlhf_jax.training.policy.policy_state import policy_params
 from rlhf_jax.training.rl.rl_config import RLConfig, Rollout
 from rlhf_jax.training.rl.rl_state import RLState, frozen_bases
-from rlhf_jax.training.rl.rl_update import all_updates, loss_outputs, minibatch_update, pulled_back_gradients, rl_loss
-from rlhf_jax.training.rl.rl_update import update_metrics
+from rlhf_jax.training.rl import packing as packing_lib
+from rlhf_jax.training.rl.rl_update import all_updates, loss_outputs, minibatch_update, packed_gradients
+from rlhf_jax.training.rl.rl_update import pulled_back_gradients, rl_loss, update_metrics
 
 
 class HostScores(NamedTuple):
@@ -93,18 +94,21 @@ def in_chunks(fn: Callable, rows, chunks: int):
   return jax.tree.map(merge, jax.lax.map(lambda r: fn(*r), split))
 
 
-def trainable_outputs(state: RLState, tokens, mask, *, policy, critic, prompt_len: int, cfg: RLConfig) -> Callable:
+def trainable_outputs(state: RLState, tokens, mask, *, policy, critic, prompt_len: int, cfg: RLConfig,
+                      segments=None) -> Callable:
   """`loss_outputs` on these tokens as a function of the trainable (policy, critic) params on the
   state's frozen bases: what the scoring pass evaluates and the updates differentiate."""
   return functools.partial(loss_outputs, tokens=tokens, mask=mask, policy=policy, critic=critic, cfg=cfg,
-                           prompt_len=prompt_len, bases=frozen_bases(state))
+                           prompt_len=prompt_len, bases=frozen_bases(state), segments=segments)
 
 
-def _score_tokens(state, tokens, mask, *, policy, critic, prompt_len: int, cfg: RLConfig):
+def _score_tokens(state, tokens, mask, *, policy, critic, prompt_len: int, cfg: RLConfig, segments=None):
   """Log-probs of the response under the policy and the reference, and the critic's values."""
-  forward = trainable_outputs(state, tokens, mask, policy=policy, critic=critic, prompt_len=prompt_len, cfg=cfg)
+  forward = trainable_outputs(state, tokens, mask, policy=policy, critic=critic, prompt_len=prompt_len, cfg=cfg,
+                              segments=segments)
   logprobs, _, values = forward((state.policy, state.value))
-  return logprobs, response_logprobs(policy, state.ref, tokens, mask, prompt_len, cfg.temperature), values
+  ref_logprobs = response_logprobs(policy, state.ref, tokens, mask, prompt_len, cfg.temperature, segments)
+  return logprobs, ref_logprobs, values
 
 
 def reuses_scoring_pass(cfg: RLConfig) -> bool:
@@ -113,7 +117,7 @@ def reuses_scoring_pass(cfg: RLConfig) -> bool:
   (the same params on the same tokens). DAPO's refill scores only the groups it keeps; with host
   rewards the scoring runs in a program of its own, while the host scores (host_rewards.py)."""
   return (cfg.reuse_scoring_pass and cfg.minibatches * cfg.accum_steps == 1 and not cfg.oversample
-          and not cfg.host_rewards)
+          and not cfg.host_rewards and not cfg.packing)
 
 
 def scoring_pass(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLConfig):
@@ -137,8 +141,25 @@ def prompt_length(sampled: Sampled) -> int:
 def score_tokens(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLConfig):
   """(log-probs, reference log-probs, values) of the sampled responses, in update-sized chunks."""
   p = prompt_length(sampled)
+  if cfg.packing:
+    return packed_scores(state, sampled, policy=policy, critic=critic, cfg=cfg)
   return in_chunks(functools.partial(_score_tokens, state, policy=policy, critic=critic, prompt_len=p, cfg=cfg),
                    (sampled.tokens, sampled.mask), cfg.minibatches * cfg.accum_steps)
+
+
+def packed_scores(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLConfig):
+  """`score_tokens` on the trajectories packed into rows (packing.py), a microbatch at a time."""
+  p, n = prompt_length(sampled), sampled.tokens.shape[0]
+  packing = packing_lib.pack(sampled.tokens, sampled.mask, jnp.ones(n, bool), p, cfg.packed_rows(n))
+
+  def body(carry):
+    j, scores = carry
+    tokens, mask, segments = packing.microbatch(j)
+    new = _score_tokens(state, tokens, mask, policy=policy, critic=critic, prompt_len=1, cfg=cfg, segments=segments)
+    return j + 1, tuple(packing_lib.unpack(packing, j, x, old, p) for x, old in zip(new, scores))
+
+  zeros = jnp.zeros(sampled.response.tokens.shape, jnp.float32)
+  return jax.lax.while_loop(lambda c: c[0] < packing.count, body, (jnp.int32(0), (zeros,) * 3))[1]
 
 
 def total_scores(cfg: RLConfig, sampled: Sampled, host_total):
@@ -212,7 +233,7 @@ def finish_rollout(state: RLState, sampled: Sampled, host: HostScores | None = N
   if cfg.has_critic:
     metrics["explained_variance"] = ppo.explained_variance(values, estimate.returns, response_mask)
   batch = Rollout(sampled.tokens, sampled.mask, old_logprobs, ref_logprobs, values, estimate.advantages,
-                  estimate.returns, weights, is_weights)
+                  estimate.returns, weights, response_mask, is_weights)
   return batch, estimate.baseline, metrics
 
 
@@ -259,13 +280,19 @@ def update_phase(state: RLState, sampled: Sampled, host: HostScores | None = Non
   loss_fn = functools.partial(rl_loss, policy=policy, critic=critic, cfg=cfg, prompt_len=p, kl_coef=state.kl.coef,
                               bases=frozen_bases(state))
   rewards_ok = metrics["nonfinite_rewards"] == 0
-  update = functools.partial(minibatch_update, prompt_len=p, cfg=cfg, txs=(policy_tx, value_tx),
+  update = functools.partial(minibatch_update, cfg=cfg, txs=(policy_tx, value_tx),
                              rewards_ok=rewards_ok)
   first_grad_fn = None if first is None else pulled_back_gradients(*first, cfg=cfg, kl_coef=state.kl.coef)
+  grad_fn = lambda params, b: accumulate_gradients(loss_fn, params, b, cfg.accum_steps)
+  if cfg.packing:
+    outputs_fn = lambda params, tokens, mask, segments: loss_outputs(
+        params, tokens, mask, policy=policy, critic=critic, cfg=cfg, prompt_len=1, bases=frozen_bases(state),
+        segments=segments)
+    grad_fn = packed_gradients(outputs_fn, p, cfg.packed_rows(n), cfg=cfg, kl_coef=state.kl.coef)
   carry = ((state.policy, state.value), (state.policy_opt, state.value_opt))
   ((new_policy, new_value), (policy_opt, value_opt)), losses = all_updates(
       carry, batch, jax.random.split(shuffle_rng, cfg.epochs), update=update, minibatches=cfg.minibatches,
-      grad_fn=lambda params, b: accumulate_gradients(loss_fn, params, b, cfg.accum_steps), first_grad_fn=first_grad_fn)
+      grad_fn=grad_fn, first_grad_fn=first_grad_fn)
   new_kl = kl.update_kl_controller(state.kl, metrics["kl"], n, target=cfg.kl_target, horizon=cfg.kl_horizon,
                                    adaptive=cfg.adaptive_kl)
   new_kl, baseline = guards.select(rewards_ok, (new_kl, baseline), (state.kl, state.baseline))

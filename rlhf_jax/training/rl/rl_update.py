@@ -18,34 +18,37 @@ from rlhf_jax.algorithms.policy_losses import surrogate_loss
 from rlhf_jax.models import lora
 from rlhf_jax.training.core import guards
 from rlhf_jax.training.core.logprobs import response_stats
+from rlhf_jax.training.rl import packing as packing_lib
 from rlhf_jax.training.rl.rl_config import RLConfig, Rollout
 
 
-def response_values(model, params, tokens, mask, prompt_len: int):
+def response_values(model, params, tokens, mask, prompt_len: int, segments=None):
   """V(s_t) for each response token t: the value head at the position before it."""
-  out = model.apply({"params": params}, tokens, mask, with_logits=False)
+  out = model.apply({"params": params}, tokens, mask, segments=segments, with_logits=False)
   return out.scalars["value"][:, prompt_len - 1:-1]
 
 
-def stats_and_values(params, tokens, mask, prompt_len: int, *, policy, critic, temperature: float):
+def stats_and_values(params, tokens, mask, prompt_len: int, *, policy, critic, temperature: float, segments=None):
   """Response token statistics (log-probs, entropy at the temperature) and values: one pass
-  when the critic is shared, 0 with none."""
+  when the critic is shared, 0 with none. Packed rows (`segments`): of every token after the
+  first (prompt_len 1)."""
   policy_params, value_params = params
-  out = policy.apply({"params": policy_params}, tokens, mask, with_logits=False)
+  out = policy.apply({"params": policy_params}, tokens, mask, segments=segments, with_logits=False)
   stats = response_stats(policy, policy_params, out, tokens, prompt_len, temperature)
   if critic is not None:
-    return stats, response_values(critic, value_params, tokens, mask, prompt_len)
+    return stats, response_values(critic, value_params, tokens, mask, prompt_len, segments)
   if "value" in out.scalars:  # the value head on the policy backbone
     return stats, out.scalars["value"][:, prompt_len - 1:-1]
   return stats, jnp.zeros(stats.logprobs.shape, jnp.float32)
 
 
-def loss_outputs(params, tokens, mask, *, policy, critic, cfg: RLConfig, prompt_len: int, bases=(None, None)):
+def loss_outputs(params, tokens, mask, *, policy, critic, cfg: RLConfig, prompt_len: int, bases=(None, None),
+                 segments=None):
   """What the loss reads of the models: the response tokens' (log-probs, entropies, values)
   under the trainable `params` (policy, critic) on their frozen LoRA `bases` (rl_state.frozen_bases)."""
   params = tuple(lora.combine(base, p) for base, p in zip(bases, params))
   stats, values = stats_and_values(params, tokens, mask, prompt_len, policy=policy, critic=critic,
-                                   temperature=cfg.temperature)
+                                   temperature=cfg.temperature, segments=segments)
   return stats.logprobs, stats.entropy, values
 
 
@@ -100,11 +103,11 @@ def update_metrics(per_update: dict) -> dict:
   return {k: reduce(k, v) for k, v in per_update.items() if k != "loss"}
 
 
-def minibatch_update(carry, minibatch, *, grad_fn, prompt_len: int, cfg: RLConfig, txs, rewards_ok):
+def minibatch_update(carry, minibatch, *, grad_fn, cfg: RLConfig, txs, rewards_ok):
   """One optimizer update of (policy, critic) on a minibatch of the rollout (a `lax.scan`
   step), its gradients from `grad_fn(params, (minibatch, weights))`: refused, carry unchanged,
   if its loss, gradients or the rollout's rewards are not finite."""
-  response_mask = minibatch.mask[:, prompt_len:] * minibatch.weights[:, None]
+  response_mask = minibatch.loss_mask * minibatch.weights[:, None]
   weights = (aggregation.token_weights(response_mask, cfg.loss_aggregation, cfg.max_new_tokens),
              aggregation.token_weights(response_mask, "token_mean"))
   grads, m = grad_fn(carry[0], (minibatch, weights))
@@ -116,6 +119,38 @@ def minibatch_update(carry, minibatch, *, grad_fn, prompt_len: int, cfg: RLConfi
     new = [apply_updates(tx, g, o, p) for tx, g, o, p in zip(txs, grads, opt_states, params)]
     return tuple(p for p, _ in new), tuple(o for _, o in new)
   return guards.apply_if(ok, apply, carry), {**m, **flags, "skipped_updates": 1.0 - ok}
+
+
+def packed_gradients(outputs_fn, prompt_len: int, rows: int, *, cfg: RLConfig, kl_coef):
+  """`grad_fn` of a minibatch packed (packing.py) into microbatches of `rows` rows, looped over
+  (`lax.while_loop`: as many as hold its trajectories) with the gradients summed: exactly the
+  padded minibatch's, as each microbatch's loss is the minibatch's over the trajectories it
+  holds (their weights are the minibatch's; the others read fixed outputs, `base`). Loss and
+  metrics come from all the microbatches' outputs at the end. `outputs_fn(params, tokens,
+  mask, segments)`: `loss_outputs` of packed rows. Trajectories with no weight are left out."""
+  def grad_fn(params, batch):
+    rollout_batch, weights = batch
+    packing = packing_lib.pack(rollout_batch.tokens, rollout_batch.mask, jnp.any(weights[1] > 0, axis=1),
+                               prompt_len, rows)
+    base = (rollout_batch.logprobs, jnp.zeros_like(rollout_batch.logprobs), rollout_batch.values)
+
+    def microbatch_loss(params, j):
+      packed = outputs_fn(params, *packing.microbatch(j))
+      outputs = tuple(packing_lib.unpack(packing, j, p, b, prompt_len) for p, b in zip(packed, base))
+      held = jax.tree.map(lambda w: w * packing.holds(j)[:, None], weights)
+      return loss_of_outputs(outputs, (rollout_batch, held), cfg=cfg, kl_coef=kl_coef)[0], outputs
+
+    def body(carry):
+      j, grads, outputs = carry
+      (_, new), microbatch_grads = jax.value_and_grad(microbatch_loss, has_aux=True)(params, j)
+      outputs = tuple(jnp.where(packing.holds(j)[:, None], n, o) for n, o in zip(new, outputs))
+      return j + 1, jax.tree.map(jnp.add, grads, microbatch_grads), outputs
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    _, grads, outputs = jax.lax.while_loop(lambda c: c[0] < packing.count, body, (jnp.int32(0), zeros, base))
+    loss, metrics = loss_of_outputs(outputs, batch, cfg=cfg, kl_coef=kl_coef)
+    return grads, {"loss": loss, **metrics}
+  return grad_fn
 
 
 def pulled_back_gradients(outputs, pullback, *, cfg: RLConfig, kl_coef):
