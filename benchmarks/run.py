@@ -7,6 +7,7 @@
   python benchmarks/run.py --workload=w4 --peer=tunix --rounds=3  # Google's Tunix instead (w1 and w4 only)
   python benchmarks/run.py --workload=gpu            # pretrain, decode, ppo_large (gpt2_small)
   python benchmarks/run.py --workload=rollout --preset=tiny --lengths=benchmarks/lengths/lognormal_256.txt --budget=256
+  python benchmarks/run.py --workload=rl_update --preset=tiny --lengths=benchmarks/lengths/lognormal_256.txt --budget=256
 
 Workloads: w1 PPO (64 prompts x 16 tokens, 32 new, 4 epochs, 1 minibatch; policy, reference,
 reward model, critic), w2 DPO (64 pairs, 16 + 32 tokens; w2_shared: each pair in one row of 81
@@ -19,7 +20,10 @@ both devices: `speedup_vs_sync`; parts: the rollout and the update on their own)
 (KV cache, w1's batch), rollout (one rollout replaying a file of response lengths, each row
 stopped at its own, with static and with continuous batching (--slots), timed alternately:
 each one's tokens per second and KV cache peak bytes; --preset, --lengths, --budget;
-rollout_static: the static side alone, for --profile), pretrain (gpt2_small at 1024), decode
+rollout_static: the static side alone, for --profile), rl_update (the RL iteration's update
+half, GRPO k = 4, one epoch: scoring, advantages, the update, on a rollout replaying --lengths,
+packed and padded timed alternately: each one's seconds and the speedup; rl_update_padded:
+the padded side alone), pretrain (gpt2_small at 1024), decode
 (gpt2_small, 256 rows, 256 + 256 tokens, against the memory roofline) and ppo_large
 (gpt2_small, 256 prompts x 256 tokens -> 256). The first call (compilation included) is reported apart from the steady state, the median of --repeats calls. FLOP/s are model FLOPs
 (rlhf_jax/flops.py) over the median, against a matmul peak measured in the same run.
@@ -45,11 +49,13 @@ from rlhf_jax.models.continuous import slots_for  # pylint: disable=g-import-not
 FLAGS = flags.FLAGS
 CPU_SET = ("w1", "w2", "w3", "w4", "w5", "sampler")  # w6 is timed on its own (long generations), w2_shared too
 GPU_SET = ("pretrain", "decode", "ppo_large")
-flags.DEFINE_enum("workload", "w1", [*CPU_SET, "w2_shared", "w6", "w6_sync", "rollout", "rollout_static", *GPU_SET, "cpu", "gpu"],
+flags.DEFINE_enum("workload", "w1", [*CPU_SET, "w2_shared", "w6", "w6_sync", "rollout", "rollout_static", "rl_update",
+                                     "rl_update_padded", *GPU_SET, "cpu", "gpu"],
                   "What to time (cpu / gpu: each of a set).")
-flags.DEFINE_string("lengths", "benchmarks/lengths/lognormal_256.txt", "rollout: the response lengths to replay, "
+flags.DEFINE_string("lengths", "benchmarks/lengths/lognormal_256.txt", "rollout, rl_update: the response lengths to replay, "
                     "one integer a line (benchmarks/lengths.py writes them).")
-flags.DEFINE_integer("budget", 0, "rollout: max_new_tokens (0: the longest of --lengths).")
+flags.DEFINE_integer("budget", 0, "rollout, rl_update: max_new_tokens (0: the longest of --lengths).")
+flags.DEFINE_integer("pack_rows", 0, "rl_update: rl.pack_rows (0: an eighth of the rows).")
 flags.DEFINE_integer("slots", 0, "rollout: continuous batching's slots (0: a quarter of the rows).")
 flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
 flags.DEFINE_enum("peer", "", ["", "trl", "tunix"], "Also run this library's version (benchmarks/peers, after its "
@@ -96,6 +102,8 @@ BUILDERS = {
     "sampler": workloads.sampler_workload,
     "rollout": lambda: rollout(continuous=True),
     "rollout_static": lambda: rollout(continuous=False),
+    "rl_update": lambda: rl_update(packing=True),
+    "rl_update_padded": lambda: rl_update(packing=False),
     "pretrain": lambda: workloads.lm_workload(FLAGS.preset, preset_model(), rows=FLAGS.rows),
     "decode": lambda: workloads.sampler_workload(FLAGS.preset, preset_model(), rows=256, prompt_len=256,
                                                  new_tokens=256),
@@ -105,7 +113,9 @@ BUILDERS = {
 
 
 # Workloads timed against another in the same rounds (just before each of theirs), for a ratio.
-BASELINES = {"w5": "w1", "w6": "w6_sync", "rollout": "rollout_static"}
+BASELINES = {"w5": "w1", "w6": "w6_sync", "rollout": "rollout_static", "rl_update": "rl_update_padded"}
+# Workloads reported side by side with their baseline: (ours, the baseline's) names in the JSON.
+SIDES = {"rollout": ("continuous", "static"), "rl_update": ("packed", "padded")}
 # Ours done another way, against the peer's same workload: w2 with each pair's prompt held once.
 PEER_WORKLOAD = {"w2_shared": "w2"}
 
@@ -116,6 +126,13 @@ def rollout(continuous: bool) -> workloads.Workload:
   slots = slots_for("continuous", FLAGS.slots, len(lengths)) if continuous else 0
   return workloads.rollout_workload(lengths, FLAGS.preset, workloads.preset_model(FLAGS.preset),
                                     budget=FLAGS.budget, slots=slots)
+
+
+def rl_update(packing: bool) -> workloads.Workload:
+  """The RL iteration's update half on a rollout replaying --lengths, packed or padded."""
+  lengths = workloads.read_lengths(FLAGS.lengths)
+  return workloads.update_workload(lengths, FLAGS.preset, workloads.preset_model(FLAGS.preset), budget=FLAGS.budget,
+                                   packing=packing, pack_rows=FLAGS.pack_rows)
 
 
 def preset_model() -> dict:
@@ -149,14 +166,8 @@ def measure(name: str, peak: float) -> tuple[dict, list]:
   result = {"workload": name, **workload.info, "compile_s": first - rounds[0], "seconds": seconds,
             "repeats": FLAGS.repeats, "round_seconds": rounds, "model_gflop": workload.flops / 1e9,
             "flops_per_s": workload.flops / seconds, "fraction_of_peak": workload.flops / seconds / peak}
-  if name == "rollout":  # static and continuous side by side, timed in alternation
-    sides = {"continuous": (workload.info, rounds), "static": (baseline.info, base)}
-    result.update({side: {"tokens_per_s": info["generated_tokens"] / statistics.median(times),
-                          "peak_cache_bytes": info["peak_cache_bytes"], "slots": info["slots"],
-                          "seconds": statistics.median(times), "round_seconds": times}
-                   for side, (info, times) in sides.items()})
-    result["speedup"] = statistics.median(theirs / ours for ours, theirs in zip(rounds, base))
-    result["cache_ratio"] = workload.info["peak_cache_bytes"] / baseline.info["peak_cache_bytes"]
+  if name in SIDES:  # ours and the baseline side by side, timed in alternation
+    result.update(sides(name, (workload.info, rounds), (baseline.info, base)))
   elif base:
     ratio = statistics.median(ours / theirs for ours, theirs in zip(rounds, base))
     result.update({f"{BASELINES[name]}_round_seconds": base,
@@ -177,6 +188,21 @@ def measure(name: str, peak: float) -> tuple[dict, list]:
   if name == "pretrain":
     result.update(limits.model_flops_utilisation(workload.flops / seconds))
   return result, theirs
+
+
+def sides(name: str, ours: tuple, baseline: tuple) -> dict:
+  """Each side's (info, round seconds) as its own figures, and the median of the rounds' speedups."""
+  def figures(info, times):
+    seconds = statistics.median(times)
+    if name == "rollout":
+      return {"tokens_per_s": info["generated_tokens"] / seconds, "peak_cache_bytes": info["peak_cache_bytes"],
+              "slots": info["slots"], "seconds": seconds, "round_seconds": times}
+    return {"seconds": seconds, "round_seconds": times, "pack_rows": info["pack_rows"]}
+  result = {side: figures(*of) for side, of in zip(SIDES[name], (ours, baseline))}
+  result["speedup"] = statistics.median(theirs / mine for mine, theirs in zip(ours[1], baseline[1]))
+  if name == "rollout":
+    result["cache_ratio"] = ours[0]["peak_cache_bytes"] / baseline[0]["peak_cache_bytes"]
+  return result
 
 
 def peer_argv(argv: list) -> list:

@@ -23,7 +23,7 @@ from rlhf_jax.data.prompts import Prompts
 from rlhf_jax.data.tokenizers import ByteTokenizer
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.continuous import generate
-from rlhf_jax.models.sampling import SamplingParams, sample
+from rlhf_jax.models.sampling import SampleOutput, SamplingParams, sample
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training.core import setup
 from rlhf_jax.training.core.optim import learning_rate_schedule, make_optimizer
@@ -34,7 +34,7 @@ from rlhf_jax.training.preference.reward_steps import reward_eval_step, reward_t
 from rlhf_jax.training.rl import rl_state, rl_trainer
 from rlhf_jax.training.rl.host_rewards import compile_host_iteration
 from rlhf_jax.training.rl.off_policy import compile_off_policy
-from rlhf_jax.training.rl.rl_steps import RLConfig, reuses_scoring_pass
+from rlhf_jax.training.rl.rl_steps import RLConfig, Sampled, reuses_scoring_pass, update_phase
 
 # The issue's fixed model: GPT-2 blocks (learned positions), 4 layers, d_model 128, 4 heads, vocab 256.
 TINY_GPT2 = dict(common.GPT2_BLOCK, vocab_size=256, d_model=128, n_layers=4, n_heads=4, d_ff=512, max_len=128)
@@ -234,6 +234,52 @@ def rollout_workload(lengths: list[int], preset: str = "tiny", model: dict | Non
     info["decode_steps"] = -(-max(lengths) // 8) * 8  # the loop asks whether every row is done every 8 steps
   real_flops = sum(flops.generate(model_.cfg, 1, prompt_len, n) for n in lengths)  # the padding's left out
   return Workload(step, real_flops, info, compiled=sampler, model_cfg=model_.cfg)
+
+
+def update_workload(lengths: list[int], preset: str = "tiny", model: dict | None = None, prompt_len: int = 16,
+                    budget: int = 0, packing: bool = False, pack_rows: int = 0, algo: str = "grpo",
+                    k: int = 4) -> Workload:
+  """The RL iteration's update half (rl_steps.update_phase: the scoring pass, advantages, one
+  epoch's update and the KL controller, GRPO with k samples a prompt) on a rollout of
+  len(lengths) responses, response i lengths[i] tokens of a `budget` (default: the longest),
+  padded or packed (rl.packing). FLOPs: the update's on the real tokens alone."""
+  cfg = stage_config(ppo, preset, model)
+  rows, budget = len(lengths), budget or max(lengths)
+  cfg.algo, cfg.data.batch_size, cfg.sample.max_new_tokens = algo, rows, budget
+  cfg.rl.update(dict(samples_per_prompt=k, epochs=1, minibatches=1, packing=packing, pack_rows=pack_rows))
+  plan = rl_plan.resolve(cfg)
+  rl_cfg = RLConfig(max_new_tokens=budget, eos_id=NEVER, pad_id=0, algo=algo, temperature=cfg.sample.temperature,
+                    **{**plan.fields, "penalise_no_eos": False})
+  policy_cfg = ModelConfig.from_dict(dict(cfg.model))
+  models = rl_trainer.make_models(plan, policy_cfg, None)
+  policy_tx, value_tx = rl_trainer.make_optimizers(cfg, plan)
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  named = {"policy": models.policy, **({"value": models.critic} if models.critic else {})}
+  state, shardings = rl_state.place_state(named, policy_tx, value_tx, mesh, rules, cfg.seed, plan.kl_coef)
+  update = jax.jit(sharding.with_rules(functools.partial(
+      update_phase, policy=models.policy, critic=models.critic, policy_tx=policy_tx, value_tx=value_tx, cfg=rl_cfg),
+      mesh, rules), out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  step = stateful(update, state, replayed_rollout(lengths, prompt_len, budget, policy_cfg.vocab_size, mesh))
+  info = dict(algo=algo, packing=packing, rows=rows, pack_rows=rl_cfg.packed_rows(rows) if packing else 0,
+              prompt_len=prompt_len, budget=budget, mean_length=float(np.mean(lengths)), max_length=max(lengths),
+              real_token_fraction=float(np.sum(np.asarray(lengths) + prompt_len) / (rows * (prompt_len + budget))))
+  real_flops = sum(flops.rl_iteration(policy_cfg, 1, prompt_len, n, 1, critic=models.critic is not None,
+                                      reward_model=False, reused_scoring=reuses_scoring_pass(rl_cfg))
+                   - flops.generate(policy_cfg, 1, prompt_len, n) for n in lengths)
+  return Workload(step, real_flops, info, compiled=update, model_cfg=policy_cfg)
+
+
+def replayed_rollout(lengths: list[int], prompt_len: int, budget: int, vocab: int, mesh) -> Sampled:
+  """A sampled rollout (random tokens and scores) whose response i is lengths[i] tokens long."""
+  rows = len(lengths)
+  response_mask = (np.arange(budget) < np.asarray(lengths)[:, None]).astype(np.int32)
+  tokens = random_tokens(2, (rows, prompt_len + budget), vocab)
+  fields = sharding.put_batch({"tokens": tokens, "mask": np.concatenate([np.ones((rows, prompt_len), np.int32),
+                                                                         response_mask], axis=1),
+                               "response": tokens[:, prompt_len:], "response_mask": response_mask,
+                               "scores": np.random.default_rng(3).normal(size=rows).astype(np.float32)}, mesh)
+  response = SampleOutput(fields["response"], jnp.zeros((rows, budget), jnp.float32), fields["response_mask"])
+  return Sampled(fields["tokens"], fields["mask"], response, jnp.ones(rows, bool), fields["scores"])
 
 
 def lm_workload(preset: str = "gpt2_small", model: dict | None = None, rows: int = 0, length: int = 0) -> Workload:

@@ -135,3 +135,19 @@ def test_the_rollout_workload_replays_a_length_file(tmp_path):
   path.write_text("3\n0\n")
   with pytest.raises(SystemExit, match="one integer >= 1 a line"):
     workloads.read_lengths(str(path))
+
+
+def test_the_update_workload_replays_lengths_packed_and_padded_alike():
+  """The update half on rows of the replayed lengths: packed, the padded one's metrics; the
+  JSON gives each side's seconds and the median of the rounds' speedups."""
+  lengths = [3, 9, 1, 5]
+  small = {"vocab_size": 64, "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64}
+  sides = [workloads.update_workload(lengths, "tiny", small, prompt_len=4, budget=12, packing=packing, pack_rows=1)
+           for packing in (True, False)]
+  packed, padded = (jax.device_get(side.step()) for side in sides)
+  for key in ("policy_loss", "kl", "entropy", "response_length"):
+    np.testing.assert_allclose(packed[key], padded[key], rtol=1e-4, atol=1e-6, err_msg=key)
+  assert sides[0].info["real_token_fraction"] == pytest.approx((18 + 16) / 64)
+  assert sides[0].info["pack_rows"] == 1 and sides[1].info["pack_rows"] == 0
+  result = run.sides("rl_update", (sides[0].info, [1.0, 2.0, 1.0]), (sides[1].info, [3.0, 2.0, 2.0]))
+  assert result["packed"]["seconds"] == 1.0 and result["padded"]["seconds"] == 2.0 and result["speedup"] == 2.0
