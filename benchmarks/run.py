@@ -18,7 +18,8 @@ off-policy PPO with long generations (64 prompts x 16 -> 256 tokens, K = 1: the 
 one CPU device, the trainer on the other; timed against w6_sync, the same PPO synchronous on
 both devices: `speedup_vs_sync`; parts: the rollout and the update on their own), sampler
 (KV cache, w1's batch), rollout (one rollout replaying a file of response lengths, each row
-stopped at its own, with static and with continuous batching (--slots), timed alternately:
+stopped at its own, with static and with continuous batching (--slots; --paged: over a paged
+cache of --cache_blocks blocks of --block_size), timed alternately:
 each one's tokens per second and KV cache peak bytes; --preset, --lengths, --budget;
 rollout_static: the static side alone, for --profile), rl_update (the RL iteration's update
 half, GRPO k = 4, one epoch: scoring, advantages, the update, on a rollout replaying --lengths,
@@ -57,6 +58,9 @@ flags.DEFINE_string("lengths", "benchmarks/lengths/lognormal_256.txt", "rollout,
 flags.DEFINE_integer("budget", 0, "rollout, rl_update: max_new_tokens (0: the longest of --lengths).")
 flags.DEFINE_integer("pack_rows", 0, "rl_update: rl.pack_rows (0: an eighth of the rows).")
 flags.DEFINE_integer("slots", 0, "rollout: continuous batching's slots (0: a quarter of the rows).")
+flags.DEFINE_bool("paged", False, "rollout: continuous batching over a paged KV cache (sample.batching=paged).")
+flags.DEFINE_integer("cache_blocks", 0, "rollout --paged: the pool's blocks (0: half of every slot's whole length).")
+flags.DEFINE_integer("block_size", 16, "rollout --paged: tokens a block.")
 flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
 flags.DEFINE_enum("peer", "", ["", "trl", "tunix"], "Also run this library's version (benchmarks/peers, after its "
                   "setup) and give the ratio; a bare --peer is --peer=trl.")
@@ -125,7 +129,8 @@ def rollout(continuous: bool) -> workloads.Workload:
   lengths = workloads.read_lengths(FLAGS.lengths)
   slots = slots_for("continuous", FLAGS.slots, len(lengths)) if continuous else 0
   return workloads.rollout_workload(lengths, FLAGS.preset, workloads.preset_model(FLAGS.preset),
-                                    budget=FLAGS.budget, slots=slots)
+                                    budget=FLAGS.budget, slots=slots, paged=continuous and FLAGS.paged,
+                                    cache_blocks=FLAGS.cache_blocks, block_size=FLAGS.block_size)
 
 
 def rl_update(packing: bool) -> workloads.Workload:
@@ -196,7 +201,7 @@ def sides(name: str, ours: tuple, baseline: tuple) -> dict:
     seconds = statistics.median(times)
     if name == "rollout":
       return {"tokens_per_s": info["generated_tokens"] / seconds, "peak_cache_bytes": info["peak_cache_bytes"],
-              "slots": info["slots"], "seconds": seconds, "round_seconds": times}
+              "slots": info["slots"], "cache": info["cache"], "seconds": seconds, "round_seconds": times}
     return {"seconds": seconds, "round_seconds": times, "pack_rows": info["pack_rows"]}
   result = {side: figures(*of) for side, of in zip(SIDES[name], (ours, baseline))}
   result["speedup"] = statistics.median(theirs / mine for mine, theirs in zip(ours[1], baseline[1]))

@@ -22,7 +22,7 @@ from rlhf_jax import rewards, rl_plan, sharding
 from rlhf_jax.data.prompts import Prompts
 from rlhf_jax.data.tokenizers import ByteTokenizer
 from rlhf_jax.models.config import ModelConfig
-from rlhf_jax.models.continuous import generate
+from rlhf_jax.models.continuous import generate, sampler_cache
 from rlhf_jax.models.sampling import SampleOutput, SamplingParams, sample
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training.core import setup
@@ -206,19 +206,21 @@ def read_lengths(path: str) -> list[int]:
 
 
 def rollout_workload(lengths: list[int], preset: str = "tiny", model: dict | None = None, prompt_len: int = 16,
-                     budget: int = 0, slots: int = 0) -> Workload:
+                     budget: int = 0, slots: int = 0, paged: bool = False, cache_blocks: int = 0,
+                     block_size: int = 16) -> Workload:
   """One rollout of len(lengths) responses, row i stopping after lengths[i] tokens (`stop_at`),
   within a budget of `budget` new tokens (default: the longest). `slots` 0: the static sampler
   decodes every row until the longest is done, its KV cache sized rows x (prompt + budget);
   else continuous batching, that many slots decoding at a time, its cache slots x (prompt +
-  budget)."""
+  budget), or with `paged` a pool of `cache_blocks` blocks (0: continuous.paged_blocks)."""
   cfg = stage_config(pretrain, preset, model)
   model_ = Transformer(ModelConfig.from_dict(dict(cfg.model)))
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   state, _ = setup.init_state(model_, make_optimizer(cfg.optim, 10), mesh, rules, cfg.seed)
   rows, budget = len(lengths), budget or max(lengths)
-  fn = functools.partial(generate, model_, max_new_tokens=budget, eos_id=NEVER, pad_id=0,
-                         batching="continuous" if slots else "static", slots=slots)
+  batching = dict(batching="paged" if paged else "continuous" if slots else "static", slots=slots,
+                  cache_blocks=cache_blocks, block_size=block_size)
+  fn = functools.partial(generate, model_, max_new_tokens=budget, eos_id=NEVER, pad_id=0, **batching)
   sampler = jax.jit(sharding.with_rules(fn, mesh, rules))
   batch = sharding.put_batch({"prompts": random_tokens(1, (rows, prompt_len), model_.cfg.vocab_size),
                               "mask": np.ones((rows, prompt_len), np.int32),
@@ -226,8 +228,9 @@ def rollout_workload(lengths: list[int], preset: str = "tiny", model: dict | Non
   settings = SamplingParams.make(temperature=0.7)
   step = lambda: sampler(state.params, batch["prompts"], batch["mask"], jax.random.key(0), settings,
                          stop_at=batch["stop_at"]).tokens
-  cache = memory.kv_cache_bytes(model_.cfg, slots or rows, prompt_len + budget, rules, dict(mesh.shape))
-  info = dict(batching="continuous" if slots else "static", rows=rows, slots=slots or rows, prompt_len=prompt_len,
+  cache_rows, cache_length, cache_what = sampler_cache(rows, prompt_len + budget, **batching)
+  cache = memory.kv_cache_bytes(model_.cfg, cache_rows, cache_length, rules, dict(mesh.shape))
+  info = dict(batching=batching["batching"], rows=rows, slots=slots or rows, cache=cache_what, prompt_len=prompt_len,
               budget=budget, generated_tokens=int(sum(lengths)), mean_length=float(np.mean(lengths)),
               max_length=max(lengths), peak_cache_bytes=cache)
   if not slots:

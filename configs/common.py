@@ -106,8 +106,11 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
       num_prompts=8, max_new_tokens=96 if small else 256, temperature=0.7, top_k=0, top_p=1.0,
       greedy=False,
       # "continuous": `slots` rows decode at a time, a finished row's slot taking the next prompt
-      # (0: a quarter of the rows); the same tokens as "static" (models/continuous.py).
-      batching="static", slots=0))
+      # (0: a quarter of the rows); the same tokens as "static" (models/continuous.py). "paged":
+      # the same over a paged KV cache (models/paged.py) of cache_blocks blocks of block_size
+      # tokens (0: half of every slot's whole length), attention over its pages by "xla" or
+      # "pallas" (JAX's Pallas paged-attention kernel, GPU or TPU).
+      batching="static", slots=0, cache_blocks=0, block_size=16, paged_attention="xla"))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = DEFAULT_RULES
   c.distributed = distributed_config()

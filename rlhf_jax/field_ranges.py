@@ -29,7 +29,7 @@ RANGES = {
     "data.batch_size": AT_LEAST_1, "data.seq_len": AT_LEAST_1, "data.eval_fraction": UNIT,
     "sample.num_prompts": AT_LEAST_1, "sample.max_new_tokens": AT_LEAST_1, "sample.temperature": NON_NEGATIVE,
     "sample.top_k": NON_NEGATIVE, "sample.top_p": OPEN_UNIT,
-    "sample.slots": NON_NEGATIVE,
+    "sample.slots": NON_NEGATIVE, "sample.cache_blocks": NON_NEGATIVE, "sample.block_size": AT_LEAST_1,
     "eval_prompts": AT_LEAST_1, "max_prompt_len": AT_LEAST_1, "kl_coef": NON_NEGATIVE,
     # None takes the algorithm's (rl_plan.py); a value set is used as it is, so 0 is refused.
     "rl.samples_per_prompt": AT_LEAST_1, "rl.epochs": AT_LEAST_1, "rl.minibatches": AT_LEAST_1,

@@ -30,7 +30,7 @@ from rlhf_jax import rl_plan, sharding, stage_names
 from rlhf_jax.errors import UserError
 from rlhf_jax.models import lora
 from rlhf_jax.models.config import ModelConfig, padded_vocab
-from rlhf_jax.models.continuous import batching_of, slots_for
+from rlhf_jax.models.continuous import batching_of, sampler_cache
 from rlhf_jax.models.transformer import Transformer, param_shapes
 from rlhf_jax.stage_specs import STAGES
 from rlhf_jax.training import make_optimizer
@@ -176,8 +176,7 @@ def plan(cfg, model_cfg: ModelConfig, mesh_shape: dict, rl: rl_plan.RLPlan | Non
   acts = seeds * sum(activation_bytes(m, b, seq, rules, mesh_shape, logits=role in ("model", "policy"))
                      for role, (m, _) in trainable.items())
   sampled, length = stage.sampled(cfg, model_cfg, rl)
-  slots = slots_for(**batching_of(cfg.get("sample")), rows=sampled)  # continuous batching's cache: its slots
-  sampled = seeds * (slots or sampled)
+  cache_rows, cache_length, cache_what = sampler_cache(sampled, length, **batching_of(cfg.get("sample")))
   names = " + ".join(trainable) + (f" LoRA r={model_cfg.lora_rank} adapters + heads" if model_cfg.lora_rank else "")
   names += f" (x{seeds} seeds)" if seeds > 1 else ""
   frozen_total, frozen_names = frozen_bytes(model_cfg, trainable, frozen, size)
@@ -186,8 +185,8 @@ def plan(cfg, model_cfg: ModelConfig, mesh_shape: dict, rl: rl_plan.RLPlan | Non
       Row("optimizer state", opt, f"{names}: adam moments + counters"),
       Row("gradients", params * (2 if accum > 1 else 1), names + (" + accumulator" if accum > 1 else "")),
       Row("frozen models", frozen_total, frozen_names),
-      Row("KV cache", kv_cache_bytes(model_cfg, sampled, length, rules, mesh_shape),
-          f"{sampled} {'slots' if slots else 'rows'} x {length} tokens"),
+      Row("KV cache", seeds * kv_cache_bytes(model_cfg, cache_rows, cache_length, rules, mesh_shape),
+          cache_what + (f" (x{seeds} seeds)" if seeds > 1 else "")),
       Row("activations", acts, f"estimate: {b} rows/device x {seq} tokens" + (", remat" if model_cfg.remat else "")
           + (f", logits {model_cfg.logits_chunk} positions at a time" if 0 < model_cfg.logits_chunk < seq else ""))))
 

@@ -14,6 +14,7 @@ from absl import logging
 from rlhf_jax import field_ranges, plugins, report, run_lock, stage_names, stage_specs
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.continuous import BATCHINGS
+from rlhf_jax.models.paged import PAGED_KERNELS
 from rlhf_jax.stage_specs import STAGES
 from rlhf_jax.training.core import guards
 from rlhf_jax.workdir import RunDir
@@ -50,6 +51,9 @@ def check_train_fields(config) -> None:
   batching = config.get("sample", {}).get("batching", "static")
   if batching not in BATCHINGS:
     raise UserError(f"sample.batching={batching!r}: choose one of {BATCHINGS}")
+  kernel = config.get("sample", {}).get("paged_attention", "xla")
+  if kernel not in PAGED_KERNELS:
+    raise UserError(f"sample.paged_attention={kernel!r}: choose one of {PAGED_KERNELS}")
   if config.get("data", {}).get("pack") and config.stage not in PACKED_STAGES:
     raise UserError(f"data.pack=True: packed rows are for the {', '.join(PACKED_STAGES)} stages; "
                     f"the {config.stage} stage pads each row")

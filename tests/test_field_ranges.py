@@ -35,9 +35,12 @@ def test_every_preset_is_within_its_ranges_and_upstream_stages_are_checked_too()
 
 def test_a_batching_no_sampler_has_and_continuous_batching_with_turns_are_one_line():
   config = rl.get_config("tiny")
-  config.sample.batching = "paged"
-  with pytest.raises(UserError, match=r"^sample.batching='paged': choose one of \('static', 'continuous'\)$"):
+  config.sample.batching = "pages"
+  with pytest.raises(UserError, match=r"^sample.batching='pages': choose one of \('static', 'continuous', 'paged'\)$"):
     stages.check_all(config)
-  config.sample.batching, config.env.tools = "continuous", ("calculator",)
-  with pytest.raises(UserError, match="sample.batching=continuous .* turn_cache.py"):
+  config.sample.batching, config.sample.paged_attention = "paged", "flash"
+  with pytest.raises(UserError, match=r"^sample.paged_attention='flash': choose one of \('xla', 'pallas'\)$"):
+    stages.check_all(config)
+  config.sample.paged_attention, config.env.tools = "xla", ("calculator",)
+  with pytest.raises(UserError, match="sample.batching=paged .* turn_cache.py"):
     stages.check_all(config)

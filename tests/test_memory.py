@@ -104,6 +104,10 @@ def test_kv_cache_of_the_rollout():
   assert memory.plan(cfg, small_model(), mesh())["KV cache"] == whole // 4
   cfg.sample.slots = 32
   assert "32 slots x 96 tokens" in memory.plan(cfg, small_model(), mesh()).table()
+  # Paged: a pool of 6 x 16-token tables per 32 slots, halved by default (96 blocks), and its scratch block.
+  cfg.sample.batching = "paged"
+  plan = memory.plan(cfg, small_model(), mesh())
+  assert plan["KV cache"] == whole // 64 * 97 * 16 // 96 and "96 blocks x 16 tokens, paged, 32 slots" in plan.table()
 
 
 def test_activations_follow_korthikanti_et_al():

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 
 from rlhf_jax.models.sampling import (DONE_CHECK_EVERY, SampleOutput, SamplingParams, check_length, choose_tokens,
                                       empty_output, in_compute_dtype, sample, sample_keys)
+from rlhf_jax.models import paged
+from rlhf_jax.models.paged import PagedCache, blocks_for
 from rlhf_jax.models.transformer import RaggedCache, Transformer
 
 # A freed slot waits until 1 / ADMIT_FRACTION of the slots is free (or no sample is left to
@@ -39,15 +41,20 @@ class Slots:
   step: jax.Array  # [slots] int32: the tokens its sample has so far
   next_row: jax.Array  # int32: the first sample not yet started
   result: SampleOutput  # [rows, max_new_tokens]
+  retry: Any = None  # paged: [rows] int32, a stack of the preempted samples, to start again
+  retried: Any = None  # paged: int32, how many the stack holds
+  preemptions: Any = None  # paged: int32, samples preempted so far
 
 
-BATCHINGS = ("static", "continuous")  # sample.batching
+# sample.batching: "paged" is continuous batching over a paged KV cache (models/paged.py).
+BATCHINGS = ("static", "continuous", "paged")
+PAGED_DEFAULTS = dict(cache_blocks=0, block_size=16, paged_attention="xla")  # the paged cache's sample.* fields
 
 
-def slots_for(batching: str, slots: int, rows: int) -> int:
+def slots_for(batching: str, slots: int, rows: int, **unused_paging) -> int:
   """The slots decoding a batch of `rows` prompts: 0 for static batching (every row at once);
-  continuous: `sample.slots`, 0 meaning a quarter of the rows (the CPU benchmark's best,
-  docs/benchmarks.md), never more than the rows."""
+  continuous or paged: `sample.slots`, 0 meaning a quarter of the rows (the CPU benchmark's
+  best, docs/benchmarks.md), never more than the rows."""
   if batching not in BATCHINGS:
     raise ValueError(f"sample.batching={batching!r}: choose one of {BATCHINGS}")
   if batching == "static":
@@ -55,19 +62,43 @@ def slots_for(batching: str, slots: int, rows: int) -> int:
   return min(slots or max(1, rows // 4), rows)
 
 
+def paged_blocks(cache_blocks: int, slots: int, length: int, block_size: int) -> int:
+  """The paged pool's blocks: `sample.cache_blocks`, 0 meaning half of what every slot's whole
+  table would take (the ragged cache's memory halved); never fewer than one table's."""
+  per_row = -(-length // block_size)
+  return max(cache_blocks or slots * per_row // 2, per_row)
+
+
 def batching_of(sample_cfg) -> dict:
-  """`generate`'s batching and slots from a config's `sample` section (None: static)."""
+  """`generate`'s batching, slots and paged cache from a config's `sample` section (None: static)."""
   sample_cfg = sample_cfg or {}
-  return dict(batching=sample_cfg.get("batching", "static"), slots=sample_cfg.get("slots", 0))
+  return dict(batching=sample_cfg.get("batching", "static"), slots=sample_cfg.get("slots", 0),
+              **{k: sample_cfg.get(k, v) for k, v in PAGED_DEFAULTS.items()})
+
+
+def sampler_cache(rows: int, length: int, batching: str = "static", slots: int = 0, cache_blocks: int = 0,
+                  block_size: int = 16, **unused) -> tuple[int, int, str]:
+  """(rows, positions) of the KV cache sampling `rows` prompts to `length` tokens holds, and
+  what they are (the memory plan's line)."""
+  slots = slots_for(batching, slots, rows)
+  if batching == "paged":
+    blocks = paged_blocks(cache_blocks, slots, length, block_size)
+    return 1, (blocks + 1) * block_size, f"{blocks} blocks x {block_size} tokens, paged, {slots} slots"
+  return (slots, length, f"{slots} slots x {length} tokens") if slots else (rows, length, f"{rows} rows x {length} tokens")
 
 
 def generate(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
              sampling: SamplingParams, *, max_new_tokens: int, eos_id: int, pad_id: int, batching: str = "static",
-             slots: int = 0, stop_at: jax.Array | None = None) -> SampleOutput:
-  """`sampling.sample` (static batching) or `sample_continuous`, the slots resolved for these
-  prompts' rows (`slots_for`). Either draws the same tokens."""
+             slots: int = 0, stop_at: jax.Array | None = None, cache_blocks: int = 0, block_size: int = 16,
+             paged_attention: str = "xla") -> SampleOutput:
+  """`sampling.sample` (static batching), `sample_continuous` or `sample_paged`, the slots
+  resolved for these prompts' rows (`slots_for`). Each draws the same tokens."""
   slots = slots_for(batching, slots, prompts.shape[0])
-  fn = functools.partial(sample_continuous, slots=slots) if slots else sample
+  if batching == "paged":
+    blocks = paged_blocks(cache_blocks, slots, prompts.shape[1] + max_new_tokens, block_size)
+    fn = functools.partial(sample_paged, slots=slots, blocks=blocks, block_size=block_size, kernel=paged_attention)
+  else:
+    fn = functools.partial(sample_continuous, slots=slots) if slots else sample
   return fn(model, params, prompts, prompt_mask, rng, sampling, max_new_tokens=max_new_tokens, eos_id=eos_id,
             pad_id=pad_id, stop_at=stop_at)
 
@@ -100,6 +131,17 @@ class Queue(NamedTuple):
     return self.keys.shape[0]
 
 
+def make_queue(model: Transformer, params, prompts, prompt_mask, rng, sampling: SamplingParams, max_new_tokens: int,
+               eos_id: int, pad_id: int, stop_at=None) -> Queue:
+  rows, prompt_len = prompts.shape
+  check_length(model, prompt_len, max_new_tokens)
+  lengths = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)
+  stop = jnp.full((rows,), max_new_tokens, jnp.int32)
+  return Queue(model, in_compute_dtype(params, model.cfg), sampling, eos_id, pad_id, sample_keys(rng, rows),
+               left_aligned(prompts, lengths), lengths,
+               stop if stop_at is None else jnp.minimum(stop, stop_at.astype(jnp.int32)))
+
+
 def sample_continuous(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
                       sampling: SamplingParams, *, slots: int, max_new_tokens: int, eos_id: int, pad_id: int,
                       stop_at: jax.Array | None = None) -> SampleOutput:
@@ -107,11 +149,7 @@ def sample_continuous(model: Transformer, params, prompts: jax.Array, prompt_mas
   out), decoded `slots` rows at a time. Every DONE_CHECK_EVERY steps the free slots take the next
   prompts (`admission_width` at a time), prefilled in the loop."""
   rows, prompt_len = prompts.shape
-  check_length(model, prompt_len, max_new_tokens)
-  lengths = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)
-  stop = jnp.full((rows,), max_new_tokens, jnp.int32)
-  q = Queue(model, in_compute_dtype(params, model.cfg), sampling, eos_id, pad_id, sample_keys(rng, rows),
-            left_aligned(prompts, lengths), lengths, stop if stop_at is None else jnp.minimum(stop, stop_at.astype(jnp.int32)))
+  q = make_queue(model, params, prompts, prompt_mask, rng, sampling, max_new_tokens, eos_id, pad_id, stop_at)
   width = min(admission_width(slots), rows)
 
   def ready(c: Slots) -> jax.Array:
@@ -170,9 +208,9 @@ def decode(q: Queue, c: Slots) -> Slots:
                    step=c.step + active, result=result)
 
 
-def decode_while(q: Queue, c: Slots, going) -> Slots:
-  """DONE_CHECK_EVERY steps at a time while `going(c)`."""
-  steps = lambda c: jax.lax.fori_loop(0, DONE_CHECK_EVERY, lambda _, c: decode(q, c), c)
+def decode_while(q: Queue, c: Slots, going, step=decode) -> Slots:
+  """DONE_CHECK_EVERY steps (`step`) at a time while `going(c)`."""
+  steps = lambda c: jax.lax.fori_loop(0, DONE_CHECK_EVERY, lambda _, c: step(q, c), c)
   return jax.lax.while_loop(going, steps, c)
 
 
@@ -187,3 +225,91 @@ def compacted(c: Slots, size: int, rows: int) -> Slots:
   keep = jnp.argsort(c.row >= rows, stable=True)[:size]
   cache, logits, row, step = jax.tree.map(lambda x: x[keep], (c.cache, c.logits, c.row, c.step))
   return c.replace(cache=cache, logits=logits, row=row, step=step)
+
+
+def sample_paged(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
+                 sampling: SamplingParams, *, slots: int, blocks: int, block_size: int, max_new_tokens: int,
+                 eos_id: int, pad_id: int, stop_at: jax.Array | None = None, kernel: str = "xla",
+                 with_preemptions: bool = False) -> SampleOutput:
+  """`sample_continuous` over a paged cache (models/paged.py) of `blocks` blocks of `block_size`
+  positions: a sample holds the blocks of its tokens, an admission waits for its prompt's blocks
+  (and one for each decoding slot), and a step short of blocks preempts the youngest samples,
+  which start again later and draw the same tokens. No tail compaction: a preempted sample may
+  need every slot's loop again. `with_preemptions`: (output, how many preemptions there were)."""
+  rows, prompt_len = prompts.shape
+  q = make_queue(model, params, prompts, prompt_mask, rng, sampling, max_new_tokens, eos_id, pad_id, stop_at)
+  width = min(admission_width(slots), rows)
+  cache = PagedCache.empty(model.cfg, slots, prompt_len + max_new_tokens, blocks, block_size, kernel=kernel)
+  if blocks < cache.table.shape[1]:
+    raise ValueError(f"sample.cache_blocks={blocks}: the pool must hold one sample's {cache.table.shape[1]} blocks "
+                     f"of {block_size} (prompt {prompt_len} + {max_new_tokens} new tokens)")
+  c = Slots(cache, jnp.zeros((slots, model.cfg.vocab_size), jnp.float32), jnp.full((slots,), rows, jnp.int32),
+            jnp.zeros((slots,), jnp.int32), jnp.int32(0), empty_output(rows, max_new_tokens, pad_id),
+            jnp.zeros((rows,), jnp.int32), jnp.int32(0), jnp.int32(0))
+  left = lambda c: rows - c.next_row + c.retried
+  decoding = lambda c: jnp.any(c.row < rows)
+
+  def ready(c: Slots) -> jax.Array:
+    """`sample_continuous`'s condition, and the next sample's prompt blocks free."""
+    free = jnp.sum(c.row >= rows)
+    wanted = (left(c) > 0) & ((free >= jnp.minimum(width, left(c))) | (free == slots))
+    return wanted & (admission(q, c, 1)[1][0] > 0)
+
+  body = lambda c: admit_paged(q, decode_while(q, c, lambda c: decoding(c) & ~ready(c), decode_paged), width)
+  c = jax.lax.while_loop(lambda c: (left(c) > 0) | decoding(c), body, c)
+  return (c.result, c.preemptions) if with_preemptions else c.result
+
+
+def admission(q: Queue, c: Slots, width: int):
+  """(row, admitted [width] bool, blocks [width]) of the next `width` samples: preempted ones
+  first (the stack's top), then those not yet started; a prefix of them is admitted, as many as
+  slots are free and their prompts' blocks fit in what is free less one block per decoding slot."""
+  free_slots = jnp.sum(c.row >= q.rows)
+  k = jnp.arange(width)
+  row = jnp.where(k < c.retried, c.retry[jnp.maximum(c.retried - 1 - k, 0)], c.next_row + k - c.retried)
+  waiting = (k < free_slots) & (row < q.rows)
+  row = jnp.minimum(row, q.rows - 1)
+  need = jnp.where(waiting, blocks_for(q.lengths[row], c.cache.block_size), 0)
+  room = jnp.sum(c.cache.free) - (c.row.shape[0] - free_slots)
+  return row, waiting & (jnp.cumsum(need) <= room), need
+
+
+def admit_paged(q: Queue, c: Slots, width: int) -> Slots:
+  """`admit` into the paged cache: each admitted sample's prompt blocks taken from the free list,
+  its prompt prefilled through its new block table."""
+  slots, prompt_len = c.row.shape[0], q.prompts.shape[1]
+  row, admitted, need = admission(q, c, width)
+  started = jnp.sum(admitted)
+  slot = jnp.where(admitted, jnp.argsort(c.row < q.rows, stable=True)[:width], slots)  # `slots`: dropped
+  cache = c.cache
+  first = jnp.cumsum(need) - need
+  j = jnp.arange(cache.table.shape[1])
+  taken = admitted[:, None] & (j < need[:, None])
+  free_ids = jnp.argsort(~cache.free, stable=True)
+  table = jnp.where(taken, free_ids[jnp.minimum(first[:, None] + j, cache.scratch - 1)], cache.scratch)
+  length = q.lengths[row]
+  view = cache.replace(table=table, lengths=jnp.zeros((width,), jnp.int32))
+  out = q.model.apply({"params": q.params}, q.prompts[row], jnp.arange(prompt_len) < length[:, None], cache=view,
+                      logits_at=jnp.maximum(length - 1, 0))
+  cache = cache.replace(keys=out.cache.keys, values=out.cache.values, table=cache.table.at[slot].set(table, mode="drop"),
+                        lengths=cache.lengths.at[slot].set(length, mode="drop"),
+                        free=cache.free.at[table.ravel()].set(False, mode="drop"))
+  from_stack = jnp.minimum(started, c.retried)
+  return c.replace(cache=cache, logits=c.logits.at[slot].set(out.logits[:, 0], mode="drop"),
+                   row=c.row.at[slot].set(row, mode="drop"), step=c.step.at[slot].set(0, mode="drop"),
+                   retried=c.retried - from_stack, next_row=c.next_row + started - from_stack)
+
+
+def decode_paged(q: Queue, c: Slots) -> Slots:
+  """`decode` with the blocks it needs made room for first (the preempted samples onto the
+  stack, their partial responses cleared), and the blocks of the samples it finishes released."""
+  cache, preempted = paged.make_room(c.cache, c.row < q.rows, c.step)
+  at = jnp.where(preempted, c.retried + jnp.cumsum(preempted) - 1, q.rows)  # `rows`: dropped
+  cleared = jnp.zeros((q.rows,), bool).at[c.row].set(preempted, mode="drop")
+  result = c.result._replace(mask=jnp.where(cleared[:, None], 0, c.result.mask))
+  c = c.replace(cache=cache, row=jnp.where(preempted, q.rows, c.row), retry=c.retry.at[at].set(c.row, mode="drop"),
+                retried=c.retried + jnp.sum(preempted), result=result,
+                preemptions=c.preemptions + jnp.sum(preempted))
+  decoding = c.row < q.rows
+  c = decode(q, c)
+  return c.replace(cache=paged.release(c.cache, decoding & (c.row >= q.rows)))

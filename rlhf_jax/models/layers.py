@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from rlhf_jax.models import lora
+from rlhf_jax.models import lora, paged
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.sharding import constrain
 
@@ -204,7 +204,8 @@ class Attention(nn.Module):
   `rope` is None (learned positions) or the (sin, cos) tables of `rope_tables`.
   `kv_cache` is None (full forward) or (keys, values, index): keys/values
   [batch, kv_heads, cache_len, head_dim], and the slot `index` where this call's
-  tokens are written (a scalar; or [batch], each row's own: a ragged cache's lengths).
+  tokens are written (a scalar; or [batch], each row's own: a ragged cache's lengths); or a paged
+  cache's (keys pool, values pool, block table, lengths, kernel) (models/paged.py).
   `mask` is the boolean attention mask [batch, 1, q_len, k_len].
   `queries` (no cache): Queries(x, rope), the tokens that query when not all do; `mask`
   is then their rows of it.
@@ -231,6 +232,8 @@ class Attention(nn.Module):
     elif kv_cache is None:  # training and scoring with XLA's attention
       # `attend`'s einsums: W1-W3 steps 1.5-9% faster on a CPU than with jax.nn's (medians, same process)
       out, new_cache = attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask), None
+    elif len(kv_cache) == 5:  # a paged cache: (keys pool, values pool, block table, lengths, kernel)
+      out, new_cache = paged.attend_paged(q, k, v, mask, kv_cache, attend)
     else:
       cached_k, cached_v, index = kv_cache
       k, v = (write_cache(cached, new.transpose(0, 2, 1, 3).astype(cached.dtype), index)

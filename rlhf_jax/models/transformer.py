@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.head import head_logits
 from rlhf_jax.models.layers import Block, dense, norm, partitioned, rope_tables
+from rlhf_jax.models.paged import PagedCache
 from rlhf_jax.sharding import constrain
 
 
@@ -124,7 +125,8 @@ class Transformer(nn.Module):
   def __call__(self, tokens, mask=None, *, cache: Optional[KVCache] = None, positions=None, segments=None,
                shared=None, query_index=None, with_logits: bool = True,
                last_logits_only: bool = False, logits_at=None) -> ModelOutput:
-    """tokens, mask: [batch, time]. With a cache, tokens are written at slot cache.index.
+    """tokens, mask: [batch, time]. With a cache, tokens are written at slot cache.index (a
+    RaggedCache's or PagedCache's: each row's length on).
     `segments` [batch, time]: packed rows' sequence ids (contiguous; no cache): each token
     attends within its sequence, whose positions start at 0 (unless `positions` are given).
     `shared` [batch, time] (with segments): tokens the next segment attends to as well (a
@@ -137,10 +139,12 @@ class Transformer(nn.Module):
     block's last real token)."""
     cfg = self.cfg
     mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
-    ragged = isinstance(cache, RaggedCache)
+    paged = isinstance(cache, PagedCache)
+    ragged = paged or isinstance(cache, RaggedCache)
     if ragged:  # right-padded tokens from each row's length on; a key is seen by the queries after it
       positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1])
-      attn_mask = (jnp.arange(cache.keys[0].shape[2]) <= positions[:, :, None])[:, None]
+      key_len = cache.capacity if paged else cache.keys[0].shape[2]
+      attn_mask = (jnp.arange(key_len) <= positions[:, :, None])[:, None]
     elif positions is None:
       offset = 0 if cache is None else jnp.sum(cache.mask, axis=-1, keepdims=True)
       positions = offset + positions_from_mask(mask, segments)
@@ -162,8 +166,8 @@ class Transformer(nn.Module):
     block = nn.remat(Block) if cfg.remat else Block
     new_keys, new_values = [], []
     for i in range(cfg.n_layers):
-      layer_cache = None if cache is None else (cache.keys[i], cache.values[i],
-                                                cache.lengths if ragged else cache.index)
+      layer_cache = (None if cache is None else (cache.keys[i], cache.values[i], cache.table, cache.lengths, cache.kernel) if paged
+                     else (cache.keys[i], cache.values[i], cache.lengths if ragged else cache.index))
       last = query_index if i == cfg.n_layers - 1 else None
       x, kv = block(cfg, self.deterministic, name=f"layer_{i}")(x, rope, attn_mask, layer_cache, last)
       if kv is not None:
@@ -172,7 +176,10 @@ class Transformer(nn.Module):
     hidden = norm(cfg, "final_norm")(x)
 
     new_cache = None
-    if ragged:
+    if paged:
+      new_cache = cache.replace(keys=tuple(new_keys), values=tuple(new_values),
+                                lengths=cache.lengths + jnp.sum(mask, axis=1, dtype=jnp.int32))
+    elif ragged:
       new_cache = RaggedCache(tuple(new_keys), tuple(new_values), cache.lengths + jnp.sum(mask, axis=1, dtype=jnp.int32))
     elif cache is not None:
       new_cache = KVCache(tuple(new_keys), tuple(new_values), cache_mask, cache.index + tokens.shape[1])

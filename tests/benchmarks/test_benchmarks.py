@@ -132,6 +132,10 @@ def test_the_rollout_workload_replays_a_length_file(tmp_path):
   slots = workloads.rollout_workload(lengths, "tiny", workloads.preset_model("tiny"), prompt_len=4, budget=12, slots=2)
   np.testing.assert_array_equal(jax.device_get(slots.step()), tokens)  # continuous batching: the same draws
   assert slots.info["batching"] == "continuous" and slots.info["peak_cache_bytes"] == workload.info["peak_cache_bytes"] // 2
+  paged = workloads.rollout_workload(lengths, "tiny", workloads.preset_model("tiny"), prompt_len=4, budget=12, slots=2,
+                                     paged=True, cache_blocks=2, block_size=8)
+  np.testing.assert_array_equal(jax.device_get(paged.step()), tokens)  # 2 blocks of 8 and its scratch block
+  assert paged.info["peak_cache_bytes"] == workload.info["peak_cache_bytes"] * 24 // 64
   path.write_text("3\n0\n")
   with pytest.raises(SystemExit, match="one integer >= 1 a line"):
     workloads.read_lengths(str(path))

@@ -85,5 +85,7 @@ def test_slots_resolve_from_the_rows():
   assert continuous.slots_for("continuous", 0, 3) == 1
   assert continuous.slots_for("continuous", 100, 64) == 64
   assert continuous.tail_sizes(16) == [8, 4, 2]
-  with pytest.raises(ValueError, match="sample.batching='paged'"):
-    continuous.slots_for("paged", 0, 64)
+  assert continuous.slots_for("paged", 0, 64) == 16
+  assert continuous.paged_blocks(0, 16, 100, 16) == 56 and continuous.paged_blocks(3, 16, 100, 16) == 7
+  with pytest.raises(ValueError, match="sample.batching='pages'"):
+    continuous.slots_for("pages", 0, 64)

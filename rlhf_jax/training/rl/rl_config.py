@@ -23,8 +23,11 @@ class RLConfig:
   loss_aggregation: str = "token_mean"  # algorithms/aggregation.py
   samples_per_prompt: int = 1  # k: grouped estimators compare the k responses to one prompt
   temperature: float = 0.7
-  batching: str = "static"  # models/continuous.py: static, or continuous with `slots` (0: a quarter of the rows)
+  batching: str = "static"  # models/continuous.py: static, continuous or paged with `slots` (0: a quarter of the rows)
   slots: int = 0
+  cache_blocks: int = 0  # batching "paged": the pool's blocks (0: models/continuous.paged_blocks), of block_size
+  block_size: int = 16
+  paged_attention: str = "xla"  # models/paged.py: PAGED_KERNELS
   epochs: int = 4
   minibatches: int = 1
   accum_steps: int = 1  # microbatches per minibatch (gradient accumulation)

@@ -110,8 +110,8 @@ def check_multi_turn(cfg, plan: rl_plan.RLPlan) -> None:
   unsupported = ("vmap_seeds > 1" if cfg.vmap_seeds > 1 else
                  f"algo={cfg.algo}'s greedy baseline" if ADVANTAGES[plan.fields["advantage"]].needs_greedy else
                  "eval.k > 1 (one trajectory per held-out prompt)" if cfg.eval.k > 1 else
-                 "sample.batching=continuous (a turn decodes only its live rows already: turn_cache.py)"
-                 if cfg.sample.get("batching", "static") == "continuous" else "")
+                 f"sample.batching={cfg.sample.batching} (a turn decodes only its live rows already: turn_cache.py)"
+                 if cfg.sample.get("batching", "static") != "static" else "")
   if unsupported:
     raise UserError(f"config.env (multi-turn) with {unsupported} is not supported yet: the turns run on the host "
                     "between compiled updates; use reward functions (reward.fns) and one seed per run")

@@ -263,14 +263,16 @@ def test_oversampling_refills_the_batch_with_informative_groups_in_draw_order():
 
 
 def test_continuous_batching_gives_the_static_iterations_rollout_and_update(algo="grpo"):
-  """sample.batching=continuous draws the same responses (each its own key), so the iteration's
-  update is the static one's to float rounding; the sampler/trainer check still holds."""
+  """sample.batching=continuous, and paged over a pool of 5 blocks of 4 (preempting), draw the
+  same responses (each its own key), so the iteration's update is the static one's to float
+  rounding; the sampler/trainer check still holds."""
   outputs = []
-  for batching in ("static", "continuous"):
-    state, step, prompts = setup(algo=algo, batching=batching, slots=5)  # 5 slots for 32 responses
+  for batching in ("static", "continuous", "paged"):  # 5 slots for 32 responses
+    state, step, prompts = setup(algo=algo, batching=batching, slots=5, cache_blocks=5, block_size=4)
     outputs.append(step(state, prompts, jnp.ones_like(prompts)))
-  (static_state, static), (state, metrics) = outputs
-  assert float(metrics["max_ratio_deviation"]) < 1e-4
-  for key in ("score", "kl", "response_length", "policy_loss"):
-    np.testing.assert_allclose(float(metrics[key]), float(static[key]), rtol=1e-4, atol=1e-6, err_msg=key)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), state.policy, static_state.policy)
+  (static_state, static), *others = outputs
+  for state, metrics in others:
+    assert float(metrics["max_ratio_deviation"]) < 1e-4
+    for key in ("score", "kl", "response_length", "policy_loss"):
+      np.testing.assert_allclose(float(metrics[key]), float(static[key]), rtol=1e-4, atol=1e-6, err_msg=key)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), state.policy, static_state.policy)
