@@ -80,6 +80,10 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
       # filled from them; the other fields are the reward functions' columns. eval_source: the
       # held-out records' own source ("": a held-out slice of `source`).
       prompt_field="prompt", prompt_template="", eval_source="",
+      # SFT records: the response is the `response_field` field; or with `messages_field` a
+      # column of chat messages, the last (the assistant's) the response and those before it
+      # the prompt (rendered by the chat template with chat_template, else as HH's text).
+      response_field="response", messages_field="",
       # reasoning_gym:NAME: the task's own settings as JSON ('{"min_terms": 2}'); its counts are
       # embedded_docs (training) and eval_docs (held out).
       reasoning_gym_options="",

@@ -5,7 +5,8 @@
 With `init_from` empty, the upstream SFT stage (and its pretraining) first runs, or is
 reused when finished, under WORKDIR/upstream/. By default the pairs are generated: two SFT
 samples per prompt, labelled by VADER through a Bradley-Terry draw with `gold_scale`.
-Real data: --config.preference.source=jsonl:PATH (prompt/chosen/rejected) or hh:PATH.
+Real data: --config.preference.source=jsonl:PATH or hf:PATH (prompt/chosen/rejected, or the
+fields preference.*_field names) or hh:PATH.
 """
 
 import ml_collections
@@ -26,6 +27,9 @@ def get_config(preset: str = "tiny"):
   c.preference = ml_collections.ConfigDict(dict(
       source="generated", judge="vader", gold_scale=5.0, train_pairs=2048 if small else 32768,
       eval_pairs=256 if small else 2048, temperature=1.0, max_new_tokens=96 if small else 256,
-      gen_batch=128, eval_fraction=0.05, train_split="train", eval_split="test"))
+      gen_batch=128, eval_fraction=0.05, train_split="train", eval_split="test",
+      # jsonl:PATH and hf:PATH: the fields; chosen and rejected may be whole dialogues (prompt_field
+      # "") or chat conversations, split where they part. eval_source: held-out pairs' own file.
+      prompt_field="prompt", chosen_field="chosen", rejected_field="rejected", eval_source=""))
   c.upstream = {"sft": sft.get_config(preset)}
   return c

@@ -183,11 +183,13 @@ class HFTokenizer:
   def id_to_token(self, token_id: int) -> str:
     return self._backend.id_to_token(token_id)
 
-  def chat_prompt(self, text: str, tools: list | None = None) -> str:
-    """`text` as the user's message in the tokenizer's chat template, with the assistant's turn
-    opened (add_generation_prompt), less a leading BOS: our prompts start with BOS's id.
-    `tools`: JSON schemas the template lists (a tool-using policy's prompt)."""
-    rendered = self.render_messages([{"role": "user", "content": text}], True, tools)
+  def chat_prompt(self, text, tools: list | None = None) -> str:
+    """`text` as the user's message in the tokenizer's chat template (or `text`'s messages, a
+    list), with the assistant's turn opened (add_generation_prompt), less a leading BOS: our
+    prompts start with BOS's id. `tools`: JSON schemas the template lists (a tool-using
+    policy's prompt)."""
+    messages = [{"role": "user", "content": text}] if isinstance(text, str) else text
+    rendered = self.render_messages(messages, True, tools)
     bos = special_strings(self.files).get("bos_token")
     return rendered[len(bos):] if bos and rendered.startswith(bos) else rendered
 

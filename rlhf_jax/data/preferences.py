@@ -2,7 +2,9 @@
 
 `preference.source` is one of:
   generated      two policy samples per prompt, labelled by a gold judge (see `label_pairs`)
-  jsonl:PATH     objects with `prompt`, `chosen`, `rejected`
+  jsonl:PATH     objects with `prompt`, `chosen`, `rejected` (`preference.*_field` name them;
+                 chosen and rejected may be chat conversations)
+  hf:PATH        the same as a Hugging Face `datasets` file or folder (parquet, JSON, arrow)
   hh:PATH        Anthropic HH JSONL: `chosen`/`rejected` whole dialogues sharing a prefix
   tfds:NAME      a prepared TFDS dataset with those three text fields
 """
@@ -14,22 +16,35 @@ import numpy as np
 from rlhf_jax.data import sources
 from rlhf_jax.errors import UserError
 
-ASSISTANT = "\n\nAssistant:"
+ASSISTANT = sources.ASSISTANT
 
 
 def load_pairs(pref_cfg, split: str) -> list[tuple[str, str, str]]:
   kind, _, arg = pref_cfg.source.partition(":")
-  if kind == "jsonl":
-    rows = [tuple(sources.string_field(r, k, arg, n) for k in ("prompt", "chosen", "rejected"))
-            for n, r in sources.read_jsonl(arg)]
-  elif kind == "hh":
+  if kind in ("jsonl", "hf"):  # records, held out as data sources are (data/sources.py)
+    return [pair_of(record, pref_cfg) for record in sources.load_records(pref_cfg, split)]
+  if kind == "hh":
     rows = [split_shared_prefix(sources.string_field(r, "chosen", arg, n),
                                 sources.string_field(r, "rejected", arg, n)) for n, r in sources.read_jsonl(arg)]
   elif kind == "tfds":
     return _tfds_rows(arg, pref_cfg, split)  # TFDS has its own splits
   else:
-    raise UserError(f"preference.source={pref_cfg.source!r}: expected generated, jsonl:PATH, hh:PATH or tfds:NAME")
+    raise UserError(f"preference.source={pref_cfg.source!r}: expected generated, jsonl:PATH, hf:PATH, hh:PATH or "
+                    "tfds:NAME")
   return sources.file_split(rows, pref_cfg, split)
+
+
+def pair_of(record: sources.Record, pref_cfg) -> tuple[str, str, str]:
+  """(prompt, chosen, rejected) of a record: its `preference.prompt_field`, `chosen_field` and
+  `rejected_field` strings; whole dialogues (no prompt field: "") or conversations (lists of chat
+  messages) are split where they part, as `hh:` is."""
+  where = record.where.rsplit(":", 1)
+  prompt, chosen, rejected = (pref_cfg.get(f"{k}_field", k) for k in ("prompt", "chosen", "rejected"))
+  if any(isinstance(record.fields.get(k), list) for k in (chosen, rejected)):
+    return split_shared_prefix(*(sources.dialogue_text(sources.conversation(record.fields, k, *where))
+                                 for k in (chosen, rejected)))
+  texts = [sources.string_field(record.fields, k, *where) for k in (chosen, rejected)]
+  return (sources.string_field(record.fields, prompt, *where), *texts) if prompt else split_shared_prefix(*texts)
 
 
 def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:

@@ -57,12 +57,15 @@ def encode_prompts(texts, tokenizer, max_len: int) -> Prompts:
 
 def as_chat(texts: list, tokenizer, data_cfg, tools: list | None = None) -> list:
   """With `data.chat_template`, each prompt as a user message in the HF tokenizer's chat template
-  (listing `tools`, JSON schemas, where given)."""
+  (listing `tools`, JSON schemas, where given); a prompt that is a list of messages (SFT's
+  `data.messages_field`) rendered with its assistant turn opened, or without the template as
+  Anthropic HH's text."""
   if not data_cfg.get("chat_template"):
-    return list(texts)
+    return [t if isinstance(t, str) else sources.dialogue_text(t) + sources.ASSISTANT for t in texts]
   if not hasattr(tokenizer, "chat_prompt"):
     raise UserError(f"data.chat_template=True needs a Hugging Face tokenizer with a chat template, not {tokenizer!r}")
   return [tokenizer.chat_prompt(t, tools) if tools else tokenizer.chat_prompt(t) for t in texts]
+
 
 
 def prompt_set(cfg, tokenizer, split: str, tools: list | None = None) -> Prompts:

@@ -58,11 +58,11 @@ def load_documents(data_cfg, split: str) -> list[str]:
                   "jsonl:PATH or hf:PATH")
 
 
-def load_pairs(data_cfg, split: str) -> list[tuple[str, str]]:
-  """(prompt, response) pairs for SFT. JSONL gives them; other sources split documents."""
+def load_pairs(data_cfg, split: str) -> list[tuple]:
+  """(prompt, response) pairs for SFT. Records give them (`sft_pair`); other sources split
+  documents."""
   if is_record_source(data_cfg):
-    return [(prompt_text(r, data_cfg), string_field(r.fields, "response", *r.where.rsplit(":", 1)))
-            for r in load_records(data_cfg, split)]
+    return [sft_pair(r, data_cfg) for r in load_records(data_cfg, split)]
   seed = data_cfg.seed + (0 if split == "train" else 1)
   return [split_opening(doc, data_cfg, random.Random(f"{seed}:{i}"))
           for i, doc in enumerate(load_documents(data_cfg, split))]
@@ -186,6 +186,40 @@ def prompt_text(record: Record, data_cfg) -> str:
     except KeyError as e:
       raise UserError(f"{record.where}: data.prompt_template names field {e} (has {sorted(record.fields)})") from None
   return string_field(record.fields, data_cfg.get("prompt_field", "prompt"), *record.where.rsplit(":", 1))
+
+
+def sft_pair(record: Record, data_cfg) -> tuple:
+  """(prompt, response) of an SFT record: the prompt (`prompt_text`) and its
+  `data.response_field`; or, with `data.messages_field`, a conversation's messages before its
+  last one (a list: data/prompts.py's `as_chat` renders it) and that last, the assistant's."""
+  where = record.where.rsplit(":", 1)
+  field = data_cfg.get("messages_field", "")
+  if not field:
+    return prompt_text(record, data_cfg), string_field(record.fields, data_cfg.get("response_field", "response"),
+                                                       *where)
+  messages = conversation(record.fields, field, *where)
+  if len(messages) < 2 or messages[-1]["role"] != "assistant":
+    raise UserError(f"{record.where}: data.messages_field={field!r} needs messages ending with the assistant's")
+  return messages[:-1], messages[-1]["content"]
+
+
+def conversation(row: dict, key: str, path: str, number: int) -> list:
+  """A field holding chat messages: [{"role": ..., "content": ...}, ...] with string values."""
+  value = row.get(key)
+  if not (isinstance(value, list) and value and all(
+      isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)):
+    raise UserError(f"{path}:{number}: field {key!r} is not a list of chat messages (role and content strings)")
+  return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+ASSISTANT = "\n\nAssistant:"  # HH's assistant turn, opened
+
+
+def dialogue_text(messages: list) -> str:
+  """Messages as Anthropic HH's text ("\n\nHuman: ...\n\nAssistant: ..."), for a tokenizer
+  without a chat template."""
+  return "".join(f"\n\n{ROLE_NAMES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
 
 
 def split_opening(doc: str, data_cfg, rng: random.Random) -> tuple[str, str]:

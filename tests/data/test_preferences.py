@@ -48,3 +48,26 @@ def test_labels_follow_the_bradley_terry_probability():
   wins = preferences.label_pairs(gold_a, gold_b, scale=5.0, rng=rng)
   assert abs(wins.mean() - 1 / (1 + np.exp(-2.0))) < 0.01  # sigmoid(5 * 0.4) = 0.881
   assert abs(preferences.label_pairs(gold_a, gold_a, 5.0, rng).mean() - 0.5) < 0.02
+
+
+def test_pairs_from_hf_files_by_field_name_and_as_conversations(tmp_path):
+  import datasets  # pylint: disable=g-import-not-at-top
+  rows = [{"query": f"Q{i}", "good": " yes", "bad": " no"} for i in range(4)]
+  datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "p.parquet"))
+  cfg = pref_cfg(f"hf:{tmp_path / 'p.parquet'}")
+  cfg.update(dict(prompt_field="query", chosen_field="good", rejected_field="bad"))
+  assert preferences.load_pairs(cfg, "eval") == [("Q3", " yes", " no")]
+  turn = lambda role, content: {"role": role, "content": content}
+  chats = [{"chosen": [turn("user", "q"), turn("assistant", "good")],
+            "rejected": [turn("user", "q"), turn("assistant", "bad")]}] * 4
+  (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in chats))
+  assert preferences.load_pairs(pref_cfg(f"jsonl:{tmp_path / 'c.jsonl'}"), "train")[0] == (
+      "\n\nHuman: q\n\nAssistant:", " good", " bad")
+  whole = [{"chosen": "\n\nHuman: q\n\nAssistant: good", "rejected": "\n\nHuman: q\n\nAssistant: bad"}] * 4
+  datasets.Dataset.from_list(whole).to_parquet(str(tmp_path / "hh.parquet"))
+  cfg = pref_cfg(f"hf:{tmp_path / 'hh.parquet'}")
+  cfg.prompt_field = ""  # whole dialogues: split where they part
+  assert preferences.load_pairs(cfg, "train")[0] == ("\n\nHuman: q\n\nAssistant:", " good", " bad")
+  cfg.prompt_field = "prompt"
+  with pytest.raises(UserError, match=r"hh.parquet:1: missing string field 'prompt'"):
+    preferences.load_pairs(cfg, "train")

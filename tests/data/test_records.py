@@ -237,3 +237,29 @@ def test_reasoning_gym_tasks_give_records_scored_by_their_own_scorer_from_disjoi
                       lambda name: (_ for _ in ()).throw(ImportError(name)) if name == "reasoning_gym" else real_import(name))
   with pytest.raises(UserError, match="needs the reasoning-gym package: pip install reasoning-gym$"):
     sources.load_records(cfg.data, "train")
+
+
+def test_sft_records_name_their_response_field_or_hold_a_conversation(tmp_path):
+  """TL;DR's layout (prompt and label) by field names; a `messages` column as the prompt's
+  turns and the assistant's last; rendered as HH's text without a chat template."""
+  import datasets  # pylint: disable=g-import-not-at-top
+  tldr = [{"prompt": f"POST {i}\nTL;DR:", "label": f" summary {i}"} for i in range(4)]
+  datasets.Dataset.from_list(tldr).to_parquet(str(tmp_path / "tldr.parquet"))
+  data = rl_config(source=f"hf:{tmp_path / 'tldr.parquet'}", response_field="label", eval_fraction=0.25).data
+  assert sources.load_pairs(data, "train") == [(f"POST {i}\nTL;DR:", f" summary {i}") for i in range(3)]
+  chats = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Q{i}"},
+                         {"role": "assistant", "content": f"A{i}"}]} for i in range(4)]
+  data = rl_config(source="jsonl:" + write_jsonl(tmp_path / "chat.jsonl", chats), messages_field="messages").data
+  prompt, response = sources.load_pairs(data, "train")[0]
+  assert response == "A0" and [m["role"] for m in prompt] == ["system", "user"]
+  assert prompts.as_chat([prompt], ByteTokenizer(), data) == ["\n\nSystem: Be brief.\n\nHuman: Q0\n\nAssistant:"]
+  bad = [{"messages": [{"role": "user", "content": "Q"}]}, {"messages": "text"}]
+  data = rl_config(source="jsonl:" + write_jsonl(tmp_path / "bad.jsonl", bad), messages_field="messages",
+                   eval_fraction=0.5).data
+  with pytest.raises(UserError, match=r"bad.jsonl:1: data.messages_field='messages' needs messages ending"):
+    sources.load_pairs(data, "train")
+  with pytest.raises(UserError, match=r"bad.jsonl:2: field 'messages' is not a list of chat messages"):
+    sources.load_pairs(data, "eval")
+  data = rl_config(source=f"hf:{tmp_path / 'tldr.parquet'}").data  # the default field, `response`, is not there
+  with pytest.raises(UserError, match=r"tldr.parquet:1: missing string field 'response'"):
+    sources.load_pairs(data, "train")
