@@ -3,7 +3,9 @@
 # roofline, and the generation share of a 256 x (256 -> 256) PPO iteration. Each workload
 # runs in its own process (an out-of-memory in one leaves the others). Then issue 41's rollouts:
 # 512 responses within a 1000-token budget, log-normal and uniform lengths, static against
-# continuous batching with a quarter and a half of the rows as slots. One JSON line each;
+# continuous batching with a quarter and a half of the rows as slots, the paged cache (XLA's
+# attention over the pages and the Pallas kernel), and the update half packed against padded
+# (rl_update). One JSON line each;
 # full logs in $LOGS (default /tmp/rlhf_jax_gpu).
 #
 #   benchmarks/gpu.sh [--repeats=5] [--preset=gpt2_small]   (and --preset=llama_1b)
@@ -29,4 +31,9 @@ for dist in lognormal uniform; do
   for slots in 128 256; do
     run "rollout_${dist}_$slots" --workload=rollout --lengths="$lengths" --budget=1000 --slots="$slots" "$@"
   done
+  for kernel in xla pallas; do  # the paged cache at half the continuous one, XLA's attention and Pallas's kernel
+    run "rollout_${dist}_paged_$kernel" --workload=rollout --lengths="$lengths" --budget=1000 --slots=256 --paged \
+      --paged_attention="$kernel" "$@"
+  done
+  run "rl_update_$dist" --workload=rl_update --lengths="$lengths" --budget=1000 "$@"
 done

@@ -61,6 +61,7 @@ flags.DEFINE_integer("slots", 0, "rollout: continuous batching's slots (0: a qua
 flags.DEFINE_bool("paged", False, "rollout: continuous batching over a paged KV cache (sample.batching=paged).")
 flags.DEFINE_integer("cache_blocks", 0, "rollout --paged: the pool's blocks (0: half of every slot's whole length).")
 flags.DEFINE_integer("block_size", 16, "rollout --paged: tokens a block.")
+flags.DEFINE_enum("paged_attention", "xla", ["xla", "pallas"], "rollout --paged: attention over the pages.")
 flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
 flags.DEFINE_enum("peer", "", ["", "trl", "tunix"], "Also run this library's version (benchmarks/peers, after its "
                   "setup) and give the ratio; a bare --peer is --peer=trl.")
@@ -130,7 +131,8 @@ def rollout(continuous: bool) -> workloads.Workload:
   slots = slots_for("continuous", FLAGS.slots, len(lengths)) if continuous else 0
   return workloads.rollout_workload(lengths, FLAGS.preset, workloads.preset_model(FLAGS.preset),
                                     budget=FLAGS.budget, slots=slots, paged=continuous and FLAGS.paged,
-                                    cache_blocks=FLAGS.cache_blocks, block_size=FLAGS.block_size)
+                                    cache_blocks=FLAGS.cache_blocks, block_size=FLAGS.block_size,
+                                    paged_attention=FLAGS.paged_attention)
 
 
 def rl_update(packing: bool) -> workloads.Workload:

@@ -207,7 +207,7 @@ def read_lengths(path: str) -> list[int]:
 
 def rollout_workload(lengths: list[int], preset: str = "tiny", model: dict | None = None, prompt_len: int = 16,
                      budget: int = 0, slots: int = 0, paged: bool = False, cache_blocks: int = 0,
-                     block_size: int = 16) -> Workload:
+                     block_size: int = 16, paged_attention: str = "xla") -> Workload:
   """One rollout of len(lengths) responses, row i stopping after lengths[i] tokens (`stop_at`),
   within a budget of `budget` new tokens (default: the longest). `slots` 0: the static sampler
   decodes every row until the longest is done, its KV cache sized rows x (prompt + budget);
@@ -219,7 +219,7 @@ def rollout_workload(lengths: list[int], preset: str = "tiny", model: dict | Non
   state, _ = setup.init_state(model_, make_optimizer(cfg.optim, 10), mesh, rules, cfg.seed)
   rows, budget = len(lengths), budget or max(lengths)
   batching = dict(batching="paged" if paged else "continuous" if slots else "static", slots=slots,
-                  cache_blocks=cache_blocks, block_size=block_size)
+                  cache_blocks=cache_blocks, block_size=block_size, paged_attention=paged_attention)
   fn = functools.partial(generate, model_, max_new_tokens=budget, eos_id=NEVER, pad_id=0, **batching)
   sampler = jax.jit(sharding.with_rules(fn, mesh, rules))
   batch = sharding.put_batch({"prompts": random_tokens(1, (rows, prompt_len), model_.cfg.vocab_size),
