@@ -5,7 +5,9 @@
 # 512 responses within a 1000-token budget, log-normal and uniform lengths, static against
 # continuous batching with a quarter and a half of the rows as slots, the paged cache (XLA's
 # attention over the pages and the Pallas kernel), and the update half packed against padded
-# (rl_update). One JSON line each;
+# (rl_update); each rollout side also gives its fraction of the memory roofline (the weights once
+# a step, each token's context once, over the bandwidth an elementwise pass reaches). One JSON
+# line each;
 # full logs in $LOGS (default /tmp/rlhf_jax_gpu).
 #
 #   benchmarks/gpu.sh [--repeats=5] [--preset=gpt2_small]   (and --preset=llama_1b)

@@ -64,6 +64,17 @@ def decode_roofline(cfg, info: dict, seconds: float) -> dict:
           "roofline_tokens_per_s": info["generated_tokens"] / floor, "fraction_of_roofline": floor / seconds}
 
 
+def rollout_floor_bytes(cfg, lengths: list[int], prompt_len: int, slots: int) -> float:
+  """The fewest bytes a sampler decoding `slots` rows a step must move to draw responses of
+  these lengths: the weights once a step, for no fewer steps than the longest response nor than
+  the tokens over the slots, and each token's context of keys and values once."""
+  itemsize = jnp.dtype(cfg.compute_dtype).itemsize
+  steps = max(max(lengths), -(-sum(lengths) // slots))
+  kv_per_token = 2 * cfg.n_layers * cfg.kv_heads * cfg.dim_per_head * itemsize
+  contexts = sum(n * prompt_len + n * (n - 1) // 2 for n in lengths)
+  return steps * flops.matmul_weights(cfg) * itemsize + kv_per_token * contexts
+
+
 def model_flops_utilisation(flops_per_s: float) -> dict:
   kind = jax.devices()[0].device_kind
   peak = next((v for k, v in DATASHEET_BF16.items() if k in kind), None)

@@ -175,6 +175,11 @@ def measure(name: str, peak: float) -> tuple[dict, list]:
             "flops_per_s": workload.flops / seconds, "fraction_of_peak": workload.flops / seconds / peak}
   if name in SIDES:  # ours and the baseline side by side, timed in alternation
     result.update(sides(name, (workload.info, rounds), (baseline.info, base)))
+  if name == "rollout":  # each side against the memory roofline of its own slot count
+    rate = limits.bandwidth()
+    for side in SIDES[name]:
+      result[side]["fraction_of_roofline"] = result[side].pop("floor_bytes") / rate / result[side]["seconds"]
+    result["bandwidth_gb_per_s"] = rate / 1e9
   elif base:
     ratio = statistics.median(ours / theirs for ours, theirs in zip(rounds, base))
     result.update({f"{BASELINES[name]}_round_seconds": base,
@@ -203,7 +208,8 @@ def sides(name: str, ours: tuple, baseline: tuple) -> dict:
     seconds = statistics.median(times)
     if name == "rollout":
       return {"tokens_per_s": info["generated_tokens"] / seconds, "peak_cache_bytes": info["peak_cache_bytes"],
-              "slots": info["slots"], "cache": info["cache"], "seconds": seconds, "round_seconds": times}
+              "slots": info["slots"], "cache": info["cache"], "seconds": seconds, "round_seconds": times,
+              "floor_bytes": info["floor_bytes"]}
     return {"seconds": seconds, "round_seconds": times, "pack_rows": info["pack_rows"]}
   result = {side: figures(*of) for side, of in zip(SIDES[name], (ours, baseline))}
   result["speedup"] = statistics.median(theirs / mine for mine, theirs in zip(ours[1], baseline[1]))

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import limits
 from rlhf_jax import flops, memory
 from configs import common, dpo, pretrain, ppo, reward
 from rlhf_jax import rewards, rl_plan, sharding
@@ -232,7 +233,8 @@ def rollout_workload(lengths: list[int], preset: str = "tiny", model: dict | Non
   cache = memory.kv_cache_bytes(model_.cfg, cache_rows, cache_length, rules, dict(mesh.shape))
   info = dict(batching=batching["batching"], rows=rows, slots=slots or rows, cache=cache_what, prompt_len=prompt_len,
               budget=budget, generated_tokens=int(sum(lengths)), mean_length=float(np.mean(lengths)),
-              max_length=max(lengths), peak_cache_bytes=cache)
+              max_length=max(lengths), peak_cache_bytes=cache,
+              floor_bytes=limits.rollout_floor_bytes(model_.cfg, lengths, prompt_len, slots or rows))
   if not slots:
     info["decode_steps"] = -(-max(lengths) // 8) * 8  # the loop asks whether every row is done every 8 steps
   real_flops = sum(flops.generate(model_.cfg, 1, prompt_len, n) for n in lengths)  # the padding's left out
