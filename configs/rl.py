@@ -88,6 +88,11 @@ def get_config(preset: str = "tiny"):
       # iterations before; the critic-free methods weight stale tokens by is_correction (none,
       # tis: min(w, is_cap), clip: clip(w, 1 / is_cap, is_cap)); PPO's ratio is against the sampler.
       off_policy_steps=0, is_correction="none", is_cap=2.0,
+      # The sampler/trainer mismatch (algorithms/rollout_correction.py), logged every iteration
+      # (rollout/*), corrected by a weight on each token's policy loss: none, token_tis,
+      # sequence_tis (capped at rollout_correction_cap), token_reject, sequence_reject (outside
+      # rollout_correction_bounds dropped); PPO's ratio stays against the trainer's log-probs.
+      rollout_correction="none", rollout_correction_cap=2.0, rollout_correction_bounds=(0.5, 2.0),
       # With one minibatch the first update differentiates the scoring pass (jax.vjp) instead of
       # running the policy and critic forward again: exact; False runs the separate pass.
       reuse_scoring_pass=True))

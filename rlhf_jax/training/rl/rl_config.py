@@ -7,6 +7,7 @@ import jax
 
 from rlhf_jax.algorithms.advantages import ADVANTAGES, AdvantageParams
 from rlhf_jax.algorithms.policy_losses import PolicyLossParams
+from rlhf_jax.algorithms.rollout_correction import CorrectionParams
 from rlhf_jax.algorithms.token_rewards import TokenRewardParams
 
 
@@ -61,6 +62,9 @@ class RLConfig:
   off_policy_steps: int = 0  # K: updates train on responses sampled K iterations before (off_policy.py)
   is_correction: str = "none"  # algorithms/importance.py: the critic-free methods' weight on stale tokens
   is_cap: float = 2.0
+  rollout_correction: str = "none"  # algorithms/rollout_correction.py: the sampler/trainer mismatch's weight
+  rollout_correction_cap: float = 2.0
+  rollout_correction_bounds: tuple = (0.5, 2.0)  # the rejections' [low, high] on the ratio
   reuse_scoring_pass: bool = True  # the first update differentiates the scoring pass (one minibatch only)
 
   def packed_rows(self, batch_rows: int) -> int:
@@ -78,6 +82,10 @@ class RLConfig:
   @property
   def policy_loss_params(self) -> PolicyLossParams:
     return PolicyLossParams(self.clip_eps, self.clip_eps_high, self.dual_clip)
+
+  @property
+  def correction_params(self) -> CorrectionParams:
+    return CorrectionParams(self.rollout_correction_cap, *self.rollout_correction_bounds)
 
   @property
   def token_reward_params(self) -> TokenRewardParams:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from rlhf_jax.algorithms import kl, ppo, shaping, token_rewards
 from rlhf_jax.algorithms.advantages import ADVANTAGES, AdvantageInputs
 from rlhf_jax.algorithms.importance import importance_weights
+from rlhf_jax.algorithms.rollout_correction import correction_weights, mismatch_metrics
 from rlhf_jax.models.continuous import generate
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.training.core import guards
@@ -241,15 +242,24 @@ def finish_rollout(state: RLState, sampled: Sampled, host: HostScores | None = N
 def behaviour_correction(cfg: RLConfig, logprobs, response):
   """(the log-probs the ratio is taken against, importance weights or None, metrics).
 
-  On-policy these are the recomputed log-probs themselves. Off-policy (`cfg.off_policy_steps`)
-  the sampler's (the behaviour policy's, K iterations old) are the ones PPO's ratio takes; a
-  critic-free method keeps the recomputed ones (its update starts at ratio 1, the policy
-  gradient) and weights each token by the importance correction pi_old / mu
-  (algorithms/importance.py). The correction's statistics are logged either way."""
-  if not cfg.off_policy_steps:
-    return logprobs, None, {}
+  The sampler/trainer mismatch is logged every iteration (algorithms/rollout_correction.py).
+  With `cfg.rollout_correction` the ratio is against the recomputed log-probs and the
+  correction's weights multiply each token's policy loss, on- or off-policy (decoupled).
+  Otherwise, on-policy the ratio is against the recomputed log-probs; off-policy
+  (`cfg.off_policy_steps`) against the sampler's (the behaviour policy's, K iterations old) for
+  PPO, while a critic-free method keeps the recomputed ones (its update starts at ratio 1, the
+  policy gradient) and weights each token by the importance correction pi_old / mu
+  (algorithms/importance.py)."""
   behaviour = response.logprobs
-  weights, metrics = importance_weights(cfg.is_correction, logprobs, behaviour, response.mask, cfg.is_cap)
+  metrics = mismatch_metrics(logprobs, behaviour, response.mask)
+  if cfg.rollout_correction != "none":
+    weights, changed = correction_weights(cfg.rollout_correction, logprobs, behaviour, response.mask,
+                                          cfg.correction_params)
+    return logprobs, weights, {**metrics, "rollout/corrected_fraction": changed}
+  if not cfg.off_policy_steps:
+    return logprobs, None, metrics
+  weights, is_metrics = importance_weights(cfg.is_correction, logprobs, behaviour, response.mask, cfg.is_cap)
+  metrics.update(is_metrics)
   return (behaviour, None, metrics) if cfg.has_critic else (logprobs, weights, metrics)
 
 

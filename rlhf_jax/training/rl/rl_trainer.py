@@ -25,6 +25,7 @@ import optax
 from rlhf_jax import flops, memory, rewards, rl_plan, sharding
 from rlhf_jax.algorithms.advantages import ADVANTAGES
 from rlhf_jax.algorithms.importance import IS_CORRECTIONS
+from rlhf_jax.algorithms.rollout_correction import ROLLOUT_CORRECTIONS
 from rlhf_jax.data import sources
 from rlhf_jax.data.prompts import prompt_batch, prompt_set, warn_about_prompt_sets
 from rlhf_jax.envs import environments
@@ -94,6 +95,15 @@ def check_off_policy(cfg, plan: rl_plan.RLPlan) -> None:
     raise UserError(f"rl.off_policy_steps={k!r}: an integer >= 0 (0: synchronous)")
   if rl["is_correction"] not in IS_CORRECTIONS:
     raise UserError(f"rl.is_correction={rl['is_correction']!r}: choose one of {', '.join(IS_CORRECTIONS)}")
+  if rl["rollout_correction"] not in ROLLOUT_CORRECTIONS:
+    raise UserError(f"rl.rollout_correction={rl['rollout_correction']!r}: choose one of "
+                    f"{', '.join(ROLLOUT_CORRECTIONS)}")
+  low, high = rl["rollout_correction_bounds"]
+  if not (rl["rollout_correction_cap"] >= 1.0 and 0.0 <= low <= 1.0 <= high):
+    raise UserError(f"rl.rollout_correction_cap={rl['rollout_correction_cap']} must be >= 1 and "
+                    f"rl.rollout_correction_bounds={tuple(rl['rollout_correction_bounds'])} hold 1 (0 <= low <= 1 <= high)")
+  if rl["rollout_correction"] != "none" and rl["is_correction"] != "none":
+    raise UserError("rl.rollout_correction and rl.is_correction both weight stale tokens: set one, the other none")
   if not rl["is_cap"] >= 1.0:
     raise UserError(f"rl.is_cap={rl['is_cap']}: the importance weight's cap must be >= 1")
   if devices < 0 or (devices and not k):

@@ -82,12 +82,15 @@ def test_each_algorithm_raises_a_programmatic_reward(algo, shared_critic):
   assert ("explained_variance" in metrics) == (algo == "ppo")
 
 
-def test_grpo_with_the_kl_as_a_loss_term():
-  state, step, prompts = setup(algo="grpo", kl_in_loss=True)
+def test_grpo_with_the_kl_as_a_loss_term_and_a_rollout_correction():
+  state, step, prompts = setup(algo="grpo", kl_in_loss=True, rollout_correction="token_tis")
   for _ in range(3):
     state, metrics = step(state, prompts, jnp.ones_like(prompts))
   # The reward carries no KL penalty then; the k3 term is in the loss instead.
   assert float(metrics["non_score_reward"]) == 0.0 and float(metrics["kl_loss"]) > 0
+  # Our own engine: the sampler's log-probs are the trainer's, so the correction changes nothing.
+  assert float(metrics["rollout/logprob_gap_max"]) < 1e-4 and abs(float(metrics["rollout/ess"]) - 1) < 1e-6
+  assert float(metrics["rollout/kl"]) < 1e-8 and float(metrics["rollout/corrected_fraction"]) == 0.0
 
 
 def test_reinforce_baseline_tracks_the_mean_return():

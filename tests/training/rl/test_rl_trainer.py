@@ -87,6 +87,13 @@ def test_bad_rl_fields_fail_before_any_upstream_stage_runs(tiny_ppo, tmp_path):
   with pytest.raises(UserError, match="rl.oversample=4: .* needs rl.dynamic_sampling=True"):
     stages.run(tiny_ppo, str(tmp_path))
   tiny_ppo.algo, tiny_ppo.rl.oversample = "ppo", 0
+  tiny_ppo.rl.rollout_correction = "icepop"
+  with pytest.raises(UserError, match="rl.rollout_correction='icepop': choose one of none, token_tis"):
+    stages.run(tiny_ppo, str(tmp_path))
+  tiny_ppo.rl.rollout_correction, tiny_ppo.rl.rollout_correction_bounds = "token_reject", (1.2, 2.0)
+  with pytest.raises(UserError, match=r"rollout_correction_bounds=\(1.2, 2.0\) hold 1"):
+    stages.run(tiny_ppo, str(tmp_path))
+  tiny_ppo.rl.rollout_correction, tiny_ppo.rl.rollout_correction_bounds = "none", (0.5, 2.0)
   tiny_ppo.critic = "shared"
   tiny_ppo.rl.accum_steps = 3
   with pytest.raises(UserError, match="rl.minibatches x rl.accum_steps = 6"):
