@@ -282,18 +282,13 @@ def admit_paged(q: Queue, c: Slots, width: int) -> Slots:
   started = jnp.sum(admitted)
   slot = jnp.where(admitted, jnp.argsort(c.row < q.rows, stable=True)[:width], slots)  # `slots`: dropped
   cache = c.cache
-  first = jnp.cumsum(need) - need
-  j = jnp.arange(cache.table.shape[1])
-  taken = admitted[:, None] & (j < need[:, None])
-  free_ids = jnp.argsort(~cache.free, stable=True)
-  table = jnp.where(taken, free_ids[jnp.minimum(first[:, None] + j, cache.scratch - 1)], cache.scratch)
+  table, free = paged.take_blocks(cache, jnp.where(admitted, need, 0), cache.table.shape[1])
   length = q.lengths[row]
   view = cache.replace(table=table, lengths=jnp.zeros((width,), jnp.int32))
   out = q.model.apply({"params": q.params}, q.prompts[row], jnp.arange(prompt_len) < length[:, None], cache=view,
                       logits_at=jnp.maximum(length - 1, 0))
   cache = cache.replace(keys=out.cache.keys, values=out.cache.values, table=cache.table.at[slot].set(table, mode="drop"),
-                        lengths=cache.lengths.at[slot].set(length, mode="drop"),
-                        free=cache.free.at[table.ravel()].set(False, mode="drop"))
+                        lengths=cache.lengths.at[slot].set(length, mode="drop"), free=free)
   from_stack = jnp.minimum(started, c.retried)
   return c.replace(cache=cache, logits=c.logits.at[slot].set(out.logits[:, 0], mode="drop"),
                    row=c.row.at[slot].set(row, mode="drop"), step=c.step.at[slot].set(0, mode="drop"),

@@ -204,8 +204,8 @@ class Attention(nn.Module):
   `rope` is None (learned positions) or the (sin, cos) tables of `rope_tables`.
   `kv_cache` is None (full forward) or (keys, values, index): keys/values
   [batch, kv_heads, cache_len, head_dim], and the slot `index` where this call's
-  tokens are written (a scalar; or [batch], each row's own: a ragged cache's lengths); or a paged
-  cache's (keys pool, values pool, block table, lengths, kernel) (models/paged.py).
+  tokens are written (a scalar; or [batch], each row's own: a ragged cache's lengths); or a
+  `paged.PagedLayer` (models/paged.py).
   `mask` is the boolean attention mask [batch, 1, q_len, k_len].
   `queries` (no cache): Queries(x, rope), the tokens that query when not all do; `mask`
   is then their rows of it.
@@ -232,7 +232,7 @@ class Attention(nn.Module):
     elif kv_cache is None:  # training and scoring with XLA's attention
       # `attend`'s einsums: W1-W3 steps 1.5-9% faster on a CPU than with jax.nn's (medians, same process)
       out, new_cache = attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask), None
-    elif len(kv_cache) == 5:  # a paged cache: (keys pool, values pool, block table, lengths, kernel)
+    elif isinstance(kv_cache, paged.PagedLayer):
       out, new_cache = paged.attend_paged(q, k, v, mask, kv_cache, attend)
     else:
       cached_k, cached_v, index = kv_cache

@@ -16,6 +16,7 @@ a row has no block for point there, so their writes land where no query reads.
 """
 
 import math
+from typing import NamedTuple
 
 import flax
 import jax
@@ -55,6 +56,18 @@ class PagedCache:
     """The positions a row's table spans."""
     return self.table.shape[1] * self.block_size
 
+  def layer(self, i: int) -> "PagedLayer":
+    return PagedLayer(self.keys[i], self.values[i], self.table, self.lengths, self.kernel)
+
+
+class PagedLayer(NamedTuple):
+  """What one Attention layer reads of a PagedCache (its `kv_cache`)."""
+  keys: jax.Array  # [kv_heads, blocks + 1, block_size, head_dim]
+  values: jax.Array
+  table: jax.Array
+  lengths: jax.Array
+  kernel: str
+
 
 def blocks_for(tokens, block_size: int):
   return -(-tokens // block_size)
@@ -77,17 +90,16 @@ def gather(pool, table):
   return blocks.transpose(1, 0, 2, 3, 4).reshape(rows, pool.shape[0], per_row * pool.shape[2], pool.shape[3])
 
 
-def attend_paged(q, k, v, mask, kv_cache, attend):
+def attend_paged(q, k, v, mask, layer: PagedLayer, attend):
   """The Attention layer's paged path: this call's keys and values written into the pool, then
   attention over each row's blocks: `attend` over them gathered (XLA's reference, any number of
   queries), or one query a row with a Pallas kernel (`pallas_decode`). Returns (out, (keys
   pool, values pool))."""
-  pool_k, pool_v, table, lengths, kernel = kv_cache
-  pools = tuple(write(pool, new.transpose(0, 2, 1, 3).astype(pool.dtype), table, lengths)
-                for pool, new in ((pool_k, k), (pool_v, v)))
-  if kernel == "pallas" and q.shape[1] == 1:
-    return pallas_decode(q, *pools, table, lengths + 1), pools
-  keys, values = (gather(pool, table).astype(q.dtype) for pool in pools)
+  pools = tuple(write(pool, new.transpose(0, 2, 1, 3).astype(pool.dtype), layer.table, layer.lengths)
+                for pool, new in ((layer.keys, k), (layer.values, v)))
+  if layer.kernel == "pallas" and q.shape[1] == 1:
+    return pallas_decode(q, *pools, layer.table, layer.lengths + 1), pools
+  keys, values = (gather(pool, layer.table).astype(q.dtype) for pool in pools)
   return attend(q, keys, values, mask), pools
 
 
@@ -118,15 +130,24 @@ def release(cache: PagedCache, rows) -> PagedCache:
   return cache.replace(free=free, table=jnp.where(rows[:, None], cache.scratch, cache.table))
 
 
+def take_blocks(cache: PagedCache, counts, width: int):
+  """`counts[i]` free blocks for row i, [n, width] (scratch past its count), the rows served in
+  order from the lowest free ids; and the free list without them. The caller makes sure enough
+  are free."""
+  first = jnp.cumsum(counts) - counts
+  j = jnp.arange(width)
+  free_ids = jnp.argsort(~cache.free, stable=True)
+  blocks = jnp.where(j < counts[:, None], free_ids[jnp.minimum(first[:, None] + j, cache.scratch - 1)], cache.scratch)
+  return blocks, cache.free.at[blocks.ravel()].set(False, mode="drop")  # scratch is out of range: dropped
+
+
 def grant(cache: PagedCache, need) -> PagedCache:
   """A free block for each row where `need` [n] bool, at its table's next entry (the caller
   makes sure enough are free: `make_room`)."""
-  rank = jnp.cumsum(need) - 1
-  free_ids = jnp.argsort(~cache.free, stable=True)
-  block = jnp.where(need, free_ids[jnp.clip(rank, 0, cache.scratch - 1)], cache.scratch)
+  blocks, free = take_blocks(cache, need.astype(jnp.int32), 1)
   entry = jnp.where(need, cache.lengths // cache.block_size, cache.table.shape[1])  # out of range: dropped
-  table = cache.table.at[jnp.arange(need.shape[0]), entry].set(block, mode="drop")
-  return cache.replace(table=table, free=cache.free.at[block].set(False, mode="drop"))
+  return cache.replace(table=cache.table.at[jnp.arange(need.shape[0]), entry].set(blocks[:, 0], mode="drop"),
+                       free=free)
 
 
 def make_room(cache: PagedCache, active, age):

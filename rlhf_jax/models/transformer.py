@@ -166,8 +166,12 @@ class Transformer(nn.Module):
     block = nn.remat(Block) if cfg.remat else Block
     new_keys, new_values = [], []
     for i in range(cfg.n_layers):
-      layer_cache = (None if cache is None else (cache.keys[i], cache.values[i], cache.table, cache.lengths, cache.kernel) if paged
-                     else (cache.keys[i], cache.values[i], cache.lengths if ragged else cache.index))
+      if paged:
+        layer_cache = cache.layer(i)
+      elif cache is not None:
+        layer_cache = (cache.keys[i], cache.values[i], cache.lengths if ragged else cache.index)
+      else:
+        layer_cache = None
       last = query_index if i == cfg.n_layers - 1 else None
       x, kv = block(cfg, self.deterministic, name=f"layer_{i}")(x, rope, attn_mask, layer_cache, last)
       if kv is not None:

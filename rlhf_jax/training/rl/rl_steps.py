@@ -296,9 +296,8 @@ def update_phase(state: RLState, sampled: Sampled, host: HostScores | None = Non
   first_grad_fn = None if first is None else pulled_back_gradients(*first, cfg=cfg, kl_coef=state.kl.coef)
   grad_fn = lambda params, b: accumulate_gradients(loss_fn, params, b, cfg.accum_steps)
   if cfg.packing:
-    outputs_fn = lambda params, tokens, mask, segments: loss_outputs(
-        params, tokens, mask, policy=policy, critic=critic, cfg=cfg, prompt_len=1, bases=frozen_bases(state),
-        segments=segments)
+    outputs_fn = lambda params, tokens, mask, segments: trainable_outputs(
+        state, tokens, mask, policy=policy, critic=critic, prompt_len=1, cfg=cfg, segments=segments)(params)
     grad_fn = packed_gradients(outputs_fn, p, cfg.packed_rows(n), cfg=cfg, kl_coef=state.kl.coef)
   carry = ((state.policy, state.value), (state.policy_opt, state.value_opt))
   ((new_policy, new_value), (policy_opt, value_opt)), losses = all_updates(
