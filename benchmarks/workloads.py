@@ -241,6 +241,29 @@ def rollout_workload(lengths: list[int], preset: str = "tiny", model: dict | Non
   return Workload(step, real_flops, info, compiled=sampler, model_cfg=model_.cfg)
 
 
+def vllm_rollout_workload(lengths: list[int], preset: str = "tiny", model: dict | None = None, prompt_len: int = 16,
+                          budget: int = 0, directory: str = "") -> Workload:
+  """`rollout_workload`'s rollout (the same model, prompts and lengths) drawn by vLLM's engine
+  in this process (rollout.engine=vllm), from an export of the model's params to `directory`."""
+  from rlhf_jax.data.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.interop import hf_export, vllm_engine  # pylint: disable=g-import-not-at-top
+  cfg = stage_config(pretrain, preset, model)
+  model_ = Transformer(ModelConfig.from_dict(dict(cfg.model)))
+  mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
+  state, _ = setup.init_state(model_, make_optimizer(cfg.optim, 10), mesh, rules, cfg.seed)
+  hf_export.export(model_.cfg, jax.device_get(state.params), ByteTokenizer(), directory)
+  rows, budget = len(lengths), budget or max(lengths)
+  engine = vllm_engine.VLLMEngine(directory, max_len=prompt_len + budget, seed=0,
+                                  settings=vllm_engine.EngineSettings(kv_cache_gib=2.0))
+  prompts = random_tokens(1, (rows, prompt_len), model_.cfg.vocab_size).tolist()
+  step = lambda: engine.sample(prompts, range(rows), max_new_tokens=budget, eos_id=NEVER, pad_id=0,
+                               temperature=0.7, stop_at=lengths)[0]
+  info = dict(engine="vllm", rows=rows, prompt_len=prompt_len, budget=budget, generated_tokens=int(sum(lengths)),
+              mean_length=float(np.mean(lengths)), max_length=max(lengths))
+  return Workload(step, sum(flops.generate(model_.cfg, 1, prompt_len, n) for n in lengths), info,
+                  model_cfg=model_.cfg)
+
+
 def update_workload(lengths: list[int], preset: str = "tiny", model: dict | None = None, prompt_len: int = 16,
                     budget: int = 0, packing: bool = False, pack_rows: int = 0, algo: str = "grpo",
                     k: int = 4) -> Workload:

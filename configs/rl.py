@@ -97,8 +97,12 @@ def get_config(preset: str = "tiny"):
       # running the policy and critic forward again: exact; False runs the separate pass.
       reuse_scoring_pass=True))
   # The sampler on the last `devices` devices, on a mesh of its own (needs off_policy_steps >= 1);
-  # 0 keeps it on the training devices.
-  c.rollout = ml_collections.ConfigDict(dict(devices=0, mesh=dict(data=-1, fsdp=1, tensor=1)))
+  # 0 keeps it on the training devices. `engine`: jax (ours, compiled into the iteration) or vllm
+  # (vLLM's offline engine in this process, weights pushed after each update; docs/vllm.md),
+  # started with `vllm`'s settings (interop/vllm_engine.py: EngineSettings).
+  c.rollout = ml_collections.ConfigDict(dict(
+      devices=0, mesh=dict(data=-1, fsdp=1, tensor=1), engine="jax",
+      vllm=dict(dtype="float32", kv_cache_gib=0.25, gpu_memory_utilization=0.3, sleep=False, enforce_eager=True)))
   # The score: a weighted sum of reward sources (rlhf_jax/rewards.py): "model" (the reward run's
   # model), a built-in checker (exact_match, gsm8k) or a Python function (PATH.py:NAME or
   # module:NAME, called as TRL calls reward functions); weights () = 1 each. Without "model" no

@@ -22,8 +22,12 @@ CRITICS = ("auto", "reward", "sft", "shared")
 PARTS = {"advantage": ADVANTAGES, "policy_loss": POLICY_LOSSES, "loss_aggregation": LOSS_AGGREGATIONS}
 # The iteration that runs: one compiled program with in-graph rewards ("fused"), rollout -> host
 # scoring -> update ("host", rewards.py functions), the K-deep queue ("off_policy"), or turns
-# with an environment on the host around the compiled update ("multi_turn", config.env).
+# with an environment on the host around the compiled update ("multi_turn", config.env). An
+# external engine (rollout.engine=vllm) samples on the host: "host" or "off_policy".
 DRIVERS = ("fused", "host", "off_policy", "multi_turn")
+# Who samples the rollouts: our compiled sampler ("jax"), or vLLM's engine in this process
+# ("vllm": interop/vllm_engine.py, training/rl/engine_rollout.py).
+ENGINES = ("jax", "vllm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +39,7 @@ class RLPlan:
   critic: str | None  # "reward", "sft", "shared"; None: the estimator needs no values
   rewards: rewards.RewardPlan
   driver: str  # DRIVERS
+  engine: str = "jax"  # ENGINES
 
   @property
   def uses_reward_model(self) -> bool:
@@ -58,7 +63,7 @@ class RLPlan:
     return ("policy", "policy_opt", *critic, "kl", "baseline", "rng", *queue)
 
   def to_json(self) -> dict:
-    return dict(algo=self.algo, driver=self.driver, critic=self.critic, kl_coef=self.kl_coef,
+    return dict(algo=self.algo, driver=self.driver, engine=self.engine, critic=self.critic, kl_coef=self.kl_coef,
                 rewards=dict(zip(self.rewards.names, self.rewards.weights)), checkpoint_items=list(self.items),
                 rl={key: dict(value=value, origin=self.origins.get(key, "config"))
                     for key, value in sorted(self.fields.items())},
@@ -79,9 +84,12 @@ def resolve(cfg) -> RLPlan:
   kl_coef, origins["kl_coef"] = presets.kl_coef(cfg.algo, cfg.kl_coef)
   reward_plan = rewards.plan(cfg.reward)
   critic, origins["critic"] = critic_of(cfg.critic, fields["advantage"], reward_plan)
+  engine = cfg.get("rollout", {}).get("engine", "jax")
+  if engine not in ENGINES:
+    raise UserError(f"rollout.engine={engine!r}: choose one of {', '.join(ENGINES)}")
   driver = ("multi_turn" if multi_turn(cfg) else "off_policy" if fields["off_policy_steps"]
-            else "host" if reward_plan.host else "fused")
-  return RLPlan(cfg.algo, fields, origins, kl_coef, critic, reward_plan, driver)
+            else "host" if reward_plan.host or engine != "jax" else "fused")
+  return RLPlan(cfg.algo, fields, origins, kl_coef, critic, reward_plan, driver, engine)
 
 
 def critic_of(configured: str, advantage: str, reward_plan: rewards.RewardPlan) -> tuple:

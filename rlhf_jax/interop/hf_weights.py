@@ -11,6 +11,8 @@ import dataclasses
 import re
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.models.config import ModelConfig
@@ -26,6 +28,11 @@ class Group:
   ours: tuple  # our param paths ("layer_0/attn/query/kernel", ...)
   split: Callable  # HF array -> list of our arrays (one per path)
   join: Callable  # list of our arrays -> HF array
+
+
+def array_module(arrays):
+  """numpy for host arrays (export), jax.numpy for device arrays (a weight push stays on the device)."""
+  return jnp if isinstance(arrays[0], jax.Array) else np
 
 
 def same(hf: str, path: str, shape: tuple) -> Group:
@@ -56,7 +63,7 @@ def stacked_columns(hf: str, paths: tuple, hf_shape: tuple, shape: tuple) -> Gro
     return [part.reshape(shape) for part in np.split(w, n, axis=-1)]
 
   def join(ours):
-    return np.concatenate([o.reshape(hf_shape[:-1] + (hf_shape[-1] // n,)) for o in ours], axis=-1)
+    return array_module(ours).concatenate([o.reshape(hf_shape[:-1] + (hf_shape[-1] // n,)) for o in ours], axis=-1)
 
   return Group(hf, hf_shape, paths, split, join)
 
@@ -71,7 +78,7 @@ def interleaved_heads(hf: str, paths: tuple, hf_shape: tuple, heads: int, head_d
     return [w[..., i, :] for i in range(3)]
 
   def join(ours):
-    stacked = np.stack(ours, axis=-2)  # [..., heads, 3, head_dim]
+    stacked = array_module(ours).stack(ours, axis=-2)  # [..., heads, 3, head_dim]
     return stacked.reshape(hf_shape[::-1]).T if weight else stacked.reshape(hf_shape)
 
   return Group(hf, hf_shape, paths, split, join)

@@ -64,12 +64,15 @@ class HostScoredIteration:
   sample: Callable  # compiled (state, prompts, mask) -> Sampled
   score_tokens: Callable  # compiled (state, Sampled) -> (log-probs, reference log-probs, values)
   update: Callable  # compiled (state, Sampled, HostScores, token scores) -> (state, metrics), state donated
-  score: HostScorer
+  score: HostScorer | None  # None: in-graph rewards only (an external engine samples: engine_rollout.py)
+  sampler_metrics: Callable = dict  # the sampler's own metrics of this iteration (an engine's push, its time)
 
   def __call__(self, state, batch):
     sampled = self.sample(state, batch["tokens"], batch["mask"])
     token_scores = self.score_tokens(state, sampled)  # runs while the host scores
-    return self.update(state, sampled, self.score(sampled, batch["ids"]), token_scores)
+    host = None if self.score is None else self.score(sampled, batch["ids"])
+    state, metrics = self.update(state, sampled, host, token_scores)
+    return state, {**metrics, **self.sampler_metrics()}
 
 
 def seed_rows(mesh) -> NamedSharding:
@@ -78,9 +81,11 @@ def seed_rows(mesh) -> NamedSharding:
 
 
 def compile_host_iteration(shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg, vmap_seeds=1,
-                           **host_fields):
+                           engine=None, **host_fields):
   """The three compiled parts around the host's scoring, laid out as the fused iteration is
-  (with `vmap_seeds` > 1 vmapped over the seed axis of a stacked state, the prompts shared)."""
+  (with `vmap_seeds` > 1 vmapped over the seed axis of a stacked state, the prompts shared).
+  `engine`: an engine_rollout.EngineSampler drawing the responses instead (no host rewards:
+  `host_fields["host"]` empty, nothing scored on the host)."""
   data, wrap = sharding.batch_sharding(mesh), lambda fn: sharding.with_rules(fn, mesh, rules)
   sample = functools.partial(rl_steps.sample_phase, policy=models.policy, score_fn=score_fn, cfg=rl_cfg)
   score_tokens = functools.partial(rl_steps.score_tokens, policy=models.policy, critic=models.critic, cfg=rl_cfg)
@@ -92,10 +97,11 @@ def compile_host_iteration(shardings, mesh, rules, models, policy_tx, value_tx, 
     sample = jax.vmap(sample, in_axes=(axes, None, None))
     score_tokens = jax.vmap(score_tokens, in_axes=(axes, 0))
     update = jax.vmap(update, in_axes=(axes, 0, 0, 0), out_axes=(axes, 0))
+  scorer = HostScorer(samples_per_prompt=rl_cfg.samples_per_prompt, mesh=mesh, seeds=vmap_seeds if vmap_seeds > 1 else 0,
+                      **host_fields) if host_fields.get("host") else None
   return HostScoredIteration(
-      sample=jax.jit(wrap(sample), in_shardings=(shardings, data, data), out_shardings=rows),
+      sample=engine or jax.jit(wrap(sample), in_shardings=(shardings, data, data), out_shardings=rows),
       score_tokens=jax.jit(wrap(score_tokens), in_shardings=(shardings, rows), out_shardings=rows),
       update=jax.jit(wrap(update), in_shardings=(shardings, rows, rows, rows),
                      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0),
-      score=HostScorer(samples_per_prompt=rl_cfg.samples_per_prompt, mesh=mesh,
-                       seeds=vmap_seeds if vmap_seeds > 1 else 0, **host_fields))
+      score=scorer, sampler_metrics=engine.take_metrics if engine else dict)

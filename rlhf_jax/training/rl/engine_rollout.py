@@ -1,0 +1,131 @@
+"""Rollouts drawn by an external engine (`rollout.engine=vllm`, interop/vllm_engine.py).
+
+`EngineSampler` stands where the compiled sampling half stands (rl_steps.sample_phase): it
+takes the state and a prompt batch and returns the same `Sampled`, so the rest of the iteration
+(host scoring, the compiled scoring pass and update: host_rewards.py; the K-deep queue:
+off_policy.py) is unchanged. On the host: the prompts' ids, one seed per response drawn from the
+iteration's sampling key (the state's rng, so a resumed run draws the same seeds), the engine's
+responses; on the device (compiled once): the `Sampled` around them, scored by the reward model
+in the graph as our own sampler's are.
+
+The engine holds a copy of the policy: before sampling, when the state's step is not the one
+whose weights it holds (after each update, and once after a resume), the policy's weights are
+pushed (LoRA adapters merged into them first); `time/weight_push`, `rollout/weight_push_mb` and
+`time/engine_rollout` join the iteration's metrics. The sampler/trainer mismatch is logged and
+corrected as for any sampler (rl_steps.behaviour_correction, `rl.rollout_correction`).
+"""
+
+import dataclasses
+import functools
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import sharding
+from rlhf_jax.interop import hf_export, vllm_engine
+from rlhf_jax.models import lora
+from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.models.sampling import SampleOutput
+from rlhf_jax.training.policy.policy_state import policy_params
+from rlhf_jax.training.rl import off_policy, rl_steps
+from rlhf_jax.training.rl.rl_config import RLConfig
+
+
+def response_seeds(state, rows: int) -> jax.Array:
+  """One seed per response from the iteration's sampling key (rl_steps.sample_phase's)."""
+  _, sample_rng, _ = jax.random.split(state.rng, 3)
+  return jax.random.randint(sample_rng, (rows,), 0, 2**31 - 1)
+
+
+def assemble(state, prompts, prompt_mask, tokens, mask, logprobs, *, score_fn, cfg: RLConfig) -> rl_steps.Sampled:
+  """The `Sampled` of an engine's responses (`samples_per_prompt` per prompt, in order)."""
+  prompts, prompt_mask = (jnp.repeat(x, cfg.samples_per_prompt, axis=0) for x in (prompts, prompt_mask))
+  return rl_steps.sampled_of(state, prompts, prompt_mask, SampleOutput(tokens, logprobs, mask), score_fn=score_fn,
+                             cfg=cfg)
+
+
+def merged_policy(state, model_cfg: ModelConfig):
+  """The policy's params as plain weights: a LoRA policy's adapters folded into its base."""
+  params = policy_params(state)
+  return lora.merge(params, model_cfg) if state.lora else params
+
+
+@dataclasses.dataclass
+class EngineSampler:
+  """(state, prompts, mask) -> Sampled from `engine`, as the compiled sampling half; the
+  engine's weights kept the state's policy's (`sync`)."""
+  engine: object  # vllm_engine.VLLMEngine
+  model_cfg: ModelConfig  # the policy's (its LoRA scale merges adapters; its blocks name the HF tensors)
+  cfg: RLConfig
+  sampling: dict  # temperature, top_k, top_p
+  assemble: Callable  # compiled (state, prompts, mask, tokens, mask, log-probs) -> Sampled
+  seeds: Callable  # compiled (state) -> [rows] seeds
+  mesh: object
+  gap: Callable | None = None  # compiled (state, Sampled) -> the max |sampler - trainer| log-prob (off-policy)
+  weights_step: int | None = None  # the state's step whose policy the engine holds
+  metrics: dict = dataclasses.field(default_factory=dict)  # of the last call, taken by the iteration
+
+  def __call__(self, state, prompts, prompt_mask) -> rl_steps.Sampled:
+    self.metrics = self.sync(state)
+    started = time.perf_counter()
+    ids = [row[m > 0].tolist() for row, m in zip(np.asarray(prompts), np.asarray(prompt_mask))]
+    ids = [p for p in ids for _ in range(self.cfg.samples_per_prompt)]
+    seeds = np.asarray(self.seeds(state))
+    sampled = self._draw(state, prompts, prompt_mask, ids, seeds, greedy=False)
+    if self.cfg.needs_greedy:  # ReMax's baseline: one greedy response per sample's row
+      sampled = sampled._replace(greedy=self._draw(state, prompts, prompt_mask, ids, seeds, greedy=True))
+    self.engine.rest()
+    self.metrics["time/engine_rollout"] = time.perf_counter() - started
+    return sampled
+
+  def _draw(self, state, prompts, prompt_mask, ids, seeds, greedy: bool):
+    response = self.engine.sample(ids, seeds, max_new_tokens=self.cfg.max_new_tokens, eos_id=self.cfg.eos_id,
+                                  pad_id=self.cfg.pad_id, greedy=greedy, **self.sampling)
+    response = sharding.put_batch(dict(zip(("tokens", "mask", "logprobs"), response)), self.mesh)
+    return self.assemble(state, prompts, prompt_mask, response["tokens"], response["mask"], response["logprobs"])
+
+  def in_flight(self, view, prompts, prompt_mask) -> off_policy.InFlight:
+    """An off-policy rollout (off_policy.py): its `Sampled` and its log-prob check under the
+    params that sampled it (the engine's copy of the policy)."""
+    sampled = self(view, prompts, prompt_mask)
+    return off_policy.InFlight(sampled, self.gap(view, sampled))
+
+  def sync(self, state) -> dict:
+    """Pushes the state's policy to the engine unless it holds it already; the push's metrics."""
+    step = int(jax.device_get(state.step))
+    if step == self.weights_step:
+      return {}
+    metrics = self.engine.push(merged_policy(state, self.model_cfg), self.model_cfg)
+    self.weights_step = step
+    return metrics
+
+  def take_metrics(self) -> dict:
+    metrics, self.metrics = self.metrics, {}
+    return metrics
+
+
+def start(cfg, run_dir, state, models, tokenizer, prompt_len: int, rl_cfg: RLConfig, mesh, rules,
+          score_fn) -> EngineSampler:
+  """The engine started on an export of the state's policy (`run_dir`/engine_policy), and its
+  sampler's compiled parts."""
+  model_cfg = models.policy.cfg
+  plain_cfg = dataclasses.replace(model_cfg, lora_rank=0, heads=())
+  directory = run_dir.file("engine_policy")
+  hf_export.export(plain_cfg, jax.device_get(merged_policy(state, model_cfg)), tokenizer, directory)
+  max_len = min(model_cfg.max_len, prompt_len + rl_cfg.max_new_tokens)
+  engine = vllm_engine.VLLMEngine(directory, max_len=max_len, settings=vllm_engine.settings_of(cfg), seed=cfg.seed)
+  rows = sharding.batch_sharding(mesh)
+  wrap = lambda fn: jax.jit(sharding.with_rules(fn, mesh, rules), out_shardings=rows)
+  gap = functools.partial(off_policy.logprob_gap, policy=models.policy, cfg=rl_cfg)
+  return EngineSampler(
+      engine=engine, model_cfg=model_cfg, cfg=rl_cfg,
+      sampling=dict(temperature=rl_cfg.temperature, top_k=cfg.sample.top_k, top_p=cfg.sample.top_p),
+      assemble=wrap(functools.partial(assemble, score_fn=score_fn, cfg=rl_cfg)),
+      seeds=jax.jit(functools.partial(response_seeds, rows=cfg.data.batch_size + rl_cfg.oversample *
+                                      rl_cfg.samples_per_prompt)),
+      mesh=mesh,
+      gap=jax.jit(sharding.with_rules(lambda view, sampled: gap(policy_params(view), sampled), mesh, rules),
+                  out_shardings=sharding.replicated(mesh)))
