@@ -128,7 +128,7 @@ BUILDERS = {
 BASELINES = {"w5": "w1", "w6": "w6_sync", "rollout": "rollout_static", "rl_update": "rl_update_padded",
              "rollout_vllm": "rollout_static"}
 # Workloads reported side by side with their baseline: (ours, the baseline's) names in the JSON.
-SIDES = {"rollout": ("continuous", "static"), "rl_update": ("packed", "padded"), "rollout_vllm": ("vllm", "jax")}
+SIDES = {"rollout": ("continuous", "static"), "rl_update": ("packed", "padded"), "rollout_vllm": ("vllm", "ours_static")}
 # Ours done another way, against the peer's same workload: w2 with each pair's prompt held once.
 PEER_WORKLOAD = {"w2_shared": "w2"}
 
@@ -188,7 +188,7 @@ def measure(name: str, peak: float) -> tuple[dict, list]:
     for side in SIDES[name]:
       result[side]["fraction_of_roofline"] = result[side].pop("floor_bytes") / rate / result[side]["seconds"]
     result["bandwidth_gb_per_s"] = rate / 1e9
-  elif base:
+  elif base and name != "rollout_vllm":
     ratio = statistics.median(ours / theirs for ours, theirs in zip(rounds, base))
     result.update({f"{BASELINES[name]}_round_seconds": base,
                    **({"host_overhead": ratio - 1.0} if name == "w5" else {"speedup_vs_sync": 1.0 / ratio})})

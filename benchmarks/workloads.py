@@ -248,11 +248,13 @@ def vllm_rollout_workload(lengths: list[int], preset: str = "tiny", model: dict 
   from rlhf_jax.data.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
   from rlhf_jax.interop import hf_export, vllm_engine  # pylint: disable=g-import-not-at-top
   cfg = stage_config(pretrain, preset, model)
+  rows, budget = len(lengths), budget or max(lengths)
+  # vLLM refuses positions past the config's (ours, with rotary positions, has no such limit).
+  cfg.model.max_len = max(cfg.model.max_len, prompt_len + budget)
   model_ = Transformer(ModelConfig.from_dict(dict(cfg.model)))
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   state, _ = setup.init_state(model_, make_optimizer(cfg.optim, 10), mesh, rules, cfg.seed)
   hf_export.export(model_.cfg, jax.device_get(state.params), ByteTokenizer(), directory)
-  rows, budget = len(lengths), budget or max(lengths)
   engine = vllm_engine.VLLMEngine(directory, max_len=prompt_len + budget, seed=0,
                                   settings=vllm_engine.EngineSettings(kv_cache_gib=2.0))
   prompts = random_tokens(1, (rows, prompt_len), model_.cfg.vocab_size).tolist()

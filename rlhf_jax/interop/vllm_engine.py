@@ -119,7 +119,7 @@ class VLLMEngine:
     our sampler's): response i is exactly stop_at[i] tokens, EOS or not."""
     self.wake()
     stop = [dict(max_tokens=max_new_tokens, stop_token_ids=[eos_id])] * len(prompts) if stop_at is None else [
-        dict(max_tokens=int(n), min_tokens=int(n), ignore_eos=True) for n in stop_at]
+        dict(max_tokens=int(n), ignore_eos=True) for n in stop_at]
     params = [self._vllm.SamplingParams(temperature=0.0 if greedy else temperature, top_k=top_k if top_k > 0 else -1,
                                         top_p=top_p, seed=int(s), logprobs=0, detokenize=False, **limits)
               for s, limits in zip(seeds, stop)]
