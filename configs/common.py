@@ -93,7 +93,8 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
       arithmetic_digits=2, arithmetic_operations=("+", "-", "*"), arithmetic_slips=0.0,
       chat_template=False))  # True: the prompt as a user message in an HF tokenizer's chat template
   c.optim = ml_collections.ConfigDict(dict(
-      lr=3e-3 if small else 6e-4, warmup_steps=50 if small else 1000, final_lr_ratio=0.1,
+      # A linear warmup, then a `schedule` decay (cosine or linear) to lr x final_lr_ratio.
+      lr=3e-3 if small else 6e-4, warmup_steps=50 if small else 1000, final_lr_ratio=0.1, schedule="cosine",
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0, accum_steps=1))
   c.train = ml_collections.ConfigDict(dict(
       num_steps=250 if small else 20000, log_every=25 if small else 100,

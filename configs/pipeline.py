@@ -19,11 +19,13 @@ def get_config(preset: str = "tiny"):
   """pretrain -> sft -> reward -> rl (InstructGPT's order); `stages` may stop earlier. The RL
   stage runs PPO unless --config.rl.algo says otherwise (it was `ppo` before: a pipeline's
   --config.ppo.FIELD is now --config.rl.FIELD). Presets `arithmetic`: the verifiable task;
-  `tools`: the multi-turn tool task."""
+  `tools`: the multi-turn tool task; `tldr`: Reddit TL;DR summarisation from a Hugging Face GPT-2."""
   if preset == "arithmetic":
     return arithmetic()
   if preset == "tools":
     return tools()
+  if preset == "tldr":
+    return tldr()
   c = ml_collections.ConfigDict()
   c.stage = "pipeline"
   c.stages = ("pretrain", "sft", "reward", "rl")
@@ -88,4 +90,52 @@ def tools():
   c.rl.env.update(dict(tools=("calculator",), max_turns=2, turn_tokens=48))  # a call, then the answer
   c.rl.update(dict(max_prompt_len=32))
   c.rl.eval.k = 1  # draws per held-out prompt for greedy accuracy, pass@k, mean@k, maj@k; multi-turn takes 1
+  return c
+
+
+# Where docs/data.md's downloads put the TL;DR files (`huggingface-cli download ... --local-dir`).
+TLDR_GPT2 = "hf:models/gpt2"
+TLDR_SFT = "hf:data/tldr_sft/data/{split}-*.parquet"  # CarperAI/openai_summarize_tldr: prompt, label
+TLDR_PAIRS = "hf:data/tldr_pairs/data/{split}-*.parquet"  # CarperAI/openai_summarize_comparisons
+
+
+def tldr():
+  """SFT -> reward model -> PPO on Reddit TL;DR, with Huang et al. 2024's set-up ("The N+
+  implementation details of RLHF with PPO", ../shared/REFERENCES.md section 7), from a local
+  Hugging Face GPT-2 (or Pythia: --config.sft.init_from=hf:DIR). Queries are the SFT set's
+  `prompt` ("SUBREDDIT: r/...\nTITLE: ...\nPOST: ...\nTL;DR:", up to 512 tokens), responses its
+  `label` (up to 53 tokens, EOS after); the comparisons' `prompt` takes "\n" and their `chosen` /
+  `rejected` ("TL;DR: ...") follow it. docs/data.md gives the downloads and the GPU commands.
+
+    python -m rlhf_jax.main --config=configs/pipeline.py:tldr --workdir=runs/tldr
+  """
+  c = get_config("gpt2_small")
+  c.stages = ("sft", "reward", "rl")
+  del c.pretrain
+  c.sft.init_from = TLDR_GPT2
+  c.sft.data.update(dict(source=TLDR_SFT.format(split="train"), eval_source=TLDR_SFT.format(split="valid"),
+                         prompt_field="prompt", response_field="label", batch_size=128, seq_len=512 + 53))
+  # SFT: lr 3e-6, cosine, batch 128, one epoch of the 116,722 posts.
+  c.sft.optim.update(dict(lr=3e-6, warmup_steps=0, final_lr_ratio=0.0))
+  c.sft.train.update(dict(num_steps=912, eval_every=300, checkpoint_every=300))
+  c.sft.sample.max_new_tokens = 53
+  # Reward model: the loss read at EOS; lr 3e-6, batch 64, one epoch of the 92,858 pairs.
+  c.reward.preference.update(dict(source=TLDR_PAIRS.format(split="train"), eval_source=TLDR_PAIRS.format(split="test"),
+                                  prompt_field="prompt", prompt_template="{prompt}\n", chosen_field="chosen",
+                                  rejected_field="rejected"))
+  c.reward.data.update(dict(batch_size=64, seq_len=512 + 169))
+  c.reward.optim.update(dict(lr=3e-6, warmup_steps=0, final_lr_ratio=0.0))
+  c.reward.train.update(dict(num_steps=1450, eval_every=500, checkpoint_every=500))
+  # PPO: lr 3e-6 decayed linearly, 512 responses an iteration (1M episodes: 1953 of them), 4
+  # epochs of 4 minibatches, beta 0.05, temperature 0.7, 53 new tokens, -1 without EOS, the
+  # critic from the reward model; judged by the reward model, the KL and the summaries' length.
+  c.rl.algo, c.rl.judge, c.rl.kl_coef, c.rl.critic = "ppo", "", 0.05, "reward"
+  c.rl.data.update(dict(source=TLDR_SFT.format(split="train"), eval_source=TLDR_SFT.format(split="valid"),
+                        prompt_field="prompt", batch_size=512))
+  c.rl.update(dict(max_prompt_len=512, eval_prompts=256))
+  c.rl.sample.update(dict(max_new_tokens=53, temperature=0.7))
+  c.rl.rl.update(dict(epochs=4, minibatches=4, penalise_no_eos=True, no_eos_penalty=-1.0))
+  for optim in (c.rl.optim, c.rl.value_optim):
+    optim.update(dict(lr=3e-6, warmup_steps=0, final_lr_ratio=0.0, schedule="linear"))
+  c.rl.train.update(dict(num_steps=1953, eval_every=200, checkpoint_every=200))
   return c

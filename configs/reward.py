@@ -29,7 +29,9 @@ def get_config(preset: str = "tiny"):
       eval_pairs=256 if small else 2048, temperature=1.0, max_new_tokens=96 if small else 256,
       gen_batch=128, eval_fraction=0.05, train_split="train", eval_split="test",
       # jsonl:PATH and hf:PATH: the fields; chosen and rejected may be whole dialogues (prompt_field
-      # "") or chat conversations, split where they part. eval_source: held-out pairs' own file.
-      prompt_field="prompt", chosen_field="chosen", rejected_field="rejected", eval_source=""))
+      # "") or chat conversations, split where they part. prompt_template: the prompt filled from
+      # the record's fields instead ("{prompt}\n"). eval_source: held-out pairs' own file.
+      prompt_field="prompt", prompt_template="", chosen_field="chosen", rejected_field="rejected",
+      eval_source=""))
   c.upstream = {"sft": sft.get_config(preset)}
   return c

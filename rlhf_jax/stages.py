@@ -16,7 +16,7 @@ from rlhf_jax.errors import UserError
 from rlhf_jax.models.continuous import BATCHINGS
 from rlhf_jax.models.paged import PAGED_KERNELS
 from rlhf_jax.stage_specs import STAGES
-from rlhf_jax.training.core import guards
+from rlhf_jax.training.core import guards, optim
 from rlhf_jax.workdir import RunDir
 
 PAIR_STAGES = stage_specs.with_trait("pairs")  # data.share_prompt: each preference pair's prompt held once
@@ -54,6 +54,10 @@ def check_train_fields(config) -> None:
   kernel = config.get("sample", {}).get("paged_attention", "xla")
   if kernel not in PAGED_KERNELS:
     raise UserError(f"sample.paged_attention={kernel!r}: choose one of {PAGED_KERNELS}")
+  for name in ("optim", "value_optim"):
+    schedule = config.get(name, {}).get("schedule", "cosine")
+    if schedule not in optim.SCHEDULES:
+      raise UserError(f"{name}.schedule={schedule!r}: choose one of {optim.SCHEDULES}")
   if config.get("data", {}).get("pack") and config.stage not in PACKED_STAGES:
     raise UserError(f"data.pack=True: packed rows are for the {', '.join(PACKED_STAGES)} stages; "
                     f"the {config.stage} stage pads each row")

@@ -35,8 +35,8 @@ def load_pairs(pref_cfg, split: str) -> list[tuple[str, str, str]]:
 
 
 def pair_of(record: sources.Record, pref_cfg) -> tuple[str, str, str]:
-  """(prompt, chosen, rejected) of a record: its `preference.prompt_field`, `chosen_field` and
-  `rejected_field` strings; whole dialogues (no prompt field: "") or conversations (lists of chat
+  """(prompt, chosen, rejected) of a record: its `preference.prompt_field` (or
+  `preference.prompt_template` filled from its fields), `chosen_field` and `rejected_field` strings; whole dialogues (no prompt field: "") or conversations (lists of chat
   messages) are split where they part, as `hh:` is."""
   where = record.where.rsplit(":", 1)
   prompt, chosen, rejected = (pref_cfg.get(f"{k}_field", k) for k in ("prompt", "chosen", "rejected"))
@@ -44,7 +44,9 @@ def pair_of(record: sources.Record, pref_cfg) -> tuple[str, str, str]:
     return split_shared_prefix(*(sources.dialogue_text(sources.conversation(record.fields, k, *where))
                                  for k in (chosen, rejected)))
   texts = [sources.string_field(record.fields, k, *where) for k in (chosen, rejected)]
-  return (sources.string_field(record.fields, prompt, *where), *texts) if prompt else split_shared_prefix(*texts)
+  if not (prompt or pref_cfg.get("prompt_template")):
+    return split_shared_prefix(*texts)
+  return (sources.prompt_text(record, pref_cfg), *texts)  # the field, or `preference.prompt_template` filled
 
 
 def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:

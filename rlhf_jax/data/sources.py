@@ -12,8 +12,8 @@
   jsonl:PATH          one JSON object per line: `text` for pretraining, `prompt`/`response` for
                       SFT, any fields for RL prompts (records)
   hf:PATH             Hugging Face `datasets` local files, as records: a parquet, JSON(L) or
-                      arrow file, or a `save_to_disk` folder (of a DatasetDict: its
-                      `train_split` and `eval_split`)
+                      arrow file (or a glob of them: a hub download's `train-*.parquet`), or a
+                      `save_to_disk` folder (of a DatasetDict: its `train_split` and `eval_split`)
   reasoning_gym:NAME  a task of PyPI's reasoning-gym, generated offline: records with `prompt`
                       (the question), `answer` and `entry` (what its scorer reads: the
                       `reasoning_gym` reward); `embedded_docs` training and `eval_docs` held-out
@@ -28,6 +28,7 @@ give it documents, whose openings are the prompts.
 """
 
 import dataclasses
+import glob
 import importlib
 import json
 import os
@@ -118,16 +119,17 @@ def hf_records(path: str, data_cfg, split: str, whole: bool) -> tuple[list[Recor
   (then whole: True)."""
   datasets = _import("datasets", "hf:PATH needs Hugging Face datasets: pip install -e '.[hf]'")
   datasets.disable_progress_bars()
-  if not os.path.exists(path):
+  files = sorted(glob.glob(path)) if glob.has_magic(path) else [path]  # a hub download's hashed shard names
+  if not files or not os.path.exists(files[0]):
     raise UserError(f"data file not found: {path}")
   try:
-    if os.path.isdir(path):
-      table = datasets.load_from_disk(path)
+    if os.path.isdir(files[0]):
+      table = datasets.load_from_disk(files[0])
     else:
-      kind = HF_FILES.get(os.path.splitext(path)[1])
+      kind = HF_FILES.get(os.path.splitext(files[0])[1])
       if kind is None:
-        raise UserError(f"hf:{path}: expected a .parquet, .json, .jsonl or .arrow file or a save_to_disk folder")
-      table = datasets.load_dataset(kind, data_files=path, split="train")
+        raise UserError(f"hf:{path}: expected a .parquet, .json, .jsonl or .arrow file (or a glob of them) or a save_to_disk folder")
+      table = datasets.load_dataset(kind, data_files=files, split="train")
   except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as e:
     raise UserError(f"hf:{path} is not a readable dataset: {str(e).splitlines()[0]}") from None
   if isinstance(table, datasets.DatasetDict):

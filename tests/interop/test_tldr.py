@@ -1,0 +1,79 @@
+"""configs/pipeline.py:tldr end to end: a tiny random GPT-2 where docs/data.md's download puts
+GPT-2, and a few records in each CarperAI dataset's exact format and file layout (hashed shard
+names included), written by the test: SFT -> reward model -> PPO, each stage reading its files."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import pipeline
+from rlhf_jax import stages
+from rlhf_jax.data import preferences
+from tests.interop import tiny_hf
+
+POSTS = ["my cat knocked the plant off the shelf again and I found soil all over the rug",
+         "I started running in the mornings and now I sleep much better than before",
+         "our landlord raised the rent twice this year and we are thinking of moving out"]
+
+
+def tldr_rows(n: int, start: int = 0):
+  """openai_summarize_tldr's columns: `prompt` (ending in TL;DR:) and `label` (the summary, its space first)."""
+  for i in range(start, start + n):
+    post = POSTS[i % len(POSTS)]
+    yield {"prompt": f"SUBREDDIT: r/AskReddit\nTITLE: story {i}\nPOST: {post}\nTL;DR:", "label": f" {post[:24]}"}
+
+
+def pair_rows(n: int, start: int = 0):
+  """openai_summarize_comparisons' columns: the post without TL;DR, and two "TL;DR: ..." summaries."""
+  for i in range(start, start + n):
+    post = POSTS[i % len(POSTS)]
+    yield {"prompt": f"SUBREDDIT: r/AskReddit\nTITLE: story {i}\nPOST: {post}",
+           "chosen": f"TL;DR: {post[:30]}", "rejected": "TL;DR: the the the the"}
+
+
+def write_split(datasets, pattern: str, split: str, rows) -> None:
+  path = pattern.removeprefix("hf:").format(split=split).replace("*", "00000-of-00001-3f2e1d0c")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  datasets.Dataset.from_list(list(rows)).to_parquet(path)
+
+
+def shrunk_tldr():
+  cfg = pipeline.get_config("tldr")
+  for stage in cfg.stages:
+    cfg[stage].train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2, log_every=1, eval_batches=1))
+  cfg.sft.data.update(dict(batch_size=4, seq_len=64))
+  cfg.reward.data.update(dict(batch_size=4, seq_len=64))
+  cfg.rl.data.batch_size = 8
+  cfg.rl.update(dict(max_prompt_len=48, eval_prompts=4))
+  cfg.sft.sample.max_new_tokens = cfg.rl.sample.max_new_tokens = 8
+  return cfg
+
+
+def test_the_tldr_pipeline_runs_sft_reward_and_ppo_on_carperai_files_from_a_local_gpt2(tmp_path, monkeypatch):
+  datasets = pytest.importorskip("datasets")
+  pytest.importorskip("transformers")
+  monkeypatch.chdir(tmp_path)  # the preset's paths are relative, as the downloads are
+  gpt2 = pipeline.TLDR_GPT2.removeprefix("hf:")
+  tiny_hf.hf_model("gpt2").save_pretrained(gpt2)
+  tiny_hf.bpe_tokenizer(gpt2)
+  write_split(datasets, pipeline.TLDR_SFT, "train", tldr_rows(24))
+  write_split(datasets, pipeline.TLDR_SFT, "valid", tldr_rows(8, 100))
+  write_split(datasets, pipeline.TLDR_PAIRS, "train", pair_rows(24))
+  write_split(datasets, pipeline.TLDR_PAIRS, "test", pair_rows(8, 100))
+  cfg = shrunk_tldr()
+  # The comparisons' prompt takes "\n" and then the TL;DR: the reward model reads the text the policy's queries end in.
+  record = preferences.sources.Record("pairs:1", next(pair_rows(1)))
+  prompt, chosen, _ = preferences.pair_of(record, cfg.reward.preference)
+  assert prompt + chosen == next(tldr_rows(1))["prompt"] + " " + POSTS[0][:30]
+  summary = stages.run(cfg, "runs/tldr")
+  assert set(summary) >= {"sft", "reward", "rl"}
+  rl = json.load(open("runs/tldr/rl/summary.json"))
+  for key in ("eval/proxy_reward", "eval/kl", "eval/response_length"):
+    assert np.isfinite(rl[key]), key
+  assert json.load(open("runs/tldr/sft/config.json"))["init_from"] == pipeline.TLDR_GPT2
+  plan = json.load(open("runs/tldr/rl/plan.json"))
+  assert plan["critic"] == "reward" and plan["rl"]["epochs"]["value"] == 4 and plan["kl_coef"] == 0.05
+  samples = [json.loads(line) for line in open("runs/tldr/rl/samples/step_000002.jsonl")]
+  assert samples[0]["prompt"].endswith("TL;DR:") and "story 100" in samples[0]["prompt"]  # the valid file's
