@@ -63,6 +63,7 @@ def test_the_tldr_pipeline_runs_sft_reward_and_ppo_on_carperai_files_from_a_loca
   write_split(datasets, pipeline.TLDR_PAIRS, "train", pair_rows(24))
   write_split(datasets, pipeline.TLDR_PAIRS, "test", pair_rows(8, 100))
   cfg = shrunk_tldr()
+  cfg.rl.eval.judge_model = pipeline.TLDR_GPT2  # a (random) judge: the win rate's mechanics, not its value
   # The comparisons' prompt takes "\n" and then the TL;DR: the reward model reads the text the policy's queries end in.
   record = preferences.sources.Record("pairs:1", next(pair_rows(1)))
   prompt, chosen, _ = preferences.pair_of(record, cfg.reward.preference)
@@ -72,8 +73,26 @@ def test_the_tldr_pipeline_runs_sft_reward_and_ppo_on_carperai_files_from_a_loca
   rl = json.load(open("runs/tldr/rl/summary.json"))
   for key in ("eval/proxy_reward", "eval/kl", "eval/response_length"):
     assert np.isfinite(rl[key]), key
+  assert 0 < rl["eval/win_rate"] < 1 and 0 < rl["eval/ref_win_rate"] < 1
   assert json.load(open("runs/tldr/sft/config.json"))["init_from"] == pipeline.TLDR_GPT2
   plan = json.load(open("runs/tldr/rl/plan.json"))
   assert plan["critic"] == "reward" and plan["rl"]["epochs"]["value"] == 4 and plan["kl_coef"] == 0.05
   samples = [json.loads(line) for line in open("runs/tldr/rl/samples/step_000002.jsonl")]
   assert samples[0]["prompt"].endswith("TL;DR:") and "story 100" in samples[0]["prompt"]  # the valid file's
+
+
+def test_the_judge_asks_both_orders_so_identical_responses_tie_and_a_bad_path_is_one_line(tmp_path):
+  pytest.importorskip("transformers")
+  from rlhf_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.pairwise_judge import PairwiseJudge  # pylint: disable=g-import-not-at-top
+  tiny_hf.hf_model("gpt2").save_pretrained(tmp_path / "judge")
+  tiny_hf.bpe_tokenizer(str(tmp_path / "judge"))
+  judge = PairwiseJudge(f"hf:{tmp_path / 'judge'}", batch=2)
+  prompts, ours = ["a post about a cat", "a post about rent", "a run"], ["the cat", "rent is up", "I run"]
+  np.testing.assert_allclose(judge.win_rate(prompts, ours, ours), 0.5, atol=1e-6)
+  theirs = ["a dog", "moving out", "sleep"]
+  first = judge.first_preferred(prompts, ours, theirs)
+  np.testing.assert_allclose(judge.win_rate(prompts, ours, theirs),
+                             (first + 1 - judge.first_preferred(prompts, theirs, ours)) / 2, atol=1e-6)
+  with pytest.raises(UserError, match="eval.judge_model='models/judge': expected hf:DIR"):
+    PairwiseJudge("models/judge")

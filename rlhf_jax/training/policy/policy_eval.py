@@ -7,6 +7,10 @@ as `reward/NAME`), the KL from the reference (the sum over response tokens of lo
 at the sampled tokens) and the response length, for the policy (`eval/...`) and the reference
 (`eval/ref_...`), and write both policies' samples side by side to samples/step_N.txt.
 
+With `eval.judge_model` (hf:DIR) a judge model compares each response with the prompt's
+reference (its `eval.judge_reference_field` column) in both orders: `eval/win_rate`
+(pairwise_judge.py).
+
 On a verifiable task (a checker among the rewards) `eval/accuracy` is pass@1 at the sampling
 temperature; `eval/greedy_accuracy` is the greedy response's, and with `eval.k` >= 2 samples
 per prompt, `eval/pass@k` (any of them right), `eval/mean@k` (their mean: pass@1 with less
@@ -21,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import judges, rewards, sharding
+from rlhf_jax import judges, pairwise_judge, rewards, sharding
 from rlhf_jax.algorithms import token_rewards
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.training.core.logprobs import response_logprobs
@@ -53,6 +57,7 @@ class PolicyEvaluator:
                                self.policy_shardings, self.mesh, rules, self.cfg.sample)
     self.scored = jax.jit(sharding.with_rules(self._score, self.mesh, rules),
                           out_shardings=sharding.replicated(self.mesh))
+    self.win_judge = pairwise_judge.from_config(self.cfg.get("eval"), self.prompts.columns)
 
   def for_seed(self, cfg, run_dir: RunDir) -> "PolicyEvaluator":
     """This evaluator for one seed of a vmapped run, sharing its compiled functions."""
@@ -103,6 +108,8 @@ class PolicyEvaluator:
       per, proxy = self.rewards(model, out, texts[name])
       if judge:
         per["gold_reward"] = judge(texts[name])
+      if self.win_judge:  # against the references (eval.judge_reference_field), both orders
+        per["win_rate"] = self.win_judge(self.prompts.texts, texts[name])
       checker = next((key for key in (f"reward/{c}" for c in rewards.CHECKERS) if key in per), None)
       if checker:  # a verifiable task's pass@1 at the sampling temperature
         per["accuracy"] = per[checker]

@@ -18,6 +18,7 @@ reward (each component and their sum) and the KL between them.
 
 import dataclasses
 import functools
+import os
 
 import jax
 import optax
@@ -75,6 +76,9 @@ def check_config(cfg) -> None:
   check_off_policy(cfg, plan)
   if plan.engine != "jax":
     check_engine(cfg, plan)
+  judge = cfg.eval.get("judge_model", "")
+  if judge and not (judge.startswith("hf:") and os.path.isdir(judge.removeprefix("hf:"))):
+    raise UserError(f"eval.judge_model={judge!r}: expected hf:DIR, a local Hugging Face causal LM")
   if plan.driver == "multi_turn":
     check_multi_turn(cfg, plan)
   if "format" in dict(plan.rewards.token) and not cfg.reward.get("format_text"):

@@ -1,0 +1,84 @@
+"""A judge model comparing two responses to one prompt: a local Hugging Face causal LM asked
+which is better, each pair in both orders to cancel the judge's position bias.
+
+The judge reads `template` filled with the prompt and the two responses (A first, B second)
+and its next-token distribution is read at the end: P(A) = softmax over the logits of the
+first tokens of " A" and " B". The win rate of `ours` over `theirs` on a prompt is
+(P(A | ours as A) + P(B | ours as B)) / 2: a judge that always prefers the first position
+gives 0.5, and two identical responses give exactly 0.5. Used for the TL;DR win rate against
+the reference summaries (`eval.judge_model`); the judge runs on the host's first device.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.errors import UserError
+
+# The DPO paper's TL;DR judge prompt (Rafailov et al. 2023, appendix), asking for the letter alone.
+TLDR_TEMPLATE = ("Which of the following summaries does a better job of summarizing the most important points in "
+                 "the given forum post, without including unimportant or irrelevant details? A good summary is both "
+                 "precise and concise.\n\nPost:\n{prompt}\n\nSummary A:\n{a}\n\nSummary B:\n{b}\n\n"
+                 "Which summary is better, A or B? Answer:")
+BUCKET = 64  # judge inputs are padded to a multiple of this many tokens: few compilations
+
+
+class PairwiseJudge:
+  """`win_rate(prompts, ours, theirs)` per prompt, by the causal LM in `source` (hf:DIR)."""
+
+  def __init__(self, source: str, template: str = TLDR_TEMPLATE, batch: int = 8):
+    from rlhf_jax.interop import hf  # pylint: disable=g-import-not-at-top  (transformers-free, but heavy)
+    path = source.removeprefix("hf:")
+    if not source.startswith("hf:") or not os.path.isdir(path):
+      raise UserError(f"eval.judge_model={source!r}: expected hf:DIR, a local Hugging Face causal LM")
+    if "{a}" not in template or "{b}" not in template:
+      raise UserError("eval.judge_template must hold {a} and {b} (and may hold {prompt})")
+    self.model, self.params = hf.load(path)
+    self.tokenizer = hf.load_tokenizer(path)
+    self.template, self.batch = template, batch
+    self.choices = [self.tokenizer.encode(f" {letter}")[0] for letter in "AB"]
+    self.forward = jax.jit(lambda params, tokens, mask: self.model.apply({"params": params}, tokens, mask)[:, -1])
+
+  def first_preferred(self, prompts, firsts, seconds) -> np.ndarray:
+    """P(the judge prefers the first response) per pair."""
+    texts = [self.template.format(prompt=p, a=a, b=b) for p, a, b in zip(prompts, firsts, seconds)]
+    out = []
+    for start in range(0, len(texts), self.batch):
+      tokens, mask = self._left_padded(texts[start:start + self.batch])
+      logits = self.forward(self.params, tokens, mask)[:, jnp.asarray(self.choices)]
+      out.append(np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[:, 0]))
+    return np.concatenate(out)[:len(texts)]
+
+  def win_rate(self, prompts, ours, theirs) -> np.ndarray:
+    """Per prompt, how often the judge prefers `ours`, averaged over both orders."""
+    as_first = self.first_preferred(prompts, ours, theirs)
+    as_second = 1.0 - self.first_preferred(prompts, theirs, ours)
+    return ((as_first + as_second) / 2).astype(np.float32)
+
+  def _left_padded(self, texts) -> tuple:
+    """A batch of `self.batch` rows (empty rows pad a short last batch), each text's ids cut from
+    the left to the judge's length and left-padded to a multiple of BUCKET."""
+    limit = self.model.cfg.max_len
+    ids = [self.tokenizer.encode(t)[-limit:] for t in texts] + [[self.tokenizer.pad_id]] * (self.batch - len(texts))
+    width = min(limit, -(-max(map(len, ids)) // BUCKET) * BUCKET)
+    tokens = np.full((len(ids), width), self.tokenizer.pad_id, np.int32)
+    mask = np.zeros((len(ids), width), np.int32)
+    for row, seq in enumerate(ids):
+      tokens[row, width - len(seq):], mask[row, width - len(seq):] = seq, 1
+    return jnp.asarray(tokens), jnp.asarray(mask)
+
+
+def from_config(eval_cfg, columns: dict):
+  """(prompts, responses) -> win rates against the prompts' references, from `eval.judge_model`,
+  `eval.judge_template` and `eval.judge_reference_field`; None without a judge model."""
+  if not eval_cfg or not eval_cfg.get("judge_model"):
+    return None
+  field = eval_cfg.get("judge_reference_field", "label")
+  if field not in columns:
+    raise UserError(f"eval.judge_reference_field={field!r}: the held-out prompts have no such column "
+                    f"(they have {sorted(columns)})")
+  judge = PairwiseJudge(eval_cfg.judge_model, eval_cfg.get("judge_template") or TLDR_TEMPLATE)
+  references = list(columns[field])
+  return lambda prompts, responses: judge.win_rate(prompts, responses, references)
