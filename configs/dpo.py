@@ -22,6 +22,8 @@ def get_config(preset: str = "tiny"):
   c.reward_from = ""  # a finished reward run; "" = the upstream one
   c.judge = "vader"
   c.eval_prompts = 64
+  # A judge model's win rate against the reference policy (configs/rl.py's eval: rlhf_jax/pairwise_judge.py).
+  c.eval = ml_collections.ConfigDict(dict(judge_model="", judge_reference_field="", judge_template=""))
   c.max_prompt_len = 16  # tokens
   # beta 0.1 and the sigmoid loss are the DPO paper's defaults. `loss` names a member of
   # rlhf_jax/algorithms/dpo.py: sigmoid, conservative / robust (label_smoothing: the flip rate),

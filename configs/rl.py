@@ -53,8 +53,8 @@ def get_config(preset: str = "tiny"):
   c.eval_prompts = 64
   # A verifiable task's evaluation also samples k >= 2 responses per prompt: pass@k, mean@k, maj@k.
   # judge_model (hf:DIR, a local causal LM): each response against the prompt's reference (its
-  # judge_reference_field column) in both orders, `eval/win_rate` (rlhf_jax/pairwise_judge.py;
-  # judge_template "" is the DPO paper's TL;DR prompt).
+  # judge_reference_field column; "": the reference policy's response) in both orders,
+  # `eval/win_rate` (rlhf_jax/pairwise_judge.py; judge_template "" is the DPO paper's TL;DR prompt).
   c.eval = ml_collections.ConfigDict(dict(k=0, judge_model="", judge_reference_field="label", judge_template=""))
   c.max_prompt_len = 16  # tokens: openings are 2-6 words
   c.data.batch_size = 64 if small else 256  # responses per iteration

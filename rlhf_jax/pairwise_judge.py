@@ -71,14 +71,15 @@ class PairwiseJudge:
 
 
 def from_config(eval_cfg, columns: dict):
-  """(prompts, responses) -> win rates against the prompts' references, from `eval.judge_model`,
-  `eval.judge_template` and `eval.judge_reference_field`; None without a judge model."""
+  """(prompts, responses, the reference policy's responses) -> win rates, from `eval.judge_model`
+  and `eval.judge_template`: against the prompts' `eval.judge_reference_field` column, or with
+  that field "" against the reference policy's responses. None without a judge model."""
   if not eval_cfg or not eval_cfg.get("judge_model"):
     return None
   field = eval_cfg.get("judge_reference_field", "label")
-  if field not in columns:
+  if field and field not in columns:
     raise UserError(f"eval.judge_reference_field={field!r}: the held-out prompts have no such column "
-                    f"(they have {sorted(columns)})")
+                    f"(they have {sorted(columns)}; \"\" compares with the reference policy's responses)")
   judge = PairwiseJudge(eval_cfg.judge_model, eval_cfg.get("judge_template") or TLDR_TEMPLATE)
-  references = list(columns[field])
-  return lambda prompts, responses: judge.win_rate(prompts, responses, references)
+  return lambda prompts, responses, ref_responses: judge.win_rate(
+      prompts, responses, list(columns[field]) if field else ref_responses)

@@ -5,6 +5,7 @@ names included), written by the test: SFT -> reward model -> PPO, each stage rea
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -84,6 +85,7 @@ def test_the_tldr_pipeline_runs_sft_reward_and_ppo_on_carperai_files_from_a_loca
 def test_the_judge_asks_both_orders_so_identical_responses_tie_and_a_bad_path_is_one_line(tmp_path):
   pytest.importorskip("transformers")
   from rlhf_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from rlhf_jax import pairwise_judge  # pylint: disable=g-import-not-at-top
   from rlhf_jax.pairwise_judge import PairwiseJudge  # pylint: disable=g-import-not-at-top
   tiny_hf.hf_model("gpt2").save_pretrained(tmp_path / "judge")
   tiny_hf.bpe_tokenizer(str(tmp_path / "judge"))
@@ -96,3 +98,10 @@ def test_the_judge_asks_both_orders_so_identical_responses_tie_and_a_bad_path_is
                              (first + 1 - judge.first_preferred(prompts, theirs, ours)) / 2, atol=1e-6)
   with pytest.raises(UserError, match="eval.judge_model='models/judge': expected hf:DIR"):
     PairwiseJudge("models/judge")
+  eval_cfg = ml_collections.ConfigDict(dict(judge_model=f"hf:{tmp_path / 'judge'}", judge_reference_field="",
+                                            judge_template=""))
+  against_policy = pairwise_judge.from_config(eval_cfg, {"label": theirs})  # "": the reference policy's responses
+  np.testing.assert_allclose(against_policy(prompts, ours, ours), 0.5, atol=1e-6)
+  eval_cfg.judge_reference_field = "summary"
+  with pytest.raises(UserError, match="judge_reference_field='summary': the held-out prompts have no such column"):
+    pairwise_judge.from_config(eval_cfg, {"label": theirs})

@@ -8,8 +8,8 @@ at the sampled tokens) and the response length, for the policy (`eval/...`) and 
 (`eval/ref_...`), and write both policies' samples side by side to samples/step_N.txt.
 
 With `eval.judge_model` (hf:DIR) a judge model compares each response with the prompt's
-reference (its `eval.judge_reference_field` column) in both orders: `eval/win_rate`
-(pairwise_judge.py).
+reference (its `eval.judge_reference_field` column; "": the reference policy's response) in
+both orders: `eval/win_rate` (pairwise_judge.py).
 
 On a verifiable task (a checker among the rewards) `eval/accuracy` is pass@1 at the sampling
 temperature; `eval/greedy_accuracy` is the greedy response's, and with `eval.k` >= 2 samples
@@ -108,8 +108,6 @@ class PolicyEvaluator:
       per, proxy = self.rewards(model, out, texts[name])
       if judge:
         per["gold_reward"] = judge(texts[name])
-      if self.win_judge:  # against the references (eval.judge_reference_field), both orders
-        per["win_rate"] = self.win_judge(self.prompts.texts, texts[name])
       checker = next((key for key in (f"reward/{c}" for c in rewards.CHECKERS) if key in per), None)
       if checker:  # a verifiable task's pass@1 at the sampling temperature
         per["accuracy"] = per[checker]
@@ -119,6 +117,10 @@ class PolicyEvaluator:
       metrics[f"eval/{name}response_length"] = float(out.mask.sum(1).mean())
       if not name:
         metrics["eval/kl"] = float(np.mean(kl))
+    if self.win_judge:  # against the references (eval.judge_reference_field) or the reference policy
+      for name in scores:
+        scores[name]["win_rate"] = self.win_judge(self.prompts.texts, texts[name], texts["ref_"])
+        metrics[f"eval/{name}win_rate"] = mean(scores[name]["win_rate"])
     self.write_records(step, texts, scores)
     lines = [f"{p!r}\n  sft: {r!r}\n  {self.label}: {c!r}"
              for p, r, c in zip(self.prompts.texts, texts["ref_"], texts[""])][:self.cfg.sample.num_prompts]
@@ -135,7 +137,7 @@ class PolicyEvaluator:
       texts = [self.tokenizer.decode(i) for i in ids]
       return component(self.prompts.texts, texts, ids, dict(self.prompts.columns))[0], texts
 
-    k = self.cfg.eval.k if "eval" in self.cfg else 0
+    k = self.cfg.eval.get("k", 0) if "eval" in self.cfg else 0
     k = k if k >= 2 else 0  # one sample is eval/accuracy already
     temperature = SamplingParams.make(self.cfg.sample.temperature)
     samplings = [(rng, SamplingParams.make(greedy=True))] + [(jax.random.fold_in(rng, 1 + j), temperature)
