@@ -24,8 +24,12 @@ def get_config(preset: str = "tiny"):
   c.data.batch_size = 16 if small else 64  # pairs per step
   c.train.update(dict(num_steps=120 if small else 2000, eval_every=60 if small else 500,
                       checkpoint_every=60 if small else 500, eval_batches=16, log_every=10 if small else 50))
+  # Generated pairs are labelled by `judge`: a gold judge (vader: a Bradley-Terry draw on its
+  # scores), or hf:DIR, a judge model (RLAIF; rlhf_jax/pairwise_judge.py): judge_template (""
+  # its default) asked in both orders, the probability kept as the pair's `label`, the pairs
+  # still measured by gold_judge.
   c.preference = ml_collections.ConfigDict(dict(
-      source="generated", judge="vader", gold_scale=5.0, train_pairs=2048 if small else 32768,
+      source="generated", judge="vader", gold_judge="vader", judge_template="", judge_batch=16, gold_scale=5.0, train_pairs=2048 if small else 32768,
       eval_pairs=256 if small else 2048, temperature=1.0, max_new_tokens=96 if small else 256,
       gen_batch=128, eval_fraction=0.05, train_split="train", eval_split="test",
       # jsonl:PATH and hf:PATH: the fields; chosen and rejected may be whole dialogues (prompt_field

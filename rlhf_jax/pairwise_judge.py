@@ -22,19 +22,22 @@ TLDR_TEMPLATE = ("Which of the following summaries does a better job of summariz
                  "the given forum post, without including unimportant or irrelevant details? A good summary is both "
                  "precise and concise.\n\nPost:\n{prompt}\n\nSummary A:\n{a}\n\nSummary B:\n{b}\n\n"
                  "Which summary is better, A or B? Answer:")
+# RLAIF's labelling prompt (Lee et al. 2023's shape: the context, two responses, the preferred one's letter).
+PREFERENCE_TEMPLATE = ("{prompt}\n\nResponse A: {a}\n\nResponse B: {b}\n\n"
+                       "Which response is better, A or B? Answer:")
 BUCKET = 64  # judge inputs are padded to a multiple of this many tokens: few compilations
 
 
 class PairwiseJudge:
   """`win_rate(prompts, ours, theirs)` per prompt, by the causal LM in `source` (hf:DIR)."""
 
-  def __init__(self, source: str, template: str = TLDR_TEMPLATE, batch: int = 8):
+  def __init__(self, source: str, template: str = TLDR_TEMPLATE, batch: int = 8, setting: str = "eval.judge_model"):
     from rlhf_jax.interop import hf  # pylint: disable=g-import-not-at-top  (transformers-free, but heavy)
     path = source.removeprefix("hf:")
     if not source.startswith("hf:") or not os.path.isdir(path):
-      raise UserError(f"eval.judge_model={source!r}: expected hf:DIR, a local Hugging Face causal LM")
+      raise UserError(f"{setting}={source!r}: expected hf:DIR, a local Hugging Face causal LM")
     if "{a}" not in template or "{b}" not in template:
-      raise UserError("eval.judge_template must hold {a} and {b} (and may hold {prompt})")
+      raise UserError(f"{setting.rsplit('.', 1)[0]}.judge_template must hold {{a}} and {{b}} (and may hold {{prompt}})")
     self.model, self.params = hf.load(path)
     self.tokenizer = hf.load_tokenizer(path)
     self.template, self.batch = template, batch

@@ -108,6 +108,7 @@ STAGES = {
     "pretrain": Stage(**LM),
     "sft": Stage(**LM),
     "reward": Stage("rlhf_jax.training.preference.reward_trainer:run", reward_models, reward_sampled, export_item="params",
+                    check="rlhf_jax.training.preference.reward_trainer:check_config",
                     headlines=("eval/accuracy", "eval/gold_correlation"), pairs=True, packs=True),
     # Every RL algorithm; `ppo`, the stage's earlier name, still works (stage_names.py).
     "rl": Stage("rlhf_jax.training.rl.rl_trainer:run", rl_models, rl_sampled, check="rlhf_jax.training.rl.rl_trainer:check_config",

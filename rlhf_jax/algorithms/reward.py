@@ -8,17 +8,21 @@ import jax
 import jax.numpy as jnp
 
 
-def bradley_terry_loss(chosen_rewards: jax.Array, rejected_rewards: jax.Array) -> jax.Array:
-  """mean_b -log sigmoid(r_w[b] - r_l[b]).
+def bradley_terry_loss(chosen_rewards: jax.Array, rejected_rewards: jax.Array, label=1.0) -> jax.Array:
+  """mean_b -[l log sigmoid(r_w[b] - r_l[b]) + (1 - l) log sigmoid(r_l[b] - r_w[b])].
 
   Args:
     chosen_rewards, rejected_rewards: [batch] scalar rewards of the preferred and the other response.
+    label: P(the chosen response is preferred), [batch] or a scalar: 1 is the hard label's plain
+      negative log-likelihood; a judge model's probability is a soft label (RLAIF), the
+      cross-entropy against it.
   Returns:
-    The scalar loss. A difference of +2 gives 0.127, -2 gives log(1 + e^2) = 2.127.
+    The scalar loss. A difference of +2 gives 0.127, -2 gives log(1 + e^2) = 2.127 (label 1).
   """
   diff = jnp.asarray(chosen_rewards, jnp.float32) - jnp.asarray(rejected_rewards, jnp.float32)
+  label = jnp.asarray(label, jnp.float32)
   # log_sigmoid stays finite for large negative differences where log(sigmoid(d)) underflows to -inf.
-  return -jnp.mean(jax.nn.log_sigmoid(diff))
+  return -jnp.mean(label * jax.nn.log_sigmoid(diff) + (1.0 - label) * jax.nn.log_sigmoid(-diff))
 
 
 def preference_metrics(chosen_rewards: jax.Array, rejected_rewards: jax.Array) -> dict:

@@ -191,9 +191,11 @@ class PreferenceData(Batcher):
   """
 
   def __init__(self, triples_ids, tokenizer, seq_len: int, batch_size: int, seed: int, pack: bool = False,
-               share_prompt: bool = False, **kwargs):
+               share_prompt: bool = False, labels=None, **kwargs):
     if share_prompt and not pack:
       raise UserError("data.share_prompt=True shares a prompt within a packed row: set data.pack=True too")
+    # P(chosen is preferred) per pair (a judge model's soft label; 1: a hard label), laid out as loss_mask.
+    self.labels = np.ones(len(triples_ids), np.float32) if labels is None else np.asarray(labels, np.float32)
     self.chosen = [sft_sequence(p, c, tokenizer, seq_len - 1) for p, c, _ in triples_ids]
     self.rejected = [sft_sequence(p, r, tokenizer, seq_len - 1) for p, _, r in triples_ids]
     self.num_truncated = sum(c[2] or r[2] for c, r in zip(self.chosen, self.rejected))  # pairs
@@ -219,12 +221,14 @@ class PreferenceData(Batcher):
       batch[name], batch[f"{name}_mask"] = tokens, (positions < lengths).astype(np.int32)
       batch[f"{name}_response"] = ((positions >= starts) & (positions < lengths)).astype(np.int32)
     batch["loss_mask"] = np.ones((len(ids), 1), np.int32)  # 1 per pair: eval padding zeroes it
+    batch["label"] = self.labels[np.asarray(ids, np.int64)][:, None]
     return batch
 
   def _packed_rows(self, ids) -> dict:
     tokens = np.full((len(ids), 2 * self.seq_len), self.pad_id, np.int32)
     segments, response, shared, positions = (np.zeros_like(tokens) for _ in range(4))
     loss_mask = np.zeros((len(ids), self.slots), np.int32)
+    label = np.ones((len(ids), self.slots), np.float32)
     for row, i in enumerate(ids):
       at = 0
       for slot, j in enumerate(self.packed[i]):
@@ -238,9 +242,9 @@ class PreferenceData(Batcher):
           if not half:
             shared[row, at:at + self.shared[j]] = 1
           at = end
-        loss_mask[row, slot] = 1
+        loss_mask[row, slot], label[row, slot] = 1, self.labels[j]
     batch = {"tokens": tokens, "mask": (segments > 0).astype(np.int32), "response": response,
-             "segments": segments, "loss_mask": loss_mask}
+             "segments": segments, "loss_mask": loss_mask, "label": label}
     return {**batch, "shared": shared, "positions": positions} if self.share_prompt else batch
 
   def batch(self, step: int) -> dict:

@@ -64,3 +64,16 @@ def test_normalisation_gives_mean_zero_std_one():
   np.testing.assert_allclose(gain * 4.0 + bias, 0.0, atol=1e-3)
   gain, bias = jax.jit(normalisation)(rewards)
   np.testing.assert_allclose(jnp.std(gain * rewards + bias), 1.0, rtol=1e-5)
+
+
+def test_a_soft_label_is_the_cross_entropy_against_the_judges_probability():
+  diff = jnp.array([2.0, 0.0, -1.0])
+  label = jnp.array([0.8, 0.5, 1.0])
+  expected = -(label * jax.nn.log_sigmoid(diff) + (1 - label) * jax.nn.log_sigmoid(-diff))
+  np.testing.assert_allclose(bradley_terry_loss(diff, jnp.zeros(3), label), expected.mean(), rtol=1e-6)
+  np.testing.assert_allclose(bradley_terry_loss(jnp.zeros(1), jnp.zeros(1), 0.5), np.log(2.0), rtol=1e-6)
+  # A label of 1 is the hard label's loss; the soft loss is smallest where sigmoid(diff) = label.
+  np.testing.assert_allclose(bradley_terry_loss(diff, jnp.zeros(3), 1.0), bradley_terry_loss(diff, jnp.zeros(3)))
+  grid = jnp.linspace(-4, 4, 801)
+  losses = jax.vmap(lambda d: bradley_terry_loss(d[None], jnp.zeros(1), 0.8))(grid)
+  assert abs(float(jax.nn.sigmoid(grid[jnp.argmin(losses)])) - 0.8) < 0.01

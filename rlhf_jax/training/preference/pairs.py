@@ -28,6 +28,11 @@ def pair_weights(batch: dict) -> jax.Array:
   return batch["loss_mask"].reshape(-1).astype(jnp.float32)
 
 
+def pair_labels(batch: dict) -> jax.Array:
+  """P(chosen is preferred) of each pair, [pairs], laid out as `pair_weights` (1 where absent)."""
+  return batch["label"].reshape(-1) if "label" in batch else jnp.ones_like(pair_weights(batch))
+
+
 def segment_count(batch: dict) -> int:
   """Sequence slots per packed row: chosen and rejected of each pair slot."""
   return 2 * batch["loss_mask"].shape[1]

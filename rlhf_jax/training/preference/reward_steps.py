@@ -33,15 +33,17 @@ def pair_rewards(params, batch, *, model, head: str = "reward"):
   return pairs.chosen_and_rejected(out.scalars[head])
 
 
-def pair_sums(chosen, rejected, weight) -> dict:
-  """Bradley-Terry NLL, correct rankings, margins and pairs, summed over the weighted pairs."""
-  per_pair = jax.vmap(bradley_terry_loss)(chosen[:, None], rejected[:, None])
+def pair_sums(chosen, rejected, weight, label=None) -> dict:
+  """Bradley-Terry NLL (against soft labels where given), correct rankings, margins and pairs,
+  summed over the weighted pairs."""
+  label = jnp.ones_like(chosen) if label is None else label
+  per_pair = jax.vmap(bradley_terry_loss)(chosen[:, None], rejected[:, None], label[:, None])
   return {"correct": jnp.sum((chosen > rejected) * weight), "margin": jnp.sum((chosen - rejected) * weight),
           "pairs": jnp.sum(weight), "nll": jnp.sum(per_pair * weight)}
 
 
 def pair_loss(params, batch, normalizer, *, model):
-  sums = pair_sums(*pair_rewards(params, batch, model=model), pairs.pair_weights(batch))
+  sums = pair_sums(*pair_rewards(params, batch, model=model), pairs.pair_weights(batch), pairs.pair_labels(batch))
   return sums["nll"] / normalizer, sums
 
 
@@ -63,7 +65,7 @@ def reward_eval_step(params, batch: dict, *, model):
   rows are real pairs: all of the global batch, which no one process holds on the host."""
   chosen, rejected = pair_rewards(params, batch, model=model)
   weight = pairs.pair_weights(batch)
-  return pair_sums(chosen, rejected, weight), chosen, rejected, weight > 0
+  return pair_sums(chosen, rejected, weight, pairs.pair_labels(batch)), chosen, rejected, weight > 0
 
 
 class RewardSteps(NamedTuple):

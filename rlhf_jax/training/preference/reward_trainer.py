@@ -30,6 +30,17 @@ from rlhf_jax.training.preference.reward_steps import compile_reward_steps
 from rlhf_jax.workdir import RunDir
 
 
+def check_config(cfg) -> None:
+  """The labeller of generated pairs: a gold judge by name, or a judge model's directory."""
+  pref = cfg.preference
+  if pref.source != "generated":
+    return
+  if pref.judge.startswith("hf:"):
+    if not os.path.isdir(pref.judge.removeprefix("hf:")):
+      raise UserError(f"preference.judge={pref.judge!r}: expected hf:DIR, a local Hugging Face causal LM")
+  judges.get_judge(pref_gold_judge(pref))
+
+
 def run(cfg, workdir: str) -> dict:
   """Trains a reward model in `workdir`, starting from the SFT run `init_from`."""
   run_dir = RunDir(workdir)
@@ -70,6 +81,7 @@ def preference_batches(cfg, pairs: dict, tokenizer) -> dict:
   so their rewards keep the order of the pairs' gold scores."""
   return {split: batches.PreferenceData(encode_triples(p, tokenizer), tokenizer, cfg.data.seq_len,
                                         cfg.data.batch_size, cfg.seed, shuffle=split == "train",
+                                        labels=[row.get("label", 1.0) for row in p],
                                         pack=cfg.data.pack and split == "train",
                                         share_prompt=cfg.data.share_prompt and split == "train",
                                         process_index=jax.process_index(), process_count=jax.process_count())
@@ -99,8 +111,10 @@ def preference_pairs(cfg, run_dir: RunDir, tokenizer, sampler, params, split: st
 
 
 def generate_pairs(cfg, tokenizer, sampler, params, split: str, count: int) -> list[dict]:
-  """Two policy samples per held-out-split prompt, labelled by the gold judge."""
-  pref, judge = cfg.preference, judges.get_judge(cfg.preference.judge)
+  """Two policy samples per held-out-split prompt, labelled by the gold judge (a Bradley-Terry
+  draw on its scores) or, with `preference.judge=hf:DIR`, by a judge model (RLAIF: ai_labels)."""
+  pref, gold_judge = cfg.preference, judges.get_judge(pref_gold_judge(cfg.preference))
+  labeller = ai_labeller(pref) if pref.judge.startswith("hf:") else None
   docs = sources.load_documents(cfg.data, split)[:count]
   seed = cfg.seed + (0 if split == "train" else 1)
   prompts = openings(docs, cfg.data, seed)
@@ -112,14 +126,46 @@ def generate_pairs(cfg, tokenizer, sampler, params, split: str, count: int) -> l
     rng = jax.random.fold_in(jax.random.key(seed + 17), first)
     out = jax.device_get(sampler(params, encoded.tokens, encoded.mask, rng, settings))
     texts = [tokenizer.decode(t[m > 0]) for t, m in zip(out.tokens, out.mask)]
-    gold = judge(texts)
-    a_wins = preferences.label_pairs(gold[0::2], gold[1::2], pref.gold_scale, np.random.default_rng([seed, first]))
+    gold = gold_judge(texts)
+    if labeller:
+      p_a, agree = ai_labels(labeller, chunk, texts[0::2], texts[1::2])
+      a_wins, extra = p_a >= 0.5, [{"label": float(max(p, 1 - p)), "orders_agree": bool(o)} for p, o in zip(p_a, agree)]
+    else:
+      a_wins = preferences.label_pairs(gold[0::2], gold[1::2], pref.gold_scale, np.random.default_rng([seed, first]))
+      extra = [{}] * len(chunk)
     for i, prompt in enumerate(chunk):
       a, b = (2 * i, 2 * i + 1) if a_wins[i] else (2 * i + 1, 2 * i)
       rows.append({"prompt": prompt, "chosen": texts[a], "rejected": texts[b],
-                   "gold": [float(gold[a]), float(gold[b])]})
-  logging.info("generated %d %s preference pairs", len(rows), split)
+                   "gold": [float(gold[a]), float(gold[b])], **extra[i]})
+  logging.info("generated %d %s preference pairs%s", len(rows), split, label_summary(rows) if labeller else "")
   return rows
+
+
+def pref_gold_judge(pref) -> str:
+  """The gold judge generated pairs are measured by: `preference.judge`, or with a judge model
+  labelling them, `preference.gold_judge`."""
+  return pref.get("gold_judge", "vader") if pref.judge.startswith("hf:") else pref.judge
+
+
+def ai_labeller(pref):
+  from rlhf_jax.pairwise_judge import PREFERENCE_TEMPLATE, PairwiseJudge  # pylint: disable=g-import-not-at-top
+  return PairwiseJudge(pref.judge, pref.get("judge_template") or PREFERENCE_TEMPLATE,
+                       batch=pref.get("judge_batch", 16), setting="preference.judge")
+
+
+def ai_labels(judge, prompts, a_texts, b_texts) -> tuple:
+  """(P(a preferred), whether the two orders agree) per pair: the judge asked with a first, then
+  with b first, the two answers averaged (a judge that always picks one position scores 0.5)."""
+  a_first = judge.first_preferred(prompts, a_texts, b_texts)
+  b_first = judge.first_preferred(prompts, b_texts, a_texts)
+  return (a_first + 1.0 - b_first) / 2, (a_first >= 0.5) == (b_first < 0.5)
+
+
+def label_summary(rows) -> str:
+  """How the judge model's labels went: the two orders' agreement, and the gold judge's."""
+  agree = np.mean([r["orders_agree"] for r in rows])
+  gold = np.mean([r["gold"][0] > r["gold"][1] for r in rows if r["gold"][0] != r["gold"][1]] or [np.nan])
+  return f" by the judge model: its two orders agree on {agree:.3f}, the gold judge on {gold:.3f}"
 
 
 @dataclasses.dataclass

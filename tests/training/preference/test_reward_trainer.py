@@ -5,10 +5,12 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from rlhf_jax import judges, stages
 from rlhf_jax.data import preferences
 from rlhf_jax.data.corpus import generate_reviews
+from rlhf_jax.errors import UserError
 
 
 def test_reward_stage_generates_pairs_labelled_the_right_way_round(tiny_upstream):
@@ -65,3 +67,50 @@ def test_a_reward_model_trained_on_fluent_pairs_scores_as_the_gold_judge_does(ti
   # the noisy held-out labels, one pair per row; packed (more pairs per step), 0.72 and 0.94.
   assert summary["eval/gold_correlation"] > 0.6 and summary["eval/accuracy"] > 0.6, summary
   assert summary["eval/margin"] > 0
+
+
+class ScoringJudge:
+  """A judge preferring the response with the higher hidden score, plus a pull towards position A."""
+
+  def __init__(self, bias: float):
+    self.bias = bias
+
+  def first_preferred(self, prompts, firsts, seconds):
+    score = lambda text: float(len(text))
+    return np.array([1 / (1 + np.exp(-(score(a) - score(b) + self.bias))) for a, b in zip(firsts, seconds)])
+
+
+def test_asking_both_orders_cancels_a_judges_position_bias():
+  from rlhf_jax.training.preference.reward_trainer import ai_labels  # pylint: disable=g-import-not-at-top
+  prompts, a, b = ["p"] * 3, ["long answer", "x", "same"], ["short", "longer one", "same"]
+  for bias in (0.0, 3.0, -3.0):  # up to a judge that picks position A whatever it reads
+    p_a, _ = ai_labels(ScoringJudge(bias), prompts, a, b)
+    assert p_a[0] > 0.5 > p_a[1] and p_a[2] == pytest.approx(0.5), (bias, p_a)
+  always_first = ScoringJudge(1e3)
+  p_a, agree = ai_labels(always_first, prompts, a, b)
+  np.testing.assert_allclose(p_a, 0.5)
+  assert not agree.any()  # each order prefers its first: the two never agree
+
+
+def test_a_judge_model_labels_generated_pairs_with_soft_labels_and_gold_still_measures_them(tiny_reward,
+                                                                                             tiny_upstream, tmp_path):
+  from rlhf_jax.interop.export import export_run  # pylint: disable=g-import-not-at-top
+  export_run(tiny_upstream["init_from"], str(tmp_path / "judge"))  # the SFT policy, as a Hugging Face judge
+  del tiny_reward.upstream
+  tiny_reward.init_from = tiny_upstream["init_from"]
+  tiny_reward.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2))
+  tiny_reward.preference.update(dict(train_pairs=16, eval_pairs=8, judge=f"hf:{tmp_path / 'judge'}"))
+  stages.run(tiny_reward, str(tmp_path / "run"))
+  rows = [json.loads(line) for line in open(tmp_path / "run" / "preferences_train.jsonl")]
+  assert len(rows) == 16 and all(0.5 <= r["label"] <= 1 and isinstance(r["orders_agree"], bool) for r in rows)
+  assert all(len(r["gold"]) == 2 for r in rows)  # VADER's scores, to measure the judge by
+  from rlhf_jax.data.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.training.preference.reward_trainer import preference_batches  # pylint: disable=g-import-not-at-top
+  data = preference_batches(tiny_reward, {"train": rows}, load_tokenizer(str(tmp_path / "run" / "tokenizer")))
+  batch = data["train"].batch(0)  # the soft labels ride with their pairs into the Bradley-Terry loss
+  by_chosen = {r["chosen"]: r["label"] for r in rows}
+  assert sorted(batch["label"][:, 0].tolist()) == sorted(
+      by_chosen[r] for r in (rows[i]["chosen"] for i in data["train"].row_ids(0)))
+  tiny_reward.preference.judge = "hf:no/such/dir"
+  with pytest.raises(UserError, match="preference.judge='hf:no/such/dir': expected hf:DIR"):
+    stages.run(tiny_reward, str(tmp_path / "bad"))
