@@ -254,9 +254,10 @@ def vllm_rollout_workload(lengths: list[int], preset: str = "tiny", model: dict 
   model_ = Transformer(ModelConfig.from_dict(dict(cfg.model)))
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   state, _ = setup.init_state(model_, make_optimizer(cfg.optim, 10), mesh, rules, cfg.seed)
-  hf_export.export(model_.cfg, jax.device_get(state.params), ByteTokenizer(), directory)
+  hf_export.export_config_only(model_.cfg, ByteTokenizer(), directory)
   engine = vllm_engine.VLLMEngine(directory, max_len=prompt_len + budget, seed=0,
                                   settings=vllm_engine.EngineSettings(kv_cache_gib=2.0))
+  engine.push(state.params, model_.cfg)  # our model's weights, as the RL stage pushes them
   prompts = random_tokens(1, (rows, prompt_len), model_.cfg.vocab_size).tolist()
   step = lambda: engine.sample(prompts, range(rows), max_new_tokens=budget, eos_id=NEVER, pad_id=0,
                                temperature=0.7, stop_at=lengths)[0]

@@ -55,6 +55,16 @@ def export(model, params, tokenizer, out: str, *, dtype: str = "float32", max_sh
   return config["architectures"][0]
 
 
+def export_config_only(cfg: ModelConfig, tokenizer, out: str) -> None:
+  """An LM's config.json and generation_config.json without weights: what an engine that takes
+  its weights in memory (vLLM with placeholder weights) starts from."""
+  config = export_config(cfg, "lm", "float32", tokenizer, {}, None)
+  os.makedirs(out, exist_ok=True)
+  write_json(os.path.join(out, "config.json"), config)
+  write_json(os.path.join(out, "generation_config.json"),
+             {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
+
+
 def export_groups(cfg: ModelConfig, head: str, flat: dict) -> list:
   family = hf_config.weights_family(hf_config.family_of(cfg))
   groups = hf_weights.groups_for(family, cfg, head, hf_weights.BACKBONE_PREFIX[family])

@@ -93,7 +93,8 @@ def refresh_tied_heads(worker) -> int:
 
 
 class VLLMEngine:
-  """vLLM's offline engine on a Hugging Face directory of the policy, sampling token ids."""
+  """vLLM's offline engine on a Hugging Face config of the policy, sampling token ids; its weights
+  are placeholders until the first `push`."""
 
   def __init__(self, model_dir: str, *, max_len: int, settings: EngineSettings, seed: int):
     if not available():
@@ -105,7 +106,8 @@ class VLLMEngine:
     self._vllm = vllm
     self.settings = settings
     memory = dict(kv_cache_memory_bytes=int(settings.kv_cache_gib * 2**30)) if settings.kv_cache_gib else {}
-    self.llm = vllm.LLM(model=model_dir, skip_tokenizer_init=True, dtype=settings.dtype, seed=seed,
+    # Placeholder weights (load_format="dummy"): the policy's come by `push`, never through a file.
+    self.llm = vllm.LLM(model=model_dir, skip_tokenizer_init=True, dtype=settings.dtype, seed=seed, load_format="dummy",
                         max_model_len=max_len, enforce_eager=settings.enforce_eager, enable_prefix_caching=True,
                         logprobs_mode="processed_logprobs", enable_sleep_mode=settings.sleep,
                         gpu_memory_utilization=settings.gpu_memory_utilization, **memory)

@@ -109,12 +109,12 @@ class EngineSampler:
 
 def start(cfg, run_dir, state, models, tokenizer, prompt_len: int, rl_cfg: RLConfig, mesh, rules,
           score_fn) -> EngineSampler:
-  """The engine started on an export of the state's policy (`run_dir`/engine_policy), and its
-  sampler's compiled parts."""
+  """The engine started on the policy's Hugging Face config alone (`run_dir`/engine_policy, no
+  weights written: vLLM starts with placeholder weights and the first rollout pushes the
+  policy's), and its sampler's compiled parts."""
   model_cfg = models.policy.cfg
-  plain_cfg = dataclasses.replace(model_cfg, lora_rank=0, heads=())
   directory = run_dir.file("engine_policy")
-  hf_export.export(plain_cfg, jax.device_get(merged_policy(state, model_cfg)), tokenizer, directory)
+  hf_export.export_config_only(dataclasses.replace(model_cfg, lora_rank=0, heads=()), tokenizer, directory)
   max_len = min(model_cfg.max_len, prompt_len + rl_cfg.max_new_tokens)
   engine = vllm_engine.VLLMEngine(directory, max_len=max_len, settings=vllm_engine.settings_of(cfg), seed=cfg.seed)
   rows = sharding.batch_sharding(mesh)
