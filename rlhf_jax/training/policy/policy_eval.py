@@ -137,7 +137,7 @@ class PolicyEvaluator:
       texts = [self.tokenizer.decode(i) for i in ids]
       return component(self.prompts.texts, texts, ids, dict(self.prompts.columns))[0], texts
 
-    k = self.cfg.eval.get("k", 0) if "eval" in self.cfg else 0
+    k = getattr(self.cfg.eval, "k", 0) if "eval" in self.cfg else 0
     k = k if k >= 2 else 0  # one sample is eval/accuracy already
     temperature = SamplingParams.make(self.cfg.sample.temperature)
     samplings = [(rng, SamplingParams.make(greedy=True))] + [(jax.random.fold_in(rng, 1 + j), temperature)
