@@ -1,9 +1,9 @@
 """Hugging Face `config.json` <-> our ModelConfig, for GPT-2, GPT-NeoX and the Llama family
 (Llama, Mistral, Qwen2, Qwen3).
 
-Only configs whose model our Transformer computes exactly are accepted; anything else
-(rope scaling, GPT-2's per-layer attention scaling, an unknown model_type, code shipped with
-the checkpoint) is refused with one line naming the field, rather than loaded into a model
+Only configs whose model our Transformer computes exactly are accepted (rope scaling of the
+types models/rope.py computes: linear, dynamic, llama3, yarn); anything else (longrope, GPT-2's
+per-layer attention scaling, an unknown model_type, code shipped with the checkpoint) is refused with one line naming the field, rather than loaded into a model
 that would silently compute something else.
 """
 
@@ -13,6 +13,7 @@ import os
 from absl import logging
 
 from rlhf_jax.errors import UserError
+from rlhf_jax.models import rope
 from rlhf_jax.models.config import ModelConfig
 
 GPT2_TYPES = ("gpt2",)
@@ -105,20 +106,38 @@ def gpt2_values(config: dict) -> dict:
               tie_embeddings=bool(config.get("tie_word_embeddings", True)))
 
 
-def rope_theta(config: dict, theta_key: str = "rope_theta", partial_key: str = "partial_rotary_factor",
-               partial_default: float = 1.0) -> float:
-  """The rotary base; refuses any rope scaling (v5's rope_parameters or v4's rope_scaling) and
-  rope on part of each head. The keys name the v4 fields (GPT-NeoX: rotary_emb_base, rotary_pct)."""
-  params = dict(config.get("rope_parameters") or {})
-  scaling = config.get("rope_scaling") or {}
-  for source in (params, scaling):
-    kind = source.get("rope_type", source.get("type"))
-    if kind not in (None, "default"):
-      raise UserError(f"{config.get('model_type')} rope type {kind!r} is not supported (only the default rope)")
+def rope_settings(config: dict, theta_key: str = "rope_theta", partial_key: str = "partial_rotary_factor",
+                  partial_default: float = 1.0) -> dict:
+  """rope_theta and rope_scaling (models/rope.py) from v5's rope_parameters or v4's rope_scaling;
+  refuses rope on part of each head and the types rope.py lacks. The keys name the v4 fields
+  (GPT-NeoX: rotary_emb_base, rotary_pct)."""
+  sources = [dict(config.get(key) or {}) for key in ("rope_parameters", "rope_scaling")]
+  kinds = [source.get("rope_type", source.get("type")) or "default" for source in sources]
+  kind = next((k for k in kinds if k != "default"), "default")
+  params = {**sources[1], **sources[0]} if kinds[0] != "default" or kinds[1] == "default" else {**sources[0], **sources[1]}
+  if kind not in rope.ROPE_TYPES:
+    raise UserError(f"{config.get('model_type')} rope type {kind!r} is not supported (supported: "
+                    f"{', '.join(rope.ROPE_TYPES)})")
   partial = params.get("partial_rotary_factor", config.get(partial_key, partial_default))
   if partial != 1.0:
     raise UserError(f"partial_rotary_factor={partial} is not supported (rope on every dimension only)")
-  return float(params.get("rope_theta", config.get(theta_key, 10000.0)))
+  theta = float(params.get("rope_theta", config.get(theta_key, 10000.0)))
+  if kind == "default":
+    return dict(rope_theta=theta, rope_scaling=())
+  if kind == "dynamic" or (kind == "yarn" and "original_max_position_embeddings" not in params):
+    params["original_max_position_embeddings"] = config["max_position_embeddings"]  # what HF reads there
+  if kind == "yarn" and params.get("factor") is None:
+    params["factor"] = config["max_position_embeddings"] / params["original_max_position_embeddings"]
+  fields = {k: params[k] for k in rope.FIELDS[kind] if params.get(k) is not None}
+  return dict(rope_theta=theta, rope_scaling=(("rope_type", kind), *sorted(fields.items())))
+
+
+def rope_parameters(cfg: ModelConfig) -> dict:
+  """v5's rope_parameters of `cfg` (dynamic's original length is config.json's max_position_embeddings)."""
+  scaling = dict(cfg.rope_scaling) or {"rope_type": "default"}
+  if scaling["rope_type"] == "dynamic":
+    scaling.pop("original_max_position_embeddings")
+  return {**scaling, "rope_theta": cfg.rope_theta}
 
 
 def neox_values(config: dict) -> dict:
@@ -129,7 +148,7 @@ def neox_values(config: dict) -> dict:
   return dict(vocab_size=int(config["vocab_size"]), d_model=d, n_layers=int(config["num_hidden_layers"]),
               n_heads=int(config["num_attention_heads"]), n_kv_heads=0, head_dim=0,
               d_ff=int(config["intermediate_size"]), max_len=int(config.get("max_position_embeddings", 2048)),
-              position="rope", rope_theta=rope_theta(config, "rotary_emb_base", "rotary_pct", 0.25),
+              position="rope", **rope_settings(config, "rotary_emb_base", "rotary_pct", 0.25),
               norm="layernorm", norm_eps=float(config.get("layer_norm_eps", 1e-5)), mlp="gelu", bias="all",
               tie_embeddings=bool(config.get("tie_word_embeddings", False)))
 
@@ -168,7 +187,7 @@ def llama_values(config: dict) -> dict:
   return dict(vocab_size=int(config["vocab_size"]), d_model=d, n_layers=int(config["num_hidden_layers"]),
               n_heads=heads, n_kv_heads=int(config.get("num_key_value_heads") or heads),
               head_dim=0 if head_dim * heads == d else head_dim, d_ff=int(config["intermediate_size"]),
-              max_len=context_length(config), position="rope", rope_theta=rope_theta(config), norm="rmsnorm",
+              max_len=context_length(config), position="rope", **rope_settings(config), norm="rmsnorm",
               norm_eps=float(config.get("rms_norm_eps", 1e-6)), mlp="swiglu", bias=llama_bias(config),
               tie_embeddings=bool(config.get("tie_word_embeddings", False)), qk_norm=config["model_type"] == "qwen3")
 
@@ -213,14 +232,14 @@ def hf_config(cfg: ModelConfig, head: str, dtype: str, specials: dict) -> dict:
                   n_positions=cfg.max_len, activation_function="gelu_new", layer_norm_epsilon=cfg.norm_eps,
                   resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=0.0, scale_attn_weights=True)
   elif family == "gpt_neox":
-    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta, "partial_rotary_factor": 1.0}
+    rope = {**rope_parameters(cfg), "partial_rotary_factor": 1.0}
     config = dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
                   intermediate_size=cfg.d_ff, max_position_embeddings=cfg.max_len, hidden_act="gelu_new",
                   layer_norm_eps=cfg.norm_eps, use_parallel_residual=False, attention_bias=True,
                   rope_parameters=rope, rotary_emb_base=cfg.rope_theta, rotary_pct=1.0,
                   hidden_dropout=cfg.dropout, attention_dropout=0.0)
   else:
-    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    rope = rope_parameters(cfg)
     config = dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
                   num_key_value_heads=cfg.kv_heads, head_dim=cfg.dim_per_head, intermediate_size=cfg.d_ff,
                   max_position_embeddings=cfg.max_len, hidden_act="silu", rms_norm_eps=cfg.norm_eps,

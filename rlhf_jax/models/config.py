@@ -46,6 +46,8 @@ class ModelConfig:
   max_len: int = 128
   position: str = "learned"
   rope_theta: float = 10000.0
+  # Hugging Face's rope scaling as (field, value) pairs: rope_type and its fields (models/rope.py); () none.
+  rope_scaling: tuple = ()
   qk_norm: bool = False
   norm: str = "layernorm"
   norm_eps: float = 1e-5
@@ -113,6 +115,7 @@ class ModelConfig:
     if unknown:
       raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
     values["heads"] = tuple(values.get("heads", ()))
+    values["rope_scaling"] = tuple(tuple(pair) for pair in values.get("rope_scaling", ()))  # JSON gives lists
     values["lora_targets"] = tuple(values.get("lora_targets", LORA_TARGETS))
     return cls(**values)
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from rlhf_jax.models import lora, paged
+from rlhf_jax.models import lora, paged, rope
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.sharding import constrain
 
@@ -108,13 +108,13 @@ def head_norm(cfg: ModelConfig, name: str):
                     scale_init=partitioned(nn.initializers.ones, ("head_dim",)), name=name)
 
 
-def rope_tables(positions: jax.Array, head_dim: int, theta: float):
-  """sin and cos of the rotary angles, [batch, time, 1, head_dim // 2]; computed once per
-  forward pass and shared by every layer."""
-  half = head_dim // 2
-  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+def rope_tables(positions: jax.Array, head_dim: int, theta: float, scaling: tuple = ()):
+  """sin and cos of the rotary angles, [batch, time, 1, head_dim // 2], times the scaling's
+  attention factor (models/rope.py: Llama 3's, YaRN's, linear and dynamic scaling, as Hugging
+  Face computes them); computed once per forward pass and shared by every layer."""
+  freqs, factor = rope.frequencies(head_dim, theta, dict(scaling), positions)
   angles = positions[..., None].astype(jnp.float32) * freqs
-  return jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  return factor * jnp.sin(angles)[:, :, None, :], factor * jnp.cos(angles)[:, :, None, :]
 
 
 def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:

@@ -162,7 +162,7 @@ class Transformer(nn.Module):
     x = nn.Dropout(cfg.dropout, deterministic=self.deterministic)(x)
     x = constrain(x, ("batch", "length", "embed"))
 
-    rope = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta) if cfg.position == "rope" else None
+    rope = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta, cfg.rope_scaling) if cfg.position == "rope" else None
     block = nn.remat(Block) if cfg.remat else Block
     new_keys, new_values = [], []
     for i in range(cfg.n_layers):

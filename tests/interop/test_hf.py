@@ -3,6 +3,7 @@ with `transformers` on the CPU give the same logits and greedy samples through o
 exports read back bit for bit, unsupported checkpoints are refused, tokenizers keep their
 special tokens, and `init_from=hf:DIR` runs a stage."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -109,6 +110,44 @@ def test_greedy_kv_cache_sampling_matches_hf_generate(checkpoints, name):
   assert np.abs(out.logprobs - chosen)[live].max() <= TOLERANCE
 
 
+# Hugging Face's rope scaling (models/rope.py), the original context 16 tokens, logits read up to 40.
+ROPE_SCALING = {
+    "linear": dict(rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4}),
+    "dynamic": dict(max_position_embeddings=16, rope_parameters={"rope_type": "dynamic", "factor": 2.0,
+                                                                 "rope_theta": 1e4}),
+    "llama3": dict(rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 16,
+                                    "rope_theta": 5e5}),
+    "yarn": dict(max_position_embeddings=64, rope_parameters={"rope_type": "yarn", "factor": 4.0, "beta_fast": 16,
+                                                              "original_max_position_embeddings": 16,
+                                                              "rope_theta": 1e4}),
+}
+
+
+@pytest.mark.parametrize("kind", list(ROPE_SCALING))
+def test_rope_scaling_matches_hf_beyond_the_original_context_and_exports_back(bpe_dir, tmp_path, kind):
+  reference = tiny_hf.hf_model("llama", **ROPE_SCALING[kind])
+  reference.save_pretrained(tmp_path / "hf")
+  model, params = hf.load(str(tmp_path / "hf"))
+  assert dict(model.cfg.rope_scaling)["rope_type"] == kind
+  tokens, mask = tiny_hf.left_padded_batch(length=40)
+  ours = np.asarray(jax.jit(model.apply)({"params": params}, tokens, mask))
+  assert np.abs(ours - tiny_hf.hf_logits(reference, tokens, mask))[mask > 0].max() <= TOLERANCE
+  plain = type(model)(dataclasses.replace(model.cfg, rope_scaling=()))  # the scaling matters at these lengths
+  assert np.abs(ours - np.asarray(jax.jit(plain.apply)({"params": params}, tokens, mask)))[mask > 0].max() > 1e-3
+  hf.export(model, params, load_tokenizer(bpe_dir), str(tmp_path / "out"))
+  assert hf.load(str(tmp_path / "out"))[0].cfg == model.cfg
+  reread = type(reference).from_pretrained(str(tmp_path / "out")).eval()
+  np.testing.assert_array_equal(tiny_hf.hf_logits(reread, tokens, mask), tiny_hf.hf_logits(reference, tokens, mask))
+  if kind == "llama3":  # the KV cache's decode steps rotate with the scaled frequencies too
+    prompts, prompt_mask = tiny_hf.left_padded_batch(seed=1, length=20)
+    sampler = jax.jit(functools.partial(sample, Transformer(model.cfg), max_new_tokens=8, eos_id=-1, pad_id=0))
+    out = jax.device_get(sampler(params, prompts, prompt_mask, jax.random.key(0), SamplingParams.make(greedy=True)))
+    full = np.concatenate([prompts, out.tokens], 1)
+    logits = tiny_hf.hf_logits(reference, full, np.concatenate([prompt_mask, out.mask], 1))
+    np.testing.assert_array_equal(out.tokens, logits[:, 19:-1].argmax(-1))
+
+
 def assert_same_params(a, b):
   flat_a, flat_b = (jax.tree_util.tree_flatten_with_path(jax.device_get(p))[0] for p in (a, b))
   assert [k for k, _ in flat_a] == [k for k, _ in flat_b]
@@ -157,8 +196,8 @@ def write_config(directory, config: dict):
 
 @pytest.mark.parametrize("kind, change, message", [
     ("llama", {"auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}, "code shipped with the checkpoint"),
-    ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}, "rope type 'linear'"),
-    ("llama", {"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope type 'dynamic'"),
+    ("llama", {"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}}, "rope type 'longrope'"),
+    ("llama", {"rope_scaling": {"type": "su", "factor": 2.0}}, "rope type 'su' is not supported"),
     ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
     ("gpt2", {"reorder_and_upcast_attn": True}, "reorder_and_upcast_attn"),
     ("gpt2", {"model_type": "falcon"}, "model_type='falcon' is not supported"),
