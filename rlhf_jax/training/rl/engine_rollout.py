@@ -107,6 +107,39 @@ class EngineSampler:
     return metrics
 
 
+@dataclasses.dataclass
+class EngineTurnSampler:
+  """turn_cache.TurnSampler's interface over an external engine, for multi-turn rollouts:
+  `session(params, settings, rows)` pushes `params` (LoRA merged) and gives roll_out its
+  `sample(contexts, live, key)`: each live row's next turn from its whole context so far, token
+  ids in and out (vLLM's prefix cache keeps a turn from prefilling what it has seen)."""
+  engine: object  # vllm_engine.VLLMEngine
+  model_cfg: ModelConfig
+  turn_tokens: int
+  eos_id: int
+  pad_id: int
+
+  def session(self, params, settings, rows: int):
+    del rows
+    plain = lora.merge(params, self.model_cfg) if lora.has_adapters(params) else params
+    self.engine.push(plain, self.model_cfg)
+    temperature = float(settings.temperature)
+    return functools.partial(self._turn, temperature=temperature)
+
+  def _turn(self, contexts: list, live, key, *, temperature: float) -> SampleOutput:
+    live = np.flatnonzero(np.asarray(live, bool))
+    seeds = np.asarray(jax.random.randint(key, (len(contexts),), 0, 2**31 - 1))  # each row's, in any batch
+    tokens, mask, logprobs = (np.zeros((len(contexts), self.turn_tokens), t) for t in (np.int32, np.int32, np.float32))
+    tokens[:] = self.pad_id
+    if len(live):
+      drawn = self.engine.sample([contexts[i] for i in live], seeds[live], max_new_tokens=self.turn_tokens,
+                                 eos_id=self.eos_id, pad_id=self.pad_id, temperature=temperature)
+      for array, part in zip((tokens, mask, logprobs), drawn):
+        array[live] = part
+    self.engine.rest()
+    return SampleOutput(tokens, logprobs, mask)
+
+
 def start(cfg, run_dir, state, models, tokenizer, prompt_len: int, rl_cfg: RLConfig, mesh, rules,
           score_fn) -> EngineSampler:
   """The engine started on the policy's Hugging Face config alone (`run_dir`/engine_policy, no

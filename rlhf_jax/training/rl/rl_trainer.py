@@ -123,8 +123,7 @@ def check_off_policy(cfg, plan: rl_plan.RLPlan) -> None:
 
 def check_engine(cfg, plan: rl_plan.RLPlan) -> None:
   """What an external engine (rollout.engine=vllm) runs with so far, and that it is installed."""
-  unsupported = ("config.env (multi-turn)" if plan.driver == "multi_turn" else
-                 "vmap_seeds > 1" if cfg.vmap_seeds > 1 else
+  unsupported = ("vmap_seeds > 1" if cfg.vmap_seeds > 1 else
                  "rollout.devices > 0 (the engine shares the trainer's devices)" if cfg.rollout.devices else
                  "several processes" if jax.process_count() > 1 else "")
   if unsupported:
@@ -210,7 +209,7 @@ def run(cfg, workdir: str) -> dict:
   if plan.driver == "multi_turn":  # with K >= 1 the K rollouts in flight join the state, as below
     driver, evaluator, state, shardings = compile_multi_turn(
         cfg, plan, run_dir, models, state, shardings, (mesh, sample_mesh), rules, policy_tx, value_tx, rl_cfg, prompts,
-        tokenizer, score_fn)
+        tokenizer, score_fn, engine)
   elif k:  # the K rollouts in flight join the state (and its checkpoints)
     first = batch_of(0)
     scorer = HostScorer(plan.rewards.host, plan.rewards.in_graph, prompts["train"], tokenizer,
@@ -261,11 +260,13 @@ def meshes(cfg) -> tuple:
 
 
 def compile_multi_turn(cfg, plan, run_dir, models, state, shardings, meshes_, rules, policy_tx, value_tx, rl_cfg,
-                       prompts, tokenizer, score_fn):
+                       prompts, tokenizer, score_fn, engine=None):
   """(the iteration, the evaluator, state, shardings) of a multi-turn run: the environment's turns
   on the host, each row's turns of `env.turn_tokens` continued from its KV cache (turn_cache.py),
   around the compiled scoring pass and update; with K >= 1 (multi_turn_off_policy.py) the state
-  gets its queue and the sampler may sit on devices of its own (the second of `meshes_`)."""
+  gets its queue and the sampler may sit on devices of its own (the second of `meshes_`). With an
+  external engine (`engine`: its EngineSampler) the training turns are its (engine_rollout.py);
+  the evaluation's stay ours."""
   if jax.process_count() > 1:
     raise UserError("config.env (multi-turn) on several processes is not supported yet: run it on one process")
   mesh, sample_mesh = meshes_
@@ -276,8 +277,13 @@ def compile_multi_turn(cfg, plan, run_dir, models, state, shardings, meshes_, ru
                                              turn_tokens=cfg.env.turn_tokens, capacity=capacity,
                                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id) for m in meshes_}
 
+  if engine is not None:
+    samplers["engine"] = engine_rollout.EngineTurnSampler(engine.engine, models.policy.cfg, cfg.env.turn_tokens,
+                                                          tokenizer.eos_id, tokenizer.pad_id)
+
   def rollouts(split, on_mesh):
-    return multi_turn.Rollouts(samplers[id(on_mesh)], environments.from_config(cfg.env, call_format), prompts[split],
+    sampler = samplers["engine" if engine is not None and split == "train" else id(on_mesh)]
+    return multi_turn.Rollouts(sampler, environments.from_config(cfg.env, call_format), prompts[split],
                                tokenizer, limits, cfg.sample.temperature, call_format.close)
 
   evaluator = multi_turn.MultiTurnEvaluator(

@@ -79,3 +79,19 @@ def test_engine_settings_and_what_the_engine_does_not_run_with_are_one_line_erro
   cfg.vmap_seeds = 2
   with pytest.raises(UserError, match="rollout.engine=vllm with vmap_seeds > 1 is not supported yet"):
     rl_trainer.check_config(cfg)
+
+
+@needs_vllm
+def test_multi_turn_trajectories_are_sampled_turn_by_turn_from_token_ids(sft_run, tmp_path):
+  echo = "tests/training/rl/echo_environment.py"  # answers every turn: trajectories of several turns
+  cfg = engine_config(sft_run)
+  cfg.update(dict(plugins=(echo,)))
+  cfg.reward.fns = (f"{echo}:short",)
+  cfg.env.update(dict(name="echo", max_turns=3, turn_tokens=6))
+  cfg.sample.max_new_tokens = 40
+  cfg.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2))
+  assert rl_plan.resolve(cfg).driver == "multi_turn"
+  stages.run(cfg, str(tmp_path / "run"))
+  rows = train_rows(tmp_path / "run")
+  # The engine's log-probs of the policy's tokens are the trainer's, turn after turn (the environment's are masked).
+  assert len(rows) == 2 and all(row["rollout/logprob_gap_max"] < 1e-4 and row["turns"] > 1 for row in rows), rows
