@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import sharding
+from rlhf_jax import rl_plan, sharding
 from rlhf_jax.interop import hf_export, vllm_engine
 from rlhf_jax.models import lora
 from rlhf_jax.models.config import ModelConfig
@@ -148,7 +148,8 @@ def start(cfg, run_dir, state, models, tokenizer, prompt_len: int, rl_cfg: RLCon
   model_cfg = models.policy.cfg
   directory = run_dir.file("engine_policy")
   hf_export.export_config_only(dataclasses.replace(model_cfg, lora_rank=0, heads=()), tokenizer, directory)
-  max_len = min(model_cfg.max_len, prompt_len + rl_cfg.max_new_tokens)
+  turn = cfg.env.turn_tokens if rl_plan.multi_turn(cfg) else 0  # a multi-turn context: then one more turn
+  max_len = min(model_cfg.max_len, prompt_len + rl_cfg.max_new_tokens + turn)
   engine = vllm_engine.VLLMEngine(directory, max_len=max_len, settings=vllm_engine.settings_of(cfg), seed=cfg.seed)
   rows = sharding.batch_sharding(mesh)
   wrap = lambda fn: jax.jit(sharding.with_rules(fn, mesh, rules), out_shardings=rows)
