@@ -28,9 +28,10 @@ def get_config(preset: str = "tiny"):
   # beta 0.1 and the sigmoid loss are the DPO paper's defaults. `loss` names a member of
   # rlhf_jax/algorithms/dpo.py: sigmoid, conservative / robust (label_smoothing: the flip rate),
   # ipo (length_normalise: per-token log-ratios), hinge (SLiC), simpo (reference-free; SimPO's
-  # paper takes beta ~2 and gamma ~0.5-1.5).
+  # paper takes beta ~2 and gamma ~0.5-1.5). soft_labels (conservative): each pair's flip rate is
+  # 1 - its `label`, a judge model's probability (preference.judge=hf:DIR; 1 for other pairs).
   c.dpo = ml_collections.ConfigDict(dict(beta=0.1, loss="sigmoid", label_smoothing=0.0, gamma=1.0,
-                                         length_normalise=False))
+                                         length_normalise=False, soft_labels=False))
   c.preference = reward.get_config(preset).preference
   c.data.batch_size = 32 if small else 64  # pairs per step
   c.sample.max_new_tokens = 80 if small else 256

@@ -62,7 +62,10 @@ def pair_loss(params, batch, *, model, cfg, normalizer):
   inputs = dpo.PreferenceInputs(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], *pair_lengths(batch))
   h = dpo.logratio_margin(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"])
   weight = pairs.pair_weights(batch)
-  losses = dpo.preference_losses(inputs, cfg.loss, preference_params(cfg))
+  hp = preference_params(cfg)
+  if cfg.get("soft_labels"):  # each pair's flip rate: 1 - its judge's probability (conservative DPO)
+    hp = hp._replace(label_smoothing=1.0 - pairs.pair_labels(batch))
+  losses = dpo.preference_losses(inputs, cfg.loss, hp)
   sums = {"nll": jnp.sum(losses * weight), "correct": jnp.sum((h > 0) * weight), "pairs": jnp.sum(weight),
           "margin": jnp.sum(cfg.beta * h * weight),
           "chosen_reward": jnp.sum(cfg.beta * (chosen - batch["ref_chosen"]) * weight),

@@ -37,6 +37,9 @@ def check_config(cfg) -> None:
     raise UserError(f"dpo.loss={cfg.dpo.loss!r}: choose one of {', '.join(PREFERENCE_LOSSES)}")
   if cfg.dpo.beta <= 0:
     raise UserError(f"dpo.beta={cfg.dpo.beta} must be > 0")
+  if cfg.dpo.get("soft_labels") and cfg.dpo.loss != "conservative":
+    raise UserError(f"dpo.soft_labels=True takes each pair's label as conservative DPO's flip rate: set "
+                    f"dpo.loss=conservative (not {cfg.dpo.loss})")
   if cfg.dpo.loss == "robust" and not 0 <= cfg.dpo.label_smoothing < 0.5:
     raise UserError(f"dpo.label_smoothing={cfg.dpo.label_smoothing}: robust DPO needs a flip rate in [0, 0.5)")
 

@@ -75,3 +75,23 @@ def test_a_reference_free_loss_runs_no_reference_forward_pass_and_learns():
   assert float(metrics["skipped_updates"]) == 0
   # The margins and implicit rewards are the policy's own: a reference pass would make them NaN.
   assert all(np.isfinite(float(metrics[k])) for k in ("margin", "chosen_reward", "rejected_reward"))
+
+
+def test_soft_labels_give_each_pair_its_judges_flip_rate_in_conservative_dpo():
+  """dpo.soft_labels: pair i's loss is conservative DPO's with epsilon = 1 - label_i (the same as
+  the scalar label_smoothing when every label agrees); label 1 is plain DPO's."""
+  from rlhf_jax.training.preference.dpo_steps import pair_loss  # pylint: disable=g-import-not-at-top
+  model = Transformer(small_model(vocab_size=VOCAB, max_len=8))
+  params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  policy = jax.tree.map(lambda p: p * 1.5, params)  # off the reference: margins not 0
+  batch = dict(pairs(4), ref_chosen=jnp.zeros(4), ref_rejected=jnp.zeros(4))
+  cfg = lambda **kw: ml_collections.ConfigDict({**dict(beta=0.1, loss="conservative", label_smoothing=0.0, gamma=1.0,
+                                                       length_normalise=False, soft_labels=False), **kw})
+  loss = lambda c, b: float(pair_loss(policy, b, model=model, cfg=c, normalizer=4.0)[0])
+  labels = jnp.array([[1.0], [0.9], [0.7], [0.6]])
+  soft = loss(cfg(soft_labels=True), dict(batch, label=labels))
+  per_pair = [loss(cfg(label_smoothing=1.0 - float(l)), dict(batch, loss_mask=jnp.eye(4, dtype=jnp.int32)[i][:, None]))
+              for i, l in enumerate(labels[:, 0])]
+  np.testing.assert_allclose(soft, sum(per_pair), rtol=1e-5)
+  np.testing.assert_allclose(loss(cfg(soft_labels=True), dict(batch, label=jnp.ones((4, 1)))),
+                             loss(cfg(), batch), rtol=1e-6)

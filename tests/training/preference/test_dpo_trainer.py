@@ -32,3 +32,7 @@ def test_bad_dpo_fields_fail_before_any_upstream_stage_runs(tiny_dpo, tmp_path):
                                       "simpo"):
     stages.run(tiny_dpo, str(tmp_path))
   assert not os.path.exists(tmp_path / "upstream")
+  tiny_dpo.dpo.update(dict(loss="sigmoid", soft_labels=True))
+  with pytest.raises(UserError, match="dpo.soft_labels=True takes each pair's label as conservative DPO's flip rate"):
+    stages.run(tiny_dpo, str(tmp_path))
+  assert not os.path.exists(tmp_path / "upstream")
