@@ -7,6 +7,7 @@ After training, a gain and bias make the rewards of SFT samples mean 0 and std 1
 """
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -148,9 +149,15 @@ def pref_gold_judge(pref) -> str:
 
 
 def ai_labeller(pref):
-  from rlhf_jax.pairwise_judge import PREFERENCE_TEMPLATE, PairwiseJudge  # pylint: disable=g-import-not-at-top
-  return PairwiseJudge(pref.judge, pref.get("judge_template") or PREFERENCE_TEMPLATE,
-                       batch=pref.get("judge_batch", 16), setting="preference.judge")
+  from rlhf_jax.pairwise_judge import PREFERENCE_TEMPLATE  # pylint: disable=g-import-not-at-top
+  return loaded_judge(pref.judge, pref.get("judge_template") or PREFERENCE_TEMPLATE, pref.get("judge_batch", 16))
+
+
+@functools.lru_cache(maxsize=1)
+def loaded_judge(source: str, template: str, batch: int):
+  """The judge model, loaded once for both splits' pairs."""
+  from rlhf_jax.pairwise_judge import PairwiseJudge  # pylint: disable=g-import-not-at-top
+  return PairwiseJudge(source, template, batch=batch, setting="preference.judge")
 
 
 def ai_labels(judge, prompts, a_texts, b_texts) -> tuple:
