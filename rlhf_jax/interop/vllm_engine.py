@@ -126,7 +126,10 @@ class VLLMEngine:
                                         top_p=top_p, seed=int(s), logprobs=0, detokenize=False, **limits)
               for s, limits in zip(seeds, stop)]
     inputs = [self._vllm.inputs.TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
-    outputs = self.llm.generate(inputs, params, use_tqdm=False)
+    try:
+      outputs = self.llm.generate(inputs, params, use_tqdm=False)
+    except (ValueError, RuntimeError) as e:  # a context over max_model_len, a request vLLM refuses
+      raise UserError(f"vLLM could not sample: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     n = len(prompts)
     tokens = np.full((n, max_new_tokens), pad_id, np.int32)
     mask, logprobs = np.zeros((n, max_new_tokens), np.int32), np.zeros((n, max_new_tokens), np.float32)
