@@ -165,6 +165,23 @@ class VLLMEngine:
       self.asleep = True
 
 
+_SHARED = {}  # the process's engine: (its key, the engine)
+
+
+def shared_engine(model_dir: str, *, max_len: int, settings: EngineSettings) -> VLLMEngine:
+  """This process's engine for the model whose config is in `model_dir`: the last one started
+  when it has the same config, length and settings (runs after runs in one process, as a test
+  suite's or a notebook's, pay vLLM's start-up once), else a new one that replaces it. Its weights
+  are whatever the last run pushed: every run pushes its policy before its first rollout, and
+  per-request seeds make the engine's own seed irrelevant."""
+  with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+    key = (f.read(), max_len, settings)
+  if _SHARED.get("key") != key:
+    _SHARED.clear()  # the old engine's memory goes with its last reference
+    _SHARED.update(key=key, engine=VLLMEngine(model_dir, max_len=max_len, settings=settings, seed=0))
+  return _SHARED["engine"]
+
+
 def response_of(completion) -> tuple:
   """(ids, log-probs) of a vLLM completion; a stop token ends `token_ids` (as EOS ends ours)."""
   ids = list(completion.token_ids)

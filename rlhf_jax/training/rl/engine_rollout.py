@@ -150,7 +150,7 @@ def start(cfg, run_dir, state, models, tokenizer, prompt_len: int, rl_cfg: RLCon
   hf_export.export_config_only(dataclasses.replace(model_cfg, lora_rank=0, heads=()), tokenizer, directory)
   turn = cfg.env.turn_tokens if rl_plan.multi_turn(cfg) else 0  # a multi-turn context: then one more turn
   max_len = min(model_cfg.max_len, prompt_len + rl_cfg.max_new_tokens + turn)
-  engine = vllm_engine.VLLMEngine(directory, max_len=max_len, settings=vllm_engine.settings_of(cfg), seed=cfg.seed)
+  engine = vllm_engine.shared_engine(directory, max_len=max_len, settings=vllm_engine.settings_of(cfg))
   rows = sharding.batch_sharding(mesh)
   wrap = lambda fn: jax.jit(sharding.with_rules(fn, mesh, rules), out_shardings=rows)
   gap = functools.partial(off_policy.logprob_gap, policy=models.policy, cfg=rl_cfg)
