@@ -188,7 +188,7 @@ def measure(name: str, peak: float) -> tuple[dict, list]:
     for side in SIDES[name]:
       result[side]["fraction_of_roofline"] = result[side].pop("floor_bytes") / rate / result[side]["seconds"]
     result["bandwidth_gb_per_s"] = rate / 1e9
-  elif base and name != "rollout_vllm":
+  elif base and name not in SIDES:
     ratio = statistics.median(ours / theirs for ours, theirs in zip(rounds, base))
     result.update({f"{BASELINES[name]}_round_seconds": base,
                    **({"host_overhead": ratio - 1.0} if name == "w5" else {"speedup_vs_sync": 1.0 / ratio})})

@@ -244,8 +244,8 @@ def rollout_workload(lengths: list[int], preset: str = "tiny", model: dict | Non
 def vllm_rollout_workload(lengths: list[int], preset: str = "tiny", model: dict | None = None, prompt_len: int = 16,
                           budget: int = 0, directory: str = "") -> Workload:
   """`rollout_workload`'s rollout (the same model, prompts and lengths) drawn by vLLM's engine
-  in this process (rollout.engine=vllm), from an export of the model's params to `directory`."""
-  from rlhf_jax.data.tokenizers import ByteTokenizer  # pylint: disable=g-import-not-at-top
+  in this process (rollout.engine=vllm): started on the model's config in `directory`, its
+  params pushed as the RL stage pushes them."""
   from rlhf_jax.interop import hf_export, vllm_engine  # pylint: disable=g-import-not-at-top
   cfg = stage_config(pretrain, preset, model)
   rows, budget = len(lengths), budget or max(lengths)
@@ -255,9 +255,9 @@ def vllm_rollout_workload(lengths: list[int], preset: str = "tiny", model: dict 
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   state, _ = setup.init_state(model_, make_optimizer(cfg.optim, 10), mesh, rules, cfg.seed)
   hf_export.export_config_only(model_.cfg, ByteTokenizer(), directory)
-  engine = vllm_engine.VLLMEngine(directory, max_len=prompt_len + budget, seed=0,
-                                  settings=vllm_engine.EngineSettings(kv_cache_gib=2.0))
-  engine.push(state.params, model_.cfg)  # our model's weights, as the RL stage pushes them
+  settings = dataclasses.replace(vllm_engine.settings_of(stage_config(ppo, preset, model)), kv_cache_gib=2.0)
+  engine = vllm_engine.VLLMEngine(directory, max_len=prompt_len + budget, seed=0, settings=settings)
+  engine.push(state.params, model_.cfg)
   prompts = random_tokens(1, (rows, prompt_len), model_.cfg.vocab_size).tolist()
   step = lambda: engine.sample(prompts, range(rows), max_new_tokens=budget, eos_id=NEVER, pad_id=0,
                                temperature=0.7, stop_at=lengths)[0]

@@ -28,14 +28,28 @@ PREFERENCE_TEMPLATE = ("{prompt}\n\nResponse A: {a}\n\nResponse B: {b}\n\n"
 BUCKET = 64  # judge inputs are padded to a multiple of this many tokens: few compilations
 
 
+def check_source(source: str, setting: str) -> str:
+  """The directory of `source`, which must be hf:DIR (checked before any stage runs, and on load)."""
+  path = source.removeprefix("hf:")
+  if not source.startswith("hf:") or not os.path.isdir(path):
+    raise UserError(f"{setting}={source!r}: expected hf:DIR, a local Hugging Face causal LM")
+  return path
+
+
+def both_orders(judge, prompts, a_texts, b_texts) -> tuple:
+  """(P(a preferred) [n], whether the two orders agree [n]): the judge asked with a first, then
+  with b first, the two answers averaged (a judge that always picks one position gives 0.5)."""
+  a_first = judge.first_preferred(prompts, a_texts, b_texts)
+  b_first = judge.first_preferred(prompts, b_texts, a_texts)
+  return ((a_first + 1.0 - b_first) / 2).astype(np.float32), (a_first >= 0.5) == (b_first < 0.5)
+
+
 class PairwiseJudge:
   """`win_rate(prompts, ours, theirs)` per prompt, by the causal LM in `source` (hf:DIR)."""
 
   def __init__(self, source: str, template: str = TLDR_TEMPLATE, batch: int = 8, setting: str = "eval.judge_model"):
     from rlhf_jax.interop import hf  # pylint: disable=g-import-not-at-top  (transformers-free, but heavy)
-    path = source.removeprefix("hf:")
-    if not source.startswith("hf:") or not os.path.isdir(path):
-      raise UserError(f"{setting}={source!r}: expected hf:DIR, a local Hugging Face causal LM")
+    path = check_source(source, setting)
     if "{a}" not in template or "{b}" not in template:
       raise UserError(f"{setting.rsplit('.', 1)[0]}.judge_template must hold {{a}} and {{b}} (and may hold {{prompt}})")
     self.model, self.params = hf.load(path)
@@ -56,9 +70,7 @@ class PairwiseJudge:
 
   def win_rate(self, prompts, ours, theirs) -> np.ndarray:
     """Per prompt, how often the judge prefers `ours`, averaged over both orders."""
-    as_first = self.first_preferred(prompts, ours, theirs)
-    as_second = 1.0 - self.first_preferred(prompts, theirs, ours)
-    return ((as_first + as_second) / 2).astype(np.float32)
+    return both_orders(self, prompts, ours, theirs)[0]
 
   def _left_padded(self, texts) -> tuple:
     """A batch of `self.batch` rows (empty rows pad a short last batch), each text's ids cut from

@@ -114,7 +114,7 @@ def rope_settings(config: dict, theta_key: str = "rope_theta", partial_key: str 
   sources = [dict(config.get(key) or {}) for key in ("rope_parameters", "rope_scaling")]
   kinds = [source.get("rope_type", source.get("type")) or "default" for source in sources]
   kind = next((k for k in kinds if k != "default"), "default")
-  params = {**sources[1], **sources[0]} if kinds[0] != "default" or kinds[1] == "default" else {**sources[0], **sources[1]}
+  params = {**sources[0], **sources[1]} if kinds[0] == "default" else {**sources[1], **sources[0]}
   if kind not in rope.ROPE_TYPES:
     raise UserError(f"{config.get('model_type')} rope type {kind!r} is not supported (supported: "
                     f"{', '.join(rope.ROPE_TYPES)})")

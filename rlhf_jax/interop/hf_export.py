@@ -46,10 +46,7 @@ def export(model, params, tokenizer, out: str, *, dtype: str = "float32", max_sh
     os.remove(stale)  # an earlier export's shards would shadow this one
   tensors = ((g.hf, g.join([host(flat[p]).astype(jax.numpy.dtype(dtype)) for p in g.ours])) for g in groups)
   hf_tensors.write_safetensors(tensors, out, max_shard_bytes)
-  write_json(os.path.join(out, "config.json"), config)
-  if head == "lm":
-    write_json(os.path.join(out, "generation_config.json"),
-               {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
+  write_configs(config, out)
   export_tokenizer(tokenizer, out, cfg.max_len)
   logging.info("exported %s to %s", config["architectures"][0], out)
   return config["architectures"][0]
@@ -58,11 +55,16 @@ def export(model, params, tokenizer, out: str, *, dtype: str = "float32", max_sh
 def export_config_only(cfg: ModelConfig, tokenizer, out: str) -> None:
   """An LM's config.json and generation_config.json without weights: what an engine that takes
   its weights in memory (vLLM with placeholder weights) starts from."""
-  config = export_config(cfg, "lm", "float32", tokenizer, {}, None)
   os.makedirs(out, exist_ok=True)
+  write_configs(export_config(cfg, "lm", "float32", tokenizer, {}, None), out)
+
+
+def write_configs(config: dict, out: str) -> None:
+  """config.json, and a causal LM's generation_config.json (its special ids)."""
   write_json(os.path.join(out, "config.json"), config)
-  write_json(os.path.join(out, "generation_config.json"),
-             {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
+  if not config["architectures"][0].endswith("ForSequenceClassification"):
+    write_json(os.path.join(out, "generation_config.json"),
+               {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
 
 
 def export_groups(cfg: ModelConfig, head: str, flat: dict) -> list:

@@ -41,12 +41,12 @@ class WeightPushError(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class EngineSettings:
-  """`rollout.vllm`: what vLLM is started with."""
-  dtype: str = "float32"  # of vLLM's weights and compute (bfloat16 on accelerators at scale)
-  kv_cache_gib: float = 0.25  # the KV cache's memory (vLLM's kv_cache_memory_bytes); 0: vLLM's own share
-  gpu_memory_utilization: float = 0.3  # its share of an accelerator's memory, beside JAX's
-  sleep: bool = False  # free its weights and cache between rollouts (TRL's colocated mode; accelerators)
-  enforce_eager: bool = True  # no CUDA graphs: start-up in seconds (False: faster decoding at scale)
+  """`rollout.vllm` (configs/rl.py holds the defaults): what vLLM is started with."""
+  dtype: str  # of vLLM's weights and compute (bfloat16 on accelerators at scale)
+  kv_cache_gib: float  # the KV cache's memory (vLLM's kv_cache_memory_bytes); 0: vLLM's own share
+  gpu_memory_utilization: float  # its share of an accelerator's memory, beside JAX's
+  sleep: bool  # free its weights and cache between rollouts (TRL's colocated mode; accelerators)
+  enforce_eager: bool  # no CUDA graphs: start-up in seconds (False: faster decoding at scale)
 
 
 def available() -> bool:
@@ -56,9 +56,10 @@ def available() -> bool:
 def settings_of(cfg) -> EngineSettings:
   fields = {f.name for f in dataclasses.fields(EngineSettings)}
   given = dict(cfg.rollout.get("vllm", {}))
-  unknown = sorted(set(given) - fields)
-  if unknown:
-    raise UserError(f"rollout.vllm.{unknown[0]}: not a vLLM setting (choose from {', '.join(sorted(fields))})")
+  unknown, missing = sorted(set(given) - fields), sorted(fields - set(given))
+  if unknown or missing:
+    raise UserError(f"rollout.vllm.{(unknown or missing)[0]}: {'not a vLLM setting' if unknown else 'missing'} "
+                    f"(the settings: {', '.join(sorted(fields))})")
   return EngineSettings(**given)
 
 

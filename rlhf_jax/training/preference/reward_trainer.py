@@ -15,7 +15,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from rlhf_jax import flops, judges, memory, sharding
+from rlhf_jax import flops, judges, memory, pairwise_judge, sharding
 from rlhf_jax.algorithms.reward import normalisation
 from rlhf_jax.data import batches, preferences, sources
 from rlhf_jax.data.prompts import encode_prompts, openings
@@ -37,8 +37,7 @@ def check_config(cfg) -> None:
   if pref.source != "generated":
     return
   if pref.judge.startswith("hf:"):
-    if not os.path.isdir(pref.judge.removeprefix("hf:")):
-      raise UserError(f"preference.judge={pref.judge!r}: expected hf:DIR, a local Hugging Face causal LM")
+    pairwise_judge.check_source(pref.judge, "preference.judge")
   judges.get_judge(pref_gold_judge(pref))
 
 
@@ -113,7 +112,7 @@ def preference_pairs(cfg, run_dir: RunDir, tokenizer, sampler, params, split: st
 
 def generate_pairs(cfg, tokenizer, sampler, params, split: str, count: int) -> list[dict]:
   """Two policy samples per held-out-split prompt, labelled by the gold judge (a Bradley-Terry
-  draw on its scores) or, with `preference.judge=hf:DIR`, by a judge model (RLAIF: ai_labels)."""
+  draw on its scores) or, with `preference.judge=hf:DIR`, by a judge model (RLAIF: pairwise_judge.both_orders)."""
   pref, gold_judge = cfg.preference, judges.get_judge(pref_gold_judge(cfg.preference))
   labeller = ai_labeller(pref) if pref.judge.startswith("hf:") else None
   docs = sources.load_documents(cfg.data, split)[:count]
@@ -129,7 +128,7 @@ def generate_pairs(cfg, tokenizer, sampler, params, split: str, count: int) -> l
     texts = [tokenizer.decode(t[m > 0]) for t, m in zip(out.tokens, out.mask)]
     gold = gold_judge(texts)
     if labeller:
-      p_a, agree = ai_labels(labeller, chunk, texts[0::2], texts[1::2])
+      p_a, agree = pairwise_judge.both_orders(labeller, chunk, texts[0::2], texts[1::2])
       a_wins, extra = p_a >= 0.5, [{"label": float(max(p, 1 - p)), "orders_agree": bool(o)} for p, o in zip(p_a, agree)]
     else:
       a_wins = preferences.label_pairs(gold[0::2], gold[1::2], pref.gold_scale, np.random.default_rng([seed, first]))
@@ -149,23 +148,14 @@ def pref_gold_judge(pref) -> str:
 
 
 def ai_labeller(pref):
-  from rlhf_jax.pairwise_judge import PREFERENCE_TEMPLATE  # pylint: disable=g-import-not-at-top
-  return loaded_judge(pref.judge, pref.get("judge_template") or PREFERENCE_TEMPLATE, pref.get("judge_batch", 16))
+  return loaded_judge(pref.judge, pref.get("judge_template") or pairwise_judge.PREFERENCE_TEMPLATE,
+                      pref.get("judge_batch", 16))
 
 
 @functools.lru_cache(maxsize=1)
 def loaded_judge(source: str, template: str, batch: int):
   """The judge model, loaded once for both splits' pairs."""
-  from rlhf_jax.pairwise_judge import PairwiseJudge  # pylint: disable=g-import-not-at-top
-  return PairwiseJudge(source, template, batch=batch, setting="preference.judge")
-
-
-def ai_labels(judge, prompts, a_texts, b_texts) -> tuple:
-  """(P(a preferred), whether the two orders agree) per pair: the judge asked with a first, then
-  with b first, the two answers averaged (a judge that always picks one position scores 0.5)."""
-  a_first = judge.first_preferred(prompts, a_texts, b_texts)
-  b_first = judge.first_preferred(prompts, b_texts, a_texts)
-  return (a_first + 1.0 - b_first) / 2, (a_first >= 0.5) == (b_first < 0.5)
+  return pairwise_judge.PairwiseJudge(source, template, batch=batch, setting="preference.judge")
 
 
 def label_summary(rows) -> str:

@@ -47,10 +47,9 @@ def assemble(state, prompts, prompt_mask, tokens, mask, logprobs, *, score_fn, c
                              cfg=cfg)
 
 
-def merged_policy(state, model_cfg: ModelConfig):
-  """The policy's params as plain weights: a LoRA policy's adapters folded into its base."""
-  params = policy_params(state)
-  return lora.merge(params, model_cfg) if state.lora else params
+def plain_weights(params, model_cfg: ModelConfig):
+  """A policy's params as an engine takes them: LoRA adapters folded into their base."""
+  return lora.merge(params, model_cfg) if lora.has_adapters(params) else params
 
 
 @dataclasses.dataclass
@@ -98,7 +97,7 @@ class EngineSampler:
     step = int(jax.device_get(state.step))
     if step == self.weights_step:
       return {}
-    metrics = self.engine.push(merged_policy(state, self.model_cfg), self.model_cfg)
+    metrics = self.engine.push(plain_weights(policy_params(state), self.model_cfg), self.model_cfg)
     self.weights_step = step
     return metrics
 
@@ -121,8 +120,7 @@ class EngineTurnSampler:
 
   def session(self, params, settings, rows: int):
     del rows
-    plain = lora.merge(params, self.model_cfg) if lora.has_adapters(params) else params
-    self.engine.push(plain, self.model_cfg)
+    self.engine.push(plain_weights(params, self.model_cfg), self.model_cfg)
     temperature = float(settings.temperature)
     return functools.partial(self._turn, temperature=temperature)
 

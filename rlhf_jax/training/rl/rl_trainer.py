@@ -18,12 +18,11 @@ reward (each component and their sum) and the KL between them.
 
 import dataclasses
 import functools
-import os
 
 import jax
 import optax
 
-from rlhf_jax import flops, memory, rewards, rl_plan, sharding
+from rlhf_jax import flops, memory, pairwise_judge, rewards, rl_plan, sharding
 from rlhf_jax.algorithms.advantages import ADVANTAGES
 from rlhf_jax.algorithms.importance import IS_CORRECTIONS
 from rlhf_jax.algorithms.rollout_correction import ROLLOUT_CORRECTIONS
@@ -76,9 +75,8 @@ def check_config(cfg) -> None:
   check_off_policy(cfg, plan)
   if plan.engine != "jax":
     check_engine(cfg, plan)
-  judge = cfg.eval.get("judge_model", "")
-  if judge and not (judge.startswith("hf:") and os.path.isdir(judge.removeprefix("hf:"))):
-    raise UserError(f"eval.judge_model={judge!r}: expected hf:DIR, a local Hugging Face causal LM")
+  if cfg.eval.get("judge_model"):
+    pairwise_judge.check_source(cfg.eval.judge_model, "eval.judge_model")
   if plan.driver == "multi_turn":
     check_multi_turn(cfg, plan)
   if "format" in dict(plan.rewards.token) and not cfg.reward.get("format_text"):
@@ -276,21 +274,18 @@ def compile_multi_turn(cfg, plan, run_dir, models, state, shardings, meshes_, ru
   samplers = {id(m): turn_cache.turn_sampler(models.policy, off_policy.on_mesh(policy_params(shardings), m), m, rules,
                                              turn_tokens=cfg.env.turn_tokens, capacity=capacity,
                                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id) for m in meshes_}
+  train_sampler = samplers[id(sample_mesh)] if engine is None else engine_rollout.EngineTurnSampler(
+      engine.engine, models.policy.cfg, cfg.env.turn_tokens, tokenizer.eos_id, tokenizer.pad_id)
 
-  if engine is not None:
-    samplers["engine"] = engine_rollout.EngineTurnSampler(engine.engine, models.policy.cfg, cfg.env.turn_tokens,
-                                                          tokenizer.eos_id, tokenizer.pad_id)
-
-  def rollouts(split, on_mesh):
-    sampler = samplers["engine" if engine is not None and split == "train" else id(on_mesh)]
+  def rollouts(split, sampler):
     return multi_turn.Rollouts(sampler, environments.from_config(cfg.env, call_format), prompts[split],
                                tokenizer, limits, cfg.sample.temperature, call_format.close)
 
   evaluator = multi_turn.MultiTurnEvaluator(
-      rollouts("eval", mesh), plan.rewards.host, run_dir, cfg.seed, cfg.algo, token=plan.rewards.token,
+      rollouts("eval", samplers[id(mesh)]), plan.rewards.host, run_dir, cfg.seed, cfg.algo, token=plan.rewards.token,
       token_params=rl_cfg.token_reward_params, model_scores=multi_turn.compile_model_scores(score_fn, mesh, rules),
       model_weight=plan.rewards.model_weight or 0.0, mesh=mesh)
-  train_rollouts = rollouts("train", sample_mesh)
+  train_rollouts = rollouts("train", train_sampler)
   if rl_cfg.off_policy_steps:
     driver, state, shardings = compile_multi_turn_off_policy(
         state, shardings, mesh, sample_mesh, rules, models, policy_tx, value_tx, rl_cfg, rollouts=train_rollouts,

@@ -81,7 +81,7 @@ class ScoringJudge:
 
 
 def test_asking_both_orders_cancels_a_judges_position_bias():
-  from rlhf_jax.training.preference.reward_trainer import ai_labels  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.pairwise_judge import both_orders as ai_labels  # pylint: disable=g-import-not-at-top
   prompts, a, b = ["p"] * 3, ["long answer", "x", "same"], ["short", "longer one", "same"]
   for bias in (0.0, 3.0, -3.0):  # up to a judge that picks position A whatever it reads
     p_a, _ = ai_labels(ScoringJudge(bias), prompts, a, b)
