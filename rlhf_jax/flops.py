@@ -14,7 +14,7 @@ def matmul_weights(cfg: ModelConfig, logits: bool = True) -> int:
   """Weights that multiply activations: attention, MLP and (with `logits`) the LM head."""
   q_and_out = 2 * cfg.d_model * cfg.n_heads * cfg.dim_per_head
   keys_and_values = 2 * cfg.d_model * cfg.kv_heads * cfg.dim_per_head
-  mlp = (3 if cfg.mlp == "swiglu" else 2) * cfg.d_model * cfg.d_ff
+  mlp = (3 if cfg.gated_mlp else 2) * cfg.d_model * cfg.d_ff
   head = cfg.d_model * cfg.vocab_size if logits else 0
   return cfg.n_layers * (q_and_out + keys_and_values + mlp) + head
 

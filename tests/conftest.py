@@ -30,6 +30,10 @@ from rlhf_jax.models.config import ModelConfig
 
 GPT2 = dict(position="learned", norm="layernorm", mlp="gelu", bias="all", tie_embeddings=True)
 LLAMA = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias="none", tie_embeddings=False, n_kv_heads=2)
+# Gemma 3's block, its first layer sliding with a window of 4 tokens (shorter than the tests' rows)
+GEMMA3 = dict(position="rope", norm="gemma_rmsnorm", mlp="geglu", bias="none", tie_embeddings=True, n_kv_heads=2,
+              qk_norm=True, post_norms=True, embed_scale=True, query_pre_attn_scalar=24, rope_theta=1e6,
+              rope_local_theta=1e4, layer_types=("sliding_attention", "full_attention"), sliding_window=4)
 
 
 def small_model(**overrides) -> ModelConfig:

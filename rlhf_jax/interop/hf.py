@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints in and out: GPT-2 and Llama-family (Llama, Mistral, Qwen2) models.
+"""Hugging Face checkpoints in and out: GPT-2, GPT-NeoX, Llama-family (Llama, Mistral, Qwen2, Qwen3) and Gemma 3 models.
 
   model, params = hf.load("/path/to/hf_dir")            # model.apply({"params": params}, tokens) -> logits
   tokenizer = hf.load_tokenizer("/path/to/hf_dir")      # our Tokenizer protocol

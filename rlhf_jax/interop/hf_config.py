@@ -1,5 +1,5 @@
-"""Hugging Face `config.json` <-> our ModelConfig, for GPT-2, GPT-NeoX and the Llama family
-(Llama, Mistral, Qwen2, Qwen3).
+"""Hugging Face `config.json` <-> our ModelConfig, for GPT-2, GPT-NeoX, the Llama family
+(Llama, Mistral, Qwen2, Qwen3) and Gemma 3 (text).
 
 Only configs whose model our Transformer computes exactly are accepted (rope scaling of the
 types models/rope.py computes: linear, dynamic, llama3, yarn); anything else (longrope, GPT-2's
@@ -19,7 +19,8 @@ from rlhf_jax.models.config import ModelConfig
 GPT2_TYPES = ("gpt2",)
 NEOX_TYPES = ("gpt_neox",)  # GPT-2's block with rotary positions: our `tiny` preset
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-SUPPORTED_TYPES = GPT2_TYPES + NEOX_TYPES + LLAMA_TYPES
+GEMMA_TYPES = ("gemma3_text",)  # Gemma3ForCausalLM: the 1B and 270M checkpoints, and any text-only export
+SUPPORTED_TYPES = GPT2_TYPES + NEOX_TYPES + LLAMA_TYPES + GEMMA_TYPES
 # Keys by which a checkpoint asks to run its own Python code: never honoured.
 REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
 # Where we put what HF's config has no field for (the reward head's bias): HF ignores it.
@@ -77,6 +78,8 @@ def model_values(config: dict) -> dict:
     values = neox_values(config)
   elif model_type in LLAMA_TYPES:
     values = llama_values(config)
+  elif model_type in GEMMA_TYPES:
+    values = gemma3_values(config)
   else:
     raise UserError(f"model_type={model_type!r} is not supported: choose a checkpoint of "
                     f"{', '.join(SUPPORTED_TYPES)}")
@@ -192,14 +195,64 @@ def llama_values(config: dict) -> dict:
               tie_embeddings=bool(config.get("tie_word_embeddings", False)), qk_norm=config["model_type"] == "qwen3")
 
 
+def gemma3_values(config: dict) -> dict:
+  """Gemma 3's text model: sliding-window layers with their own rope base among global ones."""
+  for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+    refuse_if(config, key, None, (None,))
+  refuse_if(config, "use_bidirectional_attention", False, (False, None))
+  refuse_if(config, "attention_bias", False, (False,))
+  refuse_if(config, "hidden_activation", "gelu_pytorch_tanh", ("gelu_pytorch_tanh",))
+  layers, d = int(config["num_hidden_layers"]), int(config["hidden_size"])
+  pattern = int(config.get("sliding_window_pattern", 6))  # config.json before layer_types
+  layer_types = tuple(config.get("layer_types") or ("full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                                                     for i in range(layers)))
+  heads = int(config["num_attention_heads"])
+  head_dim = int(config.get("head_dim") or 256)
+  return dict(vocab_size=int(config["vocab_size"]), d_model=d, n_layers=layers, n_heads=heads,
+              n_kv_heads=int(config.get("num_key_value_heads") or heads), head_dim=0 if head_dim * heads == d else head_dim,
+              d_ff=int(config["intermediate_size"]), max_len=int(config.get("max_position_embeddings", 131072)),
+              position="rope", **gemma3_rope(config), norm="gemma_rmsnorm", norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+              mlp="geglu", bias="none", tie_embeddings=bool(config.get("tie_word_embeddings", True)), qk_norm=True,
+              layer_types=layer_types, sliding_window=int(config.get("sliding_window") or 0), embed_scale=True,
+              post_norms=True, query_pre_attn_scalar=int(config.get("query_pre_attn_scalar", 256)))
+
+
+def gemma3_rope(config: dict) -> dict:
+  """The global layers' rope (v5's rope_parameters["full_attention"], or v4's rope_theta and
+  rope_scaling: Gemma 3 4B+ scale it linearly by 8) and the local layers' base, unscaled."""
+  nested = config.get("rope_parameters") or {}
+  if nested and "full_attention" not in nested:
+    raise UserError(f"gemma3_text rope_parameters {sorted(nested)}: expected one entry per layer type")
+  full = rope_settings({**config, "rope_parameters": nested.get("full_attention"),
+                        "rope_theta": config.get("rope_theta", 1e6)})
+  local = dict(nested.get("sliding_attention") or {})
+  if local.get("rope_type", "default") != "default":
+    raise UserError(f"gemma3_text sliding layers' rope type {local['rope_type']!r} is not supported (default only)")
+  return dict(**full, rope_local_theta=float(local.get("rope_theta", config.get("rope_local_base_freq", 1e4))))
+
+
 def weights_family(model_type: str) -> str:
-  """How the checkpoint names its tensors (rlhf_jax/interop/hf_weights.py): Mistral and Qwen as Llama."""
-  return "llama" if model_type in LLAMA_TYPES else model_type
+  """How the checkpoint names its tensors (rlhf_jax/interop/hf_weights.py): Mistral, Qwen and
+  Gemma 3 as Llama (Gemma's two extra norms a block: hf_weights.block_norms)."""
+  return "llama" if model_type in LLAMA_TYPES + GEMMA_TYPES else model_type
+
+
+def gemma_features(cfg: ModelConfig) -> tuple:
+  """What among `cfg`'s switches only Gemma 3 has (a model with some but not all is no HF model)."""
+  return (cfg.post_norms, cfg.embed_scale, bool(cfg.query_pre_attn_scalar), bool(cfg.rope_local_theta),
+          "sliding_attention" in cfg.layer_types)
 
 
 def family_of(cfg: ModelConfig) -> str:
   """The HF model_type that computes exactly what `cfg` does, or a UserError."""
   block = (cfg.position, cfg.norm, cfg.mlp)
+  gemma = gemma_features(cfg)
+  if block == ("rope", "gemma_rmsnorm", "geglu") and all(gemma[:3]) and cfg.qk_norm and cfg.bias == "none":
+    return "gemma3_text"
+  if any(gemma):
+    raise UserError(f"no Hugging Face architecture computes this model: post_norms, embed_scale, query_pre_attn_scalar, "
+                    "rope_local_theta and sliding layers are Gemma 3's, which exports with norm=gemma_rmsnorm, "
+                    "mlp=geglu, qk_norm and bias none")
   plain_heads = cfg.bias == "all" and cfg.kv_heads == cfg.n_heads and cfg.dim_per_head * cfg.n_heads == cfg.d_model
   if block == ("learned", "layernorm", "gelu") and plain_heads:
     return "gpt2"
@@ -212,14 +265,16 @@ def family_of(cfg: ModelConfig) -> str:
   raise UserError(f"no Hugging Face architecture computes this model (position={cfg.position}, norm={cfg.norm}, "
                   f"mlp={cfg.mlp}, bias={cfg.bias}, n_kv_heads={cfg.n_kv_heads}): export supports GPT-2 blocks "
                   "(layernorm, gelu, bias all; learned positions: GPT-2, rope: GPT-NeoX) and Llama blocks "
-                  "(rope, rmsnorm, swiglu; with qk_norm: Qwen3, bias none)")
+                  "(rope, rmsnorm, swiglu; with qk_norm: Qwen3, bias none), and Gemma 3's")
 
 
 ARCHITECTURES = {("gpt2", "lm"): "GPT2LMHeadModel", ("gpt2", "reward"): "GPT2ForSequenceClassification",
                  ("gpt_neox", "lm"): "GPTNeoXForCausalLM", ("gpt_neox", "reward"): "GPTNeoXForSequenceClassification",
                  ("llama", "lm"): "LlamaForCausalLM", ("llama", "reward"): "LlamaForSequenceClassification",
                  ("qwen2", "lm"): "Qwen2ForCausalLM", ("qwen2", "reward"): "Qwen2ForSequenceClassification",
-                 ("qwen3", "lm"): "Qwen3ForCausalLM", ("qwen3", "reward"): "Qwen3ForSequenceClassification"}
+                 ("qwen3", "lm"): "Qwen3ForCausalLM", ("qwen3", "reward"): "Qwen3ForSequenceClassification",
+                 ("gemma3_text", "lm"): "Gemma3ForCausalLM",
+                 ("gemma3_text", "reward"): "Gemma3TextForSequenceClassification"}
 
 
 def hf_config(cfg: ModelConfig, head: str, dtype: str, specials: dict) -> dict:
@@ -238,6 +293,8 @@ def hf_config(cfg: ModelConfig, head: str, dtype: str, specials: dict) -> dict:
                   layer_norm_eps=cfg.norm_eps, use_parallel_residual=False, attention_bias=True,
                   rope_parameters=rope, rotary_emb_base=cfg.rope_theta, rotary_pct=1.0,
                   hidden_dropout=cfg.dropout, attention_dropout=0.0)
+  elif family == "gemma3_text":
+    config = gemma3_config(cfg)
   else:
     rope = rope_parameters(cfg)
     config = dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
@@ -253,3 +310,14 @@ def hf_config(cfg: ModelConfig, head: str, dtype: str, specials: dict) -> dict:
   if head == "reward":
     config.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
   return config
+
+
+def gemma3_config(cfg: ModelConfig) -> dict:
+  local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
+  return dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+              num_key_value_heads=cfg.kv_heads, head_dim=cfg.dim_per_head, intermediate_size=cfg.d_ff,
+              max_position_embeddings=cfg.max_len, hidden_activation="gelu_pytorch_tanh", rms_norm_eps=cfg.norm_eps,
+              query_pre_attn_scalar=cfg.query_pre_attn_scalar, sliding_window=cfg.sliding_window or None,
+              layer_types=list(cfg.layer_types or ["full_attention"] * cfg.n_layers),
+              rope_parameters={"full_attention": rope_parameters(cfg), "sliding_attention": local},
+              attention_bias=False, attention_dropout=0.0, final_logit_softcapping=None, attn_logit_softcapping=None)

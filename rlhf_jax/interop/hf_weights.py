@@ -133,8 +133,7 @@ def gpt2_groups(cfg: ModelConfig, head: str, prefix: str) -> list:
 def llama_layer(cfg: ModelConfig, i: int, prefix: str) -> list:
   d, h, kv, hd, f = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.d_ff
   hf, ours = f"{prefix}layers.{i}.", f"layer_{i}/"
-  groups = [same(f"{hf}input_layernorm.weight", f"{ours}attn_norm/scale", (d,)),
-            same(f"{hf}post_attention_layernorm.weight", f"{ours}mlp_norm/scale", (d,)),
+  groups = [same(f"{hf}input_layernorm.weight", f"{ours}attn_norm/scale", (d,)), *block_norms(cfg, hf, ours),
             linear(f"{hf}self_attn.o_proj.weight", f"{ours}attn/out/kernel", (d, h * hd), (h, hd, d))]
   for name, ours_name, heads in (("q_proj", "query", h), ("k_proj", "key", kv), ("v_proj", "value", kv)):
     groups.append(linear(f"{hf}self_attn.{name}.weight", f"{ours}attn/{ours_name}/kernel", (heads * hd, d),
@@ -153,6 +152,17 @@ def llama_layer(cfg: ModelConfig, i: int, prefix: str) -> list:
     groups += [same(f"{hf}self_attn.q_norm.weight", f"{ours}attn/query_norm/scale", (hd,)),
                same(f"{hf}self_attn.k_norm.weight", f"{ours}attn/key_norm/scale", (hd,))]
   return groups
+
+
+def block_norms(cfg: ModelConfig, hf: str, ours: str) -> list:
+  """The norms after the input norm: Llama's post_attention_layernorm is the MLP's input norm;
+  Gemma's is the attention output's, and its MLP has a norm before and one after."""
+  d = (cfg.d_model,)
+  if not cfg.post_norms:
+    return [same(f"{hf}post_attention_layernorm.weight", f"{ours}mlp_norm/scale", d)]
+  return [same(f"{hf}post_attention_layernorm.weight", f"{ours}post_attn_norm/scale", d),
+          same(f"{hf}pre_feedforward_layernorm.weight", f"{ours}mlp_norm/scale", d),
+          same(f"{hf}post_feedforward_layernorm.weight", f"{ours}post_mlp_norm/scale", d)]
 
 
 def llama_groups(cfg: ModelConfig, head: str, prefix: str) -> list:

@@ -7,14 +7,17 @@ import jax.numpy as jnp
 
 _CHOICES = {
     "position": ("learned", "rope"),
-    "norm": ("layernorm", "rmsnorm"),
-    "mlp": ("gelu", "swiglu"),
+    # gemma_rmsnorm: Gemma's RMSNorm, x / rms(x) * (1 + w) in float32, w initialised to 0
+    "norm": ("layernorm", "rmsnorm", "gemma_rmsnorm"),
+    "mlp": ("gelu", "swiglu", "geglu"),
     "bias": ("all", "none", "qkv"),
     "attention": ("auto", "xla", "cudnn"),
     "dtype": ("float32", "bfloat16", "float16"),
     "param_dtype": ("float32", "bfloat16"),
 }
 
+
+LAYER_TYPES = ("full_attention", "sliding_attention")  # Hugging Face's names
 
 # The projections LoRA can adapt, by module name: attention's query, key, value and output, the MLP's.
 LORA_TARGETS = ("query", "key", "value", "out", "gate", "up", "down")
@@ -35,6 +38,8 @@ class ModelConfig:
   Llama: position=rope, norm=rmsnorm, mlp=swiglu, bias=none, tie_embeddings=False,
   n_kv_heads < n_heads for grouped-query attention. Qwen2 is Llama with bias=qkv; Qwen3 is
   Llama with qk_norm (an RMSNorm over each head's queries and keys, before rotary).
+  Gemma 3: norm=gemma_rmsnorm, post_norms, mlp=geglu, qk_norm, embed_scale,
+  query_pre_attn_scalar, and sliding-window layers (`layer_types`) with their own rope base.
   """
   vocab_size: int
   d_model: int = 128
@@ -49,6 +54,15 @@ class ModelConfig:
   # Hugging Face's rope scaling as (field, value) pairs: rope_type and its fields (models/rope.py); () none.
   rope_scaling: tuple = ()
   qk_norm: bool = False
+  # Gemma 3's local layers: each layer's type ("full_attention" or "sliding_attention"; () all
+  # full), a sliding layer's queries seeing the last `sliding_window` positions (themselves
+  # included), rotated with base `rope_local_theta` (0: rope_theta) and no rope scaling.
+  layer_types: tuple = ()
+  sliding_window: int = 0
+  rope_local_theta: float = 0.0
+  embed_scale: bool = False  # embeddings times sqrt(d_model) (Gemma)
+  post_norms: bool = False  # a norm after attention and after the MLP too, before each residual add (Gemma 2, 3)
+  query_pre_attn_scalar: int = 0  # attention scores scaled by its -1/2 power (Gemma); 0: head_dim
   norm: str = "layernorm"
   norm_eps: float = 1e-5
   mlp: str = "gelu"
@@ -87,12 +101,34 @@ class ModelConfig:
       raise ValueError(f"lora.rank={self.lora_rank} must be >= 0 (0: full fine-tuning)")
     if self.logits_chunk < 0:
       raise ValueError(f"model.logits_chunk={self.logits_chunk} must be >= 0 (0: every position at once)")
+    self.check_layer_types()
     if self.vocab_size <= 0:
       raise ValueError(f"model.vocab_size={self.vocab_size} must be positive")
+
+  def check_layer_types(self):
+    if self.layer_types and len(self.layer_types) != self.n_layers:
+      raise ValueError(f"model.layer_types has {len(self.layer_types)} entries for n_layers={self.n_layers}")
+    if set(self.layer_types) - set(LAYER_TYPES):
+      raise ValueError(f"model.layer_types={self.layer_types}: each one of {LAYER_TYPES}")
+    if "sliding_attention" in self.layer_types and self.sliding_window <= 0:
+      raise ValueError("model.layer_types has sliding_attention layers: set model.sliding_window > 0")
+
+  def is_sliding(self, layer: int) -> bool:
+    return bool(self.layer_types) and self.layer_types[layer] == "sliding_attention"
 
   @property
   def kv_heads(self) -> int:
     return self.n_kv_heads or self.n_heads
+
+  @property
+  def score_scale(self) -> float:
+    """The factor on attention scores: head_dim^-1/2, or query_pre_attn_scalar^-1/2 (Gemma)."""
+    return (self.query_pre_attn_scalar or self.dim_per_head) ** -0.5
+
+  @property
+  def gated_mlp(self) -> bool:
+    """SwiGLU or GeGLU: a gate projection beside the up projection."""
+    return self.mlp in ("swiglu", "geglu")
 
   @property
   def dim_per_head(self) -> int:
@@ -115,6 +151,7 @@ class ModelConfig:
     if unknown:
       raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
     values["heads"] = tuple(values.get("heads", ()))
+    values["layer_types"] = tuple(values.get("layer_types", ()))
     values["rope_scaling"] = tuple(tuple(pair) for pair in values.get("rope_scaling", ()))  # JSON gives lists
     values["lora_targets"] = tuple(values.get("lora_targets", LORA_TARGETS))
     return cls(**values)
@@ -123,13 +160,13 @@ class ModelConfig:
     """Parameter count, from shapes alone (no arrays are made)."""
     d, h, kv, hd, f = self.d_model, self.n_heads, self.kv_heads, self.dim_per_head, self.d_ff
     attn = d * (h + 2 * kv) * hd + h * hd * d
-    mlp = d * f * (3 if self.mlp == "swiglu" else 2)
-    norms = 2 * d * (2 if self.norm == "layernorm" else 1) + (2 * hd if self.qk_norm else 0)
+    mlp = d * f * (3 if self.gated_mlp else 2)
+    norms = (4 if self.post_norms else 2) * d * (2 if self.norm == "layernorm" else 1) + (2 * hd if self.qk_norm else 0)
     biases = 0
     if self.bias in ("all", "qkv"):
       biases += (h + 2 * kv) * hd
     if self.bias == "all":
-      biases += d + f * (2 if self.mlp == "swiglu" else 1) + d
+      biases += d + f * (2 if self.gated_mlp else 1) + d
     per_layer = attn + mlp + norms + biases
     embed = self.vocab_size * d * (1 if self.tie_embeddings else 2)
     positions = self.max_len * d if self.position == "learned" else 0

@@ -93,17 +93,39 @@ def dense(cfg: ModelConfig, features, axes, *, in_axes=-1, use_bias, std=None, n
   return Linear(cfg, features, axes, in_dims, use_bias, std, name=name)
 
 
-def norm(cfg: ModelConfig, name=None):
+class GemmaRMSNorm(nn.Module):
+  """Gemma's RMSNorm: x / rms(x) * (1 + w) in float32 (w initialised to 0), cast back after the
+  product, as Hugging Face's Gemma3RMSNorm. `axis`: the scale's logical axis."""
+  eps: float
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+  axis: str = "embed"
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", partitioned(nn.initializers.zeros, (self.axis,)), (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (normed * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
+
+
+def norm(cfg: ModelConfig, name=None, axis: str = "embed"):
+  """The block's norm over the last axis, whose logical name is `axis`."""
+  if cfg.norm == "gemma_rmsnorm":
+    return GemmaRMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weight_dtype, axis, name=name)
   if cfg.norm == "rmsnorm":
     return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-                      scale_init=partitioned(nn.initializers.ones, ("embed",)), name=name)
+                      scale_init=partitioned(nn.initializers.ones, (axis,)), name=name)
   return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-                      scale_init=partitioned(nn.initializers.ones, ("embed",)),
-                      bias_init=partitioned(nn.initializers.zeros, ("embed",)), name=name)
+                      scale_init=partitioned(nn.initializers.ones, (axis,)),
+                      bias_init=partitioned(nn.initializers.zeros, (axis,)), name=name)
 
 
 def head_norm(cfg: ModelConfig, name: str):
-  """An RMSNorm over the last axis of [batch, time, heads, head_dim] (Qwen3's q_norm, k_norm)."""
+  """An RMSNorm over the last axis of [batch, time, heads, head_dim] (Qwen3's and Gemma 3's q_norm,
+  k_norm; Gemma's own RMSNorm for Gemma)."""
+  if cfg.norm == "gemma_rmsnorm":
+    return norm(cfg, name, "head_dim")
   return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
                     scale_init=partitioned(nn.initializers.ones, ("head_dim",)), name=name)
 
@@ -135,19 +157,19 @@ def attention_kernel(cfg: ModelConfig) -> str:
   return "cudnn" if sixteen_bit and jax.default_backend() == "gpu" else "xla"
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float | None = None) -> jax.Array:
   """Softmax attention with grouped-query heads; keys and values heads-major.
 
   q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_heads, k_len, head_dim] (the KV
   cache's layout: every dot below has its batch axes leading, so XLA never transposes the
   cache, which at decode time is by far the largest operand; the full forward transposes its
-  k and v to it); mask: [batch, 1, q_len, k_len].
+  k and v to it); mask: [batch, 1, q_len, k_len]; `scale` on the scores: head_dim^-1/2 unless given.
   """
   b, t, h, d = q.shape
   groups = h // k.shape[1]
   q = q.reshape(b, t, k.shape[1], groups, d).transpose(0, 2, 3, 1, 4)  # [b, kv, g, t, d]
   # Scores in float32 also from 16-bit q and k, as jax.nn.dot_product_attention does.
-  scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * d ** -0.5
+  scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * (d ** -0.5 if scale is None else scale)
   scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkgts,bksd->bkgtd", probs, v)
@@ -208,9 +230,10 @@ class Attention(nn.Module):
   `paged.PagedLayer` (models/paged.py).
   `mask` is the boolean attention mask [batch, 1, q_len, k_len].
   `queries` (no cache): Queries(x, rope), the tokens that query when not all do; `mask`
-  is then their rows of it.
+  is then their rows of it. `sliding`: a sliding-window layer (its mask says which keys).
   """
   cfg: ModelConfig
+  sliding: bool = False
 
   @nn.compact
   def __call__(self, x, rope, mask, kv_cache=None, queries=None):
@@ -220,25 +243,27 @@ class Attention(nn.Module):
                                    (("query", cfg.n_heads, "heads"), ("key", cfg.kv_heads, "kv_heads"),
                                     ("value", cfg.kv_heads, "kv_heads"))],
                           None if queries is None else queries.x)
-    if cfg.qk_norm:  # Qwen3: each head's queries and keys RMS-normalised, before rotary
+    if cfg.qk_norm:  # Qwen3, Gemma 3: each head's queries and keys RMS-normalised, before rotary
       q, k = head_norm(cfg, "query_norm")(q), head_norm(cfg, "key_norm")(k)
     if rope is not None:
       q_rope = rope if queries is None else queries.rope
       q, k = apply_rope(q, *q_rope), apply_rope(k, *rope)
+    scaled_attend = functools.partial(attend, scale=cfg.score_scale)
     if queries is not None:  # a few queries per row: the einsums (cuDNN's causal kernel assumes all)
-      out, new_cache = attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask), None
+      out, new_cache = scaled_attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask), None
     elif kv_cache is None and attention_kernel(cfg) == "cudnn":  # the mask is causal (and pads): cuDNN skips blocks
-      out, new_cache = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation="cudnn"), None
+      out, new_cache = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=cfg.score_scale, is_causal=True,
+                                                    implementation="cudnn"), None
     elif kv_cache is None:  # training and scoring with XLA's attention
       # `attend`'s einsums: W1-W3 steps 1.5-9% faster on a CPU than with jax.nn's (medians, same process)
-      out, new_cache = attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask), None
+      out, new_cache = scaled_attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask), None
     elif isinstance(kv_cache, paged.PagedLayer):
-      out, new_cache = paged.attend_paged(q, k, v, mask, kv_cache, attend)
+      out, new_cache = paged.attend_paged(q, k, v, mask, kv_cache, scaled_attend, cfg.score_scale, self.sliding)
     else:
       cached_k, cached_v, index = kv_cache
       k, v = (write_cache(cached, new.transpose(0, 2, 1, 3).astype(cached.dtype), index)
               for cached, new in ((cached_k, k), (cached_v, v)))
-      out, new_cache = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask), (k, v)
+      out, new_cache = scaled_attend(q, k.astype(q.dtype), v.astype(q.dtype), mask), (k, v)
     out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # GPT-2's scaled residual init
     out = dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), in_axes=(-2, -1),
                 use_bias=cfg.bias == "all", std=out_std, name="out")(out)
@@ -262,10 +287,10 @@ class Mlp(nn.Module):
     cfg = self.cfg
     use_bias = cfg.bias == "all"
     out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
-    if cfg.mlp == "swiglu":
+    if cfg.gated_mlp:  # SwiGLU (Llama), GeGLU with tanh-approximated GELU (Gemma)
       gate = dense(cfg, cfg.d_ff, ("embed", "mlp"), use_bias=use_bias, name="gate")(x)
       up = dense(cfg, cfg.d_ff, ("embed", "mlp"), use_bias=use_bias, name="up")(x)
-      h = nn.silu(gate) * up
+      h = (nn.silu(gate) if cfg.mlp == "swiglu" else nn.gelu(gate, approximate=True)) * up
     else:
       h = nn.gelu(dense(cfg, cfg.d_ff, ("embed", "mlp"), use_bias=use_bias, name="up")(x),
                   approximate=True)  # GPT-2 uses the tanh approximation
@@ -288,12 +313,14 @@ def gather_queries(index: jax.Array, x: jax.Array, rope, mask: jax.Array):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)). With `query_index`
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); with `post_norms`
+  (Gemma), x + norm(attn(norm(x))), then x + norm(mlp(norm(x))). With `query_index`
   [batch, n], the output at those tokens only: keys and values still come from every token,
   so it is exact, and the rest of the block runs on n tokens per row (a reward model's last
   block needs only the scoring token's)."""
   cfg: ModelConfig
   deterministic: bool = True
+  sliding: bool = False  # a sliding-window layer (Gemma 3's local layers)
 
   @nn.compact
   def __call__(self, x, rope, mask, kv_cache=None, query_index=None):
@@ -302,7 +329,11 @@ class Block(nn.Module):
     if query_index is not None:
       queries, mask = gather_queries(query_index, normed, rope, mask)
       x = jnp.take_along_axis(x, query_index[..., None], axis=1)
-    h, new_cache = Attention(self.cfg, name="attn")(normed, rope, mask, kv_cache, queries)
-    x = x + drop(h)
-    x = x + drop(Mlp(self.cfg, name="mlp")(norm(self.cfg, "mlp_norm")(x)))
+    h, new_cache = Attention(self.cfg, self.sliding, name="attn")(normed, rope, mask, kv_cache, queries)
+    x = x + drop(self.post_norm(h, "post_attn_norm"))
+    h = Mlp(self.cfg, name="mlp")(norm(self.cfg, "mlp_norm")(x))
+    x = x + drop(self.post_norm(h, "post_mlp_norm"))
     return constrain(x, ("batch", "length", "embed")), new_cache
+
+  def post_norm(self, h, name: str):
+    return norm(self.cfg, name)(h) if self.cfg.post_norms else h

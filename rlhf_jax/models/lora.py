@@ -94,5 +94,5 @@ def num_params(cfg) -> int:
   d, h, kv, hd, f = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.d_ff
   sizes = {"query": (d, h * hd), "key": (d, kv * hd), "value": (d, kv * hd), "out": (h * hd, d),
            "gate": (d, f), "up": (d, f), "down": (f, d)}
-  targets = [t for t in cfg.lora_targets if t != "gate" or cfg.mlp == "swiglu"]
+  targets = [t for t in cfg.lora_targets if t != "gate" or cfg.gated_mlp]
   return cfg.n_layers * cfg.lora_rank * sum(sum(sizes[t]) for t in targets) if cfg.lora_rank else 0

@@ -90,15 +90,16 @@ def gather(pool, table):
   return blocks.transpose(1, 0, 2, 3, 4).reshape(rows, pool.shape[0], per_row * pool.shape[2], pool.shape[3])
 
 
-def attend_paged(q, k, v, mask, layer: PagedLayer, attend):
+def attend_paged(q, k, v, mask, layer: PagedLayer, attend, scale: float, sliding: bool = False):
   """The Attention layer's paged path: this call's keys and values written into the pool, then
   attention over each row's blocks: `attend` over them gathered (XLA's reference, any number of
-  queries), or one query a row with a Pallas kernel (`pallas_decode`). Returns (out, (keys
-  pool, values pool))."""
+  queries), or one query a row with a Pallas kernel (`pallas_decode`; not for a `sliding`
+  layer, since the kernels read every token up to the row's length). `scale`: the scores'
+  factor. Returns (out, (keys pool, values pool))."""
   pools = tuple(write(pool, new.transpose(0, 2, 1, 3).astype(pool.dtype), layer.table, layer.lengths)
                 for pool, new in ((layer.keys, k), (layer.values, v)))
-  if layer.kernel == "pallas" and q.shape[1] == 1:
-    return pallas_decode(q, *pools, layer.table, layer.lengths + 1), pools
+  if layer.kernel == "pallas" and q.shape[1] == 1 and not sliding:
+    return pallas_decode(q, *pools, layer.table, layer.lengths + 1, scale), pools
   keys, values = (gather(pool, layer.table).astype(q.dtype) for pool in pools)
   return attend(q, keys, values, mask), pools
 
@@ -106,12 +107,12 @@ def attend_paged(q, k, v, mask, layer: PagedLayer, attend):
 PAGED_KERNELS = ("xla", "pallas")  # sample.paged_attention
 
 
-def pallas_decode(q, pool_k, pool_v, table, lengths):
+def pallas_decode(q, pool_k, pool_v, table, lengths, scale: float):
   """One query a row [rows, 1, heads, head_dim] over the first `lengths` tokens of its blocks,
   with JAX's Pallas paged-attention kernel: the TPU one on a TPU, else the GPU one (Triton;
   interpreted on a CPU, for the tests)."""
   backend = jax.default_backend()
-  scaled = (q[:, 0] * q.shape[-1] ** -0.5).astype(q.dtype)
+  scaled = (q[:, 0] * scale).astype(q.dtype)
   per_row = table.shape[1]
   if backend == "tpu":
     from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention  # pylint: disable=g-import-not-at-top

@@ -117,6 +117,26 @@ def attention_mask(mask: jax.Array, cache: Optional[KVCache], segments: Optional
   return allowed, key_valid
 
 
+def sliding_window_mask(attn_mask, positions, key_positions, window: int):
+  """`attn_mask` less the keys more than `window - 1` positions before each query (a sliding
+  layer's: Hugging Face's `q - k < window`); None without a window. positions [batch, q_len],
+  key_positions [batch or 1, k_len]: distances in positions, so padding between tokens never counts."""
+  if not window:
+    return None
+  near = positions[:, :, None] - key_positions[:, None, :] < window
+  return attn_mask & near[:, None]
+
+
+def layer_ropes(cfg: ModelConfig, positions):
+  """{False: a full layer's rotary tables, True: a sliding layer's} (the same unless
+  rope_local_theta is set: Gemma 3's local base, no scaling); None for learned positions."""
+  if cfg.position != "rope":
+    return {False: None, True: None}
+  full = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta, cfg.rope_scaling)
+  local = rope_tables(positions, cfg.dim_per_head, cfg.rope_local_theta) if cfg.rope_local_theta else full
+  return {False: full, True: local}
+
+
 class Transformer(nn.Module):
   cfg: ModelConfig
   deterministic: bool = True  # False turns dropout on (needs a "dropout" rng)
@@ -143,18 +163,22 @@ class Transformer(nn.Module):
     ragged = paged or isinstance(cache, RaggedCache)
     if ragged:  # right-padded tokens from each row's length on; a key is seen by the queries after it
       positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1])
-      key_len = cache.capacity if paged else cache.keys[0].shape[2]
-      attn_mask = (jnp.arange(key_len) <= positions[:, :, None])[:, None]
+      key_positions = jnp.arange(cache.capacity if paged else cache.keys[0].shape[2])[None]
+      attn_mask = (key_positions[:, None] <= positions[:, :, None])[:, None]
     elif positions is None:
       offset = 0 if cache is None else jnp.sum(cache.mask, axis=-1, keepdims=True)
       positions = offset + positions_from_mask(mask, segments)
     if not ragged:
       attn_mask, cache_mask = attention_mask(mask, cache, segments, shared)
+      key_positions = positions if cache is None else positions_from_mask(cache_mask)
+    local_mask = sliding_window_mask(attn_mask, positions, key_positions, cfg.sliding_window)
 
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
                      embedding_init=partitioned(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),
                      name="embed")
     x = embed(tokens)
+    if cfg.embed_scale:  # Gemma: sqrt(d) rounded to the weights' dtype first, as Hugging Face's
+      x = x * jnp.asarray(cfg.d_model ** 0.5, cfg.weight_dtype).astype(x.dtype)
     if cfg.position == "learned":
       x = x + nn.Embed(cfg.max_len, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
                        embedding_init=partitioned(nn.initializers.normal(0.01), ("positions", "embed")),
@@ -162,7 +186,7 @@ class Transformer(nn.Module):
     x = nn.Dropout(cfg.dropout, deterministic=self.deterministic)(x)
     x = constrain(x, ("batch", "length", "embed"))
 
-    rope = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta, cfg.rope_scaling) if cfg.position == "rope" else None
+    ropes = layer_ropes(cfg, positions)
     block = nn.remat(Block) if cfg.remat else Block
     new_keys, new_values = [], []
     for i in range(cfg.n_layers):
@@ -173,7 +197,10 @@ class Transformer(nn.Module):
       else:
         layer_cache = None
       last = query_index if i == cfg.n_layers - 1 else None
-      x, kv = block(cfg, self.deterministic, name=f"layer_{i}")(x, rope, attn_mask, layer_cache, last)
+      sliding = cfg.is_sliding(i)
+      x, kv = block(cfg, self.deterministic, sliding, name=f"layer_{i}")(x, ropes[sliding],
+                                                                          local_mask if sliding else attn_mask,
+                                                                          layer_cache, last)
       if kv is not None:
         new_keys.append(kv[0])
         new_values.append(kv[1])

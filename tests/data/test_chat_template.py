@@ -21,11 +21,30 @@ QWEN = ("{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + 
 LLAMA3 = ("{{- bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
           "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
-MARKERS = ("<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+# Gemma 3's: BOS written by the template, a system message folded into the first user turn, the
+# assistant's role called "model", contents trimmed.
+GEMMA3 = ("{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- if messages[0]['content'] is string -%}"
+          "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- else -%}"
+          "{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}{%- endif -%}"
+          "{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = \"\" -%}"
+          "{%- set loop_messages = messages -%}{%- endif -%}{%- for message in loop_messages -%}"
+          "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+          "{{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}"
+          "{%- endif -%}{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}{%- else -%}"
+          "{%- set role = message['role'] -%}{%- endif -%}"
+          "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
+          "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
+          "{%- elif message['content'] is iterable -%}{%- for item in message['content'] -%}"
+          "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}{%- elif item['type'] == 'text' -%}"
+          "{{ item['text'] | trim }}{%- endif -%}{%- endfor -%}{%- else -%}"
+          "{{ raise_exception(\"Invalid content type\") }}{%- endif -%}{{ '<end_of_turn>\n' }}{%- endfor -%}"
+          "{%- if add_generation_prompt -%}{{'<start_of_turn>model\n'}}{%- endif -%}")
+MARKERS = ("<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<start_of_turn>",
+           "<end_of_turn>")
 QUESTIONS = ["What is 47 + 38?", "  Tom has 3 apples. How many?  "]
 
 
-@pytest.fixture(scope="module", params=["qwen", "llama3"])
+@pytest.fixture(scope="module", params=["qwen", "llama3", "gemma3"])
 def tokenizer_dir(request, tmp_path_factory):
   directory = str(tmp_path_factory.mktemp(request.param))
   if request.param == "qwen":  # the template in tokenizer_config.json
@@ -33,7 +52,7 @@ def tokenizer_dir(request, tmp_path_factory):
   else:  # in chat_template.jinja, as transformers 5 saves it
     tiny_hf.bpe_tokenizer(directory, MARKERS)
     with open(os.path.join(directory, "chat_template.jinja"), "w", encoding="utf-8") as f:
-      f.write(LLAMA3)
+      f.write(LLAMA3 if request.param == "llama3" else GEMMA3)
   return directory
 
 
@@ -50,7 +69,10 @@ def test_chat_prompts_match_transformers_rendering_and_tokens(tokenizer_dir):
       assert rendered == text[len(tiny_hf.EOS):] and [ours.bos_id, *ours.encode(rendered)] == ids
     else:
       assert rendered == text and ours.encode(rendered) == ids
-    assert question.strip() in rendered and rendered.rstrip().endswith(("assistant", "<|end_header_id|>"))
+    assert question.strip() in rendered and rendered.rstrip().endswith(("assistant", "<|end_header_id|>", "model"))
+  system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTIONS[0]}]
+  assert ours.render_messages(system, True) == theirs.apply_chat_template(system, tokenize=False,
+                                                                          add_generation_prompt=True)
 
 
 def test_rl_and_sft_prompts_are_rendered_with_data_chat_template(tokenizer_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""Hugging Face interop: tiny random GPT-2, Llama (GQA) and Qwen2 (qkv biases) models built
+"""Hugging Face interop: tiny random GPT-2, GPT-NeoX, Llama (GQA), Qwen2 (qkv biases), Qwen3 and
+Gemma 3 (sliding layers) models built
 with `transformers` on the CPU give the same logits and greedy samples through our import,
 exports read back bit for bit, unsupported checkpoints are refused, tokenizers keep their
 special tokens, and `init_from=hf:DIR` runs a stage."""
@@ -50,7 +51,7 @@ def save_bin_bf16(model, directory):
 def checkpoints(tmp_path_factory):
   """name -> (directory, the HF model whose logits it must give)."""
   root, found = tmp_path_factory.mktemp("hf"), {}
-  for kind in ("gpt2", "gpt_neox", "llama", "qwen2", "qwen3"):
+  for kind in ("gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "gemma3"):
     model = tiny_hf.hf_model(kind)
     model.save_pretrained(root / kind)
     found[kind] = (str(root / kind), model)
@@ -71,10 +72,12 @@ ARCHITECTURES = {"gpt2": dict(position="learned", norm="layernorm", bias="all", 
                  "gpt_neox": dict(position="rope", norm="layernorm", bias="all", tie_embeddings=False),
                  "llama": dict(position="rope", norm="rmsnorm", bias="none", n_kv_heads=2, rope_theta=500.0),
                  "qwen2": dict(position="rope", norm="rmsnorm", bias="qkv", n_kv_heads=2),
-                 "qwen3": dict(position="rope", norm="rmsnorm", bias="none", n_kv_heads=2, qk_norm=True)}
+                 "qwen3": dict(position="rope", norm="rmsnorm", bias="none", n_kv_heads=2, qk_norm=True),
+                 "gemma3": dict(norm="gemma_rmsnorm", mlp="geglu", post_norms=True, embed_scale=True, sliding_window=4,
+                                rope_local_theta=1e4, rope_scaling=(("rope_type", "linear"), ("factor", 2.0)))}
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "llama_sharded_bf16",
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "gemma3", "llama_sharded_bf16",
                                   "gpt2_bin_bf16"])
 def test_logits_match_hf_on_a_left_padded_batch(checkpoints, name):
   directory, reference = checkpoints[name]
@@ -88,7 +91,7 @@ def test_logits_match_hf_on_a_left_padded_batch(checkpoints, name):
   assert np.abs(ours - tiny_hf.hf_logits(reference, tokens, mask))[mask > 0].max() <= TOLERANCE
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen3"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen3", "gemma3"])  # Gemma 3's prompts outrun its window
 def test_greedy_kv_cache_sampling_matches_hf_generate(checkpoints, name):
   import torch  # pylint: disable=g-import-not-at-top
   directory, reference = checkpoints[name]
@@ -148,6 +151,17 @@ def test_rope_scaling_matches_hf_beyond_the_original_context_and_exports_back(bp
     np.testing.assert_array_equal(out.tokens, logits[:, 19:-1].argmax(-1))
 
 
+def test_gemma3s_window_local_rope_and_norms_each_change_the_logits(checkpoints):
+  """The parity above is not vacuous: each Gemma 3 feature, undone, moves the logits."""
+  model, params = hf.load(checkpoints["gemma3"][0])
+  tokens, mask = tiny_hf.left_padded_batch()
+  logits = lambda cfg: np.asarray(jax.jit(type(model)(cfg).apply)({"params": params}, tokens, mask))
+  ours = logits(model.cfg)
+  for change in (dict(sliding_window=64), dict(rope_local_theta=0.0), dict(query_pre_attn_scalar=0),
+                 dict(embed_scale=False)):
+    assert np.abs(ours - logits(dataclasses.replace(model.cfg, **change)))[mask > 0].max() > 1e-3, change
+
+
 def assert_same_params(a, b):
   flat_a, flat_b = (jax.tree_util.tree_flatten_with_path(jax.device_get(p))[0] for p in (a, b))
   assert [k for k, _ in flat_a] == [k for k, _ in flat_b]
@@ -155,7 +169,7 @@ def assert_same_params(a, b):
     assert x.dtype == y.dtype and np.array_equal(x, y), key
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "qwen2", "qwen3"])
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "qwen2", "qwen3", "gemma3"])
 def test_export_then_import_is_bit_exact_and_hf_reads_it(checkpoints, bpe_dir, tmp_path, name):
   directory, reference = checkpoints[name]
   model, params = hf.load(directory)
@@ -169,22 +183,23 @@ def test_export_then_import_is_bit_exact_and_hf_reads_it(checkpoints, bpe_dir, t
   assert isinstance(load_tokenizer(str(tmp_path)), HFTokenizer)
 
 
-def test_a_reward_model_exports_as_sequence_classification(checkpoints, bpe_dir, tmp_path):
-  import dataclasses  # pylint: disable=g-import-not-at-top
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_a_reward_model_exports_as_sequence_classification(checkpoints, bpe_dir, tmp_path, name):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  model, params = hf.load(checkpoints["llama"][0])
+  model, params = hf.load(checkpoints[name][0])
   reward_cfg = dataclasses.replace(model.cfg, heads=("reward",))
   kernel = 0.1 * jax.random.normal(jax.random.key(3), (reward_cfg.d_model, 1))
   params = {**params, "reward_head": {"kernel": kernel, "bias": np.full((1,), 0.37, np.float32)}}
-  assert hf.export(reward_cfg, params, load_tokenizer(bpe_dir), str(tmp_path)) == "LlamaForSequenceClassification"
+  architecture = hf.export(reward_cfg, params, load_tokenizer(bpe_dir), str(tmp_path))
+  assert architecture == {"llama": "LlamaForSequenceClassification", "gemma3": "Gemma3TextForSequenceClassification"}[name]
   scorer, loaded = hf.load(str(tmp_path))
   assert isinstance(scorer, hf.RewardModel) and scorer.cfg == reward_cfg
   assert_same_params({k: v for k, v in params.items() if k != "lm_head"}, loaded)
   tokens = np.random.default_rng(0).integers(1, tiny_hf.VOCAB, (2, 10))  # no PAD (0): HF scores the last token
   ours = np.asarray(jax.jit(scorer.apply)({"params": loaded}, tokens))[:, -1]
   with torch.no_grad():
-    theirs = transformers.LlamaForSequenceClassification.from_pretrained(str(tmp_path))(torch.tensor(tokens)).logits
+    theirs = getattr(transformers, architecture).from_pretrained(str(tmp_path))(torch.tensor(tokens)).logits
   np.testing.assert_allclose(ours - 0.37, theirs[:, 0].numpy(), atol=TOLERANCE)
 
 
@@ -201,6 +216,8 @@ def write_config(directory, config: dict):
     ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
     ("gpt2", {"reorder_and_upcast_attn": True}, "reorder_and_upcast_attn"),
     ("gpt2", {"model_type": "falcon"}, "model_type='falcon' is not supported"),
+    ("gemma3", {"final_logit_softcapping": 30.0}, "final_logit_softcapping=30.0 is not supported"),
+    ("gemma3", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
 ])
 def test_unsupported_checkpoints_are_refused_in_one_line(tmp_path, kind, change, message):
   directory = write_config(tmp_path, {**tiny_hf.hf_config(kind).to_dict(), **change})

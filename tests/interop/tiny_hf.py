@@ -45,6 +45,14 @@ def hf_config(kind: str, vocab: int = VOCAB, **overrides):
                   max_position_embeddings=128, hidden_act="gelu_new", use_parallel_residual=False, bos_token_id=0,
                   eos_token_id=0, rope_parameters=rope)
     return transformers.GPTNeoXConfig(**{**values, **overrides})
+  if kind == "gemma3":  # a window of 4 and sliding layers around a global one with scaled rope
+    values = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=24, sliding_window=4,
+                  layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                  max_position_embeddings=128, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                  rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                                   "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    return transformers.Gemma3TextConfig(**{**values, **overrides})
   llama = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=128, bos_token_id=0, eos_token_id=0)
   config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
@@ -58,8 +66,10 @@ def hf_model(kind: str, head: str = "lm", seed: int = 0, **overrides):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   torch.manual_seed(seed)
-  name = {"gpt2": "GPT2", "gpt_neox": "GPTNeoX", "llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[kind]
+  name = {"gpt2": "GPT2", "gpt_neox": "GPTNeoX", "llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3",
+          "gemma3": "Gemma3"}[kind]
   suffix = "ForSequenceClassification" if head == "reward" else ("LMHeadModel" if kind == "gpt2" else "ForCausalLM")
+  name += "Text" if kind == "gemma3" and head == "reward" else ""
   config = hf_config(kind, **overrides)
   if head == "reward":
     config.num_labels = 1

@@ -34,7 +34,7 @@ def draw(cfg, params, slots, settings, eos_id=EOS, stop_at=None, seed=0):
   return jax.jit(fn)(params, prompts, mask, jax.random.key(7), settings, stop_at=lengths if stop_at else None)
 
 
-@pytest.mark.parametrize("style,slot_counts", [("gpt2", (3, 16)), ("llama_gqa", (4,))])
+@pytest.mark.parametrize("style,slot_counts", [("gpt2", (3, 16)), ("llama_gqa", (4,)), ("gemma3", (4,))])
 def test_every_slot_count_draws_the_static_samplers_tokens(style, slot_counts):
   cfg = small_model(**STYLES[style])
   _, params = init(cfg)

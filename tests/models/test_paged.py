@@ -50,7 +50,8 @@ def draw_paged(cfg, params, slots, blocks, block_size, kernel="xla"):
 
 
 @pytest.mark.parametrize("style,pools", [("gpt2", ((4, 9, 4, "xla"), (4, 5, 8, "xla"))),
-                                         ("llama_gqa", ((3, 40, 4, "xla"), (4, 9, 4, "pallas")))])
+                                         ("llama_gqa", ((3, 40, 4, "xla"), (4, 9, 4, "pallas"))),
+                                         ("gemma3", ((4, 9, 4, "pallas"),))])
 def test_a_paged_cache_of_any_size_draws_the_static_samplers_tokens(style, pools):
   """Pools of a table and a bit (preempting), blocks of 8, a roomy pool; the Pallas kernel
   (interpreted) on grouped-query heads."""

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from rlhf_jax.models.transformer import KVCache, Transformer, last_token_index, positions_from_mask
-from tests.conftest import LLAMA, small_model
+from tests.conftest import GEMMA3, LLAMA, small_model
 
-STYLES = {"gpt2": {}, "llama_gqa": LLAMA}
+STYLES = {"gpt2": {}, "llama_gqa": LLAMA, "gemma3": GEMMA3}
 
 
 def init(cfg, seed=0):
