@@ -50,6 +50,7 @@ setup(
     version="0.1.0",
     description=__doc__,
     packages=find_packages(include=["rlhf_jax", "rlhf_jax.*", "configs"]),
+    package_data={"rlhf_jax.data": ["constitution.jsonl"]},  # the embedded constitution (data/constitution.py)
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

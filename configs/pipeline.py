@@ -10,6 +10,7 @@ import ml_collections
 
 from configs import common
 from configs import pretrain
+from configs import revise
 from configs import reward
 from configs import rl
 from configs import sft
@@ -19,9 +20,13 @@ def get_config(preset: str = "tiny"):
   """pretrain -> sft -> reward -> rl (InstructGPT's order); `stages` may stop earlier. The RL
   stage runs PPO unless --config.rl.algo says otherwise (it was `ppo` before: a pipeline's
   --config.ppo.FIELD is now --config.rl.FIELD). Presets `arithmetic`: the verifiable task;
-  `tools`: the multi-turn tool task; `tldr`: Reddit TL;DR summarisation from a Hugging Face GPT-2."""
+  `tools`: the multi-turn tool task; `tldr`: Reddit TL;DR summarisation from a Hugging Face GPT-2;
+  `constitutional`: Constitutional AI (revise -> SFT -> AI-labelled reward model -> RL) from a
+  Hugging Face instruct model."""
   if preset == "arithmetic":
     return arithmetic()
+  if preset == "constitutional":
+    return constitutional()
   if preset == "tools":
     return tools()
   if preset == "tldr":
@@ -138,4 +143,40 @@ def tldr():
   for optim in (c.rl.optim, c.rl.value_optim):
     optim.update(dict(lr=3e-6, warmup_steps=0, final_lr_ratio=0.0, schedule="linear"))
   c.rl.train.update(dict(num_steps=1953, eval_every=200, checkpoint_every=200))
+  return c
+
+
+# Where docs/ai_feedback.md puts the constitutional pipeline's model (an instruct model, which is
+# also the judge) and its prompts (JSONL with a `prompt` field, e.g. red-teaming prompts).
+CAI_MODEL = "hf:models/instruct"
+CAI_PROMPTS = "jsonl:data/cai_prompts.jsonl"
+
+
+def constitutional():
+  """Constitutional AI (Bai et al. 2022, ../shared/REFERENCES.md): the model answers the prompts
+  and revises its answers by principles drawn from the constitution (revise), SFT on the final
+  revisions (the paper's SL-CAI; `sft.data.source="revise:"`, a stage's name without a path, reads
+  WORKDIR/revise), a reward model on pairs of the SFT policy's responses that the judge model
+  labels, asked one of the constitution's `choice` questions per pair (RLAIF), then RL (PPO) on
+  that reward, judged by the reward model, the KL and the lengths (no gold judge). The SFT, reward
+  and RL stages read the same prompts in the paper's "Human: ... Assistant:" format; the revise
+  stage wraps them in its own `revise.human_template`. SFT starts from the model revised (the
+  paper: from its pretrained model). docs/ai_feedback.md gives the files and the GPU commands.
+
+    python -m rlhf_jax.main --config=configs/pipeline.py:constitutional --workdir=runs/cai
+  """
+  c = get_config("gpt2_small")
+  c.stages = ("revise", "sft", "reward", "rl")
+  del c.pretrain
+  c.revise = revise.get_config("gpt2_small")
+  del c.revise.upstream
+  c.revise.init_from = CAI_MODEL
+  c.revise.data.source = CAI_PROMPTS
+  for stage in ("sft", "reward", "rl"):
+    c[stage].data.update(dict(source=CAI_PROMPTS, prompt_template=revise.HUMAN))
+  c.sft.init_from = CAI_MODEL
+  c.sft.data.source = "revise:"
+  c.reward.preference.update(dict(judge=CAI_MODEL, constitution=c.revise.revise.constitution))
+  c.rl.judge = ""
+  c.rl.update(dict(max_prompt_len=256))
   return c

@@ -27,9 +27,12 @@ def get_config(preset: str = "tiny"):
   # Generated pairs are labelled by `judge`: a gold judge (vader: a Bradley-Terry draw on its
   # scores), or hf:DIR, a judge model (RLAIF; rlhf_jax/pairwise_judge.py): judge_template (""
   # its default) asked in both orders, the probability kept as the pair's `label`, the pairs
-  # still measured by gold_judge.
+  # still measured by gold_judge. constitution: with a judge model, each pair is asked one of
+  # its principles' `choice` questions (Constitutional AI's RL phase: "embedded" or a file,
+  # data/constitution.py; judge_template "" is then pairwise_judge.CONSTITUTION_TEMPLATE).
   c.preference = ml_collections.ConfigDict(dict(
-      source="generated", judge="vader", gold_judge="vader", judge_template="", judge_batch=16, gold_scale=5.0, train_pairs=2048 if small else 32768,
+      source="generated", judge="vader", gold_judge="vader", judge_template="", judge_batch=16, constitution="",
+      gold_scale=5.0, train_pairs=2048 if small else 32768,
       eval_pairs=256 if small else 2048, temperature=1.0, max_new_tokens=96 if small else 256,
       gen_batch=128, eval_fraction=0.05, train_split="train", eval_split="test",
       # jsonl:PATH and hf:PATH: the fields; chosen and rejected may be whole dialogues (prompt_field

@@ -37,6 +37,9 @@ RANGES = {
     "rl.dual_clip": AT_LEAST_1, "rl.value_clip": POSITIVE, "rl.vf_coef": NON_NEGATIVE, "rl.ent_coef": NON_NEGATIVE,
     "rl.gamma": UNIT, "rl.lam": UNIT, "rl.baseline_decay": UNIT, "rl.overlong_buffer": UNIT,
     "rl.kl_target": POSITIVE, "rl.kl_horizon": POSITIVE,
+    "revise.num_prompts": AT_LEAST_1, "revise.principles_per_prompt": AT_LEAST_1, "revise.response_tokens": AT_LEAST_1,
+    "revise.critique_tokens": AT_LEAST_1, "revise.revision_tokens": AT_LEAST_1, "revise.max_context_len": AT_LEAST_1,
+    "revise.temperature": NON_NEGATIVE,
 }
 
 

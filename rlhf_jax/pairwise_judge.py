@@ -25,6 +25,11 @@ TLDR_TEMPLATE = ("Which of the following summaries does a better job of summariz
 # RLAIF's labelling prompt (Lee et al. 2023's shape: the context, two responses, the preferred one's letter).
 PREFERENCE_TEMPLATE = ("{prompt}\n\nResponse A: {a}\n\nResponse B: {b}\n\n"
                        "Which response is better, A or B? Answer:")
+# Constitutional AI's RL phase (Bai et al. 2022, section 4.1): a principle's `choice` question
+# between the two responses, the answer a letter (data/constitution.py; reward stage,
+# preference.constitution).
+CONSTITUTION_TEMPLATE = ("Consider the following conversation between a human and an assistant:\n\n{prompt}\n\n"
+                         "{principle}\n\nOptions:\n(A) {a}\n(B) {b}\n\nWhich option, A or B? Answer:")
 BUCKET = 64  # judge inputs are padded to a multiple of this many tokens: few compilations
 
 
@@ -36,11 +41,13 @@ def check_source(source: str, setting: str) -> str:
   return path
 
 
-def both_orders(judge, prompts, a_texts, b_texts) -> tuple:
+def both_orders(judge, prompts, a_texts, b_texts, principles=None) -> tuple:
   """(P(a preferred) [n], whether the two orders agree [n]): the judge asked with a first, then
-  with b first, the two answers averaged (a judge that always picks one position gives 0.5)."""
-  a_first = judge.first_preferred(prompts, a_texts, b_texts)
-  b_first = judge.first_preferred(prompts, b_texts, a_texts)
+  with b first, the two answers averaged (a judge that always picks one position gives 0.5).
+  `principles`: each pair's {principle} in the template (a constitution's question)."""
+  asked = {} if principles is None else {"principles": principles}
+  a_first = judge.first_preferred(prompts, a_texts, b_texts, **asked)
+  b_first = judge.first_preferred(prompts, b_texts, a_texts, **asked)
   return ((a_first + 1.0 - b_first) / 2).astype(np.float32), (a_first >= 0.5) == (b_first < 0.5)
 
 
@@ -58,9 +65,11 @@ class PairwiseJudge:
     self.choices = [self.tokenizer.encode(f" {letter}")[0] for letter in "AB"]
     self.forward = jax.jit(lambda params, tokens, mask: self.model.apply({"params": params}, tokens, mask)[:, -1])
 
-  def first_preferred(self, prompts, firsts, seconds) -> np.ndarray:
-    """P(the judge prefers the first response) per pair."""
-    texts = [self.template.format(prompt=p, a=a, b=b) for p, a, b in zip(prompts, firsts, seconds)]
+  def first_preferred(self, prompts, firsts, seconds, principles=None) -> np.ndarray:
+    """P(the judge prefers the first response) per pair (`principles`: each pair's {principle})."""
+    principles = principles or [""] * len(prompts)
+    texts = [self.template.format(prompt=p, a=a, b=b, principle=q) for p, a, b, q in
+             zip(prompts, firsts, seconds, principles)]
     out = []
     for start in range(0, len(texts), self.batch):
       tokens, mask = self._left_padded(texts[start:start + self.batch])

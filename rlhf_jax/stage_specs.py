@@ -101,6 +101,16 @@ def best_of_n_sampled(cfg, model_cfg, rl):
   return cfg.eval_prompts * max(cfg.ns), cfg.max_prompt_len + cfg.sample.max_new_tokens
 
 
+def revise_models(cfg, model_cfg, rl):
+  return {}, {"policy": model_cfg}
+
+
+def revise_sampled(cfg, model_cfg, rl):
+  """A chunk of `data.batch_size` contexts and the longest turn."""
+  r = cfg.revise
+  return cfg.data.batch_size, r.max_context_len + max(r.response_tokens, r.critique_tokens, r.revision_tokens)
+
+
 LM = dict(runner="rlhf_jax.training.lm.lm_trainer:run", models=lm_models, sampled=lm_sampled, export_item="params",
           headlines=("eval/loss",), packs=True)
 POLICY_HEADLINES = ("eval/ref_gold_reward", "eval/gold_reward", "eval/kl")
@@ -120,6 +130,9 @@ STAGES = {
                  export_item="policy", headlines=POLICY_HEADLINES, pairs=True, packs=True, compares_policy=True),
     # No training: n samples of the SFT policy, the proxy's best kept.
     "best_of_n": Stage("rlhf_jax.training.policy.best_of_n:run", best_of_n_models, best_of_n_sampled),
+    # No training: Constitutional AI's critique -> revision chains, written as SFT records.
+    "revise": Stage("rlhf_jax.training.policy.revise:run", revise_models, revise_sampled,
+                    check="rlhf_jax.training.policy.revise:check_config", headlines=("records", "revised_fraction")),
 }
 
 

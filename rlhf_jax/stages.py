@@ -137,12 +137,16 @@ def stages_run(upstream: dict) -> set:
 def fill_upstream_paths(config, root: str, default, stages=None) -> None:
   """Empty `*_from` fields point at finished stages under `root`: by `upstream_paths`
   (field -> stage, e.g. PPO's init_from -> sft, reward_from -> reward), else init_from ->
-  `default`; with `stages` given, only for the stages that ran."""
+  `default`; with `stages` given, only for the stages that ran. A `data.source` naming a stage
+  without its path (SFT's "revise:") reads that stage's run under `root`."""
   paths = dict(config.get("upstream_paths") or {"init_from": default})
   with config.unlocked():
     for field, stage in paths.items():
       if stage and not config[field] and (stages is None or stage in stages):
         config[field] = os.path.join(root, stage)
+    source = config.get("data", {}).get("source", "")
+    if source.endswith(":") and source[:-1] in STAGES and (stages is None or source[:-1] in stages):
+      config.data.source = source + os.path.join(root, source[:-1])
 
 
 def run_pipeline(config, workdir: str) -> dict:

@@ -94,7 +94,7 @@ class RunDir:
 # settings) are allowed with a warning: lowering optim.lr is the advice of a non-finite stop.
 RUN_DEFINING = ("algo", "critic", "seed", "init_from", "reward_from", "model.", "tokenizer.", "data.",
                 "lora.", "reward.fns", "reward.weights", "rl.advantage", "rl.policy_loss", "rl.loss_aggregation",
-                "rl.samples_per_prompt", "rl.off_policy_steps", "preference.")
+                "rl.samples_per_prompt", "rl.off_policy_steps", "preference.", "revise.")
 # What runs before None meant "unset" wrote as "" or 0 (the algorithm's preset).
 LEGACY_UNSET = ("rl.advantage", "rl.policy_loss", "rl.loss_aggregation", "rl.loss_reduction",
                 "rl.samples_per_prompt", "rl.epochs", "rl.minibatches")

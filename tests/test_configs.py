@@ -2,14 +2,14 @@
 
 import pytest
 
-from configs import common, dpo, pipeline, ppo, pretrain, reward, rl, sft
+from configs import common, dpo, pipeline, ppo, pretrain, revise, reward, rl, sft
 from rlhf_jax import stage_specs, stages
 from rlhf_jax.models.config import ModelConfig
 
 PRESETS = tuple(common.MODELS)
 
 
-@pytest.mark.parametrize("module", [pretrain, sft, reward, rl, ppo, dpo, pipeline])
+@pytest.mark.parametrize("module", [pretrain, sft, reward, rl, ppo, dpo, revise, pipeline])
 @pytest.mark.parametrize("preset", PRESETS)
 def test_configs_load_and_pass_the_stage_checks(module, preset):
   config = module.get_config(preset)

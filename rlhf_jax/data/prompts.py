@@ -42,11 +42,12 @@ def openings(docs, data_cfg, seed: int) -> list:
   return [sources.split_opening(d, data_cfg, prompt_rng(seed, i))[0] for i, d in enumerate(docs)]
 
 
-def encode_prompts(texts, tokenizer, max_len: int) -> Prompts:
-  """BOS + prompt, cut from the left to max_len, left-padded (as the sampler expects)."""
+def encode_prompts(texts, tokenizer, max_len: int, bucket: int = 1) -> Prompts:
+  """BOS + prompt, cut from the left to max_len, left-padded (as the sampler expects) to a
+  multiple of `bucket` tokens (at most max_len): a few widths, so a few compilations."""
   full = [[tokenizer.bos_id, *tokenizer.encode(t)] for t in texts]
   ids = [x[-max_len:] for x in full]
-  width = max(len(x) for x in ids)
+  width = min(max_len, -(-max(len(x) for x in ids) // bucket) * bucket)
   tokens = np.full((len(ids), width), tokenizer.pad_id, np.int32)
   mask = np.zeros((len(ids), width), np.int32)
   for row, x in enumerate(ids):
@@ -68,20 +69,22 @@ def as_chat(texts: list, tokenizer, data_cfg, tools: list | None = None) -> list
 
 
 
+def prompt_texts(data_cfg, split: str, seed: int, limit: int | None = None) -> tuple[list, dict]:
+  """(the split's first `limit` prompts, their records' other fields as columns): records'
+  prompts (data.prompt_field, or data.prompt_template filled), or the openings of documents."""
+  if not sources.is_record_source(data_cfg):
+    return openings(sources.load_documents(data_cfg, split)[:limit], data_cfg, seed), {}
+  records = sources.load_records(data_cfg, split)[:limit]
+  names = sorted({name for r in records for name in r.fields} - {data_cfg.prompt_field})
+  return [sources.prompt_text(r, data_cfg) for r in records], {name: [r.fields.get(name) for r in records]
+                                                              for name in names}
+
+
 def prompt_set(cfg, tokenizer, split: str, tools: list | None = None) -> Prompts:
   """The split's prompts (`eval_prompts` of them for eval), BOS first, left-padded to one
   width: records' prompts, used whole, with their other fields as columns; or the openings of
   documents. `tools`: the JSON schemas a chat template lists in each prompt."""
-  columns = {}
-  if sources.is_record_source(cfg.data):
-    records = sources.load_records(cfg.data, split)
-    records = records[:cfg.eval_prompts] if split == "eval" else records
-    texts = [sources.prompt_text(r, cfg.data) for r in records]
-    names = sorted({name for r in records for name in r.fields} - {cfg.data.prompt_field})
-    columns = {name: [r.fields.get(name) for r in records] for name in names}
-  else:
-    docs = sources.load_documents(cfg.data, split)
-    texts = openings(docs[:cfg.eval_prompts] if split == "eval" else docs, cfg.data, cfg.seed)
+  texts, columns = prompt_texts(cfg.data, split, cfg.seed, cfg.eval_prompts if split == "eval" else None)
   prompts = encode_prompts(as_chat(texts, tokenizer, cfg.data, tools), tokenizer, cfg.max_prompt_len)
   prompts = prompts._replace(columns=columns)
   if prompts.truncated:

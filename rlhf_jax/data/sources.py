@@ -14,6 +14,8 @@
   hf:PATH             Hugging Face `datasets` local files, as records: a parquet, JSON(L) or
                       arrow file (or a glob of them: a hub download's `train-*.parquet`), or a
                       `save_to_disk` folder (of a DatasetDict: its `train_split` and `eval_split`)
+  revise:DIR          a finished revise run's revisions (DIR/revisions.jsonl: Constitutional AI's
+                      final revisions as `prompt`/`response` records, training/policy/revise.py)
   reasoning_gym:NAME  a task of PyPI's reasoning-gym, generated offline: records with `prompt`
                       (the question), `answer` and `entry` (what its scorer reads: the
                       `reasoning_gym` reward); `embedded_docs` training and `eval_docs` held-out
@@ -84,7 +86,7 @@ def is_record_source(data_cfg) -> bool:
   if kind == "tfds":  # records when they hold prompts; a corpus's documents give openings
     prompt_field = data_cfg.get("prompt_field", "prompt")
     return bool(data_cfg.get("prompt_template")) or prompt_field in _tfds_fields(name, data_cfg)
-  return data_cfg.source in GENERATED or kind in ("jsonl", "hf", "reasoning_gym")
+  return data_cfg.source in GENERATED or kind in ("jsonl", "hf", "reasoning_gym", "revise")
 
 
 def load_records(data_cfg, split: str) -> list[Record]:
@@ -97,7 +99,8 @@ def load_records(data_cfg, split: str) -> list[Record]:
     return _generated_records(source, data_cfg, held_out=split == "eval" and not eval_source)
   kind, _, path = source.partition(":")
   whole = split == "eval" and bool(eval_source)  # a source of its own is held out whole
-  if kind == "jsonl":
+  if kind in ("jsonl", "revise"):
+    path = revisions_of(path) if kind == "revise" else path
     records = [Record(f"{path}:{n}", row) for n, row in read_jsonl(path)]
   elif kind == "hf":
     records, whole = hf_records(path, data_cfg, split, whole)
@@ -106,9 +109,19 @@ def load_records(data_cfg, split: str) -> list[Record]:
   elif kind == "reasoning_gym":
     return reasoning_gym_records(path, data_cfg, held_out=split == "eval")
   else:
-    raise UserError(f"prompt records come from jsonl:PATH, hf:PATH, tfds:NAME, reasoning_gym:NAME or "
+    raise UserError(f"prompt records come from jsonl:PATH, hf:PATH, tfds:NAME, reasoning_gym:NAME, revise:DIR or "
                     f"{', '.join(GENERATED)}, not {source!r}")
   return records if whole else file_split(records, data_cfg, split)
+
+
+REVISIONS = "revisions.jsonl"  # a revise run's records, one per prompt
+
+
+def revisions_of(run: str) -> str:
+  """The records file of the finished revise run in `run`."""
+  if not os.path.isfile(os.path.join(run, "summary.json")):
+    raise UserError(f"data.source=revise:{run}: not a finished revise run (no summary.json there)")
+  return os.path.join(run, REVISIONS)
 
 
 HF_FILES = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}  # datasets' builders

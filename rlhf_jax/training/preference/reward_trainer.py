@@ -17,8 +17,8 @@ import numpy as np
 
 from rlhf_jax import flops, judges, memory, pairwise_judge, sharding
 from rlhf_jax.algorithms.reward import normalisation
-from rlhf_jax.data import batches, preferences, sources
-from rlhf_jax.data.prompts import encode_prompts, openings
+from rlhf_jax.data import batches, constitution, preferences
+from rlhf_jax.data.prompts import encode_prompts, prompt_texts
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.models.transformer import Transformer
@@ -39,6 +39,23 @@ def check_config(cfg) -> None:
   if pref.judge.startswith("hf:"):
     pairwise_judge.check_source(pref.judge, "preference.judge")
   judges.get_judge(pref_gold_judge(pref))
+  if pref.get("constitution"):
+    choice_questions(pref)
+
+
+def choice_questions(pref) -> list:
+  """The `choice` question of each principle of `preference.constitution`, which the judge model
+  is asked one of per pair (Constitutional AI's RL phase)."""
+  if not pref.judge.startswith("hf:"):
+    raise UserError(f"preference.constitution is read by a judge model: set preference.judge=hf:DIR, not "
+                    f"{pref.judge!r}")
+  if pref.get("judge_template") and "{principle}" not in pref.judge_template:
+    raise UserError("preference.judge_template must hold {principle} to ask the constitution's principles")
+  principles = constitution.load(pref.constitution, "preference.constitution")
+  if not all(p.choice for p in principles):
+    raise UserError(f"preference.constitution={pref.constitution!r}: every principle needs a 'choice' question "
+                    "for the judge")
+  return [p.choice for p in principles]
 
 
 def run(cfg, workdir: str) -> dict:
@@ -115,9 +132,9 @@ def generate_pairs(cfg, tokenizer, sampler, params, split: str, count: int) -> l
   draw on its scores) or, with `preference.judge=hf:DIR`, by a judge model (RLAIF: pairwise_judge.both_orders)."""
   pref, gold_judge = cfg.preference, judges.get_judge(pref_gold_judge(cfg.preference))
   labeller = ai_labeller(pref) if pref.judge.startswith("hf:") else None
-  docs = sources.load_documents(cfg.data, split)[:count]
+  questions = choice_questions(pref) if pref.get("constitution") else None
   seed = cfg.seed + (0 if split == "train" else 1)
-  prompts = openings(docs, cfg.data, seed)
+  prompts = prompt_texts(cfg.data, split, seed, count)[0]
   settings = SamplingParams.make(pref.temperature)
   rows = []
   for first in range(0, len(prompts), pref.gen_batch):
@@ -128,8 +145,7 @@ def generate_pairs(cfg, tokenizer, sampler, params, split: str, count: int) -> l
     texts = [tokenizer.decode(t[m > 0]) for t, m in zip(out.tokens, out.mask)]
     gold = gold_judge(texts)
     if labeller:
-      p_a, agree = pairwise_judge.both_orders(labeller, chunk, texts[0::2], texts[1::2])
-      a_wins, extra = p_a >= 0.5, [{"label": float(max(p, 1 - p)), "orders_agree": bool(o)} for p, o in zip(p_a, agree)]
+      a_wins, extra = judged(labeller, questions, chunk, texts, seed, first)
     else:
       a_wins = preferences.label_pairs(gold[0::2], gold[1::2], pref.gold_scale, np.random.default_rng([seed, first]))
       extra = [{}] * len(chunk)
@@ -141,6 +157,16 @@ def generate_pairs(cfg, tokenizer, sampler, params, split: str, count: int) -> l
   return rows
 
 
+def judged(labeller, questions, chunk, texts, seed: int, first: int) -> tuple:
+  """(A preferred [n], each pair's label fields) by the judge model; with a constitution's
+  `questions`, each pair asked one, drawn from (seed, the pair's index) as the paper samples it."""
+  asked = [constitution.draw(len(questions), 1, seed, first + i)[0] for i in range(len(chunk))] if questions else []
+  p_a, agree = pairwise_judge.both_orders(labeller, chunk, texts[0::2], texts[1::2],
+                                          [questions[q] for q in asked] if asked else None)
+  extra = [{"label": float(max(p, 1 - p)), "orders_agree": bool(o)} for p, o in zip(p_a, agree)]
+  return p_a >= 0.5, [{**e, "principle": q} for e, q in zip(extra, asked)] if asked else extra
+
+
 def pref_gold_judge(pref) -> str:
   """The gold judge generated pairs are measured by: `preference.judge`, or with a judge model
   labelling them, `preference.gold_judge`."""
@@ -148,8 +174,8 @@ def pref_gold_judge(pref) -> str:
 
 
 def ai_labeller(pref):
-  return loaded_judge(pref.judge, pref.get("judge_template") or pairwise_judge.PREFERENCE_TEMPLATE,
-                      pref.get("judge_batch", 16))
+  default = pairwise_judge.CONSTITUTION_TEMPLATE if pref.get("constitution") else pairwise_judge.PREFERENCE_TEMPLATE
+  return loaded_judge(pref.judge, pref.get("judge_template") or default, pref.get("judge_batch", 16))
 
 
 @functools.lru_cache(maxsize=1)

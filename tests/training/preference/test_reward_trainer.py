@@ -114,3 +114,38 @@ def test_a_judge_model_labels_generated_pairs_with_soft_labels_and_gold_still_me
   tiny_reward.preference.judge = "hf:no/such/dir"
   with pytest.raises(UserError, match="preference.judge='hf:no/such/dir': expected hf:DIR"):
     stages.run(tiny_reward, str(tmp_path / "bad"))
+
+
+class RecordingJudge:
+  """Prefers the first response, and keeps the principle each pair was asked about."""
+
+  def __init__(self):
+    self.asked = []
+
+  def first_preferred(self, prompts, firsts, seconds, principles=None):
+    self.asked.append(principles)
+    return np.ones(len(prompts))
+
+
+def test_each_pair_is_asked_its_drawn_principles_question_in_both_orders():
+  from rlhf_jax.data import constitution  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.training.preference.reward_trainer import judged  # pylint: disable=g-import-not-at-top
+  questions, judge = ["Which is kinder?", "Which is more honest?", "Which is safer?"], RecordingJudge()
+  a_wins, rows = judged(judge, questions, ["p"] * 4, ["a", "b"] * 4, seed=3, first=8)
+  drawn = [constitution.draw(3, 1, 3, 8 + i)[0] for i in range(4)]  # pairs 8..11 of the split
+  assert judge.asked == [[questions[q] for q in drawn]] * 2  # the same question in both orders
+  assert [r["principle"] for r in rows] == drawn and all(r["label"] == 0.5 for r in rows)
+
+
+def test_a_constitution_needs_a_judge_model_and_every_principle_a_question(tiny_reward, tmp_path):
+  tiny_reward.preference.constitution = "embedded"
+  with pytest.raises(UserError, match="preference.constitution is read by a judge model: set preference.judge=hf:DIR"):
+    stages.check_all(tiny_reward)
+  os.makedirs(tmp_path / "judge")
+  (tmp_path / "no_choice.jsonl").write_text('{"critique": "Find the harm.", "revision": "Remove it."}\n')
+  tiny_reward.preference.update(dict(judge=f"hf:{tmp_path / 'judge'}", constitution=str(tmp_path / "no_choice.jsonl")))
+  with pytest.raises(UserError, match="every principle needs a 'choice' question"):
+    stages.check_all(tiny_reward)
+  tiny_reward.preference.update(dict(constitution="embedded", judge_template="{prompt} A: {a} B: {b}"))
+  with pytest.raises(UserError, match="judge_template must hold {principle}"):
+    stages.check_all(tiny_reward)
