@@ -1,5 +1,5 @@
-"""Hugging Face `config.json` <-> our ModelConfig, for GPT-2, GPT-NeoX and the Llama family
-(Llama, Mistral, Qwen2, Qwen3).
+"""Hugging Face `config.json` <-> our ModelConfig, for GPT-2, GPT-NeoX, the Llama family
+(Llama, Mistral, Qwen2, Qwen3) and its mixtures of experts (Qwen3-MoE, Mixtral).
 
 Only configs whose model our Transformer computes exactly are accepted (rope scaling of the
 types models/rope.py computes: linear, dynamic, llama3, yarn); anything else (longrope, GPT-2's
@@ -19,7 +19,8 @@ from rlhf_jax.models.config import ModelConfig
 GPT2_TYPES = ("gpt2",)
 NEOX_TYPES = ("gpt_neox",)  # GPT-2's block with rotary positions: our `tiny` preset
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-SUPPORTED_TYPES = GPT2_TYPES + NEOX_TYPES + LLAMA_TYPES
+MOE_TYPES = ("qwen3_moe", "mixtral")  # Llama-family attention, mixture-of-experts MLPs
+SUPPORTED_TYPES = GPT2_TYPES + NEOX_TYPES + LLAMA_TYPES + MOE_TYPES
 # Keys by which a checkpoint asks to run its own Python code: never honoured.
 REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
 # Where we put what HF's config has no field for (the reward head's bias): HF ignores it.
@@ -77,6 +78,8 @@ def model_values(config: dict) -> dict:
     values = neox_values(config)
   elif model_type in LLAMA_TYPES:
     values = llama_values(config)
+  elif model_type in MOE_TYPES:
+    values = moe_values(config)
   else:
     raise UserError(f"model_type={model_type!r} is not supported: choose a checkpoint of "
                     f"{', '.join(SUPPORTED_TYPES)}")
@@ -192,13 +195,54 @@ def llama_values(config: dict) -> dict:
               tie_embeddings=bool(config.get("tie_word_embeddings", False)), qk_norm=config["model_type"] == "qwen3")
 
 
+def moe_values(config: dict) -> dict:
+  """Qwen3-MoE (Qwen3's attention) or Mixtral (Mistral's): every layer's MLP a mixture of experts."""
+  qwen = config["model_type"] == "qwen3_moe"
+  if qwen:  # a dense MLP in some layers
+    refuse_if(config, "decoder_sparse_step", 1, (1,))
+    refuse_if(config, "mlp_only_layers", [], ([], ()))
+  refuse_if(config, "router_jitter_noise", 0.0, (0.0,))  # Mixtral's training-time noise: we add none
+  for key in ("shared_expert_intermediate_size", "n_shared_experts", "num_shared_experts"):
+    refuse_if(config, key, None, (None, 0))  # Qwen2-MoE's and DeepSeek's shared experts
+  values = llama_values({**config, "model_type": "qwen3" if qwen else "mistral"})
+  expert_dim = int(config["moe_intermediate_size"] if qwen else config["intermediate_size"])
+  aux = float(config.get("router_aux_loss_coef", 0.001)) if config.get("output_router_logits") else 0.0
+  values.update(n_experts=int(config.get("num_experts") or config["num_local_experts"]), d_expert=expert_dim,
+                experts_per_token=int(config["num_experts_per_tok"]), router_aux_coef=aux,
+                norm_topk_prob=bool(config.get("norm_topk_prob", False)) if qwen else True)
+  return values
+
+
+def moe_family(cfg: ModelConfig) -> str:
+  """qwen3_moe for an MoE model with qk_norm, mixtral for one without (which always renormalises)."""
+  llama_block = (cfg.position, cfg.norm, cfg.mlp, cfg.bias) == ("rope", "rmsnorm", "swiglu", "none")
+  if llama_block and (cfg.qk_norm or cfg.norm_topk_prob):
+    return "qwen3_moe" if cfg.qk_norm else "mixtral"
+  raise UserError(f"no Hugging Face architecture computes this MoE model (position={cfg.position}, norm={cfg.norm}, "
+                  f"bias={cfg.bias}, qk_norm={cfg.qk_norm}, norm_topk_prob={cfg.norm_topk_prob}): export supports "
+                  "rope, rmsnorm, bias none, with qk_norm (Qwen3-MoE) or norm_topk_prob (Mixtral)")
+
+
+def moe_config(cfg: ModelConfig, family: str) -> dict:
+  """config.json's MoE fields; the load-balancing loss is on in HF's training iff ours is."""
+  experts = dict(num_experts_per_tok=cfg.experts_per_token, router_aux_loss_coef=cfg.router_aux_coef,
+                 output_router_logits=cfg.router_aux_coef > 0)
+  if family == "mixtral":
+    return dict(experts, num_local_experts=cfg.n_experts, intermediate_size=cfg.expert_dim, router_jitter_noise=0.0,
+                sliding_window=None)
+  return dict(experts, num_experts=cfg.n_experts, moe_intermediate_size=cfg.expert_dim,
+              norm_topk_prob=cfg.norm_topk_prob, decoder_sparse_step=1, mlp_only_layers=[])
+
+
 def weights_family(model_type: str) -> str:
   """How the checkpoint names its tensors (rlhf_jax/interop/hf_weights.py): Mistral and Qwen as Llama."""
-  return "llama" if model_type in LLAMA_TYPES else model_type
+  return "llama" if model_type in LLAMA_TYPES + MOE_TYPES else model_type
 
 
 def family_of(cfg: ModelConfig) -> str:
   """The HF model_type that computes exactly what `cfg` does, or a UserError."""
+  if cfg.n_experts:
+    return moe_family(cfg)
   block = (cfg.position, cfg.norm, cfg.mlp)
   plain_heads = cfg.bias == "all" and cfg.kv_heads == cfg.n_heads and cfg.dim_per_head * cfg.n_heads == cfg.d_model
   if block == ("learned", "layernorm", "gelu") and plain_heads:
@@ -219,7 +263,10 @@ ARCHITECTURES = {("gpt2", "lm"): "GPT2LMHeadModel", ("gpt2", "reward"): "GPT2For
                  ("gpt_neox", "lm"): "GPTNeoXForCausalLM", ("gpt_neox", "reward"): "GPTNeoXForSequenceClassification",
                  ("llama", "lm"): "LlamaForCausalLM", ("llama", "reward"): "LlamaForSequenceClassification",
                  ("qwen2", "lm"): "Qwen2ForCausalLM", ("qwen2", "reward"): "Qwen2ForSequenceClassification",
-                 ("qwen3", "lm"): "Qwen3ForCausalLM", ("qwen3", "reward"): "Qwen3ForSequenceClassification"}
+                 ("qwen3", "lm"): "Qwen3ForCausalLM", ("qwen3", "reward"): "Qwen3ForSequenceClassification",
+                 ("qwen3_moe", "lm"): "Qwen3MoeForCausalLM",
+                 ("qwen3_moe", "reward"): "Qwen3MoeForSequenceClassification",
+                 ("mixtral", "lm"): "MixtralForCausalLM", ("mixtral", "reward"): "MixtralForSequenceClassification"}
 
 
 def hf_config(cfg: ModelConfig, head: str, dtype: str, specials: dict) -> dict:
@@ -246,8 +293,10 @@ def hf_config(cfg: ModelConfig, head: str, dtype: str, specials: dict) -> dict:
                   rope_parameters=rope, rope_theta=cfg.rope_theta, attention_dropout=0.0)
     if family == "llama":
       config.update(attention_bias=cfg.bias == "all", mlp_bias=cfg.bias == "all")
-    if family == "qwen3":
+    if family in ("qwen3", "qwen3_moe"):
       config.update(attention_bias=False, use_sliding_window=False)
+    if family in MOE_TYPES:
+      config.update(moe_config(cfg, family))
   config.update(architectures=[ARCHITECTURES[family, head]], model_type=family, vocab_size=cfg.vocab_size,
                 tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std, dtype=dtype, **specials)
   if head == "reward":

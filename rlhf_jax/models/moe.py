@@ -111,3 +111,13 @@ def load_balancing_loss(routing: Sequence[Routing], mask: Optional[jax.Array] = 
   share = jnp.sum(assignments * weight, axis=(0, 1, 2)) / tokens
   probability = jnp.sum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * weight, axis=(0, 1, 2)) / tokens
   return n_experts * jnp.sum(share * probability)
+
+
+def with_router_aux(loss, metrics: dict, router: Optional[Sequence[Routing]], mask, coef: float, share=1.0):
+  """`loss` plus `coef` times the load-balancing loss of `router` (a ModelOutput's; None for a
+  dense model: unchanged), which `metrics` gets as `router_aux_loss`. Both scaled by `share`, a
+  microbatch's part of the batch, so their sums over the microbatches are the batch's means."""
+  if router is None:
+    return loss, metrics
+  aux = share * load_balancing_loss(router, mask)
+  return loss + coef * aux, {**metrics, "router_aux_loss": aux}

@@ -34,6 +34,10 @@ def write_json(path: str, value: dict) -> None:
     json.dump(value, f)
 
 
+MOE = {"qwen3_moe": dict(moe_intermediate_size=32, norm_topk_prob=False, output_router_logits=True),
+       "mixtral": dict(intermediate_size=32)}
+
+
 def hf_config(kind: str, vocab: int = VOCAB, **overrides):
   import transformers  # pylint: disable=g-import-not-at-top
   if kind == "gpt2":
@@ -47,8 +51,11 @@ def hf_config(kind: str, vocab: int = VOCAB, **overrides):
     return transformers.GPTNeoXConfig(**{**values, **overrides})
   llama = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=128, bos_token_id=0, eos_token_id=0)
+  if kind in MOE:  # 8 experts of hidden size 32, top 2; Qwen3-MoE's gates not renormalised (its default)
+    llama.update(MOE[kind], num_experts_per_tok=2, num_local_experts=8)
   config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
-                  "qwen3": transformers.Qwen3Config}[kind]
+                  "qwen3": transformers.Qwen3Config, "qwen3_moe": transformers.Qwen3MoeConfig,
+                  "mixtral": transformers.MixtralConfig}[kind]
   return config_class(**{**llama, "rope_theta": 500.0 if kind == "llama" else 10000.0, **overrides})
 
 
@@ -58,7 +65,8 @@ def hf_model(kind: str, head: str = "lm", seed: int = 0, **overrides):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   torch.manual_seed(seed)
-  name = {"gpt2": "GPT2", "gpt_neox": "GPTNeoX", "llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[kind]
+  name = {"gpt2": "GPT2", "gpt_neox": "GPTNeoX", "llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3",
+          "qwen3_moe": "Qwen3Moe", "mixtral": "Mixtral"}[kind]
   suffix = "ForSequenceClassification" if head == "reward" else ("LMHeadModel" if kind == "gpt2" else "ForCausalLM")
   config = hf_config(kind, **overrides)
   if head == "reward":

@@ -111,3 +111,19 @@ def test_bad_moe_configs_are_one_line_errors(change, message):
   with pytest.raises(ValueError, match=message) as caught:
     small_model(**{**MOE, **change})
   assert "\n" not in str(caught.value)
+
+
+def test_flops_count_active_experts_and_the_memory_plan_every_expert():
+  from configs import common, pretrain  # pylint: disable=g-import-not-at-top
+  from rlhf_jax import flops, memory  # pylint: disable=g-import-not-at-top
+  cfg = small_model(**MOE)
+  # Per layer: q and out 2 x 64 x 64, k and v 2 x 64 x 32, the router 64 x 8 and 2 of the 8
+  # experts (3 x 64 x 32 each); then the LM head 64 x 259.
+  layer = 2 * 64 * 64 + 2 * 64 * 32 + 64 * 8 + 2 * 3 * 64 * 32
+  assert flops.matmul_weights(cfg) == 2 * layer + 64 * 259
+  plan = memory.plan(pretrain.get_config("tiny"), cfg, {"data": 1, "fsdp": 1, "tensor": 1})
+  assert plan["params"] == cfg.num_params() * 4 and "active" in plan.table()
+  # fsdp=4 splits the experts (and the router's expert axis) 4 ways: expert parallelism.
+  mlp = memory.abstract_params(cfg)["layer_0"]["mlp"]
+  assert memory.tree_bytes(mlp, common.DEFAULT_RULES, {"data": 1, "fsdp": 4, "tensor": 1}) == (
+      (3 * 8 * 64 * 32 + 64 * 8) // 4 * 4)
