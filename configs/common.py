@@ -28,9 +28,14 @@ MODELS = {
     # the head, 6% of this model's weights (31% of GPT-2 small's, which holds its logits at once).
     "llama_1b": dict(LLAMA_BLOCK, vocab_size=32000, d_model=2048, n_layers=22, n_heads=32, n_kv_heads=4,
                      d_ff=5632, max_len=2048, dtype="bfloat16", logits_chunk=128),
+    # Mixture of experts (models/moe.py): llama_tiny with Qwen3's qk_norm (it exports as Qwen3-MoE)
+    # and 4 experts of 192 in each block, 2 per token (llama_tiny's 384 active); the load-balancing
+    # loss at Switch Transformer's 0.01.
+    "tiny_moe": dict(LLAMA_BLOCK, vocab_size=0, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384,
+                     max_len=128, qk_norm=True, n_experts=4, experts_per_token=2, d_expert=192, router_aux_coef=0.01),
 }
 # Presets that train on a laptop CPU; the others are sized for accelerators.
-SMALL_PRESETS = ("tiny", "llama_tiny")
+SMALL_PRESETS = ("tiny", "llama_tiny", "tiny_moe")
 
 
 def is_small(preset: str) -> bool:
@@ -41,7 +46,7 @@ def model_config(preset: str) -> ml_collections.ConfigDict:
   """vocab_size 0 means: the tokenizer's vocabulary, rounded up to a multiple of 128."""
   base = dict(n_kv_heads=0, head_dim=0, rope_theta=10000.0, qk_norm=False, norm_eps=1e-5, dtype="float32",
               param_dtype="float32", remat=False, attention="auto", logits_chunk=0, dropout=0.0, init_std=0.02,
-              heads=())
+              heads=(), n_experts=0, experts_per_token=2, d_expert=0, norm_topk_prob=True, router_aux_coef=0.0)
   return ml_collections.ConfigDict({**base, **MODELS[preset]})
 
 
@@ -164,6 +169,12 @@ DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
     ("length", None),
     ("vocab", "tensor"),
+    # An MoE layer's experts (models/moe.py) split over fsdp: expert parallelism over the devices
+    # that already split the batch, as DeepSpeed-MoE and GShard lay it out, with no mesh axis of
+    # its own (a fourth axis would change every mesh config and Mesh built here). Before `embed`,
+    # so an expert kernel [expert, embed, mlp] gives fsdp to its experts (flax assigns a mesh axis
+    # once per array, by the rules' order); override with ("expert", None) to replicate them.
+    ("expert", "fsdp"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),

@@ -11,10 +11,13 @@ from rlhf_jax.models.config import ModelConfig
 
 
 def matmul_weights(cfg: ModelConfig, logits: bool = True) -> int:
-  """Weights that multiply activations: attention, MLP and (with `logits`) the LM head."""
+  """Weights that multiply activations: attention, MLP and (with `logits`) the LM head; of an MoE
+  MLP the router and experts_per_token experts (dropless: every token's choices are computed)."""
   q_and_out = 2 * cfg.d_model * cfg.n_heads * cfg.dim_per_head
   keys_and_values = 2 * cfg.d_model * cfg.kv_heads * cfg.dim_per_head
   mlp = (3 if cfg.gated_mlp else 2) * cfg.d_model * cfg.d_ff
+  if cfg.n_experts:  # the router, and the experts a token goes through (its active weights)
+    mlp = cfg.d_model * cfg.n_experts + cfg.experts_per_token * 3 * cfg.d_model * cfg.expert_dim
   head = cfg.d_model * cfg.vocab_size if logits else 0
   return cfg.n_layers * (q_and_out + keys_and_values + mlp) + head
 

@@ -181,7 +181,7 @@ def plan(cfg, model_cfg: ModelConfig, mesh_shape: dict, rl: rl_plan.RLPlan | Non
   names += f" (x{seeds} seeds)" if seeds > 1 else ""
   frozen_total, frozen_names = frozen_bytes(model_cfg, trainable, frozen, size)
   return MemoryPlan(cfg.stage, dict(mesh_shape), (
-      Row("params", params, names),
+      Row("params", params, names + experts_note(model_cfg)),
       Row("optimizer state", opt, f"{names}: adam moments + counters"),
       Row("gradients", params * (2 if accum > 1 else 1), names + (" + accumulator" if accum > 1 else "")),
       Row("frozen models", frozen_total, frozen_names),
@@ -189,6 +189,13 @@ def plan(cfg, model_cfg: ModelConfig, mesh_shape: dict, rl: rl_plan.RLPlan | Non
           cache_what + (f" (x{seeds} seeds)" if seeds > 1 else "")),
       Row("activations", acts, f"estimate: {b} rows/device x {seq} tokens" + (", remat" if model_cfg.remat else "")
           + (f", logits {model_cfg.logits_chunk} positions at a time" if 0 < model_cfg.logits_chunk < seq else ""))))
+
+
+def experts_note(model_cfg: ModelConfig) -> str:
+  """An MoE model's parameters in all (what the rows hold: every expert) and those a token uses."""
+  if not model_cfg.n_experts:
+    return ""
+  return f" (MoE: {model_cfg.num_params() / 1e6:.3g}M params, {model_cfg.active_params() / 1e6:.3g}M active)"
 
 
 def device_bytes(cfg) -> int | None:

@@ -2,7 +2,9 @@
 
 Models name logical axes only (`embed`, `mlp`, `heads`, ...). The config's `mesh` gives the
 mesh shape over axes (data, fsdp, tensor), and `sharding_rules` maps each logical name to
-mesh axes. Everything placed on devices gets its `NamedSharding` from here.
+mesh axes. Everything placed on devices gets its `NamedSharding` from here. An MoE model's
+`expert` axis (models/moe.py) maps to `fsdp` by default: expert parallelism without a mesh axis
+of its own (configs/common.py's DEFAULT_RULES say why).
 """
 
 import contextvars

@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 from rlhf_jax import sharding
 from rlhf_jax.data import hf_tokenizer
 from rlhf_jax.errors import UserError
-from rlhf_jax.interop import hf_config, hf_tensors, hf_weights
+from rlhf_jax.interop import hf_config, hf_moe, hf_tensors, hf_weights
 from rlhf_jax.interop.hf_export import export
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.transformer import Transformer, param_shapes
@@ -109,7 +109,7 @@ def checkpoint_groups(path: str, cfg: ModelConfig, checkpoint: hf_tensors.Checkp
 def read_params(path: str, cfg: ModelConfig, target) -> dict:
   """Params for the entries of `target` (a tree of leaves with shape, dtype and sharding:
   ShapeDtypeStructs or placed arrays) that the checkpoint has, each placed on its sharding."""
-  checkpoint = hf_tensors.Checkpoint(path)
+  checkpoint = hf_moe.StackedExperts(hf_tensors.Checkpoint(path))  # experts stacked, as ours are
   groups, config = checkpoint_groups(path, cfg, checkpoint)
   wanted = flax.traverse_util.flatten_dict(target, sep="/")
   loaded = {}

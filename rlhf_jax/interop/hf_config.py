@@ -1,5 +1,5 @@
 """Hugging Face `config.json` <-> our ModelConfig, for GPT-2, GPT-NeoX, the Llama family
-(Llama, Mistral, Qwen2, Qwen3) and Gemma 3 (text).
+(Llama, Mistral, Qwen2, Qwen3), its mixtures of experts (Qwen3-MoE, Mixtral) and Gemma 3 (text).
 
 Only configs whose model our Transformer computes exactly are accepted (rope scaling of the
 types models/rope.py computes: linear, dynamic, llama3, yarn); anything else (longrope, GPT-2's
@@ -20,7 +20,8 @@ GPT2_TYPES = ("gpt2",)
 NEOX_TYPES = ("gpt_neox",)  # GPT-2's block with rotary positions: our `tiny` preset
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 GEMMA_TYPES = ("gemma3_text",)  # Gemma3ForCausalLM: the 1B and 270M checkpoints, and any text-only export
-SUPPORTED_TYPES = GPT2_TYPES + NEOX_TYPES + LLAMA_TYPES + GEMMA_TYPES
+MOE_TYPES = ("qwen3_moe", "mixtral")  # Llama-family attention, mixture-of-experts MLPs
+SUPPORTED_TYPES = GPT2_TYPES + NEOX_TYPES + LLAMA_TYPES + GEMMA_TYPES + MOE_TYPES
 # Keys by which a checkpoint asks to run its own Python code: never honoured.
 REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
 # Where we put what HF's config has no field for (the reward head's bias): HF ignores it.
@@ -80,6 +81,8 @@ def model_values(config: dict) -> dict:
     values = llama_values(config)
   elif model_type in GEMMA_TYPES:
     values = gemma3_values(config)
+  elif model_type in MOE_TYPES:
+    values = moe_values(config)
   else:
     raise UserError(f"model_type={model_type!r} is not supported: choose a checkpoint of "
                     f"{', '.join(SUPPORTED_TYPES)}")
@@ -231,10 +234,49 @@ def gemma3_rope(config: dict) -> dict:
   return dict(**full, rope_local_theta=float(local.get("rope_theta", config.get("rope_local_base_freq", 1e4))))
 
 
+def moe_values(config: dict) -> dict:
+  """Qwen3-MoE (Qwen3's attention) or Mixtral (Mistral's): every layer's MLP a mixture of experts."""
+  qwen = config["model_type"] == "qwen3_moe"
+  if qwen:  # a dense MLP in some layers
+    refuse_if(config, "decoder_sparse_step", 1, (1,))
+    refuse_if(config, "mlp_only_layers", [], ([], ()))
+  refuse_if(config, "router_jitter_noise", 0.0, (0.0,))  # Mixtral's training-time noise: we add none
+  for key in ("shared_expert_intermediate_size", "n_shared_experts", "num_shared_experts"):
+    refuse_if(config, key, None, (None, 0))  # Qwen2-MoE's and DeepSeek's shared experts
+  values = llama_values({**config, "model_type": "qwen3" if qwen else "mistral"})
+  expert_dim = int(config["moe_intermediate_size"] if qwen else config["intermediate_size"])
+  aux = float(config.get("router_aux_loss_coef", 0.001)) if config.get("output_router_logits") else 0.0
+  values.update(n_experts=int(config.get("num_experts") or config["num_local_experts"]), d_expert=expert_dim,
+                experts_per_token=int(config["num_experts_per_tok"]), router_aux_coef=aux,
+                norm_topk_prob=bool(config.get("norm_topk_prob", False)) if qwen else True)
+  return values
+
+
+def moe_family(cfg: ModelConfig) -> str:
+  """qwen3_moe for an MoE model with qk_norm, mixtral for one without (which always renormalises)."""
+  llama_block = (cfg.position, cfg.norm, cfg.mlp, cfg.bias) == ("rope", "rmsnorm", "swiglu", "none")
+  if llama_block and (cfg.qk_norm or cfg.norm_topk_prob):
+    return "qwen3_moe" if cfg.qk_norm else "mixtral"
+  raise UserError(f"no Hugging Face architecture computes this MoE model (position={cfg.position}, norm={cfg.norm}, "
+                  f"bias={cfg.bias}, qk_norm={cfg.qk_norm}, norm_topk_prob={cfg.norm_topk_prob}): export supports "
+                  "rope, rmsnorm, bias none, with qk_norm (Qwen3-MoE) or norm_topk_prob (Mixtral)")
+
+
+def moe_config(cfg: ModelConfig, family: str) -> dict:
+  """config.json's MoE fields; the load-balancing loss is on in HF's training iff ours is."""
+  experts = dict(num_experts_per_tok=cfg.experts_per_token, router_aux_loss_coef=cfg.router_aux_coef,
+                 output_router_logits=cfg.router_aux_coef > 0)
+  if family == "mixtral":
+    return dict(experts, num_local_experts=cfg.n_experts, intermediate_size=cfg.expert_dim, router_jitter_noise=0.0,
+                sliding_window=None)
+  return dict(experts, num_experts=cfg.n_experts, moe_intermediate_size=cfg.expert_dim,
+              norm_topk_prob=cfg.norm_topk_prob, decoder_sparse_step=1, mlp_only_layers=[])
+
+
 def weights_family(model_type: str) -> str:
-  """How the checkpoint names its tensors (rlhf_jax/interop/hf_weights.py): Mistral, Qwen and
-  Gemma 3 as Llama (Gemma's two extra norms a block: hf_weights.block_norms)."""
-  return "llama" if model_type in LLAMA_TYPES + GEMMA_TYPES else model_type
+  """How the checkpoint names its tensors (rlhf_jax/interop/hf_weights.py): Mistral, Qwen, the
+  MoE models and Gemma 3 as Llama (Gemma's two extra norms a block: hf_weights.block_norms)."""
+  return "llama" if model_type in LLAMA_TYPES + GEMMA_TYPES + MOE_TYPES else model_type
 
 
 def gemma_features(cfg: ModelConfig) -> tuple:
@@ -245,8 +287,12 @@ def gemma_features(cfg: ModelConfig) -> tuple:
 
 def family_of(cfg: ModelConfig) -> str:
   """The HF model_type that computes exactly what `cfg` does, or a UserError."""
-  block = (cfg.position, cfg.norm, cfg.mlp)
   gemma = gemma_features(cfg)
+  if cfg.n_experts and not any(gemma):
+    return moe_family(cfg)
+  block = (cfg.position, cfg.norm, cfg.mlp)
+  if cfg.n_experts:
+    raise UserError("no Hugging Face architecture computes Gemma 3's block with experts")
   if block == ("rope", "gemma_rmsnorm", "geglu") and all(gemma[:3]) and cfg.qk_norm and cfg.bias == "none":
     return "gemma3_text"
   if any(gemma):
@@ -274,7 +320,10 @@ ARCHITECTURES = {("gpt2", "lm"): "GPT2LMHeadModel", ("gpt2", "reward"): "GPT2For
                  ("qwen2", "lm"): "Qwen2ForCausalLM", ("qwen2", "reward"): "Qwen2ForSequenceClassification",
                  ("qwen3", "lm"): "Qwen3ForCausalLM", ("qwen3", "reward"): "Qwen3ForSequenceClassification",
                  ("gemma3_text", "lm"): "Gemma3ForCausalLM",
-                 ("gemma3_text", "reward"): "Gemma3TextForSequenceClassification"}
+                 ("gemma3_text", "reward"): "Gemma3TextForSequenceClassification",
+                 ("qwen3_moe", "lm"): "Qwen3MoeForCausalLM",
+                 ("qwen3_moe", "reward"): "Qwen3MoeForSequenceClassification",
+                 ("mixtral", "lm"): "MixtralForCausalLM", ("mixtral", "reward"): "MixtralForSequenceClassification"}
 
 
 def hf_config(cfg: ModelConfig, head: str, dtype: str, specials: dict) -> dict:
@@ -303,8 +352,10 @@ def hf_config(cfg: ModelConfig, head: str, dtype: str, specials: dict) -> dict:
                   rope_parameters=rope, rope_theta=cfg.rope_theta, attention_dropout=0.0)
     if family == "llama":
       config.update(attention_bias=cfg.bias == "all", mlp_bias=cfg.bias == "all")
-    if family == "qwen3":
+    if family in ("qwen3", "qwen3_moe"):
       config.update(attention_bias=False, use_sliding_window=False)
+    if family in MOE_TYPES:
+      config.update(moe_config(cfg, family))
   config.update(architectures=[ARCHITECTURES[family, head]], model_type=family, vocab_size=cfg.vocab_size,
                 tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std, dtype=dtype, **specials)
   if head == "reward":

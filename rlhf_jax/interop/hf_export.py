@@ -19,7 +19,7 @@ import numpy as np
 from rlhf_jax.data.hf_tokenizer import HFTokenizer
 from rlhf_jax.data.tokenizers import SentencePieceTokenizer
 from rlhf_jax.errors import UserError
-from rlhf_jax.interop import hf_config, hf_tensors, hf_weights
+from rlhf_jax.interop import hf_config, hf_moe, hf_tensors, hf_weights
 from rlhf_jax.models.config import ModelConfig
 
 DTYPES = ("float32", "bfloat16")
@@ -45,6 +45,7 @@ def export(model, params, tokenizer, out: str, *, dtype: str = "float32", max_sh
   for stale in glob.glob(os.path.join(out, "model*.safetensors*")) + glob.glob(os.path.join(out, "pytorch_model*")):
     os.remove(stale)  # an earlier export's shards would shadow this one
   tensors = ((g.hf, g.join([host(flat[p]).astype(jax.numpy.dtype(dtype)) for p in g.ours])) for g in groups)
+  tensors = hf_moe.per_expert(tensors, config["model_type"])  # one tensor per expert, as checkpoints hold them
   hf_tensors.write_safetensors(tensors, out, max_shard_bytes)
   write_configs(config, out)
   export_tokenizer(tokenizer, out, cfg.max_len)

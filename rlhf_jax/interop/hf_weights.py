@@ -165,10 +165,28 @@ def block_norms(cfg: ModelConfig, hf: str, ours: str) -> list:
           same(f"{hf}post_feedforward_layernorm.weight", f"{ours}post_mlp_norm/scale", d)]
 
 
+def moe_layer(cfg: ModelConfig, i: int, prefix: str) -> list:
+  """A Qwen3-MoE or Mixtral layer: a Llama layer whose MLP is the router and the experts, stacked
+  as transformers 5 holds them (`hf_moe` reads and writes checkpoints' one tensor per expert)."""
+  e, d, f = cfg.n_experts, cfg.d_model, cfg.expert_dim
+  hf, ours = f"{prefix}layers.{i}.mlp.", f"layer_{i}/mlp/"
+  swap = lambda w: w.transpose(0, 2, 1)  # HF's [expert, out, in], ours [expert, in, out]
+
+  def join_gate_up(kernels):
+    return array_module(kernels).concatenate([swap(k) for k in kernels], axis=1)
+
+  experts = [Group(f"{hf}experts.gate_up_proj", (e, 2 * f, d), (f"{ours}gate", f"{ours}up"),
+                   lambda w: [swap(w[:, :f]), swap(w[:, f:])], join_gate_up),
+             Group(f"{hf}experts.down_proj", (e, d, f), (f"{ours}down",), lambda w: [swap(w)],
+                   lambda kernels: swap(kernels[0])),
+             linear(f"{hf}gate.weight", f"{ours}router", (e, d), (d, e))]
+  return [g for g in llama_layer(cfg, i, prefix) if not g.hf.startswith(hf)] + experts
+
+
 def llama_groups(cfg: ModelConfig, head: str, prefix: str) -> list:
   groups = [same(f"{prefix}embed_tokens.weight", "embed/embedding", (cfg.vocab_size, cfg.d_model))]
   for i in range(cfg.n_layers):
-    groups += llama_layer(cfg, i, prefix)
+    groups += (moe_layer if cfg.n_experts else llama_layer)(cfg, i, prefix)
   groups.append(same(f"{prefix}norm.weight", "final_norm/scale", (cfg.d_model,)))
   return groups + output_groups(cfg, head)
 

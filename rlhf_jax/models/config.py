@@ -85,6 +85,14 @@ class ModelConfig:
   lora_rank: int = 0
   lora_alpha: float = 64.0
   lora_targets: tuple[str, ...] = LORA_TARGETS
+  # Mixture of experts (models/moe.py; Qwen3-MoE, Mixtral): n_experts SwiGLU experts of hidden
+  # size d_expert (0: d_ff) in every block, experts_per_token of them per token, their gates
+  # renormalised iff norm_topk_prob; router_aux_coef weighs the load-balancing loss. 0: dense MLP.
+  n_experts: int = 0
+  experts_per_token: int = 2
+  d_expert: int = 0
+  norm_topk_prob: bool = True
+  router_aux_coef: float = 0.0
 
   def __post_init__(self):
     for field, choices in _CHOICES.items():
@@ -104,6 +112,8 @@ class ModelConfig:
     self.check_layer_types()
     if self.vocab_size <= 0:
       raise ValueError(f"model.vocab_size={self.vocab_size} must be positive")
+    if self.n_experts:
+      check_experts(self)
 
   def check_layer_types(self):
     if self.layer_types and len(self.layer_types) != self.n_layers:
@@ -161,6 +171,7 @@ class ModelConfig:
     d, h, kv, hd, f = self.d_model, self.n_heads, self.kv_heads, self.dim_per_head, self.d_ff
     attn = d * (h + 2 * kv) * hd + h * hd * d
     mlp = d * f * (3 if self.gated_mlp else 2)
+    mlp = moe_weights(self, self.n_experts) if self.n_experts else mlp  # the router and every expert
     norms = (4 if self.post_norms else 2) * d * (2 if self.norm == "layernorm" else 1) + (2 * hd if self.qk_norm else 0)
     biases = 0
     if self.bias in ("all", "qkv"):
@@ -173,3 +184,35 @@ class ModelConfig:
     final_norm = d * (2 if self.norm == "layernorm" else 1)
     heads = len(self.heads) * (d + 1)
     return self.n_layers * per_layer + embed + positions + final_norm + heads
+
+  @property
+  def expert_dim(self) -> int:
+    return self.d_expert or self.d_ff
+
+  def active_params(self) -> int:
+    """Parameters one token uses: `num_params` with experts_per_token experts of each MoE layer
+    rather than all (the router counted whole). The embedding and the LM head count whole, as
+    Qwen's and Mistral's model cards count them (Qwen3-30B-A3B: 3.3B of 30.5B; Mixtral-8x7B:
+    12.9B of 46.7B), though a token reads one row of the embedding. A dense model's are all of them."""
+    unused = moe_weights(self, self.n_experts) - moe_weights(self, self.experts_per_token)
+    return self.num_params() - self.n_layers * unused if self.n_experts else self.num_params()
+
+
+def moe_weights(cfg: ModelConfig, experts: int) -> int:
+  """One MoE layer's weights with `experts` of its SwiGLU experts (the router whole)."""
+  return experts * 3 * cfg.d_model * cfg.expert_dim + cfg.d_model * cfg.n_experts
+
+
+def check_experts(cfg: ModelConfig) -> None:
+  """What an MoE model needs: SwiGLU experts without biases, k <= E, no adapters on the experts."""
+  if not 0 < cfg.experts_per_token <= cfg.n_experts:
+    raise ValueError(f"model.experts_per_token={cfg.experts_per_token} must be in 1..n_experts={cfg.n_experts}")
+  if cfg.mlp != "swiglu" or cfg.bias == "all":
+    raise ValueError(f"model.n_experts={cfg.n_experts}: experts are SwiGLU without biases; set mlp=swiglu and "
+                     f"bias=none or qkv (not mlp={cfg.mlp}, bias={cfg.bias})")
+  if cfg.d_expert < 0 or cfg.router_aux_coef < 0:
+    raise ValueError(f"model.d_expert={cfg.d_expert} and router_aux_coef={cfg.router_aux_coef} must be >= 0")
+  adapted = sorted(set(cfg.lora_targets) & {"gate", "up", "down"})
+  if cfg.lora_rank and adapted:
+    raise ValueError(f"lora.targets {adapted}: an MoE model's experts take no LoRA adapters; "
+                     "set lora.targets=('query','key','value','out')")

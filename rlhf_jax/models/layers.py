@@ -1,6 +1,6 @@
 """Transformer building blocks. Every parameter names its logical axes, never mesh axes.
 
-Logical axis names: vocab, embed, mlp, heads, kv_heads, head_dim, positions.
+Logical axis names: vocab, embed, mlp, heads, kv_heads, head_dim, positions, expert (models/moe.py).
 `rlhf_jax.sharding` maps them to mesh axes through rules in the config.
 """
 
@@ -14,6 +14,7 @@ import flax.linen as nn
 
 from rlhf_jax.models import lora, paged, rope
 from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.models.moe import MoeMlp
 from rlhf_jax.sharding import constrain
 
 partitioned = nn.with_logical_partitioning
@@ -323,7 +324,9 @@ class Block(nn.Module):
   sliding: bool = False  # a sliding-window layer (Gemma 3's local layers)
 
   @nn.compact
-  def __call__(self, x, rope, mask, kv_cache=None, query_index=None):
+  def __call__(self, x, rope, mask, kv_cache=None, query_index=None, routed=None):
+    """(x, the new KV cache, the MoE layer's `moe.Routing` or None); `routed` [batch, time, k]:
+    the experts an MoE layer uses instead of its router's choice (router replay)."""
     drop = nn.Dropout(self.cfg.dropout, deterministic=self.deterministic)
     normed, queries = norm(self.cfg, "attn_norm")(x), None
     if query_index is not None:
@@ -331,9 +334,13 @@ class Block(nn.Module):
       x = jnp.take_along_axis(x, query_index[..., None], axis=1)
     h, new_cache = Attention(self.cfg, self.sliding, name="attn")(normed, rope, mask, kv_cache, queries)
     x = x + drop(self.post_norm(h, "post_attn_norm"))
-    h = Mlp(self.cfg, name="mlp")(norm(self.cfg, "mlp_norm")(x))
+    normed = norm(self.cfg, "mlp_norm")(x)
+    if self.cfg.n_experts:
+      h, routing = MoeMlp(self.cfg, name="mlp")(normed, routed)
+    else:
+      h, routing = Mlp(self.cfg, name="mlp")(normed), None
     x = x + drop(self.post_norm(h, "post_mlp_norm"))
-    return constrain(x, ("batch", "length", "embed")), new_cache
+    return constrain(x, ("batch", "length", "embed")), new_cache, routing
 
   def post_norm(self, h, name: str):
     return norm(self.cfg, name)(h) if self.cfg.post_norms else h

@@ -59,6 +59,9 @@ class ModelOutput(NamedTuple):
   hidden: jax.Array  # [batch, time, d_model], after the final norm
   scalars: dict  # head name -> [batch, time], float32
   cache: Optional[KVCache]
+  # An MoE model's routing, one `moe.Routing` per layer (router logits [batch, time, E], experts
+  # [batch, time, k]): the load-balancing loss's input, and what router replay records. None: dense.
+  router: Optional[tuple] = None
 
 
 def boxed_params(model: nn.Module, rng):
@@ -144,7 +147,7 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens, mask=None, *, cache: Optional[KVCache] = None, positions=None, segments=None,
                shared=None, query_index=None, with_logits: bool = True,
-               last_logits_only: bool = False, logits_at=None) -> ModelOutput:
+               last_logits_only: bool = False, logits_at=None, routed=None) -> ModelOutput:
     """tokens, mask: [batch, time]. With a cache, tokens are written at slot cache.index (a
     RaggedCache's or PagedCache's: each row's length on).
     `segments` [batch, time]: packed rows' sequence ids (contiguous; no cache): each token
@@ -156,7 +159,8 @@ class Transformer(nn.Module):
     `last_logits_only`: logits of the last position alone, [batch, 1, vocab] (a prefill needs
     no more, and the whole prompt's would be the largest array of sampling). `logits_at`
     [batch]: the logits of that position of each row alone, [batch, 1, vocab] (a right-padded
-    block's last real token)."""
+    block's last real token). `routed` (an MoE model): each layer's experts [batch, time, k] to
+    use instead of its router's choice (router replay; a sequence or an array [layers, ...])."""
     cfg = self.cfg
     mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
     paged = isinstance(cache, PagedCache)
@@ -188,7 +192,7 @@ class Transformer(nn.Module):
 
     ropes = layer_ropes(cfg, positions)
     block = nn.remat(Block) if cfg.remat else Block
-    new_keys, new_values = [], []
+    new_keys, new_values, routings = [], [], []
     for i in range(cfg.n_layers):
       if paged:
         layer_cache = cache.layer(i)
@@ -198,9 +202,10 @@ class Transformer(nn.Module):
         layer_cache = None
       last = query_index if i == cfg.n_layers - 1 else None
       sliding = cfg.is_sliding(i)
-      x, kv = block(cfg, self.deterministic, sliding, name=f"layer_{i}")(x, ropes[sliding],
-                                                                          local_mask if sliding else attn_mask,
-                                                                          layer_cache, last)
+      x, kv, routing = block(cfg, self.deterministic, sliding, name=f"layer_{i}")(
+          x, ropes[sliding], local_mask if sliding else attn_mask, layer_cache, last,
+          None if routed is None else routed[i])
+      routings.append(routing)
       if kv is not None:
         new_keys.append(kv[0])
         new_values.append(kv[1])
@@ -219,7 +224,8 @@ class Transformer(nn.Module):
     else:
       hidden_for_logits = hidden[:, -1:] if last_logits_only else hidden
     logits = self._logits(hidden_for_logits, embed) if with_logits else None
-    return ModelOutput(logits, hidden, self._scalar_heads(hidden), new_cache)
+    router = tuple(routings) if cfg.n_experts else None
+    return ModelOutput(logits, hidden, self._scalar_heads(hidden), new_cache, router)
 
   def _logits(self, hidden, embed):
     cfg = self.cfg

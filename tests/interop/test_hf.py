@@ -1,5 +1,5 @@
-"""Hugging Face interop: tiny random GPT-2, GPT-NeoX, Llama (GQA), Qwen2 (qkv biases), Qwen3 and
-Gemma 3 (sliding layers) models built
+"""Hugging Face interop: tiny random GPT-2, GPT-NeoX, Llama (GQA), Qwen2 (qkv biases), Qwen3,
+Gemma 3 (sliding layers), Qwen3-MoE and Mixtral models built
 with `transformers` on the CPU give the same logits and greedy samples through our import,
 exports read back bit for bit, unsupported checkpoints are refused, tokenizers keep their
 special tokens, and `init_from=hf:DIR` runs a stage."""
@@ -19,7 +19,7 @@ from rlhf_jax import stages
 from rlhf_jax.data.hf_tokenizer import HFTokenizer
 from rlhf_jax.data.tokenizers import SentencePieceTokenizer, load_tokenizer
 from rlhf_jax.errors import UserError
-from rlhf_jax.interop import hf
+from rlhf_jax.interop import hf, hf_config, hf_tensors
 from rlhf_jax.interop.export import export_run
 from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.models.transformer import Transformer
@@ -51,7 +51,7 @@ def save_bin_bf16(model, directory):
 def checkpoints(tmp_path_factory):
   """name -> (directory, the HF model whose logits it must give)."""
   root, found = tmp_path_factory.mktemp("hf"), {}
-  for kind in ("gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "gemma3"):
+  for kind in ("gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "gemma3", *tiny_hf.MOE):
     model = tiny_hf.hf_model(kind)
     model.save_pretrained(root / kind)
     found[kind] = (str(root / kind), model)
@@ -74,11 +74,14 @@ ARCHITECTURES = {"gpt2": dict(position="learned", norm="layernorm", bias="all", 
                  "qwen2": dict(position="rope", norm="rmsnorm", bias="qkv", n_kv_heads=2),
                  "qwen3": dict(position="rope", norm="rmsnorm", bias="none", n_kv_heads=2, qk_norm=True),
                  "gemma3": dict(norm="gemma_rmsnorm", mlp="geglu", post_norms=True, embed_scale=True, sliding_window=4,
-                                rope_local_theta=1e4, rope_scaling=(("rope_type", "linear"), ("factor", 2.0)))}
+                                rope_local_theta=1e4, rope_scaling=(("rope_type", "linear"), ("factor", 2.0))),
+                 "qwen3_moe": dict(qk_norm=True, n_experts=8, experts_per_token=2, d_expert=32, norm_topk_prob=False,
+                                   router_aux_coef=0.001),
+                 "mixtral": dict(qk_norm=False, n_experts=8, experts_per_token=2, d_expert=32, norm_topk_prob=True)}
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "gemma3", "llama_sharded_bf16",
-                                  "gpt2_bin_bf16"])
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "gemma3", "qwen3_moe", "mixtral",
+                                  "llama_sharded_bf16", "gpt2_bin_bf16"])
 def test_logits_match_hf_on_a_left_padded_batch(checkpoints, name):
   directory, reference = checkpoints[name]
   assert ("model.safetensors.index.json" in os.listdir(directory)) == (name == "llama_sharded_bf16")
@@ -91,7 +94,7 @@ def test_logits_match_hf_on_a_left_padded_batch(checkpoints, name):
   assert np.abs(ours - tiny_hf.hf_logits(reference, tokens, mask))[mask > 0].max() <= TOLERANCE
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen3", "gemma3"])  # Gemma 3's prompts outrun its window
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen3", "gemma3", "mixtral"])  # Gemma 3's prompts outrun its window
 def test_greedy_kv_cache_sampling_matches_hf_generate(checkpoints, name):
   import torch  # pylint: disable=g-import-not-at-top
   directory, reference = checkpoints[name]
@@ -169,7 +172,7 @@ def assert_same_params(a, b):
     assert x.dtype == y.dtype and np.array_equal(x, y), key
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "qwen2", "qwen3", "gemma3", "qwen3_moe", "mixtral"])
 def test_export_then_import_is_bit_exact_and_hf_reads_it(checkpoints, bpe_dir, tmp_path, name):
   directory, reference = checkpoints[name]
   model, params = hf.load(directory)
@@ -218,12 +221,37 @@ def write_config(directory, config: dict):
     ("gpt2", {"model_type": "falcon"}, "model_type='falcon' is not supported"),
     ("gemma3", {"final_logit_softcapping": 30.0}, "final_logit_softcapping=30.0 is not supported"),
     ("gemma3", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+    ("qwen3_moe", {"decoder_sparse_step": 2}, "decoder_sparse_step=2 is not supported"),
+    ("qwen3_moe", {"mlp_only_layers": [1]}, r"mlp_only_layers=\[1\] is not supported"),
+    ("qwen3_moe", {"shared_expert_intermediate_size": 64}, "shared_expert_intermediate_size=64"),
+    ("mixtral", {"router_jitter_noise": 0.1}, "router_jitter_noise=0.1 is not supported"),
 ])
 def test_unsupported_checkpoints_are_refused_in_one_line(tmp_path, kind, change, message):
   directory = write_config(tmp_path, {**tiny_hf.hf_config(kind).to_dict(), **change})
   with pytest.raises(UserError, match=message) as caught:
     hf.load(directory)
   assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", tiny_hf.MOE)
+def test_moe_stacked_experts_load_and_parameter_counts_match_hf(checkpoints, tmp_path, kind):
+  """transformers 5's in-module layout (experts stacked: gate_up_proj, down_proj) loads as the
+  per-expert checkpoint save_pretrained writes does; our counts are HF's."""
+  from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
+  directory, reference = checkpoints[kind]
+  assert any(".experts.0." in name for name in hf_tensors.Checkpoint(directory).names)
+  reference.config.save_pretrained(tmp_path)
+  save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(tmp_path / "model.safetensors"))
+  model, params = hf.load(directory)
+  assert_same_params(params, hf.load(str(tmp_path))[1])
+  assert model.cfg.num_params() == sum(p.numel() for p in reference.parameters())
+  assert model.cfg.active_params() == model.cfg.num_params() - 2 * 6 * 3 * 64 * 32  # 6 of 8 experts idle
+
+
+def test_an_moe_model_no_hf_architecture_computes_is_refused(checkpoints):
+  cfg = dataclasses.replace(hf.model_config(checkpoints["mixtral"][0]), norm_topk_prob=False)
+  with pytest.raises(UserError, match="no Hugging Face architecture computes this MoE model"):
+    hf_config.family_of(cfg)
 
 
 def test_a_bin_checkpoint_without_torch_is_a_clear_error(checkpoints, monkeypatch):

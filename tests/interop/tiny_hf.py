@@ -34,6 +34,10 @@ def write_json(path: str, value: dict) -> None:
     json.dump(value, f)
 
 
+MOE = {"qwen3_moe": dict(moe_intermediate_size=32, norm_topk_prob=False, output_router_logits=True),
+       "mixtral": dict(intermediate_size=32)}
+
+
 def hf_config(kind: str, vocab: int = VOCAB, **overrides):
   import transformers  # pylint: disable=g-import-not-at-top
   if kind == "gpt2":
@@ -55,8 +59,11 @@ def hf_config(kind: str, vocab: int = VOCAB, **overrides):
     return transformers.Gemma3TextConfig(**{**values, **overrides})
   llama = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=128, bos_token_id=0, eos_token_id=0)
+  if kind in MOE:  # 8 experts of hidden size 32, top 2; Qwen3-MoE's gates not renormalised (its default)
+    llama.update(MOE[kind], num_experts_per_tok=2, num_local_experts=8)
   config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
-                  "qwen3": transformers.Qwen3Config}[kind]
+                  "qwen3": transformers.Qwen3Config, "qwen3_moe": transformers.Qwen3MoeConfig,
+                  "mixtral": transformers.MixtralConfig}[kind]
   return config_class(**{**llama, "rope_theta": 500.0 if kind == "llama" else 10000.0, **overrides})
 
 
@@ -67,7 +74,7 @@ def hf_model(kind: str, head: str = "lm", seed: int = 0, **overrides):
   import transformers  # pylint: disable=g-import-not-at-top
   torch.manual_seed(seed)
   name = {"gpt2": "GPT2", "gpt_neox": "GPTNeoX", "llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3",
-          "gemma3": "Gemma3"}[kind]
+          "gemma3": "Gemma3", "qwen3_moe": "Qwen3Moe", "mixtral": "Mixtral"}[kind]
   suffix = "ForSequenceClassification" if head == "reward" else ("LMHeadModel" if kind == "gpt2" else "ForCausalLM")
   name += "Text" if kind == "gemma3" and head == "reward" else ""
   config = hf_config(kind, **overrides)

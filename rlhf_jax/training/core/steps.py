@@ -12,24 +12,29 @@ import optax
 
 from rlhf_jax import sharding
 from rlhf_jax.algorithms.lm import weighted_nll
-from rlhf_jax.models import lora
+from rlhf_jax.models import lora, moe
 from rlhf_jax.models.head import model_token_stats
 from rlhf_jax.models.continuous import batching_of, generate
 from rlhf_jax.training.core import guards
 from rlhf_jax.training.core.state import TrainState, model_params
 
 
-def next_token_loss_of(model, params, batch: dict, normalizer=None, **apply_kwargs):
+def next_token_loss_of(model, params, batch: dict, normalizer=None, router_aux: bool = False, **apply_kwargs):
   """`algorithms.lm`'s weighted cross-entropy of the batch's targets, the LM head read a chunk at a
-  time (models/head.py); packed rows carry `segments`. Returns (loss, summed metrics)."""
+  time (models/head.py); packed rows carry `segments`. With `router_aux` (training), an MoE model's
+  load-balancing loss is added (models/moe.py). Returns (loss, summed metrics)."""
   out = model.apply({"params": params}, batch["inputs"], batch["mask"], segments=batch.get("segments"),
                     with_logits=False, **apply_kwargs)
   stats = model_token_stats(model, params, out.hidden, batch["targets"])
-  return weighted_nll(stats.logprobs, stats.correct, batch["loss_mask"], normalizer)
+  loss, metrics = weighted_nll(stats.logprobs, stats.correct, batch["loss_mask"], normalizer)
+  if not router_aux:
+    return loss, metrics
+  share = jnp.sum(batch["loss_mask"]) / normalizer  # this microbatch's part of the batch's tokens
+  return moe.with_router_aux(loss, metrics, out.router, batch["mask"], model.cfg.router_aux_coef, share)
 
 
 def lm_loss(params, batch, normalizer, *, model, dropout_rng):
-  return next_token_loss_of(model, params, batch, normalizer, rngs={"dropout": dropout_rng})
+  return next_token_loss_of(model, params, batch, normalizer, router_aux=True, rngs={"dropout": dropout_rng})
 
 
 def accumulate_gradients(loss_fn: Callable, params, batch, accum_steps: int):
@@ -70,7 +75,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_ste
   grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps)
   metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / jnp.maximum(sums["tokens"], 1),
              "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
-             "tokens": sums["tokens"]}
+             "tokens": sums["tokens"], **{k: sums[k] for k in ("router_aux_loss",) if k in sums}}
   state, flags = apply_gradients(state, grads, tx, sums["loss"])
   return state, {**metrics, **flags}
 

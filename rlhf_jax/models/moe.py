@@ -1,0 +1,123 @@
+"""Mixture-of-experts MLP (Qwen3-MoE, Mixtral): a router sends each token to k of E SwiGLU experts.
+
+Routing as both compute it: router logits, a softmax over every expert in float32, the top k,
+their probabilities renormalised to sum to one iff `norm_topk_prob` (Mixtral always does).
+Dropless: every (token, choice) pair is computed, none is dropped for capacity. The pairs are
+sorted by expert, so each expert's rows are contiguous, and each projection is one grouped
+matmul over them (`jax.lax.ragged_dot` with the experts' row counts), then unsorted and summed
+with the gates. On TPU and GPU a Pallas grouped-matmul kernel (tokamax's or MaxText's megablox
+GMM) could replace `ragged_dot`: same operands, same result.
+
+Logical axes: the expert kernels are [expert, embed, mlp] and [expert, mlp, embed]; the router
+[embed, expert]. `rlhf_jax.sharding`'s rules map `expert` to a mesh axis (expert parallelism).
+"""
+
+from typing import NamedTuple, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.config import ModelConfig
+
+partitioned = nn.with_logical_partitioning
+
+
+class Routing(NamedTuple):
+  """One MoE layer's routing decision: what the load-balancing loss and router replay read."""
+  logits: jax.Array  # [batch, time, n_experts] float32, the router's logits
+  experts: jax.Array  # [batch, time, k] int32, each token's experts in the order of their gates
+
+
+def route(logits: jax.Array, k: int, renormalise: bool, routed: Optional[jax.Array] = None):
+  """Gates [..., k] (float32) and experts [..., k] from router logits [..., n_experts].
+
+  probs = softmax(logits) in float32; experts = top_k(probs), or `routed` when given (router
+  replay, R3: only the indices are replayed, the gates are the live probabilities of those
+  experts, so the router still gets its gradient); gates = probs[experts], divided by their sum
+  iff `renormalise`."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  if routed is None:
+    gates, experts = jax.lax.top_k(probs, k)
+  else:
+    experts = routed.astype(jnp.int32)
+    gates = jnp.take_along_axis(probs, experts, axis=-1)
+  if renormalise:
+    gates = gates / jnp.sum(gates, axis=-1, keepdims=True)
+  return gates, experts
+
+
+def grouped_experts(x: jax.Array, experts: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
+  """Each token through each of its experts, [n, k, d]: down(silu(gate x) * up x) of expert
+  experts[t, j] for token x[t]. x: [n, d]; experts: [n, k]; gate, up: [E, d, f]; down: [E, f, d].
+
+  The n * k pairs sorted (stably) by expert make one ragged_dot per projection, with
+  `group_sizes` the experts' row counts: dropless, and no expert works on rows not its own."""
+  n, k = experts.shape
+  flat = experts.reshape(-1)
+  order = jnp.argsort(flat, stable=True)
+  rows = x[order // k]  # pair p is token p // k's choice p % k
+  sizes = jnp.bincount(flat, length=gate.shape[0]).astype(jnp.int32)
+  hidden = nn.silu(jax.lax.ragged_dot(rows, gate, sizes)) * jax.lax.ragged_dot(rows, up, sizes)
+  out = jax.lax.ragged_dot(hidden, down, sizes)
+  return jnp.zeros_like(out).at[order].set(out).reshape(n, k, -1)
+
+
+class MoeMlp(nn.Module):
+  """The MLP of an MoE block: x [batch, time, d_model] -> (y [batch, time, d_model], Routing).
+
+  `routed` [batch, time, k]: experts to use instead of the router's top k (router replay)."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, routed=None):
+    cfg = self.cfg
+    e, d, f = cfg.n_experts, cfg.d_model, cfg.expert_dim
+    x = x.astype(cfg.compute_dtype)
+    router = self.param("router", partitioned(nn.initializers.normal(cfg.init_std), ("embed", "expert")), (d, e),
+                        cfg.weight_dtype)
+    logits = jnp.einsum("btd,de->bte", x, router.astype(cfg.compute_dtype)).astype(jnp.float32)
+    gates, experts = route(logits, cfg.experts_per_token, cfg.norm_topk_prob, routed)
+    kernel = lambda name, shape, axes, std: self.param(
+        name, partitioned(nn.initializers.normal(std), axes), shape, cfg.weight_dtype).astype(cfg.compute_dtype)
+    out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # GPT-2's scaled residual init, as Mlp's down
+    gate = kernel("gate", (e, d, f), ("expert", "embed", "mlp"), cfg.init_std)
+    up = kernel("up", (e, d, f), ("expert", "embed", "mlp"), cfg.init_std)
+    down = kernel("down", (e, f, d), ("expert", "mlp", "embed"), out_std)
+    b, t, _ = x.shape
+    per_choice = grouped_experts(x.reshape(b * t, d), experts.reshape(b * t, -1), gate, up, down)
+    y = jnp.einsum("nkd,nk->nd", per_choice, gates.reshape(b * t, -1).astype(cfg.compute_dtype))
+    return y.reshape(b, t, d), Routing(logits, experts)
+
+
+def load_balancing_loss(routing: Sequence[Routing], mask: Optional[jax.Array] = None) -> jax.Array:
+  """The auxiliary load-balancing loss (Switch Transformer; Hugging Face's
+  `load_balancing_loss_func`, which Qwen3-MoE and Mixtral train with), pooled over the layers:
+
+    L = E * sum_e f_e * P_e,
+
+  f_e the share of (layer, token) pairs routed to expert e (each token counts its k
+  assignments, so sum_e f_e = k), P_e the mean router probability of e. Tokens where `mask`
+  [batch, time] is 0 (padding) count in neither mean, as HF's with an attention mask. f_e
+  counts the experts the tokens used (the replayed ones under router replay); only P_e has a
+  gradient."""
+  logits = jnp.stack([r.logits for r in routing])  # [layers, batch, time, E]
+  experts = jnp.stack([r.experts for r in routing])
+  n_experts = logits.shape[-1]
+  weight = jnp.ones(logits.shape[1:3]) if mask is None else mask.astype(jnp.float32)
+  weight = jnp.broadcast_to(weight, logits.shape[:3])[..., None]
+  tokens = jnp.maximum(jnp.sum(weight), 1.0)
+  assignments = jnp.sum(jax.nn.one_hot(experts, n_experts, dtype=jnp.float32), axis=-2)  # [layers, b, t, E]
+  share = jnp.sum(assignments * weight, axis=(0, 1, 2)) / tokens
+  probability = jnp.sum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * weight, axis=(0, 1, 2)) / tokens
+  return n_experts * jnp.sum(share * probability)
+
+
+def with_router_aux(loss, metrics: dict, router: Optional[Sequence[Routing]], mask, coef: float, share=1.0):
+  """`loss` plus `coef` times the load-balancing loss of `router` (a ModelOutput's; None for a
+  dense model: unchanged), which `metrics` gets as `router_aux_loss`. Both scaled by `share`, a
+  microbatch's part of the batch, so their sums over the microbatches are the batch's means."""
+  if router is None:
+    return loss, metrics
+  aux = share * load_balancing_loss(router, mask)
+  return loss + coef * aux, {**metrics, "router_aux_loss": aux}
