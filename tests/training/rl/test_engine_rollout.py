@@ -82,6 +82,15 @@ def test_engine_settings_and_what_the_engine_does_not_run_with_are_one_line_erro
 
 
 @needs_vllm
+def test_a_mixture_of_experts_policy_is_refused_on_vllms_cpu_build():
+  """Its CPU MoE kernel keeps the experts it prepacked at load after a push (vllm_engine.py)."""
+  from tests.conftest import LLAMA, small_model  # pylint: disable=g-import-not-at-top
+  vllm_engine.refuse_cpu_experts(small_model(**LLAMA))
+  with pytest.raises(UserError, match="mixture-of-experts policy on vLLM's CPU build is not supported"):
+    vllm_engine.refuse_cpu_experts(small_model(**LLAMA, n_experts=4, experts_per_token=2))
+
+
+@needs_vllm
 def test_multi_turn_trajectories_are_sampled_turn_by_turn_from_token_ids(sft_run, tmp_path):
   echo = "tests/training/rl/echo_environment.py"  # answers every turn: trajectories of several turns
   cfg = engine_config(sft_run)
