@@ -85,6 +85,10 @@ def base_config(stage: str, preset: str) -> ml_collections.ConfigDict:
       # filled from them; the other fields are the reward functions' columns. eval_source: the
       # held-out records' own source ("": a held-out slice of `source`).
       prompt_field="prompt", prompt_template="", eval_source="",
+      # With a template and truncate_tokens > 0, a prompt over that many tokens has its
+      # truncate_field cut at its last truncate_text, then by characters, until it fits (Huang
+      # et al. 2024's TL;DR queries: the post cut at a newline, subreddit and title kept).
+      truncate_field="", truncate_text="\n", truncate_tokens=0,
       # SFT records: the response is the `response_field` field; or with `messages_field` a
       # column of chat messages, the last (the assistant's) the response and those before it
       # the prompt (rendered by the chat template with chat_template, else as HH's text).

@@ -39,6 +39,6 @@ def get_config(preset: str = "tiny"):
       # "") or chat conversations, split where they part. prompt_template: the prompt filled from
       # the record's fields instead ("{prompt}\n"). eval_source: held-out pairs' own file.
       prompt_field="prompt", prompt_template="", chosen_field="chosen", rejected_field="rejected",
-      eval_source=""))
+      eval_source="", truncate_field="", truncate_text="\n", truncate_tokens=0))  # as data.truncate_*
   c.upstream = {"sft": sft.get_config(preset)}
   return c

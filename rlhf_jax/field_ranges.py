@@ -26,7 +26,7 @@ RANGES = {
     "value_optim.lr": POSITIVE,
     "train.num_steps": AT_LEAST_1, "train.log_every": AT_LEAST_1, "train.eval_every": AT_LEAST_1,
     "train.checkpoint_every": AT_LEAST_1, "train.keep_checkpoints": AT_LEAST_1, "train.eval_batches": AT_LEAST_1,
-    "data.batch_size": AT_LEAST_1, "data.seq_len": AT_LEAST_1, "data.eval_fraction": UNIT,
+    "data.batch_size": AT_LEAST_1, "data.seq_len": AT_LEAST_1, "data.eval_fraction": UNIT, "data.truncate_tokens": NON_NEGATIVE,
     "sample.num_prompts": AT_LEAST_1, "sample.max_new_tokens": AT_LEAST_1, "sample.temperature": NON_NEGATIVE,
     "sample.top_k": NON_NEGATIVE, "sample.top_p": OPEN_UNIT,
     "sample.slots": NON_NEGATIVE, "sample.cache_blocks": NON_NEGATIVE, "sample.block_size": AT_LEAST_1,

@@ -19,10 +19,11 @@ from rlhf_jax.errors import UserError
 ASSISTANT = sources.ASSISTANT
 
 
-def load_pairs(pref_cfg, split: str) -> list[tuple[str, str, str]]:
+def load_pairs(pref_cfg, split: str, count_tokens=None) -> list[tuple[str, str, str]]:
+  """(prompt, chosen, rejected) of the split; `count_tokens` for a template's truncated field."""
   kind, _, arg = pref_cfg.source.partition(":")
   if kind in ("jsonl", "hf"):  # records, held out as data sources are (data/sources.py)
-    return [pair_of(record, pref_cfg) for record in sources.load_records(pref_cfg, split)]
+    return [pair_of(record, pref_cfg, count_tokens) for record in sources.load_records(pref_cfg, split)]
   if kind == "hh":
     rows = [split_shared_prefix(sources.string_field(r, "chosen", arg, n),
                                 sources.string_field(r, "rejected", arg, n)) for n, r in sources.read_jsonl(arg)]
@@ -34,7 +35,7 @@ def load_pairs(pref_cfg, split: str) -> list[tuple[str, str, str]]:
   return sources.file_split(rows, pref_cfg, split)
 
 
-def pair_of(record: sources.Record, pref_cfg) -> tuple[str, str, str]:
+def pair_of(record: sources.Record, pref_cfg, count_tokens=None) -> tuple[str, str, str]:
   """(prompt, chosen, rejected) of a record: its `preference.prompt_field` (or
   `preference.prompt_template` filled from its fields), `chosen_field` and `rejected_field` strings; whole dialogues (no prompt field: "") or conversations (lists of chat
   messages) are split where they part, as `hh:` is."""
@@ -46,7 +47,7 @@ def pair_of(record: sources.Record, pref_cfg) -> tuple[str, str, str]:
   texts = [sources.string_field(record.fields, k, *where) for k in (chosen, rejected)]
   if not (prompt or pref_cfg.get("prompt_template")):
     return split_shared_prefix(*texts)
-  return (sources.prompt_text(record, pref_cfg), *texts)  # the field, or `preference.prompt_template` filled
+  return (sources.prompt_text(record, pref_cfg, count_tokens), *texts)  # the field, or `preference.prompt_template` filled
 
 
 def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:

@@ -69,22 +69,29 @@ def as_chat(texts: list, tokenizer, data_cfg, tools: list | None = None) -> list
 
 
 
-def prompt_texts(data_cfg, split: str, seed: int, limit: int | None = None) -> tuple[list, dict]:
+def prompt_texts(data_cfg, split: str, seed: int, limit: int | None = None, tokenizer=None) -> tuple[list, dict]:
   """(the split's first `limit` prompts, their records' other fields as columns): records'
-  prompts (data.prompt_field, or data.prompt_template filled), or the openings of documents."""
+  prompts (data.prompt_field, or data.prompt_template filled: its `data.truncate_field` cut to
+  fit where a `tokenizer` counts), or the openings of documents."""
   if not sources.is_record_source(data_cfg):
     return openings(sources.load_documents(data_cfg, split)[:limit], data_cfg, seed), {}
   records = sources.load_records(data_cfg, split)[:limit]
   names = sorted({name for r in records for name in r.fields} - {data_cfg.prompt_field})
-  return [sources.prompt_text(r, data_cfg) for r in records], {name: [r.fields.get(name) for r in records]
+  count = token_counter(tokenizer)
+  return [sources.prompt_text(r, data_cfg, count) for r in records], {name: [r.fields.get(name) for r in records]
                                                               for name in names}
+
+
+def token_counter(tokenizer):
+  """text -> its number of tokens (what `data.truncate_tokens` counts), or None."""
+  return None if tokenizer is None else lambda text: len(tokenizer.encode(text))
 
 
 def prompt_set(cfg, tokenizer, split: str, tools: list | None = None) -> Prompts:
   """The split's prompts (`eval_prompts` of them for eval), BOS first, left-padded to one
   width: records' prompts, used whole, with their other fields as columns; or the openings of
   documents. `tools`: the JSON schemas a chat template lists in each prompt."""
-  texts, columns = prompt_texts(cfg.data, split, cfg.seed, cfg.eval_prompts if split == "eval" else None)
+  texts, columns = prompt_texts(cfg.data, split, cfg.seed, cfg.eval_prompts if split == "eval" else None, tokenizer)
   prompts = encode_prompts(as_chat(texts, tokenizer, cfg.data, tools), tokenizer, cfg.max_prompt_len)
   prompts = prompts._replace(columns=columns)
   if prompts.truncated:

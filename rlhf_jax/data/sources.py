@@ -61,11 +61,11 @@ def load_documents(data_cfg, split: str) -> list[str]:
                   "jsonl:PATH or hf:PATH")
 
 
-def load_pairs(data_cfg, split: str) -> list[tuple]:
-  """(prompt, response) pairs for SFT. Records give them (`sft_pair`); other sources split
-  documents."""
+def load_pairs(data_cfg, split: str, count_tokens=None) -> list[tuple]:
+  """(prompt, response) pairs for SFT. Records give them (`sft_pair`; `count_tokens` for
+  `truncated_fields`); other sources split documents."""
   if is_record_source(data_cfg):
-    return [sft_pair(r, data_cfg) for r in load_records(data_cfg, split)]
+    return [sft_pair(r, data_cfg, count_tokens) for r in load_records(data_cfg, split)]
   seed = data_cfg.seed + (0 if split == "train" else 1)
   return [split_opening(doc, data_cfg, random.Random(f"{seed}:{i}"))
           for i, doc in enumerate(load_documents(data_cfg, split))]
@@ -191,26 +191,44 @@ def reasoning_gym_records(name: str, data_cfg, held_out: bool) -> list[Record]:
           for i, entry in enumerate(task)]
 
 
-def prompt_text(record: Record, data_cfg) -> str:
-  """The record's prompt: `data.prompt_template` filled from its fields, else its
-  `data.prompt_field` field."""
+def prompt_text(record: Record, data_cfg, count_tokens=None) -> str:
+  """The record's prompt: `data.prompt_template` filled from its fields (`truncated_fields`
+  where `count_tokens`, text -> tokens, is given), else its `data.prompt_field` field."""
   template = data_cfg.get("prompt_template", "")
   if template:
     try:
-      return template.format(**record.fields)
+      fields = truncated_fields(record, data_cfg, count_tokens) if count_tokens else record.fields
+      return template.format(**fields)
     except KeyError as e:
       raise UserError(f"{record.where}: data.prompt_template names field {e} (has {sorted(record.fields)})") from None
   return string_field(record.fields, data_cfg.get("prompt_field", "prompt"), *record.where.rsplit(":", 1))
 
 
-def sft_pair(record: Record, data_cfg) -> tuple:
+def truncated_fields(record: Record, data_cfg, count_tokens) -> dict:
+  """The record's fields with `data.truncate_field` cut, as Huang et al. 2024 cut a TL;DR post,
+  until the filled template is at most `data.truncate_tokens` tokens: at the field's last
+  `data.truncate_text` ("\\n"), or by its last character where none is left. Off at 0 tokens."""
+  budget, name = data_cfg.get("truncate_tokens", 0), data_cfg.get("truncate_field", "")
+  if not (budget and name):
+    return record.fields
+  fields = dict(record.fields)
+  if not isinstance(fields.get(name), str):
+    raise UserError(f"{record.where}: truncate_field={name!r} is not a text field of the record "
+                    f"(has {sorted(fields)})")
+  marker = data_cfg.get("truncate_text", "\n")
+  while fields[name] and count_tokens(data_cfg.prompt_template.format(**fields)) > budget:
+    fields[name] = fields[name][:fields[name].rfind(marker)]  # not found: -1, the last character
+  return fields
+
+
+def sft_pair(record: Record, data_cfg, count_tokens=None) -> tuple:
   """(prompt, response) of an SFT record: the prompt (`prompt_text`) and its
   `data.response_field`; or, with `data.messages_field`, a conversation's messages before its
   last one (a list: data/prompts.py's `as_chat` renders it) and that last, the assistant's."""
   where = record.where.rsplit(":", 1)
   field = data_cfg.get("messages_field", "")
   if not field:
-    return prompt_text(record, data_cfg), string_field(record.fields, data_cfg.get("response_field", "response"),
+    return prompt_text(record, data_cfg, count_tokens), string_field(record.fields, data_cfg.get("response_field", "response"),
                                                        *where)
   messages = conversation(record.fields, field, *where)
   if len(messages) < 2 or messages[-1]["role"] != "assistant":

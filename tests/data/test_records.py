@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from configs import common
+from configs import common, reward
 from rlhf_jax import rewards
-from rlhf_jax.data import arithmetic, prompts, sources
+from rlhf_jax.data import arithmetic, preferences, prompts, sources
 from rlhf_jax.data.tokenizers import ByteTokenizer
 from rlhf_jax.errors import UserError
 
@@ -39,6 +39,35 @@ def test_jsonl_records_give_whole_prompts_and_their_other_fields_as_columns(tmp_
   assert set(prompts.prompt_set(cfg, ByteTokenizer(), "train").columns) == {"answer", "level"}
   cfg.data.eval_source = "jsonl:" + write_jsonl(tmp_path / "test.jsonl", rows[:3])
   assert prompts.prompt_set(cfg, ByteTokenizer(), "eval").texts == [r["question"] for r in rows[:3]]
+
+
+HUANG = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"  # Huang et al. 2024's query
+
+
+def test_a_long_post_is_cut_at_its_last_newlines_then_characters_until_the_query_fits(tmp_path):
+  """Huang et al.'s truncation, in every stage that reads the records: RL's prompts, SFT's pairs
+  and the reward model's; subreddit, title and "TL;DR:" are kept whole."""
+  post = "First paragraph.\nSecond one, longer.\n" + "x" * 40
+  rows = [{"subreddit": "tifu", "title": "A title", "post": post, "summary": " s", "chosen": " c", "rejected": " r"},
+          {"subreddit": "tifu", "title": "Short", "post": "Fine.", "summary": " s", "chosen": " c", "rejected": " r"}]
+  path = write_jsonl(tmp_path / "tldr.jsonl", rows)
+  fields = dict(prompt_template=HUANG, truncate_field="post", eval_source=f"jsonl:{path}")  # held out: the whole file
+  head = len(HUANG.format(subreddit="tifu", title="A title", post=""))  # bytes: the byte tokenizer's count
+  cfg = rl_config(source=f"jsonl:{path}", **fields, truncate_tokens=head + 30)
+  cfg.max_prompt_len = 200
+  cut, short = prompts.prompt_set(cfg, ByteTokenizer(), "eval").texts
+  assert cut == HUANG.format(subreddit="tifu", title="A title", post="First paragraph.")  # two newline cuts
+  assert short == HUANG.format(subreddit="tifu", title="Short", post="Fine.")  # under the budget: whole
+  cfg.data.truncate_tokens = head + 10  # no newline left: characters go
+  assert prompts.prompt_set(cfg, ByteTokenizer(), "eval").texts[0].endswith("POST: First para\n\nTL;DR:")
+  cfg.data.update(dict(response_field="summary", truncate_tokens=head + 30))
+  assert sources.load_pairs(cfg.data, "eval", prompts.token_counter(ByteTokenizer()))[0] == (cut, " s")
+  pref = reward.get_config("tiny").preference
+  pref.update(dict(source=f"jsonl:{path}", **fields, truncate_tokens=head + 30))
+  assert preferences.load_pairs(pref, "eval", prompts.token_counter(ByteTokenizer()))[0] == (cut, " c", " r")
+  cfg.data.truncate_field = "missing"
+  with pytest.raises(UserError, match=r"tldr.jsonl:1: truncate_field='missing' is not a text field"):
+    prompts.prompt_set(cfg, ByteTokenizer(), "eval")
 
 
 def test_a_record_without_its_prompt_is_a_file_line_error(tmp_path):

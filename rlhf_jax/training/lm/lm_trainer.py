@@ -9,7 +9,7 @@ import numpy as np
 
 from rlhf_jax import flops, memory, sharding
 from rlhf_jax.data import batches, sources
-from rlhf_jax.data.prompts import Prompts, as_chat, encode_prompts, openings
+from rlhf_jax.data.prompts import Prompts, as_chat, encode_prompts, openings, token_counter
 from rlhf_jax.envs import tools
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.models.transformer import Transformer
@@ -62,8 +62,9 @@ def prepare_data(cfg, tokenizer) -> LMData:
   if cfg.stage == "sft":
     encode = lambda pairs: [(tokenizer.encode(p), *encode_response(r, tokenizer)) for p, r in pairs]
     chat = lambda pairs: list(zip(as_chat([p for p, _ in pairs], tokenizer, d), [r for _, r in pairs]))
-    eval_pairs = chat(sources.load_pairs(d, "eval"))
-    train = batches.SFTData(encode(chat(sources.load_pairs(d, "train"))), tokenizer, d.seq_len, d.batch_size,
+    count = token_counter(tokenizer)
+    eval_pairs = chat(sources.load_pairs(d, "eval", count))
+    train = batches.SFTData(encode(chat(sources.load_pairs(d, "train", count))), tokenizer, d.seq_len, d.batch_size,
                             cfg.seed, pack=d.pack, **where)
     evaluation = batches.SFTData(encode(eval_pairs), tokenizer, d.seq_len, d.batch_size, cfg.seed,
                                  shuffle=False, pack=d.pack, **where)

@@ -18,7 +18,7 @@ import numpy as np
 from rlhf_jax import flops, judges, memory, pairwise_judge, sharding
 from rlhf_jax.algorithms.reward import normalisation
 from rlhf_jax.data import batches, constitution, preferences
-from rlhf_jax.data.prompts import encode_prompts, prompt_texts
+from rlhf_jax.data.prompts import encode_prompts, prompt_texts, token_counter
 from rlhf_jax.errors import UserError
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.models.transformer import Transformer
@@ -114,7 +114,8 @@ def preference_pairs(cfg, run_dir: RunDir, tokenizer, sampler, params, split: st
   `run_dir`. With no `sampler`, generated pairs must already be there (DPO reads the RM's)."""
   pref = cfg.preference
   if pref.source != "generated":
-    return [dict(zip(("prompt", "chosen", "rejected"), t)) for t in preferences.load_pairs(pref, split)]
+    return [dict(zip(("prompt", "chosen", "rejected"), t))
+            for t in preferences.load_pairs(pref, split, token_counter(tokenizer))]
   name = f"preferences_{split}.jsonl"
   path = run_dir.file(name)
   if not os.path.isfile(path) and sampler is None:
@@ -134,7 +135,7 @@ def generate_pairs(cfg, tokenizer, sampler, params, split: str, count: int) -> l
   labeller = ai_labeller(pref) if pref.judge.startswith("hf:") else None
   questions = choice_questions(pref) if pref.get("constitution") else None
   seed = cfg.seed + (0 if split == "train" else 1)
-  prompts = prompt_texts(cfg.data, split, seed, count)[0]
+  prompts = prompt_texts(cfg.data, split, seed, count, tokenizer)[0]
   settings = SamplingParams.make(pref.temperature)
   rows = []
   for first in range(0, len(prompts), pref.gen_batch):
