@@ -13,6 +13,8 @@ by default); the score of a response is the weighted sum, and each component is 
                        \\boxed{}, fractions, sets, equivalent forms; on the host
   reasoning_gym        a reasoning-gym task's own scorer (`pip install reasoning-gym`), on the
                        records of `data.source=reasoning_gym:NAME`; on the host
+  reasoning_gym_solved 1 where that scorer gives full marks, else 0: a checker (evaluation's
+                       accuracy, pass@k) for tasks that give partial credit
   PATH.py:NAME         a function in a Python file, on the host
   module.sub:NAME      a function in an importable module, on the host
 
@@ -121,10 +123,18 @@ def reasoning_gym(prompts, completions, entry, **unused) -> list:
   return [float(score(c, e)) for c, e in zip(completions, entry)]
 
 
-BUILTINS = {"exact_match": exact_match, "gsm8k": gsm8k, "math_verify": math_verify, "reasoning_gym": reasoning_gym}
-CHECKERS = ["exact_match", "gsm8k", "math_verify"]  # 0/1 verdicts: their mean is an accuracy
+def reasoning_gym_solved(prompts, completions, entry, **unused) -> list:
+  """1.0 where the task's own scorer gives full marks, else 0.0 (spell_backward, for one, gives
+  partial credit: its `reasoning_gym` reward is not an accuracy)."""
+  return [float(score >= 1.0) for score in reasoning_gym(prompts, completions, entry)]
+
+
+BUILTINS = {"exact_match": exact_match, "gsm8k": gsm8k, "math_verify": math_verify, "reasoning_gym": reasoning_gym,
+            "reasoning_gym_solved": reasoning_gym_solved}
+CHECKERS = ["exact_match", "gsm8k", "math_verify", "reasoning_gym_solved"]  # 0/1 verdicts: their mean is an accuracy
 # built-in -> (module, the pip package it needs)
-PACKAGES = {"math_verify": ("math_verify", "math-verify"), "reasoning_gym": ("reasoning_gym", "reasoning-gym")}
+PACKAGES = {"math_verify": ("math_verify", "math-verify"), "reasoning_gym": ("reasoning_gym", "reasoning-gym"),
+            "reasoning_gym_solved": ("reasoning_gym", "reasoning-gym")}
 
 
 def register(name: str, fn: Callable, *, checker: bool = False) -> None:

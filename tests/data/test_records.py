@@ -253,6 +253,12 @@ def test_reasoning_gym_tasks_give_records_scored_by_their_own_scorer_from_disjoi
   score = rewards.load_function("reasoning_gym")
   right = [f"so <answer>{a}</answer>" for a in train.columns["answer"][:2]]
   assert score(None, right + ["<answer>not a number</answer>"], entry=train.columns["entry"][:3]) == [1.0, 1.0, 0.0]
+  words = rl_config(source="reasoning_gym:spell_backward")
+  entry = sources.load_records(words.data, "train")[0].fields["entry"]  # partial credit: solved is full marks only
+  near = entry["answer"][:-1] + ("x" if entry["answer"][-1] != "x" else "y")
+  partial, solved = (rewards.load_function(f) for f in ("reasoning_gym", "reasoning_gym_solved"))
+  assert 0 < partial(None, [near], entry=[entry])[0] < 1 and solved(None, [near, entry["answer"]], entry=[entry] * 2) == [
+      0.0, 1.0]
   cfg.data.reasoning_gym_options = '{"min_terms": 2, "max_terms": 2}'  # the task's own settings
   two_terms = sources.load_records(cfg.data, "train")
   assert all(r.fields["entry"]["metadata"]["num_terms"] == 2 for r in two_terms)
