@@ -93,7 +93,9 @@ def expert_parallel_plan(n_tokens: int, n_experts: int):
   expert, _, mlp = (tuple(a for a in sharding.axes_tuple(axes) if mesh.shape[a] > 1)
                     for axes in nn.logical_to_mesh_axes(("expert", "embed", "mlp"), rules))
   ways = lambda axes: math.prod(mesh.shape[a] for a in axes)
-  if ways(expert) == 1 or not set(expert) <= set(tokens) or n_tokens % ways(tokens) or n_experts % ways(expert):
+  if ways(expert) == 1 or not set(expert) <= set(tokens) or set(mlp) & set(tokens):
+    return None  # also when a rule splits the experts' hidden units over devices holding other tokens
+  if n_tokens % ways(tokens) or n_experts % ways(expert):
     return None
   return mesh, tokens, expert, mlp
 
