@@ -9,7 +9,8 @@ with the gates. On TPU and GPU a Pallas grouped-matmul kernel (tokamax's or MaxT
 GMM) could replace `ragged_dot`: same operands, same result.
 
 Logical axes: the expert kernels are [expert, embed, mlp] and [expert, mlp, embed]; the router
-[embed, expert]. `rlhf_jax.sharding`'s rules map `expert` to a mesh axis (expert parallelism).
+[embed, expert]. `rlhf_jax.sharding`'s rules map `expert` to a mesh axis; where that splits the
+experts over devices, each device computes its own under `jax.shard_map` (`expert_parallel`).
 """
 
 import math
@@ -68,7 +69,8 @@ def grouped_experts(x: jax.Array, experts: jax.Array, gate: jax.Array, up: jax.A
   sizes = jnp.bincount(flat, length=held).astype(jnp.int32)  # drops the pairs of experts not held
   hidden = nn.silu(jax.lax.ragged_dot(rows, gate, sizes)) * jax.lax.ragged_dot(rows, up, sizes)
   out = jax.lax.ragged_dot(hidden, down, sizes)
-  # Rows past the last group are other devices' pairs; not every backend's ragged_dot zeroes them.
+  # Rows past the last group are other devices' pairs: zeroed here rather than trusting every
+  # backend's ragged_dot to leave them 0.
   out = jnp.where((jnp.arange(n * k) < jnp.sum(sizes))[:, None], out, 0)
   return jnp.zeros_like(out).at[order].set(out).reshape(n, k, -1)
 
@@ -105,9 +107,10 @@ def expert_parallel(plan, x, experts, gates, gate, up, down) -> jax.Array:
 
   GSPMD's rule for ragged_dot replicates the expert (group) axis on GPU and TPU (XLA's Shardy
   rule marks it need_replication), which would all-gather every expert onto every device. Here
-  each device all-gathers the tokens of the devices that share its tokens' expert group, runs
-  ragged_dot over the pairs routed to its experts, and a reduce-scatter sums each token's
-  experts back onto the device that holds the token (plus a psum where `mlp` splits f)."""
+  each device all-gathers the tokens of its expert group (the devices along the expert axes,
+  which together hold every expert), runs ragged_dot over the pairs routed to its own experts,
+  and a reduce-scatter sums each token's experts back onto the device that holds the token
+  (plus a psum where `mlp` splits f)."""
   mesh, tokens, expert, mlp = plan
   row, kernel = P(tokens), P(expert, None, mlp)
 
