@@ -116,6 +116,16 @@ def with_rules(fn, mesh: Mesh, rules):
   return traced
 
 
+def current_layout():
+  """The (mesh, rules) of the step being traced under `with_rules`; None elsewhere (init, eval_shape)."""
+  return _LAYOUT.get()
+
+
+def axes_tuple(entry) -> tuple:
+  """One entry of a PartitionSpec as a tuple of mesh axes: None -> (), "fsdp" -> ("fsdp",)."""
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
 def constrain(x, names: tuple):
   """`x` laid out by its logical axis names (the rules may leave a name unsharded, e.g.
   `embed` once `batch` holds the fsdp axis)."""

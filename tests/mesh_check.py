@@ -5,14 +5,19 @@ Run by tests/test_sharding.py in a child process with 8 simulated CPU devices
 trainers use (shape-first init, shardings from the logical rules, jitted with in/out
 shardings), on each mesh in turn. Prints one JSON object: for each stage and mesh, the
 largest relative difference of the step metrics, and the relative difference of the param
-updates, from the one-device run, and the per-device shapes of two params.
+updates, from the one-device run, and the per-device shapes of two params; under "moe", the
+same for an MoE model's pretraining step with its experts split over 4 devices (`moe_report`).
 """
 
 import dataclasses
 import functools
 import json
+import math
+import re
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
@@ -21,6 +26,7 @@ from configs import common, dpo, pretrain, rl
 from rlhf_jax import rewards, sharding
 from rlhf_jax.data.prompts import Prompts, prompt_batch
 from rlhf_jax.data.tokenizers import ByteTokenizer
+from rlhf_jax.models.moe import MoeMlp
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training.core import setup
 from rlhf_jax.training.core.optim import learning_rate_schedule, make_optimizer
@@ -32,21 +38,25 @@ from rlhf_jax.training.preference.dpo_steps import compile_dpo_steps
 from rlhf_jax.training.rl import multi_turn, rl_state, rl_trainer, turn_cache
 from rlhf_jax.training.rl.host_rewards import compile_host_iteration
 from rlhf_jax.training.rl.rl_steps import RLConfig
-from tests.conftest import small_model
+from tests.conftest import LLAMA, small_model
 from tests.training.rl.echo_environment import Echo
 
 # (data, fsdp, tensor): one device, then plain data parallel, fully sharded data parallel, and
 # tensor parallel (4 heads, so at most 4 ways) with 2-way data parallel.
 MESHES = {"one": (1, 1, 1), "data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (2, 1, 4)}
+# Expert parallelism: 4 experts one per fsdp device (the default rule expert -> fsdp), the rows
+# over data 2 x fsdp 4; then with tensor 2 splitting each expert's hidden units too.
+EXPERT_MESHES = {"expert": (2, 4, 1), "expert_tensor": (1, 4, 2)}
 RULES = common.DEFAULT_RULES
 TOKENIZER = ByteTokenizer()
 MODEL = small_model(vocab_size=264)  # the byte vocabulary, padded to split 8 ways
+MOE = small_model(vocab_size=264, **dict(LLAMA, n_experts=4, experts_per_token=2, d_expert=128, router_aux_coef=0.01))
 LR = 1e-3  # large enough that the updates, not the initial params, dominate the comparison
 ROWS, LENGTH = 16, 32
 
 
 def make_mesh(name: str):
-  data, fsdp, tensor = MESHES[name]
+  data, fsdp, tensor = {**MESHES, **EXPERT_MESHES}[name]
   sizes = ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
   return sharding.make_mesh(sizes, jax.devices()[:data * fsdp * tensor])
 
@@ -232,7 +242,9 @@ def relative_difference(a, b) -> float:
 MULTI_TURN = ("turns", "policy_token_fraction")
 
 
-def compare(result, reference) -> dict:
+def differences(result, reference) -> dict:
+  """The largest relative difference of the step metrics and the relative difference of the
+  param updates (`relative_difference`) from the reference run."""
   metrics, params = result
   ref_metrics, ref_params = reference
   # Relative, or absolute below 1e-2: some metrics are differences that cancel (DPO's margin,
@@ -242,13 +254,69 @@ def compare(result, reference) -> dict:
                     for m, r in zip(metrics, ref_metrics) for k in r
                     if np.ndim(r[k]) == 0 and not k.startswith("time/"))  # wall-clock times differ
   update = lambda p: jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, p["final"], p["initial"])
+  return {"metrics": metric_diff, "updates": relative_difference(update(params), update(ref_params))}
+
+
+def compare(result, reference) -> dict:
+  metrics, params = result
   up = params["placed"]["layer_0"]["mlp"]["up"]
   shard = lambda name: list(up[name].addressable_shards[0].data.shape) if name in up else None
-  return {"metrics": metric_diff, "updates": relative_difference(update(params), update(ref_params)),
+  return {**differences(result, reference),
           "up_kernel_shard": shard("kernel"), "up_lora_shards": [shard("lora_a"), shard("lora_b")],
           "embedding_shard": list(params["placed"]["embed"]["embedding"].addressable_shards[0].data.shape),
           "loss": float(metrics[-1]["loss"]) if "loss" in metrics[-1] else None,
           **{k: float(v) for k, v in metrics[-1].items() if k.startswith("reward/") or k in MULTI_TURN}}
+
+
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def largest_collective(hlo: str) -> list:
+  """[shape, elements] of the largest result of any collective in a compiled module's text."""
+  shapes = []
+  for line in hlo.splitlines():
+    found = re.search(rf"= (.*?) (?:{'|'.join(COLLECTIVES)})(?:-start)?\(", line)
+    shapes += re.findall(r"\w+\[[\d,]*\]", found.group(1)) if found else []
+  size = lambda shape: math.prod(int(n) for n in re.findall(r"\d+", shape.split("[")[1]))
+  return max(([s, size(s)] for s in shapes), key=lambda pair: pair[1])
+
+
+def moe_layers() -> dict:
+  """An MoE layer's value and gradients (its params and input) on each expert mesh against one
+  device; whether it ran as shard_map (models/moe.py:expert_parallel); the largest collective
+  of the compiled pass and whether it all-gathers an expert kernel whole."""
+  layer = MoeMlp(MOE)
+  x = jax.random.normal(jax.random.key(1), (ROWS, LENGTH, MOE.d_model))
+  boxed = jax.eval_shape(lambda: layer.init(jax.random.key(0), x))["params"]
+  # Routers far from uniform, so that every expert's share differs from the others'.
+  params = jax.tree.map(lambda w: 20 * w, nn.meta.unbox(layer.init(jax.random.key(0), x)["params"]))
+  grad = jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(layer.apply({"params": p}, x)[0])), argnums=(0, 1))
+  value, grads = jax.jit(grad)(params, x)
+  kernels = [f"f32[{','.join(map(str, params[n].shape))}]" for n in ("gate", "down")]
+  report = {}
+  for name in EXPERT_MESHES:
+    mesh = make_mesh(name)
+    shardings = (sharding.logical_shardings(boxed, mesh, RULES), sharding.batch_sharding(mesh))
+    lowered = jax.jit(sharding.with_rules(grad, mesh, RULES), in_shardings=shardings).lower(params, x)
+    compiled = lowered.compile()
+    found, found_grads = compiled(*jax.device_put((params, x), shardings))
+    hlo = compiled.as_text()
+    report[name] = {"value": abs(float(found) - float(value)) / abs(float(value)),
+                    "grads": relative_difference(found_grads, grads), "shard_map": "manual_computation" in lowered.as_text(),
+                    "largest_collective": largest_collective(hlo),
+                    "kernel_gathered": any(re.search(rf"= {re.escape(k)}\S* all-gather", hlo) for k in kernels)}
+  return report
+
+
+def moe_report() -> dict:
+  """The MoE pretraining step (router aux loss included) on the expert mesh against one
+  device, with its expert kernels' per-device shapes, and `moe_layer` on every expert mesh."""
+  reference = pretrain_steps(make_mesh("one"), MOE)
+  result = pretrain_steps(make_mesh("expert"), MOE)
+  mlp = result[1]["placed"]["layer_0"]["mlp"]
+  step = {**differences(result, reference), "router_aux_loss": float(result[0][-1]["router_aux_loss"]),
+          "shards": {name: list(w.addressable_shards[0].data.shape) for name, w in mlp.items()}}
+  return {"step": step, **moe_layers()}
 
 
 def main():
@@ -258,6 +326,7 @@ def main():
     reference = run(make_mesh("one"))
     report[stage] = {mesh: compare(run(make_mesh(mesh)), reference) for mesh in MESHES
                      if mesh not in SKIPPED.get(stage, ())}
+  report["moe"] = moe_report()
   print(json.dumps(report))
 
 

@@ -39,11 +39,17 @@ def test_mesh_shape_fills_the_remaining_axis():
 EIGHT_DEVICES = dict(os.environ, XLA_FLAGS=xla_flags(8), PYTHONPATH=ROOT)
 
 
-def test_steps_match_one_device_on_data_fsdp_and_tensor_meshes():
+@pytest.fixture(scope="module")
+def mesh_report() -> dict:
+  """tests/mesh_check.py's report: one child process (8 simulated CPU devices) for both tests."""
   result = subprocess.run([sys.executable, "-m", "tests.mesh_check"], cwd=ROOT, env=EIGHT_DEVICES,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  report = json.loads(result.stdout.strip().splitlines()[-1])
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_steps_match_one_device_on_data_fsdp_and_tensor_meshes(mesh_report):
+  report = {stage: meshes for stage, meshes in mesh_report.items() if stage != "moe"}
   assert set(report) == {"pretrain", "lora", "rl", "rl_host", "rl_multi_turn", "dpo"}
   for stage, meshes in report.items():
     for mesh, found in meshes.items():
@@ -66,6 +72,22 @@ def test_steps_match_one_device_on_data_fsdp_and_tensor_meshes():
     if "fsdp" in meshes:
       assert meshes["fsdp"]["up_kernel_shard"] == [8, 128] and meshes["fsdp"]["embedding_shard"] == [264, 8]
     assert meshes["tensor"]["up_kernel_shard"] == [64, 32] and meshes["tensor"]["embedding_shard"] == [66, 64]
+
+
+def test_moe_with_experts_split_over_4_devices_matches_one_device(mesh_report):
+  moe = mesh_report["moe"]
+  step = moe["step"]  # pretraining on data 2 x fsdp 4 (shard_map's experts) against one device (ragged_dot's)
+  assert step["metrics"] < 1e-4 and step["updates"] < 1e-3, step  # loss, router_aux_loss, ...; the updates
+  assert step["router_aux_loss"] > 1, step  # the load-balancing loss was among the metrics compared
+  # One expert per fsdp device; the router [embed, expert] gives its expert columns the fsdp axis too.
+  assert step["shards"] == {"gate": [1, 64, 128], "up": [1, 64, 128], "down": [1, 128, 64], "router": [64, 1]}
+  for mesh in ("expert", "expert_tensor"):  # an MoE layer's value and gradients, tensor 2 splitting the experts' f
+    found = moe[mesh]
+    assert found["shard_map"] and not found["kernel_gathered"], (mesh, found)
+    assert found["value"] < 1e-4 and found["grads"] < 1e-3, (mesh, found)
+  # No device receives more than its data group's 256 tokens (GSPMD's ragged_dot all-reduces
+  # every pair of the batch there, f32[1024,128]).
+  assert moe["expert"]["largest_collective"] == ["f32[256,64]", 256 * 64], moe["expert"]
 
 
 def test_param_shardings_follow_the_rules():

@@ -9,15 +9,19 @@ with the gates. On TPU and GPU a Pallas grouped-matmul kernel (tokamax's or MaxT
 GMM) could replace `ragged_dot`: same operands, same result.
 
 Logical axes: the expert kernels are [expert, embed, mlp] and [expert, mlp, embed]; the router
-[embed, expert]. `rlhf_jax.sharding`'s rules map `expert` to a mesh axis (expert parallelism).
+[embed, expert]. `rlhf_jax.sharding`'s rules map `expert` to a mesh axis; where that splits the
+experts over devices, each device computes its own under `jax.shard_map` (`expert_parallel`).
 """
 
+import math
 from typing import NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
+from rlhf_jax import sharding
 from rlhf_jax.models.config import ModelConfig
 
 partitioned = nn.with_logical_partitioning
@@ -47,20 +51,77 @@ def route(logits: jax.Array, k: int, renormalise: bool, routed: Optional[jax.Arr
   return gates, experts
 
 
-def grouped_experts(x: jax.Array, experts: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
+def grouped_experts(x: jax.Array, experts: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array,
+                    first=0) -> jax.Array:
   """Each token through each of its experts, [n, k, d]: down(silu(gate x) * up x) of expert
-  experts[t, j] for token x[t]. x: [n, d]; experts: [n, k]; gate, up: [E, d, f]; down: [E, f, d].
+  experts[t, j] for token x[t]. x: [n, d]; experts: [n, k]; gate, up: [E, d, f]; down: [E, f, d],
+  the experts first .. first + E - 1 (a device's share under expert parallelism); pairs routed
+  to any other expert give 0.
 
   The n * k pairs sorted (stably) by expert make one ragged_dot per projection, with
   `group_sizes` the experts' row counts: dropless, and no expert works on rows not its own."""
   n, k = experts.shape
-  flat = experts.reshape(-1)
+  held = gate.shape[0]
+  flat = experts.reshape(-1) - first
+  flat = jnp.where((flat >= 0) & (flat < held), flat, held)  # other devices' experts sort last
   order = jnp.argsort(flat, stable=True)
   rows = x[order // k]  # pair p is token p // k's choice p % k
-  sizes = jnp.bincount(flat, length=gate.shape[0]).astype(jnp.int32)
+  sizes = jnp.bincount(flat, length=held).astype(jnp.int32)  # drops the pairs of experts not held
   hidden = nn.silu(jax.lax.ragged_dot(rows, gate, sizes)) * jax.lax.ragged_dot(rows, up, sizes)
   out = jax.lax.ragged_dot(hidden, down, sizes)
+  # Rows past the last group are other devices' pairs: zeroed here rather than trusting every
+  # backend's ragged_dot to leave them 0.
+  out = jnp.where((jnp.arange(n * k) < jnp.sum(sizes))[:, None], out, 0)
   return jnp.zeros_like(out).at[order].set(out).reshape(n, k, -1)
+
+
+def mixed_experts(x, experts, gates, gate, up, down, first=0) -> jax.Array:
+  """sum_j gates[t, j] * (expert experts[t, j])(x[t]), [n, d]: `grouped_experts` weighed by the gates."""
+  return jnp.einsum("nkd,nk->nd", grouped_experts(x, experts, gate, up, down, first), gates.astype(x.dtype))
+
+
+def expert_parallel_plan(n_tokens: int, n_experts: int):
+  """(mesh, token axes, expert axes, mlp axes) when the step being traced splits the experts
+  over more than one device and `expert_parallel` can run there; else None (GSPMD's ragged_dot).
+
+  Its all-gather of the tokens runs over the expert axes, so they must be axes the tokens are
+  split over (the default rule: expert -> fsdp, batch -> (data, fsdp)); both splits must be even."""
+  layout = sharding.current_layout()
+  if layout is None:
+    return None
+  mesh, rules = layout
+  tokens = sharding.axes_tuple(nn.logical_to_mesh_axes(("batch",), rules)[0])
+  # Axes of one device dropped: a psum over them is an all-reduce that moves nothing, but it still runs.
+  expert, _, mlp = (tuple(a for a in sharding.axes_tuple(axes) if mesh.shape[a] > 1)
+                    for axes in nn.logical_to_mesh_axes(("expert", "embed", "mlp"), rules))
+  ways = lambda axes: math.prod(mesh.shape[a] for a in axes)
+  if ways(expert) == 1 or not set(expert) <= set(tokens) or set(mlp) & set(tokens):
+    return None  # also when a rule splits the experts' hidden units over devices holding other tokens
+  if n_tokens % ways(tokens) or n_experts % ways(expert):
+    return None
+  return mesh, tokens, expert, mlp
+
+
+def expert_parallel(plan, x, experts, gates, gate, up, down) -> jax.Array:
+  """`mixed_experts` under `jax.shard_map`, each device computing only its own experts.
+
+  GSPMD's rule for ragged_dot replicates the expert (group) axis on GPU and TPU (XLA's Shardy
+  rule marks it need_replication), which would all-gather every expert onto every device. Here
+  each device all-gathers the tokens of its expert group (the devices along the expert axes,
+  which together hold every expert), runs ragged_dot over the pairs routed to its own experts,
+  and a reduce-scatter sums each token's experts back onto the device that holds the token
+  (plus a psum where `mlp` splits f)."""
+  mesh, tokens, expert, mlp = plan
+  row, kernel = P(tokens), P(expert, None, mlp)
+
+  def local(x, experts, gates, gate, up, down):
+    x, experts, gates = (jax.lax.all_gather(a, expert, tiled=True) for a in (x, experts, gates))
+    y = mixed_experts(x, experts, gates, gate, up, down, first=jax.lax.axis_index(expert) * gate.shape[0])
+    y = jax.lax.psum_scatter(y, expert, tiled=True)
+    return jax.lax.psum(y, mlp) if mlp else y
+
+  specs = (row, row, row, kernel, kernel, P(expert, mlp, None))
+  return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=row)(x, experts, gates, gate, up, down)
 
 
 class MoeMlp(nn.Module):
@@ -85,8 +146,9 @@ class MoeMlp(nn.Module):
     up = kernel("up", (e, d, f), ("expert", "embed", "mlp"), cfg.init_std)
     down = kernel("down", (e, f, d), ("expert", "mlp", "embed"), out_std)
     b, t, _ = x.shape
-    per_choice = grouped_experts(x.reshape(b * t, d), experts.reshape(b * t, -1), gate, up, down)
-    y = jnp.einsum("nkd,nk->nd", per_choice, gates.reshape(b * t, -1).astype(cfg.compute_dtype))
+    flat = (x.reshape(b * t, d), experts.reshape(b * t, -1), gates.reshape(b * t, -1), gate, up, down)
+    plan = expert_parallel_plan(b * t, e)
+    y = mixed_experts(*flat) if plan is None else expert_parallel(plan, *flat)
     return y.reshape(b, t, d), Routing(logits, experts)
 
 

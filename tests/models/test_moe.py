@@ -46,6 +46,22 @@ def test_sorted_ragged_dot_equals_every_expert_on_every_token(renormalise):
   assert np.allclose(jnp.sum(gates, -1), 1.0, atol=1e-6) == renormalise
 
 
+def test_each_devices_share_of_the_experts_sums_to_every_expert():
+  """Expert parallelism's split (moe.expert_parallel): experts first .. first + 1 of 8 on each of
+  4 devices, the other devices' pairs 0; the 4 shares sum to all 8 experts at once."""
+  cfg = small_model(**MOE)
+  x = jax.random.normal(jax.random.key(2), (36, cfg.d_model))
+  experts = jax.random.randint(jax.random.key(3), (36, 2), 0, 8)
+  gates = jax.random.uniform(jax.random.key(4), (36, 2))
+  gate, up, down = (0.1 * jax.random.normal(jax.random.key(i), s) for i, s in
+                    enumerate([(8, cfg.d_model, 32), (8, cfg.d_model, 32), (8, 32, cfg.d_model)]))
+  whole = moe.mixed_experts(x, experts, gates, gate, up, down)
+  shares = [moe.mixed_experts(x, experts, gates, gate[i:i + 2], up[i:i + 2], down[i:i + 2], first=i)
+            for i in range(0, 8, 2)]
+  assert all(float(jnp.max(jnp.abs(share))) > 0 for share in shares)  # every device has pairs of its own
+  np.testing.assert_allclose(sum(shares), whole, atol=1e-5)
+
+
 def test_load_balancing_loss_equals_hugging_face_with_and_without_a_mask():
   import torch  # pylint: disable=g-import-not-at-top
   from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
