@@ -22,7 +22,8 @@ def get_config(preset: str = "tiny"):
   --config.ppo.FIELD is now --config.rl.FIELD). Presets `arithmetic`: the verifiable task;
   `tools`: the multi-turn tool task; `tldr`: Reddit TL;DR summarisation from a Hugging Face GPT-2;
   `constitutional`: Constitutional AI (revise -> SFT -> AI-labelled reward model -> RL) from a
-  Hugging Face instruct model."""
+  Hugging Face instruct model; `reasoning_gym`: a reasoning-gym task (spell_backward), SFT then
+  GRPO on its own scorer."""
   if preset == "arithmetic":
     return arithmetic()
   if preset == "constitutional":
@@ -31,6 +32,8 @@ def get_config(preset: str = "tiny"):
     return tools()
   if preset == "tldr":
     return tldr()
+  if preset == "reasoning_gym":
+    return reasoning_gym()
   c = ml_collections.ConfigDict()
   c.stage = "pipeline"
   c.stages = ("pretrain", "sft", "reward", "rl")
@@ -95,6 +98,31 @@ def tools():
   c.rl.env.update(dict(tools=("calculator",), max_turns=2, turn_tokens=48))  # a call, then the answer
   c.rl.update(dict(max_prompt_len=32))
   c.rl.eval.k = 1  # draws per held-out prompt for greedy accuracy, pass@k, mean@k, maj@k; multi-turn takes 1
+  return c
+
+
+def reasoning_gym():
+  """SFT -> RL on a reasoning-gym task (PyPI's reasoning-gym, generated offline: nothing is
+  downloaded), spell_backward with words of 3 to 8 letters, the tiny model at byte level from
+  scratch: SFT on the task's answers, then GRPO on the task's own scorer (partial credit: the
+  share of letters in place), evaluated by `reasoning_gym_solved` (full marks) as accuracy.
+
+    python -m rlhf_jax.main --config=configs/pipeline.py:reasoning_gym --workdir=runs/reasoning_gym
+  """
+  c = arithmetic()
+  c.stages = ("sft", "rl")
+  del c.pretrain
+  for stage in c.stages:
+    c[stage].data.update(dict(source="reasoning_gym:spell_backward", prompt_template="{prompt}\n",
+                              response_field="answer", embedded_docs=20000, eval_docs=256,
+                              reasoning_gym_options='{"min_word_len": 3, "max_word_len": 8}'))
+  c.sft.init_from = ""  # from scratch: no pretraining on this task
+  c.sft.train.update(dict(num_steps=500, eval_every=250, checkpoint_every=250))
+  # Trained on the partial credit, judged by full marks (weight 0: measured, not rewarded).
+  c.rl.reward.update(dict(fns=("reasoning_gym", "reasoning_gym_solved"), weights=(1.0, 0.0)))
+  c.rl.sample.max_new_tokens = 16  # 8 letters and EOS: room
+  c.rl.optim.lr = 1e-4
+  c.rl.update(dict(max_prompt_len=64))
   return c
 
 
