@@ -25,7 +25,8 @@ def get_config(preset: str = "tiny"):
   c.train.update(dict(num_steps=120 if small else 2000, eval_every=60 if small else 500,
                       checkpoint_every=60 if small else 500, eval_batches=16, log_every=10 if small else 50))
   # Generated pairs are labelled by `judge`: a gold judge (vader: a Bradley-Terry draw on its
-  # scores), or hf:DIR, a judge model (RLAIF; rlhf_jax/pairwise_judge.py): judge_template (""
+  # scores), or a judge model, hf:DIR or a finished run's directory (RLAIF; rlhf_jax/pairwise_judge.py;
+  # an SFT run on data.source=judge_pairs:DIR is one, data/judge_records.py): judge_template (""
   # its default) asked in both orders, the probability kept as the pair's `label`, the pairs
   # still measured by gold_judge. constitution: with a judge model, each pair is asked one of
   # its principles' `choice` questions (Constitutional AI's RL phase: "embedded" or a file,

@@ -1,5 +1,7 @@
-"""A judge model comparing two responses to one prompt: a local Hugging Face causal LM asked
-which is better, each pair in both orders to cancel the judge's position bias.
+"""A judge model comparing two responses to one prompt: a local Hugging Face causal LM (hf:DIR)
+or a finished run of ours (its directory: e.g. an SFT run on `judge_pairs:` records,
+data/judge_records.py) asked which is better, each pair in both orders to cancel the judge's
+position bias.
 
 The judge reads `template` filled with the prompt and the two responses (A first, B second)
 and its next-token distribution is read at the end: P(A) = softmax over the logits of the
@@ -9,6 +11,7 @@ gives 0.5, and two identical responses give exactly 0.5. Used for the TL;DR win 
 the reference summaries (`eval.judge_model`); the judge runs on the host's first device.
 """
 
+import dataclasses
 import os
 
 import jax
@@ -33,11 +36,22 @@ CONSTITUTION_TEMPLATE = ("Consider the following conversation between a human an
 BUCKET = 64  # judge inputs are padded to a multiple of this many tokens: few compilations
 
 
-def check_source(source: str, setting: str) -> str:
-  """The directory of `source`, which must be hf:DIR (checked before any stage runs, and on load)."""
-  path = source.removeprefix("hf:")
-  if not source.startswith("hf:") or not os.path.isdir(path):
-    raise UserError(f"{setting}={source!r}: expected hf:DIR, a local Hugging Face causal LM")
+def is_model(source: str) -> bool:
+  """Whether a judge setting names a judge model (hf:DIR or a run's directory, a path) rather
+  than a gold judge by name (judges.py's names hold no path separator)."""
+  return source.startswith("hf:") or os.sep in source or os.path.isdir(source)
+
+
+def check_source(source: str, setting: str, pending: bool = False) -> str:
+  """The directory of `source`: hf:DIR, or a finished run's directory. With `pending`, a run
+  directory not there yet passes (an earlier stage of the pipeline or sweep writes it; it is
+  checked again when the judge is loaded)."""
+  path, run = source.removeprefix("hf:"), not source.startswith("hf:")
+  expected = f"{setting}={source!r}: expected hf:DIR, a local Hugging Face causal LM, or a finished run's directory"
+  if not os.path.isdir(path) and not (pending and run and not os.path.exists(path)):
+    raise UserError(expected)
+  if run and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "summary.json")):
+    raise UserError(f"{expected} (no summary.json there)")
   return path
 
 
@@ -55,12 +69,9 @@ class PairwiseJudge:
   """`win_rate(prompts, ours, theirs)` per prompt, by the causal LM in `source` (hf:DIR)."""
 
   def __init__(self, source: str, template: str = TLDR_TEMPLATE, batch: int = 8, setting: str = "eval.judge_model"):
-    from rlhf_jax.interop import hf  # pylint: disable=g-import-not-at-top  (transformers-free, but heavy)
-    path = check_source(source, setting)
     if "{a}" not in template or "{b}" not in template:
       raise UserError(f"{setting.rsplit('.', 1)[0]}.judge_template must hold {{a}} and {{b}} (and may hold {{prompt}})")
-    self.model, self.params = hf.load(path)
-    self.tokenizer = hf.load_tokenizer(path)
+    self.model, self.params, self.tokenizer, self.prefix = load_model(source, setting)
     self.template, self.batch = template, batch
     self.choices = [self.tokenizer.encode(f" {letter}")[0] for letter in "AB"]
     self.forward = jax.jit(lambda params, tokens, mask: self.model.apply({"params": params}, tokens, mask)[:, -1])
@@ -85,13 +96,36 @@ class PairwiseJudge:
     """A batch of `self.batch` rows (empty rows pad a short last batch), each text's ids cut from
     the left to the judge's length and left-padded to a multiple of BUCKET."""
     limit = self.model.cfg.max_len
-    ids = [self.tokenizer.encode(t)[-limit:] for t in texts] + [[self.tokenizer.pad_id]] * (self.batch - len(texts))
+    ids = [(self.prefix + self.tokenizer.encode(t))[-limit:] for t in texts]
+    ids += [[self.tokenizer.pad_id]] * (self.batch - len(texts))
     width = min(limit, -(-max(map(len, ids)) // BUCKET) * BUCKET)
     tokens = np.full((len(ids), width), self.tokenizer.pad_id, np.int32)
     mask = np.zeros((len(ids), width), np.int32)
     for row, seq in enumerate(ids):
       tokens[row, width - len(seq):], mask[row, width - len(seq):] = seq, 1
     return jnp.asarray(tokens), jnp.asarray(mask)
+
+
+def load_model(source: str, setting: str) -> tuple:
+  """(model, params, tokenizer, the ids every input starts with) of hf:DIR or of a finished run:
+  our runs train on BOS + prompt (data/batches.py), so a run's judge reads BOS first too."""
+  path = check_source(source, setting)
+  if source.startswith("hf:"):
+    from rlhf_jax.interop import hf  # pylint: disable=g-import-not-at-top  (transformers-free, but heavy)
+    return (*hf.load(path), hf.load_tokenizer(path), [])
+  from rlhf_jax import training  # pylint: disable=g-import-not-at-top  (the judge's module stays light)
+  from rlhf_jax import workdir  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.data.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.interop.export import EXPORTED, restore_params, run_stage  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.interop.hf import CausalLM  # pylint: disable=g-import-not-at-top  (our model, logits alone)
+  from rlhf_jax.stage_specs import STAGES  # pylint: disable=g-import-not-at-top
+  run = workdir.RunDir(path)
+  stage = run_stage(run)
+  if stage not in EXPORTED or stage == "reward":
+    raise UserError(f"{setting}={source!r}: a {stage} run; a judge is a language model's run (pretrain, sft, rl, dpo)")
+  model = CausalLM(dataclasses.replace(training.frozen_model_config(run), heads=()))
+  tokenizer = load_tokenizer(run.file("tokenizer"))
+  return model, restore_params(run, STAGES[stage].export_item), tokenizer, [tokenizer.bos_id]
 
 
 def from_config(eval_cfg, columns: dict):

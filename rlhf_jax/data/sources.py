@@ -16,6 +16,9 @@
                       `save_to_disk` folder (of a DatasetDict: its `train_split` and `eval_split`)
   revise:DIR          a finished revise run's revisions (DIR/revisions.jsonl: Constitutional AI's
                       final revisions as `prompt`/`response` records, training/policy/revise.py)
+  judge_pairs:DIR     a finished reward run's generated pairs as records teaching a judge model:
+                      each pair in both orders, answered " A" or " B" by the gold judge's
+                      preference (data/judge_records.py)
   reasoning_gym:NAME  a task of PyPI's reasoning-gym, generated offline: records with `prompt`
                       (the question), `answer` and `entry` (what its scorer reads: the
                       `reasoning_gym` reward); `embedded_docs` training and `eval_docs` held-out
@@ -38,7 +41,7 @@ import random
 
 import numpy as np
 
-from rlhf_jax.data import arithmetic, corpus, tool_arithmetic
+from rlhf_jax.data import arithmetic, corpus, judge_records, tool_arithmetic
 from rlhf_jax.errors import UserError
 
 
@@ -86,7 +89,7 @@ def is_record_source(data_cfg) -> bool:
   if kind == "tfds":  # records when they hold prompts; a corpus's documents give openings
     prompt_field = data_cfg.get("prompt_field", "prompt")
     return bool(data_cfg.get("prompt_template")) or prompt_field in _tfds_fields(name, data_cfg)
-  return data_cfg.source in GENERATED or kind in ("jsonl", "hf", "reasoning_gym", "revise")
+  return data_cfg.source in GENERATED or kind in ("jsonl", "hf", "reasoning_gym", "revise", judge_records.KIND)
 
 
 def load_records(data_cfg, split: str) -> list[Record]:
@@ -106,11 +109,14 @@ def load_records(data_cfg, split: str) -> list[Record]:
     records, whole = hf_records(path, data_cfg, split, whole)
   elif kind == "tfds":
     return _tfds_records(path, data_cfg, split)
+  elif kind == judge_records.KIND:  # each split its own file: the held-out pairs' prompts are held out
+    path = judge_records.pairs_file(path, split)
+    return [Record(where, row) for where, row in judge_records.records_of(read_jsonl(path), path)]
   elif kind == "reasoning_gym":
     return reasoning_gym_records(path, data_cfg, held_out=split == "eval")
   else:
-    raise UserError(f"prompt records come from jsonl:PATH, hf:PATH, tfds:NAME, reasoning_gym:NAME, revise:DIR or "
-                    f"{', '.join(GENERATED)}, not {source!r}")
+    raise UserError(f"prompt records come from jsonl:PATH, hf:PATH, tfds:NAME, reasoning_gym:NAME, revise:DIR, "
+                    f"judge_pairs:DIR or {', '.join(GENERATED)}, not {source!r}")
   return records if whole else file_split(records, data_cfg, split)
 
 

@@ -39,13 +39,18 @@ def restore_params(run: RunDir, item: str):
   return training.run_params(run, cpu_mesh, (), item=item)
 
 
+def run_stage(run: RunDir) -> str:
+  """The stage a run trained, by its current name (an earlier `ppo` run is `rl`)."""
+  return stage_names.canonical(run.read_json("config.json").get("stage"))
+
+
 def export_run(run_path: str, out: str, dtype: str = "float32", max_shard_bytes: int = MAX_SHARD_BYTES) -> str:
   """Exports the run at `run_path` to `out`; returns the HF architecture written."""
   run = RunDir(run_path)
   if not run.finished:
     raise UserError(f"--run={run_path}: not a finished run (no summary.json there)")
   config = run.read_json("config.json")
-  stage = stage_names.canonical(config.get("stage"))
+  stage = run_stage(run)
   if stage not in EXPORTED:
     raise UserError(f"--run={run_path}: a {stage!r} run; export takes one of {', '.join(EXPORTED)}")
   if config.get("vmap_seeds", 1) > 1:

@@ -32,12 +32,13 @@ from rlhf_jax.workdir import RunDir
 
 
 def check_config(cfg) -> None:
-  """The labeller of generated pairs: a gold judge by name, or a judge model's directory."""
+  """The labeller of generated pairs: a gold judge by name, or a judge model (hf:DIR or a run's
+  directory, which an earlier stage may still have to write)."""
   pref = cfg.preference
   if pref.source != "generated":
     return
-  if pref.judge.startswith("hf:"):
-    pairwise_judge.check_source(pref.judge, "preference.judge")
+  if pairwise_judge.is_model(pref.judge):
+    pairwise_judge.check_source(pref.judge, "preference.judge", pending=True)
   judges.get_judge(pref_gold_judge(pref))
   if pref.get("constitution"):
     choice_questions(pref)
@@ -46,8 +47,8 @@ def check_config(cfg) -> None:
 def choice_questions(pref) -> list:
   """The `choice` question of each principle of `preference.constitution`, which the judge model
   is asked one of per pair (Constitutional AI's RL phase)."""
-  if not pref.judge.startswith("hf:"):
-    raise UserError(f"preference.constitution is read by a judge model: set preference.judge=hf:DIR, not "
+  if not pairwise_judge.is_model(pref.judge):
+    raise UserError(f"preference.constitution is read by a judge model: set preference.judge=hf:DIR or a run, not "
                     f"{pref.judge!r}")
   if pref.get("judge_template") and "{principle}" not in pref.judge_template:
     raise UserError("preference.judge_template must hold {principle} to ask the constitution's principles")
@@ -130,9 +131,10 @@ def preference_pairs(cfg, run_dir: RunDir, tokenizer, sampler, params, split: st
 
 def generate_pairs(cfg, tokenizer, sampler, params, split: str, count: int) -> list[dict]:
   """Two policy samples per held-out-split prompt, labelled by the gold judge (a Bradley-Terry
-  draw on its scores) or, with `preference.judge=hf:DIR`, by a judge model (RLAIF: pairwise_judge.both_orders)."""
+  draw on its scores) or, with `preference.judge` hf:DIR or a run, by a judge model (RLAIF:
+  pairwise_judge.both_orders)."""
   pref, gold_judge = cfg.preference, judges.get_judge(pref_gold_judge(cfg.preference))
-  labeller = ai_labeller(pref) if pref.judge.startswith("hf:") else None
+  labeller = ai_labeller(pref) if pairwise_judge.is_model(pref.judge) else None
   questions = choice_questions(pref) if pref.get("constitution") else None
   seed = cfg.seed + (0 if split == "train" else 1)
   prompts = prompt_texts(cfg.data, split, seed, count, tokenizer)[0]
@@ -171,7 +173,7 @@ def judged(labeller, questions, chunk, texts, seed: int, first: int) -> tuple:
 def pref_gold_judge(pref) -> str:
   """The gold judge generated pairs are measured by: `preference.judge`, or with a judge model
   labelling them, `preference.gold_judge`."""
-  return pref.get("gold_judge", "vader") if pref.judge.startswith("hf:") else pref.judge
+  return pref.get("gold_judge", "vader") if pairwise_judge.is_model(pref.judge) else pref.judge
 
 
 def ai_labeller(pref):
@@ -213,6 +215,10 @@ class RewardEvaluator:
     metrics = {"eval/loss": float(sums["nll"]) / pairs, "eval/accuracy": float(sums["correct"]) / pairs,
                "eval/margin": float(sums["margin"]) / pairs, "reward_gain": float(gain), "reward_bias": float(bias)}
     if self.gold and self.gold[0] is not None:
-      gold = np.array(self.gold[:len(rewards)], np.float32).reshape(-1)
-      metrics["eval/gold_correlation"] = float(np.corrcoef(rewards.reshape(-1), gold)[0, 1])
+      gold = np.array(self.gold[:len(rewards)], np.float32)
+      metrics["eval/gold_correlation"] = float(np.corrcoef(rewards.reshape(-1), gold.reshape(-1))[0, 1])
+      # The labels a model learnt from may be a judge's or noisy draws: this is against gold itself.
+      ordered = gold[:, 0] != gold[:, 1]
+      metrics["eval/gold_accuracy"] = float(np.mean((rewards[ordered, 0] > rewards[ordered, 1]) ==
+                                                    (gold[ordered, 0] > gold[ordered, 1])))
     return metrics
