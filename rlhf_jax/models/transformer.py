@@ -120,6 +120,36 @@ def attention_mask(mask: jax.Array, cache: Optional[KVCache], segments: Optional
   return allowed, key_valid
 
 
+def updated_cache(cache, keys: tuple, values: tuple, mask, cache_mask):
+  """The cache after this call's tokens (mask [batch, time]) were written: its layers' new keys and
+  values, and each row's length (ragged, paged) or the key mask and next slot (KVCache); None
+  without a cache."""
+  if isinstance(cache, PagedCache):
+    return cache.replace(keys=keys, values=values, lengths=cache.lengths + jnp.sum(mask, axis=1, dtype=jnp.int32))
+  if isinstance(cache, RaggedCache):
+    return RaggedCache(keys, values, cache.lengths + jnp.sum(mask, axis=1, dtype=jnp.int32))
+  if cache is not None:
+    return KVCache(keys, values, cache_mask, cache.index + mask.shape[1])
+  return None
+
+
+def positions_and_masks(cfg: ModelConfig, tokens, mask, cache, positions, segments, shared) -> tuple:
+  """(positions [batch, time], the attention mask [batch, 1, time, keys], a sliding layer's (None
+  without a window), and a KVCache's new key mask (None for a ragged or paged cache))."""
+  paged = isinstance(cache, PagedCache)
+  if paged or isinstance(cache, RaggedCache):  # right-padded tokens from each row's length on
+    positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1])
+    key_positions = jnp.arange(cache.capacity if paged else cache.keys[0].shape[2])[None]
+    attn_mask, cache_mask = (key_positions[:, None] <= positions[:, :, None])[:, None], None  # keys seen after
+  else:
+    if positions is None:
+      offset = 0 if cache is None else jnp.sum(cache.mask, axis=-1, keepdims=True)
+      positions = offset + positions_from_mask(mask, segments)
+    attn_mask, cache_mask = attention_mask(mask, cache, segments, shared)
+    key_positions = positions if cache is None else positions_from_mask(cache_mask)
+  return positions, attn_mask, sliding_window_mask(attn_mask, positions, key_positions, cfg.sliding_window), cache_mask
+
+
 def sliding_window_mask(attn_mask, positions, key_positions, window: int):
   """`attn_mask` less the keys more than `window - 1` positions before each query (a sliding
   layer's: Hugging Face's `q - k < window`); None without a window. positions [batch, q_len],
@@ -165,17 +195,8 @@ class Transformer(nn.Module):
     mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
     paged = isinstance(cache, PagedCache)
     ragged = paged or isinstance(cache, RaggedCache)
-    if ragged:  # right-padded tokens from each row's length on; a key is seen by the queries after it
-      positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1])
-      key_positions = jnp.arange(cache.capacity if paged else cache.keys[0].shape[2])[None]
-      attn_mask = (key_positions[:, None] <= positions[:, :, None])[:, None]
-    elif positions is None:
-      offset = 0 if cache is None else jnp.sum(cache.mask, axis=-1, keepdims=True)
-      positions = offset + positions_from_mask(mask, segments)
-    if not ragged:
-      attn_mask, cache_mask = attention_mask(mask, cache, segments, shared)
-      key_positions = positions if cache is None else positions_from_mask(cache_mask)
-    local_mask = sliding_window_mask(attn_mask, positions, key_positions, cfg.sliding_window)
+    positions, attn_mask, local_mask, cache_mask = positions_and_masks(cfg, tokens, mask, cache, positions, segments,
+                                                                       shared)
 
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
                      embedding_init=partitioned(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),
@@ -211,14 +232,7 @@ class Transformer(nn.Module):
         new_values.append(kv[1])
     hidden = norm(cfg, "final_norm")(x)
 
-    new_cache = None
-    if paged:
-      new_cache = cache.replace(keys=tuple(new_keys), values=tuple(new_values),
-                                lengths=cache.lengths + jnp.sum(mask, axis=1, dtype=jnp.int32))
-    elif ragged:
-      new_cache = RaggedCache(tuple(new_keys), tuple(new_values), cache.lengths + jnp.sum(mask, axis=1, dtype=jnp.int32))
-    elif cache is not None:
-      new_cache = KVCache(tuple(new_keys), tuple(new_values), cache_mask, cache.index + tokens.shape[1])
+    new_cache = updated_cache(cache, tuple(new_keys), tuple(new_values), mask, cache_mask)
     if logits_at is not None:
       hidden_for_logits = jnp.take_along_axis(hidden, logits_at[:, None, None], axis=1)
     else:
