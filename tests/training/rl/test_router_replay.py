@@ -81,7 +81,9 @@ def test_replay_keeps_the_samplers_log_probs_where_its_router_has_moved():
 
 
 def test_a_replayed_iteration_logs_the_agreement_and_trains_the_router_with_the_load_balancing_loss():
-  state, parts, tx, prompts = build(2, router_replay=True, epochs=2, minibatches=2)
+  # One minibatch, two epochs: the first update differentiates the scoring pass (its outputs hold
+  # the load-balancing loss), the second runs its own replayed forward pass.
+  state, parts, tx, prompts = build(2, router_replay=True, epochs=2, minibatches=1)
   step = jax.jit(functools.partial(rl_iteration, **parts, critic=None, policy_tx=tx, value_tx=None))
   router_before = np.asarray(state.policy["layer_0"]["mlp"]["router"])
   for _ in range(2):
