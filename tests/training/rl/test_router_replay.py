@@ -3,6 +3,7 @@ experts; replayed, the trainer recomputes the sampler's log-probs even where its
 would route elsewhere; the routing agreement is logged every iteration, and the load-balancing
 loss joins the policy loss."""
 
+import dataclasses
 import functools
 
 import jax
@@ -57,7 +58,7 @@ def sampled_and_rescored(k: int, sampler_params):
   assert sampled.response.experts.shape == (len(real), 2, PROMPT + 8, k) and real.sum() > 100
   results = {}
   for replay in (False, True):
-    cfg = RLConfig(**{**vars(parts["cfg"]), "router_replay": replay})
+    cfg = dataclasses.replace(parts["cfg"], router_replay=replay)
     scores = jax.jit(functools.partial(score_tokens, policy=parts["policy"], critic=None, cfg=cfg))(state, sampled)
     gap = np.abs(np.asarray(scores.logprobs) - np.asarray(sampled.response.logprobs))[real].max()
     results[replay] = gap, float(np.asarray(scores.agreement)[real].mean())
