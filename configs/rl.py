@@ -98,7 +98,12 @@ def get_config(preset: str = "tiny"):
       rollout_correction="none", rollout_correction_cap=2.0, rollout_correction_bounds=(0.5, 2.0),
       # With one minibatch the first update differentiates the scoring pass (jax.vjp) instead of
       # running the policy and critic forward again: exact; False runs the separate pass.
-      reuse_scoring_pass=True))
+      reuse_scoring_pass=True,
+      # Router replay (R3, an MoE policy): the static sampler records each token's experts, and the
+      # policy's log-prob recomputation and every update route the tokens to them (the router's
+      # logits and gates stay live, so it still learns); the reference routes live. Either way
+      # rollout/router_agreement logs how often the live router agrees with the sampler's.
+      router_replay=False))
   # The sampler on the last `devices` devices, on a mesh of its own (needs off_policy_steps >= 1);
   # 0 keeps it on the training devices. `engine`: jax (ours, compiled into the iteration) or vllm
   # (vLLM's offline engine in this process, weights pushed after each update; docs/vllm.md),

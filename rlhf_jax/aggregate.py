@@ -2,7 +2,7 @@
 intervals) and plots.
 
   python -m rlhf_jax.aggregate --root=runs/showcase [--metric=accuracy] [--x=flops]
-      [--compare=grpo:ppo --compare=rloo:ppo]
+      [--compare=grpo:ppo --compare=rloo:ppo] [--train_metric=rollout/router_agreement]
 
 Every directory under ROOT with a config.json and a metrics.jsonl is a run (the shared
 upstream's stages have no `algo` and are left out). Runs that differ only in their seed form a
@@ -10,7 +10,8 @@ group, named by the run name without its "_s<seed>" suffix. The measure (`--metr
 gold judge's reward, or on a verifiable task the accuracy (or any other eval metric: mean@4,
 greedy_accuracy, ...); the table gives each group's seeds and every column's mean and interval
 (rlhf_jax/stats.py), and `--compare=A:B` the difference of group A's mean from group B's with
-its interval. Plots: the measure against `--x` (step, flops, samples, seconds of compute, or
+its interval. `--train_metric=NAME` adds a column: a training metric's mean over each run's
+logged iterations (e.g. rollout/router_agreement), its interval over the seeds. Plots: the measure against `--x` (step, flops, samples, seconds of compute, or
 kl) per group (mean over seeds at each evaluation, band from min to max), and against KL to
 the reference at every eval of every run (the reward-KL frontier).
 """
@@ -49,15 +50,18 @@ def default_metric(root: str) -> str:
   return "accuracy"
 
 
-def read_run(directory: str, metric: str) -> dict | None:
-  """One run's config, final values (its summary, if finished; else its last eval) and eval
-  rows; None if it is not an RL/DPO run."""
+def read_run(directory: str, metric: str, train_metrics=()) -> dict | None:
+  """One run's config, final values (its summary, if finished; else its last eval), eval rows
+  and each of `train_metrics`' mean over the rows that log it; None if it is not an RL/DPO run."""
   with open(os.path.join(directory, "config.json")) as f:
     config = json.load(f)
   if "algo" not in config:
     return None
   with open(os.path.join(directory, "metrics.jsonl")) as f:
-    evals = [row for row in map(json.loads, f) if f"eval/{metric}" in row]
+    rows = list(map(json.loads, f))
+  evals = [row for row in rows if f"eval/{metric}" in row]
+  trained = {name: np.mean(stats.clean([row.get(name) for row in rows])) if any(name in row for row in rows)
+             else None for name in train_metrics}
   summary_path = os.path.join(directory, "summary.json")
   finished = os.path.exists(summary_path)
   if finished:
@@ -73,12 +77,13 @@ def read_run(directory: str, metric: str) -> dict | None:
           "metric": final.get(f"eval/{metric}"), "ref_metric": final.get(f"eval/ref_{metric}"),
           "kl": final.get("eval/kl"), "proxy_reward": final.get("eval/proxy_reward"),
           "response_length": final.get("eval/response_length"),
-          "flops": last_eval.get("compute/flops"), "seconds": last_eval.get("compute/seconds"), "evals": evals}
+          "flops": last_eval.get("compute/flops"), "seconds": last_eval.get("compute/seconds"), "evals": evals,
+          **trained}
 
 
-def read_runs(root: str, metric: str) -> list:
+def read_runs(root: str, metric: str, train_metrics=()) -> list:
   paths = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(root, "**", "config.json"), recursive=True))
-  runs = [read_run(p, metric) for p in paths if os.path.exists(os.path.join(p, "metrics.jsonl"))]
+  runs = [read_run(p, metric, train_metrics) for p in paths if os.path.exists(os.path.join(p, "metrics.jsonl"))]
   return [r for r in runs if r is not None]
 
 
@@ -97,12 +102,13 @@ def write_csv(runs: list, path: str, columns=COLUMNS) -> None:
     writer.writerows(runs)
 
 
-def markdown_table(runs: list, metric: str, compare=()) -> str:
-  """Per group: finished seeds and each value's mean [95% bootstrap interval]; then each
-  `compare` pair's difference of means."""
+def markdown_table(runs: list, metric: str, compare=(), train_metrics=()) -> str:
+  """Per group: finished seeds and each value's mean [95% bootstrap interval] (`train_metrics`'
+  last); then each `compare` pair's difference of means."""
   groups = groups_of(runs)
-  lines = [f"| run | algo | seeds | {metric} | SFT {metric} | KL to SFT (nats) | proxy reward | GFLOP | seconds |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = [f"| run | algo | seeds | {metric} | SFT {metric} | KL to SFT (nats) | proxy reward | GFLOP | seconds |"
+           + "".join(f" mean {name} |" for name in train_metrics), "|---|---|---|---|---|---|---|---|---|"
+           + "---|" * len(train_metrics)]
   finished = {name: [r for r in members if r["status"] == "finished"] for name, members in groups.items()}
   for name, members in groups.items():
     done = finished[name]
@@ -111,8 +117,9 @@ def markdown_table(runs: list, metric: str, compare=()) -> str:
     note = "".join(f" ({n} {word})" for n, word in ((failed, "failed"), (unfinished, "unfinished")) if n)
     cells = [stats.bootstrap_mean([r[k] for r in done]) for k in ("metric", "ref_metric", "kl", "proxy_reward")]
     compute = [np.mean(stats.clean([r[k] for r in done])) if done else np.nan for k in ("flops", "seconds")]
+    trained = "".join(f" {stats.bootstrap_mean([r[k] for r in done])} |" for k in train_metrics)
     lines.append(f"| {name} | {members[0]['algo']} | {len(done)}{note} | " + " | ".join(map(str, cells))
-                 + f" | {compute[0] / 1e9:.3g} | {compute[1]:.0f} |")
+                 + f" | {compute[0] / 1e9:.3g} | {compute[1]:.0f} |" + trained)
   if compare:
     lines += ["", f"| difference in {metric} | mean [95% interval] | seeds |", "|---|---|---|"]
   for a, b in compare:
@@ -149,16 +156,17 @@ def plot(runs: list, root: str, metric: str, x: str = "step") -> list:
   return [by_x, plots.save(fig, os.path.join(root, f"{metric}_kl_frontier.png"))]
 
 
-def aggregate(root: str, metric: str = "", x: str = "step", compare=()) -> dict:
-  """results.csv, results.md and the plots; `compare` holds (group, group) pairs."""
+def aggregate(root: str, metric: str = "", x: str = "step", compare=(), train_metrics=()) -> dict:
+  """results.csv, results.md and the plots; `compare` holds (group, group) pairs, `train_metrics`
+  the training metrics averaged over each run's iterations."""
   if x not in X_AXES:
     raise ValueError(f"--x={x}: choose one of {', '.join(X_AXES)}")
   metric = metric or default_metric(root)
-  runs = read_runs(root, metric)
+  runs = read_runs(root, metric, train_metrics)
   if not runs:
     raise ValueError(f"no RL or DPO runs under {root}")
-  write_csv(runs, os.path.join(root, "results.csv"))
-  table = markdown_table(runs, metric, compare)
+  write_csv(runs, os.path.join(root, "results.csv"), COLUMNS + tuple(train_metrics))
+  table = markdown_table(runs, metric, compare, train_metrics)
   with open(os.path.join(root, "results.md"), "w") as f:
     f.write(table)
   return {"runs": len(runs), "table": table, "plots": plot(runs, root, metric, x)}
@@ -171,7 +179,7 @@ def main(argv):
     pairs = [tuple(pair.split(":")) for pair in f.compare]
     if any(len(pair) != 2 for pair in pairs):
       raise ValueError(f"--compare takes GROUP:GROUP, not {f.compare}")
-    result = aggregate(f.root, f.metric, f.x, pairs)
+    result = aggregate(f.root, f.metric, f.x, pairs, tuple(f.train_metric))
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -185,4 +193,5 @@ if __name__ == "__main__":
   flags.DEFINE_string("metric", "", "the eval metric compared (default: gold_reward, else accuracy)")
   flags.DEFINE_string("x", "step", f"the curves' x-axis: {', '.join(X_AXES)}")
   flags.DEFINE_multi_string("compare", [], "GROUP:GROUP, the difference of their means with its interval")
+  flags.DEFINE_multi_string("train_metric", [], "a training metric's mean over each run's iterations, as a column")
   app.run(main)

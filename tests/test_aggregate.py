@@ -79,3 +79,19 @@ def test_accuracy_by_flops_with_a_difference_of_groups(tmp_path):
     aggregate.aggregate(str(tmp_path), compare=[("grpo", "dpo")])
   with pytest.raises(ValueError, match="--x=tokens: choose one of step, flops"):
     aggregate.aggregate(str(tmp_path), x="tokens")
+
+
+def test_a_training_metric_averaged_over_each_runs_iterations_is_a_column_with_its_interval(tmp_path):
+  for seed, agreement in enumerate([(0.9, 0.7), (1.0, 0.8)]):
+    fake_run(tmp_path, f"grpo_s{seed}", "grpo", seed, [0.5], [1.0])
+    with open(tmp_path / f"grpo_s{seed}" / "metrics.jsonl", "a") as f:
+      f.write("".join(json.dumps({"step": s, "rollout/router_agreement": a}) + "\n" for s, a in zip((1, 2), agreement)))
+  fake_run(tmp_path, "ppo_s0", "ppo", 0, [0.5], [1.0])  # a dense policy logs none: no value
+  result = aggregate.aggregate(str(tmp_path), train_metrics=("rollout/router_agreement",))
+  header, _, *rows = result["table"].splitlines()
+  assert header.endswith("| seconds | mean rollout/router_agreement |")
+  # Each run's mean over its iterations (0.8, 0.9), then their mean and interval over the seeds.
+  assert rows[0].startswith("| grpo |") and rows[0].endswith("| 0.850 [0.800, 0.900] |")
+  assert rows[1].startswith("| ppo |") and rows[1].endswith("| - |")
+  columns = next(csv.reader(open(tmp_path / "results.csv")))
+  assert columns[-1] == "rollout/router_agreement"

@@ -2,10 +2,11 @@
 
 The sampler's log-probs (mu: the rollout engine's) and the trainer's recomputed ones (pi_old)
 differ by float error with our own engine (one model does both), by more with an external
-engine (vLLM's kernels and precision) or a stale one (off-policy). `mismatch_metrics` logs the
-gap every iteration; `rl.rollout_correction` turns the per-token ratio w = pi_old / mu into a
-weight on each token's policy loss, held constant (decoupled, as verl's rollout correction: PPO's
-ratio stays against the trainer's own pi_old, the weight multiplies):
+engine (vLLM's kernels and precision) or a stale one (off-policy); an MoE policy's also when
+the two passes route a token to other experts. `mismatch_metrics` logs the gap every iteration
+(`routing_metrics` the routing agreement); `rl.rollout_correction` turns the per-token ratio
+w = pi_old / mu into a weight on each token's policy loss, held constant (decoupled, as verl's
+rollout correction: PPO's ratio stays against the trainer's own pi_old, the weight multiplies):
 
   none            1
   token_tis       min(w_t, cap): token-level truncated IS (Yao et al. 2025)
@@ -81,3 +82,12 @@ def mismatch_metrics(trainer_logprobs, sampler_logprobs, mask) -> dict:
   return {"rollout/logprob_gap_mean": masked_mean(jnp.abs(log_w), mask),
           "rollout/logprob_gap_max": jnp.max(jnp.abs(log_w)),
           "rollout/kl": masked_mean(w - 1.0 - log_w, mask), "rollout/ess": ess}
+
+
+def routing_metrics(agreement, mask) -> dict:
+  """rollout/router_agreement: an MoE policy's routing check beside the log-prob one, the share
+  of the response tokens' (layer, choice) assignments where the trainer's live router picks an
+  expert the sampler picked (`agreement` [batch, time], moe.routing_agreement; None: a dense
+  policy, or a sampler that records no experts: nothing). Under router replay it is the live
+  router's agreement, what the trainer would have routed: the replayed pass agrees by construction."""
+  return {} if agreement is None else {"rollout/router_agreement": masked_mean(agreement, mask)}

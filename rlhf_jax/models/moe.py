@@ -179,7 +179,36 @@ def with_router_aux(loss, metrics: dict, router: Optional[Sequence[Routing]], ma
   """`loss` plus `coef` times the load-balancing loss of `router` (a ModelOutput's; None for a
   dense model: unchanged), which `metrics` gets as `router_aux_loss`. Both scaled by `share`, a
   microbatch's part of the batch, so their sums over the microbatches are the batch's means."""
-  if router is None:
+  return with_aux_loss(loss, metrics, None if router is None else load_balancing_loss(router, mask), coef, share)
+
+
+def with_aux_loss(loss, metrics: dict, aux: Optional[jax.Array], coef: float, share=1.0):
+  """`with_router_aux` of a load-balancing loss already computed (`aux`; None: unchanged): the
+  RL loss reads it from the policy's outputs, computed where the forward pass ran."""
+  if aux is None:
     return loss, metrics
-  aux = share * load_balancing_loss(router, mask)
+  aux = share * aux
   return loss + coef * aux, {**metrics, "router_aux_loss": aux}
+
+
+def stack_experts(router: Sequence[Routing]) -> jax.Array:
+  """Each token's experts in every layer, [batch, layers, time, k] int32: what the sampler
+  records for router replay. Batch first, so whatever selects, shuffles or splits rows (groups
+  kept, minibatches, microbatches, seeds) applies to it as to the tokens."""
+  return jnp.stack([r.experts for r in router], axis=1)
+
+
+def replayed(experts: jax.Array) -> jax.Array:
+  """Recorded experts [batch, layers, time, k] as `Transformer`'s `routed`: [layers, batch, time, k]."""
+  return jnp.moveaxis(experts, 1, 0)
+
+
+def routing_agreement(router: Sequence[Routing], recorded: jax.Array) -> jax.Array:
+  """[batch, time]: the share of each token's (layer, choice) assignments in which the router's
+  live top k (from its logits, so the same under replay) holds an expert of the `recorded` ones
+  [batch, layers, time, k] (compared as sets: the order of the gates does not matter). 1 where
+  the two passes route alike."""
+  k = recorded.shape[-1]
+  live = jnp.stack([route(r.logits, k, renormalise=False)[1] for r in router], axis=1)
+  hits = jnp.any(live[..., :, None] == recorded[..., None, :], axis=-1)
+  return jnp.mean(hits.astype(jnp.float32), axis=(1, 3))

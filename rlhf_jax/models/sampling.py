@@ -5,12 +5,13 @@ round trip per token. Temperature, top-k, top-p and greedy are traced values (a
 `SamplingParams` of arrays), so changing them never recompiles.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.models import moe
 from rlhf_jax.models.logits import first_argmax, token_logprobs
 from rlhf_jax.models.transformer import KVCache, RaggedCache, Transformer
 
@@ -37,6 +38,10 @@ class SampleOutput(NamedTuple):
   tokens: jax.Array  # [batch, max_new_tokens] response tokens, pad after EOS
   logprobs: jax.Array  # [batch, max_new_tokens] log-prob of each token under logits / temperature
   mask: jax.Array  # [batch, max_new_tokens] 1 on generated tokens up to and including EOS
+  # An MoE model's routing, recorded by the static sampler for router replay (moe.stack_experts):
+  # each token's experts in every layer, the prompt's then the response's, [batch, layers,
+  # prompt_len + max_new_tokens, k] int32. None: a dense model, or a sampler that records none.
+  experts: Any = None
 
 
 def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -86,6 +91,7 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
   response lengths): each row also stops after that many tokens, as if its EOS came there.
   Row i draws its token at step s from fold_in(fold_in(rng, i), s) (`sample_keys`): its tokens
   do not depend on the other rows, so continuous batching (models/continuous.py) draws the same.
+  An MoE model's samples also hold every token's experts (`SampleOutput.experts`: router replay).
   """
   batch, prompt_len = prompts.shape
   check_length(model, prompt_len, max_new_tokens)
@@ -94,7 +100,8 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
   cache = KVCache.empty(model.cfg, batch, prompt_len + ends[0])
   out = model.apply({"params": params}, prompts, prompt_mask, cache=cache, last_logits_only=True)
   body = decode_step(model, params, sampling, eos_id, pad_id, stop_at)
-  carry = (jnp.int32(0), out.cache, out.logits[:, -1], empty_output(batch, max_new_tokens, pad_id),
+  carry = (jnp.int32(0), out.cache, out.logits[:, -1], with_prompt_experts(empty_output(batch, max_new_tokens, pad_id),
+                                                                           out.router),
            jnp.zeros((batch,), bool), sample_keys(rng, batch))
   for end in ends:
     carry = (carry[0], grown(carry[1], prompt_len + end), *carry[2:])
@@ -134,6 +141,26 @@ def extend(model: Transformer, params, cache: RaggedCache, tokens: jax.Array, ma
   return carry[3], carry[1]
 
 
+def with_prompt_experts(result: SampleOutput, router) -> SampleOutput:
+  """`result` holding an MoE model's experts (`router`: the prefill's routing) in its prompt
+  columns, the response's to be written by the decode steps (`recorded`); a dense model's (None)
+  unchanged: it records nothing."""
+  if router is None:
+    return result
+  prompt = moe.stack_experts(router)
+  response = jnp.zeros((*prompt.shape[:2], result.tokens.shape[1], prompt.shape[-1]), jnp.int32)
+  return result._replace(experts=jnp.concatenate([prompt, response], axis=2))
+
+
+def recorded(result: SampleOutput, router, step) -> SampleOutput:
+  """`result` with the experts of the token written at `step` (its decode pass's `router`), if it records any."""
+  if result.experts is None:
+    return result
+  column = result.experts.shape[2] - result.tokens.shape[1] + step
+  return result._replace(experts=jax.lax.dynamic_update_slice_in_dim(result.experts, moe.stack_experts(router),
+                                                                      column, axis=2))
+
+
 def empty_output(batch: int, max_new_tokens: int, pad_id: int) -> SampleOutput:
   return SampleOutput(jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
                       jnp.zeros((batch, max_new_tokens), jnp.float32), jnp.zeros((batch, max_new_tokens), jnp.int32))
@@ -149,12 +176,12 @@ def decode_step(model: Transformer, params, sampling: SamplingParams, eos_id: in
     token, logprob = choose_tokens(logits, jax.vmap(jax.random.fold_in, in_axes=(0, None))(rng, step), sampling, True)
     token = jnp.where(done, pad_id, token)
     alive = ~done
-    result = SampleOutput(result.tokens.at[:, step].set(token),
-                          result.logprobs.at[:, step].set(jnp.where(alive, logprob, 0.0)),
-                          result.mask.at[:, step].set(alive.astype(jnp.int32)))
+    result = result._replace(tokens=result.tokens.at[:, step].set(token),
+                             logprobs=result.logprobs.at[:, step].set(jnp.where(alive, logprob, 0.0)),
+                             mask=result.mask.at[:, step].set(alive.astype(jnp.int32)))
     done = done | (token == eos_id) | (False if stop_at is None else step + 1 >= stop_at)
     out = model.apply({"params": params}, token[:, None], alive[:, None], cache=cache)
-    return step + 1, out.cache, out.logits[:, -1], result, done, rng
+    return step + 1, out.cache, out.logits[:, -1], recorded(result, out.router, step), done, rng
   return body
 
 

@@ -218,9 +218,9 @@ class Rollouts:
     prompt_len = self.prompts.tokens.shape[1]
     tokens, mask, response, ended = assemble(rows, prompt_len, response_len, self.tokenizer.pad_id)
     fields = {"tokens": tokens, "mask": mask, "ended": ended, "scores": np.zeros(len(rows), np.float32),
-              **{f"response_{k}": v for k, v in response._asdict().items()}}
+              **{f"response_{k}": v for k, v in response._asdict().items() if v is not None}}  # no experts
     placed = sharding.put_batch(fields, mesh)
-    response = SampleOutput(**{k: placed[f"response_{k}"] for k in SampleOutput._fields})
+    response = SampleOutput(**{k: placed[f"response_{k}"] for k in SampleOutput._fields if f"response_{k}" in placed})
     return Sampled(placed["tokens"], placed["mask"], response, placed["ended"], placed["scores"])
 
 

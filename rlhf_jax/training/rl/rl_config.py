@@ -66,6 +66,7 @@ class RLConfig:
   rollout_correction_cap: float = 2.0
   rollout_correction_bounds: tuple = (0.5, 2.0)  # the rejections' [low, high] on the ratio
   reuse_scoring_pass: bool = True  # the first update differentiates the scoring pass (one minibatch only)
+  router_replay: bool = False  # an MoE policy's recomputation and updates use the sampler's experts (R3)
 
   def packed_rows(self, batch_rows: int) -> int:
     """Rows of a packed microbatch, for a rollout of `batch_rows` rows."""
@@ -107,3 +108,4 @@ class Rollout(NamedTuple):
   weights: jax.Array  # [batch] 1, or 0 for a response dynamic sampling leaves out
   loss_mask: jax.Array  # [batch, new] the policy's tokens: the response mask, less a multi-turn environment's tokens
   is_weights: Any = None  # [batch, new] off-policy: each token's importance correction (None: on-policy)
+  experts: Any = None  # [batch, layers, prompt + new, k] the sampler's experts, replayed (rl.router_replay; else None)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from rlhf_jax.algorithms import kl, ppo, shaping, token_rewards
 from rlhf_jax.algorithms.advantages import ADVANTAGES, AdvantageInputs
 from rlhf_jax.algorithms.importance import importance_weights
-from rlhf_jax.algorithms.rollout_correction import correction_weights, mismatch_metrics
+from rlhf_jax.algorithms.rollout_correction import correction_weights, mismatch_metrics, routing_metrics
 from rlhf_jax.models.continuous import generate
 from rlhf_jax.models.sampling import SamplingParams
 from rlhf_jax.training.core import guards
@@ -51,6 +51,14 @@ class HostScores(NamedTuple):
   total: jax.Array  # [n] their weighted sum
   components: jax.Array  # [n, components] each one's score (NaN where it does not apply)
   greedy: jax.Array | None = None  # [n] ReMax: the greedy responses' weighted sum
+
+
+class TokenScores(NamedTuple):
+  """The scoring pass's per-token results on the sampled responses, [n, new] each."""
+  logprobs: jax.Array  # the policy's, recomputed (replaying the sampler's experts with rl.router_replay)
+  ref_logprobs: jax.Array  # the frozen reference's
+  values: jax.Array  # the critic's (0 with none)
+  agreement: Any = None  # an MoE policy's live routing against the sampler's (Outputs.agreement); None: dense
 
 
 class Sampled(NamedTuple):
@@ -102,20 +110,22 @@ def in_chunks(fn: Callable, rows, chunks: int):
 
 
 def trainable_outputs(state: RLState, tokens, mask, *, policy, critic, prompt_len: int, cfg: RLConfig,
-                      segments=None) -> Callable:
+                      segments=None, experts=None) -> Callable:
   """`loss_outputs` on these tokens as a function of the trainable (policy, critic) params on the
   state's frozen bases: what the scoring pass evaluates and the updates differentiate."""
   return functools.partial(loss_outputs, tokens=tokens, mask=mask, policy=policy, critic=critic, cfg=cfg,
-                           prompt_len=prompt_len, bases=frozen_bases(state), segments=segments)
+                           prompt_len=prompt_len, bases=frozen_bases(state), segments=segments, experts=experts)
 
 
-def _score_tokens(state, tokens, mask, *, policy, critic, prompt_len: int, cfg: RLConfig, segments=None):
-  """Log-probs of the response under the policy and the reference, and the critic's values."""
+def _score_tokens(state, tokens, mask, experts=None, *, policy, critic, prompt_len: int, cfg: RLConfig,
+                  segments=None) -> TokenScores:
+  """Log-probs of the response under the policy and the reference, and the critic's values.
+  The reference routes live, replay or not: the sampler's experts are the policy's (as R3)."""
   forward = trainable_outputs(state, tokens, mask, policy=policy, critic=critic, prompt_len=prompt_len, cfg=cfg,
-                              segments=segments)
-  logprobs, _, values = forward((state.policy, state.value))
+                              segments=segments, experts=experts)
+  out = forward((state.policy, state.value))
   ref_logprobs = response_logprobs(policy, state.ref, tokens, mask, prompt_len, cfg.temperature, segments)
-  return logprobs, ref_logprobs, values
+  return TokenScores(out.logprobs, ref_logprobs, out.values, out.agreement)
 
 
 def reuses_scoring_pass(cfg: RLConfig) -> bool:
@@ -135,23 +145,24 @@ def scoring_pass(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLCon
   the ones the update's forward pass would compute. The pass holds the update's activations
   (one minibatch: the whole batch) while the reference scores."""
   p = prompt_length(sampled)
-  forward = trainable_outputs(state, sampled.tokens, sampled.mask, policy=policy, critic=critic, prompt_len=p, cfg=cfg)
+  forward = trainable_outputs(state, sampled.tokens, sampled.mask, policy=policy, critic=critic, prompt_len=p, cfg=cfg,
+                              experts=sampled.response.experts)
   outputs, pullback = jax.vjp(forward, (state.policy, state.value))
   ref_logprobs = response_logprobs(policy, state.ref, sampled.tokens, sampled.mask, p, cfg.temperature)
-  return (outputs[0], ref_logprobs, outputs[2]), outputs, pullback
+  return TokenScores(outputs.logprobs, ref_logprobs, outputs.values, outputs.agreement), outputs, pullback
 
 
 def prompt_length(sampled: Sampled) -> int:
   return sampled.tokens.shape[1] - sampled.response.tokens.shape[1]
 
 
-def score_tokens(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLConfig):
-  """(log-probs, reference log-probs, values) of the sampled responses, in update-sized chunks."""
+def score_tokens(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLConfig) -> TokenScores:
+  """`TokenScores` of the sampled responses, in update-sized chunks."""
   p = prompt_length(sampled)
   if cfg.packing:
     return packed_scores(state, sampled, policy=policy, critic=critic, cfg=cfg)
   return in_chunks(functools.partial(_score_tokens, state, policy=policy, critic=critic, prompt_len=p, cfg=cfg),
-                   (sampled.tokens, sampled.mask), cfg.minibatches * cfg.accum_steps)
+                   (sampled.tokens, sampled.mask, sampled.response.experts), cfg.minibatches * cfg.accum_steps)
 
 
 def packed_scores(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLConfig):
@@ -166,7 +177,7 @@ def packed_scores(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLCo
     return j + 1, tuple(packing_lib.unpack(packing, j, x, old, p) for x, old in zip(new, scores))
 
   zeros = jnp.zeros(sampled.response.tokens.shape, jnp.float32)
-  return jax.lax.while_loop(lambda c: c[0] < packing.count, body, (jnp.int32(0), (zeros,) * 3))[1]
+  return TokenScores(*jax.lax.while_loop(lambda c: c[0] < packing.count, body, (jnp.int32(0), (zeros,) * 3))[1])
 
 
 def total_scores(cfg: RLConfig, sampled: Sampled, host_total):
@@ -227,8 +238,8 @@ def finish_rollout(state: RLState, sampled: Sampled, host: HostScores | None = N
     greedy_scores = total_scores(cfg, sampled.greedy, None if host is None else host.greedy)
   if token_scores is None:
     token_scores = score_tokens(state, sampled, policy=policy, critic=critic, cfg=cfg)
-  logprobs, ref_logprobs, values = token_scores
-  old_logprobs, is_weights, is_metrics = behaviour_correction(cfg, logprobs, sampled.response)
+  logprobs, ref_logprobs, values, agreement = TokenScores(*token_scores)
+  old_logprobs, is_weights, is_metrics = behaviour_correction(cfg, logprobs, sampled.response, agreement)
   rewards, kl_metrics = kl.penalised_rewards(scores, logprobs, ref_logprobs, response_mask,
                                              kl_coef=0.0 if cfg.kl_in_loss else state.kl.coef, kind=cfg.kl_kind)
   inputs = AdvantageInputs(rewards, scores, values, response_mask, state.baseline, greedy_scores)
@@ -240,14 +251,16 @@ def finish_rollout(state: RLState, sampled: Sampled, host: HostScores | None = N
   if cfg.has_critic:
     metrics["explained_variance"] = ppo.explained_variance(values, estimate.returns, response_mask)
   batch = Rollout(sampled.tokens, sampled.mask, old_logprobs, ref_logprobs, values, estimate.advantages,
-                  estimate.returns, weights, response_mask, is_weights)
+                  estimate.returns, weights, response_mask, is_weights,
+                  sampled.response.experts if cfg.router_replay else None)
   return batch, estimate.baseline, metrics
 
 
-def behaviour_correction(cfg: RLConfig, logprobs, response):
+def behaviour_correction(cfg: RLConfig, logprobs, response, agreement=None):
   """(the log-probs the ratio is taken against, importance weights or None, metrics).
 
-  The sampler/trainer mismatch is logged every iteration (algorithms/rollout_correction.py).
+  The sampler/trainer mismatch is logged every iteration (algorithms/rollout_correction.py), and
+  an MoE policy's routing agreement (`agreement`: TokenScores').
   With `cfg.rollout_correction` the ratio is against the recomputed log-probs and the
   correction's weights multiply each token's policy loss, on- or off-policy (decoupled).
   Otherwise, on-policy the ratio is against the recomputed log-probs; off-policy
@@ -256,7 +269,7 @@ def behaviour_correction(cfg: RLConfig, logprobs, response):
   policy gradient) and weights each token by the importance correction pi_old / mu
   (algorithms/importance.py)."""
   behaviour = response.logprobs
-  metrics = mismatch_metrics(logprobs, behaviour, response.mask)
+  metrics = {**mismatch_metrics(logprobs, behaviour, response.mask), **routing_metrics(agreement, response.mask)}
   if cfg.rollout_correction != "none":
     weights, changed = correction_weights(cfg.rollout_correction, logprobs, behaviour, response.mask,
                                           cfg.correction_params)
@@ -298,7 +311,8 @@ def update_phase(state: RLState, sampled: Sampled, host: HostScores | None = Non
   rewards_ok = metrics["nonfinite_rewards"] == 0
   update = functools.partial(minibatch_update, cfg=cfg, txs=(policy_tx, value_tx),
                              rewards_ok=rewards_ok)
-  first_grad_fn = None if first is None else pulled_back_gradients(*first, cfg=cfg, kl_coef=state.kl.coef)
+  first_grad_fn = None if first is None else pulled_back_gradients(*first, cfg=cfg, kl_coef=state.kl.coef,
+                                                                    aux_coef=policy.cfg.router_aux_coef)
   grad_fn = lambda params, b: accumulate_gradients(loss_fn, params, b, cfg.accum_steps)
   if cfg.packing:
     outputs_fn = lambda params, tokens, mask, segments: trainable_outputs(

@@ -42,7 +42,7 @@ from rlhf_jax.training.core.optim import make_optimizer
 from rlhf_jax.training.policy import frozen
 from rlhf_jax.training.policy.policy_eval import PolicyEvaluator
 from rlhf_jax.training.policy.policy_state import policy_params
-from rlhf_jax.training.rl import engine_rollout, multi_turn, off_policy, rl_state, seeds, turn_cache
+from rlhf_jax.training.rl import engine_rollout, multi_turn, off_policy, rl_state, routing, seeds, turn_cache
 from rlhf_jax.training.rl.host_rewards import HostScorer, compile_host_iteration
 from rlhf_jax.training.rl.multi_turn_off_policy import compile_multi_turn_off_policy
 from rlhf_jax.training.rl.off_policy import compile_off_policy
@@ -184,6 +184,7 @@ def run(cfg, workdir: str) -> dict:
   tokenizer = setup.prepare_tokenizer(cfg, run_dir, sft_run)
   reward_cfg = setup.frozen_model_config(reward_run) if reward_run else None
   models = make_models(plan, setup.model_config(cfg, tokenizer, sft_run), reward_cfg)
+  routing.check(cfg, plan, models.policy.cfg)  # the SFT run's architecture: an MoE policy or not
   (mesh, sample_mesh), rules = meshes(cfg), sharding.rules_of(cfg)
   memory.check(cfg, models.policy.cfg, mesh, rl=plan)
   prompts = {split: prompt_set(cfg, tokenizer, split, listed_tools(cfg, plan)) for split in ("train", "eval")}

@@ -7,6 +7,7 @@ rollout's scoring pass instead of a forward pass of its own (`pulled_back_gradie
 """
 
 import functools
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +16,22 @@ import optax
 from rlhf_jax.algorithms import aggregation, kl, ppo
 from rlhf_jax.algorithms.masked import masked_sum
 from rlhf_jax.algorithms.policy_losses import surrogate_loss
-from rlhf_jax.models import lora
+from rlhf_jax.models import lora, moe
 from rlhf_jax.training.core import guards
 from rlhf_jax.training.core.logprobs import response_stats
 from rlhf_jax.training.rl import packing as packing_lib
 from rlhf_jax.training.rl.rl_config import RLConfig, Rollout
+
+
+class Outputs(NamedTuple):
+  """What the loss reads of the models (`loss_outputs`), per response token unless said."""
+  logprobs: jax.Array  # [n, new] the policy's
+  entropy: jax.Array  # [n, new]
+  values: jax.Array  # [n, new] the critic's (0 with none)
+  router_aux: Optional[jax.Array] = None  # an MoE policy's load-balancing loss, a scalar (None: dense)
+  # An MoE policy given the sampler's experts: the share of each token's routing its live
+  # router agrees with (moe.routing_agreement), [n, new]; logged, never differentiated.
+  agreement: Optional[jax.Array] = None
 
 
 def response_values(model, params, tokens, mask, prompt_len: int, segments=None):
@@ -28,28 +40,38 @@ def response_values(model, params, tokens, mask, prompt_len: int, segments=None)
   return out.scalars["value"][:, prompt_len - 1:-1]
 
 
-def stats_and_values(params, tokens, mask, prompt_len: int, *, policy, critic, temperature: float, segments=None):
-  """Response token statistics (log-probs, entropy at the temperature) and values: one pass
-  when the critic is shared, 0 with none. Packed rows (`segments`): of every token after the
-  first (prompt_len 1)."""
+def stats_and_values(params, tokens, mask, prompt_len: int, *, policy, critic, temperature: float, segments=None,
+                     routed=None):
+  """Response token statistics (log-probs, entropy at the temperature), values and the policy's
+  routing (None: dense): one pass when the critic is shared, values 0 with none. Packed rows
+  (`segments`): of every token after the first (prompt_len 1). `routed`: the policy's experts
+  (router replay, [layers, n, time, k]); a separate critic routes live, it did not sample."""
   policy_params, value_params = params
-  out = policy.apply({"params": policy_params}, tokens, mask, segments=segments, with_logits=False)
+  out = policy.apply({"params": policy_params}, tokens, mask, segments=segments, with_logits=False, routed=routed)
   stats = response_stats(policy, policy_params, out, tokens, prompt_len, temperature)
   if critic is not None:
-    return stats, response_values(critic, value_params, tokens, mask, prompt_len, segments)
+    return stats, response_values(critic, value_params, tokens, mask, prompt_len, segments), out.router
   if "value" in out.scalars:  # the value head on the policy backbone
-    return stats, out.scalars["value"][:, prompt_len - 1:-1]
-  return stats, jnp.zeros(stats.logprobs.shape, jnp.float32)
+    return stats, out.scalars["value"][:, prompt_len - 1:-1], out.router
+  return stats, jnp.zeros(stats.logprobs.shape, jnp.float32), out.router
 
 
 def loss_outputs(params, tokens, mask, *, policy, critic, cfg: RLConfig, prompt_len: int, bases=(None, None),
-                 segments=None):
-  """What the loss reads of the models: the response tokens' (log-probs, entropies, values)
-  under the trainable `params` (policy, critic) on their frozen LoRA `bases` (rl_state.frozen_bases)."""
+                 segments=None, experts=None) -> Outputs:
+  """What the loss reads of the models (`Outputs`) under the trainable `params` (policy, critic)
+  on their frozen LoRA `bases` (rl_state.frozen_bases). `experts`: the sampler's, [n, layers,
+  time, k] (an MoE policy's rollout): replayed with `cfg.router_replay` (R3: only the indices;
+  the router's logits, softmax and gates stay live, so it still learns), and in any case
+  compared with the live routing (`Outputs.agreement`)."""
   params = tuple(lora.combine(base, p) for base, p in zip(bases, params))
-  stats, values = stats_and_values(params, tokens, mask, prompt_len, policy=policy, critic=critic,
-                                   temperature=cfg.temperature, segments=segments)
-  return stats.logprobs, stats.entropy, values
+  routed = moe.replayed(experts) if cfg.router_replay and experts is not None else None
+  stats, values, router = stats_and_values(params, tokens, mask, prompt_len, policy=policy, critic=critic,
+                                           temperature=cfg.temperature, segments=segments, routed=routed)
+  if router is None:
+    return Outputs(stats.logprobs, stats.entropy, values)
+  agreement = None if experts is None else jax.lax.stop_gradient(
+      moe.routing_agreement(router, experts)[:, prompt_len:])
+  return Outputs(stats.logprobs, stats.entropy, values, moe.load_balancing_loss(router, mask), agreement)
 
 
 def rl_loss(params, batch, *, policy, critic, cfg: RLConfig, prompt_len: int, kl_coef, bases=(None, None)):
@@ -57,17 +79,21 @@ def rl_loss(params, batch, *, policy, critic, cfg: RLConfig, prompt_len: int, kl
   in `params` (policy, critic): what trains, on the frozen LoRA `bases`."""
   rollout_batch = batch[0]
   outputs = loss_outputs(params, rollout_batch.tokens, rollout_batch.mask, policy=policy, critic=critic, cfg=cfg,
-                         prompt_len=prompt_len, bases=bases)
-  return loss_of_outputs(outputs, batch, cfg=cfg, kl_coef=kl_coef)
+                         prompt_len=prompt_len, bases=bases, experts=rollout_batch.experts)
+  return loss_of_outputs(outputs, batch, cfg=cfg, kl_coef=kl_coef, aux_coef=policy.cfg.router_aux_coef)
 
 
-def loss_of_outputs(outputs, batch, *, cfg: RLConfig, kl_coef):
-  """`rl_loss` as a function of the models' outputs (`loss_outputs`).
+def loss_of_outputs(outputs, batch, *, cfg: RLConfig, kl_coef, aux_coef: float = 0.0):
+  """`rl_loss` as a function of the models' outputs (`loss_outputs`: an `Outputs`, or its first
+  three fields), plus `aux_coef` times an MoE policy's load-balancing loss, as pretraining and
+  SFT add it (models/moe.py).
 
   Every term is a weighted sum over tokens with weights that sum to 1 over the minibatch, so
-  microbatch losses add up to the minibatch's and gradient accumulation is exact.
+  microbatch losses add up to the minibatch's and gradient accumulation is exact; the
+  load-balancing loss, a mean over the microbatch's tokens, counts 1 / accum_steps of it.
   """
-  logprobs, entropy, values = outputs
+  outputs = Outputs(*outputs)
+  logprobs, entropy, values = outputs[:3]
   rollout_batch, (policy_weights, token_weights) = batch
   corrected = policy_weights if rollout_batch.is_weights is None else policy_weights * rollout_batch.is_weights
   loss, metrics = surrogate_loss(cfg.policy_loss, logprobs, rollout_batch.logprobs, rollout_batch.advantages,
@@ -82,7 +108,7 @@ def loss_of_outputs(outputs, batch, *, cfg: RLConfig, kl_coef):
     v_loss, v_metrics = ppo.clipped_value_loss(values, rollout_batch.values, rollout_batch.returns, token_weights,
                                                clip=cfg.value_clip)
     loss, metrics = loss + cfg.vf_coef * v_loss, {**metrics, **v_metrics}
-  return loss, metrics
+  return moe.with_aux_loss(loss, metrics, outputs.router_aux, aux_coef, share=1.0 / cfg.accum_steps)
 
 
 def apply_updates(tx, grads, opt_state, params):
@@ -132,6 +158,7 @@ def packed_gradients(outputs_fn, prompt_len: int, rows: int, *, cfg: RLConfig, k
     rollout_batch, weights = batch
     packing = packing_lib.pack(rollout_batch.tokens, rollout_batch.mask, jnp.any(weights[1] > 0, axis=1),
                                prompt_len, rows)
+    # The per-token outputs only: an MoE policy's routing is not packed (router_replay.check refuses it).
     base = (rollout_batch.logprobs, jnp.zeros_like(rollout_batch.logprobs), rollout_batch.values)
 
     def microbatch_loss(params, j):
@@ -153,13 +180,13 @@ def packed_gradients(outputs_fn, prompt_len: int, rows: int, *, cfg: RLConfig, k
   return grad_fn
 
 
-def pulled_back_gradients(outputs, pullback, *, cfg: RLConfig, kl_coef):
+def pulled_back_gradients(outputs, pullback, *, cfg: RLConfig, kl_coef, aux_coef: float = 0.0):
   """`grad_fn` of the first update from the scoring pass's outputs and pullback
   (`scoring_pass`): the loss differentiated in the outputs, then pulled back to the params the
   pass ran at (which the first update's carry holds)."""
   def grad_fn(unused_params, batch):
     (loss, metrics), d_outputs = jax.value_and_grad(loss_of_outputs, has_aux=True)(outputs, batch, cfg=cfg,
-                                                                                   kl_coef=kl_coef)
+                                                                                   kl_coef=kl_coef, aux_coef=aux_coef)
     return pullback(d_outputs)[0], {"loss": loss, **metrics}
   return grad_fn
 

@@ -81,10 +81,10 @@ class Turns:
     out, self.cache = self.sampler.step(self.cache, self.params, rows, block, block_mask,
                                         np.asarray(starts, np.int32), live[rows], keys, self.settings)
     out = jax.device_get(out)
-    full = SampleOutput(*(np.zeros((n,) + x.shape[1:], x.dtype) for x in out))
+    full = jax.tree.map(lambda x: np.zeros((n,) + x.shape[1:], x.dtype), out)  # a turn records no experts (None)
     for r, i in enumerate(rows):
       if live[i]:
-        for field, part in zip(full, out):
+        for field, part in zip(jax.tree.leaves(full), jax.tree.leaves(out)):
           field[i] = part[r]
         self.cached[i] = list(contexts[i]) + out.tokens[r][out.mask[r] > 0].tolist()
     return full
