@@ -39,17 +39,16 @@ def test_mesh_shape_fills_the_remaining_axis():
 EIGHT_DEVICES = dict(os.environ, XLA_FLAGS=xla_flags(8), PYTHONPATH=ROOT)
 
 
-@pytest.fixture(scope="module")
-def mesh_report() -> dict:
-  """tests/mesh_check.py's report: one child process (8 simulated CPU devices) for both tests."""
-  result = subprocess.run([sys.executable, "-m", "tests.mesh_check"], cwd=ROOT, env=EIGHT_DEVICES,
+def mesh_check(*args) -> dict:
+  """tests/mesh_check.py's report, from a child process with 8 simulated CPU devices."""
+  result = subprocess.run([sys.executable, "-m", "tests.mesh_check", *args], cwd=ROOT, env=EIGHT_DEVICES,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_steps_match_one_device_on_data_fsdp_and_tensor_meshes(mesh_report):
-  report = {stage: meshes for stage, meshes in mesh_report.items() if stage != "moe"}
+def test_steps_match_one_device_on_data_fsdp_and_tensor_meshes():
+  report = mesh_check()
   assert set(report) == {"pretrain", "lora", "rl", "rl_host", "rl_multi_turn", "dpo"}
   for stage, meshes in report.items():
     for mesh, found in meshes.items():
@@ -74,8 +73,8 @@ def test_steps_match_one_device_on_data_fsdp_and_tensor_meshes(mesh_report):
     assert meshes["tensor"]["up_kernel_shard"] == [64, 32] and meshes["tensor"]["embedding_shard"] == [66, 64]
 
 
-def test_moe_with_experts_split_over_4_devices_matches_one_device(mesh_report):
-  moe = mesh_report["moe"]
+def test_moe_with_experts_split_over_4_devices_matches_one_device():
+  moe = mesh_check("moe")
   step = moe["step"]  # pretraining on data 2 x fsdp 4 (shard_map's experts) against one device (ragged_dot's)
   assert step["metrics"] < 1e-4 and step["updates"] < 1e-3, step  # loss, router_aux_loss, ...; the updates
   assert step["router_aux_loss"] > 1, step  # the load-balancing loss was among the metrics compared
