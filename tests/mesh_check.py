@@ -5,8 +5,9 @@ Run by tests/test_sharding.py in a child process with 8 simulated CPU devices
 trainers use (shape-first init, shardings from the logical rules, jitted with in/out
 shardings), on each mesh in turn. Prints one JSON object: for each stage and mesh, the
 largest relative difference of the step metrics, and the relative difference of the param
-updates, from the one-device run, and the per-device shapes of two params; under "moe", the
-same for an MoE model's pretraining step with its experts split over 4 devices (`moe_report`).
+updates, from the one-device run, and the per-device shapes of two params. With the argument
+`moe` (`python -m tests.mesh_check moe`): the same for an MoE model's pretraining step with its
+experts split over 4 devices, and its layer's collectives (`moe_report`).
 """
 
 import dataclasses
