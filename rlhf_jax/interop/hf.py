@@ -99,7 +99,8 @@ def checkpoint_groups(path: str, cfg: ModelConfig, checkpoint: hf_tensors.Checkp
   if "lm_head.weight" in checkpoint.names:  # GPT-NeoX's embed_out under its transformers v5 name
     groups = [dataclasses.replace(g, hf="lm_head.weight") if g.hf == "embed_out.weight" else g for g in groups]
   known = {g.hf for g in groups} | ({"lm_head.weight"} if cfg.tie_embeddings else set())  # a tied copy
-  unknown = [n for n in checkpoint.names if n not in known and not hf_weights.IGNORED.search(n)]
+  unknown = [n for n in checkpoint.names if n not in known and not hf_weights.IGNORED.search(n)
+             and not (config["model_type"] in hf_config.MULTIMODAL_TYPES and hf_weights.IMAGE_PARTS.search(n))]
   if unknown:
     raise UserError(f"{path}: tensor {unknown[0]} ({len(unknown)} in all) has no place in a {config['model_type']} "
                     "model as configured: this variant is not supported")

@@ -19,7 +19,15 @@ from rlhf_jax.models.config import ModelConfig
 GPT2_TYPES = ("gpt2",)
 NEOX_TYPES = ("gpt_neox",)  # GPT-2's block with rotary positions: our `tiny` preset
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-GEMMA_TYPES = ("gemma3_text",)  # Gemma3ForCausalLM: the 1B and 270M checkpoints, and any text-only export
+# Gemma3ForCausalLM (270M, 1B, any text-only export), and Gemma3ForConditionalGeneration's text
+# model (4B+: its `text_config`; the image parts are not read, and export writes gemma3_text).
+GEMMA_TYPES = ("gemma3_text", "gemma3")
+MULTIMODAL_TYPES = ("gemma3",)
+# Gemma3TextConfig's defaults, which the Hub's sparse `text_config`s leave out (4B's has no vocab_size).
+GEMMA3_DEFAULTS = dict(vocab_size=262_208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                       num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
+                       sliding_window=4096, rms_norm_eps=1e-6, max_position_embeddings=131_072, rope_theta=1e6,
+                       rope_local_base_freq=1e4)
 MOE_TYPES = ("qwen3_moe", "mixtral")  # Llama-family attention, mixture-of-experts MLPs
 SUPPORTED_TYPES = GPT2_TYPES + NEOX_TYPES + LLAMA_TYPES + GEMMA_TYPES + MOE_TYPES
 # Keys by which a checkpoint asks to run its own Python code: never honoured.
@@ -80,7 +88,8 @@ def model_values(config: dict) -> dict:
   elif model_type in LLAMA_TYPES:
     values = llama_values(config)
   elif model_type in GEMMA_TYPES:
-    values = gemma3_values(config)
+    text = config.get("text_config") if model_type in MULTIMODAL_TYPES else config
+    values = gemma3_values({**GEMMA3_DEFAULTS, **(text or {}), "model_type": "gemma3_text"})
   elif model_type in MOE_TYPES:
     values = moe_values(config)
   else:

@@ -19,6 +19,8 @@ from rlhf_jax.models.config import ModelConfig
 
 # Buffers some checkpoints carry that are not weights (GPT-2's causal mask, rotary tables).
 IGNORED = re.compile(r"(^|\.)(attn|attention)\.(masked_)?bias$|rotary_emb\.inv_freq$")
+# A multimodal checkpoint's image parts, which its text model never reads (Gemma 3 4B+).
+IMAGE_PARTS = re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,5 +215,11 @@ def groups_for(family: str, cfg: ModelConfig, head: str, prefix: str) -> list:
 
 
 def backbone_prefix(family: str, names) -> str:
+  """The backbone's name in the checkpoint: the family's, or under a multimodal model's
+  `language_model` (Gemma 3 4B+: the Hub's `language_model.model.`, transformers 5's
+  `model.language_model.`), or '' for a bare backbone."""
   prefix = BACKBONE_PREFIX[family]
-  return prefix if any(n.startswith(prefix) for n in names) else ""
+  for candidate in (f"{prefix}language_model.", f"language_model.{prefix}", prefix):
+    if any(n.startswith(candidate) for n in names):
+      return candidate
+  return ""

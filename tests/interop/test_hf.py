@@ -58,6 +58,8 @@ def checkpoints(tmp_path_factory):
   found["llama_sharded_bf16"] = (str(root / "sharded"), save_bf16(tiny_hf.hf_model("llama", seed=1), root / "sharded",
                                                                   max_shard_size="40KB"))
   found["gpt2_bin_bf16"] = (str(root / "bin"), save_bin_bf16(tiny_hf.hf_model("gpt2", seed=2), str(root / "bin")))
+  found["gemma3_multimodal"] = (str(root / "gemma3_multimodal"), tiny_hf.gemma3_multimodal())  # its text model read
+  found["gemma3_multimodal"][1].save_pretrained(root / "gemma3_multimodal")
   return found
 
 
@@ -81,12 +83,12 @@ ARCHITECTURES = {"gpt2": dict(position="learned", norm="layernorm", bias="all", 
 
 
 @pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "gemma3", "qwen3_moe", "mixtral",
-                                  "llama_sharded_bf16", "gpt2_bin_bf16"])
+                                  "llama_sharded_bf16", "gpt2_bin_bf16", "gemma3_multimodal"])
 def test_logits_match_hf_on_a_left_padded_batch(checkpoints, name):
   directory, reference = checkpoints[name]
   assert ("model.safetensors.index.json" in os.listdir(directory)) == (name == "llama_sharded_bf16")
   model, params = hf.load(directory)
-  for field, value in ARCHITECTURES[name.replace("_sharded_bf16", "").replace("_bin_bf16", "")].items():
+  for field, value in ARCHITECTURES[name.split("_sharded")[0].split("_bin")[0].split("_multimodal")[0]].items():
     assert getattr(model.cfg, field) == value, field
   tokens, mask = tiny_hf.left_padded_batch()
   ours = np.asarray(jax.jit(model.apply)({"params": params}, tokens, mask))

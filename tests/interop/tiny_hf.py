@@ -87,6 +87,24 @@ def hf_model(kind: str, head: str = "lm", seed: int = 0, **overrides):
   return model
 
 
+def gemma3_multimodal(seed: int = 0):
+  """Gemma 3 4B+'s layout: Gemma3ForConditionalGeneration, the `gemma3` text model beside a tiny
+  vision tower, perturbed as `hf_model`'s."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(seed)
+  vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                patch_size=14)
+  config = transformers.Gemma3Config(text_config=hf_config("gemma3").to_dict(), vision_config=vision,
+                                     mm_tokens_per_image=4, boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2,
+                                     image_token_index=VOCAB - 1)
+  model = transformers.Gemma3ForConditionalGeneration(config).eval()
+  with torch.no_grad():
+    for param in model.parameters():
+      param.add_(0.05 * torch.randn_like(param))
+  return model
+
+
 def positions(mask: np.ndarray) -> np.ndarray:
   """HF generate's position_ids for a left-padded batch: cumsum(mask) - 1 (pads: 0)."""
   return np.maximum(np.cumsum(mask, axis=-1) - 1, 0)
