@@ -97,7 +97,10 @@ def math_verify_seconds() -> int | None:
 
 def final_answer(checker: str, text: str):
   """The answer a majority vote (maj@k) counts: math-verify's parsed expression, printed (1/2
-  and \\frac{1}{2} are one answer, 0.5 another), for `math_verify`; else the last integer."""
+  and \\frac{1}{2} are one answer, 0.5 another), for `math_verify`; what a reasoning-gym task's
+  scorer reads for `reasoning_gym_solved`; else the last integer."""
+  if checker == "reasoning_gym_solved":
+    return reasoning_gym_answer(text) or None
   if checker != "math_verify":
     return last_integer(text)
   import math_verify as mv  # pylint: disable=g-import-not-at-top
@@ -117,10 +120,14 @@ def reasoning_gym(prompts, completions, entry, **unused) -> list:
   some tasks give partial credit."""
   del prompts, unused
   import reasoning_gym as rg  # pylint: disable=g-import-not-at-top  (optional: load_function checks it is there)
-  from reasoning_gym.utils import extract_answer  # pylint: disable=g-import-not-at-top
-  score = lambda c, e: rg.get_score_answer_fn(e["metadata"]["source_dataset"])(answer=extract_answer(c) or c.strip(),
-                                                                               entry=e)
+  score = lambda c, e: rg.get_score_answer_fn(e["metadata"]["source_dataset"])(answer=reasoning_gym_answer(c), entry=e)
   return [float(score(c, e)) for c, e in zip(completions, entry)]
+
+
+def reasoning_gym_answer(text: str) -> str:
+  """What a reasoning-gym scorer reads of a completion: its <answer>...</answer>, else all of it."""
+  from reasoning_gym.utils import extract_answer  # pylint: disable=g-import-not-at-top
+  return extract_answer(text) or text.strip()
 
 
 def reasoning_gym_solved(prompts, completions, entry, **unused) -> list:

@@ -259,6 +259,8 @@ def test_reasoning_gym_tasks_give_records_scored_by_their_own_scorer_from_disjoi
   partial, solved = (rewards.load_function(f) for f in ("reasoning_gym", "reasoning_gym_solved"))
   assert 0 < partial(None, [near], entry=[entry])[0] < 1 and solved(None, [near, entry["answer"]], entry=[entry] * 2) == [
       0.0, 1.0]
+  assert [rewards.final_answer("reasoning_gym_solved", t) for t in ("so <answer>abc</answer>", " abc ", "")] == [
+      "abc", "abc", None]  # what maj@k votes on: the scorer's reading, not a last integer
   cfg.data.reasoning_gym_options = '{"min_terms": 2, "max_terms": 2}'  # the task's own settings
   two_terms = sources.load_records(cfg.data, "train")
   assert all(r.fields["entry"]["metadata"]["num_terms"] == 2 for r in two_terms)
