@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.errors import UserError
+from rlhf_jax.workdir import RunDir
 
 # The DPO paper's TL;DR judge prompt (Rafailov et al. 2023, appendix), asking for the letter alone.
 TLDR_TEMPLATE = ("Which of the following summaries does a better job of summarizing the most important points in "
@@ -50,7 +51,7 @@ def check_source(source: str, setting: str, pending: bool = False) -> str:
   expected = f"{setting}={source!r}: expected hf:DIR, a local Hugging Face causal LM, or a finished run's directory"
   if not os.path.isdir(path) and not (pending and run and not os.path.exists(path)):
     raise UserError(expected)
-  if run and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "summary.json")):
+  if run and os.path.isdir(path) and not RunDir(path).finished:
     raise UserError(f"{expected} (no summary.json there)")
   return path
 
@@ -114,12 +115,11 @@ def load_model(source: str, setting: str) -> tuple:
     from rlhf_jax.interop import hf  # pylint: disable=g-import-not-at-top  (transformers-free, but heavy)
     return (*hf.load(path), hf.load_tokenizer(path), [])
   from rlhf_jax import training  # pylint: disable=g-import-not-at-top  (the judge's module stays light)
-  from rlhf_jax import workdir  # pylint: disable=g-import-not-at-top
   from rlhf_jax.data.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
   from rlhf_jax.interop.export import EXPORTED, restore_params, run_stage  # pylint: disable=g-import-not-at-top
   from rlhf_jax.interop.hf import CausalLM  # pylint: disable=g-import-not-at-top  (our model, logits alone)
   from rlhf_jax.stage_specs import STAGES  # pylint: disable=g-import-not-at-top
-  run = workdir.RunDir(path)
+  run = RunDir(path)
   stage = run_stage(run)
   if stage not in EXPORTED or stage == "reward":
     raise UserError(f"{setting}={source!r}: a {stage} run; a judge is a language model's run (pretrain, sft, rl, dpo)")

@@ -22,6 +22,7 @@ import os
 
 from rlhf_jax.errors import UserError
 from rlhf_jax.pairwise_judge import PREFERENCE_TEMPLATE
+from rlhf_jax.workdir import RunDir
 
 KIND = "judge_pairs"
 ANSWERS = (" A", " B")  # what PairwiseJudge reads: the first tokens of " A" and " B"
@@ -30,7 +31,7 @@ ANSWERS = (" A", " B")  # what PairwiseJudge reads: the first tokens of " A" and
 def pairs_file(run: str, split: str) -> str:
   """The generated pairs of `split` of the finished reward run in `run`."""
   path = os.path.join(run, f"preferences_{split}.jsonl")
-  if not os.path.isfile(os.path.join(run, "summary.json")) or not os.path.isfile(path):
+  if not RunDir(run).finished or not os.path.isfile(path):
     raise UserError(f"data.source={KIND}:{run}: not a finished reward run with generated pairs (no summary.json "
                     f"or preferences_{split}.jsonl there)")
   return path

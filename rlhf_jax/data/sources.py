@@ -43,6 +43,7 @@ import numpy as np
 
 from rlhf_jax.data import arithmetic, corpus, judge_records, tool_arithmetic
 from rlhf_jax.errors import UserError
+from rlhf_jax.workdir import RunDir
 
 
 def load_documents(data_cfg, split: str) -> list[str]:
@@ -125,7 +126,7 @@ REVISIONS = "revisions.jsonl"  # a revise run's records, one per prompt
 
 def revisions_of(run: str) -> str:
   """The records file of the finished revise run in `run`."""
-  if not os.path.isfile(os.path.join(run, "summary.json")):
+  if not RunDir(run).finished:
     raise UserError(f"data.source=revise:{run}: not a finished revise run (no summary.json there)")
   return os.path.join(run, REVISIONS)
 
