@@ -1,10 +1,18 @@
 """Shared test helpers: a small model config and a tiny, fast stage config."""
 
+import contextlib
 import os
 import tempfile
 
 import filelock
 import pytest
+
+# Triton (torch's, vLLM's) and TensorFlow (the tfds tests) each register LLVM's command-line
+# options; whichever loads second aborts the process ("LLVM ERROR: inconsistency in registered
+# CommandLine options") if it is Triton. An xdist worker that ran a tfds test and then imported
+# transformers (torch._dynamo -> triton) crashed so. Loaded first, Triton is fine (0.1 s).
+with contextlib.suppress(ImportError):
+  import triton  # pylint: disable=g-import-not-at-top,unused-import
 
 # One XLA compilation cache for the whole session, the tests' child processes included: the
 # tiny configs compile the same programs many times over (a run, its killed twin, its resume;
