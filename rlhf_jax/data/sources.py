@@ -22,8 +22,8 @@
   reasoning_gym:NAME  a task of PyPI's reasoning-gym, generated offline: records with `prompt`
                       (the question), `answer` and `entry` (what its scorer reads: the
                       `reasoning_gym` reward); `embedded_docs` training and `eval_docs` held-out
-                      ones, from seeds that do not overlap; `reasoning_gym_options` (JSON) the
-                      task's own settings
+                      ones, from seeds that do not overlap (training drops the held-out
+                      questions); `reasoning_gym_options` (JSON) the task's own settings
 
 Every loader returns plain Python lists, so what follows (tokenising, batching) is the same.
 The RL stage reads records (`load_records`) from jsonl, hf, tfds and the generated tasks: the prompt is
@@ -182,20 +182,30 @@ def _generated_records(source: str, data_cfg, held_out: bool) -> list[Record]:
 
 
 def reasoning_gym_records(name: str, data_cfg, held_out: bool) -> list[Record]:
-  """`embedded_docs` problems of the reasoning-gym task `name` from `data.seed`, or (held out)
-  `eval_docs` from `data.seed + embedded_docs`: a task draws item i from seed + i, so the two
-  sets' seeds never overlap."""
+  """`eval_docs` held-out problems of the reasoning-gym task `name` from `data.seed +
+  embedded_docs` (a task draws item i from seed + i, so the two sets' seeds never overlap), or
+  the `embedded_docs` training ones from `data.seed` without any question the held-out ones ask
+  (tasks over a finite vocabulary repeat questions: a fifth of spell_backward's would be
+  training words)."""
+  evaluation = _reasoning_gym_task(name, data_cfg, data_cfg.eval_docs, data_cfg.seed + data_cfg.embedded_docs)
+  if held_out:
+    return [Record(f"reasoning_gym:{name}:{i}", {"prompt": e["question"], "answer": e["answer"], "entry": e})
+            for i, e in enumerate(evaluation)]
+  asked = {e["question"] for e in evaluation}
+  training = _reasoning_gym_task(name, data_cfg, data_cfg.embedded_docs, data_cfg.seed)
+  return [Record(f"reasoning_gym:{name}:{i}", {"prompt": e["question"], "answer": e["answer"], "entry": e})
+          for i, e in enumerate(training) if e["question"] not in asked]
+
+
+def _reasoning_gym_task(name: str, data_cfg, size: int, seed: int) -> list[dict]:
   reasoning_gym = _import("reasoning_gym", f"data.source=reasoning_gym:{name} needs the reasoning-gym package: "
                                            "pip install reasoning-gym")
   options = data_cfg.get("reasoning_gym_options", "") or "{}"
   try:
     options = json.loads(options)
-    task = reasoning_gym.create_dataset(name, size=data_cfg.eval_docs if held_out else data_cfg.embedded_docs,
-                                        seed=data_cfg.seed + (data_cfg.embedded_docs if held_out else 0), **options)
+    return list(reasoning_gym.create_dataset(name, size=size, seed=seed, **options))
   except Exception as e:  # an unknown task or option: the library's own message
     raise UserError(f"data.source=reasoning_gym:{name} (options {options!r}): {type(e).__name__}: {e}") from None
-  return [Record(f"reasoning_gym:{name}:{i}", {"prompt": entry["question"], "answer": entry["answer"], "entry": entry})
-          for i, entry in enumerate(task)]
 
 
 def prompt_text(record: Record, data_cfg, count_tokens=None) -> str:

@@ -254,6 +254,10 @@ def test_reasoning_gym_tasks_give_records_scored_by_their_own_scorer_from_disjoi
   right = [f"so <answer>{a}</answer>" for a in train.columns["answer"][:2]]
   assert score(None, right + ["<answer>not a number</answer>"], entry=train.columns["entry"][:3]) == [1.0, 1.0, 0.0]
   words = rl_config(source="reasoning_gym:spell_backward")
+  words.data.update(dict(embedded_docs=3000, eval_docs=64))  # a finite vocabulary repeats words
+  asked = {r.fields["prompt"] for r in sources.load_records(words.data, "eval")}
+  trained = [r.fields["prompt"] for r in sources.load_records(words.data, "train")]
+  assert len(asked) > 50 and 2900 < len(trained) < 3000 and not asked & set(trained)  # held out: none trained on
   entry = sources.load_records(words.data, "train")[0].fields["entry"]  # partial credit: solved is full marks only
   near = entry["answer"][:-1] + ("x" if entry["answer"][-1] != "x" else "y")
   partial, solved = (rewards.load_function(f) for f in ("reasoning_gym", "reasoning_gym_solved"))
