@@ -96,7 +96,8 @@ class EngineSampler:
 
   def sampled(self, drawing: Drawing, state) -> rl_steps.Sampled:
     """The `Sampled` of the engine's responses; `time/engine_wait` is how long the trainer
-    waited for them, `time/engine_rollout` how long the engine took."""
+    waited for them (in its own process: after the update, so 0 when sampling took no longer),
+    `time/engine_rollout` how long the engine took."""
     started = time.perf_counter()
     responses, seconds = zip(*(self.engine.receive(call) for call in drawing.calls))
     self.metrics.update({"time/engine_wait": time.perf_counter() - started, "time/engine_rollout": sum(seconds)})
@@ -121,6 +122,8 @@ class EngineSampler:
     """The rollout's `Sampled` and its log-prob check under the params that sampled it (the
     engine's copy of the policy), on `state`'s frozen parts."""
     view = state if drawing.policy is None else off_policy.sampler_fields(state).replace(policy=drawing.policy)
+    if self.overlaps:  # the update first: `time/engine_wait` is then what the engine adds to it
+      jax.block_until_ready(state.policy)
     sampled = self.sampled(drawing, view)
     return off_policy.InFlight(sampled, self.gap(view, sampled))
 

@@ -11,8 +11,8 @@ import signal
 import numpy as np
 import pytest
 
-from rlhf_jax import rl_plan, stages
-from rlhf_jax.errors import UserError
+from rlhf_jax import preemption, rl_plan, stages
+from rlhf_jax.errors import Preempted, UserError
 from rlhf_jax.interop import vllm_engine, vllm_process
 from rlhf_jax.training.rl import rl_trainer
 
@@ -161,6 +161,33 @@ def test_an_engine_process_that_dies_mid_run_stops_it_with_one_line(sft_run, tmp
   with pytest.raises(vllm_process.EngineProcessError, match=r"engine process \(pid \d+\) died") as error:
     stages.run(cfg, str(tmp_path / "run"))
   assert "\n" not in str(error.value) and not multiprocessing.active_children()
+
+
+@needs_vllm
+def test_a_preempted_run_checkpoints_with_its_engine_process_alive_then_stops_it(sft_run, tmp_path, monkeypatch):
+  """A scheduler's SIGTERM reaches the trainer and the engine's process: the engine ignores it and
+  serves the step the trainer finishes before it checkpoints; then the run stops the engine."""
+  submit, notified = vllm_process.EngineProcess.submit, []
+
+  def notice_then_submit(engine, *args, **kwargs):
+    if not notified:  # at the queue's first rollout: the run stops after its first iteration
+      notified.append(engine.process.pid)
+      for pid in (os.getpid(), engine.process.pid):
+        os.kill(pid, signal.SIGTERM)
+    return submit(engine, *args, **kwargs)
+
+  monkeypatch.setattr(vllm_process.EngineProcess, "submit", notice_then_submit)
+  cfg = engine_config(sft_run, off_policy_steps=1)
+  cfg.rollout.devices = 1
+  previous = signal.getsignal(signal.SIGTERM)
+  preemption.listen()
+  try:
+    with pytest.raises(Preempted, match="preempted after step 1: checkpoint of step 1"):
+      stages.run(cfg, str(tmp_path / "run"))
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    preemption._notice.clear()  # pylint: disable=protected-access
+  assert len(train_rows(tmp_path / "run")) == 1 and not multiprocessing.active_children()
 
 
 def test_an_engine_on_devices_of_its_own_needs_off_policy_and_devices_left_to_train_on(tiny_ppo):
