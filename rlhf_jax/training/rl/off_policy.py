@@ -110,12 +110,16 @@ class OffPolicyIteration:
   split: bool  # the sampler has devices of its own
   score: Callable | None = None  # host_rewards.HostScorer on the sampler's mesh (None: in-graph rewards)
   sampler_metrics: Callable = dict  # an external engine's metrics of this iteration (engine_rollout.py)
+  # (what `sample` gave, the state after the update) -> InFlight: an engine in its own process
+  # is asked before the update and answers after it (engine_rollout.EngineSampler.finish)
+  finish: Callable = lambda in_flight, state: in_flight  # (the others': already one)
 
   def __call__(self, state, batch):
     started = time.perf_counter()
     view = self.view(state)
     in_flight = self.sample(view, batch["tokens"], batch["mask"])
     state, metrics = self.train(state)
+    in_flight = self.finish(in_flight, state)
     in_flight = self.scored(in_flight, batch)  # on the host, while the device trains
     state = self.push(state, jax.device_put(in_flight, self.arrival))
     ready = lambda x: (jax.block_until_ready(x), time.perf_counter() - started)[1]
@@ -129,8 +133,8 @@ class OffPolicyIteration:
 
   def prefill(self, state, batches: list):
     """The state with its queue filled by the initial policy on the first K batches."""
-    drawn = [self.sample(self.view(state.replace(rng=prefill_key(state.rng, j))), b["tokens"], b["mask"])
-             for j, b in enumerate(batches)]
+    drawn = [self.finish(self.sample(self.view(state.replace(rng=prefill_key(state.rng, j))), b["tokens"], b["mask"]),
+                         state) for j, b in enumerate(batches)]
     for in_flight, batch in zip(drawn, batches):
       state = self.push(state, jax.device_put(self.scored(in_flight, batch), self.arrival))
     return state
@@ -190,7 +194,8 @@ def compile_off_policy(state, shardings, train_mesh, sample_mesh, rules, models,
       train=jax.jit(sharding.with_rules(train, train_mesh, rules), in_shardings=(shardings,),
                     out_shardings=(shardings, sharding.replicated(train_mesh)), donate_argnums=0),
       push=jax.jit(push, in_shardings=(shardings, arrival), out_shardings=shardings, donate_argnums=0),
-      arrival=arrival, split=split, score=host_scorer, sampler_metrics=engine.take_metrics if engine else dict)
+      arrival=arrival, split=split, score=host_scorer, sampler_metrics=engine.take_metrics if engine else dict,
+      **({"finish": engine.finish} if engine and engine.overlaps else {}))
   return driver, state, shardings
 
 

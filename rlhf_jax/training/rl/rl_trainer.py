@@ -16,6 +16,7 @@ Evaluation compares the policy with the reference on held-out prompts by the gol
 reward (each component and their sum) and the KL between them.
 """
 
+import contextlib
 import dataclasses
 import functools
 
@@ -30,7 +31,7 @@ from rlhf_jax.data import sources
 from rlhf_jax.data.prompts import prompt_batch, prompt_set, warn_about_prompt_sets
 from rlhf_jax.envs import environments
 from rlhf_jax.errors import UserError
-from rlhf_jax.interop import vllm_engine
+from rlhf_jax.interop import vllm_engine, vllm_process
 from rlhf_jax.metrics_log import MetricsLog
 from rlhf_jax.models.config import LORA_FIELDS, ModelConfig
 from rlhf_jax.models.continuous import batching_of
@@ -120,15 +121,20 @@ def check_off_policy(cfg, plan: rl_plan.RLPlan) -> None:
 
 
 def check_engine(cfg, plan: rl_plan.RLPlan) -> None:
-  """What an external engine (rollout.engine=vllm) runs with so far, and that it is installed."""
+  """What an external engine (rollout.engine=vllm) runs with so far, and that it is installed;
+  `rollout.devices` > 0 (the engine in its own process on devices of its own) is checked with
+  the off-policy fields (check_off_policy) and here against the machine (vllm_process.placement)."""
   unsupported = ("vmap_seeds > 1" if cfg.vmap_seeds > 1 else
-                 "rollout.devices > 0 (the engine shares the trainer's devices)" if cfg.rollout.devices else
-                 "several processes" if jax.process_count() > 1 else "")
+                 "several processes" if jax.process_count() > 1 else
+                 "config.env (multi-turn) and rollout.devices > 0"
+                 if cfg.rollout.devices and plan.driver == "multi_turn" else "")
   if unsupported:
     raise UserError(f"rollout.engine={plan.engine} with {unsupported} is not supported yet: use rollout.engine=jax")
   vllm_engine.settings_of(cfg)
   if not vllm_engine.available():
     raise UserError(vllm_engine.INSTALL)
+  if cfg.rollout.devices > 0:
+    vllm_process.placement(cfg.rollout.devices)
 
 
 def check_multi_turn(cfg, plan: rl_plan.RLPlan) -> None:
@@ -175,6 +181,11 @@ def make_optimizers(cfg, plan: rl_plan.RLPlan):
 
 
 def run(cfg, workdir: str) -> dict:
+  with contextlib.ExitStack() as cleanup:  # an engine's own process stops with the run, however it ends
+    return run_with(cfg, workdir, cleanup)
+
+
+def run_with(cfg, workdir: str, cleanup: contextlib.ExitStack) -> dict:
   run_dir = RunDir(workdir)
   plan = rl_plan.resolve(cfg)
   sft_run = setup.source_run(cfg)
@@ -204,6 +215,8 @@ def run(cfg, workdir: str) -> dict:
   k = rl_cfg.off_policy_steps
   engine = None if plan.engine == "jax" else engine_rollout.start(
       cfg, run_dir, state, models, tokenizer, prompts["train"].tokens.shape[1], rl_cfg, mesh, rules, score_fn)
+  if engine:
+    cleanup.callback(engine.close)
   evaluator = None  # the policy's evaluation (below), unless the driver brings its own
   if plan.driver == "multi_turn":  # with K >= 1 the K rollouts in flight join the state, as below
     driver, evaluator, state, shardings = compile_multi_turn(
@@ -245,7 +258,8 @@ def run(cfg, workdir: str) -> dict:
 
 def meshes(cfg) -> tuple:
   """(training mesh, sampler mesh): the same one unless `rollout.devices` gives the sampler the
-  last N devices, on a mesh of its own (`rollout.mesh`)."""
+  last N devices, on a mesh of its own (`rollout.mesh`). vLLM's engine takes them in its own
+  process, outside JAX: both meshes are the training one, on what it leaves (vllm_process.py)."""
   n = cfg.rollout.devices
   if not n:
     mesh = sharding.make_mesh(cfg.mesh)
@@ -253,6 +267,9 @@ def meshes(cfg) -> tuple:
   devices = jax.devices()
   if jax.process_count() > 1:
     raise UserError("rollout.devices > 0 on several processes is not supported yet: keep rollout.devices=0")
+  if cfg.rollout.get("engine", "jax") != "jax":
+    mesh = sharding.make_mesh(cfg.mesh, vllm_process.training_devices(n))
+    return mesh, mesh
   if n >= len(devices):
     raise UserError(f"rollout.devices={n} leaves none of the {len(devices)} devices to train on")
   return sharding.make_mesh(cfg.mesh, devices[:-n]), sharding.make_mesh(cfg.rollout.mesh, devices[-n:])

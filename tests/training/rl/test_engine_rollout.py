@@ -4,13 +4,16 @@ the sampler/trainer log-prob gap stays at float32's error after every push, LoRA
 weights included, and off-policy the queue takes the engine's rollouts."""
 
 import json
+import multiprocessing
+import os
+import signal
 
 import numpy as np
 import pytest
 
-from rlhf_jax import rl_plan, stages
-from rlhf_jax.errors import UserError
-from rlhf_jax.interop import vllm_engine
+from rlhf_jax import preemption, rl_plan, stages
+from rlhf_jax.errors import Preempted, UserError
+from rlhf_jax.interop import vllm_engine, vllm_process
 from rlhf_jax.training.rl import rl_trainer
 
 needs_vllm = pytest.mark.skipif(not vllm_engine.available(), reason="vLLM is not installed (pip install -e '.[vllm]')")
@@ -85,9 +88,9 @@ def test_engine_settings_and_what_the_engine_does_not_run_with_are_one_line_erro
 def test_a_mixture_of_experts_policy_is_refused_on_vllms_cpu_build():
   """Its CPU MoE kernel keeps the experts it prepacked at load after a push (vllm_engine.py)."""
   from tests.conftest import LLAMA, small_model  # pylint: disable=g-import-not-at-top
-  vllm_engine.refuse_cpu_experts(small_model(**LLAMA))
+  vllm_engine.refuse_cpu_experts(small_model(**LLAMA).n_experts)
   with pytest.raises(UserError, match="mixture-of-experts policy on vLLM's CPU build is not supported"):
-    vllm_engine.refuse_cpu_experts(small_model(**LLAMA, n_experts=4, experts_per_token=2))
+    vllm_engine.refuse_cpu_experts(small_model(**LLAMA, n_experts=4, experts_per_token=2).n_experts)
 
 
 @needs_vllm
@@ -104,3 +107,97 @@ def test_multi_turn_trajectories_are_sampled_turn_by_turn_from_token_ids(sft_run
   rows = train_rows(tmp_path / "run")
   # The engine's log-probs of the policy's tokens are the trainer's, turn after turn (the environment's are masked).
   assert len(rows) == 2 and all(row["rollout/logprob_gap_max"] < 1e-4 and row["turns"] > 1 for row in rows), rows
+
+
+@pytest.fixture(scope="module")
+def own_process_run(sft_run, tmp_path_factory):
+  """Off-policy GRPO (K = 1) with vLLM's engine in a process of its own (rollout.devices=1):
+  the metrics of its iterations."""
+  cfg = engine_config(sft_run, off_policy_steps=1, rollout_correction="token_tis")
+  cfg.rollout.devices = 1
+  directory = tmp_path_factory.mktemp("vllm_process") / "run"
+  stages.run(cfg, str(directory))
+  return train_rows(directory)
+
+
+@needs_vllm
+def test_the_engine_in_its_own_process_samples_while_the_trainer_updates_and_stops_with_the_run(own_process_run):
+  rows = own_process_run
+  # Under the params that drew each rollout the engine's log-probs are the trainer's: every push landed.
+  assert len(rows) == 3 and all(row["rl/staleness"] < 1e-4 for row in rows), rows
+  assert rows[0]["rollout/logprob_gap_max"] < 1e-4 and rows[-1]["rollout/logprob_gap_max"] > 1e-4
+  assert all(row["time/engine_wait"] >= 0 and row["time/engine_rollout"] > 0 for row in rows)
+  # The first iteration samples with the weights the queue's rollout was drawn with: pushed once, before it.
+  assert "time/weight_push" not in rows[0] and all(row["time/weight_push"] > 0 for row in rows[1:])
+  assert not multiprocessing.active_children()  # the engine's process ended with the run
+
+
+@needs_vllm
+def test_the_engine_in_its_own_process_draws_the_tokens_the_in_process_engine_draws(sft_run, own_process_run,
+                                                                                    tmp_path):
+  """Same seeds, same pushed weights: the same responses (so the same lengths, and the same KL to
+  the reference, of the same tokens under the same updates)."""
+  cfg = engine_config(sft_run, off_policy_steps=1, rollout_correction="token_tis")
+  stages.run(cfg, str(tmp_path / "run"))
+  for here, own in zip(train_rows(tmp_path / "run"), own_process_run, strict=True):
+    assert (here["response_length"], here["no_eos_fraction"]) == (own["response_length"], own["no_eos_fraction"])
+    assert here["kl"] == pytest.approx(own["kl"], rel=1e-4, abs=1e-7)
+
+
+@needs_vllm
+def test_an_engine_process_that_dies_mid_run_stops_it_with_one_line(sft_run, tmp_path, monkeypatch):
+  submit, calls = vllm_process.EngineProcess.submit, []
+
+  def killed_on_the_second_request(engine, *args, **kwargs):  # the first iteration's (the first: the queue's)
+    calls.append(engine)
+    if len(calls) == 2:
+      os.kill(engine.process.pid, signal.SIGKILL)
+      engine.process.join()
+    return submit(engine, *args, **kwargs)
+
+  monkeypatch.setattr(vllm_process.EngineProcess, "submit", killed_on_the_second_request)
+  cfg = engine_config(sft_run, off_policy_steps=1)
+  cfg.rollout.devices = 1
+  with pytest.raises(vllm_process.EngineProcessError, match=r"engine process \(pid \d+\) died") as error:
+    stages.run(cfg, str(tmp_path / "run"))
+  assert "\n" not in str(error.value) and not multiprocessing.active_children()
+
+
+@needs_vllm
+def test_a_preempted_run_checkpoints_with_its_engine_process_alive_then_stops_it(sft_run, tmp_path, monkeypatch):
+  """A scheduler's SIGTERM reaches the trainer and the engine's process: the engine ignores it and
+  serves the step the trainer finishes before it checkpoints; then the run stops the engine."""
+  submit, notified = vllm_process.EngineProcess.submit, []
+
+  def notice_then_submit(engine, *args, **kwargs):
+    if not notified:  # at the queue's first rollout: the run stops after its first iteration
+      notified.append(engine.process.pid)
+      for pid in (os.getpid(), engine.process.pid):
+        os.kill(pid, signal.SIGTERM)
+    return submit(engine, *args, **kwargs)
+
+  monkeypatch.setattr(vllm_process.EngineProcess, "submit", notice_then_submit)
+  cfg = engine_config(sft_run, off_policy_steps=1)
+  cfg.rollout.devices = 1
+  previous = signal.getsignal(signal.SIGTERM)
+  preemption.listen()
+  try:
+    with pytest.raises(Preempted, match="preempted after step 1: checkpoint of step 1"):
+      stages.run(cfg, str(tmp_path / "run"))
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    preemption._notice.clear()  # pylint: disable=protected-access
+  assert len(train_rows(tmp_path / "run")) == 1 and not multiprocessing.active_children()
+
+
+def test_an_engine_on_devices_of_its_own_needs_off_policy_and_devices_left_to_train_on(tiny_ppo):
+  cfg = tiny_ppo.copy_and_resolve_references()
+  cfg.update(dict(algo="grpo"))
+  cfg.reward.fns = ("length",)
+  cfg.rollout.update(dict(engine="vllm", devices=1))
+  with pytest.raises(UserError, match="sampling on devices of its own needs rl.off_policy_steps >= 1"):
+    rl_trainer.check_config(cfg)
+  cfg.rl.off_policy_steps = 1
+  cfg.rollout.devices = len(os.sched_getaffinity(0))
+  with pytest.raises(UserError, match="leaving none to train on"):
+    rl_trainer.check_config(cfg)
