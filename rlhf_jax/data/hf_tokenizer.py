@@ -13,6 +13,11 @@ tokenizer_config.json / special_tokens_map.json (token strings), else config.jso
   and the RL step finds "ended with EOS" under that mask. (HF's *ForSequenceClassification,
   by contrast, finds the last token by `input_ids != pad_token_id`: see rlhf_jax.interop.hf.)
 
+A response ends at EOS or at any other id generation_config.json's `eos_token_id` lists (a
+chat checkpoint's end of turn: Gemma 3 IT's EOS is <eos> but its turns end with <end_of_turn>,
+and it lists both), as transformers' `generate` and vLLM stop: `stop_ids`. EOS itself stays the
+one id a demonstration ends with and an export names.
+
 Saved into a run directory as our `tokenizer.json` ({"kind": "hf", resolved ids}) beside a
 copy of the HF files in `hf/` (HF's own file is also called tokenizer.json).
 
@@ -152,23 +157,36 @@ def special_ids(directory: str, backend) -> dict:
   return {name: int(value) for name, value in ids.items()}
 
 
+def generation_stop_ids(directory: str) -> tuple:
+  """generation_config.json's `eos_token_id` (an id or a list), as a tuple; () without one."""
+  value = _read_json(os.path.join(directory, "generation_config.json")).get("eos_token_id")
+  if value is None:
+    return ()
+  return tuple(int(v) for v in (value if isinstance(value, list) else [value]))
+
+
 class HFTokenizer:
   """A Hugging Face tokenizer with our special-token ids; `files` is where its HF files are."""
 
   name = "hf"
 
-  def __init__(self, files: str, ids: dict = None):
+  def __init__(self, files: str, ids: dict = None, stop_ids: tuple = None):
     self.files = os.path.abspath(files)
     self._backend = backend_for(self.files)
     ids = ids or special_ids(self.files, self._backend)
     self.bos_id, self.eos_id, self.pad_id = (int(ids[name]) for name in SPECIALS)
+    stop_ids = generation_stop_ids(self.files) if stop_ids is None else stop_ids
+    # Every id a response may end on, EOS first (the module docstring).
+    self.stop_ids = tuple(dict.fromkeys((self.eos_id, *(int(i) for i in stop_ids))))
     self.vocab_size = self._backend.vocab_size
     self.specials = {self.bos_id, self.eos_id, self.pad_id}
 
   @classmethod
   def load(cls, directory: str, config: dict) -> "HFTokenizer":
-    """What `save` wrote: the HF files in `directory/hf`, the ids in our config."""
-    return cls(os.path.join(directory, config.get("files", FILES_DIR)), {n: config[f"{n}_id"] for n in SPECIALS})
+    """What `save` wrote: the HF files in `directory/hf`, the ids in our config (a run saved
+    before `stop_ids` were saved stops at EOS alone)."""
+    return cls(os.path.join(directory, config.get("files", FILES_DIR)), {n: config[f"{n}_id"] for n in SPECIALS},
+               tuple(config.get("stop_ids", ())))
 
   def encode(self, text: str) -> list[int]:
     return self._backend.encode(text)
@@ -211,7 +229,7 @@ class HFTokenizer:
   def save(self, directory: str) -> None:
     self.copy_files(os.path.join(directory, FILES_DIR))
     config = {"kind": self.name, "files": FILES_DIR, "vocab_size": self.vocab_size,
-              **{f"{n}_id": getattr(self, f"{n}_id") for n in SPECIALS}}
+              "stop_ids": list(self.stop_ids), **{f"{n}_id": getattr(self, f"{n}_id") for n in SPECIALS}}
     with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
       json.dump(config, f, indent=2, sort_keys=True)
 

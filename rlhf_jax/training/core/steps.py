@@ -117,7 +117,7 @@ def jit_sampler(model, max_new_tokens: int, tokenizer, param_shardings, mesh, ru
   params as laid out for training, the prompts as given, the samples replicated (every
   process decodes them). `sample_cfg`: the config's `sample` (its batching and slots)."""
   fn = functools.partial(generate, model, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
-                         pad_id=tokenizer.pad_id, **batching_of(sample_cfg))
+                         stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id, **batching_of(sample_cfg))
   return jax.jit(sharding.with_rules(fn, mesh, rules), in_shardings=(param_shardings, None, None, None, None),
                  out_shardings=sharding.replicated(mesh))
 

@@ -11,7 +11,7 @@ from rlhf_jax import flops, memory, sharding
 from rlhf_jax.data import batches, sources
 from rlhf_jax.data.prompts import Prompts, as_chat, encode_prompts, openings, token_counter
 from rlhf_jax.envs import tools
-from rlhf_jax.models.sampling import SamplingParams
+from rlhf_jax.models.sampling import SamplingParams, is_stop
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training.core import setup, trainer
 from rlhf_jax.training.core.compute import StepCost
@@ -123,6 +123,7 @@ class LMEvaluator:
     texts = [self.tokenizer.decode(t[m > 0]) for t, m in zip(out.tokens, out.mask)]
     lines = [f"{p!r} -> {c!r}" for p, c in zip(prompts.texts, texts)]
     self.run_dir.write_samples(step, lines)
-    ended = (out.tokens == self.tokenizer.eos_id).any(axis=1)
+    # Under the mask: PAD may be a stop id (Qwen's <|endoftext|>), or EOS itself (GPT-2).
+    ended = (is_stop(out.tokens, self.tokenizer.eos_id, self.tokenizer.stop_ids) & (out.mask > 0)).any(axis=1)
     return {"eval/sample_length": float(out.mask.sum(axis=1).mean()),
             "eval/sample_eos_fraction": float(ended.mean()), "samples": "\n\n".join(lines)}

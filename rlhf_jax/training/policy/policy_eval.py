@@ -27,7 +27,7 @@ import numpy as np
 
 from rlhf_jax import judges, pairwise_judge, rewards, sharding
 from rlhf_jax.algorithms import token_rewards
-from rlhf_jax.models.sampling import SamplingParams
+from rlhf_jax.models.sampling import SamplingParams, is_stop
 from rlhf_jax.training.core.logprobs import response_logprobs
 from rlhf_jax.training.core.steps import jit_sampler
 from rlhf_jax.training.policy.policy_state import policy_params, reference_params
@@ -84,7 +84,7 @@ class PolicyEvaluator:
       per["reward/model"] = model
       proxy = proxy + self.model_weight * model
     if self.token:
-      ended = np.any((out.tokens == self.tokenizer.eos_id) & (out.mask > 0), axis=1)
+      ended = np.any(is_stop(out.tokens, self.tokenizer.eos_id, self.tokenizer.stop_ids) & (out.mask > 0), axis=1)
       scores, total = token_rewards.weighted_sum(self.token, out.tokens, out.mask, ended, self.token_params)
       per.update({f"reward/{name}": np.asarray(s) for name, s in scores.items()})
       proxy = proxy + np.asarray(total)

@@ -90,7 +90,7 @@ class EngineSampler:
     ids = [p for p in ids for _ in range(self.cfg.samples_per_prompt)]
     seeds = np.asarray(self.seeds(state))
     calls = [self.engine.submit(ids, seeds, max_new_tokens=self.cfg.max_new_tokens, eos_id=self.cfg.eos_id,
-                                pad_id=self.cfg.pad_id, greedy=greedy, **self.sampling)
+                                stop_ids=self.cfg.stop_ids, pad_id=self.cfg.pad_id, greedy=greedy, **self.sampling)
              for greedy in ((False, True) if self.cfg.needs_greedy else (False,))]  # ReMax: a greedy row each
     return Drawing(prompts, prompt_mask, calls)
 
@@ -158,6 +158,7 @@ class EngineTurnSampler:
   turn_tokens: int
   eos_id: int
   pad_id: int
+  stop_ids: tuple = ()  # ids that end a turn as EOS does
 
   def session(self, params, settings, rows: int):
     del rows
@@ -172,7 +173,8 @@ class EngineTurnSampler:
     tokens[:] = self.pad_id
     if len(live):
       drawn = self.engine.sample([contexts[i] for i in live], seeds[live], max_new_tokens=self.turn_tokens,
-                                 eos_id=self.eos_id, pad_id=self.pad_id, temperature=temperature)
+                                 eos_id=self.eos_id, stop_ids=self.stop_ids, pad_id=self.pad_id,
+                                 temperature=temperature)
       for array, part in zip((tokens, mask, logprobs), drawn):
         array[live] = part
     self.engine.rest()

@@ -4,7 +4,7 @@ prompt's and the environment's.
 
 Each turn samples up to `env.turn_tokens` new tokens for every unfinished row, continuing it
 from its KV cache (turn_cache.py: only the tokens new since its last turn are prefilled, and
-rows that are done are left out of the decode), keeps them up to the turn's end (EOS, or the
+rows that are done are left out of the decode), keeps them up to the turn's end (a stop id, or the
 first prefix whose text closes a tool call) with the sampler's log-probs, and gives the turn's
 text to the environment, whose observation is encoded once and appended (loss mask 0,
 log-prob 0). A turn without a call, an EOS, `env.max_turns` turns or a full `env.max_tokens`
@@ -45,7 +45,7 @@ class Trajectory:
   loss_mask: list = dataclasses.field(default_factory=list)  # 1: the policy's token
   logprobs: list = dataclasses.field(default_factory=list)  # the sampler's; 0 on observations
   done: bool = False
-  ended: bool = False  # its last turn ended with EOS
+  ended: bool = False  # its last turn ended with EOS (or another stop id)
   turns: int = 0
   tool_calls: int = 0
   tool_errors: int = 0
@@ -66,11 +66,13 @@ class TurnLimits:
 
 
 def turn_length(ids, tokenizer, close: str = tool_format.CALL_CLOSE) -> int:
-  """How many of a turn's sampled ids it keeps: through its EOS, or through the first prefix
-  whose text closes a tool call (`close`: the call format's), else all of them."""
+  """How many of a turn's sampled ids it keeps: through its EOS (or first other stop id, the
+  tokenizer's `stop_ids`), or through the first prefix whose text closes a tool call (`close`:
+  the call format's), else all of them."""
   ids = list(ids)
-  if tokenizer.eos_id in ids:
-    ids = ids[:ids.index(tokenizer.eos_id) + 1]
+  ends = [k for k, t in enumerate(ids) if t in tokenizer.stop_ids]
+  if ends:
+    ids = ids[:ends[0] + 1]
   text = tokenizer.decode(ids)
   if close not in text:
     return len(ids)
@@ -125,9 +127,9 @@ def take_turn(row: Trajectory, ids, logprobs, tokenizer, limits: TurnLimits,
   ids, logprobs = [int(t) for t in ids[:keep]], [float(p) for p in logprobs[:keep]]
   row.append(ids, logprobs, policy=True)
   row.turns += 1
-  text = tokenizer.decode([t for t in ids if t != tokenizer.eos_id])
+  text = tokenizer.decode([t for t in ids if t not in tokenizer.stop_ids])
   row.transcript.append(("policy", text))
-  if ids and ids[-1] == tokenizer.eos_id:
+  if ids and ids[-1] in tokenizer.stop_ids:
     row.done = row.ended = True
   step = _guarded(lambda: row.env.step(text), f"{type(row.env).__name__}.step")
   row.tool_calls += step.tool_call

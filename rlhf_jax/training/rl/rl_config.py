@@ -18,6 +18,7 @@ class RLConfig:
   max_new_tokens: int
   eos_id: int
   pad_id: int
+  stop_ids: tuple = ()  # the tokenizer's: a response ends at EOS or any of these (sampling.is_stop)
   algo: str = "ppo"
   advantage: str = "gae"  # algorithms/advantages.py
   policy_loss: str = "clip"  # algorithms/policy_losses.py

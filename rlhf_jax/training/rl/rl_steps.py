@@ -34,7 +34,7 @@ from rlhf_jax.algorithms.advantages import ADVANTAGES, AdvantageInputs
 from rlhf_jax.algorithms.importance import importance_weights
 from rlhf_jax.algorithms.rollout_correction import correction_weights, mismatch_metrics, routing_metrics
 from rlhf_jax.models.continuous import generate
-from rlhf_jax.models.sampling import SamplingParams
+from rlhf_jax.models.sampling import SamplingParams, is_stop
 from rlhf_jax.training.core import guards
 from rlhf_jax.training.core.logprobs import response_logprobs
 from rlhf_jax.training.core.steps import accumulate_gradients
@@ -67,14 +67,14 @@ class Sampled(NamedTuple):
   tokens: jax.Array  # [n, prompt + new] prompt then response
   mask: jax.Array  # [n, prompt + new]
   response: Any  # models.sampling's output: the response tokens, mask and sampler log-probs
-  ended: jax.Array  # [n] the response holds EOS
+  ended: jax.Array  # [n] the response holds EOS or another stop id
   scores: jax.Array  # [n] the reward model's (unweighted; 0 without one)
   greedy: Any = None  # ReMax: the greedy responses, a Sampled of their own
 
 
 def _sample(state, prompts, prompt_mask, rng, settings, *, policy, score_fn, cfg) -> Sampled:
   out = generate(policy, policy_params(state), prompts, prompt_mask, rng, settings, max_new_tokens=cfg.max_new_tokens,
-                 eos_id=cfg.eos_id, pad_id=cfg.pad_id, batching=cfg.batching, slots=cfg.slots,
+                 eos_id=cfg.eos_id, stop_ids=cfg.stop_ids, pad_id=cfg.pad_id, batching=cfg.batching, slots=cfg.slots,
                  cache_blocks=cfg.cache_blocks, block_size=cfg.block_size, paged_attention=cfg.paged_attention)
   return sampled_of(state, prompts, prompt_mask, out, score_fn=score_fn, cfg=cfg)
 
@@ -83,7 +83,7 @@ def sampled_of(state, prompts, prompt_mask, out, *, score_fn, cfg) -> Sampled:
   """The `Sampled` of responses `out` (a SampleOutput, from any engine) to these prompts."""
   tokens = jnp.concatenate([prompts, out.tokens], axis=1)
   mask = jnp.concatenate([prompt_mask.astype(jnp.int32), out.mask], axis=1)
-  ended = jnp.any((out.tokens == cfg.eos_id) & (out.mask > 0), axis=1)
+  ended = jnp.any(is_stop(out.tokens, cfg.eos_id, cfg.stop_ids) & (out.mask > 0), axis=1)
   scores = score_fn(state, tokens, mask, out) if score_fn else jnp.zeros(tokens.shape[0], jnp.float32)
   return Sampled(tokens, mask, out, ended, scores)
 
@@ -182,7 +182,7 @@ def packed_scores(state: RLState, sampled: Sampled, *, policy, critic, cfg: RLCo
 
 def total_scores(cfg: RLConfig, sampled: Sampled, host_total):
   """The weighted reward model's score plus the token rewards' and the host rewards' (if any);
-  a response without EOS gets the penalty."""
+  a response without EOS (or another stop id) gets the penalty."""
   scores = sampled.scores if cfg.model_weight in (None, 1.0) else cfg.model_weight * sampled.scores
   if cfg.token_rewards:
     scores = scores + token_scores_of(cfg, sampled)[1]

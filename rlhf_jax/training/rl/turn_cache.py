@@ -97,9 +97,11 @@ def common_prefix(a: list, b: list) -> int:
 
 
 def turn_sampler(model, params_shardings, mesh, rules, *, turn_tokens: int, capacity: int, eos_id: int,
-                 pad_id: int) -> TurnSampler:
-  """A TurnSampler on `mesh`, the params laid out as `params_shardings`."""
-  fn = functools.partial(turn_step, model=model, max_new_tokens=turn_tokens, eos_id=eos_id, pad_id=pad_id)
+                 pad_id: int, stop_ids: tuple = ()) -> TurnSampler:
+  """A TurnSampler on `mesh`, the params laid out as `params_shardings`; a turn ends at EOS or
+  any of `stop_ids`."""
+  fn = functools.partial(turn_step, model=model, max_new_tokens=turn_tokens, eos_id=eos_id, pad_id=pad_id,
+                         stop_ids=stop_ids)
   rows = sharding.batch_sharding(mesh)  # the cache's rows split as a batch's
   step = jax.jit(sharding.with_rules(fn, mesh, rules), donate_argnums=0,
                  in_shardings=(rows, params_shardings, None, None, None, None, None, None, None),

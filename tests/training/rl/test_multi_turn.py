@@ -21,6 +21,7 @@ class MergingTokenizer:
   """Characters as ids, except that encode() merges "ab" into one id: ids sampled as "a", "b"
   decode to text that encodes to other ids (the round trip peers' multi-turn code breaks on)."""
   pad_id, eos_id, AB = 0, 1, 2
+  stop_ids = (eos_id,)
 
   def encode(self, text):
     ids, i = [], 0
@@ -87,6 +88,23 @@ def test_a_turn_without_a_call_ends_the_trajectory_and_the_budget_cuts_it():
   multi_turn.roll_out([row], sample, jax.random.key(0), TOKENIZER, multi_turn.TurnLimits(max_turns=3, turn_tokens=20,
                                                                               max_tokens=10))
   assert row.turns == 1 and row.done and not row.ended and len(row.response) == 10
+
+
+def test_a_turn_ending_on_a_second_stop_id_is_cut_there_and_ends_the_trajectory():
+  """Gemma 3 IT's turns end with <end_of_turn>, beside its EOS: the turn keeps it as its last
+  token, sampled past it or not, and the trajectory has ended (no no-EOS penalty)."""
+  class ChatTokenizer(MergingTokenizer):
+    END_OF_TURN = 2 + 3 + 200  # an id no character of the test's text takes
+    stop_ids = (MergingTokenizer.eos_id, END_OF_TURN)
+
+  tokenizer = ChatTokenizer()
+  said = char_ids("it is 7") + [tokenizer.END_OF_TURN]
+  sample, _ = scripted_sampler([said + char_ids(" more")], width=20)
+  row = multi_turn.Trajectory(prompt=[5, 6], env=environments.ToolEnvironment({"calculator": calculator}))
+  multi_turn.roll_out([row], sample, jax.random.key(0), tokenizer, multi_turn.TurnLimits(3, 20, 40))
+  assert row.response == said and row.loss_mask == [1] * len(said)
+  assert (row.turns, row.done, row.ended) == (1, True, True)
+  assert row.transcript[0] == ("policy", "it is 7")
 
 
 def test_rows_assemble_into_the_one_turn_layout_with_the_loss_mask():

@@ -13,10 +13,11 @@ import pytest
 
 from rlhf_jax.algorithms import presets
 from rlhf_jax.algorithms.kl import init_kl_controller
-from rlhf_jax.models.sampling import SamplingParams, sample
+from rlhf_jax.models.sampling import SampleOutput, SamplingParams, sample
 from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.training.core.logprobs import response_logprobs
 from rlhf_jax.training.rl.rl_state import RLState
+from rlhf_jax.training.rl import rl_steps
 from rlhf_jax.training.rl.rl_steps import RLConfig, in_chunks, rl_iteration, rollout
 from tests.conftest import small_model
 
@@ -279,3 +280,18 @@ def test_continuous_batching_gives_the_static_iterations_rollout_and_update(algo
     for key in ("score", "kl", "response_length", "policy_loss"):
       np.testing.assert_allclose(float(metrics[key]), float(static[key]), rtol=1e-4, atol=1e-6, err_msg=key)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), state.policy, static_state.policy)
+
+
+def test_a_response_ending_on_any_stop_id_is_ended_and_escapes_the_no_eos_penalty():
+  """Gemma 3 IT's chat turns end with <end_of_turn> (106), its EOS is <eos> (1): with both as
+  stop ids a response ending on 106 has ended; one ending on neither gets the penalty."""
+  gemma = RLConfig(max_new_tokens=4, eos_id=1, pad_id=0, stop_ids=(1, 106), no_eos_penalty=-5.0)
+  tokens = jnp.array([[7, 8, 106, 0], [7, 1, 0, 0], [7, 8, 9, 5], [7, 8, 0, 0]])
+  mask = jnp.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]])  # row 3's pad is 0, not a stop id
+  out = SampleOutput(tokens, jnp.zeros(tokens.shape), mask)
+  prompts = jnp.ones((4, 2), jnp.int32)
+  sampled = rl_steps.sampled_of(None, prompts, prompts, out, score_fn=None, cfg=gemma)
+  assert sampled.ended.tolist() == [True, True, False, False]
+  assert rl_steps.total_scores(gemma, sampled, jnp.full(4, 2.0)).tolist() == [2.0, 2.0, -5.0, -5.0]
+  eos_only = rl_steps.sampled_of(None, prompts, prompts, out, score_fn=None, cfg=RLConfig(4, eos_id=1, pad_id=0))
+  assert eos_only.ended.tolist() == [False, True, False, False]  # what Gemma 3's rollouts were scored by
