@@ -15,13 +15,15 @@ the median over the rounds.
 import json
 import os
 import statistics
+import sys
 import time
 
 from absl import app
 from absl import flags
 
-from configs import rl, sft
-from rlhf_jax import stages
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/, run from anywhere
+from configs import rl, sft  # pylint: disable=g-import-not-at-top
+from rlhf_jax import stages  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/engine_process", "Where the SFT run and the RL runs go.")

@@ -6,7 +6,7 @@
 For every config file in configs/: each field (a dotted path, as `--config.FIELD=VALUE` names it),
 its value in the `tiny` preset, and its meaning: the comment written beside (a trailing `#`) or
 directly above the line that sets it, in that file or in the files it builds on (configs/common.py
-sets the shared fields). A config built on another file's config (ppo.py on rl.py) lists only the
+sets the shared fields; a preset's function, its own and those it builds on: config_comments.py). A config built on another file's config (ppo.py on rl.py) lists only the
 fields that differ; the pipeline lists its own fields and its stage sections' differences.
 tests/test_docs.py checks that the page equals what this writes.
 """
@@ -14,17 +14,15 @@ tests/test_docs.py checks that the page equals what this writes.
 import argparse
 import ast
 import importlib
-import io
 import os
 import sys
-import tokenize
 
 import ml_collections
 
 from configs import common
+from rlhf_jax.config_comments import CONFIGS, attribute_path, config_path, field_comments, function, preset_function, \
+    source_of
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "configs")
 PRESET = "tiny"
 SHARED = "common"  # pieces every config builds on, not a config of its own
 # The stages in pipeline order first; any other config file after them, by name.
@@ -47,117 +45,13 @@ resolved to and where it came from), while 0, False and "" are values like any o
 """
 
 
-# --- Comments: what the configs' source says beside or above the line setting each field ---
-
-
-def line_comments(source: str) -> tuple[dict, dict]:
-  """(trailing, own_line): line number -> the text of a comment that ends a code line, or that
-  fills a line of its own."""
-  trailing, own_line = {}, {}
-  for token in tokenize.generate_tokens(io.StringIO(source).readline):
-    if token.type == tokenize.COMMENT:
-      line, column = token.start
-      text = token.string.lstrip("#").strip()
-      (trailing if token.line[:column].strip() else own_line)[line] = text
-  return trailing, own_line
-
-
-def comment_of(line: int, trailing: dict, own_line: dict) -> str:
-  """The block of comment lines directly above `line` (no blank line between), then its trailing comment."""
-  above, previous = [], line - 1
-  while previous in own_line:
-    above.insert(0, own_line[previous])
-    previous -= 1
-  return " ".join(part for part in (" ".join(above), trailing.get(line, "")) if part)
-
-
-def attribute_path(node) -> list | None:
-  """`c.data.seq_len` -> ["data", "seq_len"] (the root variable dropped); `c[stage].data` ->
-  ["*", "data"] (a key computed at run time); None for anything else."""
-  if isinstance(node, ast.Name):
-    return []
-  if isinstance(node, ast.Attribute):
-    parent = attribute_path(node.value)
-    return None if parent is None else parent + [node.attr]
-  if isinstance(node, ast.Subscript):
-    parent = attribute_path(node.value)
-    key = node.slice.value if isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str) else "*"
-    return None if parent is None else parent + [key]
-  return None
-
-
-def dict_fields(node, prefix: list) -> list:
-  """(path, line) of each key a `dict(...)`, `{...}` or `ConfigDict(dict(...))` expression sets, nested ones too."""
-  if isinstance(node, ast.Call) and node.keywords:  # dict(a=1, b=dict(c=2))
-    pairs = [(keyword.arg, keyword.lineno, keyword.value) for keyword in node.keywords if keyword.arg]
-  elif isinstance(node, ast.Call) and len(node.args) == 1:  # ConfigDict(dict(...))
-    return dict_fields(node.args[0], prefix)
-  elif isinstance(node, ast.Dict):
-    pairs = [(key.value, key.lineno, value) for key, value in zip(node.keys, node.values)
-             if isinstance(key, ast.Constant) and isinstance(key.value, str)]
-  else:
-    return []
-  found = []
-  for name, line, value in pairs:
-    found.append((prefix + [name], line))
-    found.extend(dict_fields(value, prefix + [name]))
-  return found
-
-
-def assigned_fields(node) -> list:
-  """(path, line) of each field one statement sets: `c.a.b = v` (tuples of targets too),
-  `c.a = ConfigDict(dict(b=v))` and `c.a.update(dict(b=v))`."""
-  if isinstance(node, ast.Assign):
-    found = []
-    for target in node.targets:
-      for element in (target.elts if isinstance(target, ast.Tuple) else [target]):
-        path = attribute_path(element)
-        if path:  # a plain variable (`c = ...`, `small = ...`) is not a field
-          found.append((path, element.lineno))
-          found.extend(dict_fields(node.value, path))
-    return found
-  call = node.value if isinstance(node, ast.Expr) else None
-  if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "update":
-    path = attribute_path(call.func.value)
-    if path and call.args:
-      return dict_fields(call.args[0], path)
-  return []
-
-
-def field_comments(name: str) -> dict:
-  """Dotted path as `configs/NAME.py` writes it (`*` for a computed key) -> the comment on the
-  last line that sets it with one."""
-  source = source_of(name)
-  trailing, own_line = line_comments(source)
-  comments = {}
-  for node in ast.walk(ast.parse(source)):
-    for path, line in sorted(assigned_fields(node), key=lambda found: found[1]):
-      comment = comment_of(line, trailing, own_line)
-      if comment:
-        comments[".".join(path)] = comment
-  return comments
-
-
 # --- Which files set a config's fields ---
-
-
-def config_path(name: str) -> str:
-  return os.path.join(CONFIGS, name + ".py")
-
-
-def source_of(name: str) -> str:
-  with open(config_path(name)) as f:
-    return f.read()
 
 
 def config_names() -> list:
   names = sorted(file[:-3] for file in os.listdir(CONFIGS)
                  if file.endswith(".py") and not file.startswith("_") and file[:-3] != SHARED)
   return [name for name in ORDER if name in names] + [name for name in names if name not in ORDER]
-
-
-def function(tree, name: str):
-  return next((node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name), None)
 
 
 def starting_value(name: str, section: str):
@@ -173,9 +67,10 @@ def starting_value(name: str, section: str):
   return None
 
 
-def built_on(name: str, section: str = "") -> tuple[str, str] | None:
-  """(file, section) of the config `configs/NAME.py` (or its `section`) starts from:
-  `c = rl.get_config(preset)` -> ("rl", ""), `return pipeline.arithmetic().rl` -> ("pipeline", "rl").
+def built_on(name: str, section: str = "") -> tuple[str, str, str] | None:
+  """(file, section, function) of the config `configs/NAME.py` (or its `section`) starts from:
+  `c = rl.get_config(preset)` -> ("rl", "", "get_config"), `return pipeline.arithmetic().rl` ->
+  ("pipeline", "rl", "arithmetic").
   None: built from configs/common.py alone, or from nothing of another config file."""
   value, sections = starting_value(name, section), []
   while isinstance(value, ast.Attribute):  # pipeline.arithmetic().rl: the `rl` section of its config
@@ -187,34 +82,34 @@ def built_on(name: str, section: str = "") -> tuple[str, str] | None:
   module = value.func.value.id
   if module == SHARED or not os.path.exists(config_path(module)):
     return None
-  return module, ".".join(sections)
+  return module, ".".join(sections), value.func.attr
 
 
 def sources(name: str) -> list:
-  """(file, section) of every file that sets fields of `configs/NAME.py`'s config, most
-  specific first, configs/common.py last."""
-  found, current, section = [(name, "")], name, ""
+  """(file, section, function) of every file that sets fields of `configs/NAME.py`'s config,
+  most specific first, configs/common.py (the whole file) last."""
+  found, current, section = [(name, "", "get_config")], name, ""
   while True:
     base = built_on(current, section)
     if base is None:
       break
     found.append(base)
-    current, section = base
-  return found + [(SHARED, "")]
+    current, section, _ = base
+  return found + [(SHARED, "", "")]
 
 
-def meaning(field: str, chain: list, comments: dict) -> str:
+def meaning(field: str, chain: list) -> str:
   """The first comment along `chain` on a line setting `field`, else on one setting the section
   holding it (`c.log = ...  # W&B for every stage`). A file that sets a section of its config writes
   the section too (`c.rl.kl_coef`), or a computed key for every section (`c[stage].data`)."""
   parts = field.split(".")
   for length in range(len(parts), 0, -1):
     path = ".".join(parts[:length])
-    for name, section in chain:
-      written = f"{section}.{path}" if section else path
+    for name, section, entry in chain:
+      written, comments = (f"{section}.{path}" if section else path), field_comments(name, entry)
       for key in [written] + (["*." + written.split(".", 1)[1]] if "." in written else []):
-        if key in comments[name]:
-          return comments[name][key]
+        if key in comments:
+          return comments[key]
   return ""
 
 
@@ -285,18 +180,18 @@ def shared_values() -> dict:
   return values
 
 
-def stage_section(name: str, comments: dict) -> list:
+def stage_section(name: str) -> list:
   """Where a stage config differs from the shared fields, or, built on another config file, from
   that file's config."""
   chain = sources(name)
-  roots = [file for file, _ in chain[1:] if file != SHARED]
+  roots = [file for file, _, _ in chain[1:] if file != SHARED]
   if roots:
     base, base_name = flatten(load(roots[-1])), f"{roots[-1]}.py:{PRESET}"
     intro = f"Built on `configs/{roots[-1]}.py`; the fields whose values differ from its:"
   else:
     base, base_name = shared_values(), "common.py"
     intro = "Its own fields, and the shared ones it sets apart from `configs/common.py`'s values:"
-  table = difference_table(flatten(load(name)), base, base_name, lambda field: meaning(field, chain, comments))
+  table = difference_table(flatten(load(name)), base, base_name, lambda field: meaning(field, chain))
   return [f"## configs/{name}.py:{PRESET}", "", intro, ""] + table
 
 
@@ -307,14 +202,15 @@ def stage_sections(config) -> list:
   return sorted(sections, key=lambda key: (order.index(key) if key in order else len(order), key))
 
 
-def pipeline_meaning(name: str, config, comments: dict):
-  """A pipeline field's meaning: the pipeline file's own comment, else its stage's config files'."""
+def pipeline_meaning(name: str, config, entry: str):
+  """A pipeline field's meaning: the pipeline file's own comment (in `entry`, the preset's
+  function, and what it builds on), else its stage's config files'."""
   stages = stage_sections(config)
 
   def field_meaning(field):
     stage, _, rest = field.partition(".")
-    found = meaning(field, [(name, "")], comments)
-    return found or (meaning(rest, sources(config[stage].stage), comments) if stage in stages else "")
+    found = meaning(field, [(name, "", entry)])
+    return found or (meaning(rest, sources(config[stage].stage)) if stage in stages else "")
   return field_meaning
 
 
@@ -322,11 +218,11 @@ def without_sections(values: dict, sections: list) -> dict:
   return {field: value for field, value in values.items() if field.split(".")[0] not in sections}
 
 
-def pipeline_section(name: str, comments: dict) -> list:
+def pipeline_section(name: str) -> list:
   """A pipeline's own fields, where each stage section differs from that stage's config, and
   where the file's other presets (`arithmetic`) differ from its `tiny`."""
   config = load(name)
-  stages, field_meaning = stage_sections(config), pipeline_meaning(name, config, comments)
+  stages, field_meaning = stage_sections(config), pipeline_meaning(name, config, "get_config")
   lines = [f"## configs/{name}.py:{PRESET}", "", "Its own fields:", ""]
   lines += full_table(without_sections(flatten(config), stages), field_meaning)
   for stage in stages:
@@ -342,19 +238,18 @@ def pipeline_section(name: str, comments: dict) -> list:
     lines += ["", f"## configs/{name}.py:{preset}", "", f"The fields that differ from `configs/{name}.py:{PRESET}`"
               + "".join(f", without the section `{stage}`" for stage in dropped) + ":", ""]
     lines += difference_table(without_sections(flatten(variant), dropped), without_sections(flatten(config), dropped),
-                              f"{name}.py:{PRESET}", field_meaning)
+                              f"{name}.py:{PRESET}", pipeline_meaning(name, variant, preset_function(name, preset)))
   return lines
 
 
 def render() -> str:
   names = config_names()
-  comments = {name: field_comments(name) for name in names + [SHARED]}
   lines = [HEADER, "## Shared fields (configs/common.py)", "",
            "Every stage config has these fields, with these values unless its own table below says otherwise:", ""]
-  lines += full_table(shared_values(), lambda field: meaning(field, [(SHARED, "")], comments)) + [""]
+  lines += full_table(shared_values(), lambda field: meaning(field, [(SHARED, "", "")])) + [""]
   for name in names:
     is_pipeline = load(name).get("stage") == "pipeline"
-    lines += (pipeline_section if is_pipeline else stage_section)(name, comments) + [""]
+    lines += (pipeline_section if is_pipeline else stage_section)(name) + [""]
   return "\n".join(lines).rstrip("\n") + "\n"
 
 
