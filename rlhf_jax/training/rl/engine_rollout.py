@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import rl_plan, sharding
+from rlhf_jax.errors import UserError
 from rlhf_jax.interop import hf_export, vllm_engine, vllm_process
 from rlhf_jax.models import lora
 from rlhf_jax.models.config import ModelConfig
@@ -32,6 +33,23 @@ from rlhf_jax.models.sampling import SampleOutput
 from rlhf_jax.training.policy.policy_state import policy_params
 from rlhf_jax.training.rl import off_policy, rl_steps
 from rlhf_jax.training.rl.rl_config import RLConfig
+
+
+def check_engine(cfg, plan: rl_plan.RLPlan) -> None:
+  """What an external engine (rollout.engine=vllm) runs with so far, and that it is installed;
+  `rollout.devices` > 0 (the engine in its own process on devices of its own) is checked with
+  the off-policy fields (check_off_policy) and here against the machine (vllm_process.placement)."""
+  unsupported = ("vmap_seeds > 1" if cfg.vmap_seeds > 1 else
+                 "several processes" if jax.process_count() > 1 else
+                 "config.env (multi-turn) and rollout.devices > 0"
+                 if cfg.rollout.devices and plan.driver == "multi_turn" else "")
+  if unsupported:
+    raise UserError(f"rollout.engine={plan.engine} with {unsupported} is not supported yet: use rollout.engine=jax")
+  vllm_engine.settings_of(cfg)
+  if not vllm_engine.available():
+    raise UserError(vllm_engine.INSTALL)
+  if cfg.rollout.devices > 0:
+    vllm_process.placement(cfg.rollout.devices)
 
 
 def response_seeds(state, rows: int) -> jax.Array:

@@ -31,7 +31,7 @@ from rlhf_jax.data import sources
 from rlhf_jax.data.prompts import prompt_batch, prompt_set, warn_about_prompt_sets
 from rlhf_jax.envs import environments
 from rlhf_jax.errors import UserError
-from rlhf_jax.interop import vllm_engine, vllm_process
+from rlhf_jax.interop import vllm_process
 from rlhf_jax.metrics_log import MetricsLog
 from rlhf_jax.models.config import LORA_FIELDS, ModelConfig
 from rlhf_jax.models.continuous import batching_of
@@ -75,7 +75,7 @@ def check_config(cfg) -> None:
     raise UserError(f"vmap_seeds={cfg.vmap_seeds} must be >= 1")
   check_off_policy(cfg, plan)
   if plan.engine != "jax":
-    check_engine(cfg, plan)
+    engine_rollout.check_engine(cfg, plan)
   if cfg.eval.get("judge_model"):
     pairwise_judge.check_source(cfg.eval.judge_model, "eval.judge_model")
   if plan.driver == "multi_turn":
@@ -118,23 +118,6 @@ def check_off_policy(cfg, plan: rl_plan.RLPlan) -> None:
   if k and cfg.vmap_seeds > 1:
     raise UserError("rl.off_policy_steps >= 1 with vmap_seeds > 1 is not supported yet: run one seed per run, "
                     "or off_policy_steps=0")
-
-
-def check_engine(cfg, plan: rl_plan.RLPlan) -> None:
-  """What an external engine (rollout.engine=vllm) runs with so far, and that it is installed;
-  `rollout.devices` > 0 (the engine in its own process on devices of its own) is checked with
-  the off-policy fields (check_off_policy) and here against the machine (vllm_process.placement)."""
-  unsupported = ("vmap_seeds > 1" if cfg.vmap_seeds > 1 else
-                 "several processes" if jax.process_count() > 1 else
-                 "config.env (multi-turn) and rollout.devices > 0"
-                 if cfg.rollout.devices and plan.driver == "multi_turn" else "")
-  if unsupported:
-    raise UserError(f"rollout.engine={plan.engine} with {unsupported} is not supported yet: use rollout.engine=jax")
-  vllm_engine.settings_of(cfg)
-  if not vllm_engine.available():
-    raise UserError(vllm_engine.INSTALL)
-  if cfg.rollout.devices > 0:
-    vllm_process.placement(cfg.rollout.devices)
 
 
 def check_multi_turn(cfg, plan: rl_plan.RLPlan) -> None:
