@@ -175,6 +175,18 @@ def load_balancing_loss(routing: Sequence[Routing], mask: Optional[jax.Array] = 
   return n_experts * jnp.sum(share * probability)
 
 
+def router_aux_applies(cfg: ModelConfig) -> bool:
+  """Whether training adds the load-balancing loss: an MoE model with router_aux_coef > 0 (Hugging
+  Face's `output_router_logits`). Otherwise a step that would read the routing for it runs as a
+  dense model's does, with no extra work."""
+  return cfg.n_experts > 0 and cfg.router_aux_coef > 0
+
+
+def aux_metrics(sums: dict) -> dict:
+  """The `router_aux_loss` among a step's summed metrics, where an MoE model added one; else {}."""
+  return {k: sums[k] for k in ("router_aux_loss",) if k in sums}
+
+
 def with_router_aux(loss, metrics: dict, router: Optional[Sequence[Routing]], mask, coef: float, share=1.0):
   """`loss` plus `coef` times the load-balancing loss of `router` (a ModelOutput's; None for a
   dense model: unchanged), which `metrics` gets as `router_aux_loss`. Both scaled by `share`, a

@@ -75,7 +75,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_ste
   grads, sums = accumulate_gradients(loss_fn, state.params, batch, accum_steps)
   metrics = {"loss": sums["loss"], "accuracy": sums["correct"] / jnp.maximum(sums["tokens"], 1),
              "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
-             "tokens": sums["tokens"], **{k: sums[k] for k in ("router_aux_loss",) if k in sums}}
+             "tokens": sums["tokens"], **moe.aux_metrics(sums)}
   state, flags = apply_gradients(state, grads, tx, sums["loss"])
   return state, {**metrics, **flags}
 

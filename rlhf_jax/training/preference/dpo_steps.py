@@ -15,7 +15,7 @@ import optax
 from rlhf_jax import sharding
 from rlhf_jax.algorithms import dpo
 from rlhf_jax.algorithms.masked import masked_sum
-from rlhf_jax.models import lora
+from rlhf_jax.models import lora, moe
 from rlhf_jax.models.head import next_token_stats
 from rlhf_jax.training.core import guards
 from rlhf_jax.training.core.steps import accumulate_gradients, jit_steps
@@ -23,22 +23,27 @@ from rlhf_jax.training.policy.policy_state import PolicyState, policy_base, poli
 from rlhf_jax.training.preference import pairs
 
 
-def response_logps(model, params, tokens, mask, response) -> jax.Array:
-  """sum_t log p(x_t | x_<t) over the tokens `response` marks, [batch]."""
+def pair_forward(model, params, batch):
+  """(chosen, rejected) response log-probs, [pairs] each, from one forward pass over both, and that
+  pass's routing (`ModelOutput.router`, None for a dense model) with the mask of its real tokens,
+  which the load-balancing loss averages over. In packed rows (training/preference/pairs.py) the
+  log-probs are summed per sequence (a shared prompt is no response token) and the mask's pads
+  are 0, so the loss covers the same real tokens as one pair per row (a shared prompt once)."""
+  if pairs.is_packed(batch):
+    tokens, mask, response = batch["tokens"], batch["mask"], batch["response"]
+    out = model.apply({"params": params}, tokens, mask, **pairs.packed_layout(batch), with_logits=False)
+    logprobs = next_token_stats(model, params, out.hidden, tokens, 1).logprobs
+    return (*packed_sums(batch, logprobs * response[:, 1:]), out.router, mask)
+  tokens, mask, response = (jnp.concatenate([batch[f"chosen{k}"], batch[f"rejected{k}"]])
+                            for k in ("", "_mask", "_response"))
   out = model.apply({"params": params}, tokens, mask, with_logits=False)
-  return masked_sum(next_token_stats(model, params, out.hidden, tokens, 1).logprobs, response[:, 1:], axis=1)
+  logps = masked_sum(next_token_stats(model, params, out.hidden, tokens, 1).logprobs, response[:, 1:], axis=1)
+  return (*jnp.split(logps, 2), out.router, mask)
 
 
 def pair_logps(model, params, batch):
-  """(chosen, rejected) response log-probs, [pairs] each, from one forward pass over both; in
-  packed rows (training/preference/pairs.py) summed per sequence (a shared prompt is no response token)."""
-  if pairs.is_packed(batch):
-    out = model.apply({"params": params}, batch["tokens"], batch["mask"], **pairs.packed_layout(batch),
-                      with_logits=False)
-    logprobs = next_token_stats(model, params, out.hidden, batch["tokens"], 1).logprobs
-    return packed_sums(batch, logprobs * batch["response"][:, 1:])
-  both = {k: jnp.concatenate([batch[f"chosen{k}"], batch[f"rejected{k}"]]) for k in ("", "_mask", "_response")}
-  return jnp.split(response_logps(model, params, both[""], both["_mask"], both["_response"]), 2)
+  """(chosen, rejected) response log-probs, [pairs] each: `pair_forward`'s."""
+  return tuple(pair_forward(model, params, batch)[:2])
 
 
 def packed_sums(batch, per_target):
@@ -56,9 +61,12 @@ def pair_lengths(batch):
   return count("chosen"), count("rejected")
 
 
-def pair_loss(params, batch, *, model, cfg, normalizer):
-  """Summed pair metrics; the loss is their mean over the whole batch's `normalizer` pairs."""
-  chosen, rejected = pair_logps(model, params, batch)
+def pair_loss(params, batch, *, model, cfg, normalizer, router_aux: bool = False):
+  """Summed pair metrics; the loss is their mean over the whole batch's `normalizer` pairs. With
+  `router_aux` (training an MoE policy: `moe.router_aux_applies`), plus router_aux_coef times the
+  load-balancing loss of the policy's pass over chosen and rejected, as SFT and TRL's DPOTrainer
+  add it; the frozen reference's pass adds none."""
+  chosen, rejected, router, mask = pair_forward(model, params, batch)
   inputs = dpo.PreferenceInputs(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], *pair_lengths(batch))
   h = dpo.logratio_margin(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"])
   weight = pairs.pair_weights(batch)
@@ -70,7 +78,10 @@ def pair_loss(params, batch, *, model, cfg, normalizer):
           "margin": jnp.sum(cfg.beta * h * weight),
           "chosen_reward": jnp.sum(cfg.beta * (chosen - batch["ref_chosen"]) * weight),
           "rejected_reward": jnp.sum(cfg.beta * (rejected - batch["ref_rejected"]) * weight)}
-  return sums["nll"] / normalizer, sums
+  if not router_aux:
+    return sums["nll"] / normalizer, sums
+  share = sums["pairs"] / normalizer  # this microbatch's part of the batch's pairs
+  return moe.with_router_aux(sums["nll"] / normalizer, sums, router, mask, model.cfg.router_aux_coef, share)
 
 
 def preference_params(cfg) -> dpo.PreferenceParams:
@@ -94,17 +105,24 @@ def averages(sums) -> dict:
           "chosen_reward": sums["chosen_reward"] / pairs, "rejected_reward": sums["rejected_reward"] / pairs}
 
 
+def train_metrics(sums) -> dict:
+  """`averages`; where the policy's load-balancing loss was added, `loss` is the one optimised (the
+  preference loss plus router_aux_coef x `router_aux_loss`), as SFT logs it."""
+  aux = moe.aux_metrics(sums)
+  return {**averages(sums), **({"loss": sums["loss"]} if aux else {}), **aux}
+
+
 def dpo_train_step(state: PolicyState, batch: dict, *, model, tx, cfg, accum_steps: int, inject_nan_at: tuple = ()):
   batch = with_reference(state, batch, model, cfg)
   normalizer = jnp.maximum(jnp.sum(pairs.pair_weights(batch)), 1)
-  loss_fn = lora.on_base(functools.partial(pair_loss, model=model, cfg=cfg, normalizer=normalizer),
-                         policy_base(state))
+  loss_fn = lora.on_base(functools.partial(pair_loss, model=model, cfg=cfg, normalizer=normalizer,
+                                           router_aux=moe.router_aux_applies(model.cfg)), policy_base(state))
   loss_fn = guards.with_injected_nan(loss_fn, state.step, inject_nan_at)
   grads, sums = accumulate_gradients(loss_fn, state.policy, batch, accum_steps)
   ok, flags = guards.check(loss=sums["loss"], grads=grads)
   policy, policy_opt = guards.guarded_update(tx, grads, state.policy_opt, state.policy, ok)
   state = state.replace(step=state.step + 1, policy=policy, policy_opt=policy_opt)
-  return state, {**averages(sums), "grad_norm": optax.tree.norm(grads), **flags}
+  return state, {**train_metrics(sums), "grad_norm": optax.tree.norm(grads), **flags}
 
 
 def dpo_eval_step(state: PolicyState, batch: dict, *, model, cfg) -> dict:
