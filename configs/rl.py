@@ -112,7 +112,8 @@ def get_config(preset: str = "tiny"):
   # cores or GPUs, sampling the next batch while the trainer updates.
   c.rollout = ml_collections.ConfigDict(dict(
       devices=0, mesh=dict(data=-1, fsdp=1, tensor=1), engine="jax",
-      vllm=dict(dtype="float32", kv_cache_gib=0.25, gpu_memory_utilization=0.3, sleep=False, enforce_eager=True)))
+      vllm=dict(dtype="float32", kv_cache_gib=0.25, gpu_memory_utilization=0.3, sleep=False, enforce_eager=True,
+               timeout_s=1800.0)))
   # The score: a weighted sum of reward sources (rlhf_jax/rewards.py): "model" (the reward run's
   # model), a built-in checker (exact_match, gsm8k) or a Python function (PATH.py:NAME or
   # module:NAME, called as TRL calls reward functions); weights () = 1 each. Without "model" no

@@ -49,6 +49,7 @@ class EngineSettings:
   gpu_memory_utilization: float  # its share of an accelerator's memory, beside JAX's
   sleep: bool  # free its weights and cache between rollouts (TRL's colocated mode; accelerators)
   enforce_eager: bool  # no CUDA graphs: start-up in seconds (False: faster decoding at scale)
+  timeout_s: float  # the engine in its own process: the longest wait for one answer (0: no limit)
 
 
 def available() -> bool:

@@ -16,8 +16,9 @@ the process's CUDA_VISIBLE_DEVICES before torch starts, which the trainer's mesh
 false), and this split is not tested (no GPU here). On GPUs one would push the weights over
 NCCL or CUDA IPC as verl and OpenRLHF do; the numpy push through the pipe is a CPU's.
 
-If the process dies, or stops answering because it died, the run stops with one line
-(`EngineProcessError`); the trainer checks the process is alive while it waits. The process
+If the process dies, or gives no answer to one call (its start-up, a push, a rollout) within
+`rollout.vllm.timeout_s`, the run stops with one line (`EngineProcessError`; a silent process
+is stopped); the trainer checks the process is alive while it waits. The process
 ignores SIGTERM and SIGINT (the trainer checkpoints, then closes it) and exits when the
 trainer's end of the pipe closes, so it never outlives the trainer.
 """
@@ -189,10 +190,13 @@ class EngineProcess:
 
   def _reply(self):
     """The engine's next answer, (result, seconds); raises what the engine raised, or
-    EngineProcessError if its process died."""
+    EngineProcessError if its process died or gave no answer in `rollout.vllm.timeout_s`."""
+    started = time.monotonic()
     while not self.conn.poll(POLL_SECONDS):
       if not self.process.is_alive():
         raise self._died()
+      if self.settings.timeout_s and time.monotonic() - started > self.settings.timeout_s:
+        raise self._stuck()
     try:
       status, value, seconds = self.conn.recv()
     except (EOFError, OSError) as e:
@@ -200,6 +204,13 @@ class EngineProcess:
     if status == "error":
       raise value if isinstance(value, UserError) else EngineProcessError(f"vLLM's engine process failed: {value}")
     return value, seconds
+
+  def _stuck(self) -> EngineProcessError:
+    self.process.terminate()  # alive but silent: a hung kernel or a deadlock; nothing more will come
+    self.process.join(timeout=10)
+    return EngineProcessError(f"vLLM's engine process (pid {self.process.pid}) gave no answer in "
+                              f"{self.settings.timeout_s:g} s (rollout.vllm.timeout_s) and was stopped; the last "
+                              "checkpoint is intact")
 
   def _died(self) -> EngineProcessError:
     self.process.join(timeout=5)
