@@ -3,8 +3,9 @@ as `compute/flops` and the benchmarks divide by their times.
 
 The usual convention (Kaplan et al. 2020; PaLM's MFU; llm.c): a forward pass costs 2 FLOPs per
 matmul weight per token, plus 4 * layers * d_model * context for attention's QK^T and AV;
-a training step costs 3 forwards (6N + 12 L d T per token). Counted the same way for us and
-for the peer, so the ratio of FLOP/s is the ratio of speeds.
+a training step costs 3 forwards (6N + 12 L d T per token). A sliding-window layer (Gemma 3's
+local layers) attends to at most its window: its context is min(T, window). Counted the same way
+for us and for the peer, so the ratio of FLOP/s is the ratio of speeds.
 """
 
 from rlhf_jax.models.config import ModelConfig
@@ -22,9 +23,15 @@ def matmul_weights(cfg: ModelConfig, logits: bool = True) -> int:
   return cfg.n_layers * (q_and_out + keys_and_values + mlp) + head
 
 
+def attended(cfg: ModelConfig, context: int) -> int:
+  """The keys a query attends to, summed over the layers, in a context of `context` tokens: all
+  of them in a full layer, at most the window in a sliding one."""
+  return sum(min(context, cfg.sliding_window) if cfg.is_sliding(layer) else context for layer in range(cfg.n_layers))
+
+
 def forward(cfg: ModelConfig, rows: int, length: int, logits: bool = True) -> float:
   """One forward pass over [rows, length] tokens, attention over the whole length."""
-  per_token = 2 * matmul_weights(cfg, logits) + 4 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * length
+  per_token = 2 * matmul_weights(cfg, logits) + 4 * cfg.n_heads * cfg.dim_per_head * attended(cfg, length)
   return float(rows) * length * per_token
 
 
@@ -32,11 +39,13 @@ def score(cfg: ModelConfig, rows: int, length: int, queries: int = 1) -> float:
   """A reward model's forward pass (`Transformer`'s query_index): every block over the whole
   row but the last, which projects keys and values of every token and runs the rest (queries,
   attention, MLP) at `queries` tokens per row; no LM head."""
-  layer = forward(cfg, rows, length, logits=False) / cfg.n_layers
+  weights = 2 * (matmul_weights(cfg, logits=False) // cfg.n_layers)
   keys_and_values = 2 * 2 * cfg.d_model * cfg.kv_heads * cfg.dim_per_head
-  rest = 2 * (matmul_weights(cfg, logits=False) // cfg.n_layers) - keys_and_values
-  last = rows * (length * keys_and_values + queries * (rest + 4 * cfg.n_heads * cfg.dim_per_head * length))
-  return layer * (cfg.n_layers - 1) + last
+  attention = [4 * cfg.n_heads * cfg.dim_per_head * (min(length, cfg.sliding_window) if cfg.is_sliding(layer) else length)
+               for layer in range(cfg.n_layers)]
+  first = sum(rows * length * (weights + a) for a in attention[:-1])
+  last = rows * (length * keys_and_values + queries * (weights - keys_and_values + attention[-1]))
+  return float(first + last)
 
 
 def train(cfg: ModelConfig, rows: int, length: int, logits: bool = True) -> float:
@@ -48,8 +57,9 @@ def generate(cfg: ModelConfig, rows: int, prompt_len: int, new_tokens: int) -> f
   """Prefill of the prompt, then one token at a time attending to the cache: the model work
   of `new_tokens` sampled tokens (the last one is sampled, not fed back)."""
   prefill = forward(cfg, rows, prompt_len)
-  attention = 4 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head
-  decode = sum(rows * (2 * matmul_weights(cfg) + attention * (prompt_len + i + 1)) for i in range(new_tokens - 1))
+  attention = 4 * cfg.n_heads * cfg.dim_per_head
+  decode = sum(rows * (2 * matmul_weights(cfg) + attention * attended(cfg, prompt_len + i + 1))
+               for i in range(new_tokens - 1))
   return prefill + decode
 
 

@@ -50,3 +50,15 @@ def test_an_rl_iteration_counts_generation_scoring_and_updates():
   remax = flops.rl_iteration(cfg, 64, 16, 32, epochs=1, critic=False, reward_model=True, greedy_rows=64)
   assert remax - with_model == pytest.approx(flops.generate(cfg, 64, 16, 32) + flops.score(cfg, 64, 48))
   assert dataclasses.replace(cfg, d_model=128).num_params() > cfg.num_params()  # the counter's shapes are the model's
+
+
+def test_a_sliding_window_layer_attends_to_at_most_its_window():
+  full = ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=128, max_len=64)
+  local = dataclasses.replace(full, layer_types=("sliding_attention", "full_attention"), sliding_window=8)
+  attention = 4 * full.n_heads * full.dim_per_head  # per query and key
+  # Over 48 tokens the sliding layer's queries see 8 keys, not 48; within the window nothing differs.
+  assert flops.forward(full, 2, 48) - flops.forward(local, 2, 48) == pytest.approx(2 * 48 * attention * (48 - 8))
+  assert flops.forward(local, 2, 8) == flops.forward(full, 2, 8)
+  assert flops.score(full, 2, 48) - flops.score(local, 2, 48) == pytest.approx(2 * 48 * attention * (48 - 8))
+  assert flops.generate(full, 2, 16, 4) - flops.generate(local, 2, 16, 4) == pytest.approx(
+      flops.forward(full, 2, 16) - flops.forward(local, 2, 16) + 2 * attention * sum(16 + i + 1 - 8 for i in range(3)))
