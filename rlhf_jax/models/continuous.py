@@ -10,7 +10,10 @@ do not keep every slot stepping.
 
 Each sample draws its token at step s from fold_in(its own key, s), its key fold_in(rng, row)
 (`sampling.sample_keys`): its tokens do not depend on the slot count nor on which samples share
-its batch, and equal the static sampler's (a test); its log-probs are the training model's.
+its batch, and equal the static sampler's (a test); its log-probs are the training model's. An
+MoE model's samples hold every token's experts as the static sampler's do (router replay): its
+prompt's from its admission's prefill, put back in the left-padded columns, and each response
+token's from the step that fed it.
 """
 
 import functools
@@ -21,8 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models.sampling import (DONE_CHECK_EVERY, SampleOutput, SamplingParams, check_length, choose_tokens,
-                                      empty_output, in_compute_dtype, is_stop, sample, sample_keys)
-from rlhf_jax.models import paged
+                                      empty_output, in_compute_dtype, is_stop, real_only, sample, sample_keys)
+from rlhf_jax.models import moe, paged
 from rlhf_jax.models.paged import PagedCache, blocks_for
 from rlhf_jax.models.transformer import RaggedCache, Transformer
 
@@ -114,6 +117,41 @@ def left_aligned(prompts: jax.Array, lengths: jax.Array) -> jax.Array:
   return jnp.take_along_axis(prompts, (jnp.arange(width) + width - lengths[:, None]) % width, axis=1)
 
 
+def empty_result(model: Transformer, rows: int, prompt_len: int, max_new_tokens: int, pad_id: int) -> SampleOutput:
+  """`empty_output`, with an MoE model's experts [rows, layers, prompt_len + max_new_tokens, k]
+  all 0 (the static sampler's at pads and after a response's end), to be written."""
+  result, cfg = empty_output(rows, max_new_tokens, pad_id), model.cfg
+  if not cfg.n_experts:
+    return result
+  shape = (rows, cfg.n_layers, prompt_len + max_new_tokens, cfg.experts_per_token)
+  return result._replace(experts=jnp.zeros(shape, jnp.int32))
+
+
+def with_prompt_experts_at(result: SampleOutput, router, row: jax.Array, lengths: jax.Array) -> SampleOutput:
+  """`result` with an admission's prefill routing (`router`, of left-aligned prompts of
+  `lengths`) in the prompt columns of each `row` (out of range: dropped), left-padded again as
+  the static sampler's (`sampling.with_prompt_experts`), 0 at the pads."""
+  if result.experts is None:
+    return result
+  experts = moe.stack_experts(router)  # [width, layers, prompt_len, k], real tokens first
+  prompt_len = experts.shape[2]
+  columns = jnp.arange(prompt_len)
+  padded = jnp.take_along_axis(experts, ((columns + lengths[:, None]) % prompt_len)[:, None, :, None], axis=2)
+  padded = real_only(padded, columns >= prompt_len - lengths[:, None])
+  return result._replace(experts=result.experts.at[row, :, :prompt_len].set(padded, mode="drop"))
+
+
+def with_step_experts_at(result: SampleOutput, router, at) -> SampleOutput:
+  """`result` with a decode step's routing (`router`, one token per slot) at each slot's (row,
+  step) `at` (an idle slot's row out of range: dropped), as `sampling.recorded` writes it."""
+  if result.experts is None:
+    return result
+  row, step = at
+  column = result.experts.shape[2] - result.tokens.shape[1] + step
+  return result._replace(experts=result.experts.at[row, :, column].set(moe.stack_experts(router)[:, :, 0],
+                                                                       mode="drop"))
+
+
 class Queue(NamedTuple):
   """What the loop draws from: the model and settings, and each sample's key, prompt (left-
   aligned, and its length) and step budget."""
@@ -163,7 +201,7 @@ def sample_continuous(model: Transformer, params, prompts: jax.Array, prompt_mas
   # it: on the CPU a conditional copied the whole carry, cache included, each time).
   c = Slots(RaggedCache.empty(model.cfg, slots, prompt_len + max_new_tokens),
             jnp.zeros((slots, model.cfg.vocab_size), jnp.float32), jnp.full((slots,), rows, jnp.int32),
-            jnp.zeros((slots,), jnp.int32), jnp.int32(0), empty_output(rows, max_new_tokens, pad_id))
+            jnp.zeros((slots,), jnp.int32), jnp.int32(0), empty_result(model, rows, prompt_len, max_new_tokens, pad_id))
   c = admit(q, c, min(slots, rows))  # the first prompts fill every slot, in one prefill
   c = jax.lax.while_loop(lambda c: c.next_row < rows, lambda c: admit(q, decode_while(q, c, lambda c: ~ready(c)),
                                                                       width), c)
@@ -189,9 +227,10 @@ def admit(q: Queue, c: Slots, width: int) -> Slots:
   put = lambda old, new: old.at[slot, :, :prompt_len].set(new, mode="drop")
   cache = RaggedCache(tuple(map(put, c.cache.keys, out.cache.keys)), tuple(map(put, c.cache.values, out.cache.values)),
                       c.cache.lengths.at[slot].set(length, mode="drop"))
+  result = with_prompt_experts_at(c.result, out.router, jnp.where(k < started, row, q.rows), length)
   return c.replace(cache=cache, logits=c.logits.at[slot].set(out.logits[:, 0], mode="drop"),
                    row=c.row.at[slot].set(c.next_row + k, mode="drop"), step=c.step.at[slot].set(0, mode="drop"),
-                   next_row=c.next_row + started)
+                   next_row=c.next_row + started, result=result)
 
 
 def decode(q: Queue, c: Slots) -> Slots:
@@ -201,13 +240,13 @@ def decode(q: Queue, c: Slots) -> Slots:
   token, logprob = choose_tokens(c.logits, jax.vmap(jax.random.fold_in)(q.keys[row], c.step), q.sampling, True)
   token = jnp.where(active, token, q.pad_id)
   at = (c.row, c.step)  # an idle slot's row is out of range: its writes are dropped
-  result = SampleOutput(c.result.tokens.at[at].set(token, mode="drop"),
-                        c.result.logprobs.at[at].set(logprob, mode="drop"),
-                        c.result.mask.at[at].set(1, mode="drop"))
+  result = c.result._replace(tokens=c.result.tokens.at[at].set(token, mode="drop"),
+                             logprobs=c.result.logprobs.at[at].set(logprob, mode="drop"),
+                             mask=c.result.mask.at[at].set(1, mode="drop"))
   finished = active & (is_stop(token, q.eos_id, q.stop_ids) | (c.step + 1 >= q.stop[row]))
   out = q.model.apply({"params": q.params}, token[:, None], active[:, None], cache=c.cache)
   return c.replace(cache=out.cache, logits=out.logits[:, -1], row=jnp.where(finished, q.rows, c.row),
-                   step=c.step + active, result=result)
+                   step=c.step + active, result=with_step_experts_at(result, out.router, at))
 
 
 def decode_while(q: Queue, c: Slots, going, step=decode) -> Slots:
@@ -246,7 +285,7 @@ def sample_paged(model: Transformer, params, prompts: jax.Array, prompt_mask: ja
     raise ValueError(f"sample.cache_blocks={blocks}: the pool must hold one sample's {cache.table.shape[1]} blocks "
                      f"of {block_size} (prompt {prompt_len} + {max_new_tokens} new tokens)")
   c = Slots(cache, jnp.zeros((slots, model.cfg.vocab_size), jnp.float32), jnp.full((slots,), rows, jnp.int32),
-            jnp.zeros((slots,), jnp.int32), jnp.int32(0), empty_output(rows, max_new_tokens, pad_id),
+            jnp.zeros((slots,), jnp.int32), jnp.int32(0), empty_result(model, rows, prompt_len, max_new_tokens, pad_id),
             jnp.zeros((rows,), jnp.int32), jnp.int32(0), jnp.int32(0))
   left = lambda c: rows - c.next_row + c.retried
   decoding = lambda c: jnp.any(c.row < rows)
@@ -292,9 +331,10 @@ def admit_paged(q: Queue, c: Slots, width: int) -> Slots:
   cache = cache.replace(keys=out.cache.keys, values=out.cache.values, table=cache.table.at[slot].set(table, mode="drop"),
                         lengths=cache.lengths.at[slot].set(length, mode="drop"), free=free)
   from_stack = jnp.minimum(started, c.retried)
+  result = with_prompt_experts_at(c.result, out.router, jnp.where(admitted, row, q.rows), length)
   return c.replace(cache=cache, logits=c.logits.at[slot].set(out.logits[:, 0], mode="drop"),
                    row=c.row.at[slot].set(row, mode="drop"), step=c.step.at[slot].set(0, mode="drop"),
-                   retried=c.retried - from_stack, next_row=c.next_row + started - from_stack)
+                   retried=c.retried - from_stack, next_row=c.next_row + started - from_stack, result=result)
 
 
 def decode_paged(q: Queue, c: Slots) -> Slots:

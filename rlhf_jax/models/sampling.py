@@ -102,7 +102,7 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
   out = model.apply({"params": params}, prompts, prompt_mask, cache=cache, last_logits_only=True)
   body = decode_step(model, params, sampling, eos_id, pad_id, stop_at, stop_ids)
   carry = (jnp.int32(0), out.cache, out.logits[:, -1], with_prompt_experts(empty_output(batch, max_new_tokens, pad_id),
-                                                                           out.router),
+                                                                           out.router, prompt_mask),
            jnp.zeros((batch,), bool), sample_keys(rng, batch))
   for end in ends:
     carry = (carry[0], grown(carry[1], prompt_len + end), *carry[2:])
@@ -142,24 +142,32 @@ def extend(model: Transformer, params, cache: RaggedCache, tokens: jax.Array, ma
   return carry[3], carry[1]
 
 
-def with_prompt_experts(result: SampleOutput, router) -> SampleOutput:
+def with_prompt_experts(result: SampleOutput, router, prompt_mask) -> SampleOutput:
   """`result` holding an MoE model's experts (`router`: the prefill's routing) in its prompt
-  columns, the response's to be written by the decode steps (`recorded`); a dense model's (None)
-  unchanged: it records nothing."""
+  columns, 0 at the pads, the response's to be written by the decode steps (`recorded`); a dense
+  model's (None) unchanged: it records nothing."""
   if router is None:
     return result
-  prompt = moe.stack_experts(router)
+  prompt = real_only(moe.stack_experts(router), prompt_mask)
   response = jnp.zeros((*prompt.shape[:2], result.tokens.shape[1], prompt.shape[-1]), jnp.int32)
   return result._replace(experts=jnp.concatenate([prompt, response], axis=2))
 
 
-def recorded(result: SampleOutput, router, step) -> SampleOutput:
-  """`result` with the experts of the token written at `step` (its decode pass's `router`), if it records any."""
+def real_only(experts: jax.Array, mask: jax.Array) -> jax.Array:
+  """`experts` [batch, layers, time, k] with 0 where `mask` [batch, time] is 0 (a pad, or a row
+  already done): what the pads route to depends on the batch (its longest row, when its loop
+  stops), and no sampler can record the same there; they are masked from every loss."""
+  return jnp.where(mask.astype(bool)[:, None, :, None], experts, 0)
+
+
+def recorded(result: SampleOutput, router, step, alive) -> SampleOutput:
+  """`result` with the experts of the token written at `step` (its decode pass's `router`; 0 for
+  the rows not `alive`), if it records any."""
   if result.experts is None:
     return result
   column = result.experts.shape[2] - result.tokens.shape[1] + step
-  return result._replace(experts=jax.lax.dynamic_update_slice_in_dim(result.experts, moe.stack_experts(router),
-                                                                      column, axis=2))
+  experts = real_only(moe.stack_experts(router), alive[:, None])
+  return result._replace(experts=jax.lax.dynamic_update_slice_in_dim(result.experts, experts, column, axis=2))
 
 
 def empty_output(batch: int, max_new_tokens: int, pad_id: int) -> SampleOutput:
@@ -199,7 +207,7 @@ def decode_step(model: Transformer, params, sampling: SamplingParams, eos_id: in
                              mask=result.mask.at[:, step].set(alive.astype(jnp.int32)))
     done = done | is_stop(token, eos_id, stop_ids) | (False if stop_at is None else step + 1 >= stop_at)
     out = model.apply({"params": params}, token[:, None], alive[:, None], cache=cache)
-    return step + 1, out.cache, out.logits[:, -1], recorded(result, out.router, step), done, rng
+    return step + 1, out.cache, out.logits[:, -1], recorded(result, out.router, step, alive), done, rng
   return body
 
 

@@ -11,7 +11,7 @@ import pytest
 from rlhf_jax.models import continuous
 from rlhf_jax.models.sampling import SamplingParams, sample
 from rlhf_jax.models.transformer import Transformer
-from tests.conftest import small_model
+from tests.conftest import LLAMA, small_model
 from tests.models.test_sampling import EOS, PAD, rescore
 from tests.models.test_transformer import STYLES, init
 
@@ -108,3 +108,36 @@ def test_slots_resolve_from_the_rows():
   assert continuous.paged_blocks(0, 16, 100, 16) == 56 and continuous.paged_blocks(3, 16, 100, 16) == 7
   with pytest.raises(ValueError, match="sample.batching='pages'"):
     continuous.slots_for("pages", 0, 64)
+
+
+def test_an_moe_models_experts_are_the_static_samplers_whatever_the_batching():
+  """Router replay: every row's prompt experts (left-padded, 0 at the pads) and each response
+  token's, 0 after its end, equal the static sampler's as slots finish and refill, with rows
+  ending at EOS, and through a paged pool small enough to preempt."""
+  cfg = small_model(**LLAMA, n_experts=8, experts_per_token=2, d_expert=32)
+  _, params = init(cfg)
+  settings = SamplingParams.make(temperature=1.3)
+  static = draw(cfg, params, 0, settings, eos_id=-1, stop_at=True)
+  eos = int(np.bincount(np.asarray(static.tokens[:, :4]).ravel()).argmax())  # a token drawn early: rows end
+  for eos_id, stop_at in ((-1, True), (eos, None)):
+    static = draw(cfg, params, 0, settings, eos_id=eos_id, stop_at=stop_at)
+    assert static.experts.shape == (ROWS, cfg.n_layers, PROMPT + NEW, 2)
+    prompt_mask = np.asarray(prompts_and_lengths()[1])
+    assert (np.asarray(static.experts[:, :, :PROMPT]).any(axis=(1, 3)) <= prompt_mask).all()  # 0 at the pads
+    for batching, slots in (("continuous", 3), ("continuous", 4), ("paged", 4)):
+      out = draw(cfg, params, slots, settings, eos_id=eos_id, stop_at=stop_at, batching=batching)
+      np.testing.assert_array_equal(out.tokens, static.tokens)
+      np.testing.assert_array_equal(out.experts, static.experts)
+  prompts, mask, lengths = prompts_and_lengths()
+  fn = functools.partial(continuous.sample_paged, Transformer(cfg), slots=4, blocks=9, block_size=4,
+                         max_new_tokens=NEW, eos_id=-1, pad_id=PAD, with_preemptions=True)
+  (out, preemptions) = jax.jit(fn)(params, prompts, mask, jax.random.key(7), settings, stop_at=lengths)
+  assert preemptions > 0
+  np.testing.assert_array_equal(out.experts, draw(cfg, params, 0, settings, eos_id=-1, stop_at=True).experts)
+
+
+def test_a_dense_model_records_no_experts():
+  cfg = small_model()
+  _, params = init(cfg)
+  for slots, batching in ((0, "static"), (4, "continuous"), (4, "paged")):
+    assert draw(cfg, params, slots, SamplingParams.make(), batching=batching).experts is None

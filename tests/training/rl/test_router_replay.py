@@ -100,18 +100,27 @@ def test_a_replayed_iteration_logs_the_agreement_and_trains_the_router_with_the_
   assert not np.array_equal(router_before, np.asarray(state.policy["layer_0"]["mlp"]["router"]))
 
 
+def config_and_plan(batching="static", router_replay=True, packing=False, **plan_fields):
+  cfg = rl_configs.get_config("tiny")
+  cfg.rl.router_replay, cfg.rl.packing, cfg.sample.batching = router_replay, packing, batching
+  return cfg, dataclasses.replace(rl_plan.resolve(cfg), **plan_fields)
+
+
 def test_router_replay_is_refused_where_no_experts_are_recorded_or_none_exist():
   def refusal(policy_cfg, **fields):
-    cfg = rl_configs.get_config("tiny")
-    cfg.rl.router_replay = fields.pop("router_replay", True)
-    cfg.rl.packing = fields.pop("packing", False)
-    cfg.sample.batching = fields.pop("batching", "static")
     with pytest.raises(UserError) as error:
-      routing.check(cfg, rl_plan.resolve(cfg), policy_cfg)
+      routing.check(*config_and_plan(**fields), policy_cfg)
     assert "\n" not in str(error.value)
     return str(error.value)
 
   assert "this policy is dense" in refusal(small_model())
   moe = moe_model(2).cfg
-  assert "sample.batching=continuous" in refusal(moe, batching="continuous")
+  assert "rollout.engine=vllm" in refusal(moe, engine="vllm")
+  assert "config.env (multi-turn)" in refusal(moe, driver="multi_turn")
   assert "rl.packing with an MoE policy" in refusal(moe, router_replay=False, packing=True)
+
+
+@pytest.mark.parametrize("batching", ["static", "continuous", "paged"])
+def test_router_replay_is_accepted_with_every_batching_of_the_jax_sampler(batching):
+  """Continuous and paged batching record the static sampler's experts (tests/models/test_continuous.py)."""
+  routing.check(*config_and_plan(batching), moe_model(2).cfg)
