@@ -188,13 +188,10 @@ def reasoning_gym_records(name: str, data_cfg, held_out: bool) -> list[Record]:
   (tasks over a finite vocabulary repeat questions: a fifth of spell_backward's would be
   training words)."""
   evaluation = _reasoning_gym_task(name, data_cfg, data_cfg.eval_docs, data_cfg.seed + data_cfg.embedded_docs)
-  if held_out:
-    return [Record(f"reasoning_gym:{name}:{i}", {"prompt": e["question"], "answer": e["answer"], "entry": e})
-            for i, e in enumerate(evaluation)]
-  asked = {e["question"] for e in evaluation}
-  training = _reasoning_gym_task(name, data_cfg, data_cfg.embedded_docs, data_cfg.seed)
+  asked = set() if held_out else {e["question"] for e in evaluation}
+  entries = evaluation if held_out else _reasoning_gym_task(name, data_cfg, data_cfg.embedded_docs, data_cfg.seed)
   return [Record(f"reasoning_gym:{name}:{i}", {"prompt": e["question"], "answer": e["answer"], "entry": e})
-          for i, e in enumerate(training) if e["question"] not in asked]
+          for i, e in enumerate(entries) if e["question"] not in asked]
 
 
 def _reasoning_gym_task(name: str, data_cfg, size: int, seed: int) -> list[dict]:

@@ -78,10 +78,7 @@ def pair_loss(params, batch, *, model, cfg, normalizer, router_aux: bool = False
           "margin": jnp.sum(cfg.beta * h * weight),
           "chosen_reward": jnp.sum(cfg.beta * (chosen - batch["ref_chosen"]) * weight),
           "rejected_reward": jnp.sum(cfg.beta * (rejected - batch["ref_rejected"]) * weight)}
-  if not router_aux:
-    return sums["nll"] / normalizer, sums
-  share = sums["pairs"] / normalizer  # this microbatch's part of the batch's pairs
-  return moe.with_router_aux(sums["nll"] / normalizer, sums, router, mask, model.cfg.router_aux_coef, share)
+  return pairs.mean_loss(sums, normalizer, router, mask, model.cfg, router_aux)
 
 
 def preference_params(cfg) -> dpo.PreferenceParams:

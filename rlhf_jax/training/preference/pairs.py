@@ -12,6 +12,8 @@ chosen one's (rows `shared`, `positions`; data/batches.py).
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.models import moe
+
 
 def is_packed(batch: dict) -> bool:
   return "segments" in batch
@@ -57,3 +59,14 @@ def segment_ends(segments: jax.Array, count: int) -> jax.Array:
 def chosen_and_rejected(per_segment: jax.Array) -> tuple[jax.Array, jax.Array]:
   """[batch, 2 * slots] per-segment values -> (chosen, rejected), each flat [pairs]."""
   return per_segment[:, 0::2].reshape(-1), per_segment[:, 1::2].reshape(-1)
+
+
+def mean_loss(sums: dict, normalizer, router, mask, model_cfg, router_aux: bool):
+  """(loss, sums): the pairs' summed NLL over the whole batch's `normalizer` pairs; with
+  `router_aux` (an MoE model training: moe.router_aux_applies) plus router_aux_coef times the
+  load-balancing loss of its pass (`router` over `mask`'s tokens), scaled by this microbatch's
+  share of the batch's pairs (gradient accumulation)."""
+  loss = sums["nll"] / normalizer
+  if not router_aux:
+    return loss, sums
+  return moe.with_router_aux(loss, sums, router, mask, model_cfg.router_aux_coef, sums["pairs"] / normalizer)

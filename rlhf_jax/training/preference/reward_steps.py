@@ -72,10 +72,7 @@ def pair_loss(params, batch, normalizer, *, model, router_aux: bool = False):
   router_aux_coef times the load-balancing loss of its pass over chosen and rejected, as SFT's."""
   chosen, rejected, router, mask = pair_scores(params, batch, model=model, full_routing=router_aux)
   sums = pair_sums(chosen, rejected, pairs.pair_weights(batch), pairs.pair_labels(batch))
-  if not router_aux:
-    return sums["nll"] / normalizer, sums
-  share = sums["pairs"] / normalizer  # this microbatch's part of the batch's pairs
-  return moe.with_router_aux(sums["nll"] / normalizer, sums, router, mask, model.cfg.router_aux_coef, share)
+  return pairs.mean_loss(sums, normalizer, router, mask, model.cfg, router_aux)
 
 
 def reward_train_step(state: TrainState, batch: dict, *, model, tx, schedule, accum_steps: int,
