@@ -39,7 +39,7 @@ from rlhf_jax.training.rl.rl_steps import RLConfig, Sampled, reuses_scoring_pass
 
 # The issue's fixed model: GPT-2 blocks (learned positions), 4 layers, d_model 128, 4 heads, vocab 256.
 TINY_GPT2 = dict(common.GPT2_BLOCK, vocab_size=256, d_model=128, n_layers=4, n_heads=4, d_ff=512, max_len=128)
-NEVER = -1  # an EOS id no token matches: every response runs to its full length
+NEVER = (-1,)  # stop ids no token matches: every response runs to its full length
 
 
 @dataclasses.dataclass
@@ -97,7 +97,7 @@ def rl_workload(algo: str, preset: str = "tiny", model: dict | None = TINY_GPT2,
   cfg.rl.update(dict(samples_per_prompt=k, epochs=epochs, minibatches=minibatches))
   host = [rewards.HostReward("host", host_reward, 1.0)] if host_reward else []
   plan = rl_plan.resolve(cfg)
-  rl_cfg = RLConfig(max_new_tokens=new_tokens, eos_id=NEVER, pad_id=0, algo=algo, temperature=cfg.sample.temperature,
+  rl_cfg = RLConfig(max_new_tokens=new_tokens, stop_ids=NEVER, pad_id=0, algo=algo, temperature=cfg.sample.temperature,
                     host_rewards=tuple(h.name for h in host), **{**plan.fields, "penalise_no_eos": False})
   policy_cfg = ModelConfig.from_dict(dict(cfg.model))
   models = rl_trainer.make_models(plan, policy_cfg, dataclasses.replace(policy_cfg, heads=("reward",)))
@@ -138,7 +138,7 @@ def off_policy_workload(k: int, prompts: int = 64, prompt_len: int = 16, new_tok
   cfg.rl.update(dict(epochs=4, minibatches=1, off_policy_steps=k))
   cfg.rollout.devices = 1 if k else 0
   plan = rl_plan.resolve(cfg)
-  rl_cfg = RLConfig(max_new_tokens=new_tokens, eos_id=NEVER, pad_id=0, algo="ppo", temperature=cfg.sample.temperature,
+  rl_cfg = RLConfig(max_new_tokens=new_tokens, stop_ids=NEVER, pad_id=0, algo="ppo", temperature=cfg.sample.temperature,
                     **{**plan.fields, "penalise_no_eos": False})
   policy_cfg = ModelConfig.from_dict(dict(cfg.model))
   models = rl_trainer.make_models(plan, policy_cfg, dataclasses.replace(policy_cfg, heads=("reward",)))
@@ -172,7 +172,7 @@ def off_policy_workload(k: int, prompts: int = 64, prompt_len: int = 16, new_tok
 def rollout_sampling(policy, step, batch, k: int, rl_cfg: RLConfig, mesh, rules) -> Callable:
   """The rollout's sampling on its own: the current params, the same k-repeated prompts, the
   same program (to time generation's share of the iteration)."""
-  fn = functools.partial(sample, policy, max_new_tokens=rl_cfg.max_new_tokens, eos_id=NEVER, pad_id=0)
+  fn = functools.partial(sample, policy, max_new_tokens=rl_cfg.max_new_tokens, stop_ids=NEVER, pad_id=0)
   sampler = jax.jit(sharding.with_rules(fn, mesh, rules))
   repeated = [jnp.repeat(x, k, axis=0) for x in (batch["tokens"], batch["mask"])]
   settings = SamplingParams.make(rl_cfg.temperature)
@@ -186,7 +186,7 @@ def sampler_workload(preset: str = "tiny", model: dict | None = TINY_GPT2, rows:
   model_ = Transformer(ModelConfig.from_dict(dict(cfg.model)))
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   state, _ = setup.init_state(model_, make_optimizer(cfg.optim, 10), mesh, rules, cfg.seed)
-  fn = functools.partial(sample, model_, max_new_tokens=new_tokens, eos_id=NEVER, pad_id=0)
+  fn = functools.partial(sample, model_, max_new_tokens=new_tokens, stop_ids=NEVER, pad_id=0)
   sampler = jax.jit(sharding.with_rules(fn, mesh, rules))
   prompts = jnp.asarray(random_tokens(1, (rows, prompt_len), model_.cfg.vocab_size))
   mask = jnp.ones((rows, prompt_len), jnp.int32)
@@ -221,7 +221,7 @@ def rollout_workload(lengths: list[int], preset: str = "tiny", model: dict | Non
   rows, budget = len(lengths), budget or max(lengths)
   batching = dict(batching="paged" if paged else "continuous" if slots else "static", slots=slots,
                   cache_blocks=cache_blocks, block_size=block_size, paged_attention=paged_attention)
-  fn = functools.partial(generate, model_, max_new_tokens=budget, eos_id=NEVER, pad_id=0, **batching)
+  fn = functools.partial(generate, model_, max_new_tokens=budget, stop_ids=NEVER, pad_id=0, **batching)
   sampler = jax.jit(sharding.with_rules(fn, mesh, rules))
   batch = sharding.put_batch({"prompts": random_tokens(1, (rows, prompt_len), model_.cfg.vocab_size),
                               "mask": np.ones((rows, prompt_len), np.int32),
@@ -259,7 +259,7 @@ def vllm_rollout_workload(lengths: list[int], preset: str = "tiny", model: dict 
   engine = vllm_engine.VLLMEngine(directory, max_len=prompt_len + budget, seed=0, settings=settings)
   engine.push(state.params, model_.cfg)
   prompts = random_tokens(1, (rows, prompt_len), model_.cfg.vocab_size).tolist()
-  step = lambda: engine.sample(prompts, range(rows), max_new_tokens=budget, eos_id=NEVER, pad_id=0,
+  step = lambda: engine.sample(prompts, range(rows), max_new_tokens=budget, stop_ids=NEVER, pad_id=0,
                                temperature=0.7, stop_at=lengths)[0]
   info = dict(engine="vllm", rows=rows, prompt_len=prompt_len, budget=budget, generated_tokens=int(sum(lengths)),
               mean_length=float(np.mean(lengths)), max_length=max(lengths))
@@ -279,7 +279,7 @@ def update_workload(lengths: list[int], preset: str = "tiny", model: dict | None
   cfg.algo, cfg.data.batch_size, cfg.sample.max_new_tokens = algo, rows, budget
   cfg.rl.update(dict(samples_per_prompt=k, epochs=1, minibatches=1, packing=packing, pack_rows=pack_rows))
   plan = rl_plan.resolve(cfg)
-  rl_cfg = RLConfig(max_new_tokens=budget, eos_id=NEVER, pad_id=0, algo=algo, temperature=cfg.sample.temperature,
+  rl_cfg = RLConfig(max_new_tokens=budget, stop_ids=NEVER, pad_id=0, algo=algo, temperature=cfg.sample.temperature,
                     **{**plan.fields, "penalise_no_eos": False})
   policy_cfg = ModelConfig.from_dict(dict(cfg.model))
   models = rl_trainer.make_models(plan, policy_cfg, None)

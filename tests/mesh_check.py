@@ -103,7 +103,7 @@ def ppo_setup(cfg, mesh, **rl_fields):
   models = {"policy": policy, "value": critic, "reward": scorer}
   state, shardings = rl_state.place_state(models, *txs, mesh, RULES, seed=0, kl_coef=0.05)
   score_fn = functools.partial(frozen.proxy_scores, scorer=scorer, gain=1.0, bias=0.0)
-  rl_cfg = RLConfig(max_new_tokens=8, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, algo="ppo", epochs=2,
+  rl_cfg = RLConfig(max_new_tokens=8, stop_ids=TOKENIZER.stop_ids, pad_id=TOKENIZER.pad_id, algo="ppo", epochs=2,
                     minibatches=2, temperature=1.0, **rl_fields)
   return rl_trainer.Models(policy, critic, scorer), txs, state, shardings, score_fn, rl_cfg
 
@@ -139,7 +139,7 @@ def rl_host_iteration(mesh) -> tuple[list, dict]:
   policy_tx = make_optimizer(cfg.optim, 10)
   state, shardings = rl_state.place_state({"policy": policy}, policy_tx, None, mesh, RULES, seed=0, kl_coef=0.05)
   host = [rewards.HostReward("aligned", aligned, 1.0), rewards.HostReward("evens", evens, 1.0)]
-  rl_cfg = RLConfig(max_new_tokens=8, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, algo="grpo",
+  rl_cfg = RLConfig(max_new_tokens=8, stop_ids=TOKENIZER.stop_ids, pad_id=TOKENIZER.pad_id, algo="grpo",
                     advantage="grpo", samples_per_prompt=4, temperature=1.0, host_rewards=("aligned", "evens"),
                     model_weight=None, penalise_no_eos=False)  # 8 random tokens never end: keep the scores
   batch, count = 8, 12  # prompts (8 ways on the data mesh) of more than one batch: a shuffled subset
@@ -163,14 +163,14 @@ def multi_turn_setup(mesh, sample_mesh=None, **rl_fields) -> dict:
   policy_tx = make_optimizer(cfg.optim, 10)
   state, shardings = rl_state.place_state({"policy": policy}, policy_tx, None, mesh, RULES, seed=0, kl_coef=0.05)
   limits = multi_turn.TurnLimits(max_turns=2, turn_tokens=4, max_tokens=32)  # room for 2 turns and an answer
-  rl_cfg = RLConfig(max_new_tokens=limits.max_tokens, eos_id=TOKENIZER.eos_id, pad_id=TOKENIZER.pad_id, algo="grpo",
+  rl_cfg = RLConfig(max_new_tokens=limits.max_tokens, stop_ids=TOKENIZER.stop_ids, pad_id=TOKENIZER.pad_id, algo="grpo",
                     advantage="grpo", samples_per_prompt=4, temperature=1.0, host_rewards=("evens",),
                     model_weight=None, penalise_no_eos=False, **rl_fields)
   prompts = Prompts([f"p{i}" for i in range(8)], random_tokens(7, (8, 8)), np.ones((8, 8), np.int32), columns={})
   sample_mesh = sample_mesh or mesh
   params = jax.tree.map(lambda s: NamedSharding(sample_mesh, s.spec), policy_params(shardings))
   sampler = turn_cache.turn_sampler(policy, params, sample_mesh, RULES, turn_tokens=limits.turn_tokens,
-                                    capacity=8 + limits.max_tokens + limits.turn_tokens, eos_id=TOKENIZER.eos_id,
+                                    capacity=8 + limits.max_tokens + limits.turn_tokens, stop_ids=TOKENIZER.stop_ids,
                                     pad_id=TOKENIZER.pad_id)
   rollouts = multi_turn.Rollouts(sampler, lambda: Echo(None, None), prompts, TOKENIZER, limits, temperature=1.0)
   return dict(models=rl_trainer.Models(policy, None, None), policy_tx=policy_tx, state=state, shardings=shardings,

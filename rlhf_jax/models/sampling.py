@@ -81,15 +81,15 @@ def choose_tokens(logits: jax.Array, rng: jax.Array, params: SamplingParams, per
 
 
 def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
-           sampling: SamplingParams, *, max_new_tokens: int, eos_id: int, pad_id: int,
-           stop_at: jax.Array | None = None, stop_ids: tuple = ()) -> SampleOutput:
+           sampling: SamplingParams, *, max_new_tokens: int, stop_ids: tuple, pad_id: int,
+           stop_at: jax.Array | None = None) -> SampleOutput:
   """Samples continuations of left-padded prompts [batch, prompt_len].
 
-  Stops each row at its first EOS (included, mask 1), or its first of `stop_ids` (`is_stop`:
-  a chat checkpoint's end of turn), and the whole loop when every row has stopped (asked every
-  DONE_CHECK_EVERY steps). Jit with `model`, `max_new_tokens`, `eos_id`, `pad_id` and
-  `stop_ids` static (closed over). `stop_at` [batch] (benchmarks replaying a distribution of
-  response lengths): each row also stops after that many tokens, as if its EOS came there.
+  Stops each row at its first of `stop_ids` (included, mask 1; `is_stop`: EOS, or a chat
+  checkpoint's end of turn), and the whole loop when every row has stopped (asked every
+  DONE_CHECK_EVERY steps). Jit with `model`, `max_new_tokens`, `stop_ids` and `pad_id` static
+  (closed over). `stop_at` [batch] (benchmarks replaying a distribution of response lengths):
+  each row also stops after that many tokens, as if its EOS came there.
   Row i draws its token at step s from fold_in(fold_in(rng, i), s) (`sample_keys`): its tokens
   do not depend on the other rows, so continuous batching (models/continuous.py) draws the same.
   An MoE model's samples also hold every token's experts (`SampleOutput.experts`: router replay).
@@ -100,7 +100,7 @@ def sample(model: Transformer, params, prompts: jax.Array, prompt_mask: jax.Arra
   ends = segment_ends(max_new_tokens)
   cache = KVCache.empty(model.cfg, batch, prompt_len + ends[0])
   out = model.apply({"params": params}, prompts, prompt_mask, cache=cache, last_logits_only=True)
-  body = decode_step(model, params, sampling, eos_id, pad_id, stop_at, stop_ids)
+  body = decode_step(model, params, sampling, stop_ids, pad_id, stop_at)
   carry = (jnp.int32(0), out.cache, out.logits[:, -1], with_prompt_experts(empty_output(batch, max_new_tokens, pad_id),
                                                                            out.router, prompt_mask),
            jnp.zeros((batch,), bool), sample_keys(rng, batch))
@@ -123,8 +123,8 @@ def sample_keys(rng: jax.Array, rows: int) -> jax.Array:
 
 
 def extend(model: Transformer, params, cache: RaggedCache, tokens: jax.Array, mask: jax.Array, rng: jax.Array,
-           sampling: SamplingParams, *, max_new_tokens: int, eos_id: int, pad_id: int,
-           live: jax.Array | None = None, stop_ids: tuple = ()) -> tuple[SampleOutput, RaggedCache]:
+           sampling: SamplingParams, *, max_new_tokens: int, stop_ids: tuple, pad_id: int,
+           live: jax.Array | None = None) -> tuple[SampleOutput, RaggedCache]:
   """Continues each row of a ragged cache: prefills `tokens` [batch, block] (right-padded, `mask`
   1 on the real ones, at least one per live row) from the row's length, then samples up to
   `max_new_tokens` for the `live` rows (default all; the others stay done). Returns (the samples,
@@ -138,7 +138,7 @@ def extend(model: Transformer, params, cache: RaggedCache, tokens: jax.Array, ma
   out = model.apply({"params": params}, tokens, mask, cache=cache, logits_at=last)
   done = jnp.zeros((batch,), bool) if live is None else ~live
   carry = (jnp.int32(0), out.cache, out.logits[:, 0], empty_output(batch, max_new_tokens, pad_id), done, rng)
-  carry = decode_until(max_new_tokens, decode_step(model, params, sampling, eos_id, pad_id, stop_ids=stop_ids), carry)
+  carry = decode_until(max_new_tokens, decode_step(model, params, sampling, stop_ids, pad_id), carry)
   return carry[3], carry[1]
 
 
@@ -175,24 +175,18 @@ def empty_output(batch: int, max_new_tokens: int, pad_id: int) -> SampleOutput:
                       jnp.zeros((batch, max_new_tokens), jnp.float32), jnp.zeros((batch, max_new_tokens), jnp.int32))
 
 
-def stop_set(eos_id: int, stop_ids: tuple = ()) -> tuple:
-  """EOS, then the other ids a response may end on, each once, in order."""
-  return tuple(dict.fromkeys((int(eos_id), *(int(s) for s in stop_ids))))
-
-
-def is_stop(tokens, eos_id: int, stop_ids: tuple = ()):
-  """True where a token ends a response: EOS or any of `stop_ids` (a chat checkpoint's end of
-  turn, which generation_config.json lists with its EOS: Gemma 3 IT's <end_of_turn>). jax or
-  numpy arrays. An OR of equalities over a static set of a few ids: with EOS alone, the one
-  comparison it always was, so the compiled samplers do not change."""
-  ends = tokens == eos_id
-  for stop in stop_set(eos_id, stop_ids)[1:]:
+def is_stop(tokens, stop_ids: tuple):
+  """True where a token ends a response: any of `stop_ids`, the tokenizer's (EOS first, then a
+  chat checkpoint's end of turn, which generation_config.json lists with its EOS: Gemma 3 IT's
+  <end_of_turn>). jax or numpy arrays. An OR of equalities over a static set of a few ids: with
+  EOS alone, the one comparison it always was, so the compiled samplers do not change."""
+  ends = tokens == stop_ids[0]
+  for stop in stop_ids[1:]:
     ends = ends | (tokens == stop)
   return ends
 
 
-def decode_step(model: Transformer, params, sampling: SamplingParams, eos_id: int, pad_id: int, stop_at=None,
-                stop_ids: tuple = ()):
+def decode_step(model: Transformer, params, sampling: SamplingParams, stop_ids: tuple, pad_id: int, stop_at=None):
   """One decode step on the carry (step, cache, logits, result, done, keys): a token for each
   row not done (pad for the others), its log-prob and mask written at `step`, then fed through
   the model (its cache: a KVCache or a RaggedCache). `stop_at`, `stop_ids`: `sample`'s. `keys`:
@@ -205,7 +199,7 @@ def decode_step(model: Transformer, params, sampling: SamplingParams, eos_id: in
     result = result._replace(tokens=result.tokens.at[:, step].set(token),
                              logprobs=result.logprobs.at[:, step].set(jnp.where(alive, logprob, 0.0)),
                              mask=result.mask.at[:, step].set(alive.astype(jnp.int32)))
-    done = done | is_stop(token, eos_id, stop_ids) | (False if stop_at is None else step + 1 >= stop_at)
+    done = done | is_stop(token, stop_ids) | (False if stop_at is None else step + 1 >= stop_at)
     out = model.apply({"params": params}, token[:, None], alive[:, None], cache=cache)
     return step + 1, out.cache, out.logits[:, -1], recorded(result, out.router, step, alive), done, rng
   return body

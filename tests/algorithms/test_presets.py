@@ -13,7 +13,7 @@ def test_every_algorithm_is_registered_parts_and_rl_config_fields():
   for name, algorithm in presets.ALGORITHMS.items():
     assert algorithm.advantage in ADVANTAGES and algorithm.policy_loss in POLICY_LOSSES, name
     assert algorithm.loss_aggregation in LOSS_AGGREGATIONS and algorithm.paper, name
-    cfg = RLConfig(max_new_tokens=8, eos_id=1, pad_id=0, algo=name, **presets.resolve(name, {}))
+    cfg = RLConfig(max_new_tokens=8, stop_ids=(1,), pad_id=0, algo=name, **presets.resolve(name, {}))
     assert cfg.has_critic == (name == "ppo") and cfg.needs_greedy == (name == "remax")
     assert cfg.samples_per_prompt >= ADVANTAGES[cfg.advantage].min_group_size
 

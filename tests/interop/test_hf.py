@@ -103,7 +103,7 @@ def test_greedy_kv_cache_sampling_matches_hf_generate(checkpoints, name):
   model, params = hf.load(directory)
   prompts, mask = tiny_hf.left_padded_batch(seed=1, length=8)
   new, eos = 6, tiny_hf.VOCAB - 1
-  sampler = jax.jit(functools.partial(sample, Transformer(model.cfg), max_new_tokens=new, eos_id=eos, pad_id=0))
+  sampler = jax.jit(functools.partial(sample, Transformer(model.cfg), max_new_tokens=new, stop_ids=(eos,), pad_id=0))
   out = jax.device_get(sampler(params, prompts, mask, jax.random.key(0), SamplingParams.make(greedy=True)))
   with torch.no_grad():
     generated = reference.generate(input_ids=torch.tensor(prompts), attention_mask=torch.tensor(mask),
@@ -149,7 +149,7 @@ def test_rope_scaling_matches_hf_beyond_the_original_context_and_exports_back(bp
   np.testing.assert_array_equal(tiny_hf.hf_logits(reread, tokens, mask), tiny_hf.hf_logits(reference, tokens, mask))
   if kind == "llama3":  # the KV cache's decode steps rotate with the scaled frequencies too
     prompts, prompt_mask = tiny_hf.left_padded_batch(seed=1, length=20)
-    sampler = jax.jit(functools.partial(sample, Transformer(model.cfg), max_new_tokens=8, eos_id=-1, pad_id=0))
+    sampler = jax.jit(functools.partial(sample, Transformer(model.cfg), max_new_tokens=8, stop_ids=(-1,), pad_id=0))
     out = jax.device_get(sampler(params, prompts, prompt_mask, jax.random.key(0), SamplingParams.make(greedy=True)))
     full = np.concatenate([prompts, out.tokens], 1)
     logits = tiny_hf.hf_logits(reference, full, np.concatenate([prompt_mask, out.mask], 1))

@@ -4,13 +4,12 @@ token as the completion's last id, as our samplers keep EOS)."""
 import pytest
 
 from rlhf_jax.interop import vllm_engine
-from rlhf_jax.models.sampling import stop_set
 
 
 def test_every_stop_id_reaches_the_requests_and_replayed_lengths_ignore_them():
-  gemma = vllm_engine.stop_limits(2, 16, stop_set(1, (1, 106)))
+  gemma = vllm_engine.stop_limits(2, 16, (1, 106))
   assert gemma == [dict(max_tokens=16, stop_token_ids=[1, 106])] * 2
-  assert vllm_engine.stop_limits(1, 16, stop_set(1)) == [dict(max_tokens=16, stop_token_ids=[1])]
+  assert vllm_engine.stop_limits(1, 16, (1,)) == [dict(max_tokens=16, stop_token_ids=[1])]
   assert vllm_engine.stop_limits(2, 16, (1, 106), stop_at=[3, 5]) == [dict(max_tokens=3, ignore_eos=True),
                                                                       dict(max_tokens=5, ignore_eos=True)]
 

@@ -44,7 +44,7 @@ def test_blocks_come_from_the_free_list_and_the_youngest_rows_make_room():
 def draw_paged(cfg, params, slots, blocks, block_size, kernel="xla"):
   prompts, mask, lengths = prompts_and_lengths()
   fn = functools.partial(continuous.sample_paged, Transformer(cfg), slots=slots, blocks=blocks, block_size=block_size,
-                         max_new_tokens=NEW, eos_id=-1, pad_id=PAD, kernel=kernel, with_preemptions=True)
+                         max_new_tokens=NEW, stop_ids=(-1,), pad_id=PAD, kernel=kernel, with_preemptions=True)
   return jax.jit(fn)(params, prompts, mask, jax.random.key(7), SamplingParams.make(temperature=1.3, top_k=40),
                      stop_at=lengths)
 
@@ -57,7 +57,7 @@ def test_a_paged_cache_of_any_size_draws_the_static_samplers_tokens(style, pools
   (interpreted) on grouped-query heads."""
   cfg = small_model(**STYLES[style])
   _, params = init(cfg)
-  static = draw(cfg, params, 0, SamplingParams.make(temperature=1.3, top_k=40), eos_id=-1, stop_at=True)
+  static = draw(cfg, params, 0, SamplingParams.make(temperature=1.3, top_k=40), stop_ids=(-1,), stop_at=True)
   for slots, blocks, block_size, kernel in pools:
     out, preemptions = draw_paged(cfg, params, slots, blocks, block_size, kernel)
     assert (int(preemptions) > 0) == (blocks < 3 * (PROMPT + NEW) // block_size), (blocks, int(preemptions))

@@ -17,9 +17,9 @@ from tests.models.test_transformer import init, left_padded_batch
 EOS, PAD = 258, 256
 
 
-def make_sampler(cfg, max_new_tokens=10, eos_id=EOS, stop_ids=()):
-  return jax.jit(functools.partial(sample, Transformer(cfg), max_new_tokens=max_new_tokens, eos_id=eos_id,
-                                   pad_id=PAD, stop_ids=stop_ids))
+def make_sampler(cfg, max_new_tokens=10, stop_ids=(EOS,)):
+  return jax.jit(functools.partial(sample, Transformer(cfg), max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                                   pad_id=PAD))
 
 
 def rescore(cfg, params, prompts, prompt_mask, out, temperature=1.0):
@@ -49,7 +49,7 @@ def test_a_cache_grown_in_segments_decodes_as_one_cache_would():
   cfg = small_model(max_len=160)
   _, params = init(cfg)
   prompts, mask = left_padded_batch()
-  out = make_sampler(cfg, max_new_tokens=140, eos_id=-1)(params, prompts, mask, jax.random.key(0),
+  out = make_sampler(cfg, max_new_tokens=140, stop_ids=(-1,))(params, prompts, mask, jax.random.key(0),
                                                          SamplingParams.make(greedy=True))
   logits, logprobs = rescore(cfg, params, prompts, mask, out)
   assert np.asarray(out.mask).all()
@@ -88,7 +88,7 @@ def test_stops_at_eos_and_pads_after():
   free = make_sampler(cfg)(params, prompts, mask, key, settings)
   row = [int(t) for t in free.tokens[0]]
   stop = next(j for j in range(1, 10) if row[j] not in row[:j])  # a token first seen at step j
-  out = make_sampler(cfg, eos_id=row[stop])(params, prompts, mask, key, settings)
+  out = make_sampler(cfg, stop_ids=(row[stop],))(params, prompts, mask, key, settings)
   np.testing.assert_array_equal(out.tokens[0, :stop + 1], row[:stop + 1])  # same draws up to EOS
   np.testing.assert_array_equal(out.mask[0], [1] * (stop + 1) + [0] * (9 - stop))
   np.testing.assert_array_equal(out.tokens[0, stop + 1:], [PAD] * (9 - stop))
@@ -102,10 +102,10 @@ def test_a_second_stop_id_ends_a_row_as_eos_does_with_the_same_draws_and_log_pro
   _, params = init(cfg)
   prompts, mask = left_padded_batch()
   key, settings = jax.random.key(4), SamplingParams.make(temperature=1.5)
-  free = make_sampler(cfg, eos_id=-1)(params, prompts, mask, key, settings)
+  free = make_sampler(cfg, stop_ids=(-1,))(params, prompts, mask, key, settings)
   row = [int(t) for t in free.tokens[0]]
   stop = next(j for j in range(1, 10) if row[j] not in row[:j])  # a token first seen at step j
-  out = make_sampler(cfg, eos_id=-1, stop_ids=(-1, row[stop]))(params, prompts, mask, key, settings)
+  out = make_sampler(cfg, stop_ids=(-1, row[stop]))(params, prompts, mask, key, settings)
   np.testing.assert_array_equal(out.tokens[0, :stop + 1], row[:stop + 1])
   np.testing.assert_array_equal(out.logprobs[0, :stop + 1], free.logprobs[0, :stop + 1])
   np.testing.assert_array_equal(out.mask[0], [1] * (stop + 1) + [0] * (9 - stop))
@@ -115,9 +115,8 @@ def test_a_second_stop_id_ends_a_row_as_eos_does_with_the_same_draws_and_log_pro
 def test_is_stop_is_eos_or_any_stop_id_on_jax_and_numpy_arrays():
   tokens = [1, 106, 5, 1, 107]
   for array in (np.array(tokens), jnp.array(tokens)):
-    assert np.asarray(sampling.is_stop(array, 1, (1, 106))).tolist() == [True, True, False, True, False]
-    assert np.asarray(sampling.is_stop(array, 1)).tolist() == [True, False, False, True, False]
-  assert sampling.stop_set(1, (106, 1, 106)) == (1, 106)
+    assert np.asarray(sampling.is_stop(array, (1, 106))).tolist() == [True, True, False, True, False]
+    assert np.asarray(sampling.is_stop(array, (1,))).tolist() == [True, False, False, True, False]
 
 
 def test_stop_at_ends_each_row_after_its_count_with_the_same_draws():
@@ -126,7 +125,7 @@ def test_stop_at_ends_each_row_after_its_count_with_the_same_draws():
   _, params = init(cfg)
   prompts, mask = left_padded_batch()
   key, settings = jax.random.key(4), SamplingParams.make(temperature=1.5)
-  sampler = make_sampler(cfg, eos_id=-1)  # no token ends a row by itself
+  sampler = make_sampler(cfg, stop_ids=(-1,))  # no token ends a row by itself
   free = sampler(params, prompts, mask, key, settings)
   stop_at = jnp.array([3, 7][:prompts.shape[0]] + [1] * (prompts.shape[0] - 2), jnp.int32)
   out = sampler(params, prompts, mask, key, settings, stop_at=stop_at)
@@ -145,7 +144,7 @@ def test_checking_for_done_rows_less_often_changes_no_output(monkeypatch):
   outputs = []
   for every in (1, 3, 8):
     monkeypatch.setattr(sampling, "DONE_CHECK_EVERY", every)
-    outputs.append(make_sampler(cfg, eos_id=eos)(params, prompts, mask, key, settings))
+    outputs.append(make_sampler(cfg, stop_ids=(eos,))(params, prompts, mask, key, settings))
   assert (outputs[0].mask.sum(axis=1) <= 3).all()  # all done by step 3: the loop may stop there
   for out in outputs[1:]:
     chex.assert_trees_all_equal(out, outputs[0])
@@ -197,7 +196,7 @@ def test_changing_sampling_settings_does_not_recompile():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def sampler(params, prompts, mask, rng, settings):
-    return sample(model, params, prompts, mask, rng, settings, max_new_tokens=6, eos_id=EOS, pad_id=PAD)
+    return sample(model, params, prompts, mask, rng, settings, max_new_tokens=6, stop_ids=(EOS,), pad_id=PAD)
 
   for settings in [dict(greedy=True), dict(temperature=0.5, top_k=3), dict(temperature=1.3, top_p=0.8)]:
     sampler(params, prompts, mask, jax.random.key(1), SamplingParams.make(**settings)).tokens.block_until_ready()

@@ -116,8 +116,8 @@ def jit_sampler(model, max_new_tokens: int, tokenizer, param_shardings, mesh, ru
   """(params, prompts, prompt_mask, rng, SamplingParams) -> SampleOutput, compiled once: the
   params as laid out for training, the prompts as given, the samples replicated (every
   process decodes them). `sample_cfg`: the config's `sample` (its batching and slots)."""
-  fn = functools.partial(generate, model, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
-                         stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id, **batching_of(sample_cfg))
+  fn = functools.partial(generate, model, max_new_tokens=max_new_tokens, stop_ids=tokenizer.stop_ids,
+                         pad_id=tokenizer.pad_id, **batching_of(sample_cfg))
   return jax.jit(sharding.with_rules(fn, mesh, rules), in_shardings=(param_shardings, None, None, None, None),
                  out_shardings=sharding.replicated(mesh))
 

@@ -124,6 +124,6 @@ class LMEvaluator:
     lines = [f"{p!r} -> {c!r}" for p, c in zip(prompts.texts, texts)]
     self.run_dir.write_samples(step, lines)
     # Under the mask: PAD may be a stop id (Qwen's <|endoftext|>), or EOS itself (GPT-2).
-    ended = (is_stop(out.tokens, self.tokenizer.eos_id, self.tokenizer.stop_ids) & (out.mask > 0)).any(axis=1)
+    ended = (is_stop(out.tokens, self.tokenizer.stop_ids) & (out.mask > 0)).any(axis=1)
     return {"eval/sample_length": float(out.mask.sum(axis=1).mean()),
             "eval/sample_eos_fraction": float(ended.mean()), "samples": "\n\n".join(lines)}

@@ -84,7 +84,7 @@ class PolicyEvaluator:
       per["reward/model"] = model
       proxy = proxy + self.model_weight * model
     if self.token:
-      ended = np.any(is_stop(out.tokens, self.tokenizer.eos_id, self.tokenizer.stop_ids) & (out.mask > 0), axis=1)
+      ended = np.any(is_stop(out.tokens, self.tokenizer.stop_ids) & (out.mask > 0), axis=1)
       scores, total = token_rewards.weighted_sum(self.token, out.tokens, out.mask, ended, self.token_params)
       per.update({f"reward/{name}": np.asarray(s) for name, s in scores.items()})
       proxy = proxy + np.asarray(total)

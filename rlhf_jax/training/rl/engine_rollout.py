@@ -107,8 +107,8 @@ class EngineSampler:
     ids = [row[m > 0].tolist() for row, m in zip(np.asarray(prompts), np.asarray(prompt_mask))]
     ids = [p for p in ids for _ in range(self.cfg.samples_per_prompt)]
     seeds = np.asarray(self.seeds(state))
-    calls = [self.engine.submit(ids, seeds, max_new_tokens=self.cfg.max_new_tokens, eos_id=self.cfg.eos_id,
-                                stop_ids=self.cfg.stop_ids, pad_id=self.cfg.pad_id, greedy=greedy, **self.sampling)
+    calls = [self.engine.submit(ids, seeds, max_new_tokens=self.cfg.max_new_tokens, stop_ids=self.cfg.stop_ids,
+                                pad_id=self.cfg.pad_id, greedy=greedy, **self.sampling)
              for greedy in ((False, True) if self.cfg.needs_greedy else (False,))]  # ReMax: a greedy row each
     return Drawing(prompts, prompt_mask, calls)
 
@@ -174,9 +174,8 @@ class EngineTurnSampler:
   engine: object  # vllm_engine.VLLMEngine
   model_cfg: ModelConfig
   turn_tokens: int
-  eos_id: int
+  stop_ids: tuple  # the ids that end a turn, EOS first
   pad_id: int
-  stop_ids: tuple = ()  # ids that end a turn as EOS does
 
   def session(self, params, settings, rows: int):
     del rows
@@ -191,8 +190,7 @@ class EngineTurnSampler:
     tokens[:] = self.pad_id
     if len(live):
       drawn = self.engine.sample([contexts[i] for i in live], seeds[live], max_new_tokens=self.turn_tokens,
-                                 eos_id=self.eos_id, stop_ids=self.stop_ids, pad_id=self.pad_id,
-                                 temperature=temperature)
+                                 stop_ids=self.stop_ids, pad_id=self.pad_id, temperature=temperature)
       for array, part in zip((tokens, mask, logprobs), drawn):
         array[live] = part
     self.engine.rest()

@@ -16,9 +16,8 @@ class RLConfig:
   """Static hyperparameters, resolved (rl_plan.py: the algorithm's preset fills what the config
   leaves None); PPO defaults from Huang et al. 2024."""
   max_new_tokens: int
-  eos_id: int
+  stop_ids: tuple  # the tokenizer's: a response ends at any of these, EOS first (sampling.is_stop)
   pad_id: int
-  stop_ids: tuple = ()  # the tokenizer's: a response ends at EOS or any of these (sampling.is_stop)
   algo: str = "ppo"
   advantage: str = "gae"  # algorithms/advantages.py
   policy_loss: str = "clip"  # algorithms/policy_losses.py

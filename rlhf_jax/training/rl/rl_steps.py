@@ -74,7 +74,7 @@ class Sampled(NamedTuple):
 
 def _sample(state, prompts, prompt_mask, rng, settings, *, policy, score_fn, cfg) -> Sampled:
   out = generate(policy, policy_params(state), prompts, prompt_mask, rng, settings, max_new_tokens=cfg.max_new_tokens,
-                 eos_id=cfg.eos_id, stop_ids=cfg.stop_ids, pad_id=cfg.pad_id, batching=cfg.batching, slots=cfg.slots,
+                 stop_ids=cfg.stop_ids, pad_id=cfg.pad_id, batching=cfg.batching, slots=cfg.slots,
                  cache_blocks=cfg.cache_blocks, block_size=cfg.block_size, paged_attention=cfg.paged_attention)
   return sampled_of(state, prompts, prompt_mask, out, score_fn=score_fn, cfg=cfg)
 
@@ -83,7 +83,7 @@ def sampled_of(state, prompts, prompt_mask, out, *, score_fn, cfg) -> Sampled:
   """The `Sampled` of responses `out` (a SampleOutput, from any engine) to these prompts."""
   tokens = jnp.concatenate([prompts, out.tokens], axis=1)
   mask = jnp.concatenate([prompt_mask.astype(jnp.int32), out.mask], axis=1)
-  ended = jnp.any(is_stop(out.tokens, cfg.eos_id, cfg.stop_ids) & (out.mask > 0), axis=1)
+  ended = jnp.any(is_stop(out.tokens, cfg.stop_ids) & (out.mask > 0), axis=1)
   scores = score_fn(state, tokens, mask, out) if score_fn else jnp.zeros(tokens.shape[0], jnp.float32)
   return Sampled(tokens, mask, out, ended, scores)
 

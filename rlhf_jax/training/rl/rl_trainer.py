@@ -274,10 +274,9 @@ def compile_multi_turn(cfg, plan, run_dir, models, state, shardings, meshes_, ru
   capacity = cfg.max_prompt_len + cfg.sample.max_new_tokens + cfg.env.turn_tokens  # a full context, then a turn
   samplers = {id(m): turn_cache.turn_sampler(models.policy, off_policy.on_mesh(policy_params(shardings), m), m, rules,
                                              turn_tokens=cfg.env.turn_tokens, capacity=capacity,
-                                             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                                             stop_ids=tokenizer.stop_ids) for m in meshes_}
+                                             stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id) for m in meshes_}
   train_sampler = samplers[id(sample_mesh)] if engine is None else engine_rollout.EngineTurnSampler(
-      engine.engine, models.policy.cfg, cfg.env.turn_tokens, tokenizer.eos_id, tokenizer.pad_id, tokenizer.stop_ids)
+      engine.engine, models.policy.cfg, cfg.env.turn_tokens, tokenizer.stop_ids, tokenizer.pad_id)
 
   def rollouts(split, sampler):
     return multi_turn.Rollouts(sampler, environments.from_config(cfg.env, call_format), prompts[split],
@@ -362,8 +361,7 @@ def iteration_cost(cfg, rl_cfg: RLConfig, models, prompt_len: int, uses_model: b
 
 
 def rl_config(cfg, tokenizer, plan: rl_plan.RLPlan) -> RLConfig:
-  return RLConfig(max_new_tokens=cfg.sample.max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                  stop_ids=tokenizer.stop_ids,
+  return RLConfig(max_new_tokens=cfg.sample.max_new_tokens, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
                   algo=cfg.algo, temperature=cfg.sample.temperature, model_weight=plan.rewards.model_weight,
                   host_rewards=tuple(h.name for h in plan.rewards.host), token_rewards=plan.rewards.token,
                   format_ids=tuple(tokenizer.encode(cfg.reward.get("format_text", ""))),

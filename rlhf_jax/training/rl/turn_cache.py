@@ -96,12 +96,11 @@ def common_prefix(a: list, b: list) -> int:
   return int(differs[0]) if len(differs) else n
 
 
-def turn_sampler(model, params_shardings, mesh, rules, *, turn_tokens: int, capacity: int, eos_id: int,
-                 pad_id: int, stop_ids: tuple = ()) -> TurnSampler:
-  """A TurnSampler on `mesh`, the params laid out as `params_shardings`; a turn ends at EOS or
-  any of `stop_ids`."""
-  fn = functools.partial(turn_step, model=model, max_new_tokens=turn_tokens, eos_id=eos_id, pad_id=pad_id,
-                         stop_ids=stop_ids)
+def turn_sampler(model, params_shardings, mesh, rules, *, turn_tokens: int, capacity: int, stop_ids: tuple,
+                 pad_id: int) -> TurnSampler:
+  """A TurnSampler on `mesh`, the params laid out as `params_shardings`; a turn ends at any of
+  `stop_ids` (EOS first)."""
+  fn = functools.partial(turn_step, model=model, max_new_tokens=turn_tokens, stop_ids=stop_ids, pad_id=pad_id)
   rows = sharding.batch_sharding(mesh)  # the cache's rows split as a batch's
   step = jax.jit(sharding.with_rules(fn, mesh, rules), donate_argnums=0,
                  in_shardings=(rows, params_shardings, None, None, None, None, None, None, None),

@@ -163,16 +163,16 @@ def test_ppo_takes_its_ratio_against_the_sampler_and_the_critic_free_weight_thei
   sampler = types.SimpleNamespace(logprobs=jnp.log(jnp.full((1, 3), 0.25)), mask=jnp.ones((1, 3)))
   recomputed = jnp.log(jnp.full((1, 3), 0.5))
   for algo, old, weighted in (("ppo", sampler.logprobs, False), ("grpo", recomputed, True)):
-    cfg = rl_steps.RLConfig(max_new_tokens=3, eos_id=1, pad_id=0, algo=algo, off_policy_steps=1,
+    cfg = rl_steps.RLConfig(max_new_tokens=3, stop_ids=(1,), pad_id=0, algo=algo, off_policy_steps=1,
                             is_correction="tis", advantage="gae" if algo == "ppo" else "grpo")
     got_old, weights, metrics = rl_steps.behaviour_correction(cfg, recomputed, sampler)
     np.testing.assert_array_equal(got_old, old)
     assert (weights is not None) == weighted and metrics["is_weight_mean"] == pytest.approx(2.0)
-  synchronous = rl_steps.RLConfig(max_new_tokens=3, eos_id=1, pad_id=0)
+  synchronous = rl_steps.RLConfig(max_new_tokens=3, stop_ids=(1,), pad_id=0)
   got_old, weights, metrics = rl_steps.behaviour_correction(synchronous, recomputed, sampler)
   assert got_old is recomputed and weights is None and metrics["rollout/logprob_gap_max"] == pytest.approx(np.log(2))
   # A rollout correction decouples PPO too: the ratio against the trainer's, the weight min(2, 2).
-  decoupled = rl_steps.RLConfig(max_new_tokens=3, eos_id=1, pad_id=0, algo="ppo", off_policy_steps=1,
+  decoupled = rl_steps.RLConfig(max_new_tokens=3, stop_ids=(1,), pad_id=0, algo="ppo", off_policy_steps=1,
                                 rollout_correction="token_tis", rollout_correction_cap=1.5)
   got_old, weights, metrics = rl_steps.behaviour_correction(decoupled, recomputed, sampler)
   np.testing.assert_array_equal(got_old, recomputed)

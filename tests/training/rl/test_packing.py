@@ -87,7 +87,7 @@ def test_packed_gradients_equal_the_padded_minibatchs_for_every_policy_loss(aggr
              aggregation.token_weights(response_mask, "token_mean"))
   for policy_loss in POLICY_LOSSES:
     # Every term: the policy loss, an entropy bonus, the KL as a loss term, the critic's value loss.
-    cfg = RLConfig(max_new_tokens=T, eos_id=VOCAB - 1, pad_id=0, advantage="gae", policy_loss=policy_loss,
+    cfg = RLConfig(max_new_tokens=T, stop_ids=(VOCAB - 1,), pad_id=0, advantage="gae", policy_loss=policy_loss,
                    loss_aggregation=aggregation_name, ent_coef=0.01, kl_in_loss=True)
     padded_loss = lambda p, b: loss_of_outputs(toy_outputs(p, b[0].tokens, b[0].mask, prompt_len=P), b, cfg=cfg,
                                                kl_coef=0.1)
@@ -108,7 +108,7 @@ def test_an_update_weights_the_policys_tokens_alone():
     seen["weights"] = minibatch[1]
     return jax.tree.map(jnp.zeros_like, params), {"loss": jnp.float32(0.0)}
 
-  cfg = RLConfig(max_new_tokens=T, eos_id=VOCAB - 1, pad_id=0)
+  cfg = RLConfig(max_new_tokens=T, stop_ids=(VOCAB - 1,), pad_id=0)
   minibatch_update(((params,), (None,)), batch, grad_fn=grad_fn, cfg=cfg, txs=(None,), rewards_ok=True)
   trained = batch.loss_mask * batch.weights[:, None] > 0
   assert not np.array_equal(trained, batch.mask[:, P:] > 0)

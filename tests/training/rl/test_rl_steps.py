@@ -43,7 +43,7 @@ def build(lr=3e-3, algo="ppo", shared_critic=False, score_fn=None, **cfg_overrid
                   reward=reward_params, kl=init_kl_controller(0.01), baseline=jnp.float32(0.0),
                   rng=jax.random.key(2))
   fields = presets.resolve(algo, {"minibatches": 2 if algo == "ppo" else 1, "temperature": 1.0,
-                                  "penalise_no_eos": False, "eos_id": EOS, **cfg_overrides})
+                                  "penalise_no_eos": False, "stop_ids": (EOS,), **cfg_overrides})
   cfg = RLConfig(max_new_tokens=8, pad_id=PAD, algo=algo, **fields)
   target_fraction = lambda state, tokens, mask, out: jnp.sum((out.tokens == TARGET) * out.mask, 1) / jnp.maximum(
       jnp.sum(out.mask, 1), 1)
@@ -194,7 +194,7 @@ def test_at_temperature_0_7_the_trainer_recomputes_the_samplers_log_probs():
   rng = jax.random.key(5)
   batch, _, _ = jax.jit(functools.partial(rollout, **parts))(state, prompts, jnp.ones_like(prompts), rng)
   out = sample(parts["policy"], state.policy, prompts, jnp.ones_like(prompts), rng, SamplingParams.make(0.7),
-               max_new_tokens=8, eos_id=EOS, pad_id=PAD)
+               max_new_tokens=8, stop_ids=(EOS,), pad_id=PAD)
   np.testing.assert_array_equal(batch.tokens[:, 4:], out.tokens)  # the same responses
   real = np.asarray(out.mask) > 0
   assert real.sum() > 100
@@ -209,7 +209,7 @@ def test_at_temperature_0_7_the_trainer_recomputes_the_samplers_log_probs():
 def test_one_update_at_0_7_has_ratio_1_and_with_eos_unreachable_every_score_is_the_penalty():
   # One epoch of one minibatch: the rollout's log-probs come from the params being updated, so
   # at the update the ratio is 1 on every token, approx-KL is 0 and nothing is clipped.
-  state, step, prompts = setup(temperature=0.7, epochs=1, minibatches=1, eos_id=VOCAB + 1, penalise_no_eos=True,
+  state, step, prompts = setup(temperature=0.7, epochs=1, minibatches=1, stop_ids=(VOCAB + 1,), penalise_no_eos=True,
                                no_eos_penalty=-1.5)
   for _ in range(2):
     state, metrics = step(state, prompts, jnp.ones_like(prompts))
@@ -285,7 +285,7 @@ def test_continuous_batching_gives_the_static_iterations_rollout_and_update(algo
 def test_a_response_ending_on_any_stop_id_is_ended_and_escapes_the_no_eos_penalty():
   """Gemma 3 IT's chat turns end with <end_of_turn> (106), its EOS is <eos> (1): with both as
   stop ids a response ending on 106 has ended; one ending on neither gets the penalty."""
-  gemma = RLConfig(max_new_tokens=4, eos_id=1, pad_id=0, stop_ids=(1, 106), no_eos_penalty=-5.0)
+  gemma = RLConfig(max_new_tokens=4, stop_ids=(1, 106), pad_id=0, no_eos_penalty=-5.0)
   tokens = jnp.array([[7, 8, 106, 0], [7, 1, 0, 0], [7, 8, 9, 5], [7, 8, 0, 0]])
   mask = jnp.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]])  # row 3's pad is 0, not a stop id
   out = SampleOutput(tokens, jnp.zeros(tokens.shape), mask)
@@ -293,5 +293,5 @@ def test_a_response_ending_on_any_stop_id_is_ended_and_escapes_the_no_eos_penalt
   sampled = rl_steps.sampled_of(None, prompts, prompts, out, score_fn=None, cfg=gemma)
   assert sampled.ended.tolist() == [True, True, False, False]
   assert rl_steps.total_scores(gemma, sampled, jnp.full(4, 2.0)).tolist() == [2.0, 2.0, -5.0, -5.0]
-  eos_only = rl_steps.sampled_of(None, prompts, prompts, out, score_fn=None, cfg=RLConfig(4, eos_id=1, pad_id=0))
+  eos_only = rl_steps.sampled_of(None, prompts, prompts, out, score_fn=None, cfg=RLConfig(4, stop_ids=(1,), pad_id=0))
   assert eos_only.ended.tolist() == [False, True, False, False]  # what Gemma 3's rollouts were scored by

@@ -40,7 +40,7 @@ def build(k: int = 2, **cfg_overrides):
   state = RLState(step=jnp.int32(0), policy=params, policy_opt=tx.init(params), value=None, value_opt=None,
                   ref=jax.tree.map(jnp.copy, params), reward=None, kl=init_kl_controller(0.01),
                   baseline=jnp.float32(0.0), rng=jax.random.key(2))
-  fields = presets.resolve("grpo", {"temperature": 1.0, "penalise_no_eos": False, "eos_id": EOS, **cfg_overrides})
+  fields = presets.resolve("grpo", {"temperature": 1.0, "penalise_no_eos": False, "stop_ids": (EOS,), **cfg_overrides})
   cfg = RLConfig(max_new_tokens=8, pad_id=PAD, algo="grpo", **fields)
   score_fn = lambda state, tokens, mask, out: jnp.mean((out.tokens == TARGET) * out.mask, axis=1)
   prompts = jnp.asarray(np.random.default_rng(0).integers(0, 13, (32 // cfg.samples_per_prompt, PROMPT)), jnp.int32)

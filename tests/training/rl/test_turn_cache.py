@@ -28,7 +28,7 @@ def from_scratch(cfg, params, contexts: list):
   mask = np.zeros_like(tokens)
   for i, ids in enumerate(contexts):
     tokens[i, width - len(ids):], mask[i, width - len(ids):] = ids, 1
-  fn = jax.jit(functools.partial(sample, Transformer(cfg), max_new_tokens=TURN, eos_id=EOS, pad_id=PAD))
+  fn = jax.jit(functools.partial(sample, Transformer(cfg), max_new_tokens=TURN, stop_ids=(EOS,), pad_id=PAD))
   return jax.device_get(fn(params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0), GREEDY))
 
 
@@ -37,8 +37,8 @@ def test_a_turn_continued_from_the_cache_samples_what_the_whole_context_does(sty
   cfg = small_model(**STYLES[style])
   _, params = init(cfg)
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-  sampler = turn_cache.turn_sampler(Transformer(cfg), None, mesh, common.DEFAULT_RULES, turn_tokens=TURN, capacity=48, eos_id=EOS,
-                                    pad_id=PAD)
+  sampler = turn_cache.turn_sampler(Transformer(cfg), None, mesh, common.DEFAULT_RULES, turn_tokens=TURN, capacity=48,
+                                    stop_ids=(EOS,), pad_id=PAD)
   rng = np.random.default_rng(0)
   contexts = [rng.integers(0, 250, n).tolist() for n in (5, 9, 3, 7)]
   turns = sampler.session(params, GREEDY, len(contexts))
@@ -64,7 +64,7 @@ def test_a_rows_draws_do_not_depend_on_the_rows_sharing_its_batch():
   _, params = init(cfg)
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
   sampler = turn_cache.turn_sampler(Transformer(cfg), None, mesh, common.DEFAULT_RULES, turn_tokens=TURN,
-                                    capacity=32, eos_id=EOS, pad_id=PAD)
+                                    capacity=32, stop_ids=(EOS,), pad_id=PAD)
   contexts = [np.random.default_rng(i).integers(0, 250, 4 + i).tolist() for i in range(4)]
   warm = SamplingParams.make(temperature=1.5)
   together = sampler.session(params, warm, 4)(contexts, np.ones(4, bool), jax.random.key(3))
