@@ -22,7 +22,7 @@ def get_config(preset: str = "tiny"):
   --config.ppo.FIELD is now --config.rl.FIELD). Presets `arithmetic`: the verifiable task;
   `tools`: the multi-turn tool task; `tldr`: Reddit TL;DR summarisation from a Hugging Face GPT-2;
   `constitutional`: Constitutional AI (revise -> SFT -> AI-labelled reward model -> RL) from a
-  Hugging Face instruct model; `reasoning_gym`: a reasoning-gym task (spell_backward), SFT then
+  Hugging Face instruct model; `reasoning_gym`: a reasoning-gym task (syllogism), SFT then
   GRPO on its own scorer."""
   if preset == "arithmetic":
     return arithmetic()
@@ -103,9 +103,9 @@ def tools():
 
 def reasoning_gym():
   """SFT -> RL on a reasoning-gym task (PyPI's reasoning-gym, generated offline: nothing is
-  downloaded), spell_backward with words of 3 to 8 letters, the tiny model at byte level from
-  scratch: SFT on the task's answers, then GRPO on the task's own scorer (partial credit: the
-  share of letters in place), evaluated by `reasoning_gym_solved` (full marks) as accuracy.
+  downloaded): syllogism (two premises and a conclusion: does it follow? Yes or No, half of them
+  valid), the tiny model at byte level from scratch: SFT on the task's answers, then GRPO on the
+  task's own scorer, evaluated by `reasoning_gym_solved` (full marks) as accuracy.
 
     python -m rlhf_jax.main --config=configs/pipeline.py:reasoning_gym --workdir=runs/reasoning_gym
   """
@@ -113,16 +113,19 @@ def reasoning_gym():
   c.stages = ("sft", "rl")
   del c.pretrain
   for stage in c.stages:
-    c[stage].data.update(dict(source="reasoning_gym:spell_backward", prompt_template="{prompt}\n",
+    c[stage].data.update(dict(source="reasoning_gym:syllogism", prompt_template="{prompt}\n",
                               response_field="answer", embedded_docs=20000, eval_docs=256,
-                              reasoning_gym_options='{"min_word_len": 3, "max_word_len": 8}'))
+                              reasoning_gym_options='{"invalid_ratio": 0.5}'))
+    c[stage].model.max_len = 192  # the questions are 140-170 bytes
+  c.sft.data.seq_len = 192
   c.sft.init_from = ""  # from scratch: no pretraining on this task
   c.sft.train.update(dict(num_steps=500, eval_every=250, checkpoint_every=250))
-  # Trained on the partial credit, judged by full marks (weight 0: measured, not rewarded).
+  # Trained on the task's score, judged by full marks (weight 0: measured, not rewarded); for
+  # syllogism the two agree, for a partial-credit task (spell_backward) they do not.
   c.rl.reward.update(dict(fns=("reasoning_gym", "reasoning_gym_solved"), weights=(1.0, 0.0)))
-  c.rl.sample.max_new_tokens = 16  # 8 letters and EOS: room
+  c.rl.sample.max_new_tokens = 8  # "Yes" and EOS: room
   c.rl.optim.lr = 1e-4
-  c.rl.update(dict(max_prompt_len=64))
+  c.rl.update(dict(max_prompt_len=176, eval_prompts=256))  # every held-out question: a smaller interval
   return c
 
 
