@@ -9,7 +9,8 @@ upstream's stages have no `algo` and are left out). Runs that differ only in the
 group, named by the run name without its "_s<seed>" suffix. The measure (`--metric`) is the
 gold judge's reward, or on a verifiable task the accuracy (or any other eval metric: mean@4,
 greedy_accuracy, ...); the table gives each group's seeds and every column's mean and interval
-(rlhf_jax/stats.py), and `--compare=A:B` the difference of group A's mean from group B's with
+(rlhf_jax/stats.py), the gain over SFT paired by seed (each run's measure minus the SFT policy's
+in the same evaluation, whose draws the seed sets), and `--compare=A:B` the difference of group A's mean from group B's with
 its interval. `--train_metric=NAME` adds a column: a training metric's mean over each run's
 logged iterations (e.g. rollout/router_agreement), its interval over the seeds. Plots: the measure against `--x` (step, flops, samples, seconds of compute, or
 kl) per group (mean over seeds at each evaluation, band from min to max), and against KL to
@@ -104,10 +105,11 @@ def write_csv(runs: list, path: str, columns=COLUMNS) -> None:
 
 def markdown_table(runs: list, metric: str, compare=(), train_metrics=()) -> str:
   """Per group: finished seeds and each value's mean [95% bootstrap interval] (`train_metrics`'
-  last); then each `compare` pair's difference of means."""
+  last; the gain over SFT is each seed's measure minus the SFT policy's in the same evaluation,
+  paired); then each `compare` pair's difference of means."""
   groups = groups_of(runs)
-  lines = [f"| run | algo | seeds | {metric} | SFT {metric} | KL to SFT (nats) | proxy reward | GFLOP | seconds |"
-           + "".join(f" mean {name} |" for name in train_metrics), "|---|---|---|---|---|---|---|---|---|"
+  lines = [f"| run | algo | seeds | {metric} | SFT {metric} | gain over SFT | KL to SFT (nats) | proxy reward | GFLOP "
+           "| seconds |" + "".join(f" mean {name} |" for name in train_metrics), "|---|---|---|---|---|---|---|---|---|---|"
            + "---|" * len(train_metrics)]
   finished = {name: [r for r in members if r["status"] == "finished"] for name, members in groups.items()}
   for name, members in groups.items():
@@ -116,6 +118,7 @@ def markdown_table(runs: list, metric: str, compare=(), train_metrics=()) -> str
     unfinished = len(members) - len(done) - failed
     note = "".join(f" ({n} {word})" for n, word in ((failed, "failed"), (unfinished, "unfinished")) if n)
     cells = [stats.bootstrap_mean([r[k] for r in done]) for k in ("metric", "ref_metric", "kl", "proxy_reward")]
+    cells.insert(2, stats.bootstrap_mean([gain(r) for r in done]))  # paired: each seed against its own SFT draw
     compute = [np.mean(stats.clean([r[k] for r in done])) if done else np.nan for k in ("flops", "seconds")]
     trained = "".join(f" {stats.bootstrap_mean([r[k] for r in done])} |" for k in train_metrics)
     lines.append(f"| {name} | {members[0]['algo']} | {len(done)}{note} | " + " | ".join(map(str, cells))
@@ -128,6 +131,13 @@ def markdown_table(runs: list, metric: str, compare=(), train_metrics=()) -> str
     difference = stats.bootstrap_difference([r["metric"] for r in finished[a]], [r["metric"] for r in finished[b]])
     lines.append(f"| {a} - {b} | {difference} | {len(finished[a])}, {len(finished[b])} |")
   return "\n".join(lines) + "\n"
+
+
+def gain(run: dict):
+  """The run's measure minus the SFT policy's in the same evaluation (None without both)."""
+  if run["metric"] is None or run["ref_metric"] is None:
+    return None
+  return run["metric"] - run["ref_metric"]
 
 
 def plot(runs: list, root: str, metric: str, x: str = "step") -> list:

@@ -37,8 +37,8 @@ def test_table_csv_and_plots_from_two_seeds_and_an_unfinished_run(tmp_path):
   assert result["runs"] == 4 and len(lines) == 4
   rows = {line.split(" | ")[0]: line for line in lines[2:]}
   # Two seeds: the mean and the interval between them (rlhf_jax/stats.py); compute: the mean.
-  assert rows["| ppo"] == ("| ppo | ppo | 2 | 0.600 [0.500, 0.700] | 0.100 [0.100, 0.100] | 2.500 [2.000, 3.000] | "
-                           "1.200 [1.000, 1.400] | 3 | 10 |")
+  assert rows["| ppo"] == ("| ppo | ppo | 2 | 0.600 [0.500, 0.700] | 0.100 [0.100, 0.100] | 0.500 [0.400, 0.600] | "
+                           "2.500 [2.000, 3.000] | 1.200 [1.000, 1.400] | 3 | 10 |")
   assert rows["| dpo"].startswith("| dpo | dpo | 0 (1 failed) (1 unfinished) |")
   rows = list(csv.DictReader(open(tmp_path / "results.csv")))
   assert {r["run"] for r in rows} == {"ppo_s0", "ppo_s1", "dpo_s0", "dpo_s1"}
