@@ -10,8 +10,8 @@ group, named by the run name without its "_s<seed>" suffix. The measure (`--metr
 gold judge's reward, or on a verifiable task the accuracy (or any other eval metric: mean@4,
 greedy_accuracy, ...); the table gives each group's seeds and every column's mean and interval
 (rlhf_jax/stats.py), the gain over SFT paired by seed (each run's measure minus the SFT policy's
-in the same evaluation, whose draws the seed sets), and `--compare=A:B` the difference of group A's mean from group B's with
-its interval. `--train_metric=NAME` adds a column: a training metric's mean over each run's
+in the same evaluation, whose draws the seed sets), and `--compare=A:B` the difference of group
+A's mean from group B's with its interval. `--train_metric=NAME` adds a column: a training metric's mean over each run's
 logged iterations (e.g. rollout/router_agreement), its interval over the seeds. Plots: the measure against `--x` (step, flops, samples, seconds of compute, or
 kl) per group (mean over seeds at each evaluation, band from min to max), and against KL to
 the reference at every eval of every run (the reward-KL frontier).
