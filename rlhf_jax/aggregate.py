@@ -108,9 +108,9 @@ def markdown_table(runs: list, metric: str, compare=(), train_metrics=()) -> str
   last; the gain over SFT is each seed's measure minus the SFT policy's in the same evaluation,
   paired); then each `compare` pair's difference of means."""
   groups = groups_of(runs)
-  lines = [f"| run | algo | seeds | {metric} | SFT {metric} | gain over SFT | KL to SFT (nats) | proxy reward | GFLOP "
-           "| seconds |" + "".join(f" mean {name} |" for name in train_metrics), "|---|---|---|---|---|---|---|---|---|---|"
-           + "---|" * len(train_metrics)]
+  columns = [metric, f"SFT {metric}", "gain over SFT", "KL to SFT (nats)", "proxy reward", "GFLOP", "seconds",
+             *(f"mean {name}" for name in train_metrics)]
+  lines = ["| run | algo | seeds | " + " | ".join(columns) + " |", "|---|---|---|" + "---|" * len(columns)]
   finished = {name: [r for r in members if r["status"] == "finished"] for name, members in groups.items()}
   for name, members in groups.items():
     done = finished[name]

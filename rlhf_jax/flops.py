@@ -23,10 +23,15 @@ def matmul_weights(cfg: ModelConfig, logits: bool = True) -> int:
   return cfg.n_layers * (q_and_out + keys_and_values + mlp) + head
 
 
+def layer_keys(cfg: ModelConfig, layer: int, context: int) -> int:
+  """The keys a query of `layer` attends to in a context of `context` tokens: all of them in a
+  full layer, at most the window in a sliding one."""
+  return min(context, cfg.sliding_window) if cfg.is_sliding(layer) else context
+
+
 def attended(cfg: ModelConfig, context: int) -> int:
-  """The keys a query attends to, summed over the layers, in a context of `context` tokens: all
-  of them in a full layer, at most the window in a sliding one."""
-  return sum(min(context, cfg.sliding_window) if cfg.is_sliding(layer) else context for layer in range(cfg.n_layers))
+  """`layer_keys` summed over the layers."""
+  return sum(layer_keys(cfg, layer, context) for layer in range(cfg.n_layers))
 
 
 def forward(cfg: ModelConfig, rows: int, length: int, logits: bool = True) -> float:
@@ -41,8 +46,7 @@ def score(cfg: ModelConfig, rows: int, length: int, queries: int = 1) -> float:
   attention, MLP) at `queries` tokens per row; no LM head."""
   weights = 2 * (matmul_weights(cfg, logits=False) // cfg.n_layers)
   keys_and_values = 2 * 2 * cfg.d_model * cfg.kv_heads * cfg.dim_per_head
-  attention = [4 * cfg.n_heads * cfg.dim_per_head * (min(length, cfg.sliding_window) if cfg.is_sliding(layer) else length)
-               for layer in range(cfg.n_layers)]
+  attention = [4 * cfg.n_heads * cfg.dim_per_head * layer_keys(cfg, layer, length) for layer in range(cfg.n_layers)]
   first = sum(rows * length * (weights + a) for a in attention[:-1])
   last = rows * (length * keys_and_values + queries * (weights - keys_and_values + attention[-1]))
   return float(first + last)
