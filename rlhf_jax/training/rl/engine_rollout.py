@@ -40,9 +40,7 @@ def check_engine(cfg, plan: rl_plan.RLPlan) -> None:
   `rollout.devices` > 0 (the engine in its own process on devices of its own) is checked with
   the off-policy fields (check_off_policy) and here against the machine (vllm_process.placement)."""
   unsupported = ("vmap_seeds > 1" if cfg.vmap_seeds > 1 else
-                 "several processes" if jax.process_count() > 1 else
-                 "config.env (multi-turn) and rollout.devices > 0"
-                 if cfg.rollout.devices and plan.driver == "multi_turn" else "")
+                 "several processes" if jax.process_count() > 1 else "")
   if unsupported:
     raise UserError(f"rollout.engine={plan.engine} with {unsupported} is not supported yet: use rollout.engine=jax")
   vllm_engine.settings_of(cfg)

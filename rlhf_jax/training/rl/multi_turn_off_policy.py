@@ -10,7 +10,9 @@ one-turn off-policy run's.
 
 What overlaps what. With `rollout.devices = N` the sampler has devices of its own and a copy of
 the policy (moved there after each update): the update is dispatched first and the whole
-rollout, turns and tools included, runs while it trains. Colocated, the turns run first (the
+rollout, turns and tools included, runs while it trains. So with vLLM's engine in a process of
+its own (`rollout.engine=vllm`, `rollout.devices = N`): each turn is the engine's, drawn from a
+copy of the policy pushed to it, while the trainer's devices update. Colocated, the turns run first (the
 update donates the params they read, and it would hold the devices the sampler needs anyway),
 then the update is dispatched and the reward functions score while it runs.
 """
@@ -96,6 +98,17 @@ class MultiTurnOffPolicy:
     return in_flight._replace(sampled=multi_turn.with_model_scores(self.model_scores, state, in_flight.sampled))
 
 
+def policy_view(view_shardings, *, moved: bool, copied: bool) -> Callable:
+  """state -> the policy's params the sampler reads: moved onto its own devices, a copy where an
+  engine's process reads them while the update (which donates the state's) runs, else the state's."""
+  if moved:
+    return lambda state: jax.device_put(policy_params(state), view_shardings)
+  if copied:
+    copy = jax.jit(lambda params: jax.tree.map(jnp.copy, params), out_shardings=view_shardings)
+    return lambda state: copy(policy_params(state))
+  return policy_params
+
+
 def sampling_key(rng, mesh):
   """An iteration's sampling key, as rl_steps.sample_phase takes it from the state's rng, on `mesh`."""
   return jax.device_put(jax.random.split(rng, 3)[1], sharding.replicated(mesh))
@@ -116,13 +129,17 @@ def abstract_in_flight(rows: int, prompt_len: int, response_len: int, components
 
 
 def compile_multi_turn_off_policy(state, shardings, train_mesh, sample_mesh, rules, models, policy_tx, value_tx,
-                                  rl_cfg, *, rollouts: multi_turn.Rollouts, host: list, rows: int, score_fn=None):
+                                  rl_cfg, *, rollouts: multi_turn.Rollouts, host: list, rows: int, score_fn=None,
+                                  engine_apart: bool = False):
   """(driver, state with an empty queue, its shardings). `rollouts`' sampler reads the params
   laid out by `policy_params(shardings)` moved onto `sample_mesh`; `rows`: trajectories per
-  iteration; `score_fn`: the reward model's, or None."""
-  split = sample_mesh is not train_mesh
+  iteration; `score_fn`: the reward model's, or None. `engine_apart`: the sampler is an external
+  engine in a process of its own (engine_rollout.py), which samples while the trainer updates as
+  a sampler on devices of its own does; it reads a copy of the policy (the update donates the
+  state's)."""
+  split = sample_mesh is not train_mesh or engine_apart
   view_shardings = off_policy.on_mesh(policy_params(shardings), sample_mesh)
-  view = (lambda s: jax.device_put(policy_params(s), view_shardings)) if split else policy_params
+  view = policy_view(view_shardings, moved=sample_mesh is not train_mesh, copied=engine_apart)
   data = sharding.batch_sharding(sample_mesh)
   gap = functools.partial(off_policy.logprob_gap, policy=models.policy, cfg=rl_cfg)
   abstract = abstract_in_flight(rows, rollouts.prompts.tokens.shape[1], rl_cfg.max_new_tokens, len(host))

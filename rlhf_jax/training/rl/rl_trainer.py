@@ -290,7 +290,8 @@ def compile_multi_turn(cfg, plan, run_dir, models, state, shardings, meshes_, ru
   if rl_cfg.off_policy_steps:
     driver, state, shardings = compile_multi_turn_off_policy(
         state, shardings, mesh, sample_mesh, rules, models, policy_tx, value_tx, rl_cfg, rollouts=train_rollouts,
-        host=plan.rewards.host, rows=cfg.data.batch_size, score_fn=score_fn)
+        host=plan.rewards.host, rows=cfg.data.batch_size, score_fn=score_fn,
+        engine_apart=engine is not None and engine.overlaps)
     return driver, evaluator, state, shardings
   iteration = multi_turn.compile_multi_turn_iteration(shardings, mesh, rules, models, policy_tx, value_tx, rl_cfg,
                                                       rollouts=train_rollouts, host=plan.rewards.host,

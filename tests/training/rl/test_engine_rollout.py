@@ -93,16 +93,21 @@ def test_a_mixture_of_experts_policy_is_refused_on_vllms_cpu_build():
     vllm_engine.refuse_cpu_experts(small_model(**LLAMA, n_experts=4, experts_per_token=2).n_experts)
 
 
-@needs_vllm
-def test_multi_turn_trajectories_are_sampled_turn_by_turn_from_token_ids(sft_run, tmp_path):
+def multi_turn_config(sft_run, **rl):
   echo = "tests/training/rl/echo_environment.py"  # answers every turn: trajectories of several turns
-  cfg = engine_config(sft_run)
+  cfg = engine_config(sft_run, **rl)
   cfg.update(dict(plugins=(echo,)))
   cfg.reward.fns = (f"{echo}:short",)
   cfg.env.update(dict(name="echo", max_turns=3, turn_tokens=6))
   cfg.sample.max_new_tokens = 40
   cfg.train.update(dict(num_steps=2, eval_every=2, checkpoint_every=2))
   assert rl_plan.resolve(cfg).driver == "multi_turn"
+  return cfg
+
+
+@needs_vllm
+def test_multi_turn_trajectories_are_sampled_turn_by_turn_from_token_ids(sft_run, tmp_path):
+  cfg = multi_turn_config(sft_run)
   stages.run(cfg, str(tmp_path / "run"))
   rows = train_rows(tmp_path / "run")
   # The engine's log-probs of the policy's tokens are the trainer's, turn after turn (the environment's are masked).
@@ -142,6 +147,17 @@ def test_the_engine_in_its_own_process_draws_the_tokens_the_in_process_engine_dr
   for here, own in zip(train_rows(tmp_path / "run"), own_process_run, strict=True):
     assert (here["response_length"], here["no_eos_fraction"]) == (own["response_length"], own["no_eos_fraction"])
     assert here["kl"] == pytest.approx(own["kl"], rel=1e-4, abs=1e-7)
+
+
+@needs_vllm
+def test_multi_turn_with_the_engine_in_its_own_process_draws_each_turn_while_the_trainer_updates(sft_run, tmp_path):
+  cfg = multi_turn_config(sft_run, off_policy_steps=1)
+  cfg.rollout.devices = 1
+  stages.run(cfg, str(tmp_path / "run"))
+  rows = train_rows(tmp_path / "run")
+  # Under the copy of the policy pushed to the engine's process its log-probs are the trainer's, turn after turn.
+  assert len(rows) == 2 and all(row["rl/staleness"] < 1e-4 and row["turns"] > 1 for row in rows), rows
+  assert not multiprocessing.active_children()  # the engine's process ended with the run
 
 
 @needs_vllm
