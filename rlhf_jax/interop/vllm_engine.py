@@ -75,13 +75,15 @@ def hf_tensors(params, model_cfg: ModelConfig) -> list:
 
 
 def to_torch(x):
-  """A torch tensor of `x`: a DLPack view of an accelerator's array, else numpy memory."""
+  """A torch tensor of `x`: a DLPack view of an accelerator's array, else numpy memory (an array
+  split over several processes is gathered whole into each: every process's engine takes it)."""
   import torch  # pylint: disable=g-import-not-at-top
-  if isinstance(x, jax.Array) and any(d.platform != "cpu" for d in x.sharding.device_set):
+  on_accelerator = isinstance(x, jax.Array) and any(d.platform != "cpu" for d in x.sharding.device_set)
+  if on_accelerator and x.is_fully_addressable:
     if len(x.sharding.device_set) > 1:  # gathered onto the engine's device (a view takes one buffer)
       x = jax.device_put(x, jax.devices()[0])
     return torch.from_dlpack(x)
-  return torch.from_numpy(np.array(x))  # a writable copy (torch warns on numpy's read-only views)
+  return torch.from_numpy(np.array(hf_export.host(x)))  # a writable copy (torch warns on numpy's read-only views)
 
 
 def refuse_cpu_experts(n_experts: int) -> None:

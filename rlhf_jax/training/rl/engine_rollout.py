@@ -39,8 +39,7 @@ def check_engine(cfg, plan: rl_plan.RLPlan) -> None:
   """What an external engine (rollout.engine=vllm) runs with so far, and that it is installed;
   `rollout.devices` > 0 (the engine in its own process on devices of its own) is checked with
   the off-policy fields (check_off_policy) and here against the machine (vllm_process.placement)."""
-  unsupported = ("vmap_seeds > 1" if cfg.vmap_seeds > 1 else
-                 "several processes" if jax.process_count() > 1 else "")
+  unsupported = "vmap_seeds > 1" if cfg.vmap_seeds > 1 else ""
   if unsupported:
     raise UserError(f"rollout.engine={plan.engine} with {unsupported} is not supported yet: use rollout.engine=jax")
   vllm_engine.settings_of(cfg)
@@ -102,9 +101,10 @@ class EngineSampler:
     """Pushes the state's policy unless the engine holds it, then asks for the batch's responses
     (the engine in its own process starts on them at once)."""
     self.metrics = self.sync(state)
-    ids = [row[m > 0].tolist() for row, m in zip(np.asarray(prompts), np.asarray(prompt_mask))]
+    # This process's rows (each process's engine draws its own, as each scores its own).
+    ids = [row[m > 0].tolist() for row, m in zip(sharding.local_rows(prompts), sharding.local_rows(prompt_mask))]
     ids = [p for p in ids for _ in range(self.cfg.samples_per_prompt)]
-    seeds = np.asarray(self.seeds(state))
+    seeds = sharding.local_rows(self.seeds(state))
     calls = [self.engine.submit(ids, seeds, max_new_tokens=self.cfg.max_new_tokens, stop_ids=self.cfg.stop_ids,
                                 pad_id=self.cfg.pad_id, greedy=greedy, **self.sampling)
              for greedy in ((False, True) if self.cfg.needs_greedy else (False,))]  # ReMax: a greedy row each
@@ -202,7 +202,8 @@ def start(cfg, run_dir, state, models, tokenizer, prompt_len: int, rl_cfg: RLCon
   policy's), in this process or, with `rollout.devices` > 0, in its own on those devices; and its
   sampler's compiled parts."""
   model_cfg = models.policy.cfg
-  directory = run_dir.file("engine_policy")
+  process = jax.process_index()  # each process's engine reads its own copy (none writes another's)
+  directory = run_dir.file("engine_policy" + (f"_process_{process}" if process else ""))
   hf_export.export_config_only(dataclasses.replace(model_cfg, lora_rank=0, heads=()), tokenizer, directory)
   turn = cfg.env.turn_tokens if rl_plan.multi_turn(cfg) else 0  # a multi-turn context: then one more turn
   max_len = min(model_cfg.max_len, prompt_len + rl_cfg.max_new_tokens + turn)
@@ -218,7 +219,7 @@ def start(cfg, run_dir, state, models, tokenizer, prompt_len: int, rl_cfg: RLCon
       sampling=dict(temperature=rl_cfg.temperature, top_k=cfg.sample.top_k, top_p=cfg.sample.top_p),
       assemble=wrap(functools.partial(assemble, score_fn=score_fn, cfg=rl_cfg)),
       seeds=jax.jit(functools.partial(response_seeds, rows=cfg.data.batch_size + rl_cfg.oversample *
-                                      rl_cfg.samples_per_prompt)),
+                                      rl_cfg.samples_per_prompt), out_shardings=rows),
       mesh=mesh,
       gap=jax.jit(sharding.with_rules(lambda view, sampled: gap(policy_params(view), sampled), mesh, rules),
                   out_shardings=sharding.replicated(mesh)),

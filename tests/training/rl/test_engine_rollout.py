@@ -161,6 +161,27 @@ def test_multi_turn_with_the_engine_in_its_own_process_draws_each_turn_while_the
 
 
 @needs_vllm
+def test_two_processes_each_sample_their_rows_with_their_own_engine_as_one_process_does(sft_run, own_process_run,
+                                                                                        tmp_path):
+  """jax.distributed with two processes of one device each, each with vLLM in-process: each
+  pushes the whole policy (gathered from both) and draws its own rows with their seeds; the
+  tokens are those one engine drew for all rows (the run in its own process, same config)."""
+  from tests.test_distributed import launch  # pylint: disable=g-import-not-at-top
+  config_file = tmp_path / "two_hosts.py"
+  config_file.write_text("from tests.training.rl.test_engine_rollout import engine_config\n\n"
+                         "def get_config(arg=None):\n"
+                         f"  return engine_config({sft_run!r}, off_policy_steps=1, rollout_correction='token_tis')\n")
+  logs = launch(config_file, tmp_path / "run", PROCESSES="2", DEVICES="1")
+  assert "process 1 of 2: 1 local devices, 2 in all" in logs
+  assert all((tmp_path / "run" / name / "config.json").exists() for name in ("engine_policy", "engine_policy_process_1"))
+  rows = train_rows(tmp_path / "run")
+  assert len(rows) == 3 and all(row["rl/staleness"] < 1e-4 for row in rows), rows
+  for two, one in zip(rows, own_process_run, strict=True):
+    assert (two["response_length"], two["no_eos_fraction"]) == (one["response_length"], one["no_eos_fraction"])
+    assert two["kl"] == pytest.approx(one["kl"], rel=1e-4, abs=1e-7)
+
+
+@needs_vllm
 def test_an_engine_process_that_dies_mid_run_stops_it_with_one_line(sft_run, tmp_path, monkeypatch):
   submit, calls = vllm_process.EngineProcess.submit, []
 
