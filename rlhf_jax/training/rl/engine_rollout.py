@@ -8,11 +8,15 @@ iteration's sampling key (the state's rng, so a resumed run draws the same seeds
 responses; on the device (compiled once): the `Sampled` around them, scored by the reward model
 in the graph as our own sampler's are.
 
-The engine holds a copy of the policy: before sampling, when the state's step is not the one
-whose weights it holds (after each update, and once after a resume), the policy's weights are
-pushed (LoRA adapters merged into them first); `time/weight_push`, `rollout/weight_push_mb` and
+The engine holds a copy of the policy: before sampling, when the state's step (and seed) is not
+the one whose weights it holds (after each update, and once after a resume), the policy's weights
+are pushed (LoRA adapters merged into them first); `time/weight_push`, `rollout/weight_push_mb` and
 `time/engine_rollout` join the iteration's metrics. The sampler/trainer mismatch is logged and
 corrected as for any sampler (rl_steps.behaviour_correction, `rl.rollout_correction`).
+
+With vmapped seeds (`vmap_seeds` > 1, on-policy) the engine holds one seed's policy at a time:
+each seed's is pushed and its rollout drawn in turn, then the `Sampled` of [seed, row, ...] is
+assembled vmapped, as the update is; the engine's metrics are summed over the seeds.
 """
 
 import dataclasses
@@ -31,17 +35,17 @@ from rlhf_jax.models import lora
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.sampling import SampleOutput
 from rlhf_jax.training.policy.policy_state import policy_params
-from rlhf_jax.training.rl import off_policy, rl_steps
+from rlhf_jax.training.rl import host_rewards, off_policy, rl_steps, seeds
 from rlhf_jax.training.rl.rl_config import RLConfig
 
 
-def check_engine(cfg, plan: rl_plan.RLPlan) -> None:
-  """What an external engine (rollout.engine=vllm) runs with so far, and that it is installed;
+def check_engine(cfg) -> None:
+  """An external engine's (rollout.engine=vllm) settings, and that it is installed;
   `rollout.devices` > 0 (the engine in its own process on devices of its own) is checked with
   the off-policy fields (check_off_policy) and here against the machine (vllm_process.placement)."""
-  unsupported = "vmap_seeds > 1" if cfg.vmap_seeds > 1 else ""
-  if unsupported:
-    raise UserError(f"rollout.engine={plan.engine} with {unsupported} is not supported yet: use rollout.engine=jax")
+  if cfg.vmap_seeds > 1 and jax.process_count() > 1:  # each seed's rows are stacked on the one host
+    raise UserError("rollout.engine=vllm with vmap_seeds > 1 runs on one process: run the seeds as separate runs, "
+                    "or vmap_seeds=1")
   vllm_engine.settings_of(cfg)
   if not vllm_engine.available():
     raise UserError(vllm_engine.INSTALL)
@@ -67,6 +71,16 @@ def plain_weights(params, model_cfg: ModelConfig):
   return lora.merge(params, model_cfg) if lora.has_adapters(params) else params
 
 
+RESPONSE_FIELDS = ("tokens", "mask", "logprobs")  # of each engine response, as `assemble` takes them
+
+
+def summed(metrics: list) -> dict:
+  """Several pushes' and rollouts' metrics (vmapped seeds': one each per seed) as the iteration's:
+  each key's sum, so the times and megabytes are what the iteration spent on the engine."""
+  keys = dict.fromkeys(k for m in metrics for k in m)
+  return {k: sum(m[k] for m in metrics if k in m) for k in keys}
+
+
 @dataclasses.dataclass
 class Drawing:
   """A rollout the engine was asked for: what `EngineSampler.sampled` needs to build its `Sampled`."""
@@ -88,43 +102,67 @@ class EngineSampler:
   assemble: Callable  # compiled (state, prompts, mask, tokens, mask, log-probs) -> Sampled
   seeds: Callable  # compiled (state) -> [rows] seeds
   mesh: object
+  vmap_seeds: int = 1  # > 1: a stacked state, each seed's rollout drawn in turn; `assemble` vmapped over them
   gap: Callable | None = None  # compiled (state, Sampled) -> the max |sampler - trainer| log-prob (off-policy)
   copy: Callable | None = None  # compiled params -> a copy (`overlaps`: the params that drew a rollout kept)
   overlaps: bool = False  # the engine samples while the trainer updates (its own process)
-  weights_step: int | None = None  # the state's step whose policy the engine holds
+  held_policy: tuple | None = None  # (the state's step, the seed) whose policy the engine holds
   metrics: dict = dataclasses.field(default_factory=dict)  # of the last call, taken by the iteration
 
   def __call__(self, state, prompts, prompt_mask) -> rl_steps.Sampled:
+    if self.vmap_seeds > 1:
+      return self.seeds_sampled(state, prompts, prompt_mask)
     return self.sampled(self.submit(state, prompts, prompt_mask), state)
 
-  def submit(self, state, prompts, prompt_mask) -> Drawing:
-    """Pushes the state's policy unless the engine holds it, then asks for the batch's responses
-    (the engine in its own process starts on them at once)."""
-    self.metrics = self.sync(state)
+  def submit(self, state, prompts, prompt_mask, seed: int = 0) -> Drawing:
+    """Pushes the state's policy (of vmapped seed `seed`) unless the engine holds it, then asks
+    for the batch's responses (the engine in its own process starts on them at once)."""
+    self.metrics = self.sync(state, seed)
     # This process's rows (each process's engine draws its own, as each scores its own).
     ids = [row[m > 0].tolist() for row, m in zip(sharding.local_rows(prompts), sharding.local_rows(prompt_mask))]
     ids = [p for p in ids for _ in range(self.cfg.samples_per_prompt)]
-    seeds = sharding.local_rows(self.seeds(state))
-    calls = [self.engine.submit(ids, seeds, max_new_tokens=self.cfg.max_new_tokens, stop_ids=self.cfg.stop_ids,
-                                pad_id=self.cfg.pad_id, greedy=greedy, **self.sampling)
+    per_response = sharding.local_rows(self.seeds(state))
+    calls = [self.engine.submit(ids, per_response, max_new_tokens=self.cfg.max_new_tokens,
+                                stop_ids=self.cfg.stop_ids, pad_id=self.cfg.pad_id, greedy=greedy, **self.sampling)
              for greedy in ((False, True) if self.cfg.needs_greedy else (False,))]  # ReMax: a greedy row each
     return Drawing(prompts, prompt_mask, calls)
 
   def sampled(self, drawing: Drawing, state) -> rl_steps.Sampled:
-    """The `Sampled` of the engine's responses; `time/engine_wait` is how long the trainer
-    waited for them (in its own process: after the update, so 0 when sampling took no longer),
-    `time/engine_rollout` how long the engine took."""
+    """The `Sampled` of the engine's responses."""
+    responses = self.received(drawing)
+    self.engine.rest()
+    put = lambda response: sharding.put_batch(dict(zip(RESPONSE_FIELDS, response)), self.mesh)
+    return self.assembled(state, drawing.prompts, drawing.prompt_mask, [put(r) for r in responses])
+
+  def seeds_sampled(self, state, prompts, prompt_mask) -> rl_steps.Sampled:
+    """Vmapped seeds' `Sampled`, of [seed, row, ...]: the engine holds one policy at a time, so
+    seed i's is pushed and its responses drawn (with seed i's own seeds: a single-seed run's with
+    seed cfg.seed + i) before seed i + 1's; then all are assembled at once, vmapped."""
+    view, drawn, metrics = off_policy.sampler_fields(state), [], []  # only the policy and rng are sliced
+    for i in range(self.vmap_seeds):
+      drawn.append(self.received(self.submit(seeds.unstack(view, i), prompts, prompt_mask, seed=i)))
+      metrics.append(self.metrics)
+    self.engine.rest()
+    self.metrics = summed(metrics)
+    stack = lambda per_seed: dict(zip(RESPONSE_FIELDS, map(np.stack, zip(*per_seed))))
+    # drawn[seed][call] -> per call (the samples; ReMax's greedy rows), its fields stacked over seeds
+    responses = [jax.device_put(stack(per_seed), host_rewards.seed_rows(self.mesh)) for per_seed in zip(*drawn)]
+    return self.assembled(state, prompts, prompt_mask, responses)
+
+  def received(self, drawing: Drawing) -> tuple:
+    """The engine's (tokens, mask, log-probs) host arrays of each of `drawing`'s calls;
+    `time/engine_wait` is how long the trainer waited for them (in its own process: after the
+    update, so 0 when sampling took no longer), `time/engine_rollout` how long the engine took."""
     started = time.perf_counter()
     responses, seconds = zip(*(self.engine.receive(call) for call in drawing.calls))
     self.metrics.update({"time/engine_wait": time.perf_counter() - started, "time/engine_rollout": sum(seconds)})
-    self.engine.rest()
-    sampled, *greedy = (self._assembled(state, drawing, response) for response in responses)
-    return sampled._replace(greedy=greedy[0]) if greedy else sampled
+    return responses
 
-  def _assembled(self, state, drawing: Drawing, response):
-    response = sharding.put_batch(dict(zip(("tokens", "mask", "logprobs"), response)), self.mesh)
-    return self.assemble(state, drawing.prompts, drawing.prompt_mask, response["tokens"], response["mask"],
-                         response["logprobs"])
+  def assembled(self, state, prompts, prompt_mask, responses: list) -> rl_steps.Sampled:
+    """The `Sampled` of the responses (device arrays by RESPONSE_FIELDS), ReMax's greedy ones second."""
+    sampled, *greedy = (self.assemble(state, prompts, prompt_mask, *(r[f] for f in RESPONSE_FIELDS))
+                        for r in responses)
+    return sampled._replace(greedy=greedy[0]) if greedy else sampled
 
   def in_flight(self, view, prompts, prompt_mask):
     """An off-policy rollout (off_policy.py): its InFlight, or with the engine in its own
@@ -149,13 +187,14 @@ class EngineSampler:
     if self.overlaps:
       self.engine.close()
 
-  def sync(self, state) -> dict:
-    """Pushes the state's policy to the engine unless it holds it already; the push's metrics."""
-    step = int(jax.device_get(state.step))
-    if step == self.weights_step:
+  def sync(self, state, seed: int = 0) -> dict:
+    """Pushes the state's policy to the engine unless it holds it already; the push's metrics.
+    Vmapped seeds share the step: the seed tells their policies apart."""
+    wanted = (int(jax.device_get(state.step)), seed)
+    if wanted == self.held_policy:
       return {}
     metrics = self.engine.push(plain_weights(policy_params(state), self.model_cfg), self.model_cfg)
-    self.weights_step = step
+    self.held_policy = wanted
     return metrics
 
   def take_metrics(self) -> dict:
@@ -211,16 +250,25 @@ def start(cfg, run_dir, state, models, tokenizer, prompt_len: int, rl_cfg: RLCon
   engine = (vllm_process.EngineProcess(directory, max_len=max_len, settings=settings,
                                        where=vllm_process.placement(cfg.rollout.devices)) if own_process else
             vllm_engine.shared_engine(directory, max_len=max_len, settings=settings))
-  rows = sharding.batch_sharding(mesh)
-  wrap = lambda fn: jax.jit(sharding.with_rules(fn, mesh, rules), out_shardings=rows)
   gap = functools.partial(off_policy.logprob_gap, policy=models.policy, cfg=rl_cfg)
   return EngineSampler(
       engine=engine, model_cfg=model_cfg, cfg=rl_cfg,
       sampling=dict(temperature=rl_cfg.temperature, top_k=cfg.sample.top_k, top_p=cfg.sample.top_p),
-      assemble=wrap(functools.partial(assemble, score_fn=score_fn, cfg=rl_cfg)),
+      assemble=compiled_assemble(state, mesh, rules, functools.partial(assemble, score_fn=score_fn, cfg=rl_cfg),
+                                 cfg.vmap_seeds),
       seeds=jax.jit(functools.partial(response_seeds, rows=cfg.data.batch_size + rl_cfg.oversample *
-                                      rl_cfg.samples_per_prompt), out_shardings=rows),
-      mesh=mesh,
+                                      rl_cfg.samples_per_prompt), out_shardings=sharding.batch_sharding(mesh)),
+      mesh=mesh, vmap_seeds=cfg.vmap_seeds,
       gap=jax.jit(sharding.with_rules(lambda view, sampled: gap(policy_params(view), sampled), mesh, rules),
                   out_shardings=sharding.replicated(mesh)),
       copy=jax.jit(lambda params: jax.tree.map(jnp.copy, params)), overlaps=own_process)
+
+
+def compiled_assemble(state, mesh, rules, assemble_fn, vmap_seeds: int):
+  """`assemble_fn` compiled, its `Sampled` split over the data axes; with vmapped seeds, vmapped
+  over the state's seed axis and the engine's arrays' ([seed, row, ...]), the prompts shared."""
+  rows = sharding.batch_sharding(mesh)
+  if vmap_seeds > 1:
+    assemble_fn = jax.vmap(assemble_fn, in_axes=(seeds.state_axes(state), None, None, 0, 0, 0))
+    rows = host_rewards.seed_rows(mesh)
+  return jax.jit(sharding.with_rules(assemble_fn, mesh, rules), out_shardings=rows)

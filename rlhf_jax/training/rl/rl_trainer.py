@@ -75,7 +75,7 @@ def check_config(cfg) -> None:
     raise UserError(f"vmap_seeds={cfg.vmap_seeds} must be >= 1")
   check_off_policy(cfg, plan)
   if plan.engine != "jax":
-    engine_rollout.check_engine(cfg, plan)
+    engine_rollout.check_engine(cfg)
   if cfg.eval.get("judge_model"):
     pairwise_judge.check_source(cfg.eval.judge_model, "eval.judge_model")
   if plan.driver == "multi_turn":

@@ -1,7 +1,8 @@
 """vLLM as the rollout engine (rollout.engine=vllm): a tiny model of ours exported, sampled by
 vLLM's CPU build in this process, trained a few iterations, its weights pushed after each update:
 the sampler/trainer log-prob gap stays at float32's error after every push, LoRA's merged
-weights included, and off-policy the queue takes the engine's rollouts."""
+weights included and vmapped seeds' policies pushed in turn, and off-policy the queue takes the
+engine's rollouts."""
 
 import json
 import multiprocessing
@@ -42,18 +43,32 @@ def engine_config(sft_run, **rl):
   return cfg
 
 
+def lora_config(sft_run):
+  cfg = engine_config(sft_run)
+  cfg.lora.rank = 4  # the pushed weights are the adapters merged into the base
+  # Each document cut after 4 words, whatever the seed: vmapped seeds share seed 0's prompts, and
+  # so does a single-seed run with seed 1 then (by default the seed picks where each is cut).
+  cfg.data.update(dict(prompt_words_min=4, prompt_words_max=4))
+  return cfg
+
+
 def train_rows(run_dir) -> list:
   return [row for row in map(json.loads, open(run_dir / "metrics.jsonl")) if "rollout/logprob_gap_max" in row]
 
 
+@pytest.fixture(scope="module")
+def lora_run(sft_run, tmp_path_factory):
+  """On-policy GRPO with LoRA sampled by vLLM in this process: (its summary, its iterations' metrics)."""
+  cfg = lora_config(sft_run)
+  assert rl_plan.resolve(cfg).driver == "host"
+  directory = tmp_path_factory.mktemp("vllm_lora") / "run"
+  return stages.run(cfg, str(directory)), train_rows(directory)
+
+
 @needs_vllm
 def test_vllm_samples_each_iteration_with_the_pushed_lora_merged_weights_and_the_gap_stays_at_float_error(
-    sft_run, tmp_path):
-  cfg = engine_config(sft_run)
-  cfg.lora.rank = 4  # the pushed weights are the adapters merged into the base
-  assert rl_plan.resolve(cfg).driver == "host"
-  summary = stages.run(cfg, str(tmp_path / "run"))
-  rows = train_rows(tmp_path / "run")
+    lora_run):
+  summary, rows = lora_run
   assert len(rows) == 3 and all(row["rollout/logprob_gap_max"] < 1e-4 for row in rows), rows
   assert all(row["time/weight_push"] > 0 and row["rollout/weight_push_mb"] > 0 for row in rows)
   assert all(row["rollout/ess"] > 0.999 for row in rows)
@@ -73,14 +88,40 @@ def test_off_policy_queues_the_engines_rollouts_checked_under_the_weights_that_d
   assert all(0 <= row["rollout/corrected_fraction"] <= 1 for row in rows)
 
 
+@needs_vllm
+def test_vmapped_seeds_push_each_seeds_policy_before_its_rollout_and_draw_what_single_seed_runs_draw(
+    sft_run, lora_run, tmp_path):
+  """Seed i of a vmapped run samples as a single-seed run with seed cfg.seed + i does (its policy
+  pushed, its per-response seeds): the same responses, so the same lengths, EOS fractions and KL.
+  Seed 0's single run is `lora_run`'s; seed 1's runs here."""
+  cfg = lora_config(sft_run)
+  cfg.vmap_seeds = 2
+  stages.run(cfg.copy_and_resolve_references(), str(tmp_path / "vmapped"))
+  seeds = [train_rows(tmp_path / "vmapped" / f"seed_{cfg.seed + i}") for i in range(2)]
+  cfg.vmap_seeds, cfg.seed = 1, cfg.seed + 1
+  stages.run(cfg, str(tmp_path / "seed_1"))
+  singles = [lora_run[1], train_rows(tmp_path / "seed_1")]
+  for rows, single in zip(seeds, singles, strict=True):
+    # After every push the engine's log-probs are the trainer's: each seed's policy landed before its rollout.
+    assert len(rows) == 3 and all(row["rollout/logprob_gap_max"] < 1e-4 for row in rows), rows
+    for mine, theirs in zip(rows, single, strict=True):
+      same = ("response_length", "no_eos_fraction")
+      assert [mine[k] for k in same] == [theirs[k] for k in same]
+      assert mine["kl"] == pytest.approx(theirs["kl"], rel=1e-3, abs=1e-6)
+      # One push per seed per iteration: the engine's metrics are the iteration's, summed over the seeds.
+      assert mine["rollout/weight_push_mb"] == pytest.approx(2 * theirs["rollout/weight_push_mb"])
+  assert [row["response_length"] for row in seeds[0]] != [row["response_length"] for row in seeds[1]]
+
+
 def test_engine_settings_and_what_the_engine_does_not_run_with_are_one_line_errors(tiny_ppo):
   cfg = tiny_ppo.copy_and_resolve_references()
   cfg.rollout.engine = "sglang"
   with pytest.raises(UserError, match="rollout.engine='sglang': choose one of jax, vllm"):
     rl_plan.resolve(cfg)
   cfg.rollout.engine = "vllm"
-  cfg.vmap_seeds = 2
-  with pytest.raises(UserError, match="rollout.engine=vllm with vmap_seeds > 1 is not supported yet"):
+  cfg.vmap_seeds = 2  # vmapped seeds run with the engine on-policy only, as with ours
+  cfg.rl.off_policy_steps = 1
+  with pytest.raises(UserError, match="rl.off_policy_steps >= 1 with vmap_seeds > 1 is not supported yet"):
     rl_trainer.check_config(cfg)
 
 
