@@ -9,13 +9,14 @@ import multiprocessing
 import os
 import signal
 
+import jax
 import numpy as np
 import pytest
 
 from rlhf_jax import preemption, rl_plan, stages
 from rlhf_jax.errors import Preempted, UserError
 from rlhf_jax.interop import vllm_engine, vllm_process
-from rlhf_jax.training.rl import rl_trainer
+from rlhf_jax.training.rl import engine_rollout, rl_trainer
 
 needs_vllm = pytest.mark.skipif(not vllm_engine.available(), reason="vLLM is not installed (pip install -e '.[vllm]')")
 
@@ -113,14 +114,18 @@ def test_vmapped_seeds_push_each_seeds_policy_before_its_rollout_and_draw_what_s
   assert [row["response_length"] for row in seeds[0]] != [row["response_length"] for row in seeds[1]]
 
 
-def test_engine_settings_and_what_the_engine_does_not_run_with_are_one_line_errors(tiny_ppo):
+def test_engine_settings_and_what_the_engine_does_not_run_with_are_one_line_errors(tiny_ppo, monkeypatch):
   cfg = tiny_ppo.copy_and_resolve_references()
   cfg.rollout.engine = "sglang"
   with pytest.raises(UserError, match="rollout.engine='sglang': choose one of jax, vllm"):
     rl_plan.resolve(cfg)
   cfg.rollout.engine = "vllm"
-  cfg.vmap_seeds = 2  # vmapped seeds run with the engine on-policy only, as with ours
-  cfg.rl.off_policy_steps = 1
+  cfg.vmap_seeds = 2
+  with monkeypatch.context() as patch:  # vmapped seeds' rows are stacked on one host
+    patch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(UserError, match="rollout.engine=vllm with vmap_seeds > 1 runs on one process"):
+      engine_rollout.check_engine(cfg)
+  cfg.rl.off_policy_steps = 1  # vmapped seeds run with the engine on-policy only, as with ours
   with pytest.raises(UserError, match="rl.off_policy_steps >= 1 with vmap_seeds > 1 is not supported yet"):
     rl_trainer.check_config(cfg)
 
