@@ -7,6 +7,7 @@ engine's rollouts."""
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 
 import jax
@@ -160,15 +161,26 @@ def test_multi_turn_trajectories_are_sampled_turn_by_turn_from_token_ids(sft_run
   assert len(rows) == 2 and all(row["rollout/logprob_gap_max"] < 1e-4 and row["turns"] > 1 for row in rows), rows
 
 
-@pytest.fixture(scope="module")
-def own_process_run(sft_run, tmp_path_factory):
-  """Off-policy GRPO (K = 1) with vLLM's engine in a process of its own (rollout.devices=1):
-  the metrics of its iterations."""
+def own_process_config(sft_run):
   cfg = engine_config(sft_run, off_policy_steps=1, rollout_correction="token_tis")
   cfg.rollout.devices = 1
+  cfg.train.checkpoint_every = 2  # and at the end: a resume from step 2 draws step 3 again
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def own_process_dir(sft_run, tmp_path_factory):
+  """Off-policy GRPO (K = 1) with vLLM's engine in a process of its own (rollout.devices=1): its
+  run directory."""
   directory = tmp_path_factory.mktemp("vllm_process") / "run"
-  stages.run(cfg, str(directory))
-  return train_rows(directory)
+  stages.run(own_process_config(sft_run), str(directory))
+  return directory
+
+
+@pytest.fixture(scope="module")
+def own_process_run(own_process_dir):
+  """The metrics of its iterations."""
+  return train_rows(own_process_dir)
 
 
 @needs_vllm
@@ -193,6 +205,26 @@ def test_the_engine_in_its_own_process_draws_the_tokens_the_in_process_engine_dr
   for here, own in zip(train_rows(tmp_path / "run"), own_process_run, strict=True):
     assert (here["response_length"], here["no_eos_fraction"]) == (own["response_length"], own["no_eos_fraction"])
     assert here["kl"] == pytest.approx(own["kl"], rel=1e-4, abs=1e-7)
+
+
+@needs_vllm
+def test_a_run_killed_after_a_checkpoint_resumes_exactly_with_a_new_engine_process(sft_run, own_process_dir,
+                                                                                  tmp_path):
+  """As if killed after step 2's checkpoint: the same run restores the state (the queued rollout
+  included), starts a new engine process, pushes it the restored policy and draws step 3's
+  rollout as the uninterrupted run did; step 3's metrics are the uninterrupted run's."""
+  resumed = tmp_path / "run"
+  shutil.copytree(own_process_dir, resumed)
+  shutil.rmtree(resumed / "checkpoints" / "3")
+  os.remove(resumed / "summary.json")
+  stages.run(own_process_config(sft_run), str(resumed))
+  theirs, ours = train_rows(own_process_dir)[-1], train_rows(resumed)[-1]
+  assert ours["step"] == theirs["step"] == 3 and "time/weight_push" in ours  # pushed again after the restore
+  timed = lambda key: key.startswith("time/") or "second" in key
+  measured = {k for k in theirs if not timed(k) and isinstance(theirs[k], float)}
+  assert measured >= {"kl", "entropy", "rl/staleness", "rollout/logprob_gap_max"}, sorted(measured)
+  for key in measured:
+    assert ours[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-7), key
 
 
 @needs_vllm
