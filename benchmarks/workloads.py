@@ -32,7 +32,7 @@ from rlhf_jax.training.core.steps import eval_step, jit_steps, train_step
 from rlhf_jax.training.policy import frozen
 from rlhf_jax.training.preference.dpo_steps import compile_dpo_steps
 from rlhf_jax.training.preference.reward_steps import reward_eval_step, reward_train_step
-from rlhf_jax.training.rl import rl_state, rl_trainer
+from rlhf_jax.training.rl import rl_setup, rl_state, rl_trainer
 from rlhf_jax.training.rl.host_rewards import compile_host_iteration
 from rlhf_jax.training.rl.off_policy import compile_off_policy
 from rlhf_jax.training.rl.rl_steps import RLConfig, Sampled, reuses_scoring_pass, update_phase
@@ -100,9 +100,9 @@ def rl_workload(algo: str, preset: str = "tiny", model: dict | None = TINY_GPT2,
   rl_cfg = RLConfig(max_new_tokens=new_tokens, stop_ids=NEVER, pad_id=0, algo=algo, temperature=cfg.sample.temperature,
                     host_rewards=tuple(h.name for h in host), **{**plan.fields, "penalise_no_eos": False})
   policy_cfg = ModelConfig.from_dict(dict(cfg.model))
-  models = rl_trainer.make_models(plan, policy_cfg, dataclasses.replace(policy_cfg, heads=("reward",)))
+  models = rl_setup.make_models(plan, policy_cfg, dataclasses.replace(policy_cfg, heads=("reward",)))
   named = {"policy": models.policy, "reward": models.scorer, **({"value": models.critic} if models.critic else {})}
-  policy_tx, value_tx = rl_trainer.make_optimizers(cfg, plan)
+  policy_tx, value_tx = rl_setup.make_optimizers(cfg, plan)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   state, shardings = rl_state.place_state(named, policy_tx, value_tx, mesh, rules, cfg.seed, plan.kl_coef)
   score_fn = functools.partial(frozen.proxy_scores, scorer=models.scorer, gain=1.0, bias=0.0)
@@ -141,10 +141,10 @@ def off_policy_workload(k: int, prompts: int = 64, prompt_len: int = 16, new_tok
   rl_cfg = RLConfig(max_new_tokens=new_tokens, stop_ids=NEVER, pad_id=0, algo="ppo", temperature=cfg.sample.temperature,
                     **{**plan.fields, "penalise_no_eos": False})
   policy_cfg = ModelConfig.from_dict(dict(cfg.model))
-  models = rl_trainer.make_models(plan, policy_cfg, dataclasses.replace(policy_cfg, heads=("reward",)))
+  models = rl_setup.make_models(plan, policy_cfg, dataclasses.replace(policy_cfg, heads=("reward",)))
   named = {"policy": models.policy, "reward": models.scorer, "value": models.critic}
-  policy_tx, value_tx = rl_trainer.make_optimizers(cfg, plan)
-  (mesh, sample_mesh), rules = rl_trainer.meshes(cfg), sharding.rules_of(cfg)
+  policy_tx, value_tx = rl_setup.make_optimizers(cfg, plan)
+  (mesh, sample_mesh), rules = rl_setup.meshes(cfg), sharding.rules_of(cfg)
   state, shardings = rl_state.place_state(named, policy_tx, value_tx, mesh, rules, cfg.seed, plan.kl_coef)
   score_fn = functools.partial(frozen.proxy_scores, scorer=models.scorer, gain=1.0, bias=0.0)
   tokens = random_tokens(0, (prompts, prompt_len), policy_cfg.vocab_size)
@@ -282,8 +282,8 @@ def update_workload(lengths: list[int], preset: str = "tiny", model: dict | None
   rl_cfg = RLConfig(max_new_tokens=budget, stop_ids=NEVER, pad_id=0, algo=algo, temperature=cfg.sample.temperature,
                     **{**plan.fields, "penalise_no_eos": False})
   policy_cfg = ModelConfig.from_dict(dict(cfg.model))
-  models = rl_trainer.make_models(plan, policy_cfg, None)
-  policy_tx, value_tx = rl_trainer.make_optimizers(cfg, plan)
+  models = rl_setup.make_models(plan, policy_cfg, None)
+  policy_tx, value_tx = rl_setup.make_optimizers(cfg, plan)
   mesh, rules = sharding.make_mesh(cfg.mesh), sharding.rules_of(cfg)
   named = {"policy": models.policy, **({"value": models.critic} if models.critic else {})}
   state, shardings = rl_state.place_state(named, policy_tx, value_tx, mesh, rules, cfg.seed, plan.kl_coef)

@@ -37,7 +37,7 @@ from rlhf_jax.training.core.steps import compile_lm_steps
 from rlhf_jax.training.policy import frozen
 from rlhf_jax.training.policy.policy_state import policy_params
 from rlhf_jax.training.preference.dpo_steps import compile_dpo_steps
-from rlhf_jax.training.rl import multi_turn, rl_state, rl_trainer, turn_cache
+from rlhf_jax.training.rl import multi_turn, rl_setup, rl_state, rl_trainer, turn_cache
 from rlhf_jax.training.rl.host_rewards import compile_host_iteration
 from rlhf_jax.training.rl.rl_steps import RLConfig
 from tests.conftest import LLAMA, small_model
@@ -105,7 +105,7 @@ def ppo_setup(cfg, mesh, **rl_fields):
   score_fn = functools.partial(frozen.proxy_scores, scorer=scorer, gain=1.0, bias=0.0)
   rl_cfg = RLConfig(max_new_tokens=8, stop_ids=TOKENIZER.stop_ids, pad_id=TOKENIZER.pad_id, algo="ppo", epochs=2,
                     minibatches=2, temperature=1.0, **rl_fields)
-  return rl_trainer.Models(policy, critic, scorer), txs, state, shardings, score_fn, rl_cfg
+  return rl_setup.Models(policy, critic, scorer), txs, state, shardings, score_fn, rl_cfg
 
 
 def rl_iteration(mesh) -> tuple[list, dict]:
@@ -145,7 +145,7 @@ def rl_host_iteration(mesh) -> tuple[list, dict]:
   batch, count = 8, 12  # prompts (8 ways on the data mesh) of more than one batch: a shuffled subset
   prompts = Prompts([f"p{i}" for i in range(count)], random_tokens(7, (count, 8)), np.ones((count, 8), np.int32),
                     columns={"answer": [f"a{i}" for i in range(count)]})
-  iteration = compile_host_iteration(shardings, mesh, RULES, rl_trainer.Models(policy, None, None), policy_tx,
+  iteration = compile_host_iteration(shardings, mesh, RULES, rl_setup.Models(policy, None, None), policy_tx,
                                      None, None, rl_cfg, host=host, with_model=False, prompts=prompts,
                                      tokenizer=TOKENIZER)
   initial = jax.device_get({"policy": state.policy})
@@ -173,7 +173,7 @@ def multi_turn_setup(mesh, sample_mesh=None, **rl_fields) -> dict:
                                     capacity=8 + limits.max_tokens + limits.turn_tokens, stop_ids=TOKENIZER.stop_ids,
                                     pad_id=TOKENIZER.pad_id)
   rollouts = multi_turn.Rollouts(sampler, lambda: Echo(None, None), prompts, TOKENIZER, limits, temperature=1.0)
-  return dict(models=rl_trainer.Models(policy, None, None), policy_tx=policy_tx, state=state, shardings=shardings,
+  return dict(models=rl_setup.Models(policy, None, None), policy_tx=policy_tx, state=state, shardings=shardings,
               host=[rewards.HostReward("evens", evens, 1.0)], rl_cfg=rl_cfg, prompts=prompts, rollouts=rollouts)
 
 

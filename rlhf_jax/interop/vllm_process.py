@@ -12,7 +12,7 @@ engine samples, and `receive` waits for the answer.
 Its devices (`placement`): on a CPU the last N of the cores this process may run on (the
 engine's process is pinned to them, its threads N); on GPUs the last N of JAX's GPUs, named in
 the process's CUDA_VISIBLE_DEVICES before torch starts, which the trainer's mesh leaves out
-(rl_trainer.meshes) - JAX must then not preallocate their memory (XLA_PYTHON_CLIENT_PREALLOCATE=
+(rl_setup.meshes) - JAX must then not preallocate their memory (XLA_PYTHON_CLIENT_PREALLOCATE=
 false), and this split is not tested (no GPU here). On GPUs one would push the weights over
 NCCL or CUDA IPC as verl and OpenRLHF do; the numpy push through the pipe is a CPU's.
 
