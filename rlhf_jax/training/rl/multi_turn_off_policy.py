@@ -12,9 +12,9 @@ What overlaps what. With `rollout.devices = N` the sampler has devices of its ow
 the policy (moved there after each update): the update is dispatched first and the whole
 rollout, turns and tools included, runs while it trains. So with vLLM's engine in a process of
 its own (`rollout.engine=vllm`, `rollout.devices = N`): each turn is the engine's, drawn from a
-copy of the policy pushed to it, while the trainer's devices update. Colocated, the turns run first (the
-update donates the params they read, and it would hold the devices the sampler needs anyway),
-then the update is dispatched and the reward functions score while it runs.
+copy of the policy pushed to it, while the trainer's devices update. Colocated, the turns run
+first (the update donates the params they read, and it would hold the devices the sampler needs
+anyway), then the update is dispatched and the reward functions score while it runs.
 """
 
 import dataclasses

@@ -251,7 +251,8 @@ def test_two_processes_each_sample_their_rows_with_their_own_engine_as_one_proce
                          f"  return engine_config({sft_run!r}, off_policy_steps=1, rollout_correction='token_tis')\n")
   logs = launch(config_file, tmp_path / "run", PROCESSES="2", DEVICES="1")
   assert "process 1 of 2: 1 local devices, 2 in all" in logs
-  assert all((tmp_path / "run" / name / "config.json").exists() for name in ("engine_policy", "engine_policy_process_1"))
+  configs = [tmp_path / "run" / name / "config.json" for name in ("engine_policy", "engine_policy_process_1")]
+  assert all(path.exists() for path in configs)  # each process's engine started from its own
   rows = train_rows(tmp_path / "run")
   assert len(rows) == 3 and all(row["rl/staleness"] < 1e-4 for row in rows), rows
   for two, one in zip(rows, own_process_run, strict=True):
