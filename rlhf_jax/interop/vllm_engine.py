@@ -75,15 +75,26 @@ def hf_tensors(params, model_cfg: ModelConfig) -> list:
 
 
 def to_torch(x):
-  """A torch tensor of `x`: a DLPack view of an accelerator's array, else numpy memory (an array
-  split over several processes is gathered whole into each: every process's engine takes it)."""
+  """A torch tensor of `x`: a DLPack view of an accelerator's array, else numpy memory."""
   import torch  # pylint: disable=g-import-not-at-top
-  on_accelerator = isinstance(x, jax.Array) and any(d.platform != "cpu" for d in x.sharding.device_set)
-  if on_accelerator and x.is_fully_addressable:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = gathered(x)
+  if isinstance(x, jax.Array) and any(d.platform != "cpu" for d in x.sharding.device_set):
     if len(x.sharding.device_set) > 1:  # gathered onto the engine's device (a view takes one buffer)
-      x = jax.device_put(x, jax.devices()[0])
+      x = jax.device_put(x, jax.local_devices()[0])
     return torch.from_dlpack(x)
-  return torch.from_numpy(np.array(hf_export.host(x)))  # a writable copy (torch warns on numpy's read-only views)
+  return torch.from_numpy(np.array(x))  # a writable copy (torch warns on numpy's read-only views)
+
+
+def gathered(x: jax.Array):
+  """An array split over several processes, whole on this process's first device (every
+  process's engine takes the whole policy): replicated over the devices, a collective each
+  process runs in the same order, so on accelerators it never passes through the host (without a
+  mesh to replicate over, gathered on the host)."""
+  if not isinstance(x.sharding, jax.sharding.NamedSharding):
+    return hf_export.host(x)
+  replicated = jax.sharding.NamedSharding(x.sharding.mesh, jax.sharding.PartitionSpec())
+  return jax.device_put(x, replicated).addressable_data(0)
 
 
 def refuse_cpu_experts(n_experts: int) -> None:
