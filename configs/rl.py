@@ -109,11 +109,13 @@ def get_config(preset: str = "tiny"):
   # (vLLM's offline engine, weights pushed after each update; docs/vllm.md), started with
   # `vllm`'s settings (interop/vllm_engine.py: EngineSettings). vllm with devices=0 runs in this
   # process; with devices=N in a process of its own (interop/vllm_process.py) on the last N CPU
-  # cores or GPUs, sampling the next batch while the trainer updates.
+  # cores or GPUs, sampling the next batch while the trainer updates. A LoRA policy is pushed
+  # merged into full weights, or with vllm.lora_adapters its base once and then its adapters alone
+  # (interop/vllm_lora.py: Llama-style projections).
   c.rollout = ml_collections.ConfigDict(dict(
       devices=0, mesh=dict(data=-1, fsdp=1, tensor=1), engine="jax",
       vllm=dict(dtype="float32", kv_cache_gib=0.25, gpu_memory_utilization=0.3, sleep=False, enforce_eager=True,
-               timeout_s=1800.0)))
+               timeout_s=1800.0, lora_adapters=False)))
   # The score: a weighted sum of reward sources (rlhf_jax/rewards.py): "model" (the reward run's
   # model), a built-in checker (exact_match, gsm8k) or a Python function (PATH.py:NAME or
   # module:NAME, called as TRL calls reward functions); weights () = 1 each. Without "model" no

@@ -305,7 +305,7 @@ def family_of(cfg: ModelConfig) -> str:
   if block == ("rope", "gemma_rmsnorm", "geglu") and all(gemma[:3]) and cfg.qk_norm and cfg.bias == "none":
     return "gemma3_text"
   if any(gemma):
-    raise UserError(f"no Hugging Face architecture computes this model: post_norms, embed_scale, query_pre_attn_scalar, "
+    raise UserError("no Hugging Face architecture computes this model: post_norms, embed_scale, query_pre_attn_scalar, "
                     "rope_local_theta and sliding layers are Gemma 3's, which exports with norm=gemma_rmsnorm, "
                     "mlp=geglu, qk_norm and bias none")
   plain_heads = cfg.bias == "all" and cfg.kv_heads == cfg.n_heads and cfg.dim_per_head * cfg.n_heads == cfg.d_model

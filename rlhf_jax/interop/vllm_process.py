@@ -4,8 +4,9 @@ it samples the next rollout while the trainer updates on the oldest (off-policy,
 The process is spawned (a fresh interpreter: it never inherits the trainer's JAX state) and
 hosts the same engine as the in-process mode (vllm_engine.VLLMEngine: its settings, push,
 `refresh_tied_heads`, sampling). `EngineProcess` is its client, with the engine's interface
-(`push`, `sample`, `submit`/`receive`, `rest`) over a multiprocessing pipe: weights as numpy
-arrays under the export's Hugging Face names, requests as token-id lists and sampling options,
+(`push`, `push_adapters`, `sample`, `submit`/`receive`, `rest`) over a multiprocessing pipe:
+weights as numpy arrays under the export's Hugging Face names (LoRA adapters as a directory's
+path: vllm_lora.py), requests as token-id lists and sampling options,
 responses as token ids and log-probs. `submit` only sends, so the trainer updates while the
 engine samples, and `receive` waits for the answer.
 
@@ -33,10 +34,10 @@ import jax
 import numpy as np
 
 from rlhf_jax.errors import UserError
-from rlhf_jax.interop import vllm_engine
+from rlhf_jax.interop import vllm_engine, vllm_lora
 
 POLL_SECONDS = 1.0  # how often a waiting trainer checks that the engine's process is alive
-METHODS = ("load", "sample", "rest")  # what the client may call on the engine
+METHODS = ("load", "load_adapter", "sample", "rest")  # what the client may call on the engine
 
 
 class EngineProcessError(UserError):
@@ -91,14 +92,15 @@ def take_devices(where: Placement) -> None:
     torch.set_num_threads(len(where.cores))
 
 
-def serve(conn, model_dir: str, max_len: int, settings: vllm_engine.EngineSettings, where: Placement) -> None:
+def serve(conn, model_dir: str, max_len: int, settings: vllm_engine.EngineSettings, where: Placement,
+          lora_rank: int = 0) -> None:
   """The engine process's main: starts the engine, then answers the client's calls in order
   until told to close or the trainer's end of the pipe closes."""
   for sig in (signal.SIGTERM, signal.SIGINT):  # the trainer checkpoints first, then closes us
     signal.signal(sig, signal.SIG_IGN)
   take_devices(where)
-  engine = answer(conn, lambda: vllm_engine.VLLMEngine(model_dir, max_len=max_len, settings=settings, seed=0),
-                  send_result=False)
+  engine = answer(conn, lambda: vllm_engine.VLLMEngine(model_dir, max_len=max_len, settings=settings, seed=0,
+                                                       lora_rank=lora_rank), send_result=False)
   while engine is not None:
     try:
       message = conn.recv()
@@ -131,13 +133,14 @@ class EngineProcess:
   """The client of vLLM's engine in its own process: `push`, `sample`, `submit`/`receive` and
   `rest` as vllm_engine.VLLMEngine has them."""
 
-  def __init__(self, model_dir: str, *, max_len: int, settings: vllm_engine.EngineSettings, where: Placement):
+  def __init__(self, model_dir: str, *, max_len: int, settings: vllm_engine.EngineSettings, where: Placement,
+               lora_rank: int = 0):
     if not vllm_engine.available():
       raise UserError(vllm_engine.INSTALL)
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no JAX state inherited
     self.conn, child = context.Pipe()
-    self.process = context.Process(target=serve, args=(child, model_dir, max_len, settings, where), daemon=True,
-                                   name="vllm-engine")
+    self.process = context.Process(target=serve, args=(child, model_dir, max_len, settings, where, lora_rank),
+                                   daemon=True, name="vllm-engine")
     self.process.start()
     child.close()  # ours closed: the pipe ends when the process does
     self.settings = settings
@@ -149,6 +152,14 @@ class EngineProcess:
 
   def load(self, named: list, *, n_experts: int = 0) -> None:
     self._send("load", named, n_experts=n_experts)
+    self._reply()
+
+  def push_adapters(self, params, model_cfg) -> dict:
+    """Writes a LoRA policy's adapters for the engine's process to load (vllm_lora.py); the push's metrics."""
+    return vllm_lora.pushed_adapters(self.load_adapter, params, model_cfg)
+
+  def load_adapter(self, directory: str) -> None:
+    self._send("load_adapter", directory)
     self._reply()
 
   def submit(self, prompts: list, seeds, **options) -> None:

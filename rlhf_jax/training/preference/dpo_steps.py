@@ -8,7 +8,6 @@ outside the differentiated function, so no gradient reaches it; a reference-free
 
 import functools
 
-import jax
 import jax.numpy as jnp
 import optax
 

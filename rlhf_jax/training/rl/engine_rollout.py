@@ -30,7 +30,7 @@ import numpy as np
 
 from rlhf_jax import rl_plan, sharding
 from rlhf_jax.errors import UserError
-from rlhf_jax.interop import hf_export, vllm_engine, vllm_process
+from rlhf_jax.interop import hf_export, vllm_engine, vllm_lora, vllm_process
 from rlhf_jax.models import lora
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.sampling import SampleOutput
@@ -71,6 +71,16 @@ def plain_weights(params, model_cfg: ModelConfig):
   return lora.merge(params, model_cfg) if lora.has_adapters(params) else params
 
 
+def push_policy(engine, params, model_cfg: ModelConfig, *, adapters: bool, holds_base: bool) -> dict:
+  """Pushes a policy to `engine`; the push's metrics. Its weights with any LoRA adapters merged,
+  or with `adapters` (`rollout.vllm.lora_adapters`, a LoRA policy) the frozen base unless the
+  engine `holds_base` already, then the adapters alone (vllm_lora.py)."""
+  if not adapters:
+    return engine.push(plain_weights(params, model_cfg), model_cfg)
+  base = {} if holds_base else engine.push(vllm_lora.base_params(params), model_cfg)
+  return summed([base, engine.push_adapters(params, model_cfg)])
+
+
 RESPONSE_FIELDS = ("tokens", "mask", "logprobs")  # of each engine response, as `assemble` takes them
 
 
@@ -106,6 +116,7 @@ class EngineSampler:
   gap: Callable | None = None  # compiled (state, Sampled) -> the max |sampler - trainer| log-prob (off-policy)
   copy: Callable | None = None  # compiled params -> a copy (`overlaps`: the params that drew a rollout kept)
   overlaps: bool = False  # the engine samples while the trainer updates (its own process)
+  adapters: bool = False  # a LoRA policy's adapters pushed as vLLM adapters (its base once: push_policy)
   held_policy: tuple | None = None  # (the state's step, the seed) whose policy the engine holds
   metrics: dict = dataclasses.field(default_factory=dict)  # of the last call, taken by the iteration
 
@@ -193,7 +204,8 @@ class EngineSampler:
     wanted = (int(jax.device_get(state.step)), seed)
     if wanted == self.held_policy:
       return {}
-    metrics = self.engine.push(plain_weights(policy_params(state), self.model_cfg), self.model_cfg)
+    metrics = push_policy(self.engine, policy_params(state), self.model_cfg, adapters=self.adapters,
+                          holds_base=self.held_policy is not None)
     self.held_policy = wanted
     return metrics
 
@@ -213,10 +225,13 @@ class EngineTurnSampler:
   turn_tokens: int
   stop_ids: tuple  # the ids that end a turn, EOS first
   pad_id: int
+  adapters: bool = False  # a LoRA policy's adapters pushed as vLLM adapters (push_policy)
+  holds_base: bool = False  # with `adapters`: the engine holds the policy's base (pushed once)
 
   def session(self, params, settings, rows: int):
     del rows
-    self.engine.push(plain_weights(params, self.model_cfg), self.model_cfg)
+    push_policy(self.engine, params, self.model_cfg, adapters=self.adapters, holds_base=self.holds_base)
+    self.holds_base = True
     temperature = float(settings.temperature)
     return functools.partial(self._turn, temperature=temperature)
 
@@ -247,9 +262,13 @@ def start(cfg, run_dir, state, models, tokenizer, prompt_len: int, rl_cfg: RLCon
   turn = cfg.env.turn_tokens if rl_plan.multi_turn(cfg) else 0  # a multi-turn context: then one more turn
   max_len = min(model_cfg.max_len, prompt_len + rl_cfg.max_new_tokens + turn)
   settings, own_process = vllm_engine.settings_of(cfg), cfg.rollout.devices > 0
-  engine = (vllm_process.EngineProcess(directory, max_len=max_len, settings=settings,
+  adapters = settings.lora_adapters and model_cfg.lora_rank > 0
+  if adapters:  # a projection vLLM's adapters cannot sit on: refused now, before any training
+    vllm_lora.adapter_tensors(policy_params(seeds.unstack(state, 0) if cfg.vmap_seeds > 1 else state), model_cfg)
+  lora_rank = model_cfg.lora_rank if adapters else 0
+  engine = (vllm_process.EngineProcess(directory, max_len=max_len, settings=settings, lora_rank=lora_rank,
                                        where=vllm_process.placement(cfg.rollout.devices)) if own_process else
-            vllm_engine.shared_engine(directory, max_len=max_len, settings=settings))
+            vllm_engine.shared_engine(directory, max_len=max_len, settings=settings, lora_rank=lora_rank))
   gap = functools.partial(off_policy.logprob_gap, policy=models.policy, cfg=rl_cfg)
   return EngineSampler(
       engine=engine, model_cfg=model_cfg, cfg=rl_cfg,
@@ -261,7 +280,7 @@ def start(cfg, run_dir, state, models, tokenizer, prompt_len: int, rl_cfg: RLCon
       mesh=mesh, vmap_seeds=cfg.vmap_seeds,
       gap=jax.jit(sharding.with_rules(lambda view, sampled: gap(policy_params(view), sampled), mesh, rules),
                   out_shardings=sharding.replicated(mesh)),
-      copy=jax.jit(lambda params: jax.tree.map(jnp.copy, params)), overlaps=own_process)
+      copy=jax.jit(lambda params: jax.tree.map(jnp.copy, params)), overlaps=own_process, adapters=adapters)
 
 
 def compiled_assemble(state, mesh, rules, assemble_fn, vmap_seeds: int):

@@ -207,7 +207,7 @@ def compile_multi_turn(run: Resolved, state, shardings, engine=None):
                                              stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
               for m in (run.mesh, run.sample_mesh)}
   train_sampler = samplers[id(run.sample_mesh)] if engine is None else engine_rollout.EngineTurnSampler(
-      engine.engine, models.policy.cfg, cfg.env.turn_tokens, tokenizer.stop_ids, tokenizer.pad_id)
+      engine.engine, models.policy.cfg, cfg.env.turn_tokens, tokenizer.stop_ids, tokenizer.pad_id, engine.adapters)
 
   def rollouts(split, sampler):
     return multi_turn.Rollouts(sampler, environments.from_config(cfg.env, call_format), run.prompts[split],

@@ -115,6 +115,39 @@ def test_vmapped_seeds_push_each_seeds_policy_before_its_rollout_and_draw_what_s
   assert [row["response_length"] for row in seeds[0]] != [row["response_length"] for row in seeds[1]]
 
 
+@pytest.fixture(scope="module")
+def llama_source(tmp_path_factory):
+  """A tiny random Llama checkpoint (2 heads of 32) and BPE tokenizer: `init_from=hf:DIR`."""
+  from tests.interop import tiny_hf  # pylint: disable=g-import-not-at-top
+  directory = tmp_path_factory.mktemp("llama")
+  tiny_hf.bpe_tokenizer(str(directory))
+  tiny_hf.hf_model("llama", num_attention_heads=2, num_key_value_heads=2).save_pretrained(directory)
+  return f"hf:{directory}"
+
+
+@needs_vllm
+def test_lora_adapters_pushed_as_vllm_adapters_sample_as_the_merged_weights_do(llama_source, tmp_path):
+  """rollout.vllm.lora_adapters: the base pushed once, then each update's adapters alone, which
+  vLLM applies unmerged; the gap stays at float error and the run draws what the merged push draws."""
+  runs = {}
+  for adapters in (True, False):
+    cfg = engine_config(llama_source)
+    cfg.lora.rank = 4
+    cfg.reward.fns = ("tests/training/rl/echo_environment.py:short",)  # a random model: no EOS, words vary
+    cfg.rl.penalise_no_eos = False
+    cfg.rollout.vllm.lora_adapters = adapters
+    stages.run(cfg, str(tmp_path / str(adapters)))
+    runs[adapters] = train_rows(tmp_path / str(adapters))
+  rows, merged = runs[True], runs[False]
+  assert len(rows) == 3 and all(row["rollout/logprob_gap_max"] < 1e-4 for row in rows), rows
+  pushed = [row["rollout/weight_push_mb"] for row in rows]  # base and adapters, then the adapters alone
+  assert pushed[1] == pushed[2] < pushed[0] / 10 and pushed[0] > merged[0]["rollout/weight_push_mb"]
+  assert rows[-1]["kl"] != 0  # the adapters moved: later pushes were of new ones
+  for mine, theirs in zip(rows, merged, strict=True):
+    assert mine["response_length"] == theirs["response_length"]
+    assert mine["kl"] == pytest.approx(theirs["kl"], rel=1e-4, abs=1e-7)
+
+
 def test_engine_settings_and_what_the_engine_does_not_run_with_are_one_line_errors(tiny_ppo, monkeypatch):
   cfg = tiny_ppo.copy_and_resolve_references()
   cfg.rollout.engine = "sglang"
