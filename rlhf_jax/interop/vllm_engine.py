@@ -152,6 +152,7 @@ class VLLMEngine:
                         gpu_memory_utilization=settings.gpu_memory_utilization, **memory, **adapter_slots(lora_rank))
     self.asleep = False
     self.adapter = None  # the LoRARequest of the policy's adapters (vllm_lora.py), once pushed
+    self.adapters_loaded = 0  # ids never reused: vLLM would take a loaded id's old adapter for it
 
   def sample(self, prompts: list, seeds, *, max_new_tokens: int, stop_ids: tuple, pad_id: int, temperature: float,
              top_k: int = 0, top_p: float = 1.0, greedy: bool = False, stop_at=None) -> tuple:
@@ -204,8 +205,8 @@ class VLLMEngine:
     drops the previous one (vLLM keys its prefix cache on the id: nothing of the old is reused)."""
     from vllm.lora.request import LoRARequest  # pylint: disable=g-import-not-at-top
     self.wake()
-    previous, number = self.adapter, (self.adapter.lora_int_id + 1 if self.adapter else 1)
-    self.adapter = LoRARequest(f"policy_{number}", number, directory)
+    previous, self.adapters_loaded = self.adapter, self.adapters_loaded + 1
+    self.adapter = LoRARequest(f"policy_{self.adapters_loaded}", self.adapters_loaded, directory)
     try:
       self.llm.llm_engine.add_lora(self.adapter)
       if previous is not None:

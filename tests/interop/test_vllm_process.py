@@ -8,7 +8,7 @@ import pytest
 from rlhf_jax.interop import vllm_engine, vllm_process
 
 SETTINGS = vllm_engine.EngineSettings(dtype="float32", kv_cache_gib=0.25, gpu_memory_utilization=0.3, sleep=False,
-                                      enforce_eager=True, timeout_s=0.3)
+                                      enforce_eager=True, timeout_s=0.3, lora_adapters=False)
 
 
 class SilentProcess:
