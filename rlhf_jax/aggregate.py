@@ -11,8 +11,9 @@ gold judge's reward, or on a verifiable task the accuracy (or any other eval met
 greedy_accuracy, ...); the table gives each group's seeds and every column's mean and interval
 (rlhf_jax/stats.py), the gain over SFT paired by seed (each run's measure minus the SFT policy's
 in the same evaluation, whose draws the seed sets), and `--compare=A:B` the difference of group
-A's mean from group B's with its interval. `--train_metric=NAME` adds a column: a training metric's mean over each run's
-logged iterations (e.g. rollout/router_agreement), its interval over the seeds. Plots: the measure against `--x` (step, flops, samples, seconds of compute, or
+A's mean from group B's with its interval. `--train_metric=NAME` adds a column: a training
+metric's mean over each run's logged iterations (e.g. rollout/router_agreement), its interval
+over the seeds. Plots: the measure against `--x` (step, flops, samples, seconds of compute, or
 kl) per group (mean over seeds at each evaluation, band from min to max), and against KL to
 the reference at every eval of every run (the reward-KL frontier).
 """
@@ -117,8 +118,9 @@ def markdown_table(runs: list, metric: str, compare=(), train_metrics=()) -> str
     failed = sum(r["status"] == "failed" for r in members)
     unfinished = len(members) - len(done) - failed
     note = "".join(f" ({n} {word})" for n, word in ((failed, "failed"), (unfinished, "unfinished")) if n)
-    cells = [stats.bootstrap_mean([r[k] for r in done]) for k in ("metric", "ref_metric", "kl", "proxy_reward")]
-    cells.insert(2, stats.bootstrap_mean([gain(r) for r in done]))  # paired: each seed against its own SFT draw
+    metric, ref_metric, kl, proxy = ([r[k] for r in done] for k in ("metric", "ref_metric", "kl", "proxy_reward"))
+    gains = [gain(r) for r in done]  # paired: each seed against its own SFT draw
+    cells = [stats.bootstrap_mean(values) for values in (metric, ref_metric, gains, kl, proxy)]
     compute = [np.mean(stats.clean([r[k] for r in done])) if done else np.nan for k in ("flops", "seconds")]
     trained = "".join(f" {stats.bootstrap_mean([r[k] for r in done])} |" for k in train_metrics)
     lines.append(f"| {name} | {members[0]['algo']} | {len(done)}{note} | " + " | ".join(map(str, cells))

@@ -49,7 +49,7 @@ class EngineSettings:
   sleep: bool  # free its weights and cache between rollouts (TRL's colocated mode; accelerators)
   enforce_eager: bool  # no CUDA graphs: start-up in seconds (False: faster decoding at scale)
   timeout_s: float  # the engine in its own process: the longest wait for one answer (0: no limit)
-  lora_adapters: bool  # a LoRA policy: push its adapters as vLLM adapters (vllm_lora.py), not merged weights
+  lora_adapters: bool = False  # a LoRA policy: push its adapters as vLLM adapters (vllm_lora.py), not merged
 
 
 def available() -> bool:
@@ -58,8 +58,9 @@ def available() -> bool:
 
 def settings_of(cfg) -> EngineSettings:
   fields = {f.name for f in dataclasses.fields(EngineSettings)}
-  given = dict(cfg.rollout.get("vllm", {}))
-  unknown, missing = sorted(set(given) - fields), sorted(fields - set(given))
+  required = {f.name for f in dataclasses.fields(EngineSettings) if f.default is dataclasses.MISSING}
+  given = dict(cfg.rollout.get("vllm", {}))  # a setting added later has a default: older configs still load
+  unknown, missing = sorted(set(given) - fields), sorted(required - set(given))
   if unknown or missing:
     raise UserError(f"rollout.vllm.{(unknown or missing)[0]}: {'not a vLLM setting' if unknown else 'missing'} "
                     f"(the settings: {', '.join(sorted(fields))})")

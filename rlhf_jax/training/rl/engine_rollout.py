@@ -71,16 +71,6 @@ def plain_weights(params, model_cfg: ModelConfig):
   return lora.merge(params, model_cfg) if lora.has_adapters(params) else params
 
 
-def push_policy(engine, params, model_cfg: ModelConfig, *, adapters: bool, holds_base: bool) -> dict:
-  """Pushes a policy to `engine`; the push's metrics. Its weights with any LoRA adapters merged,
-  or with `adapters` (`rollout.vllm.lora_adapters`, a LoRA policy) the frozen base unless the
-  engine `holds_base` already, then the adapters alone (vllm_lora.py)."""
-  if not adapters:
-    return engine.push(plain_weights(params, model_cfg), model_cfg)
-  base = {} if holds_base else engine.push(vllm_lora.base_params(params), model_cfg)
-  return summed([base, engine.push_adapters(params, model_cfg)])
-
-
 RESPONSE_FIELDS = ("tokens", "mask", "logprobs")  # of each engine response, as `assemble` takes them
 
 
@@ -89,6 +79,16 @@ def summed(metrics: list) -> dict:
   each key's sum, so the times and megabytes are what the iteration spent on the engine."""
   keys = dict.fromkeys(k for m in metrics for k in m)
   return {k: sum(m[k] for m in metrics if k in m) for k in keys}
+
+
+def push_policy(engine, params, model_cfg: ModelConfig, *, adapters: bool, holds_base: bool) -> dict:
+  """Pushes a policy to `engine`; the push's metrics. Its weights with any LoRA adapters merged,
+  or with `adapters` (`rollout.vllm.lora_adapters`, a LoRA policy) the frozen base unless the
+  engine `holds_base` already, then the adapters alone (vllm_lora.py)."""
+  if not adapters:
+    return engine.push(plain_weights(params, model_cfg), model_cfg)
+  base = {} if holds_base else engine.push(vllm_lora.base_params(params), model_cfg)
+  return summed([base, engine.push_adapters(params, model_cfg)])
 
 
 @dataclasses.dataclass
@@ -217,7 +217,7 @@ class EngineSampler:
 @dataclasses.dataclass
 class EngineTurnSampler:
   """turn_cache.TurnSampler's interface over an external engine, for multi-turn rollouts:
-  `session(params, settings, rows)` pushes `params` (LoRA merged) and gives roll_out its
+  `session(params, settings, rows)` pushes `params` (`push_policy`) and gives roll_out its
   `sample(contexts, live, key)`: each live row's next turn from its whole context so far, token
   ids in and out (vLLM's prefix cache keeps a turn from prefilling what it has seen)."""
   engine: object  # vllm_engine.VLLMEngine

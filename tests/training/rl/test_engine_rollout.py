@@ -159,6 +159,14 @@ def test_engine_settings_and_what_the_engine_does_not_run_with_are_one_line_erro
     patch.setattr(jax, "process_count", lambda: 2)
     with pytest.raises(UserError, match="rollout.engine=vllm with vmap_seeds > 1 runs on one process"):
       engine_rollout.check_engine(cfg)
+  del cfg.rollout.vllm["lora_adapters"]  # a config from before the setting existed: its default
+  assert vllm_engine.settings_of(cfg).lora_adapters is False
+  cfg.rollout.vllm.timeout = 5.0
+  with pytest.raises(UserError, match="rollout.vllm.timeout: not a vLLM setting"):
+    vllm_engine.settings_of(cfg)
+  del cfg.rollout.vllm["timeout"], cfg.rollout.vllm["dtype"]
+  with pytest.raises(UserError, match="rollout.vllm.dtype: missing"):
+    vllm_engine.settings_of(cfg)
   cfg.rl.off_policy_steps = 1  # vmapped seeds run with the engine on-policy only, as with ours
   with pytest.raises(UserError, match="rl.off_policy_steps >= 1 with vmap_seeds > 1 is not supported yet"):
     rl_trainer.check_config(cfg)
